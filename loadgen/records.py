@@ -1,0 +1,56 @@
+"""The fixed-width record every worker emits and the coordinator aggregates.
+
+One record per probe sent (SENT), one per probe outcome (exactly one of RECEIVED, LATE, LOST,
+ERRORED per probe) and one per side event (DUPLICATE, BITFLIP, CORRUPTED, ICMP_ERROR, STALE).
+Records travel as numpy structured arrays, packed into msgpack frames by `messages`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+import numpy as np
+
+RECORD_DTYPE = np.dtype(
+    [
+        ("tx_ns", "<i8"),  # CLOCK_REALTIME send time of the probe; its second is the bucket
+        ("rtt_ns", "<i8"),  # RECEIVED, LATE, DUPLICATE, STALE: reply time - send time; else 0
+        ("target", "<u4"),  # global target index (the plan's order)
+        ("kind", "u1"),  # RecordKind
+        ("flags", "u1"),  # RecordFlag
+        ("pad", "<u2"),
+    ]
+)
+assert RECORD_DTYPE.itemsize == 24
+
+
+class RecordKind(IntEnum):
+    SENT = 0
+    # Outcomes: every SENT probe gets exactly one of these.
+    RECEIVED = 1  # a good reply within timeout
+    LATE = 2  # a good reply after timeout but before the probe was given up (linger)
+    LOST = 3  # no reply, no error, by the end of linger
+    ERRORED = 4  # no good reply, but an ICMP error or a damaged reply came back for it
+    # Side events, counted apart from outcomes.
+    DUPLICATE = 5  # a further good reply for a probe that already had one
+    BITFLIP = 6  # a reply with a valid checksum whose payload differs from what was sent
+    CORRUPTED = 7  # a reply with a bad ICMP checksum that could still be attributed
+    ICMP_ERROR = 8  # destination unreachable / time exceeded quoting one of our probes
+    STALE = 9  # a good reply for a probe already given up (after linger)
+
+
+OUTCOME_KINDS = (RecordKind.RECEIVED, RecordKind.LATE, RecordKind.LOST, RecordKind.ERRORED)
+
+
+class RecordFlag(IntFlag):
+    NONE = 0
+    REORDERED = 1  # this reply arrived after a reply to a later probe of the same target
+    TX_KERNEL = 2  # send time is a kernel software TX timestamp (else user space, per batch)
+    TX_HARDWARE = 4  # send time is a NIC hardware TX timestamp
+    RX_KERNEL = 8  # receive time is a kernel software RX timestamp (else user space)
+    RX_HARDWARE = 16  # receive time is a NIC hardware RX timestamp
+
+
+def empty(n: int = 0) -> np.ndarray:
+    """A zeroed record array of length n."""
+    return np.zeros(n, dtype=RECORD_DTYPE)
