@@ -1,0 +1,191 @@
+"""Everything that crosses a process boundary, and the only module that uses msgpack.
+
+Messages are frozen dataclasses encoded as msgpack arrays `[VERSION, MsgType, *fields]`; record
+batches travel as the raw bytes of one `records.RECORD_DTYPE` array, never one message per probe.
+A message of another version or of an unknown type raises `ProtocolError`, so a coordinator and
+a worker from different builds fail loudly instead of misreading each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.errors import LoadgenError
+from loadgen.records import RECORD_DTYPE
+
+VERSION = 1
+
+
+class ProtocolError(LoadgenError):
+    """A message that is not of this build's protocol version or shape."""
+
+
+class MsgType(IntEnum):
+    HELLO = 1
+    FRAME = 2
+    DONE = 3
+    FAILED = 4
+    STOP = 5
+    PLAN = 6
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """One target as a worker sees it: global index, address and family."""
+
+    index: int
+    address: str
+    family: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanMsg:
+    """Everything a worker needs to run, sent once when it starts."""
+
+    worker: int
+    cpu: int  # -1: not pinned
+    ident: int
+    run_id: int
+    start_ns: int  # CLOCK_REALTIME origin of the run's seconds
+    targets: tuple[TargetSpec, ...]
+    rate_pps: float
+    count_per_target: int  # 0: no count limit
+    duration_ns: int  # 0: no duration limit
+    size: int
+    ttl: int
+    tos: int
+    timeout_ns: int
+    linger_ns: int
+    timestamps: str
+    tx_timestamps: bool
+    interface: str  # "": none
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    worker: int
+    pid: int
+    cpu: int
+    rx_source: str
+    tx_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """Cumulative counters of one worker since it started (not deltas)."""
+
+    sent: int = 0
+    send_errors: int = 0  # probes the kernel refused (ENOBUFS/EAGAIN): never sent, not counted
+    last_send_errno: int = 0
+    rx_packets: int = 0
+    rx_dropped: int = 0  # SO_RXQ_OVFL: packets the kernel dropped at our socket
+    rx_truncated: int = 0
+    foreign: int = 0  # well-formed packets that are not ours
+    malformed: int = 0
+    unattributed: int = 0  # damaged replies or errors we could not tie to a probe
+    evicted: int = 0  # probes resolved early because their tracking slot was needed
+    cpu_ns: int = 0
+    max_lag_ns: int = 0  # worst pacing lag behind the absolute schedule since the last frame
+    skipped_ns: int = 0  # schedule time given up after falling too far behind
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    worker: int
+    seq: int
+    now_ns: int
+    resolved_before_ns: int  # every probe sent before this has its outcome in this frame or earlier
+    records: NDArray[np.void]
+    stats: WorkerStats
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    worker: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    worker: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    reason: str
+
+
+Message = PlanMsg | Hello | Frame | Done | Failed | Stop
+
+_TYPES: dict[type[Any], MsgType] = {
+    PlanMsg: MsgType.PLAN,
+    Hello: MsgType.HELLO,
+    Frame: MsgType.FRAME,
+    Done: MsgType.DONE,
+    Failed: MsgType.FAILED,
+    Stop: MsgType.STOP,
+}
+
+
+def encode(msg: Message) -> bytes:
+    if isinstance(msg, Frame):
+        body: list[Any] = [
+            msg.worker,
+            msg.seq,
+            msg.now_ns,
+            msg.resolved_before_ns,
+            np.ascontiguousarray(msg.records, dtype=RECORD_DTYPE).tobytes(),
+            list(astuple(msg.stats)),
+        ]
+    elif isinstance(msg, PlanMsg):
+        body = [getattr(msg, f.name) for f in fields(msg)]
+        body[5] = [list(astuple(t)) for t in msg.targets]
+    else:
+        body = list(astuple(msg))
+    out: bytes = msgpack.packb([VERSION, int(_TYPES[type(msg)]), *body], use_bin_type=True)
+    return out
+
+
+def decode(data: bytes) -> Message:
+    try:
+        items = msgpack.unpackb(data, raw=False, use_list=True)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable message ({exc}); coordinator and worker differ") from exc
+    if not isinstance(items, list) or len(items) < 2:
+        raise ProtocolError("message is not a [version, type, ...] array")
+    version, kind, body = items[0], items[1], items[2:]
+    if version != VERSION:
+        raise ProtocolError(
+            f"message version {version}, expected {VERSION}: run one build of loadgen throughout"
+        )
+    try:
+        mtype = MsgType(kind)
+        if mtype is MsgType.FRAME:
+            raw = body[4]
+            if len(raw) % RECORD_DTYPE.itemsize:
+                raise ProtocolError("frame records are not a whole number of records")
+            return Frame(
+                worker=body[0],
+                seq=body[1],
+                now_ns=body[2],
+                resolved_before_ns=body[3],
+                records=np.frombuffer(raw, dtype=RECORD_DTYPE),
+                stats=WorkerStats(*body[5]),
+            )
+        if mtype is MsgType.PLAN:
+            body[5] = tuple(TargetSpec(*t) for t in body[5])
+            return PlanMsg(*body)
+        cls = {MsgType.HELLO: Hello, MsgType.DONE: Done, MsgType.FAILED: Failed}.get(mtype, Stop)
+        msg: Message = cls(*body)
+        return msg
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ProtocolError(f"malformed message of type {kind}: {exc}") from exc

@@ -1,0 +1,197 @@
+"""The tracker turns sends and decoded replies into exactly one outcome per probe."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+
+from loadgen.icmp import UNKNOWN_TARGET, DecodeStatus
+from loadgen.records import OUTCOME_KINDS, RecordFlag, RecordKind
+from loadgen.tracker import Tracker
+
+MS = 1_000_000
+TIMEOUT = 100 * MS
+LINGER = 300 * MS
+
+
+def make(n_targets: int = 2, rate: float = 1000.0) -> Tracker:
+    return Tracker(
+        targets=np.arange(10, 10 + n_targets, dtype=np.uint32),
+        addresses=np.arange(0xC6120001, 0xC6120001 + n_targets, dtype=np.uint32),
+        rate_pps=rate,
+        timeout_ns=TIMEOUT,
+        linger_ns=LINGER,
+    )
+
+
+def reply(
+    tr: Tracker,
+    rows: list[tuple[int, int, int]],
+    status: DecodeStatus = DecodeStatus.REPLY,
+    seq16_only: bool = False,
+) -> None:
+    """rows: (global target, seq, rx_ns)."""
+    n = len(rows)
+    tr.on_replies(
+        status=np.full(n, status, dtype=np.uint8),
+        target=np.array([r[0] for r in rows], dtype=np.uint32),
+        seq=np.array([r[1] for r in rows], dtype=np.uint64),
+        seq16_only=np.full(n, seq16_only),
+        quoted_dst=np.array([(0xC6120001 + r[0] - 10) & 0xFFFFFFFF for r in rows], dtype=np.uint32),
+        payload_tx_ns=np.zeros(n, dtype=np.int64),
+        rx_ns=np.array([r[2] for r in rows], dtype=np.int64),
+        rx_flags=int(RecordFlag.RX_KERNEL),
+    )
+
+
+def kinds(recs: NDArray[np.void]) -> Counter[RecordKind]:
+    return Counter(RecordKind(int(k)) for k in recs["kind"])
+
+
+def test_round_robin_targets_and_dense_sequences() -> None:
+    tr = make(3)
+    local, seq = tr.plan_batch(7)
+    assert local.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert seq.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    tr.on_sent(7, tx_ns=1000)
+    recs = tr.take_records()
+    assert kinds(recs) == {RecordKind.SENT: 7}
+    assert sorted(recs["target"].tolist()) == [10, 10, 10, 11, 11, 12, 12]
+
+
+def test_received_late_lost_and_duplicate() -> None:
+    tr = make(1)
+    tr.on_sent(4, tx_ns=0)
+    tr.take_records()
+    reply(tr, [(10, 0, 5 * MS), (10, 1, 150 * MS), (10, 0, 6 * MS)])
+    recs = tr.take_records()
+    got = {RecordKind(int(r["kind"])): int(r["rtt_ns"]) for r in recs}
+    assert got == {
+        RecordKind.RECEIVED: 5 * MS,
+        RecordKind.LATE: 150 * MS,
+        RecordKind.DUPLICATE: 6 * MS,
+    }
+    assert tr.unresolved() == 2
+    tr.expire(LINGER - 1)
+    assert len(tr.take_records()) == 0
+    tr.expire(LINGER)
+    assert kinds(tr.take_records()) == {RecordKind.LOST: 2}
+    assert tr.unresolved() == 0
+
+
+def test_duplicate_in_a_later_batch_and_stale_after_expiry() -> None:
+    tr = make(1)
+    tr.on_sent(2, tx_ns=0)
+    reply(tr, [(10, 0, 1 * MS)])
+    reply(tr, [(10, 0, 2 * MS)])
+    tr.expire(LINGER)
+    reply(tr, [(10, 1, LINGER + MS)])  # the lost probe's reply, too late: stale
+    reply(tr, [(10, 5, LINGER + MS)])  # never sent: foreign
+    c = kinds(tr.take_records())
+    assert c[RecordKind.RECEIVED] == 1
+    assert c[RecordKind.DUPLICATE] == 1
+    assert c[RecordKind.LOST] == 1
+    assert c[RecordKind.STALE] == 1
+    assert tr.foreign == 1
+
+
+def test_reordering_within_and_across_batches() -> None:
+    tr = make(2)
+    tr.on_sent(10, tx_ns=0)  # target 10 gets seqs 0..4, target 11 gets 0..4
+    tr.take_records()
+    reply(tr, [(10, 1, MS), (11, 0, MS), (10, 0, MS), (11, 1, MS)])
+    reply(tr, [(10, 3, MS), (10, 2, MS), (11, 2, MS)])
+    recs = tr.take_records()
+    flagged = {
+        (int(r["target"]), i) for i, r in enumerate(recs) if int(r["flags"]) & RecordFlag.REORDERED
+    }
+    assert flagged == {(10, 2), (10, 5)}
+    assert all(int(f) & RecordFlag.RX_KERNEL for f in recs["flags"])
+
+
+def test_damaged_and_errors_make_errored_unless_a_good_reply_follows() -> None:
+    tr = make(1)
+    tr.on_sent(3, tx_ns=0)
+    reply(tr, [(10, 0, MS)], DecodeStatus.BITFLIP)
+    reply(tr, [(10, 1, MS)], DecodeStatus.CORRUPTED)
+    reply(tr, [(10, 1, 2 * MS)])  # a clean copy arrives after the corrupted one
+    reply(tr, [(10, 2, MS)], DecodeStatus.ICMP_ERROR, seq16_only=True)
+    reply(tr, [(UNKNOWN_TARGET, 0, MS)], DecodeStatus.BITFLIP)
+    tr.expire(LINGER)
+    c = kinds(tr.take_records())
+    assert c[RecordKind.BITFLIP] == 1
+    assert c[RecordKind.CORRUPTED] == 1
+    assert c[RecordKind.ICMP_ERROR] == 1
+    assert c[RecordKind.RECEIVED] == 1
+    assert c[RecordKind.ERRORED] == 2
+    assert c[RecordKind.LOST] == 0
+    assert tr.unattributed == 1
+
+
+def test_short_quote_maps_to_newest_probe_with_those_low_bits() -> None:
+    tr = make(1, rate=1_000_000.0)  # window larger than 2^16
+    tr.on_sent(70_000, tx_ns=0)
+    reply(tr, [(10, 69_999 & 0xFFFF, MS)], DecodeStatus.ICMP_ERROR, seq16_only=True)
+    recs = tr.take_records()
+    assert kinds(recs)[RecordKind.ICMP_ERROR] == 1
+    tr.expire(LINGER)
+    assert kinds(tr.take_records())[RecordKind.ERRORED] == 1
+
+
+def test_watermark_waits_for_unresolved_probes() -> None:
+    tr = make(1)
+    tr.on_sent(1, tx_ns=1000)
+    tr.on_sent(1, tx_ns=2000)
+    now = 200 * MS
+    assert tr.resolved_before(now) == 1000
+    reply(tr, [(10, 0, 3000)])
+    assert tr.resolved_before(now) == 2000
+    reply(tr, [(10, 1, 4000)])
+    assert tr.resolved_before(now) == now - TIMEOUT
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_targets=st.integers(1, 5),
+    batches=st.lists(st.integers(1, 40), min_size=1, max_size=12),
+    fate=st.lists(st.sampled_from("rldxbe"), min_size=1, max_size=400),
+)
+def test_every_probe_gets_exactly_one_outcome(
+    n_targets: int, batches: list[int], fate: list[str]
+) -> None:
+    """Random replies, losses, duplicates and damage: outcomes always equal sends."""
+    tr = make(n_targets, rate=10_000.0)
+    now = 0
+    for size in batches:
+        local, seq = tr.plan_batch(size)
+        tr.on_sent(size, tx_ns=now)
+        for i in range(size):
+            f = fate[(tr.sent - size + i) % len(fate)]
+            row = [(10 + int(local[i]), int(seq[i]), now + 2 * MS)]
+            if f == "r":
+                reply(tr, row)
+            elif f == "l":
+                reply(tr, [(row[0][0], row[0][1], now + TIMEOUT + MS)])
+            elif f == "x":
+                reply(tr, row + row)
+            elif f == "b":
+                reply(tr, row, DecodeStatus.BITFLIP)
+            elif f == "e":
+                reply(tr, row, DecodeStatus.ICMP_ERROR)
+        now += 50 * MS
+        tr.expire(now)
+    tr.finish()
+    recs = tr.take_records()
+    c = kinds(recs)
+    assert c[RecordKind.SENT] == sum(batches)
+    assert sum(c[k] for k in OUTCOME_KINDS) == sum(batches)
+    for t in range(10, 10 + n_targets):
+        mine = recs[recs["target"] == t]
+        sent = int(np.count_nonzero(mine["kind"] == RecordKind.SENT))
+        outcomes = int(np.count_nonzero(np.isin(mine["kind"], list(OUTCOME_KINDS))))
+        assert sent == outcomes
+    assert tr.unresolved() == 0
