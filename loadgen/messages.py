@@ -33,6 +33,7 @@ class MsgType(IntEnum):
     FAILED = 4
     STOP = 5
     PLAN = 6
+    START = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,6 @@ class PlanMsg:
     cpu: int  # -1: not pinned
     ident: int
     run_id: int
-    start_ns: int  # CLOCK_REALTIME origin of the run's seconds
     targets: tuple[TargetSpec, ...]
     rate_pps: float
     count_per_target: int  # 0: no count limit
@@ -122,7 +122,14 @@ class Stop:
     reason: str
 
 
-Message = PlanMsg | Hello | Frame | Done | Failed | Stop
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Begin sending at this CLOCK_REALTIME instant, the run's common origin."""
+
+    start_ns: int
+
+
+Message = PlanMsg | Hello | Frame | Done | Failed | Stop | Start
 
 _TYPES: dict[type[Any], MsgType] = {
     PlanMsg: MsgType.PLAN,
@@ -131,6 +138,7 @@ _TYPES: dict[type[Any], MsgType] = {
     Done: MsgType.DONE,
     Failed: MsgType.FAILED,
     Stop: MsgType.STOP,
+    Start: MsgType.START,
 }
 
 
@@ -145,8 +153,10 @@ def encode(msg: Message) -> bytes:
             list(astuple(msg.stats)),
         ]
     elif isinstance(msg, PlanMsg):
-        body = [getattr(msg, f.name) for f in fields(msg)]
-        body[5] = [list(astuple(t)) for t in msg.targets]
+        body = [
+            [list(astuple(t)) for t in msg.targets] if f.name == "targets" else getattr(msg, f.name)
+            for f in fields(msg)
+        ]
     else:
         body = list(astuple(msg))
     out: bytes = msgpack.packb([VERSION, int(_TYPES[type(msg)]), *body], use_bin_type=True)
@@ -180,11 +190,17 @@ def decode(data: bytes) -> Message:
                 stats=WorkerStats(*body[5]),
             )
         if mtype is MsgType.PLAN:
-            body[5] = tuple(TargetSpec(*t) for t in body[5])
-            return PlanMsg(*body)
-        cls = {MsgType.HELLO: Hello, MsgType.DONE: Done, MsgType.FAILED: Failed}.get(mtype, Stop)
-        msg: Message = cls(*body)
-        return msg
+            plan = dict(zip([f.name for f in fields(PlanMsg)], body, strict=True))
+            plan["targets"] = tuple(TargetSpec(*t) for t in plan["targets"])
+            return PlanMsg(**plan)
+        simple: dict[MsgType, type[Hello | Done | Failed | Stop | Start]] = {
+            MsgType.HELLO: Hello,
+            MsgType.DONE: Done,
+            MsgType.FAILED: Failed,
+            MsgType.STOP: Stop,
+            MsgType.START: Start,
+        }
+        return simple[mtype](*body)
     except ProtocolError:
         raise
     except (ValueError, TypeError, IndexError) as exc:

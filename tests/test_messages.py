@@ -1,0 +1,93 @@
+"""Messages round-trip exactly, and anything of another version or shape is refused loudly."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loadgen.messages import (
+    VERSION,
+    Done,
+    Failed,
+    Frame,
+    Hello,
+    PlanMsg,
+    ProtocolError,
+    Start,
+    Stop,
+    TargetSpec,
+    WorkerStats,
+    decode,
+    encode,
+)
+from loadgen.records import RECORD_DTYPE, RecordKind
+
+
+def test_frame_round_trip_keeps_every_record() -> None:
+    recs = np.zeros(3, dtype=RECORD_DTYPE)
+    recs["tx_ns"] = [1, 2, 3]
+    recs["rtt_ns"] = [10, 20, 30]
+    recs["target"] = [0, 1, 70000]
+    recs["kind"] = [RecordKind.SENT, RecordKind.RECEIVED, RecordKind.LOST]
+    frame = Frame(1, 7, 123, 100, recs, WorkerStats(sent=3, rx_dropped=2, cpu_ns=5))
+    got = decode(encode(frame))
+    assert isinstance(got, Frame)
+    assert (got.worker, got.seq, got.now_ns, got.resolved_before_ns) == (1, 7, 123, 100)
+    assert got.stats == frame.stats
+    assert got.records.tobytes() == recs.tobytes()
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Hello(0, 1234, 1, "kernel-software", "user-space"),
+        Done(2, "count reached"),
+        Failed(3, "raw ICMP sockets need root"),
+        Stop("interrupted"),
+        Start(1_700_000_000_000_000_000),
+        PlanMsg(
+            worker=1,
+            cpu=-1,
+            ident=0x1234,
+            run_id=99,
+            targets=(TargetSpec(0, "127.0.0.1", 4), TargetSpec(5, "198.18.0.1", 4)),
+            rate_pps=1000.0,
+            count_per_target=0,
+            duration_ns=5_000_000_000,
+            size=64,
+            ttl=64,
+            tos=0,
+            timeout_ns=1_000_000_000,
+            linger_ns=2_000_000_000,
+            timestamps="auto",
+            tx_timestamps=False,
+            interface="",
+        ),
+    ],
+)
+def test_round_trip(msg: object) -> None:
+    assert decode(encode(msg)) == msg  # type: ignore[arg-type]
+
+
+def test_other_version_is_refused() -> None:
+    data = msgpack.packb([VERSION + 1, 3, 0, "x"])
+    with pytest.raises(ProtocolError, match="version"):
+        decode(data)
+
+
+def test_ragged_record_bytes_are_refused() -> None:
+    data = msgpack.packb([VERSION, 2, 0, 0, 0, 0, b"x" * 25, list(WorkerStats().__slots__)])
+    with pytest.raises(ProtocolError):
+        decode(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_garbage_raises_only_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(data)
