@@ -1,0 +1,657 @@
+"""Raw ICMP sockets and their batched I/O: the only module of loadgen that creates sockets.
+
+Owns the socket options (TTL, TOS, buffers, drop counter, BPF attach), the choice of timestamp
+source and the words that report it, sendmmsg/recvmmsg through ctypes over preallocated numpy
+buffers, vectorised control-message parsing, and kernel TX timestamps from the error queue.
+Kernel interfaces: socket(7), packet timestamping (Documentation/networking/timestamping.rst).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from enum import IntFlag, StrEnum
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.records import RecordFlag
+
+# <asm-generic/socket.h>, <linux/in.h>, <linux/sockios.h>: absent from Python's socket module.
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35  # also the SCM type of its cmsg
+SO_TIMESTAMPING = 37  # also SCM_TIMESTAMPING (64-bit timespecs on 64-bit kernels)
+SO_RXQ_OVFL = 40
+IP_RECVERR = 11
+SIOCSHWTSTAMP = 0x89B0
+SIOCGHWTSTAMP = 0x89B1
+SO_EE_ORIGIN_TIMESTAMPING = 4
+SCM_TSTAMP_SND = 0
+BPF_MAXINSNS = 4096
+_CMSG_HDR = 16  # struct cmsghdr on LP64: size_t len, int level, int type; data 8-aligned
+_RX_CTRL_BYTES = 128  # SCM_TIMESTAMPING (64) + SO_RXQ_OVFL (24), with room to spare
+_ERRQ_CTRL_BYTES = 256  # SCM_TIMESTAMPING (64) + IP_RECVERR with offender address (48)
+_SOFT_SEND_ERRNOS = (errno.ENOBUFS, errno.EAGAIN)
+_BUG = "please report this line as a bug in loadgen"
+_SEND_FIXES = {
+    errno.EPERM: "a firewall rule refused the probe: check `nft list ruleset` for output rules",
+    errno.EACCES: "the target is a broadcast address: remove it from the targets",
+}
+_NEED_RAW = (
+    "raw ICMP sockets need root or CAP_NET_RAW: run as root, or grant it with "
+    "`sudo setcap cap_net_raw+ep <python path>`"
+)
+
+
+class Sof(IntFlag):
+    """SOF_TIMESTAMPING_* bits of <linux/net_tstamp.h>."""
+
+    TX_HARDWARE = 1 << 0
+    TX_SOFTWARE = 1 << 1
+    RX_HARDWARE = 1 << 2
+    RX_SOFTWARE = 1 << 3
+    SOFTWARE = 1 << 4
+    RAW_HARDWARE = 1 << 6
+    OPT_ID = 1 << 7
+    OPT_TSONLY = 1 << 11
+
+
+class TimestampMode(StrEnum):
+    """Profile key `timestamps`. AUTO uses NIC stamps only if the NIC already makes them."""
+
+    AUTO = "auto"
+    HARDWARE = "hardware"  # configures the NIC (SIOCSHWTSTAMP); needs `interface`
+    SOFTWARE = "software"
+    USER = "user"
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_size_t), ("len", ctypes.c_size_t))
+
+
+class _Msghdr(ctypes.Structure):  # pointers held as integers so numpy can fill them in bulk
+    _fields_ = (
+        ("name", ctypes.c_size_t),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.c_size_t),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_size_t),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    )
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = (("hdr", _Msghdr), ("len", ctypes.c_uint))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+_IOVEC = np.dtype(_Iovec)
+_MMSGHDR = np.dtype(_Mmsghdr)
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_sendmmsg: Any = _libc.sendmmsg
+_sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+_recvmmsg: Any = _libc.recvmmsg
+_recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+
+
+@dataclass(frozen=True, slots=True)
+class FamilySpec:
+    """What differs between IPv4 and IPv6 raw ICMP sockets. Only IPv4 is defined so far."""
+
+    family: int
+    proto: int
+    ip_level: int
+    hops_option: int  # IP_TTL / IPV6_UNICAST_HOPS
+    class_option: int  # IP_TOS / IPV6_TCLASS
+    recverr: tuple[int, int]  # (level, type) of the error-queue cmsg
+    sockaddr: np.dtype[Any]  # field `addr` takes the destination column of `send`
+
+
+IPV4 = FamilySpec(
+    family=socket.AF_INET,
+    proto=socket.IPPROTO_ICMP,
+    ip_level=socket.IPPROTO_IP,
+    hops_option=socket.IP_TTL,
+    class_option=socket.IP_TOS,
+    recverr=(socket.IPPROTO_IP, IP_RECVERR),
+    sockaddr=np.dtype([("family", "=u2"), ("port", ">u2"), ("addr", ">u4"), ("zero", "u1", 8)]),
+)
+
+
+def _set_option(sock: socket.socket, level: int, option: int, value: int | bytes) -> None:
+    """Every setsockopt goes through here, so tests can make one option fail."""
+    sock.setsockopt(level, option, value)
+
+
+def problem(what: str, err: int, fix: str = "") -> PermissionProblem | SocketProblem:
+    """The one-line error for a failed socket call: what failed, why, and what to do."""
+    if err in (errno.EPERM, errno.EACCES) and not fix:
+        return PermissionProblem(f"{what}: {_NEED_RAW}")
+    fixes = {
+        errno.ENOPROTOOPT: 'this kernel lacks the option: set timestamps = "user" or upgrade it',
+        errno.ENOMEM: "the kernel is short of memory: lower rcvbuf_bytes/sndbuf_bytes",
+        errno.ENOBUFS: "the kernel is short of memory: lower rcvbuf_bytes/sndbuf_bytes",
+        errno.EMFILE: "too many open files: raise the limit with `ulimit -n`",
+        errno.ENFILE: "the system is out of file handles: close other programs and retry",
+        errno.EAFNOSUPPORT: "this kernel lacks the address family: use IPv4 targets",
+        errno.EHOSTUNREACH: "no route to the target: check it with `ip route get <target>`",
+        errno.ENETUNREACH: "no route to the target: check it with `ip route get <target>`",
+        errno.EMSGSIZE: "the probe is larger than the path MTU allows: lower the size (-s)",
+    }
+    name = errno.errorcode.get(err, str(err))
+    return SocketProblem(f"{what}: {name} ({os.strerror(err)}); {fix or fixes.get(err, _BUG)}")
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpSocket:
+    """An open, configured raw ICMP socket and what its RX timestamps are made of."""
+
+    sock: socket.socket
+    spec: FamilySpec
+    rx_flags: RecordFlag  # RX_KERNEL, RX_HARDWARE or NONE (user space)
+    rx_source: str  # "kernel-software", "hardware", "kernel (SO_TIMESTAMPNS)", "user-space"
+    rx_scm: int  # cmsg type carrying RX stamps (SO_TIMESTAMPING/SO_TIMESTAMPNS), 0 if none
+    tsflags: Sof  # SO_TIMESTAMPING flags in force (0 unless rx_scm is SO_TIMESTAMPING)
+    rcvbuf_bytes: int  # as the kernel reports it (twice the request, capped)
+    sndbuf_bytes: int
+    interface: str | None
+    notes: tuple[str, ...]  # one line per fallback taken, for the run's header
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_icmp_v4(
+    *,
+    ttl: int,
+    tos: int,
+    rcvbuf_bytes: int = 8 << 20,
+    sndbuf_bytes: int = 4 << 20,
+    timestamps: TimestampMode,
+    bpf_program: bytes | None,
+    interface: str | None = None,
+) -> IcmpSocket:
+    """A non-blocking raw ICMPv4 socket, configured; raises PermissionProblem/SocketProblem."""
+    return open_icmp(
+        IPV4,
+        ttl=ttl,
+        tos=tos,
+        rcvbuf_bytes=rcvbuf_bytes,
+        sndbuf_bytes=sndbuf_bytes,
+        timestamps=timestamps,
+        bpf_program=bpf_program,
+        interface=interface,
+    )
+
+
+def open_icmp(
+    spec: FamilySpec,
+    *,
+    ttl: int,
+    tos: int,
+    rcvbuf_bytes: int,
+    sndbuf_bytes: int,
+    timestamps: TimestampMode,
+    bpf_program: bytes | None,
+    interface: str | None,
+) -> IcmpSocket:
+    if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
+        raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
+    try:
+        sock = socket.socket(spec.family, socket.SOCK_RAW, spec.proto)
+    except OSError as exc:
+        raise problem("opening a raw ICMP socket", exc.errno or 0) from None
+    try:
+        sock.setblocking(False)
+        notes: list[str] = []
+        _configure(sock, spec, ttl, tos, rcvbuf_bytes, sndbuf_bytes, notes)
+        if bpf_program is not None:
+            _attach_filter(sock, bpf_program)
+        flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
+        return IcmpSocket(
+            sock,
+            spec,
+            flags,
+            source,
+            scm,
+            tsflags,
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            interface,
+            tuple(notes),
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _configure(
+    sock: socket.socket,
+    spec: FamilySpec,
+    ttl: int,
+    tos: int,
+    rcvbuf_bytes: int,
+    sndbuf_bytes: int,
+    notes: list[str],
+) -> None:
+    for level, option, value, what in (
+        (spec.ip_level, spec.hops_option, ttl, "setting the TTL"),
+        (spec.ip_level, spec.class_option, tos, "setting the TOS"),
+        (socket.SOL_SOCKET, SO_RXQ_OVFL, 1, "enabling the drop counter (SO_RXQ_OVFL)"),
+    ):
+        try:
+            _set_option(sock, level, option, value)
+        except OSError as exc:
+            raise problem(what, exc.errno or 0) from None
+    for force, plain, size, key, sysctl in (
+        (SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf_bytes, "rcvbuf_bytes", "net.core.rmem_max"),
+        (SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf_bytes, "sndbuf_bytes", "net.core.wmem_max"),
+    ):
+        try:  # FORCE ignores the sysctl cap but needs CAP_NET_ADMIN
+            _set_option(sock, socket.SOL_SOCKET, force, size)
+        except OSError:
+            try:
+                _set_option(sock, socket.SOL_SOCKET, plain, size)
+            except OSError as exc:
+                raise problem(f"setting {key}", exc.errno or 0) from None
+            if sock.getsockopt(socket.SOL_SOCKET, plain) < size:
+                notes.append(f"{key} capped by {sysctl}: raise it with `sysctl -w {sysctl}={size}`")
+
+
+def _attach_filter(sock: socket.socket, program: bytes) -> None:
+    """Attach a packed struct sock_filter array, then drop what slipped in before it."""
+    count, rest = divmod(len(program), 8)
+    if rest or not 0 < count <= BPF_MAXINSNS:
+        raise ValueError(
+            f"a BPF program is 1-{BPF_MAXINSNS} 8-byte instructions, got {len(program)} bytes"
+        )
+    insns = ctypes.create_string_buffer(program, len(program))  # alive until the kernel copied it
+    fprog = _SockFprog(count, ctypes.addressof(insns))
+    try:
+        _set_option(sock, socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+    except OSError as exc:
+        raise problem(
+            "attaching the BPF filter",
+            exc.errno or 0,
+            "the kernel rejected the program: this is a bug in loadgen.bpf, report it",
+        ) from None
+    for _ in range(1 << 16):  # packets queued between socket() and the attach were not filtered
+        try:
+            sock.recv(1)
+        except BlockingIOError:
+            break
+
+
+def _rx_stamps(
+    sock: socket.socket, mode: TimestampMode, interface: str | None, notes: list[str]
+) -> tuple[RecordFlag, str, int, Sof]:
+    """Best RX timestamp source for the mode: SO_TIMESTAMPING, else SO_TIMESTAMPNS, else user."""
+    if mode is TimestampMode.USER:
+        return RecordFlag.NONE, "user-space", 0, Sof(0)
+    hardware = False
+    if mode is TimestampMode.HARDWARE and interface is None:
+        notes.append("hardware timestamps need `interface`: using kernel software timestamps")
+    elif mode in (TimestampMode.HARDWARE, TimestampMode.AUTO) and interface is not None:
+        why = nic_stamping(sock, interface, configure=mode is TimestampMode.HARDWARE, tx=False)
+        hardware = why is None
+        if why is not None and mode is TimestampMode.HARDWARE:
+            notes.append(f"no hardware timestamps: {why}; using kernel software timestamps")
+    tsflags = Sof.RX_SOFTWARE | Sof.SOFTWARE
+    if hardware:
+        tsflags |= Sof.RX_HARDWARE | Sof.RAW_HARDWARE
+    try:
+        _set_option(sock, socket.SOL_SOCKET, SO_TIMESTAMPING, int(tsflags))
+    except OSError as exc:
+        notes.append(
+            f"SO_TIMESTAMPING refused ({os.strerror(exc.errno or 0)}): trying SO_TIMESTAMPNS"
+        )
+    else:
+        if hardware:
+            return RecordFlag.RX_HARDWARE, "hardware", SO_TIMESTAMPING, tsflags
+        return RecordFlag.RX_KERNEL, "kernel-software", SO_TIMESTAMPING, tsflags
+    try:
+        _set_option(sock, socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError as exc:
+        notes.append(
+            f"SO_TIMESTAMPNS refused ({os.strerror(exc.errno or 0)}): using user-space time"
+        )
+        return RecordFlag.NONE, "user-space", 0, Sof(0)
+    return RecordFlag.RX_KERNEL, "kernel (SO_TIMESTAMPNS)", SO_TIMESTAMPNS, Sof(0)
+
+
+def nic_stamping(sock: socket.socket, interface: str, *, configure: bool, tx: bool) -> str | None:
+    """None if `interface` stamps packets in hardware (after SIOCSHWTSTAMP if `configure`),
+    else why not. Configuring changes the NIC for every user of it, so AUTO only looks."""
+    name = interface.encode()
+    if not 0 < len(name) < 16:
+        return f"{interface!r} is not an interface name"
+    config = (ctypes.c_int * 3)()  # struct hwtstamp_config: flags, tx_type, rx_filter
+    ifreq = bytearray(40)  # struct ifreq: name[16], then a pointer to the config
+    ifreq[: len(name)] = name
+    struct.pack_into("P", ifreq, 16, ctypes.addressof(config))
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCGHWTSTAMP, ifreq)
+        if config[2] != 0 and (config[1] != 0 or not tx):
+            return None
+    except OSError:
+        pass  # older drivers only implement the SET call
+    if not configure:
+        return f"{interface} is not set up for hardware timestamps"
+    config[0], config[1], config[2] = 0, int(tx), 1  # HWTSTAMP_TX_ON?, HWTSTAMP_FILTER_ALL
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCSHWTSTAMP, ifreq)
+    except OSError as exc:
+        return f"{interface} cannot stamp in hardware ({os.strerror(exc.errno or 0)})"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    sent: int  # packets the kernel took, from the front of the batch
+    errno: int  # 0, or ENOBUFS/EAGAIN: packet `sent` was refused and the rest not tried
+
+
+@dataclass(frozen=True, slots=True)
+class RecvBatch:
+    """Rows are views of BatchIO's buffers, valid until its next recv()."""
+
+    n: int
+    data: NDArray[np.uint8]  # [n, slot_bytes]: IP header onwards (IPv4 raw sockets)
+    lengths: NDArray[np.uint32]  # bytes in each row (at most slot_bytes)
+    rx_ns: NDArray[np.int64]  # CLOCK_REALTIME; kernel/NIC stamp where rx_flags says so
+    rx_flags: NDArray[np.uint8]  # RecordFlag.RX_KERNEL / RX_HARDWARE, 0 = user space
+    truncated: int  # rows cut to slot_bytes (MSG_TRUNC)
+    dropped_total: int  # socket drop counter (SO_RXQ_OVFL) as of the newest packet that had it
+
+    @property
+    def rx_kernel(self) -> NDArray[np.bool_]:
+        return np.not_equal(self.rx_flags, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class TxStamps:
+    """Kernel TX stamps, views valid until the next read_tx_timestamps()."""
+
+    n: int
+    ids: NDArray[np.uint32]  # OPT_ID: the k-th packet sent since enabling has id k (wraps)
+    tx_ns: NDArray[np.int64]
+    tx_flags: NDArray[np.uint8]  # RecordFlag.TX_KERNEL or TX_HARDWARE
+    more: bool  # the error queue may hold more: call again
+
+
+class _RecvRing:
+    """mmsghdr array for recvmmsg, each row with one data slot and one control slot."""
+
+    def __init__(self, rows: int, slot_bytes: int, ctrl_bytes: int) -> None:
+        index = np.arange(rows, dtype=np.uint64)
+        self.rows, self.ctrl_bytes = rows, ctrl_bytes
+        self.data = np.zeros((rows, slot_bytes), np.uint8)
+        self.ctrl = np.zeros((rows, ctrl_bytes), np.uint8)
+        self.iov = np.zeros(rows, _IOVEC)
+        self.iov["base"] = self.data.ctypes.data + index * slot_bytes
+        self.iov["len"] = slot_bytes
+        self.msgs = np.zeros(rows, _MMSGHDR)
+        hdr = self.msgs["hdr"]
+        hdr["iov"] = self.iov.ctypes.data + index * _IOVEC.itemsize
+        hdr["iovlen"] = 1
+        hdr["control"] = self.ctrl.ctypes.data + index * ctrl_bytes
+        self.controllen, self.flags, self.lengths = (
+            hdr["controllen"],
+            hdr["flags"],
+            self.msgs["len"],
+        )
+
+    def receive(self, fd: int, flags: int) -> int:
+        """Messages read, or -errno."""
+        self.controllen[:] = self.ctrl_bytes  # the kernel shrinks it to what it wrote
+        n: int = _recvmmsg(fd, self.msgs.ctypes.data, self.rows, flags, None)
+        return n if n >= 0 else -ctypes.get_errno()
+
+
+def cmsg_offsets(
+    ctrl: NDArray[np.uint8], used: NDArray[Any], wanted: tuple[tuple[int, int], ...]
+) -> list[NDArray[np.int64]]:
+    """Byte offset of the data of each wanted (level, type) cmsg in each row, -1 if absent.
+    Loops over cmsg positions (two or three), never over rows."""
+    rows = np.arange(ctrl.shape[0])
+    keys = [int(np.array(w, np.int32).view(np.uint64)[0]) for w in wanted]  # native order
+    found = [np.full(rows.size, -1, np.int64) for _ in wanted]
+    words = ctrl.view(np.uint64)
+    pos = np.zeros(rows.size, np.int64)
+    used = used.astype(np.int64)
+    live = rows[used >= _CMSG_HDR]
+    while live.size:
+        at = pos[live]
+        length = words[live, at // 8].astype(np.int64)
+        ok = (length >= _CMSG_HDR) & (at + length <= used[live])
+        level_type = words[live, at // 8 + 1]
+        for key, out in zip(keys, found, strict=True):
+            hit = ok & (level_type == key)
+            out[live[hit]] = at[hit] + _CMSG_HDR
+        pos[live] = at + ((length + 7) & ~7)
+        live = live[ok & (pos[live] + _CMSG_HDR <= used[live])]
+    return found
+
+
+def _read_stamps(
+    ctrl: NDArray[np.uint8],
+    at: NDArray[np.int64],
+    timestamping: bool,
+    out_ns: NDArray[np.int64],
+    out_flags: NDArray[np.uint8],
+    soft: RecordFlag,
+    hard: RecordFlag,
+) -> None:
+    """Write the timespec(s) at `at` into out_ns/out_flags for rows that have a nonzero one:
+    SCM_TIMESTAMPING holds ts[0] software and ts[2] raw hardware; SCM_TIMESTAMPNS one ts."""
+    rows = np.flatnonzero(at >= 0)
+    if not rows.size:
+        return
+    words = ctrl.view(np.int64)
+    word = at[rows] // 8
+    ns = words[rows, word] * 1_000_000_000 + words[rows, word + 1]
+    flags = np.full(rows.size, int(soft), np.uint8)
+    if timestamping:
+        hw_ns = words[rows, word + 4] * 1_000_000_000 + words[rows, word + 5]
+        is_hw = hw_ns != 0
+        ns[is_hw] = hw_ns[is_hw]
+        flags[is_hw] = int(hard)
+    good = ns != 0
+    out_ns[rows[good]] = ns[good]
+    out_flags[rows[good]] = flags[good]
+
+
+class BatchIO:
+    """sendmmsg/recvmmsg over one IcmpSocket with buffers allocated once; owns and closes it."""
+
+    def __init__(self, sock: IcmpSocket, batch: int = 256, slot_bytes: int = 2048) -> None:
+        if batch < 1 or slot_bytes < 64:
+            raise ValueError("batch must be >= 1 and slot_bytes >= 64")
+        self._sock, self._fd, self._batch = sock, sock.fileno(), batch
+        index = np.arange(batch, dtype=np.uint64)
+        self._index, self._scratch = index, np.zeros(batch, np.uint64)
+        self._addrs = np.zeros(batch, sock.spec.sockaddr)
+        self._addrs["family"] = sock.spec.family
+        self._tx_iov = np.zeros(batch, _IOVEC)
+        self._tx_msgs = np.zeros(batch, _MMSGHDR)
+        hdr = self._tx_msgs["hdr"]
+        hdr["name"] = self._addrs.ctypes.data + index * self._addrs.itemsize
+        hdr["namelen"] = self._addrs.itemsize
+        hdr["iov"] = self._tx_iov.ctypes.data + index * _IOVEC.itemsize
+        hdr["iovlen"] = 1
+        self._rx = _RecvRing(batch, slot_bytes, _RX_CTRL_BYTES)
+        self._rx_ns = np.zeros(batch, np.int64)
+        self._rx_flags = np.zeros(batch, np.uint8)
+        self._rx_wanted = ((socket.SOL_SOCKET, sock.rx_scm), (socket.SOL_SOCKET, SO_RXQ_OVFL))
+        self._dropped_total = 0
+        self._errq: _RecvRing | None = None  # built by enable_tx_timestamps
+        self._tx_flag = RecordFlag.NONE
+        self._tx_ids = np.zeros(batch, np.uint32)
+        self._tx_ns = np.zeros(batch, np.int64)
+        self._tx_flags = np.zeros(batch, np.uint8)
+
+    @property
+    def socket(self) -> IcmpSocket:
+        return self._sock
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> BatchIO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, packets: NDArray[np.uint8], dst: NDArray[Any]) -> SendResult:
+        """Send row i of `packets` to dst[i] (IPv4: host-order uint32), in order, batch by batch.
+        ENOBUFS/EAGAIN end the call with what went; other failures raise SocketProblem."""
+        if packets.ndim != 2 or packets.dtype != np.uint8 or not packets.flags.c_contiguous:
+            raise ValueError("packets must be a C-contiguous uint8 array of shape [n, length]")
+        n, length = packets.shape
+        if len(dst) != n:
+            raise ValueError(f"{n} packets but {len(dst)} destinations")
+        base, sent = packets.ctypes.data, 0
+        while sent < n:
+            k = min(self._batch, n - sent)
+            self._addrs["addr"][:k] = dst[sent : sent + k]
+            np.multiply(self._index[:k], length, out=self._scratch[:k])
+            self._scratch[:k] += base + sent * length
+            self._tx_iov["base"][:k] = self._scratch[:k]
+            self._tx_iov["len"][:k] = length
+            went: int = _sendmmsg(self._fd, self._tx_msgs.ctypes.data, k, socket.MSG_DONTWAIT)
+            if went >= 0:  # short count: the kernel drops the error; the next call reports it
+                sent += went
+                continue
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            if err in _SOFT_SEND_ERRNOS:
+                return SendResult(sent, err)
+            where = self._describe(dst[sent])
+            raise problem(f"sending to {where}", err, _SEND_FIXES.get(err, "")) from None
+        return SendResult(sent, 0)
+
+    def _describe(self, address: Any) -> str:
+        if self._sock.spec.family == socket.AF_INET:
+            return str(ipaddress.IPv4Address(int(address)))
+        return str(address)
+
+    def recv(self) -> RecvBatch:
+        """Whatever is queued, up to `batch` packets, without waiting."""
+        ring = self._rx
+        n = ring.receive(self._fd, socket.MSG_DONTWAIT)
+        now_ns = time.time_ns()  # the user-space stamp for rows the kernel did not stamp
+        if n <= 0:
+            if n in (0, -errno.EAGAIN, -errno.EINTR):
+                n = 0
+            else:
+                raise problem("receiving", -n)
+        rx_ns, rx_flags = self._rx_ns[:n], self._rx_flags[:n]
+        rx_ns[:] = now_ns
+        rx_flags[:] = 0
+        if n:
+            stamps_at, drops_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._rx_wanted)
+            if self._sock.rx_scm:
+                _read_stamps(
+                    ring.ctrl,
+                    stamps_at,
+                    self._sock.rx_scm == SO_TIMESTAMPING,
+                    rx_ns,
+                    rx_flags,
+                    RecordFlag.RX_KERNEL,
+                    RecordFlag.RX_HARDWARE,
+                )
+            with_drops = np.flatnonzero(drops_at >= 0)
+            if with_drops.size:  # the kernel adds this cmsg only once the counter is nonzero
+                last = int(with_drops[-1])
+                self._dropped_total = int(ring.ctrl[last].view(np.uint32)[drops_at[last] // 4])
+        truncated = int(np.count_nonzero(ring.flags[:n] & socket.MSG_TRUNC))
+        return RecvBatch(
+            n, ring.data[:n], ring.lengths[:n], rx_ns, rx_flags, truncated, self._dropped_total
+        )
+
+    def enable_tx_timestamps(self) -> RecordFlag:
+        """Ask for a kernel (or NIC) stamp of every packet sent from now on, numbered by OPT_ID
+        from 0; returns TX_KERNEL or TX_HARDWARE. Read them with read_tx_timestamps()."""
+        sock = self._sock
+        if sock.rx_scm == SO_TIMESTAMPNS:
+            raise SocketProblem(
+                "kernel TX timestamps need SO_TIMESTAMPING, which this kernel "
+                "refused: set tx_timestamps = false in the profile"
+            )
+        tsflags = sock.tsflags | Sof.TX_SOFTWARE | Sof.SOFTWARE | Sof.OPT_ID | Sof.OPT_TSONLY
+        self._tx_flag = RecordFlag.TX_KERNEL
+        hardware = sock.rx_flags & RecordFlag.RX_HARDWARE and sock.interface is not None
+        if (
+            hardware
+            and nic_stamping(sock.sock, str(sock.interface), configure=True, tx=True) is None
+        ):
+            tsflags |= Sof.TX_HARDWARE | Sof.RAW_HARDWARE
+            self._tx_flag = RecordFlag.TX_HARDWARE
+        try:
+            _set_option(sock.sock, socket.SOL_SOCKET, SO_TIMESTAMPING, int(tsflags))
+        except OSError as exc:
+            raise problem(
+                "enabling kernel TX timestamps",
+                exc.errno or 0,
+                "set tx_timestamps = false in the profile",
+            ) from None
+        self._errq = _RecvRing(self._batch, 64, _ERRQ_CTRL_BYTES)
+        return self._tx_flag
+
+    def read_tx_timestamps(self) -> TxStamps:
+        """Up to `batch` TX stamps from the error queue (MSG_ERRQUEUE), without waiting."""
+        ring = self._errq
+        if ring is None:
+            raise RuntimeError("call enable_tx_timestamps() first")
+        n = ring.receive(self._fd, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        if n < 0:
+            if n in (-errno.EAGAIN, -errno.EINTR):
+                n = 0
+            else:
+                raise problem("reading TX timestamps", -n)
+        wanted = ((socket.SOL_SOCKET, SO_TIMESTAMPING), self._sock.spec.recverr)
+        stamps_at, err_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], wanted)
+        ns, flags = self._tx_ns[:n], self._tx_flags[:n]
+        ns[:] = 0
+        flags[:] = 0
+        _read_stamps(
+            ring.ctrl, stamps_at, True, ns, flags, RecordFlag.TX_KERNEL, RecordFlag.TX_HARDWARE
+        )
+        # struct sock_extended_err: u32 errno; u8 origin, type, code, pad; u32 info; u32 data
+        rows = np.flatnonzero(err_at >= 0)
+        words = ring.ctrl.view(np.uint32)[rows]
+        at = err_at[rows] // 4
+        pick = np.arange(rows.size)
+        origin = ring.ctrl[rows, err_at[rows] + 4]
+        good = (origin == SO_EE_ORIGIN_TIMESTAMPING) & (words[pick, at + 2] == SCM_TSTAMP_SND)
+        good &= flags[rows] != 0
+        keep = rows[good]
+        m = keep.size
+        self._tx_ids[:m] = words[pick[good], at[good] + 3]
+        self._tx_ns[:m] = ns[keep]
+        self._tx_flags[:m] = flags[keep]
+        return TxStamps(m, self._tx_ids[:m], self._tx_ns[:m], self._tx_flags[:m], n == ring.rows)
