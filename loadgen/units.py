@@ -62,27 +62,33 @@ _SIZE_UNITS = {
 }
 
 
+def _printable(text: str) -> str:
+    # Control characters and line separators would break the one-line rule.
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
 def show_value(value: object) -> str:
     """A value as it would appear in a profile, on one line and at most ~60 characters."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        text = '"' + "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in escaped) + '"'
+        text = '"' + _printable(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     elif isinstance(value, int | float):
         text = repr(value)
     elif isinstance(value, list | tuple):
-        text = "[" + ", ".join(show_value(v) for v in value) + "]"
+        # Only the first few items: the text is cut at _MAX_SHOWN anyway.
+        text = "[" + ", ".join(show_value(v) for v in value[:10]) + "]"
     elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{k} = {show_value(v)}" for k, v in value.items()) + "}"
+        text = "{" + ", ".join(f"{_printable(str(k))} = {show_value(v)}" for k, v in value.items())
+        text += "}"
     else:
-        text = "".join(c if c.isprintable() else "?" for c in repr(value))
+        text = _printable(repr(value))
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "\u2026"
 
 
 def bad_value(key: str, value: object, problem: str, fix: str) -> str:
     """The one-line message for a bad value: what was written, what is wrong, what to do."""
-    return f"key '{key}' = {show_value(value)}: {problem}; {fix}"
+    return f"key '{_printable(key)}' = {show_value(value)}: {problem}; {fix}"
 
 
 def _to_decimal(value: object, *, key: str, hint: str) -> tuple[Decimal, str]:
@@ -214,6 +220,17 @@ def parse_int(value: object, *, key: str, minimum: int, maximum: int) -> int:
     if not minimum <= number <= maximum:
         raise UsageError(bad_value(key, value, f"out of range {minimum}..{maximum}", hint))
     return number
+
+
+def parse_float(value: object, *, key: str, minimum: float, maximum: float) -> float:
+    """A plain number in [minimum, maximum]: 4, 2.5, "3"."""
+    hint = f"write a number from {minimum:g} to {maximum:g}"
+    number, unit = _to_decimal(value, key=key, hint=hint)
+    if unit:
+        raise UsageError(bad_value(key, value, "takes no unit", hint))
+    if _too_big(number) or not minimum <= float(number) <= maximum:
+        raise UsageError(bad_value(key, value, f"out of range {minimum:g}..{maximum:g}", hint))
+    return float(number)
 
 
 def format_rate(pps: float) -> str:

@@ -16,6 +16,7 @@ from loadgen.units import (
     format_duration,
     format_rate,
     parse_duration_ns,
+    parse_float,
     parse_int,
     parse_rate,
     parse_size,
@@ -218,10 +219,11 @@ def test_garbage_only_ever_raises_a_one_line_usage_error(value: object) -> None:
             assert message.startswith("key 'k' = ")
             assert message.isprintable()  # one line, no control characters
             assert len(message) < 300
-    try:
-        parse_int(value, key="k", minimum=0, maximum=10)
-    except UsageError as err:
-        assert str(err).isprintable()
+    for bounded in (parse_int, parse_float):
+        try:
+            bounded(value, key="k", minimum=0, maximum=10)
+        except UsageError as err:
+            assert str(err).isprintable()
 
 
 def test_show_value_keeps_messages_on_one_line() -> None:
@@ -231,3 +233,12 @@ def test_show_value_keeps_messages_on_one_line() -> None:
     assert bad_value("rate", "1q", "unknown unit", "write 100k") == (
         "key 'rate' = \"1q\": unknown unit; write 100k"
     )
+
+
+def test_parse_float_range_and_units() -> None:
+    assert parse_float("3", key="refresh_hz", minimum=2, maximum=4) == 3.0
+    assert parse_float(2.5, key="refresh_hz", minimum=2, maximum=4) == 2.5
+    with pytest.raises(UsageError, match=r"out of range 2\.\.4"):
+        parse_float(10, key="refresh_hz", minimum=2, maximum=4)
+    with pytest.raises(UsageError, match="takes no unit"):
+        parse_float("3Hz", key="refresh_hz", minimum=2, maximum=4)
