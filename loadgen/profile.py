@@ -416,6 +416,9 @@ def _build(data: Mapping[str, Any], source: str, origins: Mapping[str, str]) -> 
     def fail(name: str, message: str) -> ProfileError:
         return ProfileError(f"{origins.get(name, source)}: {message}")
 
+    # TOML has no null, so None only comes from flags that were not given: treat it as absent.
+    data = {name: value for name, value in data.items() if value is not None}
+
     for name, value in data.items():
         if name not in _KEYS:
             problem = bad_value(str(name), value, "unknown key", _unknown_key_fix(str(name)))
@@ -441,7 +444,8 @@ def _build(data: Mapping[str, Any], source: str, origins: Mapping[str, str]) -> 
 
 
 def parse_profile(data: Mapping[str, Any], *, source: str) -> Profile:
-    """Validate a mapping of profile keys (TOML names) into a Profile; raise ProfileError."""
+    """Validate a mapping of profile keys (TOML names; a None value counts as absent) into a
+    Profile; raise ProfileError."""
     return _build(data, source, {})
 
 

@@ -287,3 +287,8 @@ def test_any_file_content_gives_a_profile_or_one_line_profile_error(
 def test_deeply_nested_toml_is_a_profile_error(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="nested too deeply"):
         load_profile(write(tmp_path, "targets = " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
+def test_none_counts_as_absent() -> None:
+    profile = parse_profile({"targets": "127.0.0.1", "rate": None, "count": None}, source="flags")
+    assert (profile.rate_pps, profile.count) == (1000.0, None)

@@ -1,0 +1,203 @@
+"""How a run is split across workers: which worker probes which targets, on which CPU, with
+which ICMP identifier and at what rate. Pure: the caller supplies the CPUs it may use, the run
+id and the identifier base. `describe` renders the plan for `loadgen check`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from loadgen.errors import ProfileError, TargetError
+from loadgen.profile import Profile
+from loadgen.targets import Target
+from loadgen.units import NS_PER_S, bad_value, format_duration, format_rate
+
+_SHOWN_TARGETS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    index: int
+    cpu: int | None  # None: not pinned (no CPU list was available)
+    ident: int  # ICMP identifier, unique per worker; the BPF filter demultiplexes on it
+    run_id: int
+    targets: tuple[Target, ...]  # never empty; each target belongs to exactly one worker
+    rate_pps: float  # this worker's total: the per-target rate times len(targets)
+    count_per_target: int | None
+    duration_ns: int | None
+    size: int
+    ttl: int
+    tos: int
+    timeout_ns: int
+    linger_ns: int
+    timestamps: str
+    tx_timestamps: bool
+    interface: str | None
+
+    @property
+    def rate_per_target_pps(self) -> float:
+        return self.rate_pps / len(self.targets)
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    run_id: int
+    targets: tuple[Target, ...]
+    workers: tuple[WorkerPlan, ...]
+    rate_pps: float  # effective total, after the per-target cap
+    profile: Profile
+
+    @property
+    def rate_per_target_pps(self) -> float:
+        return self.rate_pps / len(self.targets)
+
+    @property
+    def send_ns(self) -> int | None:
+        """How long sending lasts: the duration, or count probes at the per-target rate,
+        whichever is shorter; None when the run goes on until interrupted."""
+        limits = [] if self.profile.duration_ns is None else [self.profile.duration_ns]
+        if self.profile.count is not None:
+            limits.append(round(self.profile.count * NS_PER_S / self.rate_per_target_pps))
+        return min(limits) if limits else None
+
+
+def _worker_cpus(profile: Profile, cpus_available: Sequence[int]) -> list[int | None]:
+    if profile.cpus is None:
+        return list(cpus_available) if cpus_available else [None]
+    if cpus_available:
+        missing = [cpu for cpu in profile.cpus if cpu not in cpus_available]
+        if missing:
+            allowed = ", ".join(str(cpu) for cpu in cpus_available)
+            raise ProfileError(
+                f"{profile.source}: "
+                + bad_value(
+                    "cpus",
+                    list(profile.cpus),
+                    f"CPU {missing[0]} is not available to this process (allowed: {allowed})",
+                    "pick CPUs from that list, or leave cpus out",
+                )
+            )
+    return list(profile.cpus)
+
+
+def make_plan(
+    profile: Profile,
+    targets: Sequence[Target],
+    *,
+    cpus_available: Sequence[int],
+    run_id: int,
+    ident_base: int,
+) -> RunPlan:
+    """Deal targets round-robin over the workers (worker w gets targets[w::W]), give each worker
+    the per-target rate times its share, pin workers round-robin on the CPUs, and number their
+    ICMP identifiers from ident_base."""
+    if not targets:
+        raise TargetError("no targets to probe; name at least one, like 127.0.0.1")
+    if [t.index for t in targets] != list(range(len(targets))):
+        raise ValueError("target indexes must be 0..n-1 in order (resolve_targets makes them)")
+    if not 0 <= run_id < 2**32:
+        raise ValueError(f"run_id {run_id} does not fit the 32-bit payload field")
+    cpus = _worker_cpus(profile, cpus_available)
+    n_targets = len(targets)
+    n_workers = min(profile.workers or len(cpus), n_targets)
+    assert n_workers <= 0x10000, "ICMP identifiers would repeat"
+    rate_pps = profile.rate_pps
+    if profile.rate_per_target_pps is not None:
+        rate_pps = min(rate_pps, profile.rate_per_target_pps * n_targets)
+    workers = []
+    for w in range(n_workers):
+        share = tuple(targets[w::n_workers])
+        workers.append(
+            WorkerPlan(
+                index=w,
+                cpu=cpus[w % len(cpus)],
+                ident=(ident_base + w) & 0xFFFF,
+                run_id=run_id,
+                targets=share,
+                # One product and one division: every target gets the same rate to within an
+                # ulp, and the shares add up to the total.
+                rate_pps=rate_pps * len(share) / n_targets,
+                count_per_target=profile.count,
+                duration_ns=profile.duration_ns,
+                size=profile.size,
+                ttl=profile.ttl,
+                tos=profile.tos,
+                timeout_ns=profile.timeout_ns,
+                linger_ns=profile.delay_ns,
+                timestamps=profile.timestamps,
+                tx_timestamps=profile.tx_timestamps,
+                interface=profile.interface,
+            )
+        )
+    return RunPlan(
+        run_id=run_id,
+        targets=tuple(targets),
+        workers=tuple(workers),
+        rate_pps=rate_pps,
+        profile=profile,
+    )
+
+
+def _target_label(target: Target) -> str:
+    if target.name == target.address:
+        return target.address
+    return f"{target.name} ({target.address})"
+
+
+def _stop_rule(plan: RunPlan) -> str:
+    profile, send_ns = plan.profile, plan.send_ns
+    if send_ns is None:
+        return "stop: when interrupted (Ctrl-C); set count or duration for a bounded run"
+    rules = []
+    if profile.count is not None:
+        rules.append(f"after {profile.count} probes per target")
+    if profile.duration_ns is not None:
+        rules.append(f"after {format_duration(profile.duration_ns)}")
+    return (
+        f"stop: {' or '.join(rules)}; sending takes about {format_duration(send_ns)}, "
+        f"then up to {format_duration(profile.delay_ns)} for the last replies"
+    )
+
+
+def describe(plan: RunPlan) -> str:
+    """The plan for people: targets, rates, limits and one line per worker."""
+    profile = plan.profile
+    shown = ", ".join(_target_label(t) for t in plan.targets[:_SHOWN_TARGETS])
+    more = len(plan.targets) - _SHOWN_TARGETS
+    if more > 0:
+        shown += f", and {more} more"
+    rate = f"rate: {format_rate(plan.rate_pps)} in total, {format_rate(plan.rate_per_target_pps)}"
+    rate += " per target"
+    if plan.rate_pps < profile.rate_pps:
+        rate += (
+            f" (rate {format_rate(profile.rate_pps)} capped by rate_per_target "
+            f"{format_rate(profile.rate_per_target_pps or 0.0)})"
+        )
+    tx = "kernel TX timestamps" if profile.tx_timestamps else "user-space TX times"
+    lines = [
+        f"profile: {profile.source}",
+        f"run id: 0x{plan.run_id:08x}",
+        f"targets: {len(plan.targets)}: {shown}",
+        rate,
+        f"probes: {profile.probe}, {profile.size}-byte payload, ttl {profile.ttl}, "
+        f"tos 0x{profile.tos:02x}"
+        + (f", interface {profile.interface}" if profile.interface else ""),
+        _stop_rule(plan),
+        f"timeout: {format_duration(profile.timeout_ns)} (later replies count as late); "
+        f"delay: {format_duration(profile.delay_ns)} (then unanswered probes count as lost)",
+        f"timestamps: {profile.timestamps} RX, {tx}",
+        f"workers: {len(plan.workers)}",
+        "  worker   cpu   ident  targets          rate    per target",
+    ]
+    for worker in plan.workers:
+        cpu = "any" if worker.cpu is None else str(worker.cpu)
+        lines.append(
+            f"  {worker.index:>6}  {cpu:>4}  0x{worker.ident:04x}  {len(worker.targets):>7}  "
+            f"{format_rate(worker.rate_pps):>12}  {format_rate(worker.rate_per_target_pps):>12}"
+        )
+    total = sum(worker.rate_pps for worker in plan.workers)
+    lines.append(
+        f"  {'total':>6}  {'':>4}  {'':>6}  {len(plan.targets):>7}  {format_rate(total):>12}"
+    )
+    return "\n".join(lines)

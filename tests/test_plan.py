@@ -1,0 +1,175 @@
+"""Worker plans: how many workers, which targets and CPU each gets, identifiers, rates that add
+up to the (capped) total, and the text `loadgen check` prints."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loadgen.errors import ProfileError, TargetError
+from loadgen.plan import RunPlan, describe, make_plan
+from loadgen.profile import Profile, parse_profile
+from loadgen.targets import Target
+
+S = 1_000_000_000
+
+
+def profile(**data: Any) -> Profile:
+    return parse_profile({"targets": ["198.18.0.0/24"], **data}, source="plan.toml")
+
+
+def targets(n: int) -> tuple[Target, ...]:
+    return tuple(
+        Target(index=i, address=f"198.18.{i // 250}.{i % 250 + 1}", family=4, name=f"h{i}")
+        for i in range(n)
+    )
+
+
+def plan(n_targets: int = 10, available: tuple[int, ...] = (0, 1), **data: Any) -> RunPlan:
+    return make_plan(
+        profile(**data),
+        targets(n_targets),
+        cpus_available=available,
+        run_id=0x1234,
+        ident_base=100,
+    )
+
+
+def test_one_worker_per_available_cpu_by_default() -> None:
+    assert [w.cpu for w in plan(available=(0, 1)).workers] == [0, 1]
+    assert [w.cpu for w in plan(available=(2, 5, 7)).workers] == [2, 5, 7]
+
+
+def test_workers_key_and_more_workers_than_cpus() -> None:
+    run = plan(available=(0, 1), workers=4)
+    assert [w.cpu for w in run.workers] == [0, 1, 0, 1]
+    assert [w.index for w in run.workers] == [0, 1, 2, 3]
+
+
+def test_cpus_key_chooses_the_cpus_and_the_default_worker_count() -> None:
+    assert [w.cpu for w in plan(available=(0, 1, 2, 3), cpus=[3, 1]).workers] == [3, 1]
+
+
+def test_never_more_workers_than_targets() -> None:
+    assert len(plan(n_targets=3, workers=8).workers) == 3
+    assert len(plan(n_targets=1, available=(0, 1, 2, 3)).workers) == 1
+
+
+def test_without_a_cpu_list_one_unpinned_worker() -> None:
+    run = plan(available=())
+    assert [(w.cpu, len(w.targets)) for w in run.workers] == [(None, 10)]
+    assert [w.cpu for w in plan(available=(), workers=3).workers] == [None, None, None]
+
+
+def test_unavailable_cpu_is_a_profile_error_naming_the_key() -> None:
+    with pytest.raises(ProfileError) as err:
+        plan(available=(0, 1), cpus=[1, 5])
+    message = str(err.value)
+    assert message.startswith("plan.toml: key 'cpus' = [1, 5]: CPU 5 is not available")
+    assert "(allowed: 0, 1); pick CPUs from that list" in message
+
+
+def test_targets_are_dealt_round_robin_each_to_exactly_one_worker() -> None:
+    run = plan(n_targets=7, workers=3)
+    assert [[t.index for t in w.targets] for w in run.workers] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert run.targets == targets(7)
+
+
+def test_rate_is_split_evenly_per_target() -> None:
+    run = plan(n_targets=3, rate="2k")
+    assert run.rate_pps == 2000.0
+    assert [len(w.targets) for w in run.workers] == [2, 1]
+    assert math.isclose(run.workers[0].rate_pps, 2000 * 2 / 3)
+    assert math.isclose(run.workers[1].rate_pps, 2000 / 3)
+    assert run.workers[0].rate_per_target_pps == pytest.approx(run.workers[1].rate_per_target_pps)
+
+
+def test_per_target_cap() -> None:
+    capped = plan(n_targets=15, rate="100k", rate_per_target="1k")
+    assert capped.rate_pps == 15_000.0
+    assert capped.rate_per_target_pps == 1000.0
+    assert all(w.rate_per_target_pps == pytest.approx(1000.0) for w in capped.workers)
+    loose = plan(n_targets=15, rate="10k", rate_per_target="1k")
+    assert loose.rate_pps == 10_000.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_targets=st.integers(1, 300),
+    workers=st.integers(1, 40),
+    rate=st.floats(min_value=0.01, max_value=1e7),
+    cap=st.one_of(st.none(), st.floats(min_value=0.01, max_value=1e6)),
+)
+def test_shares_add_up_to_the_total_and_every_target_is_planned_once(
+    n_targets: int, workers: int, rate: float, cap: float | None
+) -> None:
+    run = plan(n_targets=n_targets, workers=workers, rate=rate, rate_per_target=cap)
+    expected = rate if cap is None else min(rate, cap * n_targets)
+    assert run.rate_pps == expected
+    assert math.isclose(sum(w.rate_pps for w in run.workers), expected, rel_tol=1e-12)
+    for w in run.workers:
+        assert math.isclose(w.rate_per_target_pps, expected / n_targets, rel_tol=1e-12)
+    planned = sorted(t.index for w in run.workers for t in w.targets)
+    assert planned == list(range(n_targets))
+    assert len(run.workers) == min(workers, n_targets)
+    assert all(w.targets for w in run.workers)
+    assert len({w.ident for w in run.workers}) == len(run.workers)
+
+
+def test_idents_are_distinct_and_wrap_at_16_bits() -> None:
+    run = make_plan(
+        profile(workers=4), targets(8), cpus_available=(0, 1), run_id=1, ident_base=0xFFFE
+    )
+    assert [w.ident for w in run.workers] == [0xFFFE, 0xFFFF, 0x0000, 0x0001]
+
+
+def test_worker_plans_carry_the_probe_settings() -> None:
+    run = plan(count=5, size=100, ttl=9, tos=16, timeout="300ms", delay="1s", tx_timestamps=True)
+    worker = run.workers[0]
+    assert (worker.run_id, worker.count_per_target, worker.duration_ns) == (0x1234, 5, None)
+    assert (worker.size, worker.ttl, worker.tos) == (100, 9, 16)
+    assert (worker.timeout_ns, worker.linger_ns) == (300_000_000, S)
+    assert (worker.timestamps, worker.tx_timestamps, worker.interface) == ("auto", True, None)
+
+
+def test_send_time() -> None:
+    assert plan(duration="5s").send_ns == 5 * S
+    assert plan(n_targets=10, rate="1k", count=50).send_ns == S // 2  # 100 pps per target
+    assert plan(n_targets=10, rate="1k", count=500, duration="2s").send_ns == 2 * S
+    assert plan().send_ns is None
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(TargetError, match="no targets"):
+        make_plan(profile(), [], cpus_available=(0,), run_id=1, ident_base=0)
+    with pytest.raises(ValueError, match="run_id"):
+        make_plan(profile(), targets(1), cpus_available=(0,), run_id=2**32, ident_base=0)
+    shuffled = (targets(2)[1], targets(2)[0])
+    with pytest.raises(ValueError, match="indexes"):
+        make_plan(profile(), shuffled, cpus_available=(0,), run_id=1, ident_base=0)
+
+
+def test_describe_mentions_every_worker_and_the_totals() -> None:
+    run = plan(n_targets=12, available=(0, 1), workers=3, rate="3k", count=10)
+    text = describe(run)
+    assert "targets: 12: h0 (198.18.0.1), h1 (198.18.0.2)" in text
+    assert "and 7 more" in text
+    assert "rate: 3k pps in total, 250 pps per target" in text
+    assert "stop: after 10 probes per target; sending takes about 40ms" in text
+    assert "timeout: 1s" in text and "delay: 2s" in text
+    for worker in run.workers:
+        row = next(line for line in text.splitlines() if f"0x{worker.ident:04x}" in line)
+        assert row.split()[:4] == [str(worker.index), str(worker.cpu), f"0x{worker.ident:04x}", "4"]
+        assert "1k pps" in row
+    assert text.splitlines()[-1].split() == ["total", "12", "3k", "pps"]
+
+
+def test_describe_says_when_the_cap_applies_and_when_the_run_is_open_ended() -> None:
+    text = describe(plan(n_targets=2, rate="10k", rate_per_target=100))
+    assert "rate 10k pps capped by rate_per_target 100 pps" in text
+    assert "stop: when interrupted" in text
+    assert "capped" not in describe(plan(n_targets=2, rate="100"))
