@@ -37,7 +37,7 @@ DEFAULT_DELAY_NS = 2 * NS_PER_S
 @dataclass(frozen=True, slots=True)
 class Profile:
     source: str  # the profile file, or "command line"
-    targets: tuple[str, ...]  # as written: IPs, CIDRs, host names (resolved by `targets`)
+    targets: tuple[str, ...]  # as written (resolved by `targets`); () only with a lab
     rate_pps: float  # total over all targets
     rate_per_target_pps: float | None  # cap per target; plan applies min(rate, cap * n)
     count: int | None  # probes per target
@@ -202,7 +202,8 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         None,
         "What to probe: IPv4 addresses, CIDR ranges (network and broadcast addresses are skipped "
         "below /31) and host names (resolved once, at start). A list, or one string separated "
-        "by commas. Required. Test ranges: 127.0.0.0/8 here; 198.18.0.0/15 only inside the lab.",
+        "by commas. Required, unless a [lab] table provides the hosts. Test ranges: 127.0.0.0/8 "
+        "here; 198.18.0.0/15 only inside the lab.",
         'targets = ["127.0.0.1", "127.0.0.2", "127.0.0.8/30"]',
     ),
     ProfileKey(
@@ -433,7 +434,9 @@ def _build(data: Mapping[str, Any], source: str, origins: Mapping[str, str]) -> 
         else:
             values[key.attr] = key.default
     if values["targets"] is None:
-        raise fail("targets", "key 'targets' is missing; add targets = [\"127.0.0.1\"]")
+        if values["lab"] is None:
+            raise fail("targets", "key 'targets' is missing; add targets = [\"127.0.0.1\"]")
+        values["targets"] = ()  # the lab's hosts are the targets
     if "delay" not in data:
         values["delay_ns"] = max(DEFAULT_DELAY_NS, values["timeout_ns"])
     elif values["delay_ns"] < values["timeout_ns"]:

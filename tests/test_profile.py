@@ -261,7 +261,7 @@ def test_any_mapping_gives_a_profile_or_one_line_profile_error(data: dict[str, A
         assert message.startswith("fuzz.toml: key '")
         assert message.isprintable()
     else:
-        assert profile.targets
+        assert profile.targets or profile.lab is not None
         assert profile.delay_ns >= profile.timeout_ns
 
 
@@ -292,3 +292,9 @@ def test_deeply_nested_toml_is_a_profile_error(tmp_path: Path) -> None:
 def test_none_counts_as_absent() -> None:
     profile = parse_profile({"targets": "127.0.0.1", "rate": None, "count": None}, source="flags")
     assert (profile.rate_pps, profile.count) == (1000.0, None)
+
+
+def test_a_lab_profile_may_leave_targets_to_the_lab() -> None:
+    profile = parse_profile({"lab": {"hosts": 2}}, source="lab.toml")
+    assert profile.targets == ()
+    assert profile.lab == {"hosts": 2}
