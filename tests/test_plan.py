@@ -4,6 +4,7 @@ up to the (capped) total, and the text `loadgen check` prints."""
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -173,3 +174,9 @@ def test_describe_says_when_the_cap_applies_and_when_the_run_is_open_ended() -> 
     assert "rate 10k pps capped by rate_per_target 100 pps" in text
     assert "stop: when interrupted" in text
     assert "capped" not in describe(plan(n_targets=2, rate="100"))
+
+
+def test_plans_survive_pickling_for_worker_processes() -> None:
+    run = plan(n_targets=5, workers=2, lab={"hosts": 1})
+    assert pickle.loads(pickle.dumps(run)) == run
+    assert pickle.loads(pickle.dumps(run.workers[0])) == run.workers[0]
