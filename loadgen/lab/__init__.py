@@ -1,0 +1,35 @@
+"""The lab: network-namespace test hosts with known impairments and exact ground truth.
+
+    spec = parse_lab_spec(profile.lab, source=path)      # the profile's [lab] table
+    with lab_up(spec) as lab:                            # torn down on exit, also on errors
+        targets = lab.select(["lab:all"])                # host addresses in 198.18.0.0/15
+        ...                                              # probe them
+        truth = lab.truth()                              # address -> HostTruth
+
+Never imported by `loadgen run` unless a profile has a [lab] table.
+"""
+
+from loadgen.lab.lab import Lab, attach_lab, lab_targets, lab_up
+from loadgen.lab.reap import LabInfo, Teardown, lab_down, lab_down_all, lab_status
+from loadgen.lab.spec import HostGroup, Impairments, LabSpec, parse_lab_spec
+from loadgen.lab.state import LabHost
+from loadgen.lab.truth import HostTruth, LinkCounters
+
+__all__ = [
+    "HostGroup",
+    "HostTruth",
+    "Impairments",
+    "Lab",
+    "LabHost",
+    "LabInfo",
+    "LabSpec",
+    "LinkCounters",
+    "Teardown",
+    "attach_lab",
+    "lab_down",
+    "lab_down_all",
+    "lab_status",
+    "lab_targets",
+    "lab_up",
+    "parse_lab_spec",
+]

@@ -1,0 +1,232 @@
+"""Kernel operations for the lab: namespaces, veth links, addresses, tbf, nftables, sysctls.
+
+Netlink goes through pyroute2; nftables through the `nft` tool run inside the namespace
+(`ip netns exec`); /proc reads and sysctl writes run in a short-lived thread switched into the
+namespace with setns(2), since /proc/sys/net and /proc/thread-self/net follow the caller's
+network namespace. Every failure becomes a LabError that says what to do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from loadgen.errors import LabError, PermissionProblem
+from loadgen.lab.addressing import NS_IFNAME, HostPlan
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
+TOOL_TIMEOUT_S = 10.0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run `fn` in a fresh thread that has joined namespace `name`; the caller stays put."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            box["err"] = LabError(f"namespace {name} does not exist; bring the lab up again")
+            return
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                box["err"] = PermissionProblem(
+                    f"setns({name}) failed: {os.strerror(err)}; run as root (CAP_SYS_ADMIN)"
+                )
+                return
+        finally:
+            os.close(fd)
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["err"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if "err" in box:
+        raise box["err"]
+    value: T = box["value"]
+    return value
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write one sysctl (dotted name) in the calling thread's namespace."""
+    with open("/proc/sys/" + key.replace(".", "/"), "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def read_snmp() -> dict[str, dict[str, int]]:
+    """/proc/net/snmp of the calling thread's namespace, e.g. ["Icmp"]["InEchos"]."""
+    with open("/proc/thread-self/net/snmp", encoding="ascii") as f:
+        lines = f.read().splitlines()
+    out: dict[str, dict[str, int]] = {}
+    for head, vals in zip(lines[0::2], lines[1::2], strict=False):
+        proto, names = head.split(":", 1)
+        out[proto] = dict(zip(names.split(), map(int, vals.split(":", 1)[1].split()), strict=True))
+    return out
+
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def ns_pids(name: str) -> list[int]:
+    """Processes whose network namespace is `name`."""
+    try:
+        inode = os.stat(os.path.join(NETNS_DIR, name)).st_ino
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    pids.append(int(entry))
+            except OSError:
+                continue  # gone meanwhile, or not ours to look at
+    return pids
+
+
+def _nl(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except NetlinkError as exc:
+        if exc.code == 1:  # EPERM
+            raise PermissionProblem(f"{what}: not permitted; run as root") from exc
+        raise LabError(f"{what}: {exc}; run `loadgen lab down --all` and retry") from exc
+
+
+def create_host(ipr: IPRoute, plan: HostPlan, rate_bps: int) -> None:
+    """Namespace, veth pair, addresses, routes, link state and tbf for one host."""
+    _nl(f"create namespace {plan.netns}", lambda: netns.create(plan.netns))
+    peer = {"ifname": NS_IFNAME, "net_ns_fd": plan.netns}
+    _nl(
+        f"create link {plan.root_ifname}",
+        lambda: ipr.link("add", ifname=plan.root_ifname, kind="veth", peer=peer),
+    )
+    idx = ipr.link_lookup(ifname=plan.root_ifname)[0]
+    # No IPv6 on the link: router solicitations and DAD would only add noise to the counters.
+    write_sysctl(f"net.ipv6.conf.{plan.root_ifname}.disable_ipv6", "1")
+    _nl(
+        f"address {plan.peer_address}",
+        lambda: ipr.addr("add", index=idx, address=plan.peer_address, prefixlen=plan.prefixlen),
+    )
+    _nl(f"link up {plan.root_ifname}", lambda: ipr.link("set", index=idx, state="up"))
+    if rate_bps:
+        add_tbf(ipr, idx, rate_bps, plan.root_ifname)
+
+    def inside() -> None:
+        write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+        write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+
+    in_netns(plan.netns, inside)
+    with IPRoute(netns=plan.netns) as nsr:
+        lo = nsr.link_lookup(ifname="lo")[0]
+        eth = nsr.link_lookup(ifname=NS_IFNAME)[0]
+        _nl("lo up", lambda: nsr.link("set", index=lo, state="up"))
+        _nl(
+            f"address {plan.address}",
+            lambda: nsr.addr("add", index=eth, address=plan.address, prefixlen=plan.prefixlen),
+        )
+        _nl(f"link up in {plan.netns}", lambda: nsr.link("set", index=eth, state="up"))
+        # A default route back, so replies reach any root-namespace source address.
+        _nl("default route", lambda: nsr.route("add", dst="0.0.0.0/0", gateway=plan.peer_address))
+        if rate_bps:
+            add_tbf(nsr, eth, rate_bps, f"{plan.netns}/{NS_IFNAME}")
+
+
+def add_tbf(ipr: IPRoute, index: int, rate_bps: int, where: str) -> None:
+    """Token bucket filter as root qdisc: `rate_bps`, a burst of 10 ms (>= 2 MTU), 50 ms queue."""
+    burst = max(2 * 1514, rate_bps // 8 // 100)
+    _nl(
+        f"tbf on {where}",
+        lambda: ipr.tc(
+            "add",
+            "tbf",
+            index=index,
+            handle="1:",
+            rate=f"{rate_bps}bit",
+            burst=burst,
+            latency="50ms",
+        ),
+    )
+
+
+def delete_link(ipr: IPRoute, ifname: str) -> bool:
+    """Delete a root-namespace link (its veth peer goes with it); False if it was not there."""
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        return False
+    try:
+        ipr.link("del", index=found[0])
+    except NetlinkError as exc:
+        if exc.code == 19:  # ENODEV: gone meanwhile
+            return False
+        raise LabError(f"delete link {ifname}: {exc}; retry `loadgen lab down`") from exc
+    return True
+
+
+def delete_netns(name: str) -> bool:
+    if name not in list_netns():
+        return False
+    try:
+        netns.remove(name)
+    except OSError as exc:
+        raise LabError(f"remove namespace {name}: {exc}; retry `loadgen lab down`") from exc
+    return True
+
+
+def nft(netns_name: str | None, args: list[str], stdin: str | None = None) -> str:
+    """Run `nft` in a namespace (None = this one); returns stdout."""
+    exe = shutil.which("nft")
+    if exe is None:
+        raise LabError("nft not found; install nftables (make sysdeps)")
+    cmd = [exe, *args] if netns_name is None else ["ip", "netns", "exec", netns_name, exe, *args]
+    try:
+        done = subprocess.run(
+            cmd, input=stdin, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(cmd[:5])} hung; check the nftables setup") from exc
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        why = lines[0] if lines else f"exit {done.returncode}"
+        where = netns_name or "the root namespace"
+        raise LabError(f"nft {' '.join(args)} in {where} failed: {why}; check nftables")
+    return done.stdout
+
+
+def nft_counters(netns_name: str | None, table: str) -> dict[str, int]:
+    """Packet counts of the named counters in table `ip <table>`."""
+    out = json.loads(nft(netns_name, ["-j", "list", "counters", "table", "ip", table]))
+    counters: dict[str, int] = {}
+    for item in out.get("nftables", []):
+        c = item.get("counter")
+        if c is not None:
+            counters[c["name"]] = int(c["packets"])
+    return counters
+
+
+def nft_tables(netns_name: str | None) -> list[tuple[str, str]]:
+    """(family, name) of every table in a namespace."""
+    out = json.loads(nft(netns_name, ["-j", "list", "tables"]))
+    return [
+        (t["table"]["family"], t["table"]["name"]) for t in out.get("nftables", []) if "table" in t
+    ]

@@ -1,0 +1,292 @@
+"""The reflector: a process inside a lab host's namespace that answers echo requests itself.
+
+`python -m loadgen.lab.reflector --config JSON` (started by the lab via `ip netns exec`). It
+reads requests in batches (recvmmsg), decides their fate with `impair.Decider`, answers with
+sendmmsg when nothing needs holding back, and counts every action. A unix SEQPACKET socket
+answers "stats" (counters as JSON) and "stop"; SIGTERM stops it; counters go to a file at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import heapq
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from loadgen.lab.impair import Action, Decider, ReflectorConfig, ReflectorCounts
+from loadgen.lab.mmsg import RecvBatch, SendBatch
+from loadgen.lab.wire import UNREACHABLE_HOST, IcmpType, icmp_error, make_replies, parse_batch
+
+BATCH = 256
+SNAP = 9216  # jumbo frames; a longer request arrives truncated and is counted malformed
+SOL_RAW = 255
+ICMP_FILTER = 1
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+PR_SET_PDEATHSIG = 1
+IDLE_WAIT_NS = 100_000_000
+SPIN_BELOW_NS = 1_000_000  # poll() counts in ms: spin for deadlines closer than that
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message that could not go out at once: delayed, or held back for reordering."""
+
+    msg: bytes  # the ICMP message; the kernel adds the IP header
+    dst: bytes  # 4-byte IPv4 destination: the request's source
+    copies: int  # 2 for a duplicated reply
+    reorder: bool
+    kind: str  # the counter each datagram sent adds to
+
+
+def open_raw_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    # ICMP_FILTER is a mask of types to *block*: let only echo requests through.
+    sock.setsockopt(
+        SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << IcmpType.ECHO_REQUEST) & 0xFFFFFFFF)
+    )
+    for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+    return sock
+
+
+class Reflector:
+    """The per-batch logic around one raw socket. Time comes in as `now_ns`."""
+
+    def __init__(self, cfg: ReflectorConfig, sock: socket.socket, now_ns: int) -> None:
+        self.cfg, self.sock = cfg, sock
+        self.decider = Decider(cfg, now_ns)
+        self.rx = RecvBatch(BATCH, SNAP)
+        self.tx = SendBatch(2 * BATCH)
+        self.counts: dict[str, int] = asdict(ReflectorCounts())
+        self.queue: list[tuple[int, int, Outgoing]] = []  # (due_ns, order, message) heap
+        self.order = 0
+        self.held: tuple[int, Outgoing] | None = None  # (deadline_ns, reply held back)
+
+    def snapshot(self) -> ReflectorCounts:
+        pending = len(self.queue) + (self.held is not None)
+        return ReflectorCounts.from_dict({**self.counts, "pending": pending})
+
+    def on_readable(self, now_ns: int) -> int:
+        """Receive and answer one batch; returns how many datagrams were read."""
+        n = self.rx.recv(self.sock)
+        if n == 0:
+            return 0
+        buf, c = self.rx.buf, self.counts
+        batch = parse_batch(buf, self.rx.lengths(n), self.rx.truncated(n))
+        c["malformed"] += batch.malformed
+        c["requests_seen"] += len(batch.rows)
+        if len(batch.rows) == 0:
+            return n
+        d = self.decider.decide(len(batch.rows), now_ns)
+        c["dropped"] += int(np.count_nonzero(d.action == Action.DROP))
+        c["rate_limited"] += int(np.count_nonzero(d.action == Action.RATE_LIMITED))
+        for i in np.flatnonzero(
+            (d.action == Action.UNREACHABLE) | (d.action == Action.TIME_EXCEEDED)
+        ):
+            row, end = int(batch.rows[i]), int(batch.end[i])
+            if d.action[i] == Action.UNREACHABLE:
+                msg = icmp_error(
+                    IcmpType.DEST_UNREACHABLE, UNREACHABLE_HOST, buf[row, :end].tobytes()
+                )
+            else:
+                msg = icmp_error(IcmpType.TIME_EXCEEDED, 0, buf[row, :end].tobytes())
+            kind = "unreachable_sent" if d.action[i] == Action.UNREACHABLE else "time_exceeded_sent"
+            dst = buf[row, 12:16].tobytes()
+            self._later(now_ns, int(d.delay_ns[i]), Outgoing(msg, dst, 1, False, kind))
+        sel = d.action == Action.REPLY
+        rows, skipped = make_replies(buf, batch, sel, d.bitflip, d.flip_unit, d.corrupt)
+        c["replies"] += len(rows)
+        c["bitflip_skipped"] += skipped
+        c["bitflipped"] += int(np.count_nonzero(d.bitflip)) - skipped
+        c["corrupted"] += int(np.count_nonzero(d.corrupt))
+        c["duplicated"] += int(np.count_nonzero(d.duplicate))
+        off, end = batch.icmp_off[sel], batch.end[sel]
+        copies = 1 + d.duplicate[sel].astype(np.int64)
+        slow = self.cfg.delay_ns > 0 or self.cfg.jitter_ns > 0 or self.held is not None
+        if not slow and not d.reorder.any():
+            base = (buf.ctypes.data + rows.astype(np.uint64) * SNAP + off.astype(np.uint64)).repeat(
+                copies
+            )
+            sent, failed = self.tx.send(
+                self.sock, base, (end - off).repeat(copies), buf[rows, 12:16].repeat(copies, axis=0)
+            )
+            c["replies_sent"] += sent
+            c["send_errors"] += failed
+            return n
+        reorder, delay = d.reorder[sel], d.delay_ns[sel]
+        for j, row in enumerate(rows.tolist()):
+            msg = buf[row, int(off[j]) : int(end[j])].tobytes()
+            out = Outgoing(
+                msg, buf[row, 12:16].tobytes(), int(copies[j]), bool(reorder[j]), "replies_sent"
+            )
+            self._later(now_ns, int(delay[j]), out)
+        return n
+
+    def _later(self, now_ns: int, delay_ns: int, out: Outgoing) -> None:
+        """Send now, or queue until now + delay."""
+        if delay_ns <= 0:
+            self._emit(out, now_ns)
+            return
+        self.counts["delayed"] += 1
+        self.counts["delay_ns_max"] = max(self.counts["delay_ns_max"], delay_ns)
+        self.order += 1
+        heapq.heappush(self.queue, (now_ns + delay_ns, self.order, out))
+
+    def _send(self, out: Outgoing) -> None:
+        dst = (socket.inet_ntoa(out.dst), 0)
+        for _ in range(out.copies):
+            try:
+                self.sock.sendto(out.msg, dst)
+                self.counts[out.kind] += 1
+            except OSError:
+                self.counts["send_errors"] += 1
+
+    def _emit(self, out: Outgoing, now_ns: int) -> None:
+        if out.reorder and self.held is None:
+            self.held = (now_ns + self.cfg.reorder_hold_ns, out)
+            return
+        self._send(out)
+        if self.held is not None and out.kind == "replies_sent":
+            held, self.held = self.held[1], None
+            self._send(held)
+            self.counts["reordered"] += 1
+
+    def on_timer(self, now_ns: int) -> None:
+        """Send what is due; let a held reply with no successor in time go out alone."""
+        while self.queue and self.queue[0][0] <= now_ns:
+            due_ns, _, out = heapq.heappop(self.queue)
+            self.counts["late_ns_max"] = max(self.counts["late_ns_max"], now_ns - due_ns)
+            self._emit(out, now_ns)
+        if self.held is not None and self.held[0] <= now_ns:
+            held, self.held = self.held[1], None
+            self._send(held)
+            self.counts["reorder_flushed"] += 1
+
+    def next_deadline_ns(self) -> int | None:
+        deadlines = [self.queue[0][0]] if self.queue else []
+        if self.held is not None:
+            deadlines.append(self.held[0])
+        return min(deadlines, default=None)
+
+    def stop(self) -> None:
+        self.counts["unsent_at_exit"] = len(self.queue) + (self.held is not None)
+        self.queue.clear()
+        self.held = None
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _serve_control(listener: socket.socket, refl: Reflector) -> bool:
+    """Answer one control request; returns False when asked to stop."""
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return True
+    with conn:
+        conn.settimeout(1.0)
+        try:
+            cmd = conn.recv(64).strip()
+            if cmd == b"stats":
+                answer = {"pid": os.getpid(), **asdict(refl.snapshot())}
+                conn.sendall(json.dumps(answer).encode())
+            elif cmd == b"stop":
+                conn.sendall(b"{}")
+                return False
+            else:
+                conn.sendall(json.dumps({"error": f"unknown command {cmd!r}"}).encode())
+        except OSError:
+            pass  # the asker went away; nothing to answer
+    return True
+
+
+def run(cfg: ReflectorConfig) -> ReflectorCounts:
+    """Serve until SIGTERM/SIGINT or "stop"; returns the final counters."""
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sock = open_raw_socket()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if cfg.control_path:
+        if os.path.exists(cfg.control_path):
+            os.unlink(cfg.control_path)
+        listener.bind(cfg.control_path)
+        listener.listen(8)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(listener, select.POLLIN)
+    refl = Reflector(cfg, sock, time.monotonic_ns())
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    try:
+        while not stopping:
+            now_ns = time.monotonic_ns()
+            deadline = refl.next_deadline_ns()
+            wait_ns = IDLE_WAIT_NS if deadline is None else max(0, deadline - now_ns)
+            events = poller.poll(0 if wait_ns < SPIN_BELOW_NS else wait_ns // 1_000_000)
+            for fd, _ in events:
+                if fd == listener.fileno() and not _serve_control(listener, refl):
+                    stopping = True
+            # Drain the socket fully: a burst larger than one batch must not wait for poll().
+            while refl.on_readable(time.monotonic_ns()) == BATCH:
+                refl.on_timer(time.monotonic_ns())
+            refl.on_timer(time.monotonic_ns())
+    finally:
+        refl.stop()
+        sock.close()
+        listener.close()
+        if cfg.control_path and os.path.exists(cfg.control_path):
+            os.unlink(cfg.control_path)
+    final = refl.snapshot()
+    if cfg.stats_path:
+        _write_json(cfg.stats_path, asdict(final))
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadgen.lab.reflector")
+    parser.add_argument("--config", required=True, help="ReflectorConfig as JSON")
+    args = parser.parse_args(argv)
+    try:
+        cfg = ReflectorConfig.from_json(args.config)
+    except (ValueError, TypeError) as exc:
+        print(f"reflector: bad --config ({exc}); pass the JSON the lab writes", file=sys.stderr)
+        return 2
+    if cfg.die_with_parent:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() == 1:  # the parent is already gone
+            return 0
+    try:
+        final = run(cfg)
+    except PermissionError:
+        print("reflector: raw sockets need root or CAP_NET_RAW; run as root", file=sys.stderr)
+        return 1
+    # Nobody may be reading stdout any more; the stats file has the counters then.
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        print(json.dumps(asdict(final)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

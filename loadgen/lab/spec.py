@@ -1,0 +1,277 @@
+"""The lab spec: the `[lab]` table of a profile parsed into frozen values.
+
+Owns validation of every lab key (one-line `ProfileError`s naming key, value and fix), the
+name rules that keep interface names within IFNAMSIZ, and which impairments need a reflector
+process instead of the kernel's own echo responder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from loadgen.errors import ProfileError
+
+IFNAMSIZ = 15  # usable characters of a Linux interface name (16 with the NUL)
+PREFIX_RE = re.compile(r"^lg[a-z0-9]{1,6}$")
+GROUP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
+MAX_HOSTS = 4096
+RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)$")
+RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}  # as tc(8)
+
+LAB_KEYS = ("prefix", "seed", "family", "subnet", "hosts")
+SHARE_KEYS = ("drop", "duplicate", "reorder", "bitflip", "corrupt", "unreachable", "time_exceeded")
+HOST_KEYS = (
+    "name",
+    "count",
+    *SHARE_KEYS,
+    "drop_every",
+    "drop_by",
+    "delay_ms",
+    "jitter_ms",
+    "jitter_dist",
+    "icmp_ratelimit_pps",
+    "icmp_ratelimit_burst",
+    "rate_limit",
+)
+
+
+class DropBy(StrEnum):
+    """Where `drop` and `drop_every` happen: nftables in the host (default) or the reflector."""
+
+    NFT = "nft"
+    REFLECTOR = "reflector"
+
+
+class JitterDist(StrEnum):
+    UNIFORM = "uniform"  # delay + U(-jitter, +jitter), clipped at 0
+    NORMAL = "normal"  # delay + N(0, jitter), clipped at 0
+
+
+@dataclass(frozen=True, slots=True)
+class Impairments:
+    """What one host does to the echo requests it receives. Shares are probabilities 0..1."""
+
+    drop: float = 0.0
+    drop_every: int = 0  # drop the N-th, 2N-th, ... request; 0 = off
+    drop_by: DropBy = DropBy.NFT
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    jitter_dist: JitterDist = JitterDist.UNIFORM
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    bitflip: float = 0.0
+    corrupt: float = 0.0
+    unreachable: float = 0.0
+    time_exceeded: float = 0.0
+    icmp_ratelimit_pps: int = 0
+    icmp_ratelimit_burst: int = 0  # 0 = max(1, pps // 20), the kernel's 1000/s : 50 ratio
+    rate_limit_bps: int = 0  # tbf on both ends of the host's link; 0 = off
+
+    @property
+    def nft_drops(self) -> bool:
+        return self.drop_by is DropBy.NFT and (self.drop > 0 or self.drop_every > 0)
+
+    @property
+    def needs_reflector(self) -> bool:
+        """True when the kernel's echo responder cannot produce these impairments."""
+        reflector_drop = self.drop_by is DropBy.REFLECTOR and (self.drop > 0 or self.drop_every > 0)
+        return reflector_drop or any(
+            v > 0
+            for v in (
+                self.delay_ms,
+                self.jitter_ms,
+                self.duplicate,
+                self.reorder,
+                self.bitflip,
+                self.corrupt,
+                self.unreachable,
+                self.time_exceeded,
+                self.icmp_ratelimit_pps,
+            )
+        )
+
+    def describe(self) -> str:
+        """Short human text: only the keys that differ from a clean host."""
+        clean = Impairments()
+        parts = []
+        for name in HOST_KEYS[2:]:
+            key = "rate_limit_bps" if name == "rate_limit" else name
+            value = getattr(self, key)
+            if value != getattr(clean, key):
+                parts.append(f"{key}={value}")
+        return " ".join(parts) or "clean"
+
+
+@dataclass(frozen=True, slots=True)
+class HostGroup:
+    """`count` identical hosts named `name` (count 1) or `name-0` .. `name-{count-1}`."""
+
+    name: str
+    count: int
+    impairments: Impairments
+
+    def host_names(self) -> tuple[str, ...]:
+        if self.count == 1:
+            return (self.name,)
+        return tuple(f"{self.name}-{i}" for i in range(self.count))
+
+
+@dataclass(frozen=True, slots=True)
+class LabSpec:
+    prefix: str
+    seed: int
+    family: int  # 4 now; 6 (2001:2::/48) is planned, so addressing takes it as a parameter
+    subnet: str | None  # None = the lab picks a free block of 198.18.0.0/15
+    groups: tuple[HostGroup, ...]
+
+    @property
+    def host_count(self) -> int:
+        return sum(g.count for g in self.groups)
+
+
+def random_prefix() -> str:
+    return "lg" + secrets.token_hex(2)
+
+
+def parse_rate_bps(text: str) -> int:
+    """tc(8)-style rate ("1mbit", "512kbit") -> bits per second; ValueError if malformed."""
+    m = RATE_RE.match(text.strip().lower())
+    if not m:
+        raise ValueError(text)
+    return int(float(m.group(1)) * RATE_UNITS[m.group(2)])
+
+
+class _Keys:
+    """Reads typed values from one TOML table, raising one-line errors that name the key."""
+
+    def __init__(self, table: Mapping[str, Any], where: str, source: str) -> None:
+        self.table, self.where, self.source = table, where, source
+
+    def fail(self, key: str, value: object, fix: str) -> ProfileError:
+        return ProfileError(f"{self.source}: {self.where}.{key} = {value!r}: {fix}")
+
+    def check_known(self, allowed: tuple[str, ...]) -> None:
+        for key, value in self.table.items():
+            if key not in allowed:
+                known = ", ".join(allowed)
+                raise self.fail(key, value, f"unknown key; use one of {known}")
+
+    def share(self, key: str) -> float:
+        value = self.table.get(key, 0.0)
+        if value is True:
+            return 1.0
+        if value is False:
+            return 0.0
+        ok = isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1
+        if not ok:
+            raise self.fail(key, value, f"must be a share from 0 to 1; write e.g. {key} = 0.1")
+        return float(value)
+
+    def count(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, value, f"must be a whole number from {low} to {high}")
+        return value
+
+    def ms(self, key: str) -> float:
+        value = self.table.get(key, 0.0)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or not 0 <= value <= 60_000:
+            raise self.fail(key, value, "must be milliseconds from 0 to 60000, e.g. 20 or 0.5")
+        return float(value)
+
+    def choice(self, key: str, enum: type[StrEnum], default: StrEnum) -> Any:
+        value = self.table.get(key, default.value)
+        try:
+            return enum(value)
+        except ValueError:
+            names = " or ".join(repr(e.value) for e in enum)
+            raise self.fail(key, value, f"must be {names}") from None
+
+    def rate_bps(self, key: str) -> int:
+        value = self.table.get(key, 0)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            bps = value
+        elif isinstance(value, str):
+            try:
+                bps = parse_rate_bps(value)
+            except ValueError:
+                bps = -1
+        else:
+            bps = -1
+        if bps != 0 and not 8_000 <= bps <= 100_000_000_000:
+            raise self.fail(key, value, 'must be a tc rate from 8kbit to 100gbit, e.g. "1mbit"')
+        return bps
+
+
+def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup:
+    keys = _Keys(table, where, source)
+    keys.check_known(HOST_KEYS)
+    name = table.get("name")
+    if not isinstance(name, str) or not GROUP_NAME_RE.match(name):
+        raise keys.fail("name", name, 'needs a lowercase name like "lossy" (a-z, 0-9, _)')
+    shares = {k: keys.share(k) for k in SHARE_KEYS}
+    imp = Impairments(
+        drop_every=keys.count("drop_every", 0, 0, 1_000_000),
+        drop_by=keys.choice("drop_by", DropBy, DropBy.NFT),
+        delay_ms=keys.ms("delay_ms"),
+        jitter_ms=keys.ms("jitter_ms"),
+        jitter_dist=keys.choice("jitter_dist", JitterDist, JitterDist.UNIFORM),
+        icmp_ratelimit_pps=keys.count("icmp_ratelimit_pps", 0, 0, 10_000_000),
+        icmp_ratelimit_burst=keys.count("icmp_ratelimit_burst", 0, 0, 10_000_000),
+        rate_limit_bps=keys.rate_bps("rate_limit"),
+        **shares,
+    )
+    if imp.drop_every == 1:
+        raise keys.fail("drop_every", 1, "1 would drop everything; use drop = 1.0 or N >= 2")
+    if imp.unreachable + imp.time_exceeded > 1:
+        raise keys.fail("unreachable", imp.unreachable, "unreachable + time_exceeded must be <= 1")
+    return HostGroup(name=name, count=keys.count("count", 1, 1, MAX_HOSTS), impairments=imp)
+
+
+def parse_lab_spec(data: Mapping[str, Any], *, source: str) -> LabSpec:
+    """Validate a profile's raw `[lab]` table. Raises ProfileError naming key, value and fix."""
+    keys = _Keys(data, "lab", source)
+    keys.check_known(LAB_KEYS)
+    prefix = data.get("prefix", random_prefix())
+    if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
+        raise keys.fail("prefix", prefix, 'must be "lg" and 1-6 of a-z0-9, e.g. "lgdemo"')
+    family = data.get("family", 4)
+    if family == 6:
+        raise keys.fail("family", family, "IPv6 lab hosts are not supported yet; use family = 4")
+    if family != 4:
+        raise keys.fail("family", family, "must be 4")
+    seed = data.get("seed", secrets.randbits(32))
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise keys.fail("seed", seed, "must be a whole number >= 0")
+    subnet = data.get("subnet")
+    if subnet is not None and not isinstance(subnet, str):
+        raise keys.fail("subnet", subnet, 'must be a string like "198.18.4.0/24"')
+    hosts = data.get("hosts")
+    if not isinstance(hosts, list) or not hosts or not all(isinstance(h, dict) for h in hosts):
+        raise keys.fail("hosts", hosts, 'needs at least one [[lab.hosts]] table with name = "..."')
+    groups = tuple(_parse_group(h, f"lab.hosts[{i}]", source) for i, h in enumerate(hosts))
+    seen: set[str] = set()
+    for i, g in enumerate(groups):
+        if g.name in seen:
+            raise ProfileError(
+                f"{source}: lab.hosts[{i}].name = {g.name!r}: used twice; give each group its own"
+            )
+        seen.add(g.name)
+    spec = LabSpec(prefix=prefix, seed=seed, family=family, subnet=subnet, groups=groups)
+    if spec.host_count > MAX_HOSTS:
+        raise ProfileError(
+            f"{source}: lab.hosts: {spec.host_count} hosts in all; lower the counts to "
+            f"{MAX_HOSTS} or fewer"
+        )
+    # Root-side link names are f"{prefix}-{index}"; they must fit IFNAMSIZ.
+    longest = len(f"{prefix}-{spec.host_count - 1}")
+    if longest > IFNAMSIZ:
+        raise keys.fail("prefix", prefix, "too long for this many hosts; use a shorter prefix")
+    return spec
