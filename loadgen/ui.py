@@ -1,0 +1,242 @@
+"""The live view: renders an immutable `Snapshot` as rich tables, or one plain line a second.
+
+Presentation only: it keeps no state between frames; the coordinator builds each Snapshot and
+owns the `rich.live.Live`. Times are shown in ns/µs/ms/s with three significant digits, one
+unit per cell. Columns of side events that never happened are folded into one line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.table import Table
+from rich.text import Text
+
+from loadgen.stats import Counts, RunSummary, SecondReport, TargetStats
+
+WIDE_COLUMNS = 140  # narrower consoles get a compact table
+NARROW_COLUMNS = 90  # and narrower still, a minimal one
+_UNITS = ((1e9, "s"), (1e6, "ms"), (1e3, "µs"), (1.0, "ns"))
+# Side-event columns: header, Counts field. Shown only once the run has seen one.
+_EVENTS = (
+    ("late", "late"),
+    ("err", "errored"),
+    ("dup", "duplicates"),
+    ("reord", "reordered"),
+    ("bitflip", "bitflips"),
+    ("corrupt", "corrupted"),
+    ("icmp-err", "icmp_errors"),
+    ("stale", "stale"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    index: int
+    cpu: int
+    pid: int
+    cpu_pct: float
+    sent: int
+    send_errors: int
+    rx_drops: int
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one frame shows. `last` is the newest closed second (None before the first)."""
+
+    last: SecondReport | None
+    summary: RunSummary
+    names: tuple[str, ...]
+    top: int
+    elapsed_ns: int
+    requested_pps: float
+    achieved_pps: float
+    workers: tuple[WorkerView, ...]
+    ts_source: str
+    notes: tuple[str, ...] = ()
+
+
+def _num(x: float) -> str:
+    if x >= 100 or x == 0:
+        return f"{x:.0f}"
+    if x >= 1:
+        return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+    if x < 5e-7:
+        return "0"
+    digits = min(6, 1 - math.floor(math.log10(x)))  # two significant digits: 0.020, 0.00027
+    return f"{x:.{digits}f}"
+
+
+def fmt_ns(*values_ns: float) -> str:
+    """Durations in one unit picked by the largest: fmt_ns(21e3, 1.2e5) == "21.0/120 µs"."""
+    scale, unit = next((s, u) for s, u in _UNITS if max(values_ns) >= s or s == 1.0)
+    return "/".join(_num(v / scale) for v in values_ns) + f" {unit}"
+
+
+def _seen(counts: Counts) -> list[tuple[str, str]]:
+    return [(h, f) for h, f in _EVENTS if getattr(counts, f)]
+
+
+def _rtt_cells(ts: TargetStats) -> list[str | Text]:
+    """min/avg/max/mdev, p50/p90/p99 and jitter cells ("-" without samples)."""
+    r = ts.rtt
+    if r.count == 0:
+        return ["-", "-", "-"]
+    return [
+        fmt_ns(r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns),
+        fmt_ns(r.p50_ns, r.p90_ns, r.p99_ns),
+        fmt_ns(r.jitter_ns),
+    ]
+
+
+def _avg_p99(ts: TargetStats | None) -> str:
+    return fmt_ns(ts.rtt.avg_ns, ts.rtt.p99_ns) if ts and ts.rtt.count else "-"
+
+
+def _loss(c: Counts | None) -> Text:
+    if c is None or c.sent == 0:
+        return Text("-")
+    return Text(f"{c.loss_pct:.2f}%", style="bold red" if c.lost else "")
+
+
+def pick_targets(summary: RunSummary, top: int) -> list[TargetStats]:
+    """The `top` targets that look worst: highest loss %, then highest p99."""
+    return heapq.nsmallest(max(top, 0), summary.per_target, key=_badness)
+
+
+def _badness(t: TargetStats) -> tuple[float, float, int]:
+    return (-t.counts.loss_pct, -t.rtt.p99_ns, t.target)
+
+
+def _target_table(snap: Snapshot, width: int) -> Table:
+    """Wide: every RTT figure; narrower: loss and avg/p99 (run and last second), and below
+    NARROW_COLUMNS no "recv" either."""
+    wide, roomy = width >= WIDE_COLUMNS, width >= NARROW_COLUMNS
+    summary, last = snap.summary, snap.last
+    events = _seen(summary.total.counts) if wide else []  # narrow: totals in a line below
+    second = f"1s = last closed second ({last.second})" if last else "no second closed yet"
+    table = Table(
+        title=f"per target: run totals; {second}",
+        title_justify="left",
+        box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
+        pad_edge=wide,
+    )
+    table.add_column("target", no_wrap=True, overflow="ellipsis", max_width=32)
+    headers = ["sent", "recv", "loss"] if roomy else ["sent", "loss"]
+    headers += ["rtt min/avg/max/mdev", "p50/p90/p99 ±1%", "jitter"] if wide else ["avg/p99"]
+    headers += ["1s loss", "1s avg/p99", *(h for h, _ in events)]
+    for header in headers:
+        # Room for "100.00%" and "2.00/2.00 ms": cut digits would mislead.
+        room = max(len(header), 7 if "loss" in header else 12 if "/p99" in header else 0)
+        table.add_column(header, justify="right", no_wrap=True, min_width=room)
+    by_target = {ts.target: ts for ts in last.per_target} if last else {}
+    shown = pick_targets(summary, snap.top)
+    rows = [(_name(snap.names, t.target), t, by_target.get(t.target)) for t in shown]
+    rows.append(("total", summary.total, last.total if last else None))
+    for i, (name, ts, sec) in enumerate(rows):
+        c = ts.counts
+        cells: list[str | Text] = [name, f"{c.sent:,}"]
+        cells += [f"{c.received:,}", _loss(c)] if roomy else [_loss(c)]
+        cells += _rtt_cells(ts) if wide else [_avg_p99(ts)]
+        cells += [_loss(sec.counts if sec else None), _avg_p99(sec)]
+        cells += [f"{getattr(c, f):,}" for _, f in events]
+        if c.unaccounted:
+            cells[0] = Text(f"{name} [{c.unaccounted:+,} unacc.]", style="bold white on red")
+        is_total = i == len(rows) - 1
+        table.add_row(*cells, end_section=i == len(rows) - 2, style="bold" if is_total else "")
+    hidden = len(summary.per_target) - len(shown)
+    if hidden > 0:
+        table.caption = f"{hidden:,} more targets not shown (worst {len(shown)} by loss, then p99)"
+    return table
+
+
+def _name(names: Sequence[str], target: int) -> str:
+    return names[target] if 0 <= target < len(names) else f"#{target}"
+
+
+def _generator_line(snap: Snapshot) -> Text:
+    line = Text(f"elapsed {snap.elapsed_ns / 1e9:,.1f} s   rate ")
+    short = snap.requested_pps > 0 and snap.achieved_pps < 0.98 * snap.requested_pps
+    line.append(
+        f"{snap.achieved_pps:,.0f} of {snap.requested_pps:,.0f} pps requested",
+        style="bold yellow" if short else "",
+    )
+    line.append(f"   timestamps: {snap.ts_source}")
+    total = snap.summary.total
+    if total.rtt.count:
+        line.append(f" (RTT samples: rx {total.rx_ts}, tx {total.tx_ts})")
+    return line
+
+
+def _workers_line(workers: Sequence[WorkerView]) -> Text:
+    line = Text("workers:")
+    for w in workers:
+        if not w.alive:
+            line.append(f"  #{w.index} cpu{w.cpu} pid {w.pid} DEAD", style="bold red")
+            continue
+        line.append(f"  #{w.index} cpu{w.cpu} {w.cpu_pct:.0f}% {w.sent:,} sent")
+        if w.send_errors or w.rx_drops:
+            line.append(
+                f" ({w.send_errors:,} send errors, {w.rx_drops:,} rx drops)", style="yellow"
+            )
+    return line
+
+
+def _warnings(snap: Snapshot) -> list[Text]:
+    out = [Text(w, style="bold red") for w in snap.summary.anomalies.warnings()]
+    unaccounted = snap.summary.total.counts.unaccounted
+    bad = [t for t in snap.summary.per_target if t.counts.unaccounted]
+    if bad or unaccounted:
+        out.append(
+            Text(
+                f"BUG: probes unaccounted for on {len(bad)} target(s) "
+                "(sent != received + late + lost + errored); please report it",
+                style="bold white on red",
+            )
+        )
+    out += [Text(note, style="yellow") for note in snap.notes]
+    return out
+
+
+def render(snap: Snapshot) -> RenderableType:
+    """One frame of the live view; the table's layout follows the console's width."""
+    return _Frame(snap)
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    snap: Snapshot
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        snap = self.snap
+        yield _generator_line(snap)
+        yield _workers_line(snap.workers)
+        yield _target_table(snap, options.max_width)
+        counts = snap.summary.total.counts
+        seen = ", ".join(f"{h} {getattr(counts, f):,}" for h, f in _seen(counts))
+        quiet = ", ".join(h for h, f in _EVENTS if not getattr(counts, f))
+        yield Text(f"side events: {seen or '-'}; none so far: {quiet or '-'}", style="dim")
+        yield from _warnings(snap)
+
+
+def plain_line(report: SecondReport) -> str:
+    """One line per closed second, for output that is not a terminal."""
+    c, r = report.total.counts, report.total.rtt
+    clock = dt.datetime.fromtimestamp(report.start_ns / 1e9).strftime("%H:%M:%S")
+    rtt = f"rtt avg/p99 {fmt_ns(r.avg_ns, r.p99_ns)}" if r.count else "rtt -"
+    line = (
+        f"{clock} s={report.second} sent={c.sent} recv={c.received} loss={c.loss_pct:.2f}% "
+        f"{rtt} late={c.late} dup={c.duplicates} reord={c.reordered} "
+        f"errs={c.errored} icmp={c.icmp_errors} flip={c.bitflips} corrupt={c.corrupted}"
+    )
+    if c.unaccounted:
+        line += f" UNACCOUNTED={c.unaccounted} (bug)"
+    return line

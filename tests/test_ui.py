@@ -1,0 +1,157 @@
+"""The live view renders snapshots built from real aggregated records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from rich.console import Console
+
+from loadgen.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.stats import Aggregator, SecondReport
+from loadgen.ui import Snapshot, WorkerView, fmt_ns, pick_targets, plain_line, render
+
+S = 1_000_000_000
+START = 1_700_000_000 * S
+K = RecordKind
+NAMES = ("alpha.test", "bravo.test", "charlie.test", "delta.test")
+
+
+def records(losses: list[int], rtt_ns: list[int], extra: list[int] | None = None) -> NDArray[Any]:
+    """Per target t: 100 probes in second 0, losses[t] lost, the rest received at rtt_ns[t]."""
+    rows: list[tuple[int, ...]] = []
+    for t, (lost, rtt) in enumerate(zip(losses, rtt_ns, strict=True)):
+        for i in range(100):
+            rows.append((START + i * 1000, 0, t, K.SENT, 0, 0))
+            kind, r = (int(K.LOST), 0) if i < lost else (int(K.RECEIVED), rtt + i)
+            rows.append((START + i * 1000, r, t, kind, RecordFlag.RX_KERNEL, 0))
+    for kind in extra or []:
+        rows.append((START, 5, 0, kind, 0, 0))
+    return np.array(rows, dtype=RECORD_DTYPE)
+
+
+def snapshot(
+    losses: list[int],
+    rtt_ns: list[int],
+    *,
+    top: int = 10,
+    extra: list[int] | None = None,
+    workers: tuple[WorkerView, ...] = (),
+) -> tuple[Snapshot, SecondReport]:
+    agg = Aggregator(len(losses), START, S)
+    agg.add(records(losses, rtt_ns, extra))
+    (last,) = agg.close_through(START + S)
+    snap = Snapshot(
+        last=last,
+        summary=agg.cumulative(),
+        names=NAMES[: len(losses)],
+        top=top,
+        elapsed_ns=1_500_000_000,
+        requested_pps=400.0,
+        achieved_pps=399.0,
+        workers=workers,
+        ts_source="rx kernel, tx user",
+        notes=("profile: lab/default",),
+    )
+    return snap, last
+
+
+def text(renderable: Any, width: int = 200) -> str:
+    console = Console(file=io.StringIO(), record=True, width=width, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_fmt_ns_picks_one_unit_per_cell() -> None:
+    assert fmt_ns(21_000, 120_000) == "21.0/120 µs"
+    assert fmt_ns(999) == "999 ns"
+    assert fmt_ns(1_234_567) == "1.23 ms"
+    assert fmt_ns(2.5e9, 1e6) == "2.50/0.0010 s"  # small values keep two significant digits
+    assert fmt_ns(0) == "0 ns"
+
+
+def test_table_shows_targets_numbers_and_totals() -> None:
+    workers = (
+        WorkerView(0, 0, 101, 45.2, 200, 0, 0, True),
+        WorkerView(1, 1, 102, 0.0, 200, 3, 7, False),
+    )
+    snap, _ = snapshot([0, 5], [20_000, 2_000_000], workers=workers)
+    out = text(render(snap))
+    for name in NAMES[:2]:
+        assert name in out
+    total_line = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("total"))
+    assert "200" in total_line and "195" in total_line and "2.50%" in total_line
+    assert "5.00%" in out  # bravo's loss, cumulative and last second
+    assert "µs" in out and "ms" in out
+    assert "399 of 400 pps requested" in out
+    assert "#0 cpu0 45% 200 sent" in out
+    assert "#1 cpu1 pid 102 DEAD" in out
+    assert "rx kernel, tx user" in out and "rx kernel, tx user" in out
+    assert "profile: lab/default" in out
+    assert "more targets not shown" not in out
+    assert "side events: -; none so far: late, err, dup" in out  # and no columns for them
+    assert "reord" not in out.split("side events")[0]
+
+
+def test_top_n_keeps_the_worst_targets_and_says_how_many_are_hidden() -> None:
+    snap, _ = snapshot([0, 9, 0, 1], [10_000, 10_000, 90_000, 10_000], top=2)
+    out = text(render(snap))
+    assert "2 more targets not shown" in out
+    assert "bravo.test" in out and "delta.test" in out
+    assert "alpha.test" not in out and "charlie.test" not in out
+    # With equal loss, the higher p99 wins.
+    ranked = pick_targets(snap.summary, 2)
+    assert [t.target for t in ranked] == [1, 3]
+    snap0, _ = snapshot([0, 0, 0], [10_000, 90_000, 20_000], top=1)
+    assert [t.target for t in pick_targets(snap0.summary, 1)] == [1]
+
+
+def test_event_columns_appear_once_seen_and_unaccounted_is_loud() -> None:
+    snap, _ = snapshot([0, 0], [10_000, 10_000], extra=[K.DUPLICATE, K.BITFLIP, K.SENT])
+    out = text(render(snap))
+    header = next(line for line in out.splitlines() if "target" in line and "sent" in line)
+    assert "dup" in header and "bitflip" in header and "icmp-err" not in header
+    assert "side events: dup 1, bitflip 1; none so far: late, err, reord," in out
+    assert "total [+1 unacc.]" in out and "BUG:" in out
+
+
+def test_render_before_the_first_closed_second() -> None:
+    empty = Snapshot(
+        last=None,
+        summary=Aggregator(1, START, S).cumulative(),
+        names=("alpha.test",),
+        top=5,
+        elapsed_ns=0,
+        requested_pps=10.0,
+        achieved_pps=0.0,
+        workers=(),
+        ts_source="user",
+    )
+    out = text(render(empty), width=120)
+    assert "no second closed yet" in out and "alpha.test" in out
+
+
+def test_plain_line() -> None:
+    _, last = snapshot([3, 1], [20_000, 40_000], extra=[K.DUPLICATE])
+    line = plain_line(last)
+    clock = dt.datetime.fromtimestamp(START / 1e9).strftime("%H:%M:%S")
+    assert line.startswith(f"{clock} s=0 sent=200 recv=196 loss=2.00% rtt avg/p99 ")
+    assert "dup=1" in line and "errs=0" in line and "UNACCOUNTED" not in line
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize("width", [80, 100, 139, 140])
+def test_narrow_consoles_get_a_compact_table_with_nothing_cut(width: int) -> None:
+    snap, _ = snapshot([1, 2, 3], [10_000, 20_000, 3_000_000], top=2, extra=[K.SENT])
+    out = text(render(snap), width=width)
+    assert "1 more targets not shown" in out
+    assert "…" not in out  # no cell was cut short
+    assert "3.00/3.00 ms" in out  # charlie's avg/p99, run and last second
+    total = next(line for line in out.splitlines() if "total [+1 unacc.]" in line)
+    assert "301" in total and "1.99%" in total  # 6 of 300 lost, 1 probe unaccounted
+    assert ("rtt min/avg/max/mdev" in out) == (width >= 140)
+    assert ("recv" in out) == (width >= 90)
