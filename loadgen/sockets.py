@@ -34,6 +34,7 @@ SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35  # also the SCM type of its cmsg
 SO_TIMESTAMPING = 37  # also SCM_TIMESTAMPING (64-bit timespecs on 64-bit kernels)
 SO_RXQ_OVFL = 40
+SO_MEMINFO = 55
 IP_RECVERR = 11
 SIOCSHWTSTAMP = 0x89B0
 SIOCGHWTSTAMP = 0x89B1
@@ -452,7 +453,7 @@ def cmsg_offsets(
     return found
 
 
-def _read_stamps(
+def read_stamps(
     ctrl: NDArray[np.uint8],
     at: NDArray[np.int64],
     timestamping: bool,
@@ -513,8 +514,18 @@ class BatchIO:
     def socket(self) -> IcmpSocket:
         return self._sock
 
+    @property
+    def batch(self) -> int:
+        return self._batch
+
     def fileno(self) -> int:
         return self._fd
+
+    def kernel_drops(self) -> int:
+        """The socket's drop counter now (SO_MEMINFO); RecvBatch has it as of the last packet.
+        Counts every ICMP packet refused for a full buffer, even ones the filter would drop."""
+        info = self._sock.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
+        return int(struct.unpack_from("=9I", info)[8])  # SK_MEMINFO_DROPS
 
     def close(self) -> None:
         self._sock.close()
@@ -575,7 +586,7 @@ class BatchIO:
         if n:
             stamps_at, drops_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._rx_wanted)
             if self._sock.rx_scm:
-                _read_stamps(
+                read_stamps(
                     ring.ctrl,
                     stamps_at,
                     self._sock.rx_scm == SO_TIMESTAMPING,
@@ -638,7 +649,7 @@ class BatchIO:
         ns, flags = self._tx_ns[:n], self._tx_flags[:n]
         ns[:] = 0
         flags[:] = 0
-        _read_stamps(
+        read_stamps(
             ring.ctrl, stamps_at, True, ns, flags, RecordFlag.TX_KERNEL, RecordFlag.TX_HARDWARE
         )
         # struct sock_extended_err: u32 errno; u8 origin, type, code, pad; u32 info; u32 data

@@ -1,0 +1,364 @@
+"""Raw ICMP sockets on loopback (127.0.0.1 only): options, BPF attach, batched send/receive,
+timestamp sources, drop and partial-send reporting, kernel TX stamps; plus the pure cmsg walker.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from loadgen import sockets
+from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.records import RecordFlag
+from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
+
+LOOPBACK = 0x7F000001
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
+IDENT = (os.getpid() * 7919) & 0xFFFF  # our own identifier; other ICMP on lo is ignored
+
+
+def echo_requests(ident: int, count: int, size: int = 56) -> NDArray[np.uint8]:
+    """ICMP echo requests (RFC 792) with sequence 0..count-1 and a valid RFC 1071 checksum."""
+    pkt = np.zeros((count, 8 + size), np.uint8)
+    pkt[:, 0] = 8
+    pkt[:, 4:6] = np.frombuffer(struct.pack("!H", ident), np.uint8)
+    pkt[:, 6:8] = np.arange(count, dtype=">u2").view(np.uint8).reshape(count, 2)
+    pkt[:, 8:] = np.arange(size, dtype=np.uint8)
+    total = pkt.view(">u2").astype(np.uint32).sum(axis=1)
+    while (total >> 16).any():
+        total = (total & 0xFFFF) + (total >> 16)
+    pkt[:, 2:4] = (~total & 0xFFFF).astype(">u2").view(np.uint8).reshape(count, 2)
+    return pkt
+
+
+def reply_filter(ident: int) -> bytes:
+    """Classic BPF: accept ICMP echo replies (type 0) carrying `ident`, drop everything else."""
+    program = [
+        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): X = IP header length
+        (0x50, 0, 0, 0),  # ldb [x+0]: ICMP type
+        (0x15, 0, 3, 0),  # jeq #0, else drop
+        (0x48, 0, 0, 4),  # ldh [x+4]: identifier
+        (0x15, 0, 1, ident),  # jeq #ident, else drop
+        (0x06, 0, 0, 0x40000),  # ret: accept
+        (0x06, 0, 0, 0),  # ret: drop
+    ]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rx_stamping_live() -> Iterator[None]:
+    """Hold the kernel's RX stamping switch on for the whole module. The first socket asking
+    for stamps flips it through deferred work, so packets in the next moments go unstamped
+    (honestly flagged, but these tests want every row stamped)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as keeper:
+        keeper.settimeout(0.5)
+        keeper.bind(("127.0.0.1", 0))
+        keeper.setsockopt(socket.SOL_SOCKET, sockets.SO_TIMESTAMPING, 0x18)  # RX_SOFTWARE|SOFTWARE
+        for _ in range(200):
+            keeper.sendto(b"?", keeper.getsockname())
+            time.sleep(0.002)
+            _, ancillary, _, _ = keeper.recvmsg(8, 256)
+            if ancillary and ancillary[0][2][:16] != bytes(16):
+                break
+        yield
+
+
+def open_lo(batch: int = 256, **options: Any) -> BatchIO:
+    settings: dict[str, Any] = {"ttl": 64, "tos": 0, "timestamps": TimestampMode.AUTO}
+    settings["bpf_program"] = None
+    settings.update(options)
+    return BatchIO(open_icmp_v4(**settings), batch=batch)
+
+
+def collect(io: BatchIO, want: int, timeout_s: float = 2.0) -> dict[str, NDArray[Any]]:
+    """Receive until `want` of our echo replies arrived or the time is up; every row kept."""
+    poller = select.poll()
+    poller.register(io.fileno(), select.POLLIN)
+    heads, stamps, flags, after = [], [], [], []
+    replies, deadline = 0, time.monotonic() + timeout_s
+    while replies < want and time.monotonic() < deadline:
+        poller.poll(20)
+        got = io.recv()
+        assert got.truncated == 0
+        heads.append(got.data[:, :28].copy())
+        stamps.append(got.rx_ns.copy())
+        flags.append(got.rx_flags.copy())
+        after.append(np.full(got.n, time.time_ns(), np.int64))
+        replies += int(np.count_nonzero(ours(heads[-1], 0)))
+    return {
+        "head": np.concatenate(heads) if heads else np.zeros((0, 28), np.uint8),
+        "rx_ns": np.concatenate(stamps) if stamps else np.zeros(0, np.int64),
+        "rx_flags": np.concatenate(flags) if flags else np.zeros(0, np.uint8),
+        "after_ns": np.concatenate(after) if after else np.zeros(0, np.int64),
+    }
+
+
+def ours(head: NDArray[np.uint8], icmp_type: int) -> NDArray[np.bool_]:
+    assert ((head[:, 0] & 0xF) == 5).all()  # loopback packets carry no IP options
+    ident = head[:, 24].astype(np.int64) << 8 | head[:, 25]
+    return np.asarray((head[:, 20] == icmp_type) & (ident == IDENT))
+
+
+def seqs(head: NDArray[np.uint8]) -> NDArray[np.int64]:
+    return head[:, 26].astype(np.int64) << 8 | head[:, 27]
+
+
+def fail_option(monkeypatch: pytest.MonkeyPatch, failing: int, err: int) -> None:
+    """Make one socket option fail with `err`, as a kernel lacking it or out of memory would."""
+    real = sockets._set_option
+
+    def set_option(sock: socket.socket, level: int, option: int, value: int | bytes) -> None:
+        if option == failing:
+            raise OSError(err, os.strerror(err))
+        real(sock, level, option, value)
+
+    monkeypatch.setattr(sockets, "_set_option", set_option)
+
+
+def test_modes_are_the_profile_words() -> None:
+    assert [m.value for m in TimestampMode] == ["auto", "hardware", "software", "user"]
+    assert TimestampMode("hardware") is TimestampMode.HARDWARE
+
+
+def test_no_raw_socket_permission_gives_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> socket.socket:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(socket, "socket", refuse)  # what loadgen.sockets calls
+    with pytest.raises(PermissionProblem) as caught:
+        open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
+    message = str(caught.value)
+    assert "CAP_NET_RAW" in message and "setcap cap_net_raw+ep" in message
+    assert "\n" not in message
+
+
+def test_out_of_range_ttl_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="ttl must be 1-255"):
+        open_icmp_v4(ttl=256, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
+
+
+def put_cmsg(ctrl: NDArray[np.uint8], row: int, at: int, kind: int, data: bytes) -> None:
+    header = struct.pack("=Qii", 16 + len(data), socket.SOL_SOCKET, kind)
+    ctrl[row, at : at + 16 + len(data)] = np.frombuffer(header + data, np.uint8)
+
+
+def test_cmsg_walker_finds_each_kind_per_row_and_survives_garbage() -> None:
+    ctrl = np.zeros((5, 128), np.uint8)
+    put_cmsg(ctrl, 0, 0, 37, bytes(48))  # timestamping, then the drop counter
+    put_cmsg(ctrl, 0, 64, 40, bytes(4))
+    put_cmsg(ctrl, 1, 0, 40, bytes(4))  # the drop counter alone
+    put_cmsg(ctrl, 3, 0, 37, b"")
+    ctrl[3, 0:8] = 3  # a length shorter than a header: stop there, find nothing
+    put_cmsg(ctrl, 4, 0, 40, bytes(4))  # 20 bytes, padded to 24, then timestamping
+    put_cmsg(ctrl, 4, 24, 37, bytes(48))
+    used = np.array([88, 20, 0, 128, 88], np.uint64)
+    wanted = ((socket.SOL_SOCKET, 37), (socket.SOL_SOCKET, 40))
+    stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
+    assert stamps.tolist() == [16, -1, -1, -1, 40]
+    assert drops.tolist() == [80, 16, -1, -1, 16]
+    ctrl[0, 0:8] = np.frombuffer(struct.pack("=Q", 200), np.uint8)  # runs past the end
+    stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
+    assert stamps[0] == -1 and drops[0] == -1 and drops[4] == 16
+
+
+def test_stamps_prefer_hardware_then_software_then_user_time() -> None:
+    ctrl = np.zeros((3, 128), np.uint8)
+    put_cmsg(ctrl, 0, 0, 37, struct.pack("=6q", 5, 6, 0, 0, 7, 8))  # software and hardware
+    put_cmsg(ctrl, 1, 0, 37, struct.pack("=6q", 5, 6, 0, 0, 0, 0))  # software only
+    put_cmsg(ctrl, 2, 0, 37, bytes(48))  # nothing stamped: the user-space time stays
+    at = np.array([16, 16, 16], np.int64)
+    out_ns, out_flags = np.full(3, 99, np.int64), np.zeros(3, np.uint8)
+    soft, hard = RecordFlag.RX_KERNEL, RecordFlag.RX_HARDWARE
+    sockets.read_stamps(ctrl, at, True, out_ns, out_flags, soft, hard)
+    assert out_ns.tolist() == [7_000_000_008, 5_000_000_006, 99]
+    assert out_flags.tolist() == [hard, soft, 0]
+
+
+@needs_root
+def test_option_failure_names_the_option_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    fail_option(monkeypatch, sockets.SO_RXQ_OVFL, errno.ENOMEM)
+    with pytest.raises(SocketProblem, match=r"SO_RXQ_OVFL.*ENOMEM.*lower rcvbuf_bytes"):
+        open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
+
+
+@needs_root
+def test_echo_replies_come_back_with_kernel_stamps() -> None:
+    with open_lo() as io:
+        assert io.socket.rx_source == "kernel-software"
+        assert io.socket.rx_flags == RecordFlag.RX_KERNEL
+        before_ns = time.time_ns()
+        result = io.send(echo_requests(IDENT, 64), np.full(64, LOOPBACK, np.uint32))
+        assert (result.sent, result.errno) == (64, 0)
+        got = collect(io, 64)
+    mine = ours(got["head"], 0)
+    assert sorted(seqs(got["head"][mine]).tolist()) == list(range(64))
+    assert (got["rx_flags"][mine] == RecordFlag.RX_KERNEL).all()
+    stamps = got["rx_ns"][mine]
+    assert (stamps >= before_ns).all() and (stamps <= got["after_ns"][mine]).all()
+
+
+@needs_root
+def test_bpf_program_keeps_only_our_replies() -> None:
+    with open_lo(bpf_program=reply_filter(IDENT)) as io:
+        io.send(echo_requests(IDENT, 64), np.full(64, LOOPBACK, np.uint32))
+        got = collect(io, 64)
+        time.sleep(0.05)
+        late = io.recv().n
+    assert ours(got["head"], 0).all()  # no requests (type 8) and no one else's replies
+    assert len(got["head"]) == 64 and late == 0
+
+
+@needs_root
+def test_bpf_program_the_kernel_refuses_is_reported() -> None:
+    with pytest.raises(ValueError, match="8-byte instructions"):
+        open_lo(bpf_program=b"\x06\x00\x00")
+    load_only = struct.pack("=HBBI", 0x30, 0, 0, 0)  # ldb [0] with no return: invalid
+    with pytest.raises(SocketProblem, match=r"loadgen\.bpf"):
+        open_lo(bpf_program=load_only)
+
+
+@needs_root
+def test_user_mode_stamps_each_batch_after_the_call() -> None:
+    with open_lo(timestamps=TimestampMode.USER, bpf_program=reply_filter(IDENT)) as io:
+        assert io.socket.rx_source == "user-space"
+        io.send(echo_requests(IDENT, 16), np.full(16, LOOPBACK, np.uint32))
+        time.sleep(0.05)
+        before_ns = time.time_ns()
+        got = io.recv()
+        after_ns = time.time_ns()
+    assert got.n == 16 and not got.rx_kernel.any()
+    assert (got.rx_ns >= before_ns).all() and (got.rx_ns <= after_ns).all()
+
+
+@needs_root
+def test_timestampns_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    fail_option(monkeypatch, sockets.SO_TIMESTAMPING, errno.ENOPROTOOPT)  # as on old kernels
+    with open_lo(bpf_program=reply_filter(IDENT)) as io:
+        assert io.socket.rx_source == "kernel (SO_TIMESTAMPNS)"
+        assert len(io.socket.notes) == 1 and "SO_TIMESTAMPING" in io.socket.notes[0]
+        before_ns = time.time_ns()
+        io.send(echo_requests(IDENT, 16), np.full(16, LOOPBACK, np.uint32))
+        got = collect(io, 16)
+        with pytest.raises(SocketProblem, match="tx_timestamps = false"):
+            io.enable_tx_timestamps()
+    assert len(got["head"]) == 16 and (got["rx_flags"] == RecordFlag.RX_KERNEL).all()
+    assert (got["rx_ns"] >= before_ns).all() and (got["rx_ns"] <= got["after_ns"]).all()
+
+
+@needs_root
+def test_hardware_on_loopback_falls_back_and_says_so() -> None:
+    with open_lo(timestamps=TimestampMode.HARDWARE, interface="lo") as io:
+        assert io.socket.rx_source == "kernel-software"
+        assert io.socket.rx_flags == RecordFlag.RX_KERNEL
+        (note,) = io.socket.notes
+        assert "lo" in note and "software" in note
+
+
+@needs_root
+def test_drops_past_a_full_buffer_are_counted() -> None:
+    with open_lo(rcvbuf_bytes=1, bpf_program=reply_filter(IDENT)) as io:
+        io.send(echo_requests(IDENT, 200), np.full(200, LOOPBACK, np.uint32))
+        kept = sum(io.recv().n for _ in range(3))
+        assert 0 < kept < 200
+        io.send(echo_requests(IDENT, 2), np.full(2, LOOPBACK, np.uint32))
+        got = io.recv()  # these two find room, and carry the counter
+        assert got.n == 2
+        assert got.dropped_total >= 200 - kept
+        assert io.kernel_drops() == got.dropped_total
+
+
+@needs_root
+def test_send_checks_its_arrays() -> None:
+    with open_lo() as io:
+        packets = echo_requests(IDENT, 4)
+        with pytest.raises(ValueError, match="C-contiguous"):
+            io.send(packets[:, ::2], np.full(4, LOOPBACK, np.uint32))
+        with pytest.raises(ValueError, match="destinations"):
+            io.send(packets, np.full(3, LOOPBACK, np.uint32))
+
+
+PARTIAL_SEND = """
+import subprocess, time, numpy as np
+from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit",
+                "burst", "2000", "limit", "1000000"], check=True)
+sock = open_icmp_v4(ttl=64, tos=0, sndbuf_bytes=1, timestamps=TimestampMode.AUTO,
+                    bpf_program=None)
+with BatchIO(sock, batch=64) as io:
+    packets = np.zeros((300, 1000), np.uint8)
+    packets[:, 0], packets[:, 2], packets[:, 3] = 8, 0xF7, 0xFF  # echo request, checksum
+    result = io.send(packets, np.full(300, 0x7F000001, np.uint32))
+    replies, deadline = 0, time.monotonic() + 5
+    while replies < result.sent and time.monotonic() < deadline:  # tbf lets ~120/s through
+        time.sleep(0.02)
+        got = io.recv()
+        replies += int(np.count_nonzero(got.data[:, 20] == 0))
+print(result.sent, result.errno, replies)
+"""
+
+
+@needs_root
+@pytest.mark.skipif(
+    not (shutil.which("unshare") and shutil.which("tc")), reason="needs unshare, tc"
+)
+def test_full_send_buffer_is_reported_not_raised() -> None:
+    # A private network namespace whose lo is slowed by tbf: sent packets wait in the qdisc
+    # and hold the tiny send buffer, so the kernel refuses the rest. Gone when the process ends.
+    done = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", textwrap.dedent(PARTIAL_SEND)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    sent, err, replies = map(int, done.stdout.split())
+    assert 0 < sent < 300
+    assert err in (errno.ENOBUFS, errno.EAGAIN)
+    assert replies == sent  # what was reported sent is exactly what went out
+
+
+@needs_root
+def test_tx_stamps_are_numbered_in_send_order() -> None:
+    with open_lo(batch=32, bpf_program=reply_filter(IDENT)) as io:
+        assert io.enable_tx_timestamps() == RecordFlag.TX_KERNEL
+        before_ns = time.time_ns()
+        packets = echo_requests(IDENT, 150)
+        for start in (0, 50, 100):  # three calls of 50, each two sendmmsg batches of 32
+            assert io.send(packets[start : start + 50], np.full(50, LOOPBACK, np.uint32)).sent == 50
+        ids: list[NDArray[np.uint32]] = []
+        tx_ns: list[NDArray[np.int64]] = []
+        deadline = time.monotonic() + 2.0
+        while sum(len(chunk) for chunk in ids) < 150 and time.monotonic() < deadline:
+            stamps = io.read_tx_timestamps()
+            assert (stamps.tx_flags == RecordFlag.TX_KERNEL).all()
+            ids.append(stamps.ids.copy())
+            tx_ns.append(stamps.tx_ns.copy())
+            if not stamps.more:
+                time.sleep(0.01)
+        got = collect(io, 150)
+    order = np.concatenate(ids)
+    sent_ns = np.concatenate(tx_ns)
+    assert order.tolist() == list(range(150))
+    assert (np.diff(sent_ns) >= 0).all() and (sent_ns >= before_ns).all()
+    reply_seq = seqs(got["head"])
+    assert sorted(reply_seq.tolist()) == list(range(150))
+    assert (got["rx_ns"] > sent_ns[reply_seq]).all()  # kernel clock on both sides
