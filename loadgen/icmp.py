@@ -68,19 +68,16 @@ class Decoded:
     seq16_only: bool = False
 
 
-def _fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071): ones' complement of the ones' complement sum of the
     big-endian 16-bit words, an odd trailing byte padded with zero. Over a message that already
     carries its checksum the result is 0."""
-    if len(data) % 2:
-        data = bytes(data) + b"\0"
-    return ~_fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
+    # 2**16 == 1 modulo 0xFFFF, so the message read as one big integer is congruent to the sum of
+    # its words, and ones' complement addition is addition modulo 0xFFFF in which a non-zero
+    # multiple of 0xFFFF reads 0xFFFF. One bignum operation instead of a loop over the words.
+    value = int.from_bytes(data, "big") << (8 * (len(data) % 2))
+    total = value % 0xFFFF or (0xFFFF if value else 0)
+    return ~total & 0xFFFF
 
 
 def fill_patterns(run_id: int, fill_len: int) -> tuple[bytes, ...]:
