@@ -1,0 +1,216 @@
+"""End-of-run summary text (iputils ping style) and the JSONL export of closed seconds.
+
+The export is one JSON object per line, flushed after every closed second, so a crash loses at
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (1); every object has
+`type` and `v`. A "second" object per target that sent in a closed second, then one
+"second_total" (target -1, name "total"); one "summary" object at the end of the run:
+
+| key | type | meaning |
+|---|---|---|
+| type | str | "second", "second_total" or "summary" |
+| v | int | schema version (1) |
+| second | int | second index from the run's start ("second*" only) |
+| t | float | unix time of the second's start, in seconds ("second*" only) |
+| target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
+| sent | int | probes sent in this second (every figure is bucketed by send time) |
+| received | int | good replies within timeout |
+| late | int | good replies after timeout, within linger (not lost) |
+| lost | int | nothing came back by linger |
+| errored | int | no good reply, but an ICMP error or a damaged reply (not lost) |
+| loss_pct | float | 100 * lost / sent (0 when nothing was sent) |
+| duplicates, reordered, bitflips, corrupted, icmp_errors, stale | int | side events |
+| unaccounted | int | sent - received - late - lost - errored: anything but 0 is a bug |
+| rtt_count | int | RTT samples (received replies) |
+| rtt_{min,avg,max,mdev}_us | float/null | µs; null when rtt_count is 0 |
+| rtt_{p50,p90,p99}_us | float/null | µs; exact per second, within rtt_pct_rel_error in "summary" |
+| rtt_jitter_us | float/null | mean abs. difference of consecutive RTTs of a target, in µs |
+| rx_ts, tx_ts | str | source of the RTT samples' stamps: hardware, kernel, user, mixed(a+b), none |
+
+A "summary" object holds `t_start`, `seconds` (closed seconds covered), `targets` (a list of
+objects with the per-target keys above), `total`, `anomalies` (invalid_records, late_records,
+rtt_dropped, side_events_after_close), `rtt_pct_rel_error` and `extra` (the caller's mapping).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import IO, Any
+
+from loadgen.errors import LoadgenError, UsageError
+from loadgen.stats import (
+    NS_PER_S,
+    PERCENTILE_REL_ERROR,
+    TOTAL,
+    Counts,
+    RunSummary,
+    SecondReport,
+    TargetStats,
+)
+
+JSONL_SCHEMA_VERSION = 1
+_COUNT_KEYS = (
+    "sent",
+    "received",
+    "late",
+    "lost",
+    "errored",
+    "duplicates",
+    "reordered",
+    "bitflips",
+    "corrupted",
+    "icmp_errors",
+    "stale",
+)
+_RTT_KEYS = ("min", "avg", "max", "mdev", "p50", "p90", "p99", "jitter")
+
+
+def _name(names: Sequence[str], target: int) -> str:
+    if target == TOTAL:
+        return "total"
+    return names[target] if 0 <= target < len(names) else f"#{target}"
+
+
+def _ms(*values_ns: float) -> str:
+    return "/".join(f"{v / 1e6:.3f}" for v in values_ns)
+
+
+def _block(title: str, ts: TargetStats) -> list[str]:
+    c, r = ts.counts, ts.rtt
+    lines = [
+        f"--- {title} loadgen statistics ---",
+        f"{c.sent} transmitted, {c.received} received, {c.loss_pct:.4g}% packet loss, "
+        f"{c.late} late, {c.errored} errors, {c.duplicates} duplicates, "
+        f"{c.reordered} reordered, {c.bitflips} bitflips, {c.corrupted} corrupted, "
+        f"{c.icmp_errors} icmp errors, {c.stale} stale",
+    ]
+    if r.count:
+        lines.append(f"rtt min/avg/max/mdev = {_ms(r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns)} ms")
+        lines.append(
+            f"rtt p50/p90/p99 = {_ms(r.p50_ns, r.p90_ns, r.p99_ns)} ms "
+            f"(within {PERCENTILE_REL_ERROR * 100:.1f}%), jitter = {_ms(r.jitter_ns)} ms"
+        )
+        lines.append(f"timestamps: rx {ts.rx_ts}, tx {ts.tx_ts}")
+    if c.unaccounted:
+        lines.append(
+            f"WARNING: {c.unaccounted:+} probes unaccounted for "
+            "(sent != received + late + lost + errored): this is a bug, please report it"
+        )
+    return lines
+
+
+def summary_text(summary: RunSummary, names: Sequence[str]) -> str:
+    """Per target that sent anything, then the total, as ping prints at the end of a run."""
+    lines: list[str] = []
+    silent = 0
+    for ts in summary.per_target:
+        if ts.counts == Counts():
+            silent += 1
+            continue
+        lines += [*_block(_name(names, ts.target), ts), ""]
+    title = f"total ({len(summary.per_target)} targets, {summary.seconds} s)"
+    lines += _block(title, summary.total)
+    lines.append(
+        "packet loss counts probes nothing came back for; late and errored are counted apart"
+    )
+    if silent:
+        lines.append(f"{silent} targets sent nothing and are not listed")
+    a = summary.anomalies
+    if a.side_events_after_close:
+        lines.append(
+            f"{a.side_events_after_close} side events (such as stale replies) came after "
+            "their second closed: they are in these totals, in no second"
+        )
+    lines += [f"WARNING: {w}" for w in a.warnings()]
+    return "\n".join(lines) + "\n"
+
+
+def _us(ns: float) -> float:
+    return round(ns / 1e3, 3)
+
+
+def _figures(ts: TargetStats, names: Sequence[str]) -> dict[str, Any]:
+    c, r = ts.counts, ts.rtt
+    obj: dict[str, Any] = {"target": ts.target, "name": _name(names, ts.target)}
+    obj.update((key, getattr(c, key)) for key in _COUNT_KEYS)
+    obj["loss_pct"] = round(c.loss_pct, 6)
+    obj["unaccounted"] = c.unaccounted
+    obj["rtt_count"] = r.count
+    values = (r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns, r.p50_ns, r.p90_ns, r.p99_ns, r.jitter_ns)
+    for key, ns in zip(_RTT_KEYS, values, strict=True):
+        obj[f"rtt_{key}_us"] = _us(ns) if r.count else None
+    obj["rx_ts"], obj["tx_ts"] = ts.rx_ts, ts.tx_ts
+    return obj
+
+
+class JsonlWriter:
+    """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._file: IO[str] = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        except OSError as e:
+            raise UsageError(
+                f"cannot write the JSONL export {path!r}: {e.strerror}; pick a writable path"
+            ) from e
+
+    def _write(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        text = "".join(
+            json.dumps(o, separators=(",", ":"), allow_nan=False) + "\n" for o in objects
+        )
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as e:
+            raise LoadgenError(
+                f"writing the JSONL export {self.path!r} failed: {e.strerror}; "
+                "free some disk space or pick another path"
+            ) from e
+
+    def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
+        """One "second" object per target in the report, then its "second_total"."""
+        head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
+        rows = [{"type": "second", **head, **_figures(ts, names)} for ts in report.per_target]
+        rows.append({"type": "second_total", **head, **_figures(report.total, names)})
+        self._write(rows)
+
+    def write_summary(
+        self, summary: RunSummary, names: Sequence[str], extra: Mapping[str, Any] | None = None
+    ) -> None:
+        a = summary.anomalies
+        self._write(
+            [
+                {
+                    "type": "summary",
+                    "v": JSONL_SCHEMA_VERSION,
+                    "t_start": summary.start_ns / NS_PER_S,
+                    "seconds": summary.seconds,
+                    "targets": [_figures(ts, names) for ts in summary.per_target],
+                    "total": _figures(summary.total, names),
+                    "anomalies": {
+                        "invalid_records": a.invalid_records,
+                        "late_records": a.late_records,
+                        "rtt_dropped": a.rtt_dropped,
+                        "side_events_after_close": a.side_events_after_close,
+                    },
+                    "rtt_pct_rel_error": PERCENTILE_REL_ERROR,
+                    "extra": dict(extra or {}),
+                }
+            ]
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
