@@ -7,7 +7,6 @@ reflector process when the kernel's own echo responder cannot do what the spec a
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import subprocess
@@ -33,10 +32,11 @@ from loadgen.lab.addressing import (
     pick_block,
     plan_hosts,
 )
+from loadgen.lab.hostcfg import host_seed, nft_ruleset, reflector_config
 from loadgen.lab.impair import ReflectorConfig
 from loadgen.lab.netops import create_host, in_netns, list_netns, nft, write_sysctl
 from loadgen.lab.reap import Teardown, stop_processes, teardown_state
-from loadgen.lab.spec import DropBy, Impairments, JitterDist, LabSpec
+from loadgen.lab.spec import LabSpec
 from loadgen.lab.state import (
     STATE_DIR,
     LabHost,
@@ -51,74 +51,6 @@ from loadgen.lab.state import (
 from loadgen.lab.truth import HostTruth, host_truth, link_counters, query_reflector
 
 READY_TIMEOUT_S = 30.0  # python + numpy start-up on a busy 2-core machine
-DROP_SCALE = 1_000_000  # nft numgen random mod DROP_SCALE < share * DROP_SCALE
-
-
-def nft_ruleset(table: str, imp: Impairments) -> str:
-    """The host's nftables table: counters always, numgen drops when the spec asks for them."""
-    rules = ['icmp type echo-request counter name "req_in"']
-    if imp.drop_by is DropBy.NFT and imp.drop_every > 0:
-        # numgen inc starts at 0, so "== N-1" drops the N-th, 2N-th, ... request.
-        n = imp.drop_every
-        rules.append(
-            f'icmp type echo-request numgen inc mod {n} == {n - 1} counter name "drop_every" drop'
-        )
-    if imp.drop_by is DropBy.NFT and imp.drop > 0:
-        below = round(imp.drop * DROP_SCALE)
-        rules.append(
-            f"icmp type echo-request numgen random mod {DROP_SCALE} < {below} "
-            'counter name "drop_random" drop'
-        )
-    body = "\n    ".join(rules)
-    return f"""table ip {table} {{
-  counter req_in {{}}
-  counter drop_every {{}}
-  counter drop_random {{}}
-  counter rep_out {{}}
-  counter err_out {{}}
-  chain input {{
-    type filter hook input priority -10; policy accept;
-    {body}
-  }}
-  chain output {{
-    type filter hook output priority 0; policy accept;
-    icmp type echo-reply counter name "rep_out"
-    icmp type {{ destination-unreachable, time-exceeded }} counter name "err_out"
-  }}
-}}
-"""
-
-
-def host_seed(lab_seed: int, index: int) -> int:
-    """A reflector's seed: stable per (lab seed, host index), unrelated between hosts."""
-    digest = hashlib.blake2b(f"{lab_seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
-def reflector_config(
-    host: LabHost, seed: int, stats_path: str, die_with_parent: bool
-) -> ReflectorConfig:
-    imp = host.impairments
-    in_reflector = imp.drop_by is DropBy.REFLECTOR
-    return ReflectorConfig(
-        seed=seed,
-        drop=imp.drop if in_reflector else 0.0,
-        drop_every=imp.drop_every if in_reflector else 0,
-        delay_ns=round(imp.delay_ms * 1e6),
-        jitter_ns=round(imp.jitter_ms * 1e6),
-        jitter_normal=imp.jitter_dist is JitterDist.NORMAL,
-        duplicate=imp.duplicate,
-        reorder=imp.reorder,
-        bitflip=imp.bitflip,
-        corrupt=imp.corrupt,
-        unreachable=imp.unreachable,
-        time_exceeded=imp.time_exceeded,
-        ratelimit_pps=imp.icmp_ratelimit_pps,
-        ratelimit_burst=imp.icmp_ratelimit_burst,
-        control_path=host.control_path or "",
-        stats_path=stats_path,
-        die_with_parent=die_with_parent,
-    )
 
 
 class Lab:

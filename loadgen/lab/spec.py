@@ -21,6 +21,8 @@ IFNAMSIZ = 15  # usable characters of a Linux interface name (16 with the NUL)
 PREFIX_RE = re.compile(r"^lg[a-z0-9]{1,6}$")
 GROUP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
 MAX_HOSTS = 4096
+# Root-side links are named "<prefix>-<index>": 8 + 1 + 4 characters at most, within IFNAMSIZ.
+assert len("lg" + "x" * 6) + 1 + len(str(MAX_HOSTS - 1)) <= IFNAMSIZ
 RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)$")
 RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}  # as tc(8)
 
@@ -270,8 +272,4 @@ def parse_lab_spec(data: Mapping[str, Any], *, source: str) -> LabSpec:
             f"{source}: lab.hosts: {spec.host_count} hosts in all; lower the counts to "
             f"{MAX_HOSTS} or fewer"
         )
-    # Root-side link names are f"{prefix}-{index}"; they must fit IFNAMSIZ.
-    longest = len(f"{prefix}-{spec.host_count - 1}")
-    if longest > IFNAMSIZ:
-        raise keys.fail("prefix", prefix, "too long for this many hosts; use a shorter prefix")
     return spec

@@ -1,0 +1,1 @@
+"""Tests of the namespace lab itself (spec, addressing, reflector, truth, teardown)."""

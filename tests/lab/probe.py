@@ -1,0 +1,136 @@
+"""A small, independent echo sender for lab tests: sends numbered probes to one lab address
+over a raw socket, paced and bounded, and sorts every reply into what the lab claims it did.
+
+It builds our probe format (docs/DESIGN.md: "LGEN" magic, run id, target, seq, tx time, fill)
+with its own scalar code, so the reflector's vectorised codec is checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+MAGIC = 0x4C47454E
+HEADER = struct.Struct(">IIIQq")  # magic, run_id, target, seq, tx_ns
+
+
+def inet_checksum(data: bytes) -> int:
+    """RFC 1071, written out plainly."""
+    if len(data) % 2:
+        data += b"\0"
+    words: tuple[int, ...] = struct.unpack(f">{len(data) // 2}H", data)
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def fill(run_id: int, seq: int, n: int) -> bytes:
+    """Deterministic fill for probe `seq`: different per probe, so any flipped bit shows."""
+    pattern = struct.pack(">IQ", run_id, seq) * (n // 12 + 1)
+    return bytes(b ^ (i & 0xFF) for i, b in enumerate(pattern[:n]))
+
+
+def echo_request(ident: int, run_id: int, seq: int, size: int) -> bytes:
+    payload = HEADER.pack(MAGIC, run_id, 0, seq, time.time_ns()) + fill(run_id, seq, size - 28)
+    head = struct.pack(">BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
+    csum = inet_checksum(head + payload)
+    return head[:2] + struct.pack(">H", csum) + head[4:] + payload
+
+
+@dataclass
+class Observed:
+    """What came back, sorted the way loadgen's accounting sorts it."""
+
+    sent: int = 0
+    replied: set[int] = field(default_factory=set)  # seqs with a good reply
+    duplicates: int = 0
+    bitflips: int = 0
+    corrupted: int = 0
+    unreachable: set[int] = field(default_factory=set)
+    time_exceeded: set[int] = field(default_factory=set)
+    error_quote_lens: list[int] = field(default_factory=list)
+    reordered: int = 0  # good replies arriving after a reply to a later probe
+    rtt_ns: list[int] = field(default_factory=list)
+
+    def lost(self) -> set[int]:
+        answered = self.replied | self.unreachable | self.time_exceeded
+        return set(range(self.sent)) - answered
+
+
+def _classify(
+    obs: Observed, pkt: bytes, ident: int, run_id: int, size: int, now: int, top: list[int]
+) -> None:
+    ihl = (pkt[0] & 0x0F) * 4
+    icmp = pkt[ihl:]
+    if len(icmp) < 8:
+        return
+    kind = icmp[0]
+    if kind in (3, 11):  # an error quotes our request: IP header, then its ICMP header
+        inner = icmp[8:]
+        inner_ihl = (inner[0] & 0x0F) * 4 if inner else 0
+        quoted = inner[inner_ihl:]
+        if len(quoted) >= 8 + 28 and struct.unpack(">H", quoted[4:6])[0] == ident:
+            seq = HEADER.unpack(quoted[8:36])[3]
+            (obs.unreachable if kind == 3 else obs.time_exceeded).add(seq)
+            obs.error_quote_lens.append(len(inner))
+        return
+    if kind != 0 or struct.unpack(">H", icmp[4:6])[0] != ident or len(icmp) < 36:
+        return
+    magic, rid, _, seq, tx_ns = HEADER.unpack(icmp[8:36])
+    if magic != MAGIC or rid != run_id:
+        return
+    if inet_checksum(icmp) != 0:
+        obs.corrupted += 1
+        return
+    if icmp[36:] != fill(run_id, seq, size - 28):
+        obs.bitflips += 1
+        return
+    if seq in obs.replied:
+        obs.duplicates += 1
+        return
+    obs.replied.add(seq)
+    obs.rtt_ns.append(now - tx_ns)
+    if seq < top[0]:
+        obs.reordered += 1
+    top[0] = max(top[0], seq)
+
+
+def probe(
+    address: str, count: int, rate_pps: float, size: int = 64, linger_s: float = 0.3
+) -> Observed:
+    """Send `count` probes to `address` at `rate_pps`, then listen `linger_s` more for stragglers.
+
+    Bounded: it returns at most count / rate_pps + linger_s seconds after it starts.
+    """
+    ident = int.from_bytes(os.urandom(2), "big")
+    run_id = int.from_bytes(os.urandom(4), "big")
+    packets = [echo_request(ident, run_id, s, size) for s in range(count)]
+    obs = Observed()
+    top = [-1]
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        start = time.monotonic()
+        deadline = start + count / rate_pps + linger_s
+        while time.monotonic() < deadline:
+            due = min(count, int((time.monotonic() - start) * rate_pps) + 1)
+            while obs.sent < due:
+                try:
+                    sock.sendto(packets[obs.sent], (address, 0))
+                except BlockingIOError:
+                    break
+                obs.sent += 1
+            select.select([sock], [], [], 0.001)
+            while True:
+                try:
+                    pkt, (src, _) = sock.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                if src == address:
+                    _classify(obs, pkt, ident, run_id, size, time.time_ns(), top)
+    return obs
