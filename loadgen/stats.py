@@ -23,7 +23,7 @@ QUANTILES: Final = (0.5, 0.9, 0.99)
 # is within 1/128 (0.78 %) of the true order statistic; values below 128 ns are exact.
 PERCENTILE_REL_ERROR: Final = 1 / 128
 _SUB_BITS = 6
-_MAX_RTT_NS = (1 << 37) - 1  # 137 s; longer RTTs share the top bucket (max_ns stays exact)
+_MAX_RTT_NS = (1 << 37) - 1  # 137 s; longer RTTs share the top bucket; also a bit mask
 
 _N_KINDS = len(RecordKind)
 _REORD = _N_KINDS  # extra count column: RECEIVED/LATE records flagged REORDERED
@@ -62,13 +62,7 @@ class Counts:
         return 100.0 * self.lost / self.sent if self.sent else 0.0
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(
-            *(a + b for a, b in zip(_count_tuple(self), _count_tuple(other), strict=True))
-        )
-
-
-def _count_tuple(c: Counts) -> tuple[int, ...]:
-    return tuple(getattr(c, name) for name in Counts.__slots__)
+        return Counts(*(getattr(self, f) + getattr(other, f) for f in Counts.__slots__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +305,11 @@ class _Bucket:
         tab.n = np.bincount(t, minlength=n + 1)
         tab.n[n] = len(t)
         # Values sorted by (target, rtt), then all values sorted: every row is one slice.
-        vals = np.concatenate([rtt[np.lexsort((rtt, t))], np.sort(rtt)])
+        if n < 1 << 26 and (len(rtt) == 0 or int(rtt.max()) <= _MAX_RTT_NS):
+            by_target = np.sort((t << 37) | rtt) & _MAX_RTT_NS  # one key: 4x faster than lexsort
+        else:
+            by_target = rtt[np.lexsort((rtt, t))]
+        vals = np.concatenate([by_target, by_target if n == 1 else np.sort(rtt)])
         starts = np.concatenate([[0], np.cumsum(tab.n[:n])])
         has = np.flatnonzero(tab.n)
         first, last = starts[has], starts[has] + tab.n[has] - 1
@@ -334,7 +332,10 @@ class _Bucket:
         tab.absdiff[n] = tab.absdiff[:n].sum()
         tab.ndiff = np.maximum(tab.n - 1, 0)
         tab.ndiff[n] = tab.ndiff[:n].sum()
-        np.bitwise_or.at(tab.ts, t, _ts_word(smp["flags"]))
+        targets = has[:-1]  # `has` ends with the total row whenever there are samples
+        if len(targets):
+            words = _ts_word(smp["flags"])[arrival]
+            tab.ts[targets] = np.bitwise_or.reduceat(words, starts[targets])
         tab.ts[n] = np.bitwise_or.reduce(tab.ts[:n])
         return tab, t, _bucket_index(rtt)
 

@@ -257,6 +257,9 @@ def test_random_records_match_numpy(seed: int, n: int, n_targets: int, chunks: i
             assert ts.counts.sent == kinds[K.SENT] > 0
             assert ts.counts.errored == kinds[K.ERRORED]
             assert ts.counts.duplicates == kinds[K.DUPLICATE]
+            reply = (records["kind"] == K.RECEIVED) | (records["kind"] == K.LATE)
+            flagged = (records["flags"] & RecordFlag.REORDERED) != 0
+            assert ts.counts.reordered == np.count_nonzero(mine & reply & flagged)
             samples = records["rtt_ns"][mine & (records["kind"] == K.RECEIVED)]
             check_rtt(ts.rtt, samples, samples)
             if len(samples):
