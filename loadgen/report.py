@@ -123,7 +123,7 @@ def summary_text(summary: RunSummary, names: Sequence[str]) -> str:
             "their second closed: they are in these totals, in no second"
         )
     lines += [f"WARNING: {w}" for w in a.warnings()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)  # no final newline: callers print it
 
 
 def _us(ns: float) -> float:
