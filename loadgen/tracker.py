@@ -127,7 +127,9 @@ class Tracker:
         rx_flags: NDArray[np.uint8] | int,
     ) -> None:
         """Account for a batch of decoded packets, in arrival order."""
-        flags = np.broadcast_to(np.asarray(rx_flags, dtype=np.uint8), status.shape)
+        flags = np.broadcast_to(np.asarray(rx_flags, dtype=np.uint8), status.shape) | np.uint8(
+            self.tx_flags
+        )
         self.foreign += int(np.count_nonzero(status >= DecodeStatus.FOREIGN))
         damaged = (status == DecodeStatus.BITFLIP) | (status == DecodeStatus.CORRUPTED)
         errors = status == DecodeStatus.ICMP_ERROR

@@ -1,0 +1,366 @@
+"""The coordinator: spawns the workers, merges their frames, closes seconds, stops cleanly.
+
+Owns the worker processes (spawn start method, one CPU each), their pipes and sentinels, the
+`stats.Aggregator` and the run's clock origin. Its event loop (uvloop) reacts to frames, to
+worker exits and to SIGINT/SIGTERM, and on a timer closes every second that all live workers
+have passed, hands closed seconds to the exports and a snapshot to the display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import uvloop
+
+from loadgen.errors import LoadgenError, WorkerFailed
+from loadgen.messages import (
+    Done,
+    Failed,
+    Frame,
+    Hello,
+    PlanMsg,
+    ProtocolError,
+    Start,
+    Stop,
+    TargetSpec,
+    WorkerStats,
+    decode,
+    encode,
+)
+from loadgen.plan import RunPlan, WorkerPlan
+from loadgen.stats import Aggregator, RunSummary, SecondReport
+from loadgen.worker import worker_main
+
+HELLO_TIMEOUT_S = 20.0
+START_MARGIN_NS = 100_000_000  # workers begin together this long after the last Hello
+F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1 << 20  # a worker must never block on a slow coordinator
+
+
+@dataclass(slots=True)
+class WorkerHandle:
+    plan: WorkerPlan
+    process: BaseProcess
+    data: Connection
+    control: Connection
+    hello: Hello | None = None
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    watermark_ns: int = 0
+    done: str | None = None
+    failure: str | None = None
+    exited: bool = False
+    cpu_pct: float = 0.0
+    last_cpu_ns: int = 0
+    last_wall_ns: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.done is None and self.failure is None and not self.exited
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorView:
+    """What the generator itself did, for the display and the exports."""
+
+    elapsed_ns: int
+    requested_pps: float
+    achieved_pps: float
+    workers: tuple[WorkerHandle, ...]
+    interrupted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    summary: RunSummary
+    failures: tuple[str, ...]
+    interrupted: bool
+    workers: tuple[WorkerStats, ...]
+    start_ns: int
+    end_ns: int
+
+
+class Display:
+    """What the coordinator reports to. The default does nothing (used by tests)."""
+
+    def started(self, plan: RunPlan, workers: tuple[WorkerHandle, ...]) -> None: ...
+    def second(self, report: SecondReport) -> None: ...
+    def refresh(self, aggregator: Aggregator, generator: GeneratorView) -> None: ...
+    def note(self, text: str) -> None: ...
+    def stopped(self) -> None: ...
+
+
+def _plan_message(wp: WorkerPlan) -> PlanMsg:
+    return PlanMsg(
+        worker=wp.index,
+        cpu=-1 if wp.cpu is None else wp.cpu,
+        ident=wp.ident,
+        run_id=wp.run_id,
+        targets=tuple(TargetSpec(t.index, t.address, t.family) for t in wp.targets),
+        rate_pps=wp.rate_pps,
+        count_per_target=wp.count_per_target or 0,
+        duration_ns=wp.duration_ns or 0,
+        size=wp.size,
+        ttl=wp.ttl,
+        tos=wp.tos,
+        timeout_ns=wp.timeout_ns,
+        linger_ns=wp.linger_ns,
+        timestamps=wp.timestamps,
+        tx_timestamps=wp.tx_timestamps,
+        interface=wp.interface or "",
+    )
+
+
+class Coordinator:
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        display: Display | None = None,
+        on_second: Callable[[SecondReport], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.display = display or Display()
+        self.on_second = on_second
+        self.workers: tuple[WorkerHandle, ...] = ()
+        self.aggregator: Aggregator | None = None
+        self.start_ns = 0
+        self.interrupted = False
+        self.aborted = False
+        self._wake: asyncio.Event | None = None
+        self._last_sent = 0
+        self._last_tick_ns = 0
+        self._achieved_pps = 0.0
+
+    def run(self) -> RunOutcome:
+        return uvloop.run(self._main())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _main(self) -> RunOutcome:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._spawn_all()
+        for h in self.workers:
+            loop.add_reader(h.data.fileno(), self._on_data, h)
+            loop.add_reader(h.process.sentinel, self._on_exit, h)
+        loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
+        loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
+        try:
+            await self._await_hellos()
+            self.start_ns = time.time_ns() + START_MARGIN_NS
+            self.aggregator = Aggregator(
+                n_targets=len(self.plan.targets),
+                start_ns=self.start_ns,
+                timeout_ns=self.plan.profile.timeout_ns,
+            )
+            for h in self.workers:
+                self._tell(h, Start(self.start_ns))
+            self.display.started(self.plan, self.workers)
+            period = 1.0 / max(0.5, self.plan.profile.refresh_hz)
+            while any(h.live for h in self.workers) and not self.aborted:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=period)
+                self._wake.clear()
+                self._tick()
+            self._tick(final=True)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+            for h in self.workers:
+                loop.remove_reader(h.data.fileno())
+                loop.remove_reader(h.process.sentinel)
+            self._reap()
+            self.display.stopped()
+        assert self.aggregator is not None
+        return RunOutcome(
+            summary=self.aggregator.cumulative(),
+            failures=tuple(
+                f"worker {h.plan.index}: {h.failure}" for h in self.workers if h.failure
+            ),
+            interrupted=self.interrupted,
+            workers=tuple(h.stats for h in self.workers),
+            start_ns=self.start_ns,
+            end_ns=time.time_ns(),
+        )
+
+    def _spawn_all(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        handles = []
+        for wp in self.plan.workers:
+            data_r, data_w = ctx.Pipe(duplex=False)
+            ctrl_r, ctrl_w = ctx.Pipe(duplex=False)
+            with contextlib.suppress(OSError):  # a larger pipe is a luxury, not a need
+                fcntl.fcntl(data_w.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+            proc = ctx.Process(
+                target=worker_main,
+                args=(encode(_plan_message(wp)), data_w, ctrl_r),
+                name=f"loadgen-worker-{wp.index}",
+                daemon=True,
+            )
+            proc.start()
+            data_w.close()
+            ctrl_r.close()
+            handles.append(WorkerHandle(wp, proc, data_r, ctrl_w))
+        self.workers = tuple(handles)
+
+    async def _await_hellos(self) -> None:
+        assert self._wake is not None
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        while not all(h.hello or not h.live for h in self.workers):
+            if self.aborted or time.monotonic() > deadline:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=0.2)
+            self._wake.clear()
+        failures = [h.failure for h in self.workers if h.failure]
+        if failures:
+            # Every worker hits the same setup problem (permissions, a socket option): one line.
+            raise (
+                LoadgenError(failures[0])
+                if len(set(failures)) == 1
+                else WorkerFailed("; ".join(sorted(set(failures))))
+            )
+        if self.aborted:
+            raise WorkerFailed("interrupted while the workers were starting")
+        missing = [h.plan.index for h in self.workers if h.hello is None]
+        if missing:
+            raise WorkerFailed(
+                f"workers {missing} did not start within {HELLO_TIMEOUT_S:.0f} s: "
+                "check that the machine is not overloaded and run again"
+            )
+
+    def _reap(self) -> None:
+        for h in self.workers:
+            h.process.join(timeout=2)
+            if h.process.is_alive():
+                h.process.kill()
+                h.process.join(timeout=2)
+            h.data.close()
+            h.control.close()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_data(self, h: WorkerHandle) -> None:
+        try:
+            while h.data.poll():
+                self._handle(h, decode(h.data.recv_bytes()))
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(h.data.fileno())
+        except ProtocolError as exc:
+            h.failure = f"sent a message this coordinator cannot read ({exc})"
+        if self._wake is not None and not h.live:
+            self._wake.set()
+
+    def _handle(self, h: WorkerHandle, msg: object) -> None:
+        if isinstance(msg, Frame):
+            if self.aggregator is not None:
+                self.aggregator.add(msg.records)
+            h.watermark_ns = max(h.watermark_ns, msg.resolved_before_ns)
+            h.stats = msg.stats
+        elif isinstance(msg, Hello):
+            h.hello = msg
+            if self._wake is not None:
+                self._wake.set()
+        elif isinstance(msg, Done):
+            h.done = msg.reason
+        elif isinstance(msg, Failed):
+            h.failure = msg.message
+            if self.aggregator is not None:
+                self.display.note(f"worker {h.plan.index} failed: {msg.message}")
+                self._stop_all("a worker failed")
+
+    def _on_exit(self, h: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(h.process.sentinel)
+        self._on_data(h)  # whatever it wrote before it went
+        h.process.join(timeout=1)
+        h.exited = True
+        if h.done is None and h.failure is None:
+            code = h.process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            pid = h.process.pid
+            h.failure = (
+                f"died unexpectedly (pid {pid}, {how}); its unresolved probes are unaccounted"
+            )
+            self.display.note(f"worker {h.plan.index} {h.failure}")
+            self._stop_all("a worker died")
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_interrupt(self) -> None:
+        if self.interrupted:
+            self.aborted = True  # second CTRL-C: quit now
+            for h in self.workers:
+                if h.process.is_alive():
+                    h.process.kill()
+        else:
+            self.interrupted = True
+            self.display.note(
+                "stopping: waiting for the last replies (press CTRL-C again to quit at once)"
+            )
+            self._stop_all("interrupted")
+        if self._wake is not None:
+            self._wake.set()
+
+    def _stop_all(self, reason: str) -> None:
+        for h in self.workers:
+            if h.live:
+                self._tell(h, Stop(reason))
+
+    def _tell(self, h: WorkerHandle, msg: Start | Stop) -> None:
+        with contextlib.suppress(OSError):
+            h.control.send_bytes(encode(msg))
+
+    # -- closing seconds -------------------------------------------------------------------
+
+    def _tick(self, *, final: bool = False) -> None:
+        agg = self.aggregator
+        if agg is None:
+            return
+        now = time.time_ns()
+        live = [h.watermark_ns for h in self.workers if h.live]
+        # A worker that is done or gone holds nothing back; if it died, its missing outcomes
+        # show up as unaccounted probes rather than stalling every later second.
+        reports = agg.close_all() if final or not live else agg.close_through(min(live))
+        for report in reports:
+            if self.on_second is not None:
+                self.on_second(report)
+            self.display.second(report)
+        self._measure(now)
+        self.display.refresh(agg, self.generator_view(now))
+
+    def _measure(self, now: int) -> None:
+        sent = sum(h.stats.sent for h in self.workers)
+        if self._last_tick_ns:
+            dt = now - self._last_tick_ns
+            if dt > 0:
+                self._achieved_pps = (sent - self._last_sent) * 1e9 / dt
+        self._last_sent, self._last_tick_ns = sent, now
+        for h in self.workers:
+            if h.last_wall_ns and now > h.last_wall_ns:
+                h.cpu_pct = 100.0 * (h.stats.cpu_ns - h.last_cpu_ns) / (now - h.last_wall_ns)
+            h.last_cpu_ns, h.last_wall_ns = h.stats.cpu_ns, now
+
+    def generator_view(self, now: int) -> GeneratorView:
+        return GeneratorView(
+            elapsed_ns=max(0, now - self.start_ns),
+            requested_pps=self.plan.rate_pps,
+            achieved_pps=self._achieved_pps,
+            workers=self.workers,
+            interrupted=self.interrupted,
+        )
+
+
+def default_cpus() -> list[int]:
+    """CPUs this process may run on (respects taskset/cgroups)."""
+    return sorted(os.sched_getaffinity(0))

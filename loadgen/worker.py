@@ -1,0 +1,261 @@
+"""The worker process: one raw socket, one paced loop, one stream of record frames.
+
+Each turn of the loop sends every probe that is due (one batch, one sendmmsg), then drains the
+socket (recvmmsg batches, vectorised decode, tracker) until the next probe is due, polling with
+at most a 1 ms wait. Every ~10 ms it expires old probes and ships one frame of records with its
+watermark. When sending ends (count, duration or a Stop from the coordinator) it keeps receiving
+until every probe is resolved or linger has passed, then sends its last frame and Done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import os
+import select
+import signal
+import time
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from loadgen import bpf
+from loadgen.batch import EchoBuilder, ReplyDecoder
+from loadgen.errors import LoadgenError
+from loadgen.messages import (
+    Done,
+    Failed,
+    Frame,
+    Hello,
+    PlanMsg,
+    Start,
+    Stop,
+    WorkerStats,
+    decode,
+    encode,
+)
+from loadgen.pacer import Pacer
+from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
+from loadgen.tracker import Tracker
+
+FRAME_INTERVAL_NS = 10_000_000
+MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send schedule
+END_OF_TIME_NS = 2**62
+
+
+def worker_main(plan_bytes: bytes, data: Connection, control: Connection) -> None:
+    """Process entry point. Never raises: fatal problems become a Failed message."""
+    # The coordinator owns CTRL-C and tells workers to stop; a terminal's SIGINT goes to the
+    # whole process group, so workers ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = -1
+    try:
+        plan = decode(plan_bytes)
+        if not isinstance(plan, PlanMsg):
+            raise LoadgenError(f"worker expected a plan, got {type(plan).__name__}")
+        worker = plan.worker
+        if plan.cpu >= 0:
+            os.sched_setaffinity(0, {plan.cpu})
+        Worker(plan, data, control).run()
+    except LoadgenError as exc:
+        _send_quietly(data, Failed(worker, str(exc)))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the coordinator is gone; nobody is left to tell
+    except Exception as exc:  # a bug: report it in one line rather than die silently
+        _send_quietly(data, Failed(worker, f"internal error: {type(exc).__name__}: {exc}"))
+    finally:
+        data.close()
+
+
+def _send_quietly(conn: Connection, msg: Failed) -> None:
+    with contextlib.suppress(OSError):
+        conn.send_bytes(encode(msg))
+
+
+class Worker:
+    def __init__(self, plan: PlanMsg, data: Connection, control: Connection) -> None:
+        self.plan = plan
+        self.data = data
+        self.control = control
+        self.sock = open_icmp_v4(
+            ttl=plan.ttl,
+            tos=plan.tos,
+            timestamps=TimestampMode(plan.timestamps),
+            bpf_program=bpf.pack(bpf.echo_filter_v4(plan.ident)),
+            interface=plan.interface or None,
+        )
+        self.io = BatchIO(self.sock)
+        self.builder = EchoBuilder(plan.ident, plan.run_id, plan.size)
+        self.decoder = ReplyDecoder(plan.ident, plan.run_id, plan.size)
+        self.global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
+        self.addresses = np.array(
+            [int(ipaddress.IPv4Address(t.address)) for t in plan.targets], dtype=np.uint32
+        )
+        self.tracker = Tracker(
+            targets=self.global_index,
+            addresses=self.addresses,
+            rate_pps=plan.rate_pps,
+            timeout_ns=plan.timeout_ns,
+            linger_ns=plan.linger_ns,
+        )
+        self.poller = select.poll()
+        self.poller.register(self.io.fileno(), select.POLLIN)
+        self.frame_seq = 0
+        self.send_errors = 0
+        self.last_errno = 0
+        self.rx_packets = 0
+        self.rx_dropped = 0
+        self.rx_truncated = 0
+        self.malformed = 0
+        self.max_lag_ns = 0
+        self.stop_requested = False
+
+    def run(self) -> None:
+        plan = self.plan
+        self.data.send_bytes(
+            encode(
+                Hello(
+                    worker=plan.worker,
+                    pid=os.getpid(),
+                    cpu=plan.cpu,
+                    rx_source=self.sock.rx_source,
+                    tx_source="user-space (per batch)",
+                )
+            )
+        )
+        start_ns = self._wait_for_start()
+        if start_ns is None:
+            return
+        # All workers start on the run's common origin so second 0 is the same for everyone.
+        delay_ns = start_ns - time.time_ns()
+        if delay_ns > 0:
+            time.sleep(delay_ns / 1e9)
+        start_mono = time.monotonic_ns()
+        total = plan.count_per_target * len(plan.targets) if plan.count_per_target else None
+        pacer = Pacer(rate_pps=plan.rate_pps, start_ns=start_mono, total=total, max_burst=4096)
+        end_mono = start_mono + plan.duration_ns if plan.duration_ns else END_OF_TIME_NS
+        next_frame = start_mono + FRAME_INTERVAL_NS
+        last_tx_rt = time.time_ns()
+        try:
+            while True:
+                now = time.monotonic_ns()
+                sending = not (self.stop_requested or pacer.finished or now >= end_mono)
+                if sending:
+                    due = pacer.due(now)
+                    if due.count:
+                        self.max_lag_ns = max(self.max_lag_ns, due.lag_ns)
+                        last_tx_rt = self._send(due.count, pacer)
+                elif self.tracker.unresolved() == 0 or (
+                    time.time_ns() > last_tx_rt + plan.linger_ns
+                ):
+                    break
+                self._receive()
+                now = time.monotonic_ns()
+                if now >= next_frame:
+                    next_frame = now + FRAME_INTERVAL_NS
+                    self._ship(pacer)
+                    self._check_control()
+                wake = min(next_frame, pacer.next_due_ns() if sending else next_frame)
+                wait_ms = max(0, min(1, math.ceil((wake - time.monotonic_ns()) / 1e6)))
+                if wait_ms and self.poller.poll(wait_ms):
+                    continue
+            self.tracker.finish()
+            self._ship(pacer, final=True)
+            self.data.send_bytes(encode(Done(plan.worker, self._done_reason(pacer, end_mono))))
+        finally:
+            self.io.close()
+
+    def _wait_for_start(self) -> int | None:
+        """Block until the coordinator says when to start (or to stop before starting)."""
+        while True:
+            try:
+                msg = decode(self.control.recv_bytes())
+            except EOFError:
+                return None
+            if isinstance(msg, Start):
+                return msg.start_ns
+            if isinstance(msg, Stop):
+                self.data.send_bytes(encode(Done(self.plan.worker, "stopped before start")))
+                return None
+
+    def _done_reason(self, pacer: Pacer, end_mono: int) -> str:
+        if self.stop_requested:
+            return "stopped"
+        if pacer.finished:
+            return "count reached"
+        return "duration reached"
+
+    def _send(self, count: int, pacer: Pacer) -> int:
+        local, seq = self.tracker.plan_batch(count)
+        packets = self.builder.build(self.global_index[local], seq, time.time_ns())
+        # The send time is read after the batch is built, right before the one sendmmsg, so
+        # build cost never shows up as latency.
+        tx_rt = time.time_ns()
+        result = self.io.send(packets, self.addresses[local])
+        self.tracker.on_sent(result.sent, tx_rt)
+        pacer.commit(result.sent)
+        if result.sent < count:
+            # The kernel refused the rest (ENOBUFS/EAGAIN): they were never sent, the pacer
+            # retries them next turn, and the refusals are reported as generator trouble.
+            self.send_errors += count - result.sent
+            self.last_errno = result.errno
+        return tx_rt
+
+    def _receive(self) -> None:
+        for _ in range(MAX_DRAIN_BATCHES):
+            got = self.io.recv()
+            if got.n == 0:
+                return
+            self.rx_packets += got.n
+            self.rx_dropped = got.dropped_total
+            self.rx_truncated += got.truncated
+            dec = self.decoder.decode(got.data, got.lengths, got.n)
+            self.malformed += int(np.count_nonzero(dec.status == 5))
+            self.tracker.on_replies(
+                status=dec.status,
+                target=dec.target,
+                seq=dec.seq,
+                seq16_only=dec.seq16_only,
+                quoted_dst=dec.quoted_dst,
+                payload_tx_ns=dec.tx_ns,
+                rx_ns=got.rx_ns[: got.n],
+                rx_flags=got.rx_flags[: got.n],
+            )
+            if got.n < self.io.batch:
+                return
+
+    def _ship(self, pacer: Pacer, *, final: bool = False) -> None:
+        now_rt = time.time_ns()
+        self.tracker.expire(now_rt)
+        tr = self.tracker
+        stats = WorkerStats(
+            sent=tr.sent,
+            send_errors=self.send_errors,
+            last_send_errno=self.last_errno,
+            rx_packets=self.rx_packets,
+            rx_dropped=self.rx_dropped,
+            rx_truncated=self.rx_truncated,
+            foreign=tr.foreign - self.malformed,
+            malformed=self.malformed,
+            unattributed=tr.unattributed,
+            evicted=tr.evicted,
+            cpu_ns=time.process_time_ns(),
+            max_lag_ns=self.max_lag_ns,
+            skipped_ns=pacer.skipped_ns,
+        )
+        self.max_lag_ns = 0
+        mark = END_OF_TIME_NS if final else tr.resolved_before(now_rt)
+        frame = Frame(self.plan.worker, self.frame_seq, now_rt, mark, tr.take_records(), stats)
+        self.frame_seq += 1
+        self.data.send_bytes(encode(frame))
+
+    def _check_control(self) -> None:
+        while self.control.poll():
+            try:
+                msg = decode(self.control.recv_bytes())
+            except EOFError:
+                self.stop_requested = True  # the coordinator is gone: wind down
+                return
+            if isinstance(msg, Stop):
+                self.stop_requested = True
