@@ -420,65 +420,90 @@ class _RecvRing:
             hdr["flags"],
             self.msgs["len"],
         )
+        self.msgs_ptr = self.msgs.ctypes.data  # numpy's .ctypes costs a microsecond a call
 
     def receive(self, fd: int, flags: int) -> int:
         """Messages read, or -errno."""
         self.controllen[:] = self.ctrl_bytes  # the kernel shrinks it to what it wrote
-        n: int = _recvmmsg(fd, self.msgs.ctypes.data, self.rows, flags, None)
+        n: int = _recvmmsg(fd, self.msgs_ptr, self.rows, flags, None)
         return n if n >= 0 else -ctypes.get_errno()
 
 
+def cmsg_key(level: int, kind: int) -> int:
+    """The cmsghdr (level, type) pair read as one native 64-bit word, for cmsg_offsets."""
+    return int(np.array((level, kind), np.int32).view(np.uint64)[0])
+
+
 def cmsg_offsets(
-    ctrl: NDArray[np.uint8], used: NDArray[Any], wanted: tuple[tuple[int, int], ...]
+    ctrl: NDArray[np.uint8], used: NDArray[Any], keys: tuple[int, ...]
 ) -> list[NDArray[np.int64]]:
-    """Byte offset of the data of each wanted (level, type) cmsg in each row, -1 if absent.
-    Loops over cmsg positions (two or three), never over rows."""
-    rows = np.arange(ctrl.shape[0])
-    keys = [int(np.array(w, np.int32).view(np.uint64)[0]) for w in wanted]  # native order
-    found = [np.full(rows.size, -1, np.int64) for _ in wanted]
-    words = ctrl.view(np.uint64)
-    pos = np.zeros(rows.size, np.int64)
-    used = used.astype(np.int64)
-    live = rows[used >= _CMSG_HDR]
+    """Byte offset of the data of each wanted cmsg (cmsg_key) in each row, -1 if absent.
+    Steps through cmsg positions (one to three), never through rows; a bad length ends a row."""
+    rows, width = ctrl.shape
+    words = ctrl.reshape(rows, width).view(np.uint64)
+    end = used.astype(np.int64)
+    found = [np.full(rows, -1, np.int64) for _ in keys]
+    # The first cmsg of every row sits at offset 0: read it as columns, without gathers.
+    length = words[:, 0].astype(np.int64)
+    ok = (end >= _CMSG_HDR) & (length >= _CMSG_HDR) & (length <= end)
+    for key, out in zip(keys, found, strict=True):
+        np.copyto(out, _CMSG_HDR, where=ok & (words[:, 1] == key))
+    at = (length + 7) & ~7  # CMSG_ALIGN
+    live = np.flatnonzero(ok & (at + _CMSG_HDR <= end))
+    at, end, flat = at[live], end[live], words.reshape(-1)
     while live.size:
-        at = pos[live]
-        length = words[live, at // 8].astype(np.int64)
-        ok = (length >= _CMSG_HDR) & (at + length <= used[live])
-        level_type = words[live, at // 8 + 1]
+        word = live * (width // 8) + at // 8
+        length = flat[word].astype(np.int64)
+        ok = (length >= _CMSG_HDR) & (at + length <= end)
+        level_type = flat[word + 1]
         for key, out in zip(keys, found, strict=True):
             hit = ok & (level_type == key)
             out[live[hit]] = at[hit] + _CMSG_HDR
-        pos[live] = at + ((length + 7) & ~7)
-        live = live[ok & (pos[live] + _CMSG_HDR <= used[live])]
+        at = at + ((length + 7) & ~7)
+        keep = ok & (at + _CMSG_HDR <= end)
+        live, at, end = live[keep], at[keep], end[keep]
     return found
 
 
 def read_stamps(
     ctrl: NDArray[np.uint8],
     at: NDArray[np.int64],
-    timestamping: bool,
     out_ns: NDArray[np.int64],
     out_flags: NDArray[np.uint8],
     soft: RecordFlag,
-    hard: RecordFlag,
+    hard: RecordFlag | None,
 ) -> None:
-    """Write the timespec(s) at `at` into out_ns/out_flags for rows that have a nonzero one:
-    SCM_TIMESTAMPING holds ts[0] software and ts[2] raw hardware; SCM_TIMESTAMPNS one ts."""
-    rows = np.flatnonzero(at >= 0)
-    if not rows.size:
-        return
-    words = ctrl.view(np.int64)
-    word = at[rows] // 8
-    ns = words[rows, word] * 1_000_000_000 + words[rows, word + 1]
-    flags = np.full(rows.size, int(soft), np.uint8)
-    if timestamping:
-        hw_ns = words[rows, word + 4] * 1_000_000_000 + words[rows, word + 5]
+    """Copy the stamp at `at` (-1: none) into out_ns/out_flags where it is nonzero. The first
+    timespec is the software one (SCM_TIMESTAMPNS, SCM_TIMESTAMPING ts[0]); when `hard` is
+    given, a nonzero SCM_TIMESTAMPING ts[2] (raw hardware) wins over it."""
+    words, count = ctrl.view(np.int64), at.size
+    span = 6 if hard is not None else 2  # seconds and nanoseconds of ts[0] (ts[1], ts[2])
+    rows: NDArray[np.intp] | slice
+    if count and at[0] >= 0 and (at == at[0]).all():  # one layout in every row: columns
+        rows = slice(0, count)
+        grid = words[:count, at[0] // 8 : at[0] // 8 + span]
+    else:
+        rows = np.flatnonzero(at >= 0)
+        grid = words[rows[:, None], (at[rows] // 8)[:, None] + np.arange(span)]
+    ns = grid[:, 0] * 1_000_000_000 + grid[:, 1]
+    flags: NDArray[np.uint8] | int = int(soft)
+    if hard is not None:
+        hw_ns = grid[:, 4] * 1_000_000_000 + grid[:, 5]
         is_hw = hw_ns != 0
-        ns[is_hw] = hw_ns[is_hw]
-        flags[is_hw] = int(hard)
+        ns = np.where(is_hw, hw_ns, ns)
+        flags = np.where(is_hw, int(hard), int(soft)).astype(np.uint8)
     good = ns != 0
-    out_ns[rows[good]] = ns[good]
-    out_flags[rows[good]] = flags[good]
+    if not good.all():  # a stamp of zero means the kernel had none: keep the user-space time
+        rows, ns = np.arange(count)[rows][good], ns[good]
+        flags = flags if isinstance(flags, int) else flags[good]
+    out_ns[rows] = ns
+    out_flags[rows] = flags
+
+
+_DONTWAIT, _TRUNC, _ERRQUEUE = int(socket.MSG_DONTWAIT), int(socket.MSG_TRUNC), 0x2000
+_DROPS_KEY = cmsg_key(socket.SOL_SOCKET, SO_RXQ_OVFL)
+_TIMESTAMPING_KEY = cmsg_key(socket.SOL_SOCKET, SO_TIMESTAMPING)
+_RX_SOFT = RecordFlag.RX_KERNEL
 
 
 class BatchIO:
@@ -502,7 +527,9 @@ class BatchIO:
         self._rx = _RecvRing(batch, slot_bytes, _RX_CTRL_BYTES)
         self._rx_ns = np.zeros(batch, np.int64)
         self._rx_flags = np.zeros(batch, np.uint8)
-        self._rx_wanted = ((socket.SOL_SOCKET, sock.rx_scm), (socket.SOL_SOCKET, SO_RXQ_OVFL))
+        self._tx_msgs_ptr = self._tx_msgs.ctypes.data
+        self._rx_keys = (cmsg_key(socket.SOL_SOCKET, sock.rx_scm), _DROPS_KEY)
+        self._rx_hard = RecordFlag.RX_HARDWARE if sock.tsflags & Sof.RAW_HARDWARE else None
         self._dropped_total = 0
         self._errq: _RecvRing | None = None  # built by enable_tx_timestamps
         self._tx_flag = RecordFlag.NONE
@@ -544,7 +571,7 @@ class BatchIO:
         n, length = packets.shape
         if len(dst) != n:
             raise ValueError(f"{n} packets but {len(dst)} destinations")
-        base, sent = packets.ctypes.data, 0
+        base, sent = packets.__array_interface__["data"][0], 0
         while sent < n:
             k = min(self._batch, n - sent)
             self._addrs["addr"][:k] = dst[sent : sent + k]
@@ -552,7 +579,7 @@ class BatchIO:
             self._scratch[:k] += base + sent * length
             self._tx_iov["base"][:k] = self._scratch[:k]
             self._tx_iov["len"][:k] = length
-            went: int = _sendmmsg(self._fd, self._tx_msgs.ctypes.data, k, socket.MSG_DONTWAIT)
+            went: int = _sendmmsg(self._fd, self._tx_msgs_ptr, k, _DONTWAIT)
             if went >= 0:  # short count: the kernel drops the error; the next call reports it
                 sent += went
                 continue
@@ -573,7 +600,7 @@ class BatchIO:
     def recv(self) -> RecvBatch:
         """Whatever is queued, up to `batch` packets, without waiting."""
         ring = self._rx
-        n = ring.receive(self._fd, socket.MSG_DONTWAIT)
+        n = ring.receive(self._fd, _DONTWAIT)
         now_ns = time.time_ns()  # the user-space stamp for rows the kernel did not stamp
         if n <= 0:
             if n in (0, -errno.EAGAIN, -errno.EINTR):
@@ -584,22 +611,14 @@ class BatchIO:
         rx_ns[:] = now_ns
         rx_flags[:] = 0
         if n:
-            stamps_at, drops_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._rx_wanted)
+            stamps_at, drops_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._rx_keys)
             if self._sock.rx_scm:
-                read_stamps(
-                    ring.ctrl,
-                    stamps_at,
-                    self._sock.rx_scm == SO_TIMESTAMPING,
-                    rx_ns,
-                    rx_flags,
-                    RecordFlag.RX_KERNEL,
-                    RecordFlag.RX_HARDWARE,
-                )
+                read_stamps(ring.ctrl, stamps_at, rx_ns, rx_flags, _RX_SOFT, self._rx_hard)
             with_drops = np.flatnonzero(drops_at >= 0)
             if with_drops.size:  # the kernel adds this cmsg only once the counter is nonzero
                 last = int(with_drops[-1])
                 self._dropped_total = int(ring.ctrl[last].view(np.uint32)[drops_at[last] // 4])
-        truncated = int(np.count_nonzero(ring.flags[:n] & socket.MSG_TRUNC))
+        truncated = int(np.count_nonzero(ring.flags[:n] & _TRUNC))
         return RecvBatch(
             n, ring.data[:n], ring.lengths[:n], rx_ns, rx_flags, truncated, self._dropped_total
         )
@@ -638,20 +657,19 @@ class BatchIO:
         ring = self._errq
         if ring is None:
             raise RuntimeError("call enable_tx_timestamps() first")
-        n = ring.receive(self._fd, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        n = ring.receive(self._fd, _ERRQUEUE | _DONTWAIT)
         if n < 0:
             if n in (-errno.EAGAIN, -errno.EINTR):
                 n = 0
             else:
                 raise problem("reading TX timestamps", -n)
-        wanted = ((socket.SOL_SOCKET, SO_TIMESTAMPING), self._sock.spec.recverr)
-        stamps_at, err_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], wanted)
+        keys = (_TIMESTAMPING_KEY, cmsg_key(*self._sock.spec.recverr))
+        stamps_at, err_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], keys)
         ns, flags = self._tx_ns[:n], self._tx_flags[:n]
         ns[:] = 0
         flags[:] = 0
-        read_stamps(
-            ring.ctrl, stamps_at, True, ns, flags, RecordFlag.TX_KERNEL, RecordFlag.TX_HARDWARE
-        )
+        hard = RecordFlag.TX_HARDWARE if self._tx_flag is RecordFlag.TX_HARDWARE else None
+        read_stamps(ring.ctrl, stamps_at, ns, flags, RecordFlag.TX_KERNEL, hard)
         # struct sock_extended_err: u32 errno; u8 origin, type, code, pad; u32 info; u32 data
         rows = np.flatnonzero(err_at >= 0)
         words = ring.ctrl.view(np.uint32)[rows]

@@ -160,7 +160,7 @@ def put_cmsg(ctrl: NDArray[np.uint8], row: int, at: int, kind: int, data: bytes)
 
 
 def test_cmsg_walker_finds_each_kind_per_row_and_survives_garbage() -> None:
-    ctrl = np.zeros((5, 128), np.uint8)
+    ctrl = np.zeros((6, 128), np.uint8)
     put_cmsg(ctrl, 0, 0, 37, bytes(48))  # timestamping, then the drop counter
     put_cmsg(ctrl, 0, 64, 40, bytes(4))
     put_cmsg(ctrl, 1, 0, 40, bytes(4))  # the drop counter alone
@@ -168,14 +168,20 @@ def test_cmsg_walker_finds_each_kind_per_row_and_survives_garbage() -> None:
     ctrl[3, 0:8] = 3  # a length shorter than a header: stop there, find nothing
     put_cmsg(ctrl, 4, 0, 40, bytes(4))  # 20 bytes, padded to 24, then timestamping
     put_cmsg(ctrl, 4, 24, 37, bytes(48))
-    used = np.array([88, 20, 0, 128, 88], np.uint64)
-    wanted = ((socket.SOL_SOCKET, 37), (socket.SOL_SOCKET, 40))
+    put_cmsg(ctrl, 5, 0, 40, bytes(4))  # three deep, padding each time; the later one wins
+    put_cmsg(ctrl, 5, 24, 40, bytes(4))
+    put_cmsg(ctrl, 5, 48, 37, bytes(48))
+    used = np.array([88, 20, 0, 128, 88, 112], np.uint64)
+    wanted = (sockets.cmsg_key(socket.SOL_SOCKET, 37), sockets.cmsg_key(socket.SOL_SOCKET, 40))
     stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
-    assert stamps.tolist() == [16, -1, -1, -1, 40]
-    assert drops.tolist() == [80, 16, -1, -1, 16]
+    assert stamps.tolist() == [16, -1, -1, -1, 40, 64]
+    assert drops.tolist() == [80, 16, -1, -1, 16, 40]
     ctrl[0, 0:8] = np.frombuffer(struct.pack("=Q", 200), np.uint8)  # runs past the end
     stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
-    assert stamps[0] == -1 and drops[0] == -1 and drops[4] == 16
+    ctrl[4, 24:32] = np.frombuffer(struct.pack("=Q", 72), np.uint8)  # and the second one
+    stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
+    assert stamps[0] == -1 and drops[0] == -1
+    assert stamps[4] == -1 and drops[4] == 16
 
 
 def test_stamps_prefer_hardware_then_software_then_user_time() -> None:
@@ -186,9 +192,20 @@ def test_stamps_prefer_hardware_then_software_then_user_time() -> None:
     at = np.array([16, 16, 16], np.int64)
     out_ns, out_flags = np.full(3, 99, np.int64), np.zeros(3, np.uint8)
     soft, hard = RecordFlag.RX_KERNEL, RecordFlag.RX_HARDWARE
-    sockets.read_stamps(ctrl, at, True, out_ns, out_flags, soft, hard)
+    sockets.read_stamps(ctrl, at, out_ns, out_flags, soft, hard)
     assert out_ns.tolist() == [7_000_000_008, 5_000_000_006, 99]
     assert out_flags.tolist() == [hard, soft, 0]
+    out_ns[:], out_flags[:] = 99, 0  # hardware not asked for: ts[2] is not looked at
+    sockets.read_stamps(ctrl, at, out_ns, out_flags, soft, None)
+    assert out_ns.tolist() == [5_000_000_006, 5_000_000_006, 99]
+    assert out_flags.tolist() == [soft, soft, 0]
+    ctrl[2] = 0  # rows whose stamps sit at different places, or nowhere
+    put_cmsg(ctrl, 2, 0, 40, bytes(4))
+    put_cmsg(ctrl, 2, 24, 37, struct.pack("=6q", 1, 2, 0, 0, 3, 4))
+    out_ns[:], out_flags[:] = 99, 0
+    sockets.read_stamps(ctrl, np.array([16, -1, 40]), out_ns, out_flags, soft, hard)
+    assert out_ns.tolist() == [7_000_000_008, 99, 3_000_000_004]
+    assert out_flags.tolist() == [hard, 0, hard]
 
 
 @needs_root
@@ -223,6 +240,21 @@ def test_bpf_program_keeps_only_our_replies() -> None:
         late = io.recv().n
     assert ours(got["head"], 0).all()  # no requests (type 8) and no one else's replies
     assert len(got["head"]) == 64 and late == 0
+
+
+@needs_root
+def test_packets_queued_before_the_filter_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = sockets._set_option
+
+    def attach_late(sock: socket.socket, level: int, option: int, value: int | bytes) -> None:
+        if option == sockets.SO_ATTACH_FILTER:  # traffic lands before the filter is on
+            sock.sendto(bytes(echo_requests(IDENT ^ 0x5555, 1)), ("127.0.0.1", 0))
+            time.sleep(0.05)
+        real(sock, level, option, value)
+
+    monkeypatch.setattr(sockets, "_set_option", attach_late)
+    with open_lo(bpf_program=reply_filter(IDENT)) as io:
+        assert io.recv().n == 0
 
 
 @needs_root
