@@ -191,30 +191,9 @@ def open_icmp_v4(
     bpf_program: bytes | None,
     interface: str | None = None,
 ) -> IcmpSocket:
-    """A non-blocking raw ICMPv4 socket, configured; raises PermissionProblem/SocketProblem."""
-    return open_icmp(
-        IPV4,
-        ttl=ttl,
-        tos=tos,
-        rcvbuf_bytes=rcvbuf_bytes,
-        sndbuf_bytes=sndbuf_bytes,
-        timestamps=timestamps,
-        bpf_program=bpf_program,
-        interface=interface,
-    )
-
-
-def open_icmp(
-    spec: FamilySpec,
-    *,
-    ttl: int,
-    tos: int,
-    rcvbuf_bytes: int,
-    sndbuf_bytes: int,
-    timestamps: TimestampMode,
-    bpf_program: bytes | None,
-    interface: str | None,
-) -> IcmpSocket:
+    """A non-blocking raw ICMPv4 socket, configured; raises PermissionProblem/SocketProblem.
+    `interface` is only used to look at (HARDWARE: configure) the NIC's hardware stamping."""
+    spec = IPV4  # everything below is written against the spec, so IPv6 can reuse it
     if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
         raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
     try:
