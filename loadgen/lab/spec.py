@@ -31,6 +31,7 @@ SHARE_KEYS = ("drop", "duplicate", "reorder", "bitflip", "corrupt", "unreachable
 HOST_KEYS = (
     "name",
     "count",
+    "reflector",
     *SHARE_KEYS,
     "drop_every",
     "drop_by",
@@ -74,6 +75,7 @@ class Impairments:
     icmp_ratelimit_pps: int = 0
     icmp_ratelimit_burst: int = 0  # 0 = max(1, pps // 20), the kernel's 1000/s : 50 ratio
     rate_limit_bps: int = 0  # tbf on both ends of the host's link; 0 = off
+    reflector: bool = False  # answer with a reflector even without reflector impairments
 
     @property
     def nft_drops(self) -> bool:
@@ -83,18 +85,22 @@ class Impairments:
     def needs_reflector(self) -> bool:
         """True when the kernel's echo responder cannot produce these impairments."""
         reflector_drop = self.drop_by is DropBy.REFLECTOR and (self.drop > 0 or self.drop_every > 0)
-        return reflector_drop or any(
-            v > 0
-            for v in (
-                self.delay_ms,
-                self.jitter_ms,
-                self.duplicate,
-                self.reorder,
-                self.bitflip,
-                self.corrupt,
-                self.unreachable,
-                self.time_exceeded,
-                self.icmp_ratelimit_pps,
+        return (
+            self.reflector
+            or reflector_drop
+            or any(
+                v > 0
+                for v in (
+                    self.delay_ms,
+                    self.jitter_ms,
+                    self.duplicate,
+                    self.reorder,
+                    self.bitflip,
+                    self.corrupt,
+                    self.unreachable,
+                    self.time_exceeded,
+                    self.icmp_ratelimit_pps,
+                )
             )
         )
 
@@ -175,6 +181,12 @@ class _Keys:
             raise self.fail(key, value, f"must be a share from 0 to 1; write e.g. {key} = 0.1")
         return float(value)
 
+    def flag(self, key: str) -> bool:
+        value = self.table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(key, value, f"must be true or false; write e.g. {key} = true")
+        return value
+
     def count(self, key: str, default: int, low: int, high: int) -> int:
         value = self.table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -228,6 +240,7 @@ def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup
         icmp_ratelimit_pps=keys.count("icmp_ratelimit_pps", 0, 0, 10_000_000),
         icmp_ratelimit_burst=keys.count("icmp_ratelimit_burst", 0, 0, 10_000_000),
         rate_limit_bps=keys.rate_bps("rate_limit"),
+        reflector=keys.flag("reflector"),
         **shares,
     )
     if imp.drop_every == 1:

@@ -109,7 +109,6 @@ def probe(
     """
     ident = int.from_bytes(os.urandom(2), "big")
     run_id = int.from_bytes(os.urandom(4), "big")
-    packets = [echo_request(ident, run_id, s, size) for s in range(count)]
     obs = Observed()
     top = [-1]
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
@@ -121,7 +120,8 @@ def probe(
             due = min(count, int((time.monotonic() - start) * rate_pps) + 1)
             while obs.sent < due:
                 try:
-                    sock.sendto(packets[obs.sent], (address, 0))
+                    # Built at send time: tx_ns in the payload is when it left.
+                    sock.sendto(echo_request(ident, run_id, obs.sent, size), (address, 0))
                 except BlockingIOError:
                     break
                 obs.sent += 1

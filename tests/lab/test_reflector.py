@@ -1,0 +1,173 @@
+"""The reflector against an independent sender: every impairment it claims is exactly what
+arrives, seeded decisions replay exactly, and it keeps up with >= 20k requests per second."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from loadgen.lab import Lab, LabHost, lab_down, lab_up, parse_lab_spec
+from loadgen.lab.hostcfg import reflector_config
+from loadgen.lab.impair import Action, Decider
+from loadgen.lab.truth import HostTruth
+
+from .blast import blast
+from .conftest import needs_root
+from .probe import Observed, probe
+
+pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(90)]
+
+HOSTS = [
+    {"name": "dup", "duplicate": 0.1},
+    {"name": "reorder", "reorder": 0.1},
+    {"name": "flip", "bitflip": 0.1},
+    {"name": "corrupt", "corrupt": 0.1},
+    {"name": "unreach", "unreachable": 0.2},
+    {"name": "ttl", "time_exceeded": 0.2},
+    {"name": "limited", "icmp_ratelimit_pps": 300},
+    {"name": "drops", "drop": 0.1, "drop_every": 9, "drop_by": "reflector"},
+    {"name": "slow", "delay_ms": 20, "jitter_ms": 5},
+    {"name": "plain", "reflector": True},
+]
+N = 600
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    prefix = "lgr" + secrets.token_hex(2)
+    spec = parse_lab_spec({"prefix": prefix, "seed": 11, "hosts": HOSTS}, source="test")
+    try:
+        with lab_up(spec) as up:
+            yield up
+    finally:
+        lab_down(prefix)
+
+
+def run(
+    lab: Lab, name: str, count: int = N, rate_pps: float = 3000, size: int = 64
+) -> tuple[LabHost, Observed, HostTruth]:
+    host = lab.host(name)
+    before = lab.truth([host])[host.address]
+    assert before.reflector is not None and before.reflector.requests_seen == 0, "one run per host"
+    obs = probe(host.address, count, rate_pps, size=size)
+    lab.wait_idle()
+    return host, obs, lab.truth([host])[host.address]
+
+
+def replay(lab: Lab, host: LabHost, count: int) -> np.ndarray:
+    """The fates the reflector's seeded streams give requests 0..count-1 (one batch)."""
+    cfg = reflector_config(host, lab.seed_of(host), "", False)
+    return Decider(cfg, 0).decide(count, 0).action
+
+
+def test_every_host_is_answered_by_its_reflector(lab: Lab) -> None:
+    assert all(h.responder == "reflector" for h in lab.hosts)
+    _, obs, t = run(lab, "plain")
+    assert t.reflector is not None
+    assert len(obs.replied) == N == t.reflector.requests_seen == t.reflector.replies_sent
+    assert t.echo_requests_in == N and t.echo_replies_out == N
+    assert obs.duplicates == obs.bitflips == obs.corrupted == obs.reordered == 0
+
+
+def test_duplicates(lab: Lab) -> None:
+    _, obs, t = run(lab, "dup")
+    r = t.reflector
+    assert r is not None and r.duplicated > 0
+    assert obs.duplicates == r.duplicated
+    assert r.replies_sent == r.replies + r.duplicated == t.echo_replies_out
+    assert len(obs.replied) == N
+
+
+def test_reordering(lab: Lab) -> None:
+    _, obs, t = run(lab, "reorder")
+    r = t.reflector
+    assert r is not None and r.reordered > 0
+    assert obs.reordered == r.reordered
+    assert len(obs.replied) == N == r.replies_sent  # held back, never lost
+
+
+def test_bitflips_land_in_the_fill_with_a_valid_checksum(lab: Lab) -> None:
+    _, obs, t = run(lab, "flip")
+    r = t.reflector
+    assert r is not None and r.bitflipped > 0 and r.bitflip_skipped == 0
+    assert obs.bitflips == r.bitflipped  # the sender checks the checksum first: it was valid
+    assert obs.corrupted == 0
+    assert len(obs.replied) == N - r.bitflipped
+
+
+def test_corrupted_checksums(lab: Lab) -> None:
+    _, obs, t = run(lab, "corrupt")
+    r = t.reflector
+    assert r is not None and r.corrupted > 0
+    assert obs.corrupted == r.corrupted and obs.bitflips == 0
+    assert len(obs.replied) == N - r.corrupted
+
+
+@pytest.mark.parametrize(("name", "kind"), [("unreach", "unreachable"), ("ttl", "time_exceeded")])
+def test_icmp_errors_quote_the_request_and_replay_from_the_seed(
+    lab: Lab, name: str, kind: str
+) -> None:
+    host, obs, t = run(lab, name, size=1000)
+    r = t.reflector
+    assert r is not None
+    errors = obs.unreachable if kind == "unreachable" else obs.time_exceeded
+    sent = r.unreachable_sent if kind == "unreachable" else r.time_exceeded_sent
+    assert len(errors) == sent == t.icmp_errors_out > 0
+    assert set(obs.error_quote_lens) == {548}  # 576 - 20 - 8, like Linux
+    want = Action.UNREACHABLE if kind == "unreachable" else Action.TIME_EXCEEDED
+    assert errors == set(np.flatnonzero(replay(lab, host, N) == want).tolist())
+    assert obs.replied == set(range(N)) - errors
+
+
+def test_icmp_rate_limit(lab: Lab) -> None:
+    _, obs, t = run(lab, "limited", count=1000, rate_pps=2000)  # 0.5 s at 2000/s vs 300/s
+    r = t.reflector
+    assert r is not None
+    assert r.rate_limited + r.replies == 1000
+    assert len(obs.lost()) == r.rate_limited
+    # burst (300 // 20 = 15) plus ~0.5 s of refill at 300/s, with slack for scheduling
+    assert 100 < r.replies < 260
+
+
+def test_reflector_drops_replay_exactly_from_the_seed(lab: Lab) -> None:
+    host, obs, t = run(lab, "drops")
+    r = t.reflector
+    assert r is not None
+    predicted = set(np.flatnonzero(replay(lab, host, N) == Action.DROP).tolist())
+    assert {k for k in range(8, N, 9)} <= predicted  # the 9th, 18th, ... request
+    assert obs.lost() == predicted
+    assert r.dropped == len(predicted)
+    assert t.nft_dropped == 0  # drop_by = "reflector": nothing dropped in nftables
+
+
+def test_delay_and_jitter(lab: Lab) -> None:
+    _, obs, t = run(lab, "slow", count=300, rate_pps=1000)
+    r = t.reflector
+    assert r is not None and r.delayed == 300 and r.pending == 0
+    assert len(obs.replied) == 300
+    rtt_ms = np.array(obs.rtt_ns) / 1e6
+    assert rtt_ms.min() >= 15.0  # delay 20 - jitter 5: never earlier
+    assert np.median(rtt_ms) < 30.0
+    assert r.delay_ns_max <= 25_000_000
+
+
+def test_reflector_keeps_up_with_20k_pps(lab: Lab) -> None:
+    host = lab.host("plain")
+    before = lab.truth([host])[host.address]
+    sent, took = blast(host.address, 25_000, 1.0)
+    time.sleep(0.3)
+    after = lab.truth([host])[host.address]
+    assert before.reflector is not None and after.reflector is not None
+    seen = after.reflector.requests_seen - before.reflector.requests_seen
+    replied = after.reflector.replies_sent - before.reflector.replies_sent
+    arrived = after.echo_requests_in - before.echo_requests_in
+    assert sent == 25_000 and took < 1.5
+    assert arrived == sent
+    assert seen == replied == arrived, f"reflector fell behind: {seen} of {arrived} in {took:.2f}s"
