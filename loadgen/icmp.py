@@ -55,7 +55,10 @@ class DecodeStatus(IntEnum):
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """What one received datagram says. Fields the status cannot vouch for are 0 or
-    UNKNOWN_TARGET; `seq16_only` means `seq` is only the 16-bit ICMP sequence field."""
+    UNKNOWN_TARGET; `seq16_only` means `seq` is only the 16-bit ICMP sequence field. A REPLY's
+    target and seq are as carried: nothing in the packet is redundant with them, so a flip that
+    the checksum misses there reads as a good reply, and the tracker checks them against what
+    it sent."""
 
     status: DecodeStatus
     target: int = UNKNOWN_TARGET
@@ -101,8 +104,7 @@ def build_echo_request(
         header = ICMP_HEADER.pack(IcmpType.ECHO_REQUEST, 0, 0, ident, seq & 0xFFFF)
     except struct.error as exc:
         raise ValueError(f"echo request field out of range ({exc}): check ident/run_id") from None
-    csum = checksum(header + body)
-    return header[:2] + csum.to_bytes(2, "big") + header[4:] + body
+    return _with_checksum(header + body, 2)
 
 
 def build_ipv4_packet(
@@ -114,24 +116,24 @@ def build_ipv4_packet(
     if total > 0xFFFF:
         raise ValueError(f"IPv4 payload of {len(payload)} bytes is too large: at most 65515")
     header = IPV4_HEADER.pack(0x45, tos, total, ip_id, 0, ttl, proto, 0, src, dst)
-    csum = checksum(header)
-    return header[:10] + csum.to_bytes(2, "big") + header[12:] + payload
+    return _with_checksum(header, 10) + payload
 
 
 def echo_reply_for(request: bytes) -> bytes:
     """The echo reply a host answers `request` (an ICMP message) with: type 0, same identifier,
     sequence and data, checksum recomputed (RFC 792)."""
-    body = b"\x00" + request[1:2] + b"\0\0" + request[4:]
-    csum = checksum(body)
-    return body[:2] + csum.to_bytes(2, "big") + body[4:]
+    return _with_checksum(b"\x00" + request[1:2] + b"\0\0" + request[4:], 2)
 
 
 def build_icmp_error(icmp_type: int, code: int, original: bytes, *, quote_len: int = 548) -> bytes:
     """An ICMP error message quoting the first `quote_len` bytes of the IP datagram `original`
     (Linux quotes up to 576 - 28 = 548 bytes; RFC 792 asks for only header + 8)."""
-    body = bytes([icmp_type, code]) + b"\0" * 6 + original[:quote_len]
-    csum = checksum(body)
-    return body[:2] + csum.to_bytes(2, "big") + body[4:]
+    return _with_checksum(bytes([icmp_type, code]) + b"\0" * 6 + original[:quote_len], 2)
+
+
+def _with_checksum(data: bytes, at: int) -> bytes:
+    """`data` with the checksum of all of it written into the zeroed 16-bit field at `at`."""
+    return data[:at] + checksum(data).to_bytes(2, "big") + data[at + 2 :]
 
 
 def _near(value: int, expected: int) -> bool:
