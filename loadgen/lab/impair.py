@@ -166,6 +166,7 @@ class ReflectorCounts:
     corrupted: int = 0  # replies sent with a broken checksum
     reordered: int = 0  # replies held back and sent right after the next reply
     reorder_flushed: int = 0  # held back, but no next reply came within reorder_hold_ns
+    out_of_order: int = 0  # replies sent after a reply to a later request (reorder or jitter)
     delayed: int = 0  # replies (and errors) held for a delay > 0
     delay_ns_max: int = 0  # the largest delay drawn
     late_ns_max: int = 0  # the most a delayed message went out after its due time

@@ -153,8 +153,9 @@ def create_host(ipr: IPRoute, plan: HostPlan, rate_bps: int) -> None:
 
 
 def add_tbf(ipr: IPRoute, index: int, rate_bps: int, where: str) -> None:
-    """Token bucket filter as root qdisc: `rate_bps`, a burst of 10 ms (>= 2 MTU), 50 ms queue."""
-    burst = max(2 * 1514, rate_bps // 8 // 100)
+    """Token bucket filter as root qdisc: `rate_bps`, a burst of 10 ms of traffic but at least
+    one full frame (else full-size packets could never pass), and 50 ms of queue beyond it."""
+    burst = max(1600, rate_bps // 8 // 100)
     _nl(
         f"tbf on {where}",
         lambda: ipr.tc(

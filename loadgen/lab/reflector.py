@@ -48,6 +48,7 @@ class Outgoing:
     copies: int  # 2 for a duplicated reply
     reorder: bool
     kind: str  # the counter each datagram sent adds to
+    ordinal: int = -1  # for echo replies: the request's place in arrival order
 
 
 def open_raw_socket() -> socket.socket:
@@ -72,6 +73,7 @@ class Reflector:
         self.counts: dict[str, int] = asdict(ReflectorCounts())
         self.queue: list[tuple[int, int, Outgoing]] = []  # (due_ns, order, message) heap
         self.order = 0
+        self.top_ordinal = -1  # the latest request (arrival order) answered with a reply so far
         self.held: tuple[int, Outgoing] | None = None  # (deadline_ns, reply held back)
 
     def snapshot(self) -> ReflectorCounts:
@@ -89,6 +91,7 @@ class Reflector:
         c["requests_seen"] += len(batch.rows)
         if len(batch.rows) == 0:
             return n
+        first = self.decider.seen
         d = self.decider.decide(len(batch.rows), now_ns)
         c["dropped"] += int(np.count_nonzero(d.action == Action.DROP))
         c["rate_limited"] += int(np.count_nonzero(d.action == Action.RATE_LIMITED))
@@ -124,13 +127,15 @@ class Reflector:
             )
             c["replies_sent"] += sent
             c["send_errors"] += failed
+            if len(rows):  # nothing is held or queued: these went out after all earlier ones
+                self.top_ordinal = first + int(np.flatnonzero(sel)[-1])
             return n
         reorder, delay = d.reorder[sel], d.delay_ns[sel]
+        ordinals = (first + np.flatnonzero(sel)).tolist()
         for j, row in enumerate(rows.tolist()):
             msg = buf[row, int(off[j]) : int(end[j])].tobytes()
-            out = Outgoing(
-                msg, buf[row, 12:16].tobytes(), int(copies[j]), bool(reorder[j]), "replies_sent"
-            )
+            dst = buf[row, 12:16].tobytes()
+            out = Outgoing(msg, dst, int(copies[j]), bool(reorder[j]), "replies_sent", ordinals[j])
             self._later(now_ns, int(delay[j]), out)
         return n
 
@@ -145,6 +150,10 @@ class Reflector:
         heapq.heappush(self.queue, (now_ns + delay_ns, self.order, out))
 
     def _send(self, out: Outgoing) -> None:
+        if out.ordinal >= 0:
+            if out.ordinal < self.top_ordinal:
+                self.counts["out_of_order"] += 1
+            self.top_ordinal = max(self.top_ordinal, out.ordinal)
         dst = (socket.inet_ntoa(out.dst), 0)
         for _ in range(out.copies):
             try:

@@ -89,7 +89,7 @@ def test_reordering(lab: Lab) -> None:
     _, obs, t = run(lab, "reorder")
     r = t.reflector
     assert r is not None and r.reordered > 0
-    assert obs.reordered == r.reordered
+    assert obs.reordered == r.reordered == r.out_of_order
     assert len(obs.replied) == N == r.replies_sent  # held back, never lost
 
 
@@ -151,6 +151,7 @@ def test_delay_and_jitter(lab: Lab) -> None:
     _, obs, t = run(lab, "slow", count=300, rate_pps=1000)
     r = t.reflector
     assert r is not None and r.delayed == 300 and r.pending == 0
+    assert obs.reordered == r.out_of_order > 0  # 5 ms of jitter at 1 ms spacing reorders
     assert len(obs.replied) == 300
     rtt_ms = np.array(obs.rtt_ns) / 1e6
     assert rtt_ms.min() >= 15.0  # delay 20 - jitter 5: never earlier
