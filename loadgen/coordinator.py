@@ -292,8 +292,9 @@ class Coordinator:
             h.failure = (
                 f"died unexpectedly (pid {pid}, {how}); its unresolved probes are unaccounted"
             )
-            self.display.note(f"worker {h.plan.index} {h.failure}")
-            self._stop_all("a worker died")
+            if self.aggregator is not None:  # before the start, _await_hellos reports it
+                self.display.note(f"worker {h.plan.index} {h.failure}")
+                self._stop_all("a worker died")
         if self._wake is not None:
             self._wake.set()
 
@@ -331,7 +332,8 @@ class Coordinator:
         live = [h.watermark_ns for h in self.workers if h.live]
         # A worker that is done or gone holds nothing back; if it died, its missing outcomes
         # show up as unaccounted probes rather than stalling every later second.
-        reports = agg.close_all() if final or not live else agg.close_through(min(live))
+        # Seconds in the future are never closed, whatever a worker's watermark says.
+        reports = agg.close_all() if final or not live else agg.close_through(min(*live, now))
         for report in reports:
             if self.on_second is not None:
                 self.on_second(report)

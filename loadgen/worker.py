@@ -23,6 +23,7 @@ import numpy as np
 from loadgen import bpf
 from loadgen.batch import EchoBuilder, ReplyDecoder
 from loadgen.errors import LoadgenError
+from loadgen.icmp import DecodeStatus
 from loadgen.messages import (
     Done,
     Failed,
@@ -42,6 +43,7 @@ from loadgen.tracker import Tracker
 FRAME_INTERVAL_NS = 10_000_000
 MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send schedule
 END_OF_TIME_NS = 2**62
+DURATION_SLACK_NS = 100_000_000
 
 
 def worker_main(plan_bytes: bytes, data: Connection, control: Connection) -> None:
@@ -133,8 +135,14 @@ class Worker:
             time.sleep(delay_ns / 1e9)
         start_mono = time.monotonic_ns()
         total = plan.count_per_target * len(plan.targets) if plan.count_per_target else None
+        end_mono = END_OF_TIME_NS
+        if plan.duration_ns:
+            # A duration means rate x duration probes, all of them; the deadline only cuts a
+            # generator that has fallen behind its timetable.
+            by_time = math.ceil(plan.duration_ns * plan.rate_pps / 1e9)
+            total = by_time if total is None else min(total, by_time)
+            end_mono = start_mono + plan.duration_ns + DURATION_SLACK_NS
         pacer = Pacer(rate_pps=plan.rate_pps, start_ns=start_mono, total=total, max_burst=4096)
-        end_mono = start_mono + plan.duration_ns if plan.duration_ns else END_OF_TIME_NS
         next_frame = start_mono + FRAME_INTERVAL_NS
         last_tx_rt = time.time_ns()
         try:
@@ -211,7 +219,7 @@ class Worker:
             self.rx_dropped = got.dropped_total
             self.rx_truncated += got.truncated
             dec = self.decoder.decode(got.data, got.lengths, got.n)
-            self.malformed += int(np.count_nonzero(dec.status == 5))
+            self.malformed += int(np.count_nonzero(dec.status == DecodeStatus.MALFORMED))
             self.tracker.on_replies(
                 status=dec.status,
                 target=dec.target,
@@ -245,7 +253,7 @@ class Worker:
             skipped_ns=pacer.skipped_ns,
         )
         self.max_lag_ns = 0
-        mark = END_OF_TIME_NS if final else tr.resolved_before(now_rt)
+        mark = now_rt if final else tr.resolved_before(now_rt)
         frame = Frame(self.plan.worker, self.frame_seq, now_rt, mark, tr.take_records(), stats)
         self.frame_seq += 1
         self.data.send_bytes(encode(frame))

@@ -1,0 +1,199 @@
+"""End to end on loopback: real workers, real raw sockets, exact accounting per second.
+
+Every run is bounded by a probe count and a subprocess timeout; only 127.0.0.0/8 is probed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from loadgen.profile import COMMAND_LINE, parse_profile
+from loadgen.runner import execute
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
+
+OUTCOMES = ("received", "late", "lost", "errored")
+
+
+def loadgen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadgen", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_every_second_accounts(rows: list[dict[str, Any]]) -> None:
+    seconds = [r for r in rows if r["type"] in ("second", "second_total")]
+    assert seconds
+    for r in seconds:
+        assert r["sent"] == sum(r[k] for k in OUTCOMES), r
+        assert r["unaccounted"] == 0, r
+
+
+def test_ping_loopback_zero_loss_exact_per_second(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    res = loadgen("ping", "127.0.0.1", "-r", "20000", "-c", "40000", "--jsonl", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "40000 transmitted, 40000 received, 0% packet loss" in res.stdout
+    rows = read_jsonl(out)
+    assert_every_second_accounts(rows)
+    per_second = [r for r in rows if r["type"] == "second"]
+    assert sum(r["sent"] for r in per_second) == 40000
+    assert sum(r["received"] for r in per_second) == 40000
+    # Paced, not bursted: every full second carries its share of 20k pps (the first and the
+    # last second are partial).
+    full = [r["sent"] for r in per_second][1:-1]
+    assert all(abs(s - 20000) <= 200 for s in full), full
+    summary = [r for r in rows if r["type"] == "summary"]
+    assert len(summary) == 1
+    assert summary[0]["total"]["received"] == 40000
+
+
+def test_many_targets_more_workers_than_cpus_exact_totals(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    profile = parse_profile(
+        {
+            "targets": "127.0.1.0/26",  # 62 hosts
+            "rate": "10k",
+            "count": 100,
+            "workers": 4,
+            "timeout": "1s",
+            "delay": "1s",
+            "jsonl": str(out),
+        },
+        source=COMMAND_LINE,
+    )
+    result = execute(profile)
+    assert len(result.plan.workers) == 4
+    total = result.outcome.summary.total.counts
+    assert total.sent == 62 * 100
+    assert total.received == 62 * 100
+    assert total.unaccounted == 0
+    assert all(t.counts.sent == 100 for t in result.outcome.summary.per_target)
+    assert result.exit_code == 0
+    assert_every_second_accounts(read_jsonl(out))
+
+
+def test_check_prints_the_plan() -> None:
+    res = loadgen("check", "profiles/default.toml")
+    assert res.returncode == 0, res.stderr
+    assert "127.0.0.1" in res.stdout
+    assert "worker" in res.stdout.lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("ping", "127.0.0.1", "-r", "fast"), "rate"),
+        (("ping", "127.0.0.1", "--bogus"), "unrecognized"),
+        (("ping", "127.0.0.1", "-s", "10"), "size"),
+        (("ping", "999.1.1.1"), "999.1.1.1"),
+        (("run", "no-such-profile.toml"), "no-such-profile.toml"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: tuple[str, ...], needle: str) -> None:
+    res = loadgen(*args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_without_cap_net_raw_one_line_says_how_to_fix() -> None:
+    # Root without CAP_NET_RAW: drop it from the bounding set for this one process tree.
+    res = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-net_raw",
+            "--inh-caps=-net_raw",
+            sys.executable,
+            "-m",
+            "loadgen",
+            "ping",
+            "127.0.0.1",
+            "-c",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "CAP_NET_RAW" in lines[0]
+
+
+def _start_run(*extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "ping", "127.0.0.1,127.0.0.2", "-r", "2000", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_workers(proc: subprocess.Popen[str], n: int) -> list[psutil.Process]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        # Workers are spawned children (not multiprocessing's resource tracker).
+        workers = [k for k in kids if any("spawn_main" in a for a in k.cmdline())]
+        if len(workers) >= n:
+            return workers
+        time.sleep(0.1)
+    raise AssertionError("workers did not start")
+
+
+def test_ctrl_c_stops_sending_and_prints_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = _start_run("--jsonl", str(out))
+    try:
+        _wait_for_workers(proc, 2)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "interrupted" in stderr
+    assert "transmitted" in stdout
+    rows = read_jsonl(out)
+    assert_every_second_accounts(rows)
+    summary = rows[-1]
+    assert summary["type"] == "summary"
+    assert summary["total"]["sent"] == summary["total"]["received"] > 1000
+
+
+def test_a_dead_worker_is_named_and_the_run_fails() -> None:
+    proc = _start_run("--workers", "2")
+    try:
+        workers = _wait_for_workers(proc, 2)
+        time.sleep(1.5)
+        workers[0].kill()
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "died unexpectedly" in stderr
+    assert "signal 9" in stderr
+    assert "transmitted" in stdout  # the summary of what was measured is still written
