@@ -9,11 +9,44 @@
 Never imported by `loadgen run` unless a profile has a [lab] table.
 """
 
-from loadgen.lab.lab import Lab, attach_lab, lab_targets, lab_up
-from loadgen.lab.reap import LabInfo, Teardown, lab_down, lab_down_all, lab_status
-from loadgen.lab.spec import HostGroup, Impairments, LabSpec, parse_lab_spec
-from loadgen.lab.state import LabHost
-from loadgen.lab.truth import HostTruth, LinkCounters
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loadgen.lab.lab import Lab, attach_lab, lab_targets, lab_up
+    from loadgen.lab.reap import LabInfo, Teardown, lab_down, lab_down_all, lab_status
+    from loadgen.lab.spec import HostGroup, Impairments, LabSpec, parse_lab_spec
+    from loadgen.lab.state import LabHost
+    from loadgen.lab.truth import HostTruth, LinkCounters
+
+# Imported on first use: a reflector process (`-m loadgen.lab.reflector`) loads this package
+# too, and should not pay for pyroute2 it never uses.
+_HOME = {
+    "Lab": "lab",
+    "attach_lab": "lab",
+    "lab_targets": "lab",
+    "lab_up": "lab",
+    "LabInfo": "reap",
+    "Teardown": "reap",
+    "lab_down": "reap",
+    "lab_down_all": "reap",
+    "lab_status": "reap",
+    "HostGroup": "spec",
+    "Impairments": "spec",
+    "LabSpec": "spec",
+    "parse_lab_spec": "spec",
+    "LabHost": "state",
+    "HostTruth": "truth",
+    "LinkCounters": "truth",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'loadgen.lab' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"loadgen.lab.{home}"), name)
+
 
 __all__ = [
     "HostGroup",

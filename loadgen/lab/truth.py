@@ -57,6 +57,11 @@ class HostTruth:
     def nft_dropped(self) -> int:
         return self.nft_dropped_every + self.nft_dropped_random
 
+    @property
+    def responder_missed(self) -> int:
+        """Requests past nftables that the responder never saw (e.g. a full socket buffer)."""
+        return self.echo_requests_in - self.nft_dropped - self.requests_seen
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

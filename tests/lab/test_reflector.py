@@ -172,3 +172,4 @@ def test_reflector_keeps_up_with_20k_pps(lab: Lab) -> None:
     assert sent == 25_000 and took < 1.5
     assert arrived == sent
     assert seen == replied == arrived, f"reflector fell behind: {seen} of {arrived} in {took:.2f}s"
+    assert after.responder_missed == 0
