@@ -73,7 +73,7 @@ class LabInfo:
     detached: bool
 
 
-def _is_reflector(pid: int) -> bool:
+def is_reflector(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read()
@@ -86,14 +86,14 @@ def _is_reflector(pid: int) -> bool:
 
 def stop_reflectors(pids: list[int]) -> tuple[int, ...]:
     """SIGTERM (then SIGKILL) the given pids that are reflectors; returns those stopped."""
-    live = [p for p in dict.fromkeys(pids) if _is_reflector(p)]
+    live = [p for p in dict.fromkeys(pids) if is_reflector(p)]
     for pid in live:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + KILL_WAIT_S
-    while time.monotonic() < deadline and any(_is_reflector(p) for p in live):
+    while time.monotonic() < deadline and any(is_reflector(p) for p in live):
         time.sleep(0.02)
     for pid in live:
-        if _is_reflector(pid):
+        if is_reflector(pid):
             os.kill(pid, signal.SIGKILL)
     return tuple(live)
 
@@ -191,7 +191,7 @@ def lab_status(*, state_dir: Path = STATE_DIR) -> list[LabInfo]:
             continue
         n_ns = sum(h.netns in present_ns for h in st.hosts)
         refl = [h for h in st.hosts if h.responder == "reflector"]
-        alive = sum(bool(h.reflector_pid and _is_reflector(h.reflector_pid)) for h in refl)
+        alive = sum(bool(h.reflector_pid and is_reflector(h.reflector_pid)) for h in refl)
         ok = n_ns == len(st.hosts) and alive == len(refl)
         infos.append(
             LabInfo(

@@ -213,8 +213,10 @@ def _serve_control(listener: socket.socket, refl: Reflector) -> bool:
         try:
             cmd = conn.recv(64).strip()
             if cmd == b"stats":
-                answer = {"pid": os.getpid(), **asdict(refl.snapshot())}
-                conn.sendall(json.dumps(answer).encode())
+                counts = asdict(refl.snapshot())
+                if refl.cfg.stats_path:
+                    _write_json(refl.cfg.stats_path, counts)
+                conn.sendall(json.dumps({"pid": os.getpid(), **counts}).encode())
             elif cmd == b"stop":
                 conn.sendall(b"{}")
                 return False

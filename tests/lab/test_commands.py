@@ -13,7 +13,7 @@ import pytest
 from loadgen.errors import LabError, ProfileError, TargetError, UsageError
 from loadgen.lab import lab_status, lab_up, parse_lab_spec
 from loadgen.lab.commands import cmd_down, cmd_status, cmd_up, load_lab_table
-from loadgen.lab.reap import _is_reflector
+from loadgen.lab.reap import is_reflector
 from loadgen.lab.run import profile_lab
 from loadgen.lab.state import state_path
 from loadgen.profile import parse_profile
@@ -84,8 +84,8 @@ def test_profile_lab_selects_targets_and_always_tears_down(prefix: str) -> None:
             pl.lab.host("clean-1").address,
         ]
         pids = [h.reflector_pid for h in pl.lab.hosts if h.reflector_pid]
-        assert len(pids) == 1 and _is_reflector(pids[0])
-    assert not state_path(prefix).exists() and not _is_reflector(pids[0])
+        assert len(pids) == 1 and is_reflector(pids[0])
+    assert not state_path(prefix).exists() and not is_reflector(pids[0])
     outsider = parse_profile({"targets": ["127.0.0.1"], "lab": lab}, source="p.toml")
     with (
         pytest.raises(TargetError, match=r"127\.0\.0\.1 is not a host of this lab"),

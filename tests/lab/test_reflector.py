@@ -3,8 +3,10 @@ arrives, seeded decisions replay exactly, and it keeps up with >= 20k requests p
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 
@@ -13,7 +15,9 @@ import pytest
 
 from loadgen.lab import Lab, LabHost, lab_down, lab_up, parse_lab_spec
 from loadgen.lab.hostcfg import reflector_config
-from loadgen.lab.impair import Action, Decider
+from loadgen.lab.impair import Action, Decider, ReflectorCounts
+from loadgen.lab.reap import is_reflector
+from loadgen.lab.state import run_dir
 from loadgen.lab.truth import HostTruth
 
 from .blast import blast
@@ -173,3 +177,20 @@ def test_reflector_keeps_up_with_20k_pps(lab: Lab) -> None:
     assert arrived == sent
     assert seen == replied == arrived, f"reflector fell behind: {seen} of {arrived} in {took:.2f}s"
     assert after.responder_missed == 0
+
+
+def test_sigterm_writes_the_final_counts(prefix: str) -> None:
+    spec = parse_lab_spec({"prefix": prefix, "hosts": [{"name": "d", "delay_ms": 500}]}, source="t")
+    with lab_up(spec) as lab:
+        host = lab.host("d")
+        assert host.reflector_pid is not None
+        obs = probe(host.address, 20, rate_pps=1000, linger_s=0.0)  # replies still queued
+        os.kill(host.reflector_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while is_reflector(host.reflector_pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stats = run_dir(prefix) / "d.stats.json"
+        final = ReflectorCounts.from_dict(json.loads(stats.read_text()))
+    assert obs.sent == final.requests_seen == 20
+    assert final.unsent_at_exit + final.replies_sent == 20 and final.unsent_at_exit > 0
+    assert final.pending == 0
