@@ -52,7 +52,7 @@ def plan_run(
     profile: Profile, lab_targets: tuple[Target, ...] | None = None
 ) -> tuple[RunPlan, list[str]]:
     warnings: list[str] = []
-    if lab_targets is not None and not profile.targets:
+    if lab_targets is not None:
         targets: tuple[Target, ...] = lab_targets
     else:
         resolved = resolve_targets(
