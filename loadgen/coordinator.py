@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
+import math
 import multiprocessing
 import os
 import signal
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+import numpy as np
 import uvloop
 
 from loadgen.errors import LoadgenError, WorkerFailed
@@ -38,6 +41,7 @@ from loadgen.messages import (
     encode,
 )
 from loadgen.plan import RunPlan, WorkerPlan
+from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
 from loadgen.stats import Aggregator, RunSummary, SecondReport
 from loadgen.worker import worker_main
 
@@ -87,6 +91,7 @@ class RunOutcome:
     workers: tuple[WorkerStats, ...]
     start_ns: int
     end_ns: int
+    limited_seconds: tuple[int, ...]  # seconds in which loadgen itself could not keep up
 
 
 class Display:
@@ -133,6 +138,11 @@ class Coordinator:
         self.on_second = on_second
         self.workers: tuple[WorkerHandle, ...] = ()
         self.aggregator: Aggregator | None = None
+        self.check: GeneratorCheck | None = None
+        self.limited_seconds: list[int] = []
+        self._worker_of = np.zeros(len(plan.targets), dtype=np.int64)
+        for wp in plan.workers:
+            self._worker_of[[t.index for t in wp.targets]] = wp.index
         self.start_ns = 0
         self.interrupted = False
         self.aborted = False
@@ -163,6 +173,7 @@ class Coordinator:
                 start_ns=self.start_ns,
                 timeout_ns=self.plan.profile.timeout_ns,
             )
+            self.check = GeneratorCheck([_schedule(h.plan) for h in self.workers], self.start_ns)
             for h in self.workers:
                 self._tell(h, Start(self.start_ns))
             self.display.started(self.plan, self.workers)
@@ -191,6 +202,7 @@ class Coordinator:
             workers=tuple(h.stats for h in self.workers),
             start_ns=self.start_ns,
             end_ns=time.time_ns(),
+            limited_seconds=tuple(self.limited_seconds),
         )
 
     def _spawn_all(self) -> None:
@@ -267,6 +279,8 @@ class Coordinator:
                 self.aggregator.add(msg.records)
             h.watermark_ns = max(h.watermark_ns, msg.resolved_before_ns)
             h.stats = msg.stats
+            if self.check is not None:
+                self.check.on_frame(h.plan.index, msg.now_ns, msg.stats)
         elif isinstance(msg, Hello):
             h.hello = msg
             if self._wake is not None:
@@ -314,6 +328,8 @@ class Coordinator:
             self._wake.set()
 
     def _stop_all(self, reason: str) -> None:
+        if self.check is not None:
+            self.check.on_stop(time.time_ns())
         for h in self.workers:
             if h.live:
                 self._tell(h, Stop(reason))
@@ -334,12 +350,24 @@ class Coordinator:
         # show up as unaccounted probes rather than stalling every later second.
         # Seconds in the future are never closed, whatever a worker's watermark says.
         reports = agg.close_all() if final or not live else agg.close_through(min(*live, now))
-        for report in reports:
+        for closed in reports:
+            report = self._judge_generator(closed)
             if self.on_second is not None:
                 self.on_second(report)
             self.display.second(report)
         self._measure(now)
         self.display.refresh(agg, self.generator_view(now))
+
+    def _judge_generator(self, report: SecondReport) -> SecondReport:
+        if self.check is None:
+            return report
+        sent = np.zeros(len(self.workers), dtype=np.int64)
+        for ts in report.per_target:
+            sent[self._worker_of[ts.target]] += ts.counts.sent
+        verdict = self.check.second(report.second, dict(enumerate(sent.tolist())))
+        if verdict.limited:
+            self.limited_seconds.append(report.second)
+        return dataclasses.replace(report, generator=verdict)
 
     def _measure(self, now: int) -> None:
         sent = sum(h.stats.sent for h in self.workers)
@@ -361,6 +389,15 @@ class Coordinator:
             workers=self.workers,
             interrupted=self.interrupted,
         )
+
+
+def _schedule(wp: WorkerPlan) -> WorkerSchedule:
+    """The worker's timetable, as its pacer will run it."""
+    total = wp.count_per_target * len(wp.targets) if wp.count_per_target else None
+    if wp.duration_ns:
+        by_time = math.ceil(wp.duration_ns * wp.rate_pps / 1e9)
+        total = by_time if total is None else min(total, by_time)
+    return WorkerSchedule(wp.index, wp.rate_pps, total)
 
 
 def default_cpus() -> list[int]:

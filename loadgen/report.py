@@ -25,6 +25,10 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (1); every 
 | rtt_{p50,p90,p99}_us | float/null | µs; exact per second, within rtt_pct_rel_error in "summary" |
 | rtt_jitter_us | float/null | mean abs. difference of consecutive RTTs of a target, in µs |
 | rx_ts, tx_ts | str | source of the RTT samples' stamps: hardware, kernel, user, mixed(a+b), none |
+| generator_limited | bool | "second_total" only: loadgen itself could not keep up in this second |
+| generator_limits | list[str] | "second_total" only: why (which worker, how much) |
+| generator | object | "second_total" only: requested_pps, achieved_pps and per worker: |
+| | | requested_pps, achieved_pps, cpu_pct, send_errors, rx_drops, max_lag_ns, skipped_ns |
 
 A "summary" object holds `t_start`, `seconds` (closed seconds covered), `targets` (a list of
 objects with the per-target keys above), `total`, `anomalies` (invalid_records, late_records,
@@ -33,6 +37,7 @@ rtt_dropped, side_events_after_close), `rtt_pct_rel_error` and `extra` (the call
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -173,7 +178,17 @@ class JsonlWriter:
         """One "second" object per target in the report, then its "second_total"."""
         head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
         rows = [{"type": "second", **head, **_figures(ts, names)} for ts in report.per_target]
-        rows.append({"type": "second_total", **head, **_figures(report.total, names)})
+        total = {"type": "second_total", **head, **_figures(report.total, names)}
+        gen = report.generator
+        if gen is not None:
+            total["generator_limited"] = gen.limited
+            total["generator_limits"] = list(gen.limits)
+            total["generator"] = {
+                "requested_pps": gen.requested_pps,
+                "achieved_pps": gen.achieved_pps,
+                "workers": [dataclasses.asdict(w) for w in gen.workers],
+            }
+        rows.append(total)
         self._write(rows)
 
     def write_summary(

@@ -108,6 +108,7 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "duration_s": (outcome.end_ns - outcome.start_ns) / 1e9,
         "send_errors": sum(w.send_errors for w in outcome.workers),
         "rx_dropped": sum(w.rx_dropped for w in outcome.workers),
+        "generator_limited_seconds": list(outcome.limited_seconds),
     }
 
 
@@ -117,6 +118,14 @@ def run_profile(profile: Profile, *, plain: bool) -> int:
     print(summary_text(result.outcome.summary, names))
     for failure in result.outcome.failures:
         print(f"loadgen: error: {failure}", file=sys.stderr)
+    limited = result.outcome.limited_seconds
+    if limited:
+        shown = ", ".join(str(s) for s in limited[:10]) + (" ..." if len(limited) > 10 else "")
+        print(
+            f"WARNING: loadgen itself could not keep up in {len(limited)} second(s) ({shown}): "
+            "loss in those seconds may be ours, not the network's; see generator_limits in "
+            "the JSONL export, lower the rate or add workers",
+        )
     if result.outcome.interrupted:
         print("loadgen: interrupted: the summary covers what was sent until then", file=sys.stderr)
     return result.exit_code

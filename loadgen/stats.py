@@ -108,18 +108,26 @@ class TargetSecond(TargetStats):
 @dataclass(frozen=True, slots=True)
 class WorkerSecond:
     worker: int
-    requested_pps: float
-    achieved_pps: float
+    requested_pps: float  # what its timetable had due in this second
+    achieved_pps: float  # probes it really sent in this second (SENT records)
     cpu_pct: float
-    send_errors: int
-    rx_drops: int
+    send_errors: int  # sends the kernel refused in this second
+    rx_drops: int  # packets the kernel dropped at its socket in this second
+    max_lag_ns: int = 0  # worst distance behind its timetable (pacing error)
+    skipped_ns: int = 0  # timetable given up after falling too far behind
 
 
 @dataclass(frozen=True, slots=True)
 class GeneratorSecond:
-    """How the generator itself did in a second; filled in by the coordinator."""
+    """How the generator itself did in a second; judged by `selfcheck`. A second with any
+    `limits` was generator-limited: its loss may be loadgen's own, not the network's."""
 
     workers: tuple[WorkerSecond, ...]
+    limits: tuple[str, ...] = ()
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.limits)
 
     @property
     def requested_pps(self) -> float:

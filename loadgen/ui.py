@@ -169,6 +169,13 @@ def _generator_line(snap: Snapshot) -> Text:
         f"{snap.achieved_pps:,.0f} of {snap.requested_pps:,.0f} pps requested",
         style="bold yellow" if short else "",
     )
+    gen = snap.last.generator if snap.last is not None else None
+    if gen is not None and gen.limited:
+        line.append(
+            f"   GENERATOR-LIMITED in second {snap.last.second if snap.last else '?'}: "
+            f"{gen.limits[0]}",
+            style="bold red",
+        )
     line.append(f"   timestamps: {snap.ts_source}")
     total = snap.summary.total
     if total.rtt.count:
@@ -239,4 +246,6 @@ def plain_line(report: SecondReport) -> str:
     )
     if c.unaccounted:
         line += f" UNACCOUNTED={c.unaccounted} (bug)"
+    if report.generator is not None and report.generator.limited:
+        line += f" GENERATOR-LIMITED ({'; '.join(report.generator.limits)})"
     return line
