@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from loadgen.errors import ProfileError
 from loadgen.profile import (
     COMMAND_LINE,
-    PROFILE_KEYS,
     Profile,
     load_profile,
     parse_profile,
     render_example,
 )
+from loadgen.profile_keys import PROFILE_KEYS
 
 S = 1_000_000_000
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"

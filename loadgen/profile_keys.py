@@ -1,0 +1,358 @@
+"""The table of profile keys and the small parsers behind it.
+
+PROFILE_KEYS names every key once: its Profile field, parser, default, help and example. A parser
+takes (value, key) and returns the field's value or raises a one-line UsageError that says what
+to write instead. `profile` validates with this table and renders profiles/example.toml from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loadgen.errors import UsageError
+from loadgen.units import (
+    NS_PER_S,
+    bad_value,
+    parse_duration_ns,
+    parse_float,
+    parse_int,
+    parse_rate,
+    parse_size,
+    show_value,
+)
+
+MIN_SIZE = 28  # our probe header (docs/DESIGN.md); the fill pattern follows it
+MAX_SIZE = 65507 - 8  # largest IPv4 ICMP payload, less the 8-byte ICMP header
+DEFAULT_DELAY_NS = 2 * NS_PER_S
+
+
+Parser = Callable[[Any, str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileKey:
+    name: str  # as written in TOML and in overrides
+    attr: str  # the Profile field it fills
+    parse: Parser  # (value, key) -> field value; raises UsageError
+    default: Any
+    help: str  # documentation, rendered as comments in example.toml
+    example: str  # TOML written under the help in example.toml
+    commented: bool = False  # example shown commented out (an optional key)
+
+
+def _split_list(value: Any, key: str, hint: str) -> list[Any]:
+    """A TOML array, or a string of items separated by commas and/or whitespace."""
+    if isinstance(value, str):
+        return value.replace(",", " ").split()
+    if isinstance(value, list | tuple):
+        items: list[Any] = []
+        for item in value:
+            items.extend(item.replace(",", " ").split() if isinstance(item, str) else [item])
+        return items
+    raise UsageError(bad_value(key, value, "expected a list or a comma-separated string", hint))
+
+
+def _targets(value: Any, key: str) -> tuple[str, ...]:
+    hint = 'write targets = ["127.0.0.1", "127.0.0.8/30", "localhost"]'
+    items = _split_list(value, key, hint)
+    for item in items:
+        if not isinstance(item, str):
+            raise UsageError(bad_value(key, value, f"{show_value(item)} is not a string", hint))
+    if not items:
+        raise UsageError(bad_value(key, value, "no targets", hint))
+    return tuple(items)
+
+
+def _cpus(value: Any, key: str) -> tuple[int, ...] | None:
+    hint = 'write a list of CPU numbers such as [0, 1] or "0-3", or "all"'
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return None
+    cpus: list[int] = []
+    for item in _split_list(value, key, hint):
+        if isinstance(item, str) and "-" in item.strip("-"):
+            low, _, high = item.partition("-")
+            first = parse_int(low, key=key, minimum=0, maximum=4095)
+            last = parse_int(high, key=key, minimum=first, maximum=4095)
+            cpus.extend(range(first, last + 1))
+        else:
+            cpus.append(parse_int(item, key=key, minimum=0, maximum=4095))
+    if not cpus:
+        raise UsageError(bad_value(key, value, "no CPUs", hint))
+    if len(set(cpus)) != len(cpus):
+        raise UsageError(bad_value(key, value, "a CPU is listed twice", hint))
+    return tuple(cpus)
+
+
+def _workers(value: Any, key: str) -> int | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    return parse_int(value, key=key, minimum=1, maximum=1024)
+
+
+def _choice(options: tuple[str, ...], not_yet: tuple[str, ...] = ()) -> Parser:
+    def parse(value: Any, key: str) -> str:
+        hint = "write one of " + ", ".join(f'"{o}"' for o in options)
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text in options:
+            return text
+        if text in not_yet:
+            raise UsageError(bad_value(key, value, "not implemented yet", hint))
+        close = difflib.get_close_matches(text or "", options, n=1)
+        guess = f"did you mean {show_value(close[0])}? " if close else ""
+        raise UsageError(bad_value(key, value, "unknown value", guess + hint))
+
+    return parse
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+        return False
+    raise UsageError(bad_value(key, value, "not a boolean", "write true or false"))
+
+
+def _size(value: Any, key: str) -> int:
+    size = parse_size(value, key=key)
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        fix = f"write a payload size from {MIN_SIZE} (the probe header) to {MAX_SIZE} bytes"
+        raise UsageError(bad_value(key, value, f"out of range {MIN_SIZE}..{MAX_SIZE}", fix))
+    return size
+
+
+def _interface(value: Any, key: str) -> str:
+    # The kernel's own rule for device names (dev_valid_name): under 16 bytes, no '/', ':' or
+    # whitespace, not "." or "..".
+    ok = (
+        isinstance(value, str)
+        and 0 < len(value.encode()) < 16
+        and value not in (".", "..")
+        and not any(c in "/:" or c.isspace() for c in value)
+    )
+    if not ok:
+        fix = 'write an interface name such as "lo" or "eth0" (see `ip link`)'
+        raise UsageError(bad_value(key, value, "not a valid interface name", fix))
+    return str(value)
+
+
+def _path(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        fix = 'write a file path such as "run.jsonl"'
+        raise UsageError(bad_value(key, value, "not a file path", fix))
+    return value
+
+
+def _table(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        fix = f"write it as a [{key}] table after every other key"
+        raise UsageError(bad_value(key, value, "expected a table", fix))
+    return dict(value)
+
+
+def _int_in(minimum: int, maximum: int) -> Parser:
+    return lambda value, key: parse_int(value, key=key, minimum=minimum, maximum=maximum)
+
+
+def _unit(parse: Callable[..., Any]) -> Parser:
+    return lambda value, key: parse(value, key=key)
+
+
+PROFILE_KEYS: tuple[ProfileKey, ...] = (
+    ProfileKey(
+        "targets",
+        "targets",
+        _targets,
+        None,
+        "What to probe: IPv4 addresses, CIDR ranges (network and broadcast addresses are skipped "
+        "below /31) and host names (resolved once, at start). A list, or one string separated "
+        "by commas. Required, unless a [lab] table provides the hosts. Test ranges: 127.0.0.0/8 "
+        "here; 198.18.0.0/15 only inside the lab.",
+        'targets = ["127.0.0.1", "127.0.0.2", "127.0.0.8/30"]',
+    ),
+    ProfileKey(
+        "rate",
+        "rate_pps",
+        _unit(parse_rate),
+        1000.0,
+        "Total probes per second over all targets, split evenly per target: 20000, 1e5, "
+        '"100k", "2.5M". Default 1000.',
+        'rate = "2k"',
+    ),
+    ProfileKey(
+        "rate_per_target",
+        "rate_per_target_pps",
+        _unit(parse_rate),
+        None,
+        "Cap per target: the total becomes min(rate, rate_per_target * number of targets). "
+        "Default: no cap.",
+        "rate_per_target = 500",
+        commented=True,
+    ),
+    ProfileKey(
+        "count",
+        "count",
+        _int_in(1, 10**12),
+        None,
+        "Probes per target (like fping -c), then stop. With duration too, whichever comes "
+        "first. With neither, run until interrupted (Ctrl-C).",
+        "count = 2000",
+        commented=True,
+    ),
+    ProfileKey(
+        "duration",
+        "duration_ns",
+        _unit(parse_duration_ns),
+        None,
+        'How long to send: "30s", "500ms", "2m", "1m30s", or a number of seconds.',
+        'duration = "10s"',
+    ),
+    ProfileKey(
+        "size",
+        "size",
+        _size,
+        64,
+        f"ICMP payload bytes, {MIN_SIZE} (our probe header) to {MAX_SIZE}. Default 64.",
+        "size = 64",
+    ),
+    ProfileKey(
+        "ttl", "ttl", _int_in(1, 255), 64, "IP time to live, 1-255. Default 64.", "ttl = 64"
+    ),
+    ProfileKey(
+        "tos",
+        "tos",
+        _int_in(0, 255),
+        0,
+        'IP type of service byte (DSCP << 2 | ECN), 0-255; "0x10" works. Default 0.',
+        "tos = 0",
+    ),
+    ProfileKey(
+        "timeout",
+        "timeout_ns",
+        _unit(parse_duration_ns),
+        NS_PER_S,
+        "A reply later than this counts as late rather than received. Default 1s.",
+        'timeout = "1s"',
+    ),
+    ProfileKey(
+        "delay",
+        "delay_ns",
+        _unit(parse_duration_ns),
+        DEFAULT_DELAY_NS,
+        "Linger: how long after sending an unanswered probe is given up as lost, and how far "
+        "behind real time each second is closed. At least the timeout. Default 2s (or the "
+        "timeout, if longer).",
+        'delay = "2s"',
+    ),
+    ProfileKey(
+        "workers",
+        "workers",
+        _workers,
+        None,
+        'Worker processes, each with its own raw socket. Default "auto": one per CPU in cpus '
+        "(never more than targets).",
+        'workers = "auto"',
+    ),
+    ProfileKey(
+        "cpus",
+        "cpus",
+        _cpus,
+        None,
+        'CPUs to pin workers on, round-robin: [0, 1] or "0-3". Default "all": every CPU this '
+        "process may run on.",
+        'cpus = "all"',
+    ),
+    ProfileKey(
+        "timestamps",
+        "timestamps",
+        _choice(("auto", "software", "hardware", "user")),
+        "auto",
+        'Receive timestamps: "auto" (kernel, hardware when asked and available, else user '
+        'space), "software" (kernel), "hardware" (NIC), "user". Default "auto".',
+        'timestamps = "auto"',
+    ),
+    ProfileKey(
+        "tx_timestamps",
+        "tx_timestamps",
+        _bool,
+        False,
+        "Take send times from kernel TX timestamps (error queue) instead of user space just "
+        "before each send batch. Default false.",
+        "tx_timestamps = false",
+    ),
+    ProfileKey(
+        "interface",
+        "interface",
+        _interface,
+        None,
+        "Send and receive only on this interface (SO_BINDTODEVICE). Default: routing decides.",
+        'interface = "lo"',
+        commented=True,
+    ),
+    ProfileKey(
+        "probe",
+        "probe",
+        _choice(("icmp",), not_yet=("tcp-syn", "udp")),
+        "icmp",
+        'Probe kind: "icmp" (echo request). "tcp-syn" and "udp" are not implemented yet.',
+        'probe = "icmp"',
+    ),
+    ProfileKey(
+        "family",
+        "family",
+        _choice(("auto", "ipv4", "ipv6")),
+        "auto",
+        'Address family for host names: "auto", "ipv4", "ipv6" (IPv6 probing is not '
+        'implemented yet). Default "auto".',
+        'family = "auto"',
+    ),
+    ProfileKey(
+        "max_targets",
+        "max_targets",
+        _int_in(1, 2**24),
+        65536,
+        "Refuse to expand targets to more than this many addresses (a /16 is 65534). "
+        "Default 65536.",
+        "max_targets = 65536",
+    ),
+    ProfileKey(
+        "top",
+        "top",
+        _int_in(1, 10000),
+        20,
+        "Rows in the live table (the targets with most loss first). Default 20.",
+        "top = 20",
+    ),
+    ProfileKey(
+        "jsonl",
+        "jsonl",
+        _path,
+        None,
+        "Write one JSON line per target per second to this file. Default: no export.",
+        'jsonl = "run.jsonl"',
+        commented=True,
+    ),
+    ProfileKey(
+        "refresh_hz",
+        "refresh_hz",
+        lambda value, key: parse_float(value, key=key, minimum=2, maximum=4),
+        4.0,
+        "Live table refreshes per second, 2-4. Default 4.",
+        "refresh_hz = 4",
+    ),
+    ProfileKey(
+        "lab",
+        "lab",
+        _table,
+        None,
+        "A [lab] table (after every other key) builds network-namespace test hosts on "
+        "198.18.0.0/15 with impairments before the run; its keys are checked by the lab package. "
+        "Default: no lab, probe real targets.",
+        "[lab]",
+        commented=True,
+    ),
+)
