@@ -148,7 +148,7 @@ _EXAMPLE_HEADER = """\
 # per second, durations in seconds, sizes in bytes). Lines starting with "# key =" show an
 # optional key left at its default.
 #
-# This file is generated from PROFILE_KEYS in loadgen/profile.py; edit the table, then run
+# This file is generated from PROFILE_KEYS in loadgen/profile_keys.py; edit the table, then run
 #   .venv/bin/python -c 'import loadgen.profile as p; print(p.render_example(), end="")' \\
 #     > profiles/example.toml
 """

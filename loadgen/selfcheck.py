@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from loadgen.messages import WorkerStats
 from loadgen.stats import GeneratorSecond, WorkerSecond
+from loadgen.units import NS_PER_S
 
-NS_PER_S = 1_000_000_000
 # One 1 ms tick of probes may spill across a second boundary without anything being wrong.
 SHORTFALL_TICK_S = 0.002
 LAG_LIMIT_NS = 10_000_000  # behind its timetable by more than this: bursts no longer paced
