@@ -1,0 +1,185 @@
+"""`python -m loadgen.bench`: the ladder of loadgen rates and worker counts plus the peers
+(`ping -f`, `fping`) in one run, in the bench's own namespaces; table on stdout, JSON on disk.
+
+Exit codes: 0 every step sound (however slow), 1 a step broken (crashed, hung, or probes
+unaccounted), 2 bad flags or a missing tool, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from loadgen.bench.measure import run_measured
+from loadgen.bench.output import machine_info, render_table, results_document, write_results
+from loadgen.bench.steps import FPING, LOADGEN, PING, Step, StepResult, evaluate, fping_count
+from loadgen.bench.topology import MAX_TARGETS, BenchNet, bench_net
+from loadgen.errors import LoadgenError, PermissionProblem, UsageError
+from loadgen.units import NS_PER_S, parse_duration_ns, parse_rate
+
+DEFAULT_RATES = "50k,100k,200k,250k,300k"
+PING_PPS_GUESS = 80_000  # ping -f's pace on the reference machine: sizes its count to the step
+START_LIMIT_S = 30.0  # python, numpy and worker start-up on a busy 2-core machine
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    rates_pps: tuple[float, ...]
+    workers: tuple[int, ...]
+    duration_s: float
+    targets: int
+    ping_count: int
+    fping_count: int  # per target
+    peers: bool
+    output: Path
+
+
+def ladder(cfg: Config) -> list[Step]:
+    steps = []
+    if cfg.peers:
+        steps.append(Step(PING, 1, count=cfg.ping_count))
+        steps.append(Step(FPING, cfg.targets, count=fping_count(cfg.fping_count, cfg.targets)))
+    steps += [
+        Step(LOADGEN, cfg.targets, rate_pps=r, workers=w, duration_s=cfg.duration_s)
+        for w in cfg.workers
+        for r in cfg.rates_pps
+    ]
+    return steps
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags become a UsageError (one line, exit 2) instead of argparse's own exit."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m loadgen.bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="2 s steps: a smoke run")
+    p.add_argument(
+        "--rates", default=DEFAULT_RATES, help=f"loadgen rates (default {DEFAULT_RATES})"
+    )
+    p.add_argument("--workers", default="1,2", help="worker counts (default 1,2)")
+    p.add_argument("--duration", help="sending time per loadgen step (default 10s, quick 2s)")
+    p.add_argument("--targets", type=int, default=MAX_TARGETS, help="addresses (1..64)")
+    p.add_argument("--ping-count", type=int, help="ping -f probes (default: duration's worth)")
+    p.add_argument("--fping-count", type=int, default=1000, help="fping probes per target")
+    p.add_argument("--no-peers", action="store_true", help="skip ping -f and fping")
+    p.add_argument("--output", default="bench-results.json", help="results file")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None) -> Config:
+    a = _parser().parse_args(argv)
+    duration_ns = parse_duration_ns(a.duration or ("2s" if a.quick else "10s"), key="--duration")
+    duration_s = duration_ns / NS_PER_S
+    rates = tuple(parse_rate(r.strip(), key="--rates") for r in a.rates.split(",") if r.strip())
+    try:
+        workers = tuple(int(w) for w in a.workers.split(",") if w.strip())
+    except ValueError:
+        raise UsageError(f"--workers {a.workers!r}: give counts like 1,2") from None
+    if not rates or not workers or min(workers) < 1:
+        raise UsageError("--rates and --workers need at least one positive value each")
+    if not 1 <= a.targets <= MAX_TARGETS:
+        raise UsageError(f"--targets {a.targets}: the responder has 1..{MAX_TARGETS} addresses")
+    for name in ("ping_count", "fping_count"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    return Config(
+        rates_pps=rates,
+        workers=workers,
+        duration_s=duration_s,
+        targets=a.targets,
+        ping_count=a.ping_count or round(duration_s * PING_PPS_GUESS),
+        fping_count=a.fping_count,
+        peers=not a.no_peers,
+        output=Path(a.output),
+    )
+
+
+def _check_tools(cfg: Config) -> None:
+    if os.geteuid() != 0:
+        raise PermissionProblem("the bench builds network namespaces and raw sockets: run as root")
+    for tool in ("ip", *(("ping", "fping") if cfg.peers else ())):
+        if shutil.which(tool) is None:
+            raise UsageError(f"{tool} not found: run `make sysdeps` (or pass --no-peers)")
+
+
+def run_step(net: BenchNet, step: Step) -> StepResult:
+    load1 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="loadgen-bench-") as tmp:
+        jsonl = Path(tmp) / "run.jsonl"
+        argv = step.argv(net.targets[: step.targets], jsonl)
+        m = run_measured(
+            net, argv, start_s=START_LIMIT_S, run_s=step.run_limit_s(), workdir=Path(tmp)
+        )
+        result = evaluate(step, m, jsonl)
+    return dataclasses.replace(result, notes=(*result.notes, f"load average before: {load1:.2f}"))
+
+
+def run_ladder(
+    cfg: Config, progress: Callable[[str], None], results: list[StepResult]
+) -> list[StepResult]:
+    """Run every step, appending to `results` as they finish (so CTRL-C keeps what is done)."""
+    steps = ladder(cfg)
+    with bench_net(cfg.targets) as net:
+        for i, step in enumerate(steps, 1):
+            progress(f"[{i}/{len(steps)}] {step.label} ...")
+            results.append(run_step(net, step))
+            progress(render_table(results[-1:]).splitlines()[1])
+            time.sleep(0.5)  # let the previous tool's exit settle before the next one starts
+    return results
+
+
+def _sigterm_handler(owner_pid: int) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner_pid:  # a forked helper (pyroute2 forks one per netns socket)
+            os._exit(128 + signum)  # must not unwind into the bench's teardown
+        raise KeyboardInterrupt
+
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    results: list[StepResult] = []
+    code = 0
+    try:
+        cfg = parse_config(argv)
+        _check_tools(cfg)
+        machine = machine_info()
+        # Tear the namespaces down on `kill` too.
+        signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+        run_ladder(cfg, lambda s: print(s, flush=True), results)
+    except LoadgenError as exc:
+        print(f"loadgen bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("loadgen bench: interrupted; the namespaces are removed", file=sys.stderr)
+        code = 130
+    config: dict[str, Any] = {**dataclasses.asdict(cfg), "output": str(cfg.output)}
+    document = results_document(
+        results, machine=machine, config=config, started=started, wall_s=time.monotonic() - t0
+    )
+    document["interrupted"] = code == 130
+    write_results(cfg.output, document)
+    print()
+    print(render_table(results))
+    print(f"\nresults: {cfg.output}")
+    if code:
+        return code
+    return 1 if not document["ok"] else 0

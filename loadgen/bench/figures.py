@@ -1,0 +1,192 @@
+"""The bench's arithmetic: kernel counters, 100 ms windows, pacing error, loss and cost figures.
+
+Pure: text and numbers in, figures out. Parses /proc/net/snmp, the summaries of `ping` and
+`fping`, and loadgen's JSONL export; turns counter samples into steady-state windows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Snmp = Mapping[str, Mapping[str, int]]
+
+_PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?")
+_ANSWER_KEYS = ("received", "late", "duplicates", "bitflips", "stale")  # not corrupted: the
+# kernel counts a bad checksum as InCsumErrors, never as InEchoReps
+_FPING_RE = re.compile(r"^\S+\s*:\s*xmt/rcv/%loss = (\d+)/(\d+)/", re.MULTILINE)
+
+
+def parse_snmp(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/snmp: pairs of lines `Proto: Name Name ...` and `Proto: 1 2 ...`."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) % 2:
+        raise ValueError("snmp text has a header line without its value line")
+    out: dict[str, dict[str, int]] = {}
+    for head, vals in zip(lines[0::2], lines[1::2], strict=True):
+        proto, names = head.split(":", 1)
+        vproto, values = vals.split(":", 1)
+        if proto != vproto or len(names.split()) != len(values.split()):
+            raise ValueError(f"snmp lines for {proto!r} and {vproto!r} do not pair up")
+        out[proto] = dict(zip(names.split(), map(int, values.split()), strict=True))
+    return out
+
+
+def icmp_delta(before: Snmp, after: Snmp) -> dict[str, int]:
+    """Growth of every Icmp counter between two readings of one namespace."""
+    b, a = before.get("Icmp", {}), after.get("Icmp", {})
+    return {k: a[k] - b[k] for k in a if k in b}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One 100 ms reading: monotonic time, echo requests the responder has seen, tool CPU."""
+
+    t_ns: int
+    requests_in: int
+    cpu_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    dt_s: float
+    packets: int
+    cpu_s: float
+
+    @property
+    def rate_pps(self) -> float:
+        return self.packets / self.dt_s
+
+
+def steady_windows(samples: Sequence[Sample]) -> list[Window]:
+    """Windows between consecutive samples while packets flow, without the first and last
+    (partial) ones: start-up and shutdown are not pacing."""
+    windows = [
+        Window((b.t_ns - a.t_ns) / 1e9, b.requests_in - a.requests_in, b.cpu_s - a.cpu_s)
+        for a, b in itertools.pairwise(samples)
+        if b.t_ns > a.t_ns
+    ]
+    active = [i for i, w in enumerate(windows) if w.packets > 0]
+    if len(active) < 3:
+        return []
+    return windows[active[0] + 1 : active[-1]]
+
+
+def achieved_pps(windows: Sequence[Window]) -> float | None:
+    seconds = sum(w.dt_s for w in windows)
+    return sum(w.packets for w in windows) / seconds if seconds > 0 else None
+
+
+def pacing_error_p99(windows: Sequence[Window], reference_pps: float) -> float | None:
+    """p99 over windows of |achieved - reference| / reference (a fraction, not percent)."""
+    if not windows or reference_pps <= 0:
+        return None
+    rates = np.array([w.rate_pps for w in windows])
+    return float(np.percentile(np.abs(rates - reference_pps) / reference_pps, 99))
+
+
+def per_million(cpu_s: float, probes: int) -> float | None:
+    return cpu_s * 1e6 / probes if probes > 0 else None
+
+
+def steady_cpu_per_million(windows: Sequence[Window]) -> float | None:
+    """CPU-s per 1M probes while sending: start-up (imports, spawning) and linger left out."""
+    return per_million(sum(w.cpu_s for w in windows), sum(w.packets for w in windows))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCounts:
+    """What the tool itself says: probes sent and replies it took in (any outcome)."""
+
+    sent: int
+    answered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """Loss split by where it happened, from the two namespaces' kernel ICMP counters.
+
+    wire_requests: sent by the tool, never reached the responder's ICMP layer (InEchos).
+    wire_replies: replies the responder sent (OutEchoReps) the client kernel never saw.
+    self_client: replies the client kernel took in (InEchoReps) the tool did not count.
+    self_responder: replies the responder sent the tool did not count (wire + self).
+    """
+
+    wire_requests: int
+    wire_replies: int
+    self_client: int
+    self_responder: int
+    kernel_sent: int  # client OutEchos: what the tool's sends became in the kernel
+
+
+def loss_figures(
+    counts: ToolCounts, client: Mapping[str, int], responder: Mapping[str, int]
+) -> Loss:
+    return Loss(
+        wire_requests=counts.sent - responder.get("InEchos", 0),
+        wire_replies=responder.get("OutEchoReps", 0) - client.get("InEchoReps", 0),
+        self_client=client.get("InEchoReps", 0) - counts.answered,
+        self_responder=responder.get("OutEchoReps", 0) - counts.answered,
+        kernel_sent=client.get("OutEchos", 0),
+    )
+
+
+def parse_ping(text: str) -> ToolCounts | None:
+    """iputils ping's summary line: transmitted, received and duplicates (replies too)."""
+    m = _PING_RE.search(text)
+    if m is None:
+        return None
+    return ToolCounts(int(m[1]), int(m[2]) + int(m[3] or 0))
+
+
+def parse_fping(text: str) -> tuple[ToolCounts, int] | None:
+    """fping -c -q per-target lines `addr : xmt/rcv/%loss = 10/10/0%`, summed; and targets."""
+    rows = _FPING_RE.findall(text)
+    if not rows:
+        return None
+    return ToolCounts(sum(int(x) for x, _ in rows), sum(int(r) for _, r in rows)), len(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadgenTotals:
+    counts: ToolCounts
+    unaccounted: int  # summed over the summary and every closed second: anything but 0 is a bug
+    failures: tuple[str, ...]
+    interrupted: bool
+    send_errors: int
+    rx_dropped: int
+    limited_seconds: int  # seconds loadgen's self-check says it could not keep up in
+
+
+def parse_loadgen_jsonl(lines: Iterable[str]) -> LoadgenTotals | None:
+    """The totals of loadgen's JSONL export (schema v1, see loadgen.report), None without a
+    summary line (the run died before writing it)."""
+    unaccounted = 0
+    summary = None
+    for line in lines:
+        if not line.strip():
+            continue
+        obj = json.loads(line)
+        if obj.get("type") == "second_total":
+            unaccounted += abs(int(obj.get("unaccounted", 0)))
+        elif obj.get("type") == "summary":
+            summary = obj
+    if summary is None:
+        return None
+    total, extra = summary["total"], summary.get("extra", {})
+    # Every echo reply the client kernel counts lands in exactly one of these.
+    answered = sum(int(total[k]) for k in _ANSWER_KEYS)
+    return LoadgenTotals(
+        counts=ToolCounts(int(total["sent"]), answered),
+        unaccounted=unaccounted + abs(int(total["unaccounted"])),
+        failures=tuple(str(f) for f in extra.get("failures", ())),
+        interrupted=bool(extra.get("interrupted", False)),
+        send_errors=int(extra.get("send_errors", 0)),
+        rx_dropped=int(extra.get("rx_dropped", 0)),
+        limited_seconds=len(extra.get("generator_limited_seconds", ())),
+    )

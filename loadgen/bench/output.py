@@ -1,0 +1,150 @@
+"""What the bench shows and keeps: the results table (plain text, one row per step), the
+results document (JSON, with the machine it ran on) and the machine description itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy
+
+import loadgen
+from loadgen.bench.steps import StepResult
+
+RESULTS_SCHEMA = 1
+_COLUMNS = (
+    ("step", "<", 16),
+    ("tgts", ">", 4),
+    ("req pps", ">", 8),
+    ("achieved", ">", 8),
+    ("p99 pace", ">", 8),
+    ("wire loss", ">", 9),
+    ("self loss c/r", ">", 13),
+    ("CPU-s/1M", ">", 11),
+    ("RSS MiB", ">", 7),
+    ("status", "<", 6),
+)
+FOOTNOTES = (
+    "achieved: echo requests/s reaching the responder, over steady 100 ms windows",
+    "p99 pace: p99 over 100 ms windows of |achieved - requested| / requested "
+    "(* peers set no rate: vs their own mean)",
+    "wire loss: sent - responder InEchos; self loss c/r: client InEchoReps / responder "
+    "OutEchoReps - replies the tool counted",
+    "CPU-s/1M: user+sys of the whole process tree per 1M probes sent, whole run / steady "
+    "sending only",
+    "RSS MiB: sum over the tool's processes of each one's peak RSS",
+)
+
+
+def _k(pps: float | None) -> str:
+    if pps is None:
+        return "-"
+    return f"{pps / 1e3:.1f}k" if pps >= 1e3 else f"{pps:.0f}"
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table_row(r: StepResult) -> tuple[str, ...]:
+    pace = _opt(None if r.pacing_p99 is None else 100 * r.pacing_p99, ".1f")
+    if r.pacing_p99 is not None:
+        pace += "%" + ("*" if r.pacing_reference == "achieved" else "")
+    loss = r.loss
+    return (
+        r.label,
+        str(r.targets),
+        _k(r.requested_pps),
+        _k(r.achieved_pps),
+        pace,
+        "-" if loss is None else str(loss.wire_requests),
+        "-" if loss is None else f"{loss.self_client}/{loss.self_responder}",
+        f"{_opt(r.cpu_s_per_m, '.1f')}/{_opt(r.cpu_s_per_m_steady, '.1f')}",
+        f"{r.peak_rss_bytes / 2**20:.0f}",
+        "BROKEN" if r.broken else "ok",
+    )
+
+
+def render_table(results: Sequence[StepResult]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            format(c, f"{align}{width}")
+            for c, (_, align, width) in zip(cells, _COLUMNS, strict=True)
+        ).rstrip()
+
+    out = [line([name for name, _, _ in _COLUMNS])]
+    out += [line(table_row(r)) for r in results]
+    for r in results:
+        out += [f"{r.label}: BROKEN: {p}" for p in r.problems]
+        out += [f"{r.label}: note: {n}" for n in r.notes]
+    out += ["", *FOOTNOTES]
+    return "\n".join(out)
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not available"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "kernel": platform.release(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "loadgen": loadgen.__version__,
+        "ping": _first_line(["ping", "-V"]),
+        "fping": _first_line(["fping", "-v"]),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def results_document(
+    results: Sequence[StepResult],
+    *,
+    machine: Mapping[str, Any],
+    config: Mapping[str, Any],
+    started: str,
+    wall_s: float,
+) -> dict[str, Any]:
+    return {
+        "schema": RESULTS_SCHEMA,
+        "started": started,
+        "wall_s": round(wall_s, 3),
+        "machine": dict(machine),
+        "config": dict(config),
+        "method": list(FOOTNOTES),
+        "ok": not any(r.broken for r in results),
+        "broken": [r.label for r in results if r.broken],
+        "steps": [dataclasses.asdict(r) for r in results],
+    }
+
+
+def write_results(path: Path, document: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    tmp.replace(path)

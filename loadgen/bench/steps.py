@@ -1,0 +1,191 @@
+"""One bench step: what to run (loadgen at a rate and worker count, `ping -f`, `fping`), the
+command line for it, and how its measurement becomes figures and a verdict (sound or broken).
+
+A step is broken when the tool crashed, hung, or its own accounting does not add up; a slow
+machine (low achieved rate, loss) is a result, never a failure.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadgen.bench.figures import (
+    Loss,
+    ToolCounts,
+    achieved_pps,
+    loss_figures,
+    pacing_error_p99,
+    parse_fping,
+    parse_loadgen_jsonl,
+    parse_ping,
+    per_million,
+    steady_cpu_per_million,
+    steady_windows,
+)
+from loadgen.bench.measure import Measured
+
+LOADGEN, PING, FPING = "loadgen", "ping -f", "fping"
+# fping 5.x refuses to reuse a sequence number within 10 s (its seqmap has 65535 slots), so a
+# count run at full speed is capped at 65535 probes in all: 1000 per target for 64 targets.
+FPING_MAX_TOTAL = 65535
+SHORT_RUN_S = 0.5
+LINGER_S = 2.0  # loadgen's default linger (-d) after the last probe
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    tool: str
+    targets: int
+    rate_pps: float | None = None  # loadgen: requested total rate; peers pace themselves
+    workers: int | None = None
+    duration_s: float = 0.0  # loadgen: sending time
+    count: int = 0  # peers: probes per target
+
+    @property
+    def label(self) -> str:
+        if self.tool == LOADGEN and self.rate_pps is not None:
+            return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}"
+        return self.tool
+
+    def argv(self, targets: Sequence[str], jsonl: Path) -> list[str]:
+        if self.tool == LOADGEN:
+            return [
+                *(sys.executable, "-m", "loadgen", "ping", ",".join(targets)),
+                *("-r", f"{self.rate_pps:.0f}", "--duration", f"{self.duration_s:g}s"),
+                *("--workers", str(self.workers), "--plain", "--jsonl", str(jsonl)),
+            ]
+        if self.tool == PING:
+            deadline = max(5, round(3 * self.count / 20_000))  # a bound, not the pace
+            return ["ping", "-f", "-q", "-c", str(self.count), "-w", str(deadline), targets[0]]
+        # -i 0: no gap between any two probes; -p: per-target period, well below what it
+        # reaches; -t: the default timeout in count mode is the period, which would be 0.1 ms.
+        return ["fping", "-q", "-c", str(self.count), "-i", "0", "-p", "0.1", "-t", "500", *targets]
+
+    def run_limit_s(self) -> float:
+        """How long it may run after its first probe before the bench calls it hung."""
+        if self.tool == LOADGEN:
+            return self.duration_s + LINGER_S + 15.0
+        return 30.0 + self.count * self.targets / 10_000
+
+
+def fping_count(per_target: int, targets: int) -> int:
+    return max(1, min(per_target, FPING_MAX_TOTAL // targets))
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    label: str
+    tool: str
+    targets: int
+    workers: int | None
+    requested_pps: float | None
+    achieved_pps: float | None  # echo requests reaching the responder, steady 100 ms windows
+    pacing_p99: float | None  # p99 |window rate - reference| / reference, a fraction
+    pacing_reference: str  # "requested" rate, or the tool's own "achieved" mean (peers)
+    windows: int
+    sent: int
+    answered: int
+    loss: Loss | None
+    cpu_s: float
+    cpu_s_per_m: float | None  # whole run: start-up, sending, linger
+    cpu_s_per_m_steady: float | None  # only the steady sending windows
+    peak_rss_bytes: int
+    processes: int
+    wall_s: float
+    exit_code: int | None
+    problems: tuple[str, ...]  # non-empty: the step is broken
+    notes: tuple[str, ...] = ()
+    window_pps: tuple[int, ...] = ()  # every steady 100 ms window's rate, for the curious
+    kernel_client: dict[str, int] = field(default_factory=dict)
+    kernel_responder: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.problems)
+
+
+def _tool_counts(
+    step: Step, m: Measured, jsonl: Path, notes: list[str]
+) -> tuple[ToolCounts | None, list[str]]:
+    """The tool's own counts, and what is wrong with the run if anything is."""
+    problems: list[str] = []
+    if m.timed_out:
+        problems.append(f"hung: stopped by the bench after {m.wall_s:.0f} s")
+    if step.tool == LOADGEN:
+        text = jsonl.read_text(errors="replace") if jsonl.exists() else ""
+        totals = parse_loadgen_jsonl(text.splitlines())
+        if m.exit_code not in (0, None):
+            problems.append(f"loadgen exited {m.exit_code}: {_last_line(m.stderr)}")
+        if totals is None:
+            problems.append("no summary in the JSONL export")
+            return None, problems
+        if totals.unaccounted:
+            problems.append(f"{totals.unaccounted} probes unaccounted")
+        problems += [f"failure: {f}" for f in totals.failures]
+        for n, what in (
+            (totals.limited_seconds, "second(s) loadgen flagged as generator-limited"),
+            (totals.send_errors, "send errors"),
+            (totals.rx_dropped, "replies dropped at loadgen's sockets"),
+        ):
+            if n:
+                notes.append(f"{n} {what}")
+        return totals.counts, problems
+    if m.exit_code not in (0, 1, None):  # 1: some loss, which is a result
+        problems.append(f"{step.tool} exited {m.exit_code}: {_last_line(m.stderr)}")
+    if step.tool == PING:
+        counts = parse_ping(m.stdout)
+    else:
+        parsed = parse_fping(m.stderr + m.stdout)
+        counts = parsed[0] if parsed else None
+        if parsed and parsed[1] != step.targets:
+            problems.append(f"fping reported {parsed[1]} of {step.targets} targets")
+    if counts is None:
+        problems.append(f"no {step.tool} summary in its output")
+    return counts, problems
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "(no output)"
+
+
+def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
+    notes: list[str] = []
+    counts, problems = _tool_counts(step, m, jsonl, notes)
+    windows = steady_windows(m.samples)
+    achieved = achieved_pps(windows)
+    reference = step.rate_pps or achieved
+    sent = counts.sent if counts else m.client.get("OutEchos", 0)
+    if not windows:
+        notes.append("too short for 100 ms windows: no rate or pacing figure")
+    if m.wall_s < SHORT_RUN_S:
+        notes.append(f"ran {m.wall_s:.2f} s: peak RSS is sampled every 100 ms and may be missed")
+    return StepResult(
+        label=step.label,
+        tool=step.tool,
+        targets=step.targets,
+        workers=step.workers,
+        requested_pps=step.rate_pps,
+        achieved_pps=achieved,
+        pacing_p99=pacing_error_p99(windows, reference) if reference else None,
+        pacing_reference="requested" if step.rate_pps else "achieved",
+        windows=len(windows),
+        sent=sent,
+        answered=counts.answered if counts else 0,
+        loss=loss_figures(counts, m.client, m.responder) if counts else None,
+        cpu_s=m.cpu_s,
+        cpu_s_per_m=per_million(m.cpu_s, sent),
+        cpu_s_per_m_steady=steady_cpu_per_million(windows),
+        peak_rss_bytes=m.peak_rss_bytes,
+        processes=m.processes,
+        wall_s=m.wall_s,
+        exit_code=m.exit_code,
+        problems=tuple(problems),
+        notes=tuple(notes),
+        window_pps=tuple(round(w.rate_pps) for w in windows),
+        kernel_client=m.client,
+        kernel_responder=m.responder,
+    )
