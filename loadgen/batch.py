@@ -32,33 +32,22 @@ def _fold(total: NDArray[np.uint64]) -> NDArray[np.uint64]:
     return (total & 0xFFFF) + (total >> 16)
 
 
-def _word_sums(rows: NDArray[np.uint8]) -> NDArray[np.uint64]:
-    """Per-row sum of big-endian 16-bit words, an odd last byte padded with zero."""
-    width = rows.shape[1]
-    even = width & ~1
-    total: NDArray[np.uint64] = rows[:, :even].view(">u2").sum(axis=1, dtype=np.uint64)
-    if width % 2:
-        total += rows[:, even].astype(np.uint64) << 8
-    return total
-
-
-def _checksum_ok(rows: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    """Rows whose Internet checksum verifies. The ones' complement sum does not depend on byte
-    order (RFC 1071 section 2(B)) and the all-ones test is symmetric, so the words are read
-    little-endian, skipping a byte swap per word."""
+def _le_sums(rows: NDArray[np.uint8]) -> NDArray[np.uint64]:
+    """Per-row sum of little-endian 16-bit words, an odd last byte padded with zero. The ones'
+    complement sum does not depend on byte order (RFC 1071 section 2(B)): this is the
+    big-endian sum byte-swapped, without a byte swap per word."""
     width = rows.shape[1]
     even = width & ~1
     total: NDArray[np.uint64] = rows[:, :even].view("<u2").sum(axis=1, dtype=np.uint64)
     if width % 2:
         total += rows[:, even]  # the zero pad byte is the high half of a little-endian word
-    ok: NDArray[np.bool_] = _fold(total) == 0xFFFF
+    return total
+
+
+def _checksum_ok(rows: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Rows whose Internet checksum verifies (the all-ones test is symmetric in byte order)."""
+    ok: NDArray[np.bool_] = _fold(_le_sums(rows)) == 0xFFFF
     return ok
-
-
-def _be(values: NDArray[Any], dtype: str) -> NDArray[np.uint8]:
-    """Values as rows of big-endian bytes, ready to assign into a packet column range."""
-    width = np.dtype(dtype).itemsize
-    return np.ascontiguousarray(values, dtype=dtype).view(np.uint8).reshape(len(values), width)
 
 
 def _field(rows: NDArray[np.uint8], at: int, dtype: str) -> NDArray[Any]:
@@ -75,9 +64,9 @@ def _check_size(size: int) -> None:
 
 
 class EchoBuilder:
-    """Builds batches of echo requests for one (ident, run_id, size): four templates (one per
-    fill pattern) with their checksum partial sums, so a batch costs a row gather, a few column
-    writes and an O(n) checksum update."""
+    """Builds batches of echo requests for one (ident, run_id, size) into one reused buffer:
+    a row gather from four templates (one per fill pattern), four column writes and one
+    checksum pass, whatever the batch size."""
 
     def __init__(self, ident: int, run_id: int, size: int) -> None:
         _check_size(size)
@@ -85,8 +74,7 @@ class EchoBuilder:
             raise ValueError(f"ident {ident} or run_id {run_id} out of range: u16 and u32")
         self.ident, self.run_id, self.size = ident, run_id, size
         fills = icmp.fill_patterns(run_id, size - icmp.MIN_PAYLOAD)
-        # Template p: the request for pattern p with target, seq, tx_ns, sequence and checksum 0;
-        # build() adds those fields to the template word sum (seq16 twice: ICMP header and payload).
+        # Template p: the request for pattern p with target, seq, tx_ns, sequence and checksum 0.
         self._templates = np.stack(
             [
                 np.frombuffer(
@@ -98,41 +86,34 @@ class EchoBuilder:
                 for fill in fills
             ]
         )
-        self._template_sums = _word_sums(self._templates)
+        self._rows = np.zeros((0, self._templates.shape[1]), dtype=np.uint8)
 
     def build(
-        self, targets: NDArray[np.uint32], seqs: NDArray[np.uint64], tx_ns: int
+        self, targets: NDArray[np.integer], seqs: NDArray[np.integer], tx_ns: int
     ) -> NDArray[np.uint8]:
         """Rows of ICMP messages (no IP header), row i for (targets[i], seqs[i]), all stamped
-        tx_ns; identical to `icmp.build_echo_request` row by row."""
+        tx_ns; identical to `icmp.build_echo_request` row by row. The rows live in the
+        builder's buffer: valid until the next build."""
         targets = np.asarray(targets, dtype=np.uint32)
         seqs = np.asarray(seqs, dtype=np.uint64)
         if targets.shape != seqs.shape or targets.ndim != 1:
             raise ValueError(f"targets {targets.shape} and seqs {seqs.shape} must be equal 1-d")
         try:
-            tx_bytes = struct.pack("!q", tx_ns)
+            tx_bytes = np.frombuffer(struct.pack("!q", tx_ns), dtype=np.uint8)
         except struct.error:
             raise ValueError(f"tx_ns {tx_ns} does not fit a signed 64-bit field") from None
-        out = self._templates[(seqs & 3).astype(np.intp)]
-        seq16 = seqs & 0xFFFF
-        out[:, _SEQ16 : _SEQ16 + 2] = _be(seq16, ">u2")
-        out[:, _TARGET : _TARGET + 4] = _be(targets, ">u4")
-        out[:, _SEQ : _SEQ + 8] = _be(seqs, ">u8")
-        out[:, _TX : _TX + 8] = np.frombuffer(tx_bytes, dtype=np.uint8)
-        tx_words = sum(struct.unpack("!4H", tx_bytes))
-        t64 = targets.astype(np.uint64)
-        total = (
-            self._template_sums[(seqs & 3).astype(np.intp)]
-            + np.uint64(tx_words)
-            + seq16
-            + (t64 >> 16)
-            + (t64 & 0xFFFF)
-            + (seqs >> 48)
-            + ((seqs >> 32) & 0xFFFF)
-            + ((seqs >> 16) & 0xFFFF)
-            + seq16
-        )
-        out[:, _CSUM : _CSUM + 2] = _be(~_fold(total) & 0xFFFF, ">u2")
+        n = len(seqs)
+        if n > len(self._rows):
+            self._rows = np.zeros((max(n, 2 * len(self._rows)), self._rows.shape[1]), np.uint8)
+        out = self._rows[:n]
+        np.take(self._templates, seqs & 3, axis=0, out=out)
+        out[:, _SEQ16 : _SEQ16 + 2].view(">u2")[:, 0] = seqs & 0xFFFF
+        out[:, _TARGET : _TARGET + 4].view(">u4")[:, 0] = targets
+        out[:, _SEQ : _SEQ + 8].view(">u8")[:, 0] = seqs
+        out[:, _TX : _TX + 8] = tx_bytes
+        # RFC 1071 2(B): summed as little-endian words the checksum comes out byte-swapped,
+        # and is stored little-endian, which swaps it back.
+        out[:, _CSUM : _CSUM + 2].view("<u2")[:, 0] = ~_fold(_le_sums(out)) & 0xFFFF
         return out
 
 
@@ -176,12 +157,57 @@ class ReplyDecoder:
         self._fills = icmp.fill_patterns(run_id, size - icmp.MIN_PAYLOAD)
         self._fill_rows = np.stack([np.frombuffer(f, dtype=np.uint8) for f in self._fills])
         self._magic_run = np.frombuffer(struct.pack("!II", icmp.MAGIC, run_id), dtype=np.uint8)
+        self._init_fast_path()
+
+    def _init_fast_path(self) -> None:
+        """Every byte a good reply fixes, as 64-bit words: (row & mask) == expect[seq % 4]
+        checks the IP version, header length, total length and protocol, the ICMP type, code
+        and identifier, magic, run id and fill of a whole row in one comparison."""
+        length = self.datagram_len
+        self._words = (length + 7) // 8
+        mask = np.zeros(self._words * 8, np.uint8)
+        expect = np.zeros((icmp.N_PATTERNS, self._words * 8), np.uint8)
+        fixed = {
+            0: bytes([0x45]),
+            2: struct.pack("!H", length),
+            9: bytes([icmp.IPPROTO_ICMP]),
+            _IP: bytes([icmp.IcmpType.ECHO_REPLY, 0]),
+            _IP + 4: struct.pack("!H", self.ident),
+            _IP + _MAGIC: self._magic_run.tobytes(),
+        }
+        for at, value in fixed.items():
+            mask[at : at + len(value)] = 0xFF
+            expect[:, at : at + len(value)] = np.frombuffer(value, np.uint8)
+        mask[_IP + _FILL : length] = 0xFF
+        expect[:, _IP + _FILL : length] = self._fill_rows
+        self._mask, self._expect = mask.view(np.uint64), expect.view(np.uint64)
+        # Outputs of the fast path: reused per call; the constant columns are read-only.
+        self._cap = 0
+        self._grow(256)
+
+    def _grow(self, n: int) -> None:
+        self._cap = n
+        self._target = np.zeros(n, np.uint32)
+        self._seq = np.zeros(n, np.uint64)
+        self._tx = np.zeros(n, np.int64)
+        self._src = np.zeros(n, np.uint32)
+        self._all_reply = np.full(n, icmp.DecodeStatus.REPLY, np.uint8)
+        self._zero_u8 = np.zeros(n, np.uint8)
+        self._zero_u32 = np.zeros(n, np.uint32)
+        self._false = np.zeros(n, bool)
+        for constant in (self._all_reply, self._zero_u8, self._zero_u32, self._false):
+            constant.flags.writeable = False
 
     def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
         """Decode rows 0..n-1 of buf; row i holds lengths[i] valid bytes (a length beyond the
-        row means the datagram was cut short and is decoded as what the row holds)."""
+        row means the datagram was cut short and is decoded as what the row holds). A batch
+        of nothing but good replies (the usual one) comes back in arrays the decoder reuses:
+        valid until the next decode."""
         if buf.ndim != 2 or buf.dtype != np.uint8 or not 0 <= n <= min(len(buf), len(lengths)):
             raise ValueError(f"decode needs a 2-d uint8 buffer with at least n={n} rows/lengths")
+        fast = self._all_good_replies(buf, lengths, n)
+        if fast is not None:
+            return fast
         buf = np.ascontiguousarray(buf[:n])
         lens = np.clip(np.asarray(lengths[:n], dtype=np.int64), 0, buf.shape[1])
         out = DecodedBatch(
@@ -200,6 +226,46 @@ class ReplyDecoder:
         for i in np.flatnonzero(~done).tolist():
             self._decode_one(out, i, bytes(buf[i, : lens[i]]))
         return out
+
+    def _all_good_replies(
+        self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int
+    ) -> DecodedBatch | None:
+        """The batch decoded, if every row is a good reply of the plain shape; else None (and
+        the general path decides). Verdicts are those of `icmp._decode_reply`."""
+        length, width = self.datagram_len, self._words * 8
+        if n == 0 or buf.shape[1] < width or buf.strides[1] != 1:
+            return None
+        if not (np.asarray(lengths[:n]) == length).all():
+            return None
+        rows = buf[:n]
+        if n > self._cap:
+            self._grow(max(n, 2 * self._cap))
+        seq = self._seq[:n]
+        seq[:] = rows[:, _IP + _SEQ : _IP + _SEQ + 8].view(">u8")[:, 0]
+        words = rows[:, :width].view(np.uint64)
+        if not ((words & self._mask) == self._expect[seq & 3]).all():
+            return None
+        if not (rows[:, _IP + _SEQ16 : _IP + _SEQ16 + 2].view(">u2")[:, 0] == (seq & 0xFFFF)).all():
+            return None
+        if not _checksum_ok(rows[:, _IP:length]).all() or not _checksum_ok(rows[:, :_IP]).all():
+            return None
+        target, tx, src = self._target[:n], self._tx[:n], self._src[:n]
+        target[:] = rows[:, _IP + _TARGET : _IP + _TARGET + 4].view(">u4")[:, 0]
+        tx[:] = rows[:, _IP + _TX : _IP + _TX + 8].view(">i8")[:, 0]
+        src[:] = rows[:, 12:16].view(">u4")[:, 0]
+        zero_u8, zero_u32 = self._zero_u8[:n], self._zero_u32[:n]
+        return DecodedBatch(
+            n,
+            self._all_reply[:n],
+            target,
+            seq,
+            tx,
+            src,
+            zero_u32,
+            zero_u8,
+            zero_u8,
+            self._false[:n],
+        )
 
     def _decode_echo_replies(
         self, buf: NDArray[np.uint8], lens: NDArray[np.int64], out: DecodedBatch

@@ -262,3 +262,31 @@ def test_damage_in_the_common_shape_is_decided_like_the_scalar(
     for i, datagram in enumerate(datagrams):
         assert got.row(i) == scalar_decode(datagram, size)
     assert (got.status[len(seqs) :] == S.REPLY).all()
+
+
+@BOUNDED
+@given(
+    SIZES,
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)), min_size=1),
+    st.integers(0, 10**6),
+    st.integers(0, 255),
+    st.booleans(),
+)
+def test_one_changed_byte_in_a_batch_of_good_replies_is_decided_like_the_scalar(
+    size: int, probes: list[tuple[int, int]], where: int, value: int, change: bool
+) -> None:
+    """A batch of good replies takes the one-comparison fast path; any single changed byte,
+    anywhere in any row (checksums left as they are), must leave it for the general path
+    or be decoded exactly as the scalar decoder would."""
+    datagrams = [reply_datagram(scalar_request(size, t, s, 77)) for t, s in probes]
+    if change:
+        row = where % len(datagrams)
+        at = where % len(datagrams[row])
+        d = datagrams[row]
+        datagrams[row] = d[:at] + bytes([value]) + d[at + 1 :]
+    buf, lens = as_buffer(datagrams, 256)
+    decoder = batch.ReplyDecoder(IDENT, RUN_ID, size)
+    want = [scalar_decode(datagram, size) for datagram in datagrams]
+    for _ in range(2):  # the second call reuses the first one's arrays
+        got = decoder.decode(buf, lens, len(datagrams))
+        assert [got.row(i) for i in range(got.n)] == want
