@@ -1,12 +1,16 @@
 """Probe tracking for one worker: every probe sent gets exactly one outcome record.
 
-Owns the outstanding-probe table (a ring of slots per target), the expiry queue, duplicate and
-reordering detection and the record stream. Pure and vectorised: it takes arrays and times in,
-returns records; it never reads a clock or touches a socket. Times are CLOCK_REALTIME ns (kernel
-RX stamps live there); the caller passes them in.
+Owns the outstanding-probe table (a ring of slots per target), the expiry queue, kernel TX
+stamps matched to their probes, duplicate and reordering detection and the record stream. Pure
+and vectorised: arrays and times in, records out; it never reads a clock or touches a socket.
+Times are CLOCK_REALTIME ns (kernel RX stamps live there); the caller passes them in.
 
 Probe k of the worker goes to local target `k % n_targets` with sequence `k // n_targets`, so
-sequences are dense per target and need no per-target counters.
+sequences are dense per target, a probe is named by k alone, and its slot is a function of
+`k % table size`. A record's tx_ns is always the user-space send time (its second is the
+probe's bucket, the same for SENT and outcome records); rtt_ns uses the kernel TX stamp when
+one in the RX stamp's clock domain arrived before the reply was decided, and the record's TX
+flag says so.
 """
 
 from __future__ import annotations
@@ -29,6 +33,31 @@ class SlotState(IntEnum):
     DAMAGED = 3  # only ICMP errors or damaged replies came back so far
 
 
+# Plain ints on the hot path: looking up an IntEnum member costs about a microsecond.
+_EMPTY, _OUTSTANDING, _ANSWERED, _DAMAGED = (int(state) for state in SlotState)
+_REPLY, _FOREIGN = int(DecodeStatus.REPLY), int(DecodeStatus.FOREIGN)
+_SENT, _RECEIVED = int(RecordKind.SENT), int(RecordKind.RECEIVED)
+_DUPLICATE = int(RecordKind.DUPLICATE)
+_REORDERED = np.uint8(RecordFlag.REORDERED)
+_TX_HW = int(RecordFlag.TX_HARDWARE)
+_FIELDS = ("tx_ns", "rtt_ns", "target", "kind", "flags")
+_RX_BITS = np.uint8(RecordFlag.RX_KERNEL | RecordFlag.RX_HARDWARE)
+# The kernel TX stamp that pairs with each kind of RX stamp: same clock, same layer.
+_TX_FOR_RX = np.zeros(256, dtype=np.uint8)
+_TX_FOR_RX[RecordFlag.RX_KERNEL] = RecordFlag.TX_KERNEL
+_TX_FOR_RX[RecordFlag.RX_HARDWARE] = RecordFlag.TX_HARDWARE
+
+
+def probes_of_tx_ids(ids: NDArray[np.uint32], first_k: int, sent: int) -> NDArray[np.int64]:
+    """Probe numbers k of kernel TX stamp ids (OPT_ID): id i is the i-th packet sent since
+    TX stamps were enabled, when the worker had sent `first_k` probes. Ids are 32 bits and
+    wrap, so each is read as the newest probe sent so far (k < sent) that carries it."""
+    newest = sent - 1 - first_k
+    i = newest - ((newest - ids.astype(np.int64)) & 0xFFFFFFFF)
+    k: NDArray[np.int64] = i + first_k
+    return k
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(4, int(n - 1).bit_length())
 
@@ -42,75 +71,125 @@ class Tracker:
         rate_pps: float,
         timeout_ns: int,
         linger_ns: int,
-        tx_flags: int = 0,
     ) -> None:
-        self.n = len(targets)
-        if self.n == 0:
+        self.n = n = len(targets)
+        if n == 0:
             raise ValueError("a tracker needs at least one target")
         self.targets = np.asarray(targets, dtype=np.uint32)
         self.timeout_ns = timeout_ns
         self.linger_ns = linger_ns
-        self.tx_flags = tx_flags
-        # Global target index -> local index (-1: not ours).
-        self._local = np.full(int(self.targets.max()) + 1, -1, dtype=np.int64)
-        self._local[self.targets] = np.arange(self.n)
+        # Global target index -> local index; -1 (also the last entry): not ours.
+        self._local = np.full(int(self.targets.max()) + 2, -1, dtype=np.int64)
+        self._local[self.targets] = np.arange(n)
         # Address -> local index, for ICMP errors that quote only 8 bytes of our probe.
         self._addr_order = np.argsort(addresses, kind="stable")
         self._addr_sorted = np.asarray(addresses, dtype=np.uint32)[self._addr_order]
         # Each target needs room for every probe it can have outstanding during linger, twice over.
-        per_target_pps = rate_pps / self.n
-        self.window = _pow2_at_least(int(per_target_pps * (linger_ns / 1e9) * 2) + 64)
-        size = self.n * self.window
+        self.window = _pow2_at_least(int(rate_pps / n * (linger_ns / 1e9) * 2) + 64)
+        self._size = size = n * self.window
+        # Probe k, at r = k % size: local target, slot and k // n - (k // size) * window.
+        r = np.arange(size, dtype=np.int64)
+        self._local_of = r % n
+        self._seq_of = r // n
+        self._slot_of = self._local_of * self.window + self._seq_of
         self._slot_seq = np.zeros(size, dtype=np.uint64)
-        self._slot_tx = np.zeros(size, dtype=np.int64)
+        self._slot_tx = np.zeros(size, dtype=np.int64)  # user-space send time
+        self._slot_ktx = np.zeros(size, dtype=np.int64)  # kernel TX stamp, valid if kflag
+        self._slot_kflag = np.zeros(size, dtype=np.uint8)  # TX_KERNEL / TX_HARDWARE / 0
         self._state = np.zeros(size, dtype=np.uint8)
-        # Expiry queue in send order; it can never hold more than the table.
-        self._fifo_slot = np.zeros(size, dtype=np.int64)
+        # Expiry queue in send order: probe k at k % size (its slot is _slot_of[k % size]).
         self._fifo_seq = np.zeros(size, dtype=np.uint64)
-        self._fifo_tx = np.zeros(size, dtype=np.int64)
-        self._head = 0  # next entry to expire
-        self._tail = 0  # next free entry
-        self._unresolved = 0  # entries before this are answered or expired
-        self._max_seq = np.full(self.n, -1, dtype=np.int64)
+        self._fifo_tx = np.zeros(size, dtype=np.int64)  # never decreasing, for searchsorted
+        self._head = 0  # next probe to expire
+        self._unresolved = 0  # probes before this are answered or expired
+        self._max_seq = np.full(n, -1, dtype=np.int64)
         self.sent = 0  # probes sent by this worker (k of the next probe)
-        self._pending: list[NDArray[np.void]] = []
+        self._stamped = False  # a kernel TX stamp was taken at least once
+        self._records = _RecordColumns()
         self.foreign = 0
         self.unattributed = 0
         self.evicted = 0
+        self.tx_stamps_taken = 0  # kernel TX stamps matched to an unresolved probe
+        self.tx_stamps_ignored = 0  # for probes already resolved, or never sent
 
     # -- sending ---------------------------------------------------------------------------
 
+    @property
+    def max_batch(self) -> int:
+        """The most probes one plan_batch/on_sent may cover (half the table)."""
+        return self._size // 2
+
     def plan_batch(self, count: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
         """Local target indexes and sequences of the next `count` probes (not yet sent)."""
-        ks = np.arange(self.sent, self.sent + count, dtype=np.int64)
-        return ks % self.n, (ks // self.n).astype(np.uint64)
+        local, seq, _ = self._plan(count)
+        return local, seq
+
+    def _plan(self, count: int) -> tuple[NDArray[np.int64], NDArray[np.uint64], NDArray[np.int64]]:
+        if not 0 <= count <= self.max_batch:
+            raise ValueError(f"batches are 0..{self.max_batch} probes, not {count}")
+        size, start = self._size, self.sent % self._size
+        wraps, base = self.sent // size, (self.sent // size) * self.window
+        if start + count <= size:  # slices of the tables: no per-probe arithmetic
+            at = slice(start, start + count)
+            local, slots = self._local_of[at], self._slot_of[at]
+            seq = (self._seq_of[at] + base).view(np.uint64)
+            return local, seq, slots
+        ks = np.arange(self.sent, self.sent + count, dtype=np.int64) % size
+        wrapped = self._seq_of[ks] + np.where(ks >= start, base, (wraps + 1) * self.window)
+        return self._local_of[ks], wrapped.view(np.uint64), self._slot_of[ks]
 
     def on_sent(self, count: int, tx_ns: int) -> None:
         """The first `count` probes of the last plan_batch went out at `tx_ns`."""
         if count <= 0:
             return
-        local, seq = self.plan_batch(count)
-        slots = local * self.window + (seq & np.uint64(self.window - 1)).astype(np.int64)
-        busy = self._state[slots] != SlotState.EMPTY
-        if busy.any():
-            # Only a pacing burst far beyond the table's margin gets here: resolve the old probes
-            # now rather than overwrite them, so none goes unaccounted.
-            self.evicted += int(busy.sum())
-            self._resolve(slots[busy], self._slot_tx[slots[busy]])
+        local, seq, slots = self._plan(count)
+        overflow = self.sent + count - self._head - self._size
+        if overflow > 0:
+            # Probe k shares its slot with probe k - size. Only a pacing burst far beyond the
+            # table's margin gets here: resolve the old probes now rather than overwrite them.
+            self.evicted += self._expire_oldest(overflow)
         self._slot_seq[slots] = seq
         self._slot_tx[slots] = tx_ns
-        self._state[slots] = SlotState.OUTSTANDING
-        capacity = len(self._fifo_slot)
-        pos = np.arange(self._tail, self._tail + count) % capacity
-        self._fifo_slot[pos] = slots
-        self._fifo_seq[pos] = seq
-        last = self._fifo_tx[(self._tail - 1) % capacity] if self._tail else tx_ns
-        self._fifo_tx[pos] = max(tx_ns, int(last))  # a stepped-back clock must not unsort it
-        self._tail += count
-        if self._tail - self._head > capacity:
-            raise AssertionError("expiry queue overflow: the table is smaller than its margin")
+        self._state[slots] = _OUTSTANDING
+        if self._stamped:
+            self._slot_kflag[slots] = 0
+        size = self._size
+        last = int(self._fifo_tx[(self.sent - 1) % size]) if self.sent else tx_ns
+        fifo_tx = max(tx_ns, last)  # a stepped-back clock must not unsort the queue
+        start = self.sent % size
+        first = min(count, size - start)
+        for lo, hi, at in ((0, first, start), (first, count, 0)):
+            if hi > lo:
+                self._fifo_seq[at : at + hi - lo] = seq[lo:hi]
+                self._fifo_tx[at : at + hi - lo] = fifo_tx
         self.sent += count
-        self._emit(RecordKind.SENT, np.full(count, tx_ns), 0, self.targets[local], self.tx_flags)
+        self._records.add(_SENT, tx_ns, 0, self.targets[local], 0)
+
+    def on_tx_stamps(
+        self, k: NDArray[np.int64], tx_ns: NDArray[np.int64], flags: NDArray[np.uint8]
+    ) -> None:
+        """Kernel TX stamps of probes k, in any order, any subset, at most one per kind and
+        probe: flags[i] is TX_KERNEL or TX_HARDWARE. A hardware stamp wins over a software one.
+        Stamps of probes already resolved (or never sent) are counted and ignored; a probe
+        whose reply was decided before its stamp arrived keeps its user-space send time."""
+        if not len(k):
+            return
+        k = np.asarray(k, dtype=np.int64)
+        local = k % self.n
+        seq = k // self.n
+        slots = local * self.window + (seq & (self.window - 1))
+        live = (k >= 0) & (k < self.sent) & (self._state[slots] != _EMPTY)
+        live &= self._slot_seq[slots] == seq.view(np.uint64)
+        hardware = flags == _TX_HW
+        # Software stamps first, where no hardware one is held; then hardware ones over them.
+        for take in (live & ~hardware & (self._slot_kflag[slots] != _TX_HW), live & hardware):
+            if take.any():
+                self._slot_ktx[slots[take]] = tx_ns[take]
+                self._slot_kflag[slots[take]] = flags[take]
+                self._stamped = True
+        taken = int(np.count_nonzero(live))
+        self.tx_stamps_taken += taken
+        self.tx_stamps_ignored += len(k) - taken
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -127,15 +206,21 @@ class Tracker:
         rx_flags: NDArray[np.uint8] | int,
     ) -> None:
         """Account for a batch of decoded packets, in arrival order."""
-        flags = np.broadcast_to(np.asarray(rx_flags, dtype=np.uint8), status.shape) | np.uint8(
-            self.tx_flags
-        )
-        self.foreign += int(np.count_nonzero(status >= DecodeStatus.FOREIGN))
+        if isinstance(rx_flags, int):
+            flags = np.full(len(status), rx_flags, dtype=np.uint8)
+        else:
+            flags = np.asarray(rx_flags, dtype=np.uint8)
+        seq = np.asarray(seq, dtype=np.uint64)
+        good_mask = status == _REPLY
+        if good_mask.all():  # the usual batch: nothing but good replies
+            self._on_good(target, seq, payload_tx_ns, rx_ns, flags)
+            return
+        self.foreign += int(np.count_nonzero(status >= _FOREIGN))
         damaged = (status == DecodeStatus.BITFLIP) | (status == DecodeStatus.CORRUPTED)
-        errors = status == DecodeStatus.ICMP_ERROR
-        if damaged.any() or errors.any():
-            self._on_damaged(status, target, seq, seq16_only, quoted_dst, damaged | errors, flags)
-        good = np.flatnonzero(status == DecodeStatus.REPLY)
+        damaged |= status == DecodeStatus.ICMP_ERROR
+        if damaged.any():
+            self._on_damaged(status, target, seq, seq16_only, quoted_dst, damaged, flags)
+        good = np.flatnonzero(good_mask)
         if len(good):
             self._on_good(target[good], seq[good], payload_tx_ns[good], rx_ns[good], flags[good])
 
@@ -143,15 +228,10 @@ class Tracker:
         self, target: NDArray[np.uint32], seq: NDArray[np.uint64]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
         """Local index, slot and whether the slot still tracks exactly that probe."""
-        tgt = target.astype(np.int64)
-        known = tgt < len(self._local)
-        local = np.where(known, self._local[np.where(known, tgt, 0)], -1)
-        slots = np.where(local >= 0, local, 0) * self.window + (
-            seq & np.uint64(self.window - 1)
-        ).astype(np.int64)
-        live = (
-            (local >= 0) & (self._slot_seq[slots] == seq) & (self._state[slots] != SlotState.EMPTY)
-        )
+        local = self._local[np.minimum(target, len(self._local) - 1)]
+        # A target not ours (-1) lands on a negative, valid index; `live` is false for it.
+        slots = local * self.window + (seq.view(np.int64) & (self.window - 1))
+        live = (local >= 0) & (self._slot_seq[slots] == seq) & (self._state[slots] != _EMPTY)
         return local, slots, live
 
     def _on_good(
@@ -163,41 +243,71 @@ class Tracker:
         flags: NDArray[np.uint8],
     ) -> None:
         local, slots, live = self._locate(target, seq)
-        # Replies to probes we did send but have already given up on are stale, not foreign.
-        sent_per_target = (self.sent - local + self.n - 1) // self.n
-        stale = ~live & (local >= 0) & (seq.astype(np.int64) < sent_per_target)
-        self.foreign += int(np.count_nonzero(~live & ~stale))
-        if stale.any():
-            tx = payload_tx_ns[stale]
-            self._emit(RecordKind.STALE, tx, rx_ns[stale] - tx, target[stale], flags[stale])
-        rows = np.flatnonzero(live)
-        if not len(rows):
-            return
+        if not live.all():
+            # Replies to probes we did send but have already given up on are stale, not foreign.
+            sent_per_target = (self.sent - local + self.n - 1) // self.n
+            stale = ~live & (local >= 0) & (seq.view(np.int64) < sent_per_target)
+            self.foreign += int(np.count_nonzero(~live & ~stale))
+            if stale.any():
+                tx = payload_tx_ns[stale]
+                rtt = rx_ns[stale] - tx
+                self._records.add(RecordKind.STALE, tx, rtt, target[stale], flags[stale])
+            rows = np.flatnonzero(live)
+            if not len(rows):
+                return
+            local, slots, seq = local[rows], slots[rows], seq[rows]
+            target, rx_ns, flags = target[rows], rx_ns[rows], flags[rows]
+        iseq = seq.view(np.int64)
+        k = iseq * self.n + local
+        in_order = len(k) < 2 or bool((k[1:] > k[:-1]).all())
         # The first reply per slot in this batch may be the answer; every other one is a copy.
-        _, first_idx = np.unique(slots[rows], return_index=True)
-        first = np.zeros(len(rows), dtype=bool)
-        first[first_idx] = True
-        rslots = slots[rows]
-        answer = first & (self._state[rslots] != SlotState.ANSWERED)
-        tx = self._slot_tx[rslots]
-        rtt = rx_ns[rows] - tx
-        dup = ~answer
-        if dup.any():
-            self._emit(RecordKind.DUPLICATE, tx[dup], rtt[dup], target[rows][dup], flags[rows][dup])
-        if answer.any():
-            arows = rows[answer]
-            reordered = self._reordered(local[arows], seq[arows])
-            aflags = flags[arows] | np.where(reordered, RecordFlag.REORDERED, 0).astype(np.uint8)
-            artt = rtt[answer]
-            kinds = np.where(artt <= self.timeout_ns, RecordKind.RECEIVED, RecordKind.LATE)
-            self._emit(kinds, tx[answer], artt, target[arows], aflags)
-            self._state[rslots[answer]] = SlotState.ANSWERED
+        answer = self._state[slots] != _ANSWERED
+        if not in_order:
+            _, first_idx = np.unique(slots, return_index=True)
+            first = np.zeros(len(slots), dtype=bool)
+            first[first_idx] = True
+            answer &= first
+        tx = send_tx = self._slot_tx[slots]
+        if self._stamped:
+            send_tx, tx_flags = self._kernel_send_times(slots, tx, flags)
+            flags = flags | tx_flags
+        rtt = rx_ns - send_tx
+        if not answer.all():
+            dup = ~answer
+            self._records.add(_DUPLICATE, tx[dup], rtt[dup], target[dup], flags[dup])
+            local, slots, iseq, target = local[answer], slots[answer], iseq[answer], target[answer]
+            tx, rtt, flags, in_order = tx[answer], rtt[answer], flags[answer], False
+            if not len(slots):
+                return
+        reordered = self._reordered(local, iseq, in_order)
+        if reordered.any():
+            flags = flags | np.where(reordered, _REORDERED, np.uint8(0))
+        kinds = (rtt > self.timeout_ns).view(np.uint8) + np.uint8(_RECEIVED)  # else LATE
+        self._records.add(kinds, tx, rtt, target, flags)
+        self._state[slots] = _ANSWERED
 
-    def _reordered(self, local: NDArray[np.int64], seq: NDArray[np.uint64]) -> NDArray[np.bool_]:
-        """True where a reply arrives after a reply to a later probe of the same target."""
-        order = np.lexsort((np.arange(len(local)), local))
+    def _kernel_send_times(
+        self, slots: NDArray[np.int64], tx: NDArray[np.int64], flags: NDArray[np.uint8]
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+        """The send times to subtract from these replies' RX stamps, and their TX flags: the
+        kernel TX stamp where it pairs with the reply's RX stamp, else user space (flag 0)."""
+        kflag = self._slot_kflag[slots]
+        paired = (kflag != 0) & (kflag == _TX_FOR_RX[flags & _RX_BITS])
+        send: NDArray[np.int64] = np.where(paired, self._slot_ktx[slots], tx)
+        return send, np.where(paired, kflag, np.uint8(0))
+
+    def _reordered(
+        self, local: NDArray[np.int64], seq: NDArray[np.int64], in_order: bool
+    ) -> NDArray[np.bool_]:
+        """True where a reply arrives after a reply to a later probe of the same target.
+        `in_order`: the batch is in increasing probe order, so only earlier batches count."""
+        if in_order:
+            out: NDArray[np.bool_] = seq < self._max_seq[local]
+            np.maximum.at(self._max_seq, local, seq)
+            return out
+        order = np.argsort(local, kind="stable")
         loc_s = local[order]
-        seq_s = seq[order].astype(np.int64)
+        seq_s = seq[order]
         running = np.maximum.accumulate((loc_s << _SEQ_BITS) | seq_s)
         prev = np.empty_like(running)
         prev[0] = -1
@@ -249,57 +359,80 @@ class Tracker:
             [RecordKind.BITFLIP, RecordKind.CORRUPTED],
             RecordKind.ICMP_ERROR,
         )
-        self._emit(kinds, self._slot_tx[slots], 0, tgt[live], flags[rows])
-        outstanding = slots[self._state[slots] == SlotState.OUTSTANDING]
-        self._state[outstanding] = SlotState.DAMAGED
+        self._records.add(kinds, self._slot_tx[slots], 0, tgt[live], flags[rows])
+        outstanding = slots[self._state[slots] == _OUTSTANDING]
+        self._state[outstanding] = _DAMAGED
 
     # -- expiry and output -----------------------------------------------------------------
 
     def expire(self, now_ns: int) -> None:
         """Give up on every probe sent more than linger ago: LOST, or ERRORED if damaged."""
-        if self._head == self._tail:
+        if self._head == self.sent:
             return
-        capacity = len(self._fifo_slot)
-        pos = np.arange(self._head, self._tail) % capacity
-        count = int(np.searchsorted(self._fifo_tx[pos], now_ns - self.linger_ns, side="right"))
-        if count == 0:
-            return
-        pos = pos[:count]
-        slots = self._fifo_slot[pos]
-        current = self._slot_seq[slots] == self._fifo_seq[pos]
-        self._resolve(slots[current], self._slot_tx[slots[current]])
+        count = self._count_sent_by(now_ns - self.linger_ns)
+        if count:
+            self._expire_oldest(count)
+
+    def _count_sent_by(self, cutoff_ns: int) -> int:
+        """How many unexpired probes, oldest first, were sent at or before cutoff_ns."""
+        size = self._size
+        start = self._head % size
+        end = start + (self.sent - self._head)
+        first = self._fifo_tx[start : min(end, size)]
+        count = int(np.searchsorted(first, cutoff_ns, side="right"))
+        if count == len(first) and end > size:
+            count += int(np.searchsorted(self._fifo_tx[: end - size], cutoff_ns, side="right"))
+        return count
+
+    def _expire_oldest(self, count: int) -> int:
+        """Resolve the `count` oldest unexpired probes; returns how many had no outcome yet."""
+        size = self._size
+        start = self._head % size
+        first = min(count, size - start)
+        resolved = 0
+        for lo, hi in ((start, start + first), (0, count - first)):
+            if hi > lo:
+                slots = self._slot_of[lo:hi]
+                current = self._slot_seq[slots] == self._fifo_seq[lo:hi]
+                if not current.all():
+                    slots = slots[current]
+                resolved += self._resolve(slots)
         self._head += count
         self._unresolved = max(self._unresolved, self._head)
+        return resolved
 
-    def _resolve(self, slots: NDArray[np.int64], tx: NDArray[np.int64]) -> None:
+    def _resolve(self, slots: NDArray[np.int64]) -> int:
+        """LOST or ERRORED for the unanswered probes in `slots`, which become free."""
         state = self._state[slots]
-        targets = self.targets[slots // self.window]
-        for st, kind in (
-            (SlotState.OUTSTANDING, RecordKind.LOST),
-            (SlotState.DAMAGED, RecordKind.ERRORED),
-        ):
+        resolved = 0
+        for st, kind in ((_OUTSTANDING, RecordKind.LOST), (_DAMAGED, RecordKind.ERRORED)):
             sel = state == st
             if sel.any():
-                self._emit(kind, tx[sel], 0, targets[sel], self.tx_flags)
-        self._state[slots] = SlotState.EMPTY
+                mine = slots[sel]
+                self._records.add(
+                    kind, self._slot_tx[mine], 0, self.targets[mine // self.window], 0
+                )
+                resolved += len(mine)
+        self._state[slots] = _EMPTY
+        return resolved
 
     def unresolved(self) -> int:
         """Probes still waiting for an outcome."""
         self._advance_unresolved()
-        return self._tail - self._unresolved
+        return self.sent - self._unresolved
 
     def _advance_unresolved(self) -> None:
-        capacity = len(self._fifo_slot)
-        while self._unresolved < self._tail:
-            end = min(self._tail, self._unresolved + 4096)
-            pos = np.arange(self._unresolved, end) % capacity
-            slots = self._fifo_slot[pos]
-            done = (self._slot_seq[slots] != self._fifo_seq[pos]) | (
-                (self._state[slots] != SlotState.OUTSTANDING)
-                & (self._state[slots] != SlotState.DAMAGED)
+        size = self._size
+        while self._unresolved < self.sent:
+            start = self._unresolved % size
+            end = min(size, start + self.sent - self._unresolved, start + 4096)
+            slots = self._slot_of[start:end]
+            state = self._state[slots]
+            done = (self._slot_seq[slots] != self._fifo_seq[start:end]) | (
+                (state != _OUTSTANDING) & (state != _DAMAGED)
             )
             if done.all():
-                self._unresolved = end
+                self._unresolved += end - start
                 continue
             self._unresolved += int(np.argmin(done))
             return
@@ -309,8 +442,8 @@ class Tracker:
         it also trails `now - timeout`, so a duplicate still lands in its probe's second."""
         self._advance_unresolved()
         mark = now_ns - self.timeout_ns
-        if self._unresolved < self._tail:
-            mark = min(mark, int(self._fifo_tx[self._unresolved % len(self._fifo_tx)]))
+        if self._unresolved < self.sent:
+            mark = min(mark, int(self._fifo_tx[self._unresolved % self._size]))
         return mark
 
     def finish(self) -> None:
@@ -318,24 +451,47 @@ class Tracker:
         self.expire(np.iinfo(np.int64).max // 2 + self.linger_ns)
 
     def take_records(self) -> NDArray[np.void]:
-        if not self._pending:
-            return np.zeros(0, dtype=RECORD_DTYPE)
-        out = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending = []
-        return out
+        """Every record emitted since the last call, in emission order."""
+        return self._records.take()
 
-    def _emit(
+
+class _RecordColumns:
+    """Records gathered column by column in buffers kept between frames: one structured array
+    is assembled per frame rather than one per batch."""
+
+    _DTYPES = (np.int64, np.int64, np.uint32, np.uint8, np.uint8)  # tx, rtt, target, kind, flags
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.cols: tuple[NDArray[np.generic], ...] = tuple(np.zeros(4096, t) for t in self._DTYPES)
+
+    def add(
         self,
         kind: NDArray[np.integer] | int,
-        tx_ns: NDArray[np.int64],
+        tx_ns: NDArray[np.int64] | int,
         rtt_ns: NDArray[np.int64] | int,
         target: NDArray[np.uint32],
         flags: NDArray[np.uint8] | int,
     ) -> None:
-        rec = np.zeros(len(tx_ns), dtype=RECORD_DTYPE)
-        rec["tx_ns"] = tx_ns
-        rec["rtt_ns"] = rtt_ns
-        rec["target"] = target
-        rec["kind"] = kind
-        rec["flags"] = flags
-        self._pending.append(rec)
+        end = self.n + len(target)
+        if end > len(self.cols[0]):
+            grown = max(end, 2 * len(self.cols[0]))
+            self.cols = tuple(
+                np.concatenate([c[: self.n], np.zeros(grown - self.n, c.dtype)]) for c in self.cols
+            )
+        at = slice(self.n, end)
+        tx, rtt, tgt, knd, flg = self.cols
+        tx[at] = tx_ns
+        rtt[at] = rtt_ns
+        tgt[at] = target
+        knd[at] = kind
+        flg[at] = flags
+        self.n = end
+
+    def take(self) -> NDArray[np.void]:
+        n, self.n = self.n, 0
+        out = np.zeros(n, dtype=RECORD_DTYPE)
+        if n:
+            for name, col in zip(_FIELDS, self.cols, strict=True):
+                out[name] = col[:n]
+        return out

@@ -195,3 +195,37 @@ def test_every_probe_gets_exactly_one_outcome(
         outcomes = int(np.count_nonzero(np.isin(mine["kind"], list(OUTCOME_KINDS))))
         assert sent == outcomes
     assert tr.unresolved() == 0
+
+
+def test_a_burst_beyond_the_table_evicts_the_oldest_probes_once() -> None:
+    tr = make(2)  # 1000 pps over 2 targets, linger 300 ms: a table of 2 x 512 slots
+    size = 2 * tr.window
+    tr.on_sent(tr.max_batch, tx_ns=0)
+    reply(tr, [(10, 0, MS)])  # probe 0 is answered; the rest stay outstanding
+    tr.on_sent(tr.max_batch, tx_ns=MS)
+    assert tr.evicted == 0
+    tr.on_sent(100, tx_ns=2 * MS)  # 100 more than the table holds: the 100 oldest go
+    assert tr.evicted == 99  # probe 0 already had its outcome
+    tr.finish()
+    c = kinds(tr.take_records())
+    assert c[RecordKind.SENT] == size + 100
+    assert sum(c[k] for k in OUTCOME_KINDS) == size + 100
+    assert c[RecordKind.RECEIVED] == 1
+    assert tr.unresolved() == 0
+
+
+def test_batches_crossing_the_table_end_keep_dense_sequences() -> None:
+    tr = make(3)
+    size = 3 * tr.window
+    for count in (size // 2, size // 2, size // 2, size // 2 - 20):  # two laps, less 20
+        tr.on_sent(count, tx_ns=0)
+        tr.expire(LINGER)
+    assert tr.sent % size == size - 20
+    local, seq = tr.plan_batch(50)
+    ks = np.arange(tr.sent, tr.sent + 50)
+    assert local.tolist() == (ks % 3).tolist()
+    assert seq.tolist() == (ks // 3).tolist()
+    tr.on_sent(50, tx_ns=LINGER)
+    tr.take_records()
+    reply(tr, [(10 + int(k % 3), int(k // 3), LINGER + MS) for k in ks])
+    assert kinds(tr.take_records()) == {RecordKind.RECEIVED: 50}
