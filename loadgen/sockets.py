@@ -35,6 +35,7 @@ SO_TIMESTAMPNS = 35  # also the SCM type of its cmsg
 SO_TIMESTAMPING = 37  # also SCM_TIMESTAMPING (64-bit timespecs on 64-bit kernels)
 SO_RXQ_OVFL = 40
 SO_MEMINFO = 55
+SCM_TS_OPT_ID = 81  # Linux 6.13+: the OPT_ID of one send, chosen by the sender
 IP_RECVERR = 11
 SIOCSHWTSTAMP = 0x89B0
 SIOCGHWTSTAMP = 0x89B1
@@ -44,6 +45,7 @@ BPF_MAXINSNS = 4096
 _CMSG_HDR = 16  # struct cmsghdr on LP64: size_t len, int level, int type; data 8-aligned
 _RX_CTRL_BYTES = 128  # SCM_TIMESTAMPING (64) + SO_RXQ_OVFL (24), with room to spare
 _ERRQ_CTRL_BYTES = 256  # SCM_TIMESTAMPING (64) + IP_RECVERR with offender address (48)
+_TX_CTRL_BYTES = 24  # CMSG_SPACE(4): one SCM_TS_OPT_ID per sent message
 _SOFT_SEND_ERRNOS = (errno.ENOBUFS, errno.EAGAIN)
 _BUG = "please report this line as a bug in loadgen"
 _SEND_FIXES = {
@@ -494,6 +496,7 @@ class BatchIO:
         self._sock, self._fd, self._batch = sock, sock.fileno(), batch
         index = np.arange(batch, dtype=np.uint64)
         self._index, self._scratch = index, np.zeros(batch, np.uint64)
+        self._index32 = np.arange(batch, dtype=np.uint32)
         self._addrs = np.zeros(batch, sock.spec.sockaddr)
         self._addrs["family"] = sock.spec.family
         self._tx_iov = np.zeros(batch, _IOVEC)
@@ -503,6 +506,11 @@ class BatchIO:
         hdr["namelen"] = self._addrs.itemsize
         hdr["iov"] = self._tx_iov.ctypes.data + index * _IOVEC.itemsize
         hdr["iovlen"] = 1
+        # One SCM_TS_OPT_ID cmsg per message, attached only once TX stamps are enabled.
+        self._tx_ctrl = np.zeros((batch, _TX_CTRL_BYTES // 4), np.uint32)
+        self._tx_ctrl.view(np.uint64)[:, 0] = _CMSG_HDR + 4  # CMSG_LEN(sizeof(u32))
+        self._tx_ctrl.view(np.uint64)[:, 1] = cmsg_key(socket.SOL_SOCKET, SCM_TS_OPT_ID)
+        self._tx_id_col = self._tx_ctrl[:, _CMSG_HDR // 4]
         self._rx = _RecvRing(batch, slot_bytes, _RX_CTRL_BYTES)
         self._rx_ns = np.zeros(batch, np.int64)
         self._rx_flags = np.zeros(batch, np.uint8)
@@ -511,10 +519,15 @@ class BatchIO:
         self._rx_hard = RecordFlag.RX_HARDWARE if sock.tsflags & Sof.RAW_HARDWARE else None
         self._dropped_total = 0
         self._errq: _RecvRing | None = None  # built by enable_tx_timestamps
+        self._errq_keys = (_TIMESTAMPING_KEY, cmsg_key(*sock.spec.recverr))
         self._tx_flag = RecordFlag.NONE
+        self._ids_exact = False  # the kernel takes each send's OPT_ID from us (SCM_TS_OPT_ID)
+        self._ids_lost = False  # counter-numbered stamps can no longer be trusted
         self._tx_ids = np.zeros(batch, np.uint32)
         self._tx_ns = np.zeros(batch, np.int64)
         self._tx_flags = np.zeros(batch, np.uint8)
+        self._notes = list(sock.notes)
+        self.pending_send_errors = 0  # ENOBUFS of a partial sendmmsg, reported at the next recv
 
     @property
     def socket(self) -> IcmpSocket:
@@ -523,6 +536,11 @@ class BatchIO:
     @property
     def batch(self) -> int:
         return self._batch
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """One line per fallback taken by the socket and its TX stamping, for the run header."""
+        return tuple(self._notes)
 
     def fileno(self) -> int:
         return self._fd
@@ -542,9 +560,11 @@ class BatchIO:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, packets: NDArray[np.uint8], dst: NDArray[Any]) -> SendResult:
+    def send(self, packets: NDArray[np.uint8], dst: NDArray[Any], first_id: int = 0) -> SendResult:
         """Send row i of `packets` to dst[i] (IPv4: host-order uint32), in order, batch by batch.
-        ENOBUFS/EAGAIN end the call with what went; other failures raise SocketProblem."""
+        With TX stamps on, row i is stamped with OPT_ID first_id + i (mod 2**32): pass the
+        number of packets sent since enable_tx_timestamps(). ENOBUFS/EAGAIN end the call with
+        what went; other failures raise SocketProblem."""
         if packets.ndim != 2 or packets.dtype != np.uint8 or not packets.flags.c_contiguous:
             raise ValueError("packets must be a C-contiguous uint8 array of shape [n, length]")
         n, length = packets.shape
@@ -558,14 +578,17 @@ class BatchIO:
             self._scratch[:k] += base + sent * length
             self._tx_iov["base"][:k] = self._scratch[:k]
             self._tx_iov["len"][:k] = length
+            if self._ids_exact:
+                np.add(self._index32[:k], (first_id + sent) & 0xFFFFFFFF, out=self._tx_id_col[:k])
             went: int = _sendmmsg(self._fd, self._tx_msgs_ptr, k, _DONTWAIT)
-            if went >= 0:  # short count: the kernel drops the error; the next call reports it
+            if went >= 0:  # short count: the kernel drops the error; the next recv reports it
                 sent += went
                 continue
             err = ctypes.get_errno()
             if err == errno.EINTR:
                 continue
             if err in _SOFT_SEND_ERRNOS:
+                self._counter_broken("a send was refused")
                 return SendResult(sent, err)
             where = self._describe(dst[sent])
             raise problem(f"sending to {where}", err, _SEND_FIXES.get(err, "")) from None
@@ -580,6 +603,12 @@ class BatchIO:
         """Whatever is queued, up to `batch` packets, without waiting."""
         ring = self._rx
         n = ring.receive(self._fd, _DONTWAIT)
+        if n == -errno.ENOBUFS:
+            # sendmmsg keeps the error of a partial batch for the socket's next call; the
+            # refused packet was retried, so it is counted and the receive done again.
+            self.pending_send_errors += 1
+            self._counter_broken("a send was refused")
+            n = ring.receive(self._fd, _DONTWAIT)
         now_ns = time.time_ns()  # the user-space stamp for rows the kernel did not stamp
         if n <= 0:
             if n in (0, -errno.EAGAIN, -errno.EINTR):
@@ -604,7 +633,10 @@ class BatchIO:
 
     def enable_tx_timestamps(self) -> RecordFlag:
         """Ask for a kernel (or NIC) stamp of every packet sent from now on, numbered by OPT_ID
-        from 0; returns TX_KERNEL or TX_HARDWARE. Read them with read_tx_timestamps()."""
+        from 0; returns TX_KERNEL or TX_HARDWARE. Read them with read_tx_timestamps(). On
+        Linux 6.13+ each send carries its own id (SCM_TS_OPT_ID), so a refused send cannot
+        shift the numbering; older kernels count sends, and after a refusal the stamps are
+        given up (read_tx_timestamps() returns none, and a note says so)."""
         sock = self._sock
         if sock.rx_scm == SO_TIMESTAMPNS:
             raise SocketProblem(
@@ -613,13 +645,16 @@ class BatchIO:
             )
         tsflags = sock.tsflags | Sof.TX_SOFTWARE | Sof.SOFTWARE | Sof.OPT_ID | Sof.OPT_TSONLY
         self._tx_flag = RecordFlag.TX_KERNEL
-        hardware = sock.rx_flags & RecordFlag.RX_HARDWARE and sock.interface is not None
-        if (
-            hardware
-            and nic_stamping(sock.sock, str(sock.interface), configure=True, tx=True) is None
-        ):
-            tsflags |= Sof.TX_HARDWARE | Sof.RAW_HARDWARE
-            self._tx_flag = RecordFlag.TX_HARDWARE
+        if sock.rx_flags & RecordFlag.RX_HARDWARE and sock.interface is not None:
+            why = nic_stamping(sock.sock, sock.interface, configure=True, tx=True)
+            if why is None:
+                tsflags |= Sof.TX_HARDWARE | Sof.RAW_HARDWARE
+                self._tx_flag = RecordFlag.TX_HARDWARE
+            else:
+                self._notes.append(
+                    f"no hardware TX stamps ({why}): RTTs use user-space send times, as "
+                    "software TX stamps do not compare with hardware RX stamps"
+                )
         try:
             _set_option(sock.sock, socket.SOL_SOCKET, SO_TIMESTAMPING, int(tsflags))
         except OSError as exc:
@@ -628,8 +663,29 @@ class BatchIO:
                 exc.errno or 0,
                 "set tx_timestamps = false in the profile",
             ) from None
+        self._ids_exact = kernel_takes_tx_ids()
+        if self._ids_exact:
+            hdr = self._tx_msgs["hdr"]
+            hdr["control"] = self._tx_ctrl.ctypes.data + self._index * _TX_CTRL_BYTES
+            hdr["controllen"] = _TX_CTRL_BYTES
+        else:
+            self._notes.append(
+                "this kernel cannot number sends (SCM_TS_OPT_ID, Linux 6.13+): TX stamps "
+                "follow the socket's send counter and are given up after a refused send"
+            )
         self._errq = _RecvRing(self._batch, 64, _ERRQ_CTRL_BYTES)
         return self._tx_flag
+
+    def _counter_broken(self, why: str) -> None:
+        """In counter mode a refused send may or may not have used up an OPT_ID: stop."""
+        if self._errq is not None and not self._ids_exact and not self._ids_lost:
+            self._ids_lost = True
+            self._notes.append(f"{why}: kernel TX stamps given up, send times are user-space")
+
+    @property
+    def tx_stamps_live(self) -> bool:
+        """TX stamps are enabled and still matched to sends."""
+        return self._errq is not None and not self._ids_lost
 
     def read_tx_timestamps(self) -> TxStamps:
         """Up to `batch` TX stamps from the error queue (MSG_ERRQUEUE), without waiting."""
@@ -642,8 +698,10 @@ class BatchIO:
                 n = 0
             else:
                 raise problem("reading TX timestamps", -n)
-        keys = (_TIMESTAMPING_KEY, cmsg_key(*self._sock.spec.recverr))
-        stamps_at, err_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], keys)
+        more = n == ring.rows
+        if self._ids_lost or n == 0:
+            return TxStamps(0, self._tx_ids[:0], self._tx_ns[:0], self._tx_flags[:0], more)
+        stamps_at, err_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._errq_keys)
         ns, flags = self._tx_ns[:n], self._tx_flags[:n]
         ns[:] = 0
         flags[:] = 0
@@ -662,4 +720,18 @@ class BatchIO:
         self._tx_ids[:m] = words[pick[good], at[good] + 3]
         self._tx_ns[:m] = ns[keep]
         self._tx_flags[:m] = flags[keep]
-        return TxStamps(m, self._tx_ids[:m], self._tx_ns[:m], self._tx_flags[:m], n == ring.rows)
+        return TxStamps(m, self._tx_ids[:m], self._tx_ns[:m], self._tx_flags[:m], more)
+
+
+def kernel_takes_tx_ids() -> bool:
+    """Whether sends may name their own OPT_ID (SCM_TS_OPT_ID): asked of a throwaway UDP
+    socket talking to itself on loopback, as an unknown cmsg type fails with EINVAL."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", 0))
+            probe.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, int(Sof.OPT_ID | Sof.SOFTWARE))
+            cmsg = [(socket.SOL_SOCKET, SCM_TS_OPT_ID, struct.pack("=I", 0))]
+            probe.sendmsg([b""], cmsg, 0, probe.getsockname())
+        except OSError:
+            return False
+    return True

@@ -4,6 +4,7 @@ timestamp sources, drop and partial-send reporting, kernel TX stamps; plus the p
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import select
@@ -326,17 +327,37 @@ def test_send_checks_its_arrays() -> None:
             io.send(packets, np.full(3, LOOPBACK, np.uint32))
 
 
-PARTIAL_SEND = """
+def in_private_netns(script: str) -> str:
+    """Run a Python script in a network namespace of its own (gone when it exits); its stdout."""
+    done = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    return done.stdout
+
+
+# A slow lo (tbf, ~120 packets of 1000 bytes a second) and a tiny send buffer: sends queue in
+# the qdisc and hold the buffer, so the kernel refuses the next ones (EAGAIN or ENOBUFS).
+SLOW_LO = """
 import subprocess, time, numpy as np
-from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
+from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4, kernel_takes_tx_ids
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit",
                 "burst", "2000", "limit", "1000000"], check=True)
 sock = open_icmp_v4(ttl=64, tos=0, sndbuf_bytes=1, timestamps=TimestampMode.AUTO,
                     bpf_program=None)
+packets = np.zeros((300, 1000), np.uint8)
+packets[:, 0], packets[:, 2], packets[:, 3] = 8, 0xF7, 0xFF  # echo request, checksum
+"""
+
+PARTIAL_SEND = (
+    SLOW_LO
+    + """
 with BatchIO(sock, batch=64) as io:
-    packets = np.zeros((300, 1000), np.uint8)
-    packets[:, 0], packets[:, 2], packets[:, 3] = 8, 0xF7, 0xFF  # echo request, checksum
     result = io.send(packets, np.full(300, 0x7F000001, np.uint32))
     replies, deadline = 0, time.monotonic() + 5
     while replies < result.sent and time.monotonic() < deadline:  # tbf lets ~120/s through
@@ -345,6 +366,7 @@ with BatchIO(sock, batch=64) as io:
         replies += int(np.count_nonzero(got.data[:, 20] == 0))
 print(result.sent, result.errno, replies)
 """
+)
 
 
 @needs_root
@@ -354,15 +376,7 @@ print(result.sent, result.errno, replies)
 def test_full_send_buffer_is_reported_not_raised() -> None:
     # A private network namespace whose lo is slowed by tbf: sent packets wait in the qdisc
     # and hold the tiny send buffer, so the kernel refuses the rest. Gone when the process ends.
-    done = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", textwrap.dedent(PARTIAL_SEND)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    sent, err, replies = map(int, done.stdout.split())
+    sent, err, replies = map(int, in_private_netns(PARTIAL_SEND).split())
     assert 0 < sent < 300
     assert err in (errno.ENOBUFS, errno.EAGAIN)
     assert replies == sent  # what was reported sent is exactly what went out
@@ -375,7 +389,8 @@ def test_tx_stamps_are_numbered_in_send_order() -> None:
         before_ns = time.time_ns()
         packets = echo_requests(IDENT, 150)
         for start in (0, 50, 100):  # three calls of 50, each two sendmmsg batches of 32
-            assert io.send(packets[start : start + 50], np.full(50, LOOPBACK, np.uint32)).sent == 50
+            dst = np.full(50, LOOPBACK, np.uint32)
+            assert io.send(packets[start : start + 50], dst, first_id=start).sent == 50
         ids: list[NDArray[np.uint32]] = []
         tx_ns: list[NDArray[np.int64]] = []
         deadline = time.monotonic() + 2.0
@@ -394,3 +409,78 @@ def test_tx_stamps_are_numbered_in_send_order() -> None:
     reply_seq = seqs(got["head"])
     assert sorted(reply_seq.tolist()) == list(range(150))
     assert (got["rx_ns"] > sent_ns[reply_seq]).all()  # kernel clock on both sides
+
+
+def drain_stamps(io: BatchIO, want: int, timeout_s: float = 2.0) -> list[int]:
+    ids: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    while len(ids) < want and time.monotonic() < deadline:
+        got = io.read_tx_timestamps()
+        ids += got.ids.tolist()
+        if not got.more:
+            time.sleep(0.005)
+    return ids
+
+
+@needs_root
+def test_counter_numbering_when_the_kernel_cannot_take_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sockets, "kernel_takes_tx_ids", lambda: False)
+    with BatchIO(
+        open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
+    ) as io:
+        io.enable_tx_timestamps()
+        assert any("SCM_TS_OPT_ID" in note for note in io.notes)
+        for _ in range(3):  # no first_id: the kernel's counter numbers them
+            assert io.send(echo_requests(IDENT, 20), np.full(20, LOOPBACK, np.uint32)).sent == 20
+        assert sorted(drain_stamps(io, 60)) == list(range(60))
+        # A refused send may or may not have used up a number: the stamps are given up.
+        real = sockets._sendmmsg
+
+        def refuse(*args: Any) -> int:
+            ctypes.set_errno(errno.EAGAIN)
+            return -1
+
+        monkeypatch.setattr(sockets, "_sendmmsg", refuse)
+        result = io.send(echo_requests(IDENT, 1), np.full(1, LOOPBACK, np.uint32))
+        monkeypatch.setattr(sockets, "_sendmmsg", real)
+        assert (result.sent, result.errno) == (0, errno.EAGAIN)
+        assert not io.tx_stamps_live
+        assert any("given up" in note for note in io.notes)
+        io.send(echo_requests(IDENT, 5), np.full(5, LOOPBACK, np.uint32))
+        time.sleep(0.05)
+        assert drain_stamps(io, 1, timeout_s=0.1) == []
+
+
+REFUSED_SENDS = (
+    SLOW_LO
+    + """
+with BatchIO(sock, batch=16) as io:
+    io.enable_tx_timestamps()
+    sent, refusals, ids = 0, 0, []
+    deadline = time.monotonic() + 10
+    while (sent < 40 or len(ids) < 40) and time.monotonic() < deadline:
+        if sent < 40:
+            result = io.send(packets[sent:40], np.full(40 - sent, 0x7F000001, np.uint32), sent)
+            sent += result.sent
+            refusals += result.errno != 0
+        time.sleep(0.01)
+        ids += io.read_tx_timestamps().ids.tolist()
+print(int(kernel_takes_tx_ids()), refusals, sent, " ".join(map(str, ids)))
+"""
+)
+
+
+@needs_root
+@pytest.mark.skipif(
+    not (shutil.which("unshare") and shutil.which("tc")), reason="needs unshare, tc"
+)
+def test_refused_sends_do_not_shift_the_numbering() -> None:
+    # A private network namespace whose lo is slowed by tbf, and a tiny send buffer: most sends
+    # are refused and retried. Every packet that went out still has the id it was sent with.
+    exact, refusals, sent, *ids = map(int, in_private_netns(REFUSED_SENDS).split())
+    if not exact:
+        pytest.skip("this kernel cannot number sends (SCM_TS_OPT_ID, Linux 6.13+)")
+    assert refusals > 0 and sent == 40
+    assert ids == list(range(40))
