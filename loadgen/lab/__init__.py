@@ -5,6 +5,7 @@
         targets = lab.select(["lab:all"])                # host addresses in 198.18.0.0/15
         ...                                              # probe them
         truth = lab.truth()                              # address -> HostTruth
+    expected_counts(truth[address])                      # what loadgen must report for it
 
 Never imported by `loadgen run` unless a profile has a [lab] table.
 """
@@ -13,8 +14,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from loadgen.lab.compare import (
+        AmbiguousTruth,
+        ExpectedCounts,
+        expected_counts,
+        lost_at_host,
+        mismatches,
+        truth_since,
+    )
     from loadgen.lab.lab import Lab, attach_lab, lab_targets, lab_up
-    from loadgen.lab.reap import LabInfo, Teardown, lab_down, lab_down_all, lab_status
+    from loadgen.lab.reap import LabInfo, Teardown, lab_down, lab_down_all, lab_status, remains
     from loadgen.lab.spec import HostGroup, Impairments, LabSpec, parse_lab_spec
     from loadgen.lab.state import LabHost
     from loadgen.lab.truth import HostTruth, LinkCounters
@@ -22,6 +31,12 @@ if TYPE_CHECKING:
 # Imported on first use: a reflector process (`-m loadgen.lab.reflector`) loads this package
 # too, and should not pay for pyroute2 it never uses.
 _HOME = {
+    "AmbiguousTruth": "compare",
+    "ExpectedCounts": "compare",
+    "expected_counts": "compare",
+    "lost_at_host": "compare",
+    "mismatches": "compare",
+    "truth_since": "compare",
     "Lab": "lab",
     "attach_lab": "lab",
     "lab_targets": "lab",
@@ -31,6 +46,7 @@ _HOME = {
     "lab_down": "reap",
     "lab_down_all": "reap",
     "lab_status": "reap",
+    "remains": "reap",
     "HostGroup": "spec",
     "Impairments": "spec",
     "LabSpec": "spec",
@@ -49,6 +65,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AmbiguousTruth",
+    "ExpectedCounts",
     "HostGroup",
     "HostTruth",
     "Impairments",
@@ -59,10 +77,15 @@ __all__ = [
     "LinkCounters",
     "Teardown",
     "attach_lab",
+    "expected_counts",
     "lab_down",
     "lab_down_all",
     "lab_status",
     "lab_targets",
     "lab_up",
+    "lost_at_host",
+    "mismatches",
     "parse_lab_spec",
+    "remains",
+    "truth_since",
 ]

@@ -180,6 +180,29 @@ def lab_down_all(
     return done
 
 
+def remains(prefix: str, *, state_dir: Path = STATE_DIR) -> list[str]:
+    """What still carries `prefix`: namespaces, root links, root nft tables, reflector
+    processes and its state file. Empty once a lab is fully down."""
+    ours = prefix + "-"
+    found = [f"netns {n}" for n in list_netns() if n.startswith(ours)]
+    with IPRoute() as ipr:
+        names = sorted(str(li.get_attr("IFLA_IFNAME")) for li in ipr.get_links())
+    found += [f"link {n}" for n in names if n.startswith(ours)]
+    found += [f"nft table {f} {t}" for f, t in nft_tables(None) if prefix_of(t) == prefix]
+    mark = str(run_dir(prefix, state_dir)).encode() + b"/"
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if REFLECTOR_MARK in cmd and mark in cmd and is_reflector(pid):
+            found.append(f"reflector pid {pid}")
+    if state_path(prefix, state_dir).exists():
+        found.append(f"state {state_path(prefix, state_dir)}")
+    return found
+
+
 def lab_status(*, state_dir: Path = STATE_DIR) -> list[LabInfo]:
     """Every lab with a state file, and every orphan found by name."""
     present_ns = list_netns()

@@ -1,0 +1,152 @@
+"""Lining loadgen's per-target counts up with a lab host's ground truth.
+
+`expected_counts(truth)` says what loadgen must report for one host, derived only from what the
+host's kernel, nftables, qdiscs and reflector counted; `mismatches(counts, expected)` names every
+figure that differs. `truth_since(after, before)` turns cumulative counters into one run's share,
+so one lab can serve many runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from loadgen.lab.impair import ReflectorCounts
+from loadgen.lab.truth import HostTruth, LinkCounters
+from loadgen.stats import Counts
+
+# Reflector figures that are not running totals: kept as they are after the run.
+_NOT_ADDITIVE = frozenset({"delay_ns_max", "late_ns_max", "late_ns_p50", "pending"})
+
+
+class AmbiguousTruth(ValueError):
+    """The counters cannot say exactly what loadgen must see (e.g. a duplicated bit flip)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedCounts:
+    """What loadgen must report for one host. `answered` is received + late."""
+
+    sent: int
+    answered: int
+    lost: int
+    errored: int
+    duplicates: int
+    bitflips: int
+    corrupted: int
+    icmp_errors: int
+    reordered: int
+    stale: int = 0
+
+
+def _minus(after: Any, before: Any) -> Any:
+    """Field-wise after - before of a counters dataclass (non-additive fields kept)."""
+    changes = {
+        f.name: getattr(after, f.name) - getattr(before, f.name)
+        for f in fields(after)
+        if isinstance(getattr(after, f.name), int) and f.name not in _NOT_ADDITIVE
+    }
+    return replace(after, **changes)
+
+
+def truth_since(after: HostTruth, before: HostTruth) -> HostTruth:
+    """The part of `after` that happened since `before` (same host, counters never reset)."""
+    if after.address != before.address:
+        raise ValueError(f"truths of two hosts: {after.address} and {before.address}")
+    counters = {
+        f.name: getattr(after, f.name) - getattr(before, f.name)
+        for f in fields(HostTruth)
+        if isinstance(getattr(after, f.name), int)
+    }
+    refl: ReflectorCounts | None = None
+    if after.reflector is not None and before.reflector is not None:
+        refl = _minus(after.reflector, before.reflector)
+    host_link: LinkCounters = _minus(after.host_link, before.host_link)
+    root_link: LinkCounters = _minus(after.root_link, before.root_link)
+    return replace(after, reflector=refl, host_link=host_link, root_link=root_link, **counters)
+
+
+def expected_counts(truth: HostTruth, *, rx_dropped: int = 0) -> ExpectedCounts:
+    """What loadgen must report for this host, given its truth for exactly one run.
+
+    `rx_dropped`: good replies from this host that loadgen's own socket dropped (they turn
+    answered probes into lost ones). Raises AmbiguousTruth where the counters cannot decide:
+    reply-side drops on a reflector host, refused sends, or a damaged reply that was also
+    duplicated or reordered (use one such impairment per host).
+    """
+    t, r = truth, truth.reflector
+    before_host = t.root_link.qdisc_drops + t.root_link.tx_dropped
+    sent = t.echo_requests_in + before_host
+    way_back = t.host_link.qdisc_drops + t.host_link.tx_dropped
+    if r is None:
+        answered = t.echo_replies_out - way_back
+        errors = damaged = duplicates = reordered = 0
+    else:
+        damaged = r.bitflipped + r.corrupted
+        if way_back or r.send_errors or r.unsent_at_exit:
+            raise AmbiguousTruth(
+                f"{t.name}: {way_back} replies dropped on the way back, {r.send_errors} refused "
+                f"sends, {r.unsent_at_exit} unsent: which probes they answered is unknown"
+            )
+        if damaged and (r.duplicated or r.out_of_order):
+            raise AmbiguousTruth(
+                f"{t.name}: damaged replies that may be duplicated or reordered too; give "
+                "bitflip/corrupt and duplicate/reorder/jitter hosts of their own"
+            )
+        answered = r.replies - damaged
+        errors = r.unreachable_sent + r.time_exceeded_sent
+        duplicates, reordered = r.duplicated, r.out_of_order
+    if rx_dropped > answered:
+        raise AmbiguousTruth(f"{t.name}: {rx_dropped} dropped at loadgen, {answered} answered")
+    lost = lost_at_host(t) + rx_dropped
+    answered -= rx_dropped
+    errored = errors + damaged
+    if sent != answered + lost + errored:
+        raise AmbiguousTruth(
+            f"{t.name}: the truth does not add up: {sent} requests, {answered} answered, "
+            f"{lost} dropped, {errored} errored; a drop point is not counted"
+        )
+    return ExpectedCounts(
+        sent=sent,
+        answered=answered,
+        lost=lost,
+        errored=errored,
+        duplicates=duplicates,
+        bitflips=r.bitflipped if r else 0,
+        corrupted=r.corrupted if r else 0,
+        icmp_errors=errors,
+        reordered=reordered,
+    )
+
+
+def lost_at_host(truth: HostTruth) -> int:
+    """Echo requests the host (or its link) dropped or left unanswered, by cause, summed."""
+    r = truth.reflector
+    refused = (r.dropped + r.rate_limited) if r else 0
+    return (
+        truth.root_link.qdisc_drops
+        + truth.root_link.tx_dropped
+        + truth.nft_dropped
+        + truth.responder_missed
+        + refused
+        + truth.host_link.qdisc_drops
+        + truth.host_link.tx_dropped
+    )
+
+
+def mismatches(counts: Counts, expected: ExpectedCounts) -> dict[str, tuple[int, int]]:
+    """Every figure where loadgen (first) and the truth (second) differ; {} when all agree."""
+    got = {
+        "sent": counts.sent,
+        "answered": counts.received + counts.late,
+        "lost": counts.lost,
+        "errored": counts.errored,
+        "duplicates": counts.duplicates,
+        "bitflips": counts.bitflips,
+        "corrupted": counts.corrupted,
+        "icmp_errors": counts.icmp_errors,
+        "reordered": counts.reordered,
+        "stale": counts.stale,
+    }
+    want = {f.name: getattr(expected, f.name) for f in fields(ExpectedCounts)}
+    return {k: (got[k], want[k]) for k in want if got[k] != want[k]}
