@@ -8,6 +8,7 @@ Kernel interfaces: socket(7), packet timestamping (Documentation/networking/time
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -681,11 +682,19 @@ class BatchIO:
         if self._errq is not None and not self._ids_exact and not self._ids_lost:
             self._ids_lost = True
             self._notes.append(f"{why}: kernel TX stamps given up, send times are user-space")
+            # No more stamps, or they would fill the receive buffer the replies need.
+            with contextlib.suppress(OSError):
+                _set_option(self._sock.sock, socket.SOL_SOCKET, SO_TIMESTAMPING, self._sock.tsflags)
 
     @property
     def tx_stamps_live(self) -> bool:
         """TX stamps are enabled and still matched to sends."""
         return self._errq is not None and not self._ids_lost
+
+    @property
+    def tx_stamps_enabled(self) -> bool:
+        """enable_tx_timestamps() was called: the error queue must be read (and drained)."""
+        return self._errq is not None
 
     def read_tx_timestamps(self) -> TxStamps:
         """Up to `batch` TX stamps from the error queue (MSG_ERRQUEUE), without waiting."""

@@ -1,10 +1,13 @@
 """The worker process: one raw socket, one paced loop, one stream of record frames.
 
-Each turn of the loop sends every probe that is due (one batch, one sendmmsg), then drains the
-socket (recvmmsg batches, vectorised decode, tracker) until the next probe is due, polling with
-at most a 1 ms wait. Every ~10 ms it expires old probes and ships one frame of records with its
-watermark. When sending ends (count, duration or a Stop from the coordinator) it keeps receiving
-until every probe is resolved or linger has passed, then sends its last frame and Done.
+Each turn of the loop sends every probe that is due (one batch, one sendmmsg), reads the
+kernel's TX stamps if asked for, drains the socket (recvmmsg batches, vectorised decode,
+tracker) and sleeps to the next turn: the next 1 ms tick of a grid locked to the run's start
+(half a tick off the second boundaries), or the next probe's due time when that is later. With
+kernel RX stamps replies wait in the socket for the next turn; with user-space ones the worker
+wakes for them. Every ~10 ms it expires old probes and ships one frame of records with its
+watermark. When sending ends (count, duration or a Stop from the coordinator) it keeps
+receiving until every probe is resolved or linger has passed, then sends its last frame and Done.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from loadgen.messages import (
     encode,
 )
 from loadgen.pacer import Pacer
+from loadgen.records import RecordFlag
 from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
-from loadgen.tracker import Tracker
+from loadgen.tracker import Tracker, probes_of_tx_ids
 
 FRAME_INTERVAL_NS = 10_000_000
+TICK_NS = 1_000_000  # one send batch per tick at most, so no burst exceeds a tick's probes
 MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send schedule
 END_OF_TIME_NS = 2**62
 DURATION_SLACK_NS = 100_000_000
@@ -103,6 +108,13 @@ class Worker:
         )
         self.poller = select.poll()
         self.poller.register(self.io.fileno(), select.POLLIN)
+        # Kernel RX stamps say when a reply came, whenever it is read: no need to wake for it.
+        self.wake_for_replies = self.sock.rx_scm == 0
+        self.tx_flag = RecordFlag.NONE
+        self.tx_first_k = 0  # probes sent before TX stamps were enabled: OPT_ID 0 is this one
+        self.notes: list[str] = []
+        if plan.tx_timestamps:
+            self._enable_tx_stamps()
         self.frame_seq = 0
         self.send_errors = 0
         self.last_errno = 0
@@ -113,19 +125,35 @@ class Worker:
         self.max_lag_ns = 0
         self.stop_requested = False
 
+    def _enable_tx_stamps(self) -> None:
+        if self.sock.rx_scm == 0:
+            self.notes.append(
+                "tx_timestamps needs kernel RX timestamps to pair with (timestamps is "
+                '"user"): send times are user-space'
+            )
+            return
+        self.tx_flag = self.io.enable_tx_timestamps()
+        self.tx_first_k = self.tracker.sent
+
+    def _hello(self) -> Hello:
+        if self.io.tx_stamps_live:
+            word = "hardware" if self.tx_flag is RecordFlag.TX_HARDWARE else "kernel-software"
+            tx_source = f"{word} (SO_TIMESTAMPING error queue, matched by OPT_ID)"
+        else:
+            tx_source = "user-space (per batch)"
+        # Hello has no field for the fallbacks taken yet: they ride on the source words.
+        notes = "; ".join([*self.io.notes, *self.notes])
+        return Hello(
+            worker=self.plan.worker,
+            pid=os.getpid(),
+            cpu=self.plan.cpu,
+            rx_source=self.sock.rx_source,
+            tx_source=f"{tx_source} [{notes}]" if notes else tx_source,
+        )
+
     def run(self) -> None:
         plan = self.plan
-        self.data.send_bytes(
-            encode(
-                Hello(
-                    worker=plan.worker,
-                    pid=os.getpid(),
-                    cpu=plan.cpu,
-                    rx_source=self.sock.rx_source,
-                    tx_source="user-space (per batch)",
-                )
-            )
-        )
+        self.data.send_bytes(encode(self._hello()))
         start_ns = self._wait_for_start()
         if start_ns is None:
             return
@@ -142,15 +170,21 @@ class Worker:
             by_time = math.ceil(plan.duration_ns * plan.rate_pps / 1e9)
             total = by_time if total is None else min(total, by_time)
             end_mono = start_mono + plan.duration_ns + DURATION_SLACK_NS
-        pacer = Pacer(rate_pps=plan.rate_pps, start_ns=start_mono, total=total, max_burst=4096)
+        # One tick's probes per turn; after a stall, two ticks' worth until caught up.
+        per_tick = math.ceil(plan.rate_pps * TICK_NS / 1e9)
+        burst = min(2 * per_tick + 1, self.tracker.max_batch)
+        pacer = Pacer(rate_pps=plan.rate_pps, start_ns=start_mono, total=total, max_burst=burst)
         next_frame = start_mono + FRAME_INTERVAL_NS
+        # Turns fall half a tick after the grid lines (which are the run's 1 ms marks), so a
+        # batch a little late still lands in the 100 ms window its probes were due in.
+        grid = start_mono + TICK_NS // 2
         last_tx_rt = time.time_ns()
         try:
             while True:
-                now = time.monotonic_ns()
-                sending = not (self.stop_requested or pacer.finished or now >= end_mono)
+                turn = time.monotonic_ns()
+                sending = not (self.stop_requested or pacer.finished or turn >= end_mono)
                 if sending:
-                    due = pacer.due(now)
+                    due = pacer.due(turn)
                     if due.count:
                         self.max_lag_ns = max(self.max_lag_ns, due.lag_ns)
                         last_tx_rt = self._send(due.count, pacer)
@@ -164,15 +198,26 @@ class Worker:
                     next_frame = now + FRAME_INTERVAL_NS
                     self._ship(pacer)
                     self._check_control()
-                wake = min(next_frame, pacer.next_due_ns() if sending else next_frame)
-                wait_ms = max(0, min(1, math.ceil((wake - time.monotonic_ns()) / 1e6)))
-                if wait_ms and self.poller.poll(wait_ms):
-                    continue
+                wake = next_frame
+                if sending:
+                    next_tick = grid + ((turn - grid) // TICK_NS + 1) * TICK_NS
+                    wake = min(wake, max(next_tick, pacer.next_due_ns()))
+                self._sleep_until(wake)
             self.tracker.finish()
             self._ship(pacer, final=True)
             self.data.send_bytes(encode(Done(plan.worker, self._done_reason(pacer, end_mono))))
         finally:
             self.io.close()
+
+    def _sleep_until(self, wake_ns: int) -> None:
+        """Wait for the next turn; with user-space RX stamps, drain replies as they come."""
+        while (left_ns := wake_ns - time.monotonic_ns()) > 0:
+            if not self.wake_for_replies:
+                time.sleep(left_ns / 1e9)
+                return
+            # POLLERR (a failed send's pending error) also wakes us: receiving clears it.
+            if self.poller.poll(max(1, math.ceil(left_ns / 1e6))):
+                self._receive()
 
     def _wait_for_start(self) -> int | None:
         """Block until the coordinator says when to start (or to stop before starting)."""
@@ -200,7 +245,9 @@ class Worker:
         # The send time is read after the batch is built, right before the one sendmmsg, so
         # build cost never shows up as latency.
         tx_rt = time.time_ns()
-        result = self.io.send(packets, self.addresses[local])
+        # OPT_ID of the batch's first packet: sends since TX stamps were enabled.
+        first_id = self.tracker.sent - self.tx_first_k
+        result = self.io.send(packets, self.addresses[local], first_id)
         self.tracker.on_sent(result.sent, tx_rt)
         pacer.commit(result.sent)
         if result.sent < count:
@@ -213,6 +260,10 @@ class Worker:
     def _receive(self) -> None:
         for _ in range(MAX_DRAIN_BATCHES):
             got = self.io.recv()
+            # A software TX stamp is queued before its packet leaves, so once the replies are
+            # in hand, the stamps of their probes are in the error queue: read them first.
+            if self.io.tx_stamps_enabled:
+                self._read_tx_stamps()
             if got.n == 0:
                 return
             self.rx_packets += got.n
@@ -231,6 +282,15 @@ class Worker:
                 rx_flags=got.rx_flags[: got.n],
             )
             if got.n < self.io.batch:
+                return
+
+    def _read_tx_stamps(self) -> None:
+        for _ in range(MAX_DRAIN_BATCHES):
+            stamps = self.io.read_tx_timestamps()
+            if stamps.n:
+                k = probes_of_tx_ids(stamps.ids, self.tx_first_k, self.tracker.sent)
+                self.tracker.on_tx_stamps(k, stamps.tx_ns, stamps.tx_flags)
+            if not stamps.more:
                 return
 
     def _ship(self, pacer: Pacer, *, final: bool = False) -> None:

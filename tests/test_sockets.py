@@ -484,3 +484,29 @@ def test_refused_sends_do_not_shift_the_numbering() -> None:
         pytest.skip("this kernel cannot number sends (SCM_TS_OPT_ID, Linux 6.13+)")
     assert refusals > 0 and sent == 40
     assert ids == list(range(40))
+
+
+@needs_root
+def test_a_partial_sends_pending_error_is_counted_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sendmmsg leaves the error of a partly sent batch for the socket's next call: receive
+    counts it and receives again."""
+    real = sockets._recvmmsg
+    calls: list[int] = []
+
+    def pending_then_real(*args: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            ctypes.set_errno(errno.ENOBUFS)
+            return -1
+        result: int = real(*args)
+        return result
+
+    with open_lo(bpf_program=reply_filter(IDENT)) as io:
+        io.send(echo_requests(IDENT, 3), np.full(3, LOOPBACK, np.uint32))
+        time.sleep(0.05)
+        monkeypatch.setattr(sockets, "_recvmmsg", pending_then_real)
+        got = io.recv()
+    assert io.pending_send_errors == 1 and len(calls) == 2
+    assert int(np.count_nonzero(ours(got.data[: got.n, :28], 0))) == 3

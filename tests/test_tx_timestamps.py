@@ -4,15 +4,19 @@ pair with the reply's RX stamp. The socket side (numbering every send) is in tes
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from loadgen.icmp import DecodeStatus
+from loadgen.profile import COMMAND_LINE, parse_profile
 from loadgen.records import RecordFlag, RecordKind
+from loadgen.runner import execute
 from loadgen.tracker import Tracker, probes_of_tx_ids
 
 MS = 1_000_000
@@ -157,3 +161,25 @@ def test_ids_map_to_probe_numbers_across_the_32_bit_wrap() -> None:
     assert got.tolist() == [10 + 2**32 - 2, 10 + 2**32 - 1, 10 + 2**32, 10 + 2**32 + 1, 10 + 5]
     assert probes_of_tx_ids(np.array([3], np.uint32), first_k=0, sent=4).tolist() == [3]
     assert probes_of_tx_ids(np.array([4], np.uint32), first_k=0, sent=4)[0] < 0  # not sent yet
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
+def test_a_loopback_run_takes_every_rtt_from_kernel_stamps() -> None:
+    profile = parse_profile(
+        {
+            "targets": "127.0.0.1,127.0.0.2,127.0.0.3",
+            "rate": "6k",
+            "count": 1000,
+            "workers": 2,
+            "tx_timestamps": True,
+            "timeout": "1s",
+            "delay": "1s",
+        },
+        source=COMMAND_LINE,
+    )
+    total = execute(profile).outcome.summary.total
+    assert total.counts.sent == total.counts.received == 3000
+    assert total.counts.unaccounted == 0
+    # Every RTT sample: kernel RX stamp minus the kernel TX stamp of exactly that probe.
+    assert (total.rx_ts, total.tx_ts) == ("kernel", "kernel")
+    assert 0 < total.rtt.min_ns <= total.rtt.max_ns < 10_000_000
