@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -118,8 +119,13 @@ def _check_tools(cfg: Config) -> None:
             raise UsageError(f"{tool} not found: run `make sysdeps` (or pass --no-peers)")
 
 
+def _own_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_step(net: BenchNet, step: Step) -> StepResult:
-    load1 = os.getloadavg()[0]
+    load1, cpu0 = os.getloadavg()[0], _own_cpu_s()
     with tempfile.TemporaryDirectory(prefix="loadgen-bench-") as tmp:
         jsonl = Path(tmp) / "run.jsonl"
         argv = step.argv(net.targets[: step.targets], jsonl)
@@ -127,7 +133,11 @@ def run_step(net: BenchNet, step: Step) -> StepResult:
             net, argv, start_s=START_LIMIT_S, run_s=step.run_limit_s(), workdir=Path(tmp)
         )
         result = evaluate(step, m, jsonl)
-    return dataclasses.replace(result, notes=(*result.notes, f"load average before: {load1:.2f}"))
+    return dataclasses.replace(
+        result,
+        notes=(*result.notes, f"load average before: {load1:.2f}"),
+        observer_cpu_s=round(_own_cpu_s() - cpu0, 3),
+    )
 
 
 def run_ladder(

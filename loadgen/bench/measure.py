@@ -22,6 +22,7 @@ from loadgen.bench.topology import BenchNet
 SAMPLE_NS = 100_000_000
 TREE_EVERY = 5  # re-list the process tree every 5th sample; the workers live the whole run
 STOP_GRACE_S = 5.0
+STALL_S = 10.0  # no new echo request for this long while the tool runs: it hangs (linger is 2 s)
 SETTLE_S = 0.2  # let the last replies reach the counters before the final reading
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -112,8 +113,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def run_measured(
     net: BenchNet, argv: Sequence[str], *, start_s: float, run_s: float, workdir: Path
 ) -> Measured:
-    """Run argv in the client namespace until it exits, sampling. It is stopped if no echo
-    request arrives within `start_s`, or if it still runs `run_s` after the first one."""
+    """Run argv in the client namespace until it exits, sampling. It is stopped as hung if no
+    echo request arrives within `start_s`, if it still runs `run_s` after the first one, or
+    if no new request arrives for STALL_S while it runs."""
     out_path, err_path = workdir / "stdout.txt", workdir / "stderr.txt"
     client0, responder0 = net.client.read(), net.responder.read()
     t0 = time.monotonic_ns()
@@ -127,7 +129,9 @@ def run_measured(
         )
     watch = _Watch(proc.pid)
     samples: list[Sample] = []
-    timed_out, rusage, n, first_ns = False, None, 0, None
+    timed_out, rusage, n = False, None, 0
+    first_ns: int | None = None
+    moved_ns, last_in = t0, -1
     try:
         next_ns = t0
         while True:
@@ -140,10 +144,12 @@ def run_measured(
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 rusage = ru
                 break
+            if requests_in != last_in:
+                moved_ns, last_in = now, requests_in
             if first_ns is None and requests_in > samples[0].requests_in:
                 first_ns = now
             limit_ns = t0 + start_s * 1e9 if first_ns is None else first_ns + run_s * 1e9
-            if now > limit_ns:
+            if now > limit_ns or (first_ns is not None and now - moved_ns > STALL_S * 1e9):
                 timed_out = True
                 break
             next_ns += SAMPLE_NS

@@ -108,6 +108,25 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _source_revision() -> str:
+    """The git commit loadgen ran from, "+changes" if its tree differs; "unknown" elsewhere."""
+    repo = Path(loadgen.__file__).resolve().parent.parent
+    rev = _git(repo, "rev-parse", "--short", "HEAD")
+    if not rev:
+        return "unknown"
+    return rev + ("+changes" if _git(repo, "status", "--porcelain", "--", "loadgen") else "")
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "kernel": platform.release(),
@@ -117,6 +136,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "loadgen": loadgen.__version__,
+        "loadgen_revision": _source_revision(),
         "ping": _first_line(["ping", "-V"]),
         "fping": _first_line(["fping", "-v"]),
         "load_average_at_start": list(os.getloadavg()),

@@ -98,6 +98,7 @@ class StepResult:
     exit_code: int | None
     problems: tuple[str, ...]  # non-empty: the step is broken
     notes: tuple[str, ...] = ()
+    observer_cpu_s: float = 0.0  # the bench's own CPU while it watched (sampling cost)
     window_pps: tuple[int, ...] = ()  # every steady 100 ms window's rate, for the curious
     kernel_client: dict[str, int] = field(default_factory=dict)
     kernel_responder: dict[str, int] = field(default_factory=dict)
