@@ -99,15 +99,15 @@ class _Watch:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT (the tools print their summary), then SIGKILL to the whole process group."""
+    """SIGINT (the tools print their summary), then SIGKILL to the whole process group: the
+    group is the tool's own session, so it holds nothing but the tool and its children."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGINT)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=STOP_GRACE_S)
 
 
 def run_measured(
