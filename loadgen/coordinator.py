@@ -161,7 +161,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._spawn_all()
         for h in self.workers:
-            loop.add_reader(h.data.fileno(), self._on_data, h)
+            watch_connection(loop, h.data, self._on_data, h)
             loop.add_reader(h.process.sentinel, self._on_exit, h)
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
         loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
@@ -389,6 +389,20 @@ class Coordinator:
             workers=self.workers,
             interrupted=self.interrupted,
         )
+
+
+def watch_connection(
+    loop: asyncio.AbstractEventLoop,
+    conn: Connection,
+    callback: Callable[[WorkerHandle], None],
+    handle: WorkerHandle,
+) -> None:
+    """Call back when `conn` is readable, keeping it readable frame by frame."""
+    loop.add_reader(conn.fileno(), callback, handle)
+    # uvloop makes a watched fd non-blocking, but Connection.recv_bytes needs a blocking pipe to
+    # read a frame larger than what has arrived so far: workers write whole frames, so a
+    # blocking read of one never waits long.
+    os.set_blocking(conn.fileno(), True)
 
 
 def _schedule(wp: WorkerPlan) -> WorkerSchedule:
