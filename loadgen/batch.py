@@ -23,6 +23,7 @@ _CSUM, _SEQ16 = 2, 6
 _MAGIC, _TARGET, _SEQ, _TX, _FILL = _HDR, _HDR + 8, _HDR + 12, _HDR + 20, _HDR + icmp.MIN_PAYLOAD
 
 
+_HALVES = np.array([0, _IP // 2])  # IP header and ICMP message, in 16-bit words
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -112,8 +113,9 @@ class EchoBuilder:
         out[:, _SEQ : _SEQ + 8].view(">u8")[:, 0] = seqs
         out[:, _TX : _TX + 8] = tx_bytes
         # RFC 1071 2(B): summed as little-endian words the checksum comes out byte-swapped,
-        # and is stored little-endian, which swaps it back.
-        out[:, _CSUM : _CSUM + 2].view("<u2")[:, 0] = ~_fold(_le_sums(out)) & 0xFFFF
+        # and is stored little-endian, which swaps it back. The folded sum of a nonzero total
+        # is (total - 1) % 0xFFFF + 1, and the checksum its complement.
+        out[:, _CSUM : _CSUM + 2].view("<u2")[:, 0] = 0xFFFE - (_le_sums(out) - 1) % 0xFFFF
         return out
 
 
@@ -247,7 +249,13 @@ class ReplyDecoder:
             return None
         if not (rows[:, _IP + _SEQ16 : _IP + _SEQ16 + 2].view(">u2")[:, 0] == (seq & 0xFFFF)).all():
             return None
-        if not _checksum_ok(rows[:, _IP:length]).all() or not _checksum_ok(rows[:, :_IP]).all():
+        # Both checksums in one pass. A nonzero ones' complement sum verifies when it is a
+        # multiple of 0xFFFF (its fold is then 0xFFFF); the fixed bytes make both nonzero.
+        even = length & ~1
+        sums = np.add.reduceat(rows[:, :even].view("<u2"), _HALVES, axis=1, dtype=np.uint64)
+        if length % 2:
+            sums[:, 1] += rows[:, even]
+        if (sums % 0xFFFF).any():
             return None
         target, tx, src = self._target[:n], self._tx[:n], self._src[:n]
         target[:] = rows[:, _IP + _TARGET : _IP + _TARGET + 4].view(">u4")[:, 0]

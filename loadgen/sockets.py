@@ -403,11 +403,14 @@ class _RecvRing:
             self.msgs["len"],
         )
         self.msgs_ptr = self.msgs.ctypes.data  # numpy's .ctypes costs a microsecond a call
+        self.ctrl_words = self.ctrl.view(np.int64)
+        self._filled = rows  # rows whose controllen the kernel may have shrunk
 
     def receive(self, fd: int, flags: int) -> int:
         """Messages read, or -errno."""
-        self.controllen[:] = self.ctrl_bytes  # the kernel shrinks it to what it wrote
+        self.controllen[: self._filled] = self.ctrl_bytes  # the kernel shrinks it to what it wrote
         n: int = _recvmmsg(fd, self.msgs_ptr, self.rows, flags, None)
+        self._filled = max(n, 0)
         return n if n >= 0 else -ctypes.get_errno()
 
 
@@ -515,6 +518,16 @@ class BatchIO:
         self._rx = _RecvRing(batch, slot_bytes, _RX_CTRL_BYTES)
         self._rx_ns = np.zeros(batch, np.int64)
         self._rx_flags = np.zeros(batch, np.uint8)
+        self._addr_col, self._iov_base = self._addrs["addr"], self._tx_iov["base"]
+        self._iov_for = (0, 0, 0)  # (first packet's address, length, rows) the iovecs point at
+        # The usual control data of a reply: the stamp cmsg alone, software stamp first.
+        self._plain_ctrl = {SO_TIMESTAMPING: _CMSG_HDR + 48, SO_TIMESTAMPNS: _CMSG_HDR + 16}.get(
+            sock.rx_scm, 0
+        )
+        if sock.tsflags & Sof.RAW_HARDWARE:
+            self._plain_ctrl = -1  # hardware stamps may be in ts[2]: always the general path
+        self._plain_flags = np.full(batch, sock.rx_flags if sock.rx_scm else 0, np.uint8)
+        self._plain_flags.flags.writeable = False
         self._tx_msgs_ptr = self._tx_msgs.ctypes.data
         self._rx_keys = (cmsg_key(socket.SOL_SOCKET, sock.rx_scm), _DROPS_KEY)
         self._rx_hard = RecordFlag.RX_HARDWARE if sock.tsflags & Sof.RAW_HARDWARE else None
@@ -574,11 +587,15 @@ class BatchIO:
         base, sent = packets.__array_interface__["data"][0], 0
         while sent < n:
             k = min(self._batch, n - sent)
-            self._addrs["addr"][:k] = dst[sent : sent + k]
-            np.multiply(self._index[:k], length, out=self._scratch[:k])
-            self._scratch[:k] += base + sent * length
-            self._tx_iov["base"][:k] = self._scratch[:k]
-            self._tx_iov["len"][:k] = length
+            self._addr_col[:k] = dst[sent : sent + k]
+            at = base + sent * length
+            if self._iov_for[0] != at or self._iov_for[1] != length or self._iov_for[2] < k:
+                # A builder reuses its buffer: usually the iovecs already point at these rows.
+                np.multiply(self._index[:k], length, out=self._scratch[:k])
+                self._scratch[:k] += at
+                self._iov_base[:k] = self._scratch[:k]
+                self._tx_iov["len"][:k] = length
+                self._iov_for = (at, length, k)
             if self._ids_exact:
                 np.add(self._index32[:k], (first_id + sent) & 0xFFFFFFFF, out=self._tx_id_col[:k])
             went: int = _sendmmsg(self._fd, self._tx_msgs_ptr, k, _DONTWAIT)
@@ -617,9 +634,11 @@ class BatchIO:
             else:
                 raise problem("receiving", -n)
         rx_ns, rx_flags = self._rx_ns[:n], self._rx_flags[:n]
-        rx_ns[:] = now_ns
-        rx_flags[:] = 0
-        if n:
+        if n and self._plain_stamps(n, rx_ns, now_ns):
+            rx_flags = self._plain_flags[:n]
+        elif n:
+            rx_ns[:] = now_ns
+            rx_flags[:] = 0
             stamps_at, drops_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._rx_keys)
             if self._sock.rx_scm:
                 read_stamps(ring.ctrl, stamps_at, rx_ns, rx_flags, _RX_SOFT, self._rx_hard)
@@ -631,6 +650,22 @@ class BatchIO:
         return RecvBatch(
             n, ring.data[:n], ring.lengths[:n], rx_ns, rx_flags, truncated, self._dropped_total
         )
+
+    def _plain_stamps(self, n: int, rx_ns: NDArray[np.int64], now_ns: int) -> bool:
+        """Fill rx_ns if every row's control data is the usual one (the stamp cmsg alone, or
+        nothing in user-space mode) and every stamp is set; else leave it to cmsg parsing."""
+        ring = self._rx
+        if not (ring.controllen[:n] == self._plain_ctrl).all():
+            return False
+        if not self._plain_ctrl:
+            rx_ns[:] = now_ns
+            return True
+        words = ring.ctrl_words[:n]
+        if not (words[:, 1] == self._rx_keys[0]).all():
+            return False
+        np.multiply(words[:, 2], 1_000_000_000, out=rx_ns)
+        rx_ns += words[:, 3]
+        return bool(words[:, 2].all())
 
     def enable_tx_timestamps(self) -> RecordFlag:
         """Ask for a kernel (or NIC) stamp of every packet sent from now on, numbered by OPT_ID

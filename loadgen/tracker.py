@@ -1,16 +1,16 @@
 """Probe tracking for one worker: every probe sent gets exactly one outcome record.
 
-Owns the outstanding-probe table (a ring of slots per target), the expiry queue, kernel TX
-stamps matched to their probes, duplicate and reordering detection and the record stream. Pure
-and vectorised: arrays and times in, records out; it never reads a clock or touches a socket.
-Times are CLOCK_REALTIME ns (kernel RX stamps live there); the caller passes them in.
+Owns the outstanding-probe tables, kernel TX stamps matched to their probes, duplicate and
+reordering detection and the record stream. Pure and vectorised: arrays and times in, records
+out; it never reads a clock or touches a socket. Times are CLOCK_REALTIME ns (kernel RX stamps
+live there); the caller passes them in.
 
-Probe k of the worker goes to local target `k % n_targets` with sequence `k // n_targets`, so
-sequences are dense per target, a probe is named by k alone, and its slot is a function of
-`k % table size`. A record's tx_ns is always the user-space send time (its second is the
-probe's bucket, the same for SENT and outcome records); rtt_ns uses the kernel TX stamp when
-one in the RX stamp's clock domain arrived before the reply was decided, and the record's TX
-flag says so.
+Probe k goes to local target `k % n_targets` with sequence `k // n_targets` (dense per target)
+and lives in slot `k % size` of every table, which in send order is also the expiry queue: a
+batch is a slice, and in-order replies touch memory in order. A record's tx_ns is always the
+user-space send time (its second is the probe's bucket, the same for SENT and outcome
+records); rtt_ns uses the kernel TX stamp when one in the RX stamp's clock domain arrived before
+the reply was decided, and the record's TX flag says so.
 """
 
 from __future__ import annotations
@@ -84,22 +84,20 @@ class Tracker:
         # Address -> local index, for ICMP errors that quote only 8 bytes of our probe.
         self._addr_order = np.argsort(addresses, kind="stable")
         self._addr_sorted = np.asarray(addresses, dtype=np.uint32)[self._addr_order]
-        # Each target needs room for every probe it can have outstanding during linger, twice over.
+        # Room for every probe a target can have outstanding during linger, twice over.
         self.window = _pow2_at_least(int(rate_pps / n * (linger_ns / 1e9) * 2) + 64)
         self._size = size = n * self.window
-        # Probe k, at r = k % size: local target, slot and k // n - (k // size) * window.
+        # Probe k, in slot r = k % size: its local target, and k // n - (k // size) * window.
         r = np.arange(size, dtype=np.int64)
         self._local_of = r % n
         self._seq_of = r // n
-        self._slot_of = self._local_of * self.window + self._seq_of
         self._slot_seq = np.zeros(size, dtype=np.uint64)
         self._slot_tx = np.zeros(size, dtype=np.int64)  # user-space send time
         self._slot_ktx = np.zeros(size, dtype=np.int64)  # kernel TX stamp, valid if kflag
         self._slot_kflag = np.zeros(size, dtype=np.uint8)  # TX_KERNEL / TX_HARDWARE / 0
         self._state = np.zeros(size, dtype=np.uint8)
-        # Expiry queue in send order: probe k at k % size (its slot is _slot_of[k % size]).
-        self._fifo_seq = np.zeros(size, dtype=np.uint64)
-        self._fifo_tx = np.zeros(size, dtype=np.int64)  # never decreasing, for searchsorted
+        # The slots in send order are the expiry queue; its send times never decrease.
+        self._fifo_tx = np.zeros(size, dtype=np.int64)
         self._head = 0  # next probe to expire
         self._unresolved = 0  # probes before this are answered or expired
         self._max_seq = np.full(n, -1, dtype=np.int64)
@@ -121,47 +119,49 @@ class Tracker:
 
     def plan_batch(self, count: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
         """Local target indexes and sequences of the next `count` probes (not yet sent)."""
-        local, seq, _ = self._plan(count)
-        return local, seq
+        return self._plan(count)
 
-    def _plan(self, count: int) -> tuple[NDArray[np.int64], NDArray[np.uint64], NDArray[np.int64]]:
+    def _plan(self, count: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
         if not 0 <= count <= self.max_batch:
             raise ValueError(f"batches are 0..{self.max_batch} probes, not {count}")
         size, start = self._size, self.sent % self._size
         wraps, base = self.sent // size, (self.sent // size) * self.window
         if start + count <= size:  # slices of the tables: no per-probe arithmetic
             at = slice(start, start + count)
-            local, slots = self._local_of[at], self._slot_of[at]
-            seq = (self._seq_of[at] + base).view(np.uint64)
-            return local, seq, slots
+            return self._local_of[at], (self._seq_of[at] + base).view(np.uint64)
         ks = np.arange(self.sent, self.sent + count, dtype=np.int64) % size
         wrapped = self._seq_of[ks] + np.where(ks >= start, base, (wraps + 1) * self.window)
-        return self._local_of[ks], wrapped.view(np.uint64), self._slot_of[ks]
+        return self._local_of[ks], wrapped.view(np.uint64)
+
+    def _segments(self, first_k: int, count: int) -> list[tuple[slice, slice]]:
+        """Probes first_k.. first_k + count - 1 as (slots, rows of the batch): one slice, or
+        two where the batch crosses the end of the tables."""
+        start = first_k % self._size
+        head = min(count, self._size - start)
+        out = [(slice(start, start + head), slice(0, head))]
+        if head < count:
+            out.append((slice(0, count - head), slice(head, count)))
+        return out
 
     def on_sent(self, count: int, tx_ns: int) -> None:
         """The first `count` probes of the last plan_batch went out at `tx_ns`."""
         if count <= 0:
             return
-        local, seq, slots = self._plan(count)
+        local, seq = self._plan(count)
         overflow = self.sent + count - self._head - self._size
         if overflow > 0:
             # Probe k shares its slot with probe k - size. Only a pacing burst far beyond the
             # table's margin gets here: resolve the old probes now rather than overwrite them.
             self.evicted += self._expire_oldest(overflow)
-        self._slot_seq[slots] = seq
-        self._slot_tx[slots] = tx_ns
-        self._state[slots] = _OUTSTANDING
-        if self._stamped:
-            self._slot_kflag[slots] = 0
-        size = self._size
-        last = int(self._fifo_tx[(self.sent - 1) % size]) if self.sent else tx_ns
+        last = int(self._fifo_tx[(self.sent - 1) % self._size]) if self.sent else tx_ns
         fifo_tx = max(tx_ns, last)  # a stepped-back clock must not unsort the queue
-        start = self.sent % size
-        first = min(count, size - start)
-        for lo, hi, at in ((0, first, start), (first, count, 0)):
-            if hi > lo:
-                self._fifo_seq[at : at + hi - lo] = seq[lo:hi]
-                self._fifo_tx[at : at + hi - lo] = fifo_tx
+        for slots, rows in self._segments(self.sent, count):
+            self._slot_seq[slots] = seq[rows]
+            self._slot_tx[slots] = tx_ns
+            self._fifo_tx[slots] = fifo_tx
+            self._state[slots] = _OUTSTANDING
+            if self._stamped:
+                self._slot_kflag[slots] = 0
         self.sent += count
         self._records.add(_SENT, tx_ns, 0, self.targets[local], 0)
 
@@ -175,11 +175,9 @@ class Tracker:
         if not len(k):
             return
         k = np.asarray(k, dtype=np.int64)
-        local = k % self.n
-        seq = k // self.n
-        slots = local * self.window + (seq & (self.window - 1))
+        slots = k % self._size
         live = (k >= 0) & (k < self.sent) & (self._state[slots] != _EMPTY)
-        live &= self._slot_seq[slots] == seq.view(np.uint64)
+        live &= self._slot_seq[slots] == (k // self.n).view(np.uint64)
         hardware = flags == _TX_HW
         # Software stamps first, where no hardware one is held; then hardware ones over them.
         for take in (live & ~hardware & (self._slot_kflag[slots] != _TX_HW), live & hardware):
@@ -229,8 +227,9 @@ class Tracker:
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
         """Local index, slot and whether the slot still tracks exactly that probe."""
         local = self._local[np.minimum(target, len(self._local) - 1)]
-        # A target not ours (-1) lands on a negative, valid index; `live` is false for it.
-        slots = local * self.window + (seq.view(np.int64) & (self.window - 1))
+        # Slot k % size holds probe k, whose sequence tells it from the others sharing the
+        # slot; a target not ours (-1) gives some slot too, and `live` false.
+        slots = (seq.view(np.int64) * self.n + local) % self._size
         live = (local >= 0) & (self._slot_seq[slots] == seq) & (self._state[slots] != _EMPTY)
         return local, slots, live
 
@@ -386,33 +385,21 @@ class Tracker:
 
     def _expire_oldest(self, count: int) -> int:
         """Resolve the `count` oldest unexpired probes; returns how many had no outcome yet."""
-        size = self._size
-        start = self._head % size
-        first = min(count, size - start)
-        resolved = 0
-        for lo, hi in ((start, start + first), (0, count - first)):
-            if hi > lo:
-                slots = self._slot_of[lo:hi]
-                current = self._slot_seq[slots] == self._fifo_seq[lo:hi]
-                if not current.all():
-                    slots = slots[current]
-                resolved += self._resolve(slots)
+        resolved = sum(self._resolve(slots) for slots, _ in self._segments(self._head, count))
         self._head += count
         self._unresolved = max(self._unresolved, self._head)
         return resolved
 
-    def _resolve(self, slots: NDArray[np.int64]) -> int:
+    def _resolve(self, slots: slice) -> int:
         """LOST or ERRORED for the unanswered probes in `slots`, which become free."""
         state = self._state[slots]
         resolved = 0
         for st, kind in ((_OUTSTANDING, RecordKind.LOST), (_DAMAGED, RecordKind.ERRORED)):
             sel = state == st
             if sel.any():
-                mine = slots[sel]
-                self._records.add(
-                    kind, self._slot_tx[mine], 0, self.targets[mine // self.window], 0
-                )
-                resolved += len(mine)
+                targets = self.targets[self._local_of[slots][sel]]
+                self._records.add(kind, self._slot_tx[slots][sel], 0, targets, 0)
+                resolved += len(targets)
         self._state[slots] = _EMPTY
         return resolved
 
@@ -426,11 +413,8 @@ class Tracker:
         while self._unresolved < self.sent:
             start = self._unresolved % size
             end = min(size, start + self.sent - self._unresolved, start + 4096)
-            slots = self._slot_of[start:end]
-            state = self._state[slots]
-            done = (self._slot_seq[slots] != self._fifo_seq[start:end]) | (
-                (state != _OUTSTANDING) & (state != _DAMAGED)
-            )
+            state = self._state[start:end]
+            done = (state != _OUTSTANDING) & (state != _DAMAGED)
             if done.all():
                 self._unresolved += end - start
                 continue

@@ -1,13 +1,14 @@
 """The worker process: one raw socket, one paced loop, one stream of record frames.
 
-Each turn of the loop sends every probe that is due (one batch, one sendmmsg), reads the
-kernel's TX stamps if asked for, drains the socket (recvmmsg batches, vectorised decode,
-tracker) and sleeps to the next turn: the next 1 ms tick of a grid locked to the run's start
-(half a tick off the second boundaries), or the next probe's due time when that is later. With
-kernel RX stamps replies wait in the socket for the next turn; with user-space ones the worker
-wakes for them. Every ~10 ms it expires old probes and ships one frame of records with its
-watermark. When sending ends (count, duration or a Stop from the coordinator) it keeps
-receiving until every probe is resolved or linger has passed, then sends its last frame and Done.
+Each turn of the loop sends every probe that is due (one batch, one sendmmsg) and sleeps to
+the next turn: the next 1 ms tick of a grid locked to the run's start (half a tick off the
+millisecond marks), or the next probe's due time when that is later. Replies are drained
+(recvmmsg batches, TX stamps from the error queue first if asked for, vectorised decode,
+tracker): with kernel RX stamps about one receive batch at a time (every 1-5 ms), as a reply
+waiting in the socket keeps its stamp; with user-space stamps as they come. Every ~10 ms it
+expires old probes and ships one frame of records with its watermark. When sending ends
+(count, duration or a Stop from the coordinator) it keeps receiving until every probe is
+resolved or linger has passed, then sends its last frame and Done.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from loadgen.tracker import Tracker, probes_of_tx_ids
 
 FRAME_INTERVAL_NS = 10_000_000
 TICK_NS = 1_000_000  # one send batch per tick at most, so no burst exceeds a tick's probes
+MAX_RX_INTERVAL_NS = 5_000_000  # kernel-stamped replies wait in the socket at most this long
 MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send schedule
 END_OF_TIME_NS = 2**62
 DURATION_SLACK_NS = 100_000_000
@@ -175,6 +177,10 @@ class Worker:
         burst = min(2 * per_tick + 1, self.tracker.max_batch)
         pacer = Pacer(rate_pps=plan.rate_pps, start_ns=start_mono, total=total, max_burst=burst)
         next_frame = start_mono + FRAME_INTERVAL_NS
+        next_rx, rx_interval_ns = start_mono, 0
+        if not self.wake_for_replies:
+            fill_ns = int(self.io.batch * 1e9 / plan.rate_pps)
+            rx_interval_ns = max(TICK_NS, min(MAX_RX_INTERVAL_NS, fill_ns)) - TICK_NS // 2
         # Turns fall half a tick after the grid lines (which are the run's 1 ms marks), so a
         # batch a little late still lands in the 100 ms window its probes were due in.
         grid = start_mono + TICK_NS // 2
@@ -192,7 +198,10 @@ class Worker:
                     time.time_ns() > last_tx_rt + plan.linger_ns
                 ):
                     break
-                self._receive()
+                if turn >= next_rx or not sending:
+                    # Kernel-stamped replies are read about a receive batch at a time.
+                    next_rx = turn + rx_interval_ns
+                    self._receive()
                 now = time.monotonic_ns()
                 if now >= next_frame:
                     next_frame = now + FRAME_INTERVAL_NS
