@@ -1,0 +1,261 @@
+"""Lab fixtures for the truth suite and the one way its tests run loadgen and read the truth.
+
+Every lab gets a prefix of its own ("lgq" + 4 hex digits), is torn down when its fixture ends,
+however the test ends, and the fixture then fails the test if anything carrying the prefix
+(namespace, link, nft table, reflector, state file) is left.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from loadgen.lab import (
+    HostTruth,
+    Lab,
+    LabHost,
+    expected_counts,
+    lab_down,
+    lab_up,
+    mismatches,
+    parse_lab_spec,
+    remains,
+    truth_since,
+)
+from loadgen.profile import Profile, parse_profile
+from loadgen.runner import RunResult, execute
+from loadgen.stats import Counts, TargetStats
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+OUTCOMES = ("received", "late", "lost", "errored")
+SIDE_EVENTS = ("duplicates", "reordered", "bitflips", "corrupted", "icmp_errors", "stale")
+
+
+class Labs:
+    """Brings labs up for one fixture scope; `close` takes them all down and says what is left."""
+
+    def __init__(self) -> None:
+        self.labs: list[Lab] = []
+        self.prefixes: list[str] = []
+
+    def __call__(self, hosts: Sequence[Mapping[str, object]], seed: int = 1) -> Lab:
+        prefix = "lgq" + secrets.token_hex(2)
+        self.prefixes.append(prefix)  # before lab_up: a half-built lab is swept up too
+        spec = parse_lab_spec(
+            {"prefix": prefix, "seed": seed, "hosts": [dict(h) for h in hosts]}, source="truth"
+        )
+        lab = lab_up(spec)
+        self.labs.append(lab)
+        return lab
+
+    def close(self) -> list[str]:
+        for lab in self.labs:
+            lab.close()
+        left: list[str] = []
+        for prefix in self.prefixes:
+            lab_down(prefix)
+            left += remains(prefix)
+        return left
+
+
+def _labs() -> Iterator[Labs]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    labs = Labs()
+    try:
+        yield labs
+    finally:
+        left = labs.close()
+    assert not left, f"left behind: {left}"
+
+
+@pytest.fixture
+def make_lab() -> Iterator[Labs]:
+    """`make_lab(hosts, seed)` -> a Lab, down (and checked gone) when the test ends."""
+    yield from _labs()
+
+
+@pytest.fixture(scope="module")
+def module_labs() -> Iterator[Labs]:
+    """The same for labs that several tests of one module share."""
+    yield from _labs()
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One loadgen run: its result and its JSONL export, read back."""
+
+    result: RunResult
+    rows: list[dict[str, Any]]
+
+    def index(self, address: str) -> int:
+        return next(t.index for t in self.result.plan.targets if t.address == address)
+
+    def stats(self, address: str) -> TargetStats:
+        return self.result.outcome.summary.per_target[self.index(address)]
+
+    def counts(self, address: str) -> Counts:
+        return self.stats(address).counts
+
+    def seconds(self, address: str) -> list[dict[str, Any]]:
+        """The per-second JSONL rows of one target, in order."""
+        i = self.index(address)
+        return [r for r in self.rows if r["type"] == "second" and r["target"] == i]
+
+    def rx_dropped(self, address: str) -> int:
+        """Replies loadgen's own socket dropped, if `address` is its worker's only target."""
+        i = self.index(address)
+        plans = self.result.plan.workers
+        w = next(k for k, wp in enumerate(plans) if any(t.index == i for t in wp.targets))
+        dropped = self.result.outcome.workers[w].rx_dropped
+        if dropped and len(plans[w].targets) > 1:
+            raise AssertionError(f"worker {w} dropped {dropped} replies of several targets")
+        return dropped
+
+
+def _writing_to_a_full_pipe(pid: int) -> list[int]:
+    """Processes under `pid` asleep in a pipe write (a worker the coordinator stopped reading)."""
+    stuck = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            with open(f"/proc/{proc.pid}/wchan") as f:
+                if "pipe_write" in f.read():
+                    stuck.append(proc.pid)
+        except OSError:
+            continue
+    return stuck
+
+
+def _execute_into(conn: Connection, profile: Profile) -> None:
+    """Child process: run the profile and send the RunResult (or the error) back."""
+    try:
+        conn.send(execute(profile))
+    except BaseException as exc:
+        conn.send(exc)
+    finally:
+        conn.close()
+
+
+def execute_bounded(profile: Profile, timeout_s: float, during: Callable[[int], None]) -> RunResult:
+    """runner.execute in a forked child that is stopped if it outlives `timeout_s`, so a hung
+    run fails its test instead of the whole session. `during(pid)` runs meanwhile."""
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_execute_into, args=(there, profile), name="loadgen-run")
+    child.start()
+    there.close()
+    try:
+        during(child.pid or 0)
+        if not here.poll(timeout_s):
+            stuck = _writing_to_a_full_pipe(child.pid or 0)
+            raise AssertionError(
+                f"loadgen did not finish within {timeout_s:.0f} s"
+                + (f"; workers {stuck} wait to write to the coordinator" if stuck else "")
+            )
+        got = here.recv()
+    finally:
+        if child.is_alive():
+            child.terminate()  # the coordinator's SIGTERM path stops its workers
+            child.join(5)
+        if child.is_alive():
+            child.kill()
+        child.join(5)
+        here.close()
+    if isinstance(got, BaseException):
+        raise got
+    assert isinstance(got, RunResult)
+    return got
+
+
+def run_loadgen(
+    tmp_path: Path,
+    targets: Sequence[str],
+    *,
+    rate_pps: float,
+    count: int,
+    timeout: str = "0.5s",
+    delay: str = "0.5s",
+    during: Callable[[int], None] = lambda pid: None,
+    **keys: object,
+) -> Run:
+    """Probe `targets` with `count` probes each at `rate_pps` in total; linger `delay` for the
+    last replies (every lab RTT here is far below it, so no reply is late or missed)."""
+    jsonl = tmp_path / f"run-{secrets.token_hex(3)}.jsonl"
+    profile = parse_profile(
+        {
+            "targets": list(targets),
+            "rate": rate_pps,
+            "count": count,
+            "timeout": timeout,
+            "delay": delay,
+            "jsonl": str(jsonl),
+            **keys,
+        },
+        source="truth",
+    )
+    bound_s = 20 + 3 * count * len(targets) / rate_pps  # start-up, sending, linger, slack
+    result = execute_bounded(profile, bound_s, during)
+    assert not result.outcome.failures, result.outcome.failures
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    return Run(result, rows)
+
+
+def measure(
+    lab: Lab, hosts: Sequence[LabHost], tmp_path: Path, **run_keys: Any
+) -> tuple[Run, dict[str, HostTruth]]:
+    """Run loadgen against `hosts` and return the run with each host's truth for that run."""
+    before = lab.truth(hosts)
+    run = run_loadgen(tmp_path, [h.address for h in hosts], **run_keys)
+    lab.wait_idle()
+    after = lab.truth(hosts)
+    return run, {a: truth_since(after[a], before[a]) for a in after}
+
+
+def pin_like_workers(hosts: Sequence[LabHost]) -> int:
+    """Pin host i's reflector to the CPU of the worker that probes it (targets are dealt to
+    workers round-robin, workers pinned in CPU order), so every reflector shares a CPU with
+    the same load; returns the number of workers to ask for. Without this, two reflectors
+    woken by one batch of probes take turns on one CPU, and the second waits for the first."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    for i, h in enumerate(hosts):
+        assert h.reflector_pid is not None, f"{h.name} has no reflector"
+        os.sched_setaffinity(h.reflector_pid, {cpus[i % len(cpus)]})
+    return len(cpus)
+
+
+def assert_exports_add_up(run: Run) -> None:
+    """Every second accounts for every probe it sent; seconds add up to the run's totals."""
+    anomalies = run.result.outcome.summary.anomalies
+    assert anomalies.invalid_records == anomalies.late_records == anomalies.rtt_dropped == 0
+    side_in_seconds = 0
+    for target in run.result.plan.targets:
+        rows = run.seconds(target.address)
+        for r in rows:
+            assert r["sent"] == sum(r[k] for k in OUTCOMES) and r["unaccounted"] == 0, r
+        total = run.counts(target.address)
+        for key in (*OUTCOMES, "sent"):
+            assert sum(r[key] for r in rows) == getattr(total, key), (target.name, key)
+        side_in_seconds += sum(r[k] for r in rows for k in SIDE_EVENTS)
+    # A side event for a second already closed (a stale reply) is in the totals only.
+    all_side = sum(getattr(run.result.outcome.summary.total.counts, k) for k in SIDE_EVENTS)
+    assert side_in_seconds + anomalies.side_events_after_close == all_side
+
+
+def assert_counts_match(run: Run, truth: Mapping[str, HostTruth]) -> None:
+    """loadgen's counts for every host equal what the host's truth says, figure by figure."""
+    for address, t in truth.items():
+        got = run.counts(address)
+        want = expected_counts(t, rx_dropped=run.rx_dropped(address))
+        assert mismatches(got, want) == {}, f"{t.name}: (loadgen, truth) {mismatches(got, want)}"
+        assert got.late == 0 and got.unaccounted == 0, (t.name, got)
+    assert_exports_add_up(run)
