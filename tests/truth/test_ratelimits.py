@@ -1,0 +1,86 @@
+"""Rate limits: a tbf-limited link and a rate-limited ICMP responder, probed faster than they let
+through. The loss equals the drop counters exactly, and every second of the export shows the
+limit: about the allowed rate answered, the rest lost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadgen.lab import LabHost
+
+from .conftest import Labs, Run, assert_counts_match, measure, needs_root
+
+pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(60)]
+
+PER_TARGET_PPS = 1_000
+SECONDS = 3
+SIZE = 64  # ICMP payload bytes
+FRAME_BITS = (14 + 20 + 8 + SIZE) * 8  # what tbf meters on a veth: Ethernet, IP, ICMP, payload
+LINK_BPS = 256_000
+ICMP_PPS = 300
+
+
+def judged_seconds(run: Run, host: LabHost, limit_pps: float) -> list[tuple[dict[str, Any], bool]]:
+    """Export rows of the seconds in which loadgen offered at least twice the limit, each with
+    whether loadgen kept to its timetable then (figures are bucketed by send time: sends that
+    bunch up let the limiter's credit lapse, so such a second may come out a little short)."""
+    rows = run.seconds(host.address)
+    assert sum(r["sent"] for r in rows) == PER_TARGET_PPS * SECONDS
+    for r in rows:
+        assert r["lost"] == r["sent"] - r["received"], r
+        assert r["loss_pct"] == pytest.approx(100 * r["lost"] / r["sent"])
+    limited = {
+        r["second"] for r in run.rows if r["type"] == "second_total" and r["generator_limited"]
+    }
+    judged = [(r, r["second"] not in limited) for r in rows if r["sent"] >= 2 * limit_pps]
+    assert len(judged) >= SECONDS - 1 and judged[0][0]["second"] == 0, rows
+    return judged
+
+
+def test_rate_limits_lose_exactly_what_the_limiters_dropped_each_second(
+    make_lab: Labs, tmp_path: Path
+) -> None:
+    lab = make_lab(
+        [
+            {"name": "link", "rate_limit": f"{LINK_BPS // 1000}kbit"},
+            {"name": "icmp", "icmp_ratelimit_pps": ICMP_PPS},
+        ]
+    )
+    link, icmp = lab.host("link"), lab.host("icmp")
+    run, truth = measure(
+        lab,
+        [link, icmp],
+        tmp_path,
+        rate_pps=2 * PER_TARGET_PPS,
+        count=PER_TARGET_PPS * SECONDS,
+        size=SIZE,
+    )
+    assert_counts_match(run, truth)
+
+    # The link: every loss is a tbf drop (requests on the way in, replies on the way out).
+    t = truth[link.address]
+    assert run.counts(link.address).lost == t.root_link.qdisc_drops + t.host_link.qdisc_drops
+    capacity_pps = LINK_BPS / FRAME_BITS
+    # The first second also gets tbf's full bucket (10 ms of the rate, at least 1600 bytes)
+    # and what its queue holds at the end of the second (sent then, answered after): tbf's
+    # limit is latency (50 ms) x rate + bucket.
+    bucket = max(1600, LINK_BPS // 800)
+    head_room = (2 * bucket + LINK_BPS / 8 * 0.05) / (FRAME_BITS / 8)
+    for r, kept_time in judged_seconds(run, link, capacity_pps):
+        slack = 0.03 * capacity_pps + 2 + (0 if kept_time else head_room)
+        top = capacity_pps + (head_room if r["second"] == 0 else 0)
+        assert capacity_pps - slack <= r["received"] <= top + slack, (r, kept_time)
+
+    # The ICMP limit: a token bucket of ICMP_PPS per second that starts full (ICMP_PPS / 20).
+    r_icmp = truth[icmp.address].reflector
+    assert r_icmp is not None
+    assert run.counts(icmp.address).lost == r_icmp.rate_limited > 0
+    burst = ICMP_PPS // 20
+    for r, kept_time in judged_seconds(run, icmp, ICMP_PPS):
+        slack = 2 if kept_time else burst + 2
+        top = ICMP_PPS + (burst if r["second"] == 0 else 0)
+        assert ICMP_PPS - slack <= r["received"] <= top + 1, (r, kept_time)
