@@ -42,9 +42,6 @@ IDLE_WAIT_NS = 100_000_000
 # Waking this much before a delayed message is due, and polling the rest, hides most of the
 # wake-up latency of a busy box; it costs at most this much spinning per delayed message.
 WAKE_EARLY_NS = 50_000
-# A lab host stands in for a machine of its own: a higher priority keeps the timing of its
-# delays from depending on whatever else shares the CPUs (it sleeps whenever it is idle).
-NICE = -10
 # On a stop, requests still on their way in (sent just before it) are read for this long.
 STOP_GRACE_S = 0.02
 LATE_STEP_NS = 10_000  # resolution of the lateness histogram behind late_ns_p50
@@ -338,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() == 1:  # the parent is already gone
             return 0
-    with contextlib.suppress(PermissionError):
-        os.nice(NICE)
     try:
         final = run(cfg)
     except PermissionError:
