@@ -16,7 +16,9 @@ from loadgen.lab.truth import HostTruth, LinkCounters
 from loadgen.stats import Counts
 
 # Reflector figures that are not running totals: kept as they are after the run.
-_NOT_ADDITIVE = frozenset({"delay_ns_max", "late_ns_max", "late_ns_p50", "pending"})
+_NOT_ADDITIVE = frozenset(
+    {"delay_ns_max", "late_ns_max", "late_ns_p50", "hold_ns_p50", "hold_step_ns", "pending"}
+)
 
 
 class AmbiguousTruth(ValueError):

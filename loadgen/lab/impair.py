@@ -170,7 +170,10 @@ class ReflectorCounts:
     delayed: int = 0  # replies (and errors) held for a delay > 0
     delay_ns_max: int = 0  # the largest delay drawn
     late_ns_max: int = 0  # the most a delayed message went out after its due time
-    late_ns_p50: int = 0  # the median of that lateness (to LATE_STEP_NS): the delay as applied
+    late_ns_p50: int = 0  # the median of that lateness (to 10 µs)
+    hold_ns_p50: int = 0  # median time an echo reply was held, from its request's arrival (the
+    # kernel's receive time) to its sending (to 10 µs): what this host added to the round trip
+    hold_step_ns: int = 0  # mean |difference| of consecutive replies' hold times: its jitter
     send_errors: int = 0  # datagrams the kernel refused (each also missing from *_sent)
     unsent_at_exit: int = 0  # delayed or held replies still waiting when the reflector stopped
     pending: int = 0  # delayed or held replies waiting now (0 when the reflector is idle)

@@ -17,6 +17,8 @@ import numpy.typing as npt
 
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
+SO_TIMESTAMPNS = 35  # also the cmsg type (SCM_TIMESTAMPNS): struct timespec, CLOCK_REALTIME
+CTRL_BYTES = 32  # struct cmsghdr (16) + struct timespec (16)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.recvmmsg.argtypes = [
@@ -47,13 +49,15 @@ class _MMsgHdr(ctypes.Structure):
 
 MMSG_DTYPE = np.dtype(
     {
-        "names": ["name", "namelen", "iov", "iovlen", "flags", "len"],
-        "formats": ["<u8", "<u4", "<u8", "<u8", "<i4", "<u4"],
+        "names": ["name", "namelen", "iov", "iovlen", "control", "controllen", "flags", "len"],
+        "formats": ["<u8", "<u4", "<u8", "<u8", "<u8", "<u8", "<i4", "<u4"],
         "offsets": [
             _MsgHdr.msg_name.offset,
             _MsgHdr.msg_namelen.offset,
             _MsgHdr.msg_iov.offset,
             _MsgHdr.msg_iovlen.offset,
+            _MsgHdr.msg_control.offset,
+            _MsgHdr.msg_controllen.offset,
             _MsgHdr.msg_flags.offset,
             _MMsgHdr.msg_len.offset,
         ],
@@ -61,12 +65,16 @@ MMSG_DTYPE = np.dtype(
     }
 )
 IOVEC_DTYPE = np.dtype([("base", "<u8"), ("len", "<u8")])
+# One SCM_TIMESTAMPNS message: struct cmsghdr, then struct timespec.
+STAMP_DTYPE = np.dtype(
+    [("len", "<u8"), ("level", "<i4"), ("type", "<i4"), ("sec", "<i8"), ("nsec", "<i8")]
+)
 # struct sockaddr_in (RFC 3493 names): family in host order, port and address in network order.
 SOCKADDR_IN_DTYPE = np.dtype(
     [("family", "<u2"), ("port", ">u2"), ("addr", "u1", (4,)), ("zero", "u1", (8,))]
 )
 assert ctypes.sizeof(_MMsgHdr) == MMSG_DTYPE.itemsize and IOVEC_DTYPE.itemsize == 16
-assert SOCKADDR_IN_DTYPE.itemsize == 16
+assert SOCKADDR_IN_DTYPE.itemsize == 16 and STAMP_DTYPE.itemsize == CTRL_BYTES
 
 
 def _raise_errno(what: str) -> None:
@@ -75,7 +83,8 @@ def _raise_errno(what: str) -> None:
 
 
 class RecvBatch:
-    """A receive buffer of `batch` rows of `snap` bytes, filled by one recvmmsg call."""
+    """A receive buffer of `batch` rows of `snap` bytes, filled by one recvmmsg call, with the
+    kernel's receive time of each row when the socket has SO_TIMESTAMPNS on."""
 
     def __init__(self, batch: int, snap: int) -> None:
         self.snap = snap
@@ -86,9 +95,13 @@ class RecvBatch:
         self.hdr = np.zeros(batch, dtype=MMSG_DTYPE)
         self.hdr["iov"] = self.iov.ctypes.data + np.arange(batch, dtype=np.uint64) * 16
         self.hdr["iovlen"] = 1
+        self.ctrl = np.zeros(batch, dtype=STAMP_DTYPE)
+        self.hdr["control"] = self.ctrl.ctypes.data + np.arange(batch, dtype=np.uint64) * CTRL_BYTES
 
     def recv(self, sock: socket.socket) -> int:
         """Receive up to `batch` datagrams without blocking; 0 when none is waiting."""
+        self.hdr["controllen"] = CTRL_BYTES  # the kernel shrinks it to what it wrote
+        self.ctrl["type"] = 0
         n: int = _libc.recvmmsg(
             sock.fileno(), self.hdr.ctypes.data, len(self.hdr), MSG_DONTWAIT, None
         )
@@ -100,6 +113,14 @@ class RecvBatch:
 
     def lengths(self, n: int) -> npt.NDArray[np.int64]:
         return self.hdr["len"][:n].astype(np.int64)
+
+    def stamps_ns(self, n: int) -> npt.NDArray[np.int64]:
+        """Kernel receive times (CLOCK_REALTIME ns) of the last batch's rows; 0 where none."""
+        c = self.ctrl[:n]
+        ok = (c["level"] == socket.SOL_SOCKET) & (c["type"] == SO_TIMESTAMPNS)
+        ok &= self.hdr["controllen"][:n] >= CTRL_BYTES
+        out: npt.NDArray[np.int64] = np.where(ok, c["sec"] * 1_000_000_000 + c["nsec"], 0)
+        return out
 
     def truncated(self, n: int) -> npt.NDArray[np.bool_]:
         flags: npt.NDArray[np.int32] = self.hdr["flags"][:n]

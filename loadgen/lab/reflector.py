@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from loadgen.lab.impair import Action, Decider, ReflectorConfig, ReflectorCounts
-from loadgen.lab.mmsg import RecvBatch, SendBatch
+from loadgen.lab.mmsg import SO_TIMESTAMPNS, RecvBatch, SendBatch
+from loadgen.lab.spread import Spread
 from loadgen.lab.wire import UNREACHABLE_HOST, IcmpType, icmp_error, make_replies, parse_batch
 
 BATCH = 256
@@ -44,8 +45,8 @@ IDLE_WAIT_NS = 100_000_000
 WAKE_EARLY_NS = 50_000
 # On a stop, requests still on their way in (sent just before it) are read for this long.
 STOP_GRACE_S = 0.02
-LATE_STEP_NS = 10_000  # resolution of the lateness histogram behind late_ns_p50
-LATE_BUCKETS = 1_000  # 0 .. 10 ms; later messages share the last bucket
+LATE_BUCKETS = 1_000  # lateness histogram: 0 .. 10 ms in 10 µs steps
+HOLD_BUCKETS = 10_000  # hold-time histogram: 0 .. 100 ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class Outgoing:
     reorder: bool
     kind: str  # the counter each datagram sent adds to
     ordinal: int = -1  # for echo replies: the request's place in arrival order
+    arrived_ns: int = 0  # when its request arrived (monotonic)
 
 
 def open_raw_socket() -> socket.socket:
@@ -68,6 +70,9 @@ def open_raw_socket() -> socket.socket:
     )
     for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
         sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+    # The kernel's receive time of each request: hold times start when a request arrived,
+    # not when this process got round to reading it.
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     return sock
 
 
@@ -91,22 +96,19 @@ class Reflector:
         self.order = 0
         self.top_ordinal = -1  # the latest request (arrival order) answered with a reply so far
         self.held: tuple[int, Outgoing] | None = None  # (deadline_ns, reply held back)
-        self.late_hist = [0] * LATE_BUCKETS
+        self.late = Spread(LATE_BUCKETS)  # how late delayed messages went out
+        # How long each echo reply was held, from its request's arrival to its sending: what
+        # this host added to the round trip (duplicates and errors aside).
+        self.hold = Spread(HOLD_BUCKETS)
 
     def snapshot(self) -> ReflectorCounts:
         pending = len(self.queue) + (self.held is not None)
-        return ReflectorCounts.from_dict(
-            {**self.counts, "pending": pending, "late_ns_p50": self._late_p50()}
-        )
-
-    def _late_p50(self) -> int:
-        """Middle of the histogram bucket holding the median lateness; 0 with no samples."""
-        half, seen = (sum(self.late_hist) + 1) // 2, 0
-        for i, n in enumerate(self.late_hist):
-            seen += n
-            if half and seen >= half:
-                return i * LATE_STEP_NS + LATE_STEP_NS // 2
-        return 0
+        timing = {
+            "late_ns_p50": self.late.p50_ns(),
+            "hold_ns_p50": self.hold.p50_ns(),
+            "hold_step_ns": self.hold.mean_step_ns(),
+        }
+        return ReflectorCounts.from_dict({**self.counts, "pending": pending, **timing})
 
     def on_readable(self, now_ns: int) -> int:
         """Receive and answer one batch; returns how many datagrams were read."""
@@ -119,6 +121,9 @@ class Reflector:
         c["requests_seen"] += len(batch.rows)
         if len(batch.rows) == 0:
             return n
+        stamps = self.rx.stamps_ns(n)[batch.rows]
+        # Arrival times on this loop's clock (monotonic); now_ns where the kernel gave none.
+        arrived = np.where(stamps > 0, stamps - (time.time_ns() - time.monotonic_ns()), now_ns)
         first = self.decider.seen
         d = self.decider.decide(len(batch.rows), now_ns)
         c["dropped"] += int(np.count_nonzero(d.action == Action.DROP))
@@ -158,15 +163,19 @@ class Reflector:
             )
             c["replies_sent"] += sent
             c["send_errors"] += failed
+            self.hold.add_many((self.clock() - arrived[sel]).tolist())
             if len(rows):  # nothing is held or queued: these went out after all earlier ones
                 self.top_ordinal = first + int(np.flatnonzero(sel)[-1])
             return n
         reorder, delay = d.reorder[sel], d.delay_ns[sel]
         ordinals = (first + np.flatnonzero(sel)).tolist()
+        arrivals = arrived[sel].tolist()
         for j, row in enumerate(rows.tolist()):
             msg = buf[row, int(off[j]) : int(end[j])].tobytes()
             dst = buf[row, 12:16].tobytes()
-            out = Outgoing(msg, dst, int(copies[j]), bool(reorder[j]), "replies_sent", ordinals[j])
+            out = Outgoing(
+                msg, dst, int(copies[j]), bool(reorder[j]), "replies_sent", ordinals[j], arrivals[j]
+            )
             self._later(ready_ns, int(delay[j]), out)
         return n
 
@@ -185,6 +194,8 @@ class Reflector:
             if out.ordinal < self.top_ordinal:
                 self.counts["out_of_order"] += 1
             self.top_ordinal = max(self.top_ordinal, out.ordinal)
+        if out.arrived_ns:
+            self.hold.add(self.clock() - out.arrived_ns)
         dst = (socket.inet_ntoa(out.dst), 0)
         for _ in range(out.copies):
             try:
@@ -209,7 +220,7 @@ class Reflector:
             due_ns, _, out = heapq.heappop(self.queue)
             late_ns = now_ns - due_ns
             self.counts["late_ns_max"] = max(self.counts["late_ns_max"], late_ns)
-            self.late_hist[min(late_ns // LATE_STEP_NS, LATE_BUCKETS - 1)] += 1
+            self.late.add(late_ns)
             self._emit(out, now_ns)
         if self.held is not None and self.held[0] <= now_ns:
             held, self.held = self.held[1], None
