@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
+from loadgen.errors import LabError
 from loadgen.lab import (
     HostTruth,
     Lab,
@@ -59,11 +60,17 @@ class Labs:
         return lab
 
     def close(self) -> list[str]:
-        for lab in self.labs:
-            lab.close()
         left: list[str] = []
+        for lab in self.labs:
+            try:  # stops and reaps its reflectors
+                lab.close()
+            except LabError as exc:
+                left.append(f"{lab.prefix}: {exc}")
         for prefix in self.prefixes:
-            lab_down(prefix)
+            try:  # by name too: whatever one lab's teardown missed, the next ones still go
+                lab_down(prefix)
+            except LabError as exc:
+                left.append(f"{prefix}: {exc}")
             left += remains(prefix)
         return left
 
@@ -221,16 +228,16 @@ def measure(
     return run, {a: truth_since(after[a], before[a]) for a in after}
 
 
-def pin_like_workers(hosts: Sequence[LabHost]) -> int:
-    """Pin host i's reflector to the CPU of the worker that probes it (targets are dealt to
-    workers round-robin, workers pinned in CPU order), so every reflector shares a CPU with
-    the same load; returns the number of workers to ask for. Without this, two reflectors
-    woken by one batch of probes take turns on one CPU, and the second waits for the first."""
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    for i, h in enumerate(hosts):
-        assert h.reflector_pid is not None, f"{h.name} has no reflector"
-        os.sched_setaffinity(h.reflector_pid, {cpus[i % len(cpus)]})
-    return len(cpus)
+def pin_reflectors(quiet: Sequence[LabHost], timed: Sequence[LabHost]) -> dict[str, int]:
+    """Pin `quiet` hosts' reflectors to the first CPU, where loadgen pins its one worker, and
+    the `timed` ones (delays) to the last, so a reflector's timer never waits for a worker to
+    give up its CPU. Returns the profile keys that ask for that one worker."""
+    cpus = sorted(os.sched_getaffinity(0))
+    for hosts, cpu in ((quiet, cpus[0]), (timed, cpus[-1])):
+        for h in hosts:
+            assert h.reflector_pid is not None, f"{h.name} has no reflector"
+            os.sched_setaffinity(h.reflector_pid, {cpu})
+    return {"workers": 1}
 
 
 def assert_exports_add_up(run: Run) -> None:

@@ -24,10 +24,10 @@ LINK_BPS = 256_000
 ICMP_PPS = 300
 
 
-def judged_seconds(run: Run, host: LabHost) -> list[dict[str, Any]]:
-    """Export rows of the seconds to judge a limiter by: those loadgen sent evenly through at
-    the full rate, by its own account (figures are bucketed by send time: when sends bunch up,
-    a limiter's credit lapses and the second comes out short, and that says nothing of it)."""
+def judged_seconds(run: Run, host: LabHost) -> list[tuple[dict[str, Any], bool]]:
+    """Export rows of the seconds loadgen sent in full, each with whether it also kept to its
+    timetable then (figures are bucketed by send time: sends that bunch up let a limiter's
+    credit lapse, so such a second may come out a little short, and says nothing of it)."""
     rows = run.seconds(host.address)
     assert sum(r["sent"] for r in rows) == PER_TARGET_PPS * SECONDS
     for r in rows:
@@ -36,8 +36,8 @@ def judged_seconds(run: Run, host: LabHost) -> list[dict[str, Any]]:
     limited = {
         r["second"] for r in run.rows if r["type"] == "second_total" and r["generator_limited"]
     }
-    judged = [r for r in rows if r["second"] not in limited and r["sent"] >= 0.98 * PER_TARGET_PPS]
-    assert judged, f"loadgen fell behind its timetable every second: {sorted(limited)}"
+    judged = [(r, r["second"] not in limited) for r in rows if r["sent"] >= 0.98 * PER_TARGET_PPS]
+    assert judged, f"loadgen sent no second in full: {rows}"
     return judged
 
 
@@ -70,16 +70,17 @@ def test_rate_limits_lose_exactly_what_the_limiters_dropped_each_second(
     # limit is latency (50 ms) x rate + bucket.
     bucket = max(1600, LINK_BPS // 800)
     head_room = (2 * bucket + LINK_BPS / 8 * 0.05) / (FRAME_BITS / 8)
-    for r in judged_seconds(run, link):
+    for r, kept_time in judged_seconds(run, link):
         top = capacity_pps + (head_room if r["second"] == 0 else 0)
-        slack = 0.03 * capacity_pps + 2
-        assert capacity_pps - slack <= r["received"] <= top + slack, r
+        slack = 0.03 * capacity_pps + 2 + (0 if kept_time else head_room)
+        assert capacity_pps - slack <= r["received"] <= top + slack, (r, kept_time)
 
     # The ICMP limit: a token bucket of ICMP_PPS per second that starts full (ICMP_PPS / 20).
     r_icmp = truth[icmp.address].reflector
     assert r_icmp is not None
     assert run.counts(icmp.address).lost == r_icmp.rate_limited > 0
     burst = ICMP_PPS // 20
-    for r in judged_seconds(run, icmp):
+    for r, kept_time in judged_seconds(run, icmp):
         top = ICMP_PPS + (burst if r["second"] == 0 else 0)
-        assert ICMP_PPS - 2 <= r["received"] <= top + 1, r
+        slack = 2 if kept_time else burst + 2
+        assert ICMP_PPS - slack <= r["received"] <= top + 1, (r, kept_time)
