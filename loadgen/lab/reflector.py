@@ -2,8 +2,9 @@
 
 `python -m loadgen.lab.reflector --config JSON` (started by the lab via `ip netns exec`). It
 reads requests in batches (recvmmsg), decides their fate with `impair.Decider`, answers with
-sendmmsg when nothing needs holding back, and counts every action. A unix SEQPACKET socket
-answers "stats" (counters as JSON) and "stop"; SIGTERM stops it; counters go to a file at exit.
+sendmmsg when nothing needs holding back, counts every action and times how long it held each
+reply (from the request's kernel receive stamp). A unix SEQPACKET socket answers "stats"
+(counters as JSON) and "stop"; SIGTERM stops it; counters go to a file at exit.
 """
 
 from __future__ import annotations
