@@ -5,6 +5,8 @@ and sends them. Because the timetable is absolute, small delays are caught up ex
 long-run rate never drifts. Catch-up is capped at `max_burst` per tick so a stall never turns
 into a one-second burst; after falling more than `max_lag_ns` behind, the timetable is moved
 forward and the time given up is counted (`skipped_ns`), so achieved rate stays honest.
+`TickGrid` places the ticks: a batch holds the probes due by its grid point, however late the
+turn that sends it, so lateness moves a batch's send time but never its size.
 """
 
 from __future__ import annotations
@@ -71,3 +73,34 @@ class Pacer:
     def next_due_ns(self) -> int:
         """Monotonic time at which the next probe is due."""
         return self._origin_ns + int((self.sent - self._base) * self._interval_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class TickGrid:
+    """Turns fall on grid points half a tick after each tick mark of the run (origin + i
+    ticks), and a turn sends what is due by the next mark: up to half a tick early, and however
+    late (under half a tick) the turn runs, the probes sent in each tenth of a second are
+    exactly those due in it. Every `ticks_per_mark` ticks is a mark (100 ms): the grid point
+    just before one is the turn whose timing decides that, so the turn before it stays light."""
+
+    origin_ns: int
+    tick_ns: int = 1_000_000
+    ticks_per_mark: int = 100
+
+    def _index(self, now_ns: int) -> int:
+        """Index of the latest grid point at or before now_ns (-1 before the first)."""
+        return (now_ns - self.origin_ns - self.tick_ns // 2) // self.tick_ns
+
+    def batch_end(self, now_ns: int) -> int:
+        """What a turn at now_ns sends is due by this instant: just before the tick mark that
+        follows the latest grid point (a probe due on a mark belongs to the next tick)."""
+        return self.origin_ns + (self._index(now_ns) + 1) * self.tick_ns - 1
+
+    def next_after(self, now_ns: int) -> int:
+        """The first grid point after now_ns."""
+        return self.origin_ns + self.tick_ns // 2 + (self._index(now_ns) + 1) * self.tick_ns
+
+    def before_mark(self, now_ns: int) -> bool:
+        """One of the next two grid points is the last one before a mark: keep the time to it
+        free of long work (two points, as a long turn can push the next one late too)."""
+        return (self._index(now_ns) + 3) % self.ticks_per_mark < 2

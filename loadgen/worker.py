@@ -1,8 +1,9 @@
 """The worker process: one raw socket, one paced loop, one stream of record frames.
 
-Each turn of the loop sends every probe that is due (one batch, one sendmmsg) and sleeps to
-the next turn: the next 1 ms tick of a grid locked to the run's start (half a tick off the
-millisecond marks), or the next probe's due time when that is later. Replies are drained
+Each turn of the loop sends one batch (one sendmmsg) and sleeps to the next turn: the next
+point of a 1 ms grid locked to the run's start (pacer.TickGrid: a batch is what is due by the
+next millisecond mark, so a late turn shifts its send time, never its size), or the next
+probe's due time when that is later. Workers run at real-time priority where allowed. Replies are drained
 (recvmmsg batches, TX stamps from the error queue first if asked for, vectorised decode,
 tracker): with kernel RX stamps about one receive batch at a time (every 1-5 ms), as a reply
 waiting in the socket keeps its stamp; with user-space stamps as they come. Every ~10 ms it
@@ -14,6 +15,7 @@ resolved or linger has passed, then sends its last frame and Done.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import math
 import os
@@ -40,7 +42,7 @@ from loadgen.messages import (
     decode,
     encode,
 )
-from loadgen.pacer import Pacer
+from loadgen.pacer import Pacer, TickGrid
 from loadgen.records import RecordFlag
 from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
 from loadgen.tracker import Tracker, probes_of_tx_ids
@@ -50,6 +52,9 @@ TICK_NS = 1_000_000  # one send batch per tick at most, so no burst exceeds a ti
 MAX_RX_INTERVAL_NS = 5_000_000  # kernel-stamped replies wait in the socket at most this long
 MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send schedule
 END_OF_TIME_NS = 2**62
+REALTIME_PRIORITY = 1  # SCHED_FIFO, the lowest real-time priority
+PR_SET_TIMERSLACK, TIMER_SLACK_NS = 29, 1000  # <linux/prctl.h>
+WORKER_NICE = -5
 DURATION_SLACK_NS = 100_000_000
 
 
@@ -66,7 +71,8 @@ def worker_main(plan_bytes: bytes, data: Connection, control: Connection) -> Non
         worker = plan.worker
         if plan.cpu >= 0:
             os.sched_setaffinity(0, {plan.cpu})
-        Worker(plan, data, control).run()
+        note = _tune_process()
+        Worker(plan, data, control, [note] if note else []).run()
     except LoadgenError as exc:
         _send_quietly(data, Failed(worker, str(exc)))
     except (BrokenPipeError, ConnectionResetError):
@@ -77,13 +83,36 @@ def worker_main(plan_bytes: bytes, data: Connection, control: Connection) -> Non
         data.close()
 
 
+def _tune_process() -> str | None:
+    """A late turn is a pacing error. Where allowed (root, CAP_SYS_NICE) the worker runs at the
+    lowest real-time priority, so the coordinator and other work sharing its CPU wait for the
+    worker's turns, not the other way round (a worker sleeps most of each tick, and the kernel
+    keeps 5% of every CPU for others should one never sleep). Otherwise it wakes on time (1 us
+    timer slack instead of 50 us) and runs at nice -5 if it may; returns a note saying so."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+        return None
+    except OSError:
+        pass
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)
+    return (
+        "workers may not run at real-time priority (needs root or CAP_SYS_NICE): other "
+        "work on their CPUs can delay a batch past a tenth-of-a-second mark"
+    )
+
+
 def _send_quietly(conn: Connection, msg: Failed) -> None:
     with contextlib.suppress(OSError):
         conn.send_bytes(encode(msg))
 
 
 class Worker:
-    def __init__(self, plan: PlanMsg, data: Connection, control: Connection) -> None:
+    def __init__(
+        self, plan: PlanMsg, data: Connection, control: Connection, notes: list[str] | None = None
+    ) -> None:
         self.plan = plan
         self.data = data
         self.control = control
@@ -114,7 +143,7 @@ class Worker:
         self.wake_for_replies = self.sock.rx_scm == 0
         self.tx_flag = RecordFlag.NONE
         self.tx_first_k = 0  # probes sent before TX stamps were enabled: OPT_ID 0 is this one
-        self.notes: list[str] = []
+        self.notes: list[str] = list(notes or [])
         if plan.tx_timestamps:
             self._enable_tx_stamps()
         self.frame_seq = 0
@@ -173,24 +202,24 @@ class Worker:
             total = by_time if total is None else min(total, by_time)
             end_mono = start_mono + plan.duration_ns + DURATION_SLACK_NS
         # One tick's probes per turn; after a stall, two ticks' worth until caught up.
-        per_tick = math.ceil(plan.rate_pps * TICK_NS / 1e9)
-        burst = min(2 * per_tick + 1, self.tracker.max_batch)
+        per_tick = plan.rate_pps * TICK_NS / 1e9
+        burst = min(2 * math.ceil(per_tick) + 1, self.tracker.max_batch)
         pacer = Pacer(rate_pps=plan.rate_pps, start_ns=start_mono, total=total, max_burst=burst)
+        grid = TickGrid(start_mono, TICK_NS) if per_tick >= 1 else None
         next_frame = start_mono + FRAME_INTERVAL_NS
         next_rx, rx_interval_ns = start_mono, 0
         if not self.wake_for_replies:
             fill_ns = int(self.io.batch * 1e9 / plan.rate_pps)
             rx_interval_ns = max(TICK_NS, min(MAX_RX_INTERVAL_NS, fill_ns)) - TICK_NS // 2
-        # Turns fall half a tick after the grid lines (which are the run's 1 ms marks), so a
-        # batch a little late still lands in the 100 ms window its probes were due in.
-        grid = start_mono + TICK_NS // 2
         last_tx_rt = time.time_ns()
         try:
             while True:
                 turn = time.monotonic_ns()
                 sending = not (self.stop_requested or pacer.finished or turn >= end_mono)
                 if sending:
-                    due = pacer.due(turn)
+                    # On the grid a batch is what is due by the next tick mark, however late
+                    # this turn is; below a probe per tick each probe has its own turn.
+                    due = pacer.due(grid.batch_end(turn) if grid else turn)
                     if due.count:
                         self.max_lag_ns = max(self.max_lag_ns, due.lag_ns)
                         last_tx_rt = self._send(due.count, pacer)
@@ -198,19 +227,21 @@ class Worker:
                     time.time_ns() > last_tx_rt + plan.linger_ns
                 ):
                     break
-                if turn >= next_rx or not sending:
-                    # Kernel-stamped replies are read about a receive batch at a time.
-                    next_rx = turn + rx_interval_ns
+                # Receiving and shipping take most of a tick: never both in one turn, and
+                # neither right before the batch that closes a tenth of a second.
+                light = sending and grid is not None and grid.before_mark(turn)
+                received = False
+                if not light and (turn >= next_rx or not sending):
+                    next_rx, received = turn + rx_interval_ns, True
                     self._receive()
-                now = time.monotonic_ns()
-                if now >= next_frame:
-                    next_frame = now + FRAME_INTERVAL_NS
+                if not light and turn >= next_frame and not (received and sending):
+                    next_frame = turn + FRAME_INTERVAL_NS
                     self._ship(pacer)
                     self._check_control()
                 wake = next_frame
-                if sending:
-                    next_tick = grid + ((turn - grid) // TICK_NS + 1) * TICK_NS
-                    wake = min(wake, max(next_tick, pacer.next_due_ns()))
+                if sending:  # the next grid point, or the next probe or frame if later
+                    next_turn = grid.next_after(turn) if grid else turn
+                    wake = max(next_turn, min(next_frame, pacer.next_due_ns()))
                 self._sleep_until(wake)
             self.tracker.finish()
             self._ship(pacer, final=True)
