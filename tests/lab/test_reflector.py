@@ -191,6 +191,8 @@ def test_sigterm_writes_the_final_counts(prefix: str) -> None:
             time.sleep(0.01)
         stats = run_dir(prefix) / "d.stats.json"
         final = ReflectorCounts.from_dict(json.loads(stats.read_text()))
-    assert obs.sent == final.requests_seen == 20
-    assert final.unsent_at_exit + final.replies_sent == 20 and final.unsent_at_exit > 0
+    # The probe's sending is bounded in time, so a busy machine may send a few fewer than 20.
+    assert obs.sent >= 10
+    assert final.requests_seen == obs.sent
+    assert final.unsent_at_exit + final.replies_sent == obs.sent and final.unsent_at_exit > 0
     assert final.pending == 0
