@@ -1,15 +1,14 @@
 """The worker process: one raw socket, one paced loop, one stream of record frames.
 
-Each turn of the loop sends one batch (one sendmmsg) and sleeps to the next turn: the next
-point of a 1 ms grid locked to the run's start (pacer.TickGrid: a batch is what is due by the
-next millisecond mark, so a late turn shifts its send time, never its size), or the next
-probe's due time when that is later. Workers run at real-time priority where allowed. Replies are drained
-(recvmmsg batches, TX stamps from the error queue first if asked for, vectorised decode,
-tracker): with kernel RX stamps about one receive batch at a time (every 1-5 ms), as a reply
-waiting in the socket keeps its stamp; with user-space stamps as they come. Every ~10 ms it
-expires old probes and ships one frame of records with its watermark. When sending ends
-(count, duration or a Stop from the coordinator) it keeps receiving until every probe is
-resolved or linger has passed, then sends its last frame and Done.
+Each turn sends one batch (one sendmmsg) and sleeps to the next turn: the next point of a 1 ms
+grid locked to the run's start (pacer.TickGrid: a batch is what is due by the next millisecond
+mark, so a late turn shifts its send time, never its size), or the next probe's due time when
+that is later. Replies are drained (recvmmsg batches, TX stamps from the error queue first if
+asked for, vectorised decode, tracker): with kernel RX stamps about one receive batch at a time
+(every 1-5 ms), as a waiting reply keeps its stamp; with user-space stamps as they come. Every
+~10 ms it expires old probes and ships a frame of records with its watermark. When sending ends
+(count, duration or a Stop) it receives until every probe is resolved or linger has passed,
+then sends its last frame and Done. Workers run at real-time priority where allowed.
 """
 
 from __future__ import annotations
