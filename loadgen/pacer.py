@@ -77,19 +77,24 @@ class Pacer:
 
 @dataclass(frozen=True, slots=True)
 class TickGrid:
-    """Turns fall on grid points half a tick after each tick mark of the run (origin + i
-    ticks), and a turn sends what is due by the next mark: up to half a tick early, and however
-    late (under half a tick) the turn runs, the probes sent in each tenth of a second are
-    exactly those due in it. Every `ticks_per_mark` ticks is a mark (100 ms): the grid point
-    just before one is the turn whose timing decides that, so the turn before it stays light."""
+    """Turns fall on grid points a quarter tick after each tick mark of the run (origin + i
+    ticks), and a turn sends what is due by the next mark: probes go at most 3/4 tick early,
+    and however late the turn runs (under 3/4 tick), the probes sent in each tenth of a second
+    are exactly those due in it. Every `ticks_per_mark` ticks is a mark (100 ms): the grid
+    point just before one is the turn whose timing decides that, so the turns before it stay
+    light."""
 
     origin_ns: int
     tick_ns: int = 1_000_000
     ticks_per_mark: int = 100
 
+    @property
+    def _offset_ns(self) -> int:
+        return self.tick_ns // 4
+
     def _index(self, now_ns: int) -> int:
         """Index of the latest grid point at or before now_ns (-1 before the first)."""
-        return (now_ns - self.origin_ns - self.tick_ns // 2) // self.tick_ns
+        return (now_ns - self.origin_ns - self._offset_ns) // self.tick_ns
 
     def batch_end(self, now_ns: int) -> int:
         """What a turn at now_ns sends is due by this instant: just before the tick mark that
@@ -98,7 +103,7 @@ class TickGrid:
 
     def next_after(self, now_ns: int) -> int:
         """The first grid point after now_ns."""
-        return self.origin_ns + self.tick_ns // 2 + (self._index(now_ns) + 1) * self.tick_ns
+        return self.origin_ns + self._offset_ns + (self._index(now_ns) + 1) * self.tick_ns
 
     def before_mark(self, now_ns: int) -> bool:
         """One of the next two grid points is the last one before a mark: keep the time to it

@@ -82,26 +82,29 @@ def test_never_ahead_of_schedule(rate: float, steps: list[int]) -> None:
         assert pacer.sent == int(now * rate / 1e9) + 1
 
 
-def test_grid_points_sit_half_a_tick_after_the_marks() -> None:
+def test_grid_points_sit_a_quarter_tick_after_the_marks() -> None:
     grid = TickGrid(origin_ns=1000 * MS)
+    q = MS // 4
     assert grid.batch_end(1000 * MS) == 1000 * MS - 1  # nothing is due before the start
-    assert grid.next_after(1000 * MS) == 1000 * MS + MS // 2
-    assert grid.batch_end(1000 * MS + MS // 2) == 1001 * MS - 1
+    assert grid.next_after(1000 * MS) == 1000 * MS + q
+    assert grid.batch_end(1000 * MS + q) == 1001 * MS - 1
     assert grid.batch_end(1003 * MS + 900_000) == 1004 * MS - 1
-    assert grid.next_after(1003 * MS + 900_000) == 1004 * MS + MS // 2
-    # Point 99 (at 99.5 ms) is the last before the 100 ms mark: the two turns before it
+    assert grid.next_after(1003 * MS + 900_000) == 1004 * MS + q
+    # Point 99 (at 99.25 ms) is the last before the 100 ms mark: the two turns before it
     # (points 97 and 98) are light.
-    light = [i for i in range(200) if grid.before_mark(1000 * MS + MS // 2 + i * MS)]
+    light = [i for i in range(200) if grid.before_mark(1000 * MS + q + i * MS)]
     assert light == [97, 98, 197, 198]
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     rate=st.floats(min_value=2_000, max_value=300_000),
-    lateness=st.lists(st.integers(min_value=0, max_value=MS // 2 - 1), min_size=300, max_size=300),
+    lateness=st.lists(
+        st.integers(min_value=0, max_value=3 * MS // 4 - 1), min_size=300, max_size=300
+    ),
 )
 def test_late_turns_on_the_grid_keep_every_tenth_exact(rate: float, lateness: list[int]) -> None:
-    """However late (under half a tick) each turn runs, the probes sent in each 100 ms window
+    """However late (under 3/4 tick) each turn runs, the probes sent in each 100 ms window
     are exactly those due in it, the first window included."""
     grid = TickGrid(origin_ns=0)
     pacer = Pacer(rate_pps=rate, start_ns=0, max_burst=10**9)
