@@ -333,6 +333,8 @@ class Worker:
                 return
 
     def _ship(self, pacer: Pacer, *, final: bool = False) -> None:
+        # SO_RXQ_OVFL only rides on packets queued after a drop: read the counter itself too.
+        self.rx_dropped = max(self.rx_dropped, self.io.kernel_drops())
         now_rt = time.time_ns()
         self.tracker.expire(now_rt)
         tr = self.tracker
