@@ -51,6 +51,13 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
     flag("--jsonl", "", metavar="FILE", help="write per-second JSON lines to FILE")
     flag("--timestamps", "", metavar="MODE", help="auto, software, hardware or user")
     flag("--top", "", metavar="N", help="rows in the live table")
+    p.add_argument(
+        "--tx-timestamps",
+        action="store_true",
+        default=None,
+        dest="tx_timestamps",
+        help="send times from kernel TX timestamps (error queue) instead of user space",
+    )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -66,6 +73,7 @@ _FLAG_KEYS = (
     "workers",
     "jsonl",
     "timestamps",
+    "tx_timestamps",
     "top",
 )
 

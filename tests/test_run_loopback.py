@@ -197,3 +197,15 @@ def test_a_dead_worker_is_named_and_the_run_fails() -> None:
     assert "died unexpectedly" in stderr
     assert "signal 9" in stderr
     assert "transmitted" in stdout  # the summary of what was measured is still written
+
+
+def test_tx_timestamps_flag_gives_kernel_to_kernel_rtts(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    res = loadgen(
+        "ping", "127.0.0.1", "-r", "5000", "-c", "2000", "--tx-timestamps", "--jsonl", str(out)
+    )
+    assert res.returncode == 0, res.stderr
+    assert "timestamps: rx kernel, tx kernel" in res.stdout
+    summary = read_jsonl(out)[-1]
+    assert summary["total"]["received"] == 2000
+    assert summary["total"]["tx_ts"] == "kernel"
