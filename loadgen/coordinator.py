@@ -167,7 +167,9 @@ class Coordinator:
         loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
         try:
             await self._await_hellos()
-            self.start_ns = time.time_ns() + START_MARGIN_NS
+            # On a whole millisecond of the wall clock: every worker's 1 ms send grid then sits
+            # on whole milliseconds, so an outside observer knows when batches leave.
+            self.start_ns = -(-(time.time_ns() + START_MARGIN_NS) // 1_000_000) * 1_000_000
             self.aggregator = Aggregator(
                 n_targets=len(self.plan.targets),
                 start_ns=self.start_ns,
