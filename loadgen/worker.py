@@ -188,10 +188,11 @@ class Worker:
         if start_ns is None:
             return
         # All workers start on the run's common origin so second 0 is the same for everyone.
-        delay_ns = start_ns - time.time_ns()
-        if delay_ns > 0:
+        # The origin is mapped onto the monotonic clock, not taken from the wake-up, so the send
+        # grid sits exactly on the coordinator's whole milliseconds whatever the wake latency.
+        start_mono = time.monotonic_ns() + (start_ns - time.time_ns())
+        while (delay_ns := start_mono - time.monotonic_ns()) > 0:
             time.sleep(delay_ns / 1e9)
-        start_mono = time.monotonic_ns()
         total = plan.count_per_target * len(plan.targets) if plan.count_per_target else None
         end_mono = END_OF_TIME_NS
         if plan.duration_ns:
