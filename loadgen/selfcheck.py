@@ -1,17 +1,16 @@
 """The generator's self-check: did loadgen itself keep up in each second?
 
-Owns the per-second view of every worker (what its timetable had due, what it really sent,
-pacing error, refused sends, socket drops, CPU) and the verdict: a second in which a worker
-fell short of its timetable, had sends refused, gave up schedule or lost replies in its own
-socket is generator-limited, and the reasons say which worker and how much. Pure: it takes
-frames' cumulative counters and times, never reads a clock.
+Owns the per-second view of every worker (timetable due, really sent, pacing error, refused
+sends, socket drops, CPU) and the verdict: a second in which a worker fell short, had sends
+refused, gave up schedule or lost replies is generator-limited, saying which worker and how
+much. Every counter lands in one closed second (trailing ones in the last). Pure: no clock.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loadgen.messages import WorkerStats
 from loadgen.stats import GeneratorSecond, WorkerSecond
@@ -20,6 +19,8 @@ from loadgen.units import NS_PER_S
 # One 1 ms tick of probes may spill across a second boundary without anything being wrong.
 SHORTFALL_TICK_S = 0.002
 LAG_LIMIT_NS = 10_000_000  # behind its timetable by more than this: bursts no longer paced
+# Cumulative counters whose per-second figures must add up to the worker's run totals.
+CARRIED = ("send_errors", "rx_dropped", "skipped_ns")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,47 +39,83 @@ class WorkerSchedule:
         return due_before(second + 1) - due_before(second)
 
 
+@dataclass(slots=True)
+class _Seen:
+    """One worker's frames as the check holds them."""
+
+    by_second: dict[int, WorkerStats] = field(default_factory=dict)  # newest stats per second
+    lag_ns: dict[int, int] = field(default_factory=dict)  # worst lag per second, not yet shown
+    newest: WorkerStats = field(default_factory=WorkerStats)  # the last frame's stats
+    shown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CARRIED, 0))
+
+    def at_end_of(self, second: int) -> WorkerStats:
+        seen = [s for s in self.by_second if s <= second]
+        return self.by_second[max(seen)] if seen else WorkerStats()
+
+    def take(self, upto: WorkerStats) -> dict[str, int]:
+        """What `upto` counted beyond what closed seconds already show; now shown too."""
+        delta = {f: max(0, getattr(upto, f) - self.shown[f]) for f in CARRIED}
+        for f in CARRIED:
+            self.shown[f] += delta[f]
+        return delta
+
+    def take_lag(self, second: int | None) -> int:
+        """Worst lag of frames up to `second` (all, if None) not shown in a closed second yet."""
+        due = [s for s in self.lag_ns if second is None or s <= second]
+        return max((self.lag_ns.pop(s) for s in due), default=0)
+
+
 class GeneratorCheck:
     def __init__(self, workers: Sequence[WorkerSchedule], start_ns: int) -> None:
         self.workers = {w.index: w for w in workers}
         self.start_ns = start_ns
         self.stopped_at: int | None = None  # second in which sending was cut short
-        # Per worker: second -> latest cumulative stats seen in it, and its worst lag.
-        self._last: dict[int, dict[int, WorkerStats]] = {w: {} for w in self.workers}
-        self._lag: dict[int, dict[int, int]] = {w: {} for w in self.workers}
+        self._seen = {w: _Seen() for w in self.workers}
 
     def on_frame(self, worker: int, now_ns: int, stats: WorkerStats) -> None:
         second = max(0, (now_ns - self.start_ns) // NS_PER_S)
-        self._last[worker][second] = stats
-        lags = self._lag[worker]
-        lags[second] = max(lags.get(second, 0), stats.max_lag_ns)
+        seen = self._seen[worker]
+        seen.by_second[second] = seen.newest = stats
+        seen.lag_ns[second] = max(seen.lag_ns.get(second, 0), stats.max_lag_ns)
 
     def on_stop(self, now_ns: int) -> None:
         """Sending was stopped early (CTRL-C, a dead worker): from then on, no rate verdicts."""
         if self.stopped_at is None:
             self.stopped_at = max(0, (now_ns - self.start_ns) // NS_PER_S)
 
-    def _at_end_of(self, worker: int, second: int) -> WorkerStats:
-        seen = [s for s in self._last[worker] if s <= second]
-        return self._last[worker][max(seen)] if seen else WorkerStats()
+    def unshown(self) -> bool:
+        """Whether frames brought counters (or a lag worth a verdict) no closed second shows:
+        at the end of a run, what a last second must be closed for."""
+        return any(
+            any(getattr(seen.newest, f) > seen.shown[f] for f in CARRIED)
+            or max(seen.lag_ns.values(), default=0) > LAG_LIMIT_NS
+            for seen in self._seen.values()
+        )
 
-    def second(self, second: int, sent_by_worker: Mapping[int, int]) -> GeneratorSecond:
-        """The verdict on `second`, given how many probes each worker sent in it."""
+    def second(
+        self, second: int, sent_by_worker: Mapping[int, int], *, final: bool = False
+    ) -> GeneratorSecond:
+        """The verdict on `second`, given how many probes each worker sent in it. Counters of
+        frames from later seconds wait for theirs; with `final` (the run's last closed second)
+        everything not shown yet is in this one, so the seconds add up to the run totals."""
         rows, limits = [], []
         for index, sched in self.workers.items():
-            end, begin = self._at_end_of(index, second), self._at_end_of(index, second - 1)
+            seen = self._seen[index]
+            end, begin = seen.at_end_of(second), seen.at_end_of(second - 1)
+            # CPU is a rate, not a count: it stays in the second its frames came in.
+            cpu_pct = 100.0 * (end.cpu_ns - begin.cpu_ns) / NS_PER_S
+            counts = seen.take(seen.newest if final else end)
             sent = sent_by_worker.get(index, 0)
             due = sched.due_in(second)
-            cpu_pct = 100.0 * (end.cpu_ns - begin.cpu_ns) / NS_PER_S
             row = WorkerSecond(
                 worker=index,
                 requested_pps=float(due),
                 achieved_pps=float(sent),
                 cpu_pct=max(0.0, cpu_pct),
-                send_errors=end.send_errors - begin.send_errors,
-                rx_drops=end.rx_dropped - begin.rx_dropped,
-                max_lag_ns=self._lag[index].get(second, 0),
-                skipped_ns=end.skipped_ns - begin.skipped_ns,
+                send_errors=counts["send_errors"],
+                rx_drops=counts["rx_dropped"],
+                max_lag_ns=seen.take_lag(None if final else second),
+                skipped_ns=counts["skipped_ns"],
             )
             rows.append(row)
             limits += self._judge(row, sched, second)
@@ -103,10 +140,8 @@ class GeneratorCheck:
         return out
 
     def _forget_before(self, second: int) -> None:
-        for worker in self.workers:
-            last, lag = self._last[worker], self._lag[worker]
+        for seen in self._seen.values():
+            last = seen.by_second
             newest = max(last, default=None)
             for s in [s for s in last if s < second and s != newest]:
                 del last[s]  # the newest stays: it is the baseline of the next second
-            for s in [s for s in lag if s < second]:
-                del lag[s]
