@@ -8,7 +8,7 @@ a worker from different builds fail loudly instead of misreading each other.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any
 
@@ -142,6 +142,18 @@ _TYPES: dict[type[Any], MsgType] = {
 }
 
 
+def _values(obj: Any) -> list[Any]:
+    """A flat dataclass's field values in order. Not dataclasses.astuple: that deep-copies
+    every value, and a worker encodes a frame every 10 ms."""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
+    return [getattr(obj, name) for name in names]
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def encode(msg: Message) -> bytes:
     if isinstance(msg, Frame):
         body: list[Any] = [
@@ -150,15 +162,15 @@ def encode(msg: Message) -> bytes:
             msg.now_ns,
             msg.resolved_before_ns,
             np.ascontiguousarray(msg.records, dtype=RECORD_DTYPE).tobytes(),
-            list(astuple(msg.stats)),
+            _values(msg.stats),
         ]
     elif isinstance(msg, PlanMsg):
         body = [
-            [list(astuple(t)) for t in msg.targets] if f.name == "targets" else getattr(msg, f.name)
+            [_values(t) for t in msg.targets] if f.name == "targets" else getattr(msg, f.name)
             for f in fields(msg)
         ]
     else:
-        body = list(astuple(msg))
+        body = _values(msg)
     out: bytes = msgpack.packb([VERSION, int(_TYPES[type(msg)]), *body], use_bin_type=True)
     return out
 
