@@ -42,7 +42,7 @@ from loadgen.messages import (
 )
 from loadgen.plan import RunPlan, WorkerPlan
 from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
-from loadgen.stats import Aggregator, RunSummary, SecondReport
+from loadgen.stats import NS_PER_S, Aggregator, RunSummary, SecondReport
 from loadgen.worker import worker_main
 
 HELLO_TIMEOUT_S = 20.0
@@ -351,22 +351,27 @@ class Coordinator:
         # A worker that is done or gone holds nothing back; if it died, its missing outcomes
         # show up as unaccounted probes rather than stalling every later second.
         # Seconds in the future are never closed, whatever a worker's watermark says.
-        reports = agg.close_all() if final or not live else agg.close_through(min(*live, now))
-        for closed in reports:
-            report = self._judge_generator(closed)
+        ending = final or not live
+        reports = agg.close_all() if ending else agg.close_through(min(*live, now))
+        if ending and not reports and self.check is not None and self.check.unshown():
+            # What the workers counted after the last closed second needs a second to be in.
+            reports = agg.close_through(self.start_ns + (agg.closed_seconds + 1) * NS_PER_S)
+        for i, closed in enumerate(reports):
+            # The run's last second takes every counter no earlier second shows.
+            report = self._judge_generator(closed, final=ending and i == len(reports) - 1)
             if self.on_second is not None:
                 self.on_second(report)
             self.display.second(report)
         self._measure(now)
         self.display.refresh(agg, self.generator_view(now))
 
-    def _judge_generator(self, report: SecondReport) -> SecondReport:
+    def _judge_generator(self, report: SecondReport, *, final: bool) -> SecondReport:
         if self.check is None:
             return report
         sent = np.zeros(len(self.workers), dtype=np.int64)
         for ts in report.per_target:
             sent[self._worker_of[ts.target]] += ts.counts.sent
-        verdict = self.check.second(report.second, dict(enumerate(sent.tolist())))
+        verdict = self.check.second(report.second, dict(enumerate(sent.tolist())), final=final)
         if verdict.limited:
             self.limited_seconds.append(report.second)
         return dataclasses.replace(report, generator=verdict)
