@@ -119,13 +119,6 @@ def _wait_for(what: str, done: Any, timeout_s: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the run totals now match the kernel's drop counter (read with SO_MEMINFO every "
-    "frame), but the per-second generator figures attribute drops by frame time, so drops a "
-    "stalled worker learns of after the last closed second are in no second; fix: carry "
-    "trailing counters into the last second in selfcheck.",
-)
 def test_a_stalled_receiver_reports_every_reply_it_dropped(make_lab: Labs, tmp_path: Path) -> None:
     lab = make_lab([{"name": "dam", "duplicate": 1.0}])
     dam = lab.host("dam")
