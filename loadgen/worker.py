@@ -138,6 +138,9 @@ class Worker:
         )
         self.poller = select.poll()
         self.poller.register(self.io.fileno(), select.POLLIN)
+        # Connection.poll() builds a selector per call: ~100 us, every frame. One poll object.
+        self.control_poller = select.poll()
+        self.control_poller.register(control.fileno(), select.POLLIN)
         # Kernel RX stamps say when a reply came, whenever it is read: no need to wake for it.
         self.wake_for_replies = self.sock.rx_scm == 0
         self.tx_flag = RecordFlag.NONE
@@ -361,7 +364,7 @@ class Worker:
         self.data.send_bytes(encode(frame))
 
     def _check_control(self) -> None:
-        while self.control.poll():
+        while self.control_poller.poll(0):
             try:
                 msg = decode(self.control.recv_bytes())
             except EOFError:
