@@ -7,6 +7,7 @@ accounting adds up, not that this machine is fast.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -14,19 +15,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from loadgen.bench.cli import ladder, parse_config
 from loadgen.bench.figures import (
     Sample,
     ToolCounts,
+    Window,
     achieved_pps,
     icmp_delta,
+    in_echos,
     loss_figures,
-    pacing_error_p99,
+    pacing_error,
     parse_fping,
     parse_loadgen_jsonl,
     parse_ping,
@@ -34,8 +39,21 @@ from loadgen.bench.figures import (
     steady_cpu_per_million,
     steady_windows,
 )
-from loadgen.bench.measure import Measured
-from loadgen.bench.output import render_table, results_document
+from loadgen.bench.measure import Measured, realtime
+from loadgen.bench.memory import memory_figures, process_role
+from loadgen.bench.output import memory_lines, render_table, results_document
+from loadgen.bench.sampling import (
+    LATE_NS,
+    MAX_BRACKET_NS,
+    PHASE_NS,
+    SAMPLE_NS,
+    TICK_NS,
+    ClockMap,
+    first_instant_rt,
+    next_grid_instant,
+    read_fits,
+    retry_instant,
+)
 from loadgen.bench.steps import FPING, LOADGEN, PING, Step, evaluate, fping_count
 from loadgen.bench.topology import bench_namespaces, leftovers, target_addresses
 from loadgen.errors import UsageError
@@ -111,15 +129,24 @@ def test_steady_windows_drop_idle_and_partial_ends() -> None:
 def test_steady_windows_of_a_too_short_run_are_empty() -> None:
     assert steady_windows(samples_from([0, 500, 400, 0])) == []
     assert achieved_pps([]) is None
-    assert pacing_error_p99([], 1000) is None
+    assert pacing_error([], 1000) is None
 
 
 def test_pacing_error_is_relative_to_the_reference() -> None:
     windows = steady_windows(samples_from([1] + [1000, 900, 1100] * 20 + [1]))
-    assert pacing_error_p99(windows, 10_000) == pytest.approx(0.1)
+    assert pace(windows, 10_000) == pytest.approx((0.1, 0.1))
     exact = steady_windows(samples_from([1] + [1000] * 30 + [1]))
-    assert pacing_error_p99(exact, 10_000) == pytest.approx(0.0)
-    assert pacing_error_p99(exact, 20_000) == pytest.approx(0.5)
+    assert pace(exact, 10_000) == pytest.approx((0.0, 0.0))
+    assert pace(exact, 20_000) == pytest.approx((0.5, 0.5))
+    one_off = [Window(0.1, 1000, 0)] * 199 + [Window(0.1, 1030, 0)]
+    p99, worst = pace(one_off, 10_000)  # one window in 200: past the p99, not past the max
+    assert p99 < 0.001 and worst == pytest.approx(0.03)
+
+
+def pace(windows: list[Window], reference_pps: float) -> tuple[float, float]:
+    err = pacing_error(windows, reference_pps)
+    assert err is not None
+    return err.p99, err.max
 
 
 def test_windows_use_the_measured_intervals_not_the_nominal_ones() -> None:
@@ -127,6 +154,144 @@ def test_windows_use_the_measured_intervals_not_the_nominal_ones() -> None:
     s += [Sample(400_000_100, 4001, 0), Sample(400_000_200, 4002, 0)]
     windows = steady_windows(s)
     assert achieved_pps(windows) == pytest.approx(10_000)
+
+
+# -- tick-aligned readings ------------------------------------------------------------------
+
+
+def test_reading_instants_sit_600us_past_whole_milliseconds() -> None:
+    for now in (0, 1, 599_999, 600_000, 600_001, 1_700_000_000_123_456_789):
+        t = first_instant_rt(now)
+        assert t % TICK_NS == PHASE_NS and now <= t < now + TICK_NS
+    clock = ClockMap.from_readings(1_000, 5_000_000_000, 1_200)  # rt read at mono 1_100
+    assert clock.to_mono(5_000_000_000) == 1_100
+    assert clock.to_mono(5_000_600_000) == 601_100
+
+
+def test_a_read_stands_for_its_instant_only_in_the_ticks_quiet_part() -> None:
+    i = 10 * TICK_NS + PHASE_NS
+    assert read_fits(i, i + 5_000, i + 40_000)
+    assert read_fits(i, i + LATE_NS - MAX_BRACKET_NS, i + LATE_NS)
+    assert not read_fits(i, i + 5_000, i + 5_000 + MAX_BRACKET_NS + 1)  # preempted mid-read
+    assert not read_fits(i, i + 300_000, i + LATE_NS + 1)  # ran into the next tick
+    assert not read_fits(i, i - 400_000, i - 390_000)  # early: the batch may still be going
+    # Retry: at once while a read still fits, else at a later tick's instant, never one past.
+    assert retry_instant(i, i + 50_000) == i
+    assert retry_instant(i, i + LATE_NS - MAX_BRACKET_NS + 1) == i + TICK_NS
+    assert retry_instant(i, i + 3 * TICK_NS + 1) == i + 4 * TICK_NS
+
+
+def test_the_100ms_grid_skips_points_it_fell_behind_and_never_drifts() -> None:
+    first = 7 * TICK_NS + PHASE_NS
+    assert next_grid_instant(first, first + 40_000) == first + SAMPLE_NS
+    assert next_grid_instant(first, first + 2 * TICK_NS) == first + SAMPLE_NS  # a late retry
+    assert next_grid_instant(first, first + 250 * TICK_NS) == first + 3 * SAMPLE_NS
+
+
+def tick_sender(rate_pps: int, batch_ns: tuple[int, int]) -> Callable[[int], int]:
+    """A tick-paced sender's count of probes sent by a time: every 1 ms tick from 0 sends
+    rate/1000 probes, spread evenly from batch_ns[0] to batch_ns[1] past its mark."""
+    per_tick = rate_pps // 1000
+    marks = np.arange(2100, dtype=np.int64)[:, None] * TICK_NS
+    spread = np.arange(per_tick, dtype=np.int64) * (batch_ns[1] - batch_ns[0]) // per_tick
+    sends = np.sort((marks + batch_ns[0] + spread).ravel())
+    return lambda t_ns: int(np.searchsorted(sends, t_ns, side="right"))
+
+
+def test_tick_aligned_windows_see_whole_ticks_where_arbitrary_ones_see_plus_minus_one() -> None:
+    """The reason for the phase: 100 ms windows of a 1 ms tick sender at any phase hold 100 +/- 1
+    ticks (+/- 1 %); at the ticks' quiet midpoints, timed by their instants, exactly 100."""
+    sent_by = tick_sender(100_000, batch_ns=(250_000, 450_000))
+    jitter = [13, 61, 2, 95, 40, 170, 7, 88, 120, 33]  # us: how late each read came
+
+    def readings(phase_us: int) -> list[Sample]:
+        out = [Sample(0, 0, 0.0)]
+        for n in range(20):
+            instant_us = 50_000 + phase_us + n * 100_000
+            t_us = instant_us + jitter[n % len(jitter)]
+            fits = read_fits(instant_us * 1000, t_us * 1000 - 1000, t_us * 1000 + 1000)
+            instant = instant_us * 1000 if fits else None
+            out.append(Sample(t_us * 1000, sent_by(t_us * 1000), 0.0, instant))
+        return out
+
+    aligned = steady_windows(readings(PHASE_NS // 1000), tick_paced=True)
+    assert len(aligned) == 18 and all(w.on_grid for w in aligned)
+    assert pace(aligned, 100_000) == pytest.approx((0.0, 0.0))
+    # The same readings timed by when they were taken: read jitter alone costs up to 0.17 %.
+    by_reads = steady_windows(readings(PHASE_NS // 1000), tick_paced=False)
+    assert 0.001 < pace(by_reads, 100_000)[1] < 0.002
+    # Reads at the batches' own phase catch some of them half sent: errors of whole ticks.
+    mid_batch = steady_windows(readings(300), tick_paced=True)
+    assert pace(mid_batch, 100_000)[1] >= 0.005
+
+
+def test_windows_fall_back_to_the_reads_where_a_reading_has_no_instant() -> None:
+    s = [Sample(0, 0, 0, 0), Sample(100_000_050, 10, 0, 100_000_000)]
+    s += [Sample(200_000_050, 20, 0, 200_000_000), Sample(300_900_000, 30, 0, None)]
+    s += [Sample(400_000_070, 40, 0, 400_000_000), Sample(500_000_000, 50, 0, 500_000_000)]
+    w = steady_windows(s, tick_paced=True)  # the first and last are dropped as partial
+    assert [x.on_grid for x in w] == [True, False, False]
+    assert [x.dt_s for x in w] == pytest.approx([0.1, 0.10089995, 0.09910007])
+
+
+def test_in_echos_reads_the_responders_counter() -> None:
+    assert in_echos(SNMP) == 7
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root (CAP_SYS_NICE)")
+def test_the_real_time_sampler_does_not_pass_its_priority_to_the_tool() -> None:
+    probe = "import os; print(os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)"
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    with realtime(2) as granted:
+        assert granted
+        assert os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+        assert os.sched_getparam(0).sched_priority == 2
+        child = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+    assert child.stdout.split() == [str(os.SCHED_OTHER), "0"], child
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+
+
+# -- memory over a run ----------------------------------------------------------------------
+
+
+def rss_samples(seconds: int, grow: dict[int, int]) -> list[Sample]:
+    """One reading a second: idle, then sending for `seconds`; process pid's RSS grows by
+    grow[pid] bytes a second from 10 MiB; pid 30 appears only after 40 s."""
+    out = []
+    for t in range(seconds + 3):
+        rss = tuple(
+            (pid, (10 << 20) + g * t) for pid, g in sorted(grow.items()) if pid != 30 or t > 40
+        )
+        out.append(Sample(t * 1_000_000_000, 1000 * min(t, seconds), 0, None, rss))
+    return out
+
+
+def test_memory_compares_rss_30s_into_sending_with_its_end() -> None:
+    samples = rss_samples(60, {10: 0, 20: 4096, 30: 0})
+    roles = {10: "main", 20: "spawned", 30: "spawned"}
+    mem = memory_figures(samples, peaks={10: 11 << 20, 20: 12 << 20}, roles=roles)
+    assert mem is not None
+    assert (mem.early_s, mem.end_s) == (30, 59)  # the last reading while still sending
+    assert [p.pid for p in mem.processes] == [10, 20]  # pid 30 was not there at 30 s
+    main, worker = mem.processes
+    assert main.growth_bytes == 0 and main.peak_bytes == 11 << 20 and main.role == "main"
+    assert worker.rss_early_bytes == (10 << 20) + 30 * 4096
+    assert worker.growth_bytes == 29 * 4096 and worker.role == "spawned"
+    assert mem.growth_bytes == 29 * 4096
+    assert mem.rss_end_bytes - mem.rss_early_bytes == mem.growth_bytes
+    assert memory_figures(rss_samples(25, {10: 0}), {}, {}) is None  # sent for under 30 s
+    assert memory_figures([Sample(0, 5, 0), Sample(1, 5, 0)], {}, {}) is None  # never sent
+
+
+def test_process_roles_from_command_lines() -> None:
+    spawn = ["python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(x=1)"]
+    assert process_role(["python", "-m", "loadgen"], root=True) == "main"
+    assert process_role(spawn, root=False) == "spawned"
+    tracker = ["python", "-c", "from multiprocessing.resource_tracker import main;main(7)"]
+    assert process_role(tracker, root=False) == "resource tracker"
+    assert process_role(["/usr/bin/ping", "-f"], root=False) == "ping"
 
 
 # -- loss -----------------------------------------------------------------------------------
@@ -188,7 +353,18 @@ def test_parse_loadgen_jsonl_totals() -> None:
 # -- verdicts -------------------------------------------------------------------------------
 
 
-def measured(stdout: str = "", stderr: str = "", exit_code: int | None = 0) -> Measured:
+def measured(
+    stdout: str = "",
+    stderr: str = "",
+    exit_code: int | None = 0,
+    samples: list[Sample] | None = None,
+    realtime: bool = True,
+) -> Measured:
+    if samples is None:  # tick-aligned readings 100 ms apart
+        samples = [
+            dataclasses.replace(s, instant_ns=s.t_ns)
+            for s in samples_from([10] + [100] * 20 + [10])
+        ]
     return Measured(
         argv=("tool",),
         exit_code=exit_code,
@@ -197,11 +373,14 @@ def measured(stdout: str = "", stderr: str = "", exit_code: int | None = 0) -> M
         cpu_s=0.5,
         peak_rss_bytes=50 << 20,
         processes=2,
-        samples=tuple(samples_from([10] + [100] * 20 + [10])),
+        samples=tuple(samples),
         client={"OutEchos": 100, "InEchoReps": 100},
         responder={"InEchos": 100, "OutEchoReps": 100},
         stdout=stdout,
         stderr=stderr,
+        peaks={41: 30 << 20, 42: 20 << 20},
+        roles={41: "main", 42: "spawned"},
+        sampler_realtime=realtime,
     )
 
 
@@ -214,10 +393,55 @@ def test_a_sound_loadgen_step(tmp_path: Path) -> None:
     r = evaluate(LG_STEP, measured(), out)
     assert not r.broken, r.problems
     assert r.achieved_pps == pytest.approx(1000)
-    assert r.pacing_p99 == pytest.approx(0.0)
+    assert r.pacing_p99 == pytest.approx(0.0) and r.pacing_max == pytest.approx(0.0)
+    assert r.windows == 20 and r.windows_off_grid == 0
     assert r.loss is not None and r.loss.self_client == 1  # 100 in the kernel, 99 counted
     assert r.cpu_s_per_m == pytest.approx(0.5 * 1e6 / 100)
     assert any("generator-limited" in n for n in r.notes)
+    assert r.memory is None  # sent for 2 s: no reading 30 s in
+
+
+def test_readings_off_the_tick_grid_and_a_normal_priority_sampler_are_noted(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run.jsonl"
+    out.write_text("\n".join(jsonl()) + "\n")
+    plain = samples_from([10] + [100] * 20 + [10])  # no instants
+    r = evaluate(LG_STEP, measured(samples=plain, realtime=False), out)
+    assert r.windows_off_grid == 20 and not r.broken
+    assert any("20 window(s) timed by their reads" in n for n in r.notes), r.notes
+    assert any("SCHED_FIFO" in n for n in r.notes)
+    peer = evaluate(
+        Step(PING, 1, count=100),
+        measured(stdout="100 packets transmitted, 100 received", samples=plain),
+        tmp_path / "x",
+    )
+    assert peer.windows_off_grid == 0  # peers are timed by their reads anyway
+
+
+def test_only_loadgen_at_a_probe_per_tick_and_worker_is_tick_paced() -> None:
+    assert LG_STEP.tick_paced
+    assert not Step(LOADGEN, 64, rate_pps=1500, workers=2, duration_s=1).tick_paced
+    assert Step(LOADGEN, 64, rate_pps=100_000, workers=2, duration_s=1).tick_paced
+    assert not Step(PING, 1, count=10).tick_paced and not Step(FPING, 2, count=10).tick_paced
+
+
+def test_a_long_run_reports_memory_in_the_table_and_the_results(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    out.write_text("\n".join(jsonl()) + "\n")
+    samples = rss_samples(45, {41: 0, 42: 8192})
+    r = evaluate(LG_STEP, measured(samples=samples), out)
+    assert r.memory is not None and r.memory.growth_bytes == 14 * 8192
+    lines = memory_lines(r)
+    assert lines[0] == "loadgen 1k x1: memory, VmRSS at 30 s -> at 44 s of sending:"
+    assert lines[1].split()[:4] == ["pid", "41", "main", "10.0"] and "+0 KiB" in lines[1]
+    assert "spawned" in lines[2] and "+112 KiB" in lines[2] and "peak 20.0 MiB" in lines[2]
+    assert lines[3].split()[0] == "all" and "+112 KiB" in lines[3]
+    assert set(lines) <= set(render_table([r]).splitlines())
+    doc = json.loads(
+        json.dumps(results_document([r], machine={}, config={}, started="t", wall_s=1))
+    )
+    assert doc["steps"][0]["memory"]["processes"][1]["growth_bytes"] == 14 * 8192
 
 
 @pytest.mark.parametrize(

@@ -43,13 +43,25 @@ def icmp_delta(before: Snmp, after: Snmp) -> dict[str, int]:
     return {k: a[k] - b[k] for k in a if k in b}
 
 
+def in_echos(text: str) -> int:
+    """Icmp InEchos of a /proc/net/snmp text: echo requests this namespace took in."""
+    return parse_snmp(text)["Icmp"]["InEchos"]
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One 100 ms reading: monotonic time, echo requests the responder has seen, tool CPU."""
+    """One 100 ms reading: monotonic time (the midpoint of the counter read), echo requests the
+    responder has seen, tool CPU, and each process's current RSS as (pid, VmRSS bytes).
+
+    instant_ns: the tick-aligned instant (monotonic) the read stands for (see sampling.py);
+    None when no read fitted one, and then only t_ns says when it was taken.
+    """
 
     t_ns: int
     requests_in: int
     cpu_s: float
+    instant_ns: int | None = None
+    rss: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,20 +69,27 @@ class Window:
     dt_s: float
     packets: int
     cpu_s: float
+    on_grid: bool = False  # timed by its readings' instants, not by when they were taken
 
     @property
     def rate_pps(self) -> float:
         return self.packets / self.dt_s
 
 
-def steady_windows(samples: Sequence[Sample]) -> list[Window]:
+def _window(a: Sample, b: Sample, on_grid: bool) -> Window:
+    packets, cpu_s = b.requests_in - a.requests_in, b.cpu_s - a.cpu_s
+    if on_grid and a.instant_ns is not None and b.instant_ns is not None:
+        # A whole number of ticks: the counters moved only in the batches between the readings.
+        return Window((b.instant_ns - a.instant_ns) / 1e9, packets, cpu_s, on_grid=True)
+    return Window((b.t_ns - a.t_ns) / 1e9, packets, cpu_s)
+
+
+def steady_windows(samples: Sequence[Sample], *, tick_paced: bool = False) -> list[Window]:
     """Windows between consecutive samples while packets flow, without the first and last
-    (partial) ones: start-up and shutdown are not pacing."""
-    windows = [
-        Window((b.t_ns - a.t_ns) / 1e9, b.requests_in - a.requests_in, b.cpu_s - a.cpu_s)
-        for a, b in itertools.pairwise(samples)
-        if b.t_ns > a.t_ns
-    ]
+    (partial) ones: start-up and shutdown are not pacing. A tick-paced tool's windows are
+    timed by their readings' tick-aligned instants where both have one; others (and the
+    peers, which send all the time) by the midpoints of the reads."""
+    windows = [_window(a, b, tick_paced) for a, b in itertools.pairwise(samples) if b.t_ns > a.t_ns]
     active = [i for i, w in enumerate(windows) if w.packets > 0]
     if len(active) < 3:
         return []
@@ -82,12 +101,20 @@ def achieved_pps(windows: Sequence[Window]) -> float | None:
     return sum(w.packets for w in windows) / seconds if seconds > 0 else None
 
 
-def pacing_error_p99(windows: Sequence[Window], reference_pps: float) -> float | None:
-    """p99 over windows of |achieved - reference| / reference (a fraction, not percent)."""
+@dataclass(frozen=True, slots=True)
+class PacingError:
+    """Over windows, |achieved - reference| / reference: fractions, not percent."""
+
+    p99: float
+    max: float
+
+
+def pacing_error(windows: Sequence[Window], reference_pps: float) -> PacingError | None:
     if not windows or reference_pps <= 0:
         return None
     rates = np.array([w.rate_pps for w in windows])
-    return float(np.percentile(np.abs(rates - reference_pps) / reference_pps, 99))
+    errors = np.abs(rates - reference_pps) / reference_pps
+    return PacingError(float(np.percentile(errors, 99)), float(errors.max()))
 
 
 def per_million(cpu_s: float, probes: int) -> float | None:

@@ -24,7 +24,7 @@ _COLUMNS = (
     ("tgts", ">", 4),
     ("req pps", ">", 8),
     ("achieved", ">", 8),
-    ("p99 pace", ">", 8),
+    ("pace p99/max", ">", 13),
     ("wire loss", ">", 9),
     ("self loss c/r", ">", 13),
     ("CPU-s/1M", ">", 11),
@@ -33,13 +33,18 @@ _COLUMNS = (
 )
 FOOTNOTES = (
     "achieved: echo requests/s reaching the responder, over steady 100 ms windows",
-    "p99 pace: p99 over 100 ms windows of |achieved - requested| / requested "
-    "(* peers set no rate: vs their own mean)",
+    "pace p99/max: p99 and max over steady 100 ms windows of |achieved - requested| / "
+    "requested (* peers set no rate: vs their own mean)",
+    "windows: between counter readings at 600 us past a whole ms of CLOCK_REALTIME, the "
+    "midpoints of loadgen's 1 ms ticks, so each holds whole ticks; loadgen's are timed by "
+    "those instants, the peers' by the reads",
     "wire loss: sent - responder InEchos; self loss c/r: client InEchoReps / responder "
     "OutEchoReps - replies the tool counted",
     "CPU-s/1M: user+sys of the whole process tree per 1M probes sent, whole run / steady "
     "sending only",
     "RSS MiB: sum over the tool's processes of each one's peak RSS",
+    "memory (runs past 30 s): each process's VmRSS 30 s into sending and at the last reading "
+    "while sending, the growth between, and its peak (VmHWM)",
 )
 
 
@@ -53,10 +58,38 @@ def _opt(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _pace(r: StepResult) -> str:
+    if r.pacing_p99 is None or r.pacing_max is None:
+        return "-"
+    star = "*" if r.pacing_reference == "achieved" else ""
+    return f"{100 * r.pacing_p99:.2f}/{100 * r.pacing_max:.2f}%{star}"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def memory_lines(r: StepResult) -> list[str]:
+    """The memory section of a step that sent long enough: one line per process and a total."""
+    mem = r.memory
+    if mem is None:
+        return []
+    out = [f"{r.label}: memory, VmRSS at {mem.early_s:.0f} s -> at {mem.end_s:.0f} s of sending:"]
+    for p in mem.processes:
+        out.append(
+            f"  pid {p.pid:<7} {p.role:<16} {_mib(p.rss_early_bytes):>10} -> "
+            f"{_mib(p.rss_end_bytes):>10}  {p.growth_bytes / 1024:+8.0f} KiB  "
+            f"peak {_mib(p.peak_bytes)}"
+        )
+    out.append(
+        f"  {'all':<24} {_mib(mem.rss_early_bytes):>10} -> {_mib(mem.rss_end_bytes):>10}  "
+        f"{mem.growth_bytes / 1024:+8.0f} KiB"
+    )
+    return out
+
+
 def table_row(r: StepResult) -> tuple[str, ...]:
-    pace = _opt(None if r.pacing_p99 is None else 100 * r.pacing_p99, ".1f")
-    if r.pacing_p99 is not None:
-        pace += "%" + ("*" if r.pacing_reference == "achieved" else "")
+    pace = _pace(r)
     loss = r.loss
     return (
         r.label,
@@ -84,6 +117,7 @@ def render_table(results: Sequence[StepResult]) -> str:
     for r in results:
         out += [f"{r.label}: BROKEN: {p}" for p in r.problems]
         out += [f"{r.label}: note: {n}" for n in r.notes]
+        out += memory_lines(r)
     out += ["", *FOOTNOTES]
     return "\n".join(out)
 

@@ -17,7 +17,7 @@ from loadgen.bench.figures import (
     ToolCounts,
     achieved_pps,
     loss_figures,
-    pacing_error_p99,
+    pacing_error,
     parse_fping,
     parse_loadgen_jsonl,
     parse_ping,
@@ -26,6 +26,7 @@ from loadgen.bench.figures import (
     steady_windows,
 )
 from loadgen.bench.measure import Measured
+from loadgen.bench.memory import MemoryFigures, memory_figures
 
 LOADGEN, PING, FPING = "loadgen", "ping -f", "fping"
 # fping 5.x refuses to reuse a sequence number within 10 s (its seqmap has 65535 slots), so a
@@ -33,6 +34,7 @@ LOADGEN, PING, FPING = "loadgen", "ping -f", "fping"
 FPING_MAX_TOTAL = 65535
 SHORT_RUN_S = 0.5
 LINGER_S = 2.0  # loadgen's default linger (-d) after the last probe
+TICK_PPS = 1000  # a loadgen worker at this rate or more sends one batch per 1 ms tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,13 @@ class Step:
         # reaches; -t: the default timeout in count mode is the period, which would be 0.1 ms.
         return ["fping", "-q", "-c", str(self.count), "-i", "0", "-p", "0.1", "-t", "500", *targets]
 
+    @property
+    def tick_paced(self) -> bool:
+        """Every worker sends in 1 ms ticks: its windows are timed by tick-aligned instants."""
+        if self.tool != LOADGEN or self.rate_pps is None or not self.workers:
+            return False
+        return self.rate_pps / self.workers >= TICK_PPS
+
     def run_limit_s(self) -> float:
         """How long it may run after its first probe before the bench calls it hung."""
         if self.tool == LOADGEN:
@@ -84,8 +93,10 @@ class StepResult:
     requested_pps: float | None
     achieved_pps: float | None  # echo requests reaching the responder, steady 100 ms windows
     pacing_p99: float | None  # p99 |window rate - reference| / reference, a fraction
+    pacing_max: float | None  # ... and the largest over the windows
     pacing_reference: str  # "requested" rate, or the tool's own "achieved" mean (peers)
     windows: int
+    windows_off_grid: int  # tick-paced steps: windows timed by their reads, not their instants
     sent: int
     answered: int
     loss: Loss | None
@@ -100,6 +111,7 @@ class StepResult:
     notes: tuple[str, ...] = ()
     observer_cpu_s: float = 0.0  # the bench's own CPU while it watched (sampling cost)
     window_pps: tuple[int, ...] = ()  # every steady 100 ms window's rate, for the curious
+    memory: MemoryFigures | None = None  # RSS 30 s into sending against its end (long runs)
     kernel_client: dict[str, int] = field(default_factory=dict)
     kernel_responder: dict[str, int] = field(default_factory=dict)
 
@@ -156,12 +168,18 @@ def _last_line(text: str) -> str:
 def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
     notes: list[str] = []
     counts, problems = _tool_counts(step, m, jsonl, notes)
-    windows = steady_windows(m.samples)
+    windows = steady_windows(m.samples, tick_paced=step.tick_paced)
     achieved = achieved_pps(windows)
     reference = step.rate_pps or achieved
+    pacing = pacing_error(windows, reference) if reference else None
+    off_grid = sum(not w.on_grid for w in windows) if step.tick_paced else 0
     sent = counts.sent if counts else m.client.get("OutEchos", 0)
     if not windows:
         notes.append("too short for 100 ms windows: no rate or pacing figure")
+    if off_grid:
+        notes.append(f"{off_grid} window(s) timed by their reads: no read fitted a tick midpoint")
+    if not m.sampler_realtime:
+        notes.append("the sampler could not run SCHED_FIFO: its readings may come late")
     if m.wall_s < SHORT_RUN_S:
         notes.append(f"ran {m.wall_s:.2f} s: peak RSS is sampled every 100 ms and may be missed")
     return StepResult(
@@ -171,9 +189,11 @@ def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
         workers=step.workers,
         requested_pps=step.rate_pps,
         achieved_pps=achieved,
-        pacing_p99=pacing_error_p99(windows, reference) if reference else None,
+        pacing_p99=pacing.p99 if pacing else None,
+        pacing_max=pacing.max if pacing else None,
         pacing_reference="requested" if step.rate_pps else "achieved",
         windows=len(windows),
+        windows_off_grid=off_grid,
         sent=sent,
         answered=counts.answered if counts else 0,
         loss=loss_figures(counts, m.client, m.responder) if counts else None,
@@ -189,4 +209,5 @@ def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
         window_pps=tuple(round(w.rate_pps) for w in windows),
         kernel_client=m.client,
         kernel_responder=m.responder,
+        memory=memory_figures(m.samples, m.peaks, m.roles),
     )
