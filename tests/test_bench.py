@@ -526,6 +526,25 @@ def test_flags_and_ladder() -> None:
             parse_config(bad)
 
 
+def test_soak_flags() -> None:
+    cfg = parse_config(["--soak", "10m"])
+    assert (cfg.soak, cfg.peers, cfg.duration_s) == (True, False, 600)
+    assert ladder(cfg) == [Step(LOADGEN, 64, rate_pps=100_000, workers=2, duration_s=600)]
+    assert ladder(cfg)[0].run_limit_s() < 700  # bounded like every step
+    other = parse_config(["--soak", "45s", "--rates", "50k", "--workers", "1", "--targets", "8"])
+    assert ladder(other) == [Step(LOADGEN, 8, rate_pps=50_000, workers=1, duration_s=45)]
+    for bad in (
+        ["--soak", "10m", "--duration", "5s"],
+        ["--soak", "10m", "--quick"],
+        ["--soak", "30s"],  # memory is compared with its reading at 30 s
+        ["--soak", "1m", "--rates", "50k,100k"],
+        ["--soak", "1m", "--workers", "1,2"],
+        ["--soak", "soon"],
+    ):
+        with pytest.raises(UsageError):
+            parse_config(bad)
+
+
 def test_leftovers_are_only_namespaces_of_dead_benches() -> None:
     names = ["loadgen-bench-11-client", "loadgen-bench-11-responder", "loadgen-bench-12-client"]
     names += ["lgab12-host", "other"]

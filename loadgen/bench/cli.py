@@ -1,5 +1,6 @@
 """`python -m loadgen.bench`: the ladder of loadgen rates and worker counts plus the peers
 (`ping -f`, `fping`) in one run, in the bench's own namespaces; table on stdout, JSON on disk.
+`--soak 10m` runs one long loadgen step instead, for memory over time.
 
 Exit codes: 0 every step sound (however slow), 1 a step broken (crashed, hung, or probes
 unaccounted), 2 bad flags or a missing tool, 130 interrupted.
@@ -24,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from loadgen.bench.measure import run_measured
+from loadgen.bench.memory import EARLY_S
 from loadgen.bench.output import machine_info, render_table, results_document, write_results
 from loadgen.bench.steps import FPING, LOADGEN, PING, Step, StepResult, evaluate, fping_count
 from loadgen.bench.topology import MAX_TARGETS, BenchNet, bench_net
@@ -31,6 +33,8 @@ from loadgen.errors import LoadgenError, PermissionProblem, UsageError
 from loadgen.units import NS_PER_S, parse_duration_ns, parse_rate
 
 DEFAULT_RATES = "50k,100k,200k,250k,300k"
+DEFAULT_WORKERS = "1,2"
+SOAK_RATE, SOAK_WORKERS = "100k", "2"
 PING_PPS_GUESS = 80_000  # ping -f's pace on the reference machine: sizes its count to the step
 START_LIMIT_S = 30.0  # python, numpy and worker start-up on a busy 2-core machine
 
@@ -45,6 +49,7 @@ class Config:
     fping_count: int  # per target
     peers: bool
     output: Path
+    soak: bool = False  # one loadgen step of duration_s (rates_pps and workers hold one each)
 
 
 def ladder(cfg: Config) -> list[Step]:
@@ -70,11 +75,17 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m loadgen.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="2 s steps: a smoke run")
+    p.add_argument("--rates", help=f"loadgen rates (default {DEFAULT_RATES}; soak {SOAK_RATE})")
     p.add_argument(
-        "--rates", default=DEFAULT_RATES, help=f"loadgen rates (default {DEFAULT_RATES})"
+        "--workers", help=f"worker counts (default {DEFAULT_WORKERS}; soak {SOAK_WORKERS})"
     )
-    p.add_argument("--workers", default="1,2", help="worker counts (default 1,2)")
     p.add_argument("--duration", help="sending time per loadgen step (default 10s, quick 2s)")
+    p.add_argument(
+        "--soak",
+        metavar="DURATION",
+        help=f"instead of the ladder, one loadgen step this long (e.g. 10m; over {EARLY_S:g}s): "
+        f"RSS {EARLY_S:g} s into sending against its end",
+    )
     p.add_argument("--targets", type=int, default=MAX_TARGETS, help="addresses (1..64)")
     p.add_argument("--ping-count", type=int, help="ping -f probes (default: duration's worth)")
     p.add_argument("--fping-count", type=int, default=1000, help="fping probes per target")
@@ -83,17 +94,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _soak_s(a: argparse.Namespace) -> float | None:
+    if a.soak is None:
+        return None
+    if a.duration or a.quick:
+        raise UsageError("--soak DURATION is the step's length: drop --duration and --quick")
+    soak_s = parse_duration_ns(a.soak, key="--soak") / NS_PER_S
+    if soak_s <= EARLY_S:
+        raise UsageError(
+            f"--soak {a.soak}: give more than {EARLY_S:g}s (RSS is compared with "
+            f"its reading {EARLY_S:g} s in), e.g. 10m"
+        )
+    return soak_s
+
+
 def parse_config(argv: Sequence[str] | None) -> Config:
     a = _parser().parse_args(argv)
-    duration_ns = parse_duration_ns(a.duration or ("2s" if a.quick else "10s"), key="--duration")
-    duration_s = duration_ns / NS_PER_S
-    rates = tuple(parse_rate(r.strip(), key="--rates") for r in a.rates.split(",") if r.strip())
+    soak_s = _soak_s(a)
+    if soak_s is None:
+        duration = a.duration or ("2s" if a.quick else "10s")
+        duration_s = parse_duration_ns(duration, key="--duration") / NS_PER_S
+    else:
+        duration_s = soak_s
+    rates_text = a.rates or (DEFAULT_RATES if soak_s is None else SOAK_RATE)
+    workers_text = a.workers or (DEFAULT_WORKERS if soak_s is None else SOAK_WORKERS)
+    rates = tuple(parse_rate(r.strip(), key="--rates") for r in rates_text.split(",") if r.strip())
     try:
-        workers = tuple(int(w) for w in a.workers.split(",") if w.strip())
+        workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
-        raise UsageError(f"--workers {a.workers!r}: give counts like 1,2") from None
+        raise UsageError(f"--workers {workers_text!r}: give counts like 1,2") from None
     if not rates or not workers or min(workers) < 1:
         raise UsageError("--rates and --workers need at least one positive value each")
+    if soak_s is not None and (len(rates) > 1 or len(workers) > 1):
+        raise UsageError("--soak runs one step: give one --rates value and one --workers count")
     if not 1 <= a.targets <= MAX_TARGETS:
         raise UsageError(f"--targets {a.targets}: the responder has 1..{MAX_TARGETS} addresses")
     for name in ("ping_count", "fping_count"):
@@ -106,8 +139,9 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         targets=a.targets,
         ping_count=a.ping_count or round(duration_s * PING_PPS_GUESS),
         fping_count=a.fping_count,
-        peers=not a.no_peers,
+        peers=not a.no_peers and soak_s is None,
         output=Path(a.output),
+        soak=soak_s is not None,
     )
 
 

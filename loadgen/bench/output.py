@@ -82,7 +82,7 @@ def memory_lines(r: StepResult) -> list[str]:
             f"peak {_mib(p.peak_bytes)}"
         )
     out.append(
-        f"  {'all':<24} {_mib(mem.rss_early_bytes):>10} -> {_mib(mem.rss_end_bytes):>10}  "
+        f"  {'all':<28} {_mib(mem.rss_early_bytes):>10} -> {_mib(mem.rss_end_bytes):>10}  "
         f"{mem.growth_bytes / 1024:+8.0f} KiB"
     )
     return out
