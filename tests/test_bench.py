@@ -253,6 +253,14 @@ def test_the_real_time_sampler_does_not_pass_its_priority_to_the_tool() -> None:
     assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
 
 
+def test_a_refused_real_time_priority_changes_nothing() -> None:
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    with realtime(100) as granted:  # above SCHED_FIFO's 99: refused (EINVAL) even for root
+        assert not granted
+        assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+
+
 # -- memory over a run ----------------------------------------------------------------------
 
 

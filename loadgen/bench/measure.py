@@ -137,18 +137,20 @@ def realtime(priority: int) -> Iterator[bool]:
     """Run the calling thread SCHED_FIFO at `priority` inside the block; what it forks starts
     at normal priority (SCHED_RESET_ON_FORK), so the tool keeps its own scheduling. Yields
     whether that was permitted; where it is not, nothing changes."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    flags = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
     try:
-        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-        flags = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
         os.sched_setscheduler(0, flags, os.sched_param(priority))
-    except OSError:
-        yield False
-        return
+    except OSError:  # EPERM without CAP_SYS_NICE, or an RT limit (RLIMIT_RTPRIO, cgroups)
+        granted = False
+    else:
+        granted = True
     try:
-        yield True
+        yield granted
     finally:
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, policy, param)
+        if granted:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, policy, param)
 
 
 def _sleep_until(deadline_ns: int) -> None:
