@@ -35,9 +35,9 @@ FOOTNOTES = (
     "achieved: echo requests/s reaching the responder, over steady 100 ms windows",
     "pace p99/max: p99 and max over steady 100 ms windows of |achieved - requested| / "
     "requested (* peers set no rate: vs their own mean)",
-    "windows: between counter readings at 600 us past a whole ms of CLOCK_REALTIME, the "
-    "midpoints of loadgen's 1 ms ticks, so each holds whole ticks; loadgen's are timed by "
-    "those instants, the peers' by the reads",
+    "windows: between counter readings at 100 us past a whole ms of CLOCK_REALTIME, between "
+    "one of loadgen's 1 ms ticks' batches and the next's, so each holds whole ticks; "
+    "loadgen's are timed by those instants, the peers' by the reads",
     "wire loss: sent - responder InEchos; self loss c/r: client InEchoReps / responder "
     "OutEchoReps - replies the tool counted",
     "CPU-s/1M: user+sys of the whole process tree per 1M probes sent, whole run / steady "

@@ -177,7 +177,9 @@ def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
     if not windows:
         notes.append("too short for 100 ms windows: no rate or pacing figure")
     if off_grid:
-        notes.append(f"{off_grid} window(s) timed by their reads: no read fitted a tick midpoint")
+        notes.append(
+            f"{off_grid} window(s) timed by their reads: no read fitted its tick-aligned instant"
+        )
     if not m.sampler_realtime:
         notes.append("the sampler could not run SCHED_FIFO: its readings may come late")
     if m.wall_s < SHORT_RUN_S:
