@@ -302,7 +302,19 @@ def test_memory_compares_rss_30s_into_sending_with_its_end() -> None:
     assert worker.growth_bytes == 29 * 4096 and worker.role == "spawned"
     assert mem.growth_bytes == 29 * 4096
     assert mem.rss_end_bytes - mem.rss_early_bytes == mem.growth_bytes
+    assert mem.track_s == (30,) and mem.track_bytes == (mem.rss_early_bytes,)
     assert memory_figures(rss_samples(25, {10: 0}), {}, {}) is None  # sent for under 30 s
+
+
+def test_memory_track_reads_every_30s_and_skips_gaps() -> None:
+    samples = rss_samples(100, {10: 1024, 20: 0})
+    mem = memory_figures(samples, {}, {})
+    assert mem is not None and mem.track_s == (30, 60, 90)
+    assert mem.track_bytes == tuple(2 * (10 << 20) + 1024 * t for t in (30, 60, 90))
+    assert mem.processes[0].track_bytes == tuple((10 << 20) + 1024 * t for t in (30, 60, 90))
+    gappy = [x for x in samples if not 50 < x.t_ns / 1e9 < 95]  # the sampler stalled 45 s
+    mem = memory_figures(gappy, {}, {})
+    assert mem is not None and mem.track_s == (30, 95)
     assert memory_figures([Sample(0, 5, 0), Sample(1, 5, 0)], {}, {}) is None  # never sent
 
 
@@ -458,6 +470,9 @@ def test_a_long_run_reports_memory_in_the_table_and_the_results(tmp_path: Path) 
     assert lines[1].split()[:4] == ["pid", "41", "main", "10.0"] and "+0 KiB" in lines[1]
     assert "spawned" in lines[2] and "+112 KiB" in lines[2] and "peak 20.0 MiB" in lines[2]
     assert lines[3].split()[0] == "all" and "+112 KiB" in lines[3]
+    assert len(lines) == 4  # one track reading (30 s): no track line
+    long = evaluate(LG_STEP, measured(samples=rss_samples(95, {41: 0, 42: 1 << 20})), out)
+    assert memory_lines(long)[-1] == "  all, every 30 s of sending (MiB): 50.0 80.0 110.0"
     assert set(lines) <= set(render_table([r]).splitlines())
     doc = json.loads(
         json.dumps(results_document([r], machine={}, config={}, started="t", wall_s=1))

@@ -23,6 +23,7 @@ class ProcessMemory:
     rss_end_bytes: int  # VmRSS at the end reading
     growth_bytes: int  # end - early
     peak_bytes: int  # VmHWM at the last look: the highest RSS, between readings too
+    track_bytes: tuple[int, ...]  # VmRSS at every EARLY_S of sending (MemoryFigures.track_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,21 @@ class MemoryFigures:
     rss_end_bytes: int
     growth_bytes: int
     processes: tuple[ProcessMemory, ...]
+    track_s: tuple[float, ...]  # when the track readings were taken: every EARLY_S of sending
+    track_bytes: tuple[int, ...]  # summed VmRSS at each: flat, a warm-up, or a steady climb
+
+
+def _track(samples: Sequence[Sample], first: int, last: int, every_s: float) -> list[int]:
+    """Indices of the first readings at or past each multiple of every_s into sending (a
+    multiple passed in a gap between readings is skipped, not repeated)."""
+    start_ns, every_ns = samples[first].t_ns, every_s * 1e9
+    out, mark = [], 1
+    for i in range(first, last + 1):
+        since_ns = samples[i].t_ns - start_ns
+        if since_ns >= mark * every_ns:
+            out.append(i)
+            mark = int(since_ns // every_ns) + 1
+    return out
 
 
 def process_role(argv: Sequence[str], root: bool) -> str:
@@ -64,19 +80,19 @@ def memory_figures(
     roles: Mapping[int, str],
     early_s: float = EARLY_S,
 ) -> MemoryFigures | None:
-    """RSS early_s into sending against RSS at its end, per process present at both readings;
-    None when sending did not last past early_s."""
+    """RSS early_s into sending against RSS at its end, per process present at both readings,
+    and a reading every early_s between; None when sending did not last past early_s."""
     span = sending_span(samples)
     if span is None:
         return None
     first, last = span
     start_ns = samples[first].t_ns
-    early = next(
-        (i for i in range(first, last + 1) if samples[i].t_ns - start_ns >= early_s * 1e9), None
-    )
-    if early is None or early == last:
+    track = _track(samples, first, last, early_s)
+    if not track or track[0] == last:
         return None
+    early = track[0]
     rss_early, rss_end = dict(samples[early].rss), dict(samples[last].rss)
+    rss_track = [dict(samples[i].rss) for i in track]
     processes = tuple(
         ProcessMemory(
             pid=pid,
@@ -85,6 +101,7 @@ def memory_figures(
             rss_end_bytes=rss_end[pid],
             growth_bytes=rss_end[pid] - rss_early[pid],
             peak_bytes=peaks.get(pid, 0),
+            track_bytes=tuple(r.get(pid, 0) for r in rss_track),
         )
         for pid in sorted(rss_early.keys() & rss_end.keys())
     )
@@ -97,4 +114,6 @@ def memory_figures(
         rss_end_bytes=total_end,
         growth_bytes=total_end - total_early,
         processes=processes,
+        track_s=tuple(round((samples[i].t_ns - start_ns) / 1e9, 3) for i in track),
+        track_bytes=tuple(sum(p.track_bytes[k] for p in processes) for k in range(len(track))),
     )

@@ -85,6 +85,9 @@ def memory_lines(r: StepResult) -> list[str]:
         f"  {'all':<28} {_mib(mem.rss_early_bytes):>10} -> {_mib(mem.rss_end_bytes):>10}  "
         f"{mem.growth_bytes / 1024:+8.0f} KiB"
     )
+    if len(mem.track_s) > 1:
+        every = " ".join(f"{b / 2**20:.1f}" for b in mem.track_bytes)
+        out.append(f"  all, every {mem.track_s[0]:.0f} s of sending (MiB): {every}")
     return out
 
 
