@@ -277,13 +277,17 @@ def test_a_refused_real_time_priority_changes_nothing() -> None:
 # -- memory over a run ----------------------------------------------------------------------
 
 
-def rss_samples(seconds: int, grow: dict[int, int]) -> list[Sample]:
-    """One reading a second: idle, then sending for `seconds`; process pid's RSS grows by
-    grow[pid] bytes a second from 10 MiB; pid 30 appears only after 40 s."""
+def rss_samples(seconds: int, grow: dict[int, int], reclaim_at: int = 10**9) -> list[Sample]:
+    """One reading a second: idle, then sending for `seconds`. Process pid's anonymous memory
+    grows by grow[pid] bytes a second from 4 MiB, beside 6 MiB of file pages that the kernel
+    reclaims down to 2 MiB from second `reclaim_at` on; pid 30 appears only after 40 s."""
     out = []
     for t in range(seconds + 3):
+        file_b = (6 << 20) if t < reclaim_at else (2 << 20)
         rss = tuple(
-            (pid, (10 << 20) + g * t) for pid, g in sorted(grow.items()) if pid != 30 or t > 40
+            (pid, (4 << 20) + g * t + file_b, (4 << 20) + g * t)
+            for pid, g in sorted(grow.items())
+            if pid != 30 or t > 40
         )
         out.append(Sample(t * 1_000_000_000, 1000 * min(t, seconds), 0, None, rss))
     return out
@@ -297,25 +301,32 @@ def test_memory_compares_rss_30s_into_sending_with_its_end() -> None:
     assert (mem.early_s, mem.end_s) == (30, 59)  # the last reading while still sending
     assert [p.pid for p in mem.processes] == [10, 20]  # pid 30 was not there at 30 s
     main, worker = mem.processes
-    assert main.growth_bytes == 0 and main.peak_bytes == 11 << 20 and main.role == "main"
-    assert worker.rss_early_bytes == (10 << 20) + 30 * 4096
-    assert worker.growth_bytes == 29 * 4096 and worker.role == "spawned"
-    assert mem.growth_bytes == 29 * 4096
-    assert mem.rss_end_bytes - mem.rss_early_bytes == mem.growth_bytes
-    assert mem.track_s == (30,) and mem.track_bytes == (mem.rss_early_bytes,)
+    assert main.rss.growth_bytes == 0 and main.peak_bytes == 11 << 20 and main.role == "main"
+    assert worker.rss.early_bytes == (10 << 20) + 30 * 4096
+    assert worker.rss.growth_bytes == worker.anon.growth_bytes == 29 * 4096
+    assert worker.anon.end_bytes == (4 << 20) + 59 * 4096 and worker.role == "spawned"
+    assert mem.rss.growth_bytes == 29 * 4096
+    assert mem.rss.end_bytes - mem.rss.early_bytes == mem.rss.growth_bytes
+    assert mem.track_s == (30,) and mem.rss.track_bytes == (mem.rss.early_bytes,)
     assert memory_figures(rss_samples(25, {10: 0}), {}, {}) is None  # sent for under 30 s
+    assert memory_figures([Sample(0, 5, 0), Sample(1, 5, 0)], {}, {}) is None  # never sent
+
+
+def test_reclaimed_file_pages_do_not_hide_a_climb_in_anonymous_memory() -> None:
+    mem = memory_figures(rss_samples(100, {10: 1024, 20: 0}, reclaim_at=70), {}, {})
+    assert mem is not None
+    assert mem.rss.growth_bytes < 0 < mem.anon.growth_bytes == 69 * 1024
 
 
 def test_memory_track_reads_every_30s_and_skips_gaps() -> None:
     samples = rss_samples(100, {10: 1024, 20: 0})
     mem = memory_figures(samples, {}, {})
     assert mem is not None and mem.track_s == (30, 60, 90)
-    assert mem.track_bytes == tuple(2 * (10 << 20) + 1024 * t for t in (30, 60, 90))
-    assert mem.processes[0].track_bytes == tuple((10 << 20) + 1024 * t for t in (30, 60, 90))
+    assert mem.anon.track_bytes == tuple((8 << 20) + 1024 * t for t in (30, 60, 90))
+    assert mem.processes[0].rss.track_bytes == tuple((10 << 20) + 1024 * t for t in (30, 60, 90))
     gappy = [x for x in samples if not 50 < x.t_ns / 1e9 < 95]  # the sampler stalled 45 s
     mem = memory_figures(gappy, {}, {})
     assert mem is not None and mem.track_s == (30, 95)
-    assert memory_figures([Sample(0, 5, 0), Sample(1, 5, 0)], {}, {}) is None  # never sent
 
 
 def test_process_roles_from_command_lines() -> None:
@@ -464,20 +475,23 @@ def test_a_long_run_reports_memory_in_the_table_and_the_results(tmp_path: Path) 
     out.write_text("\n".join(jsonl()) + "\n")
     samples = rss_samples(45, {41: 0, 42: 8192})
     r = evaluate(LG_STEP, measured(samples=samples), out)
-    assert r.memory is not None and r.memory.growth_bytes == 14 * 8192
+    assert r.memory is not None and r.memory.rss.growth_bytes == 14 * 8192
     lines = memory_lines(r)
-    assert lines[0] == "loadgen 1k x1: memory, VmRSS at 30 s -> at 44 s of sending:"
-    assert lines[1].split()[:4] == ["pid", "41", "main", "10.0"] and "+0 KiB" in lines[1]
-    assert "spawned" in lines[2] and "+112 KiB" in lines[2] and "peak 20.0 MiB" in lines[2]
-    assert lines[3].split()[0] == "all" and "+112 KiB" in lines[3]
+    assert lines[0] == "loadgen 1k x1: memory at 30 s -> at 44 s of sending:"
+    assert lines[1].split()[:8] == ["pid", "41", "main", "VmRSS", "10.0", "->", "10.0", "MiB"]
+    assert lines[1].count(" +0 KiB") == 2 and lines[1].endswith("peak 30.0 MiB")
+    assert lines[2].split()[2:3] == ["spawned"] and lines[2].count(" +112 KiB") == 2
+    assert "RssAnon    4.2 ->    4.3 MiB" in lines[2]
+    assert lines[3].split()[0] == "all" and lines[3].count(" +112 KiB") == 2
     assert len(lines) == 4  # one track reading (30 s): no track line
     long = evaluate(LG_STEP, measured(samples=rss_samples(95, {41: 0, 42: 1 << 20})), out)
-    assert memory_lines(long)[-1] == "  all, every 30 s of sending (MiB): 50.0 80.0 110.0"
+    track = "VmRSS 50.0 80.0 110.0; RssAnon 38.0 68.0 98.0"
+    assert memory_lines(long)[-1] == f"  all, every 30 s (MiB): {track}"
     assert set(lines) <= set(render_table([r]).splitlines())
     doc = json.loads(
         json.dumps(results_document([r], machine={}, config={}, started="t", wall_s=1))
     )
-    assert doc["steps"][0]["memory"]["processes"][1]["growth_bytes"] == 14 * 8192
+    assert doc["steps"][0]["memory"]["processes"][1]["anon"]["growth_bytes"] == 14 * 8192
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ def in_echos(text: str) -> int:
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One 100 ms reading: monotonic time (the midpoint of the counter read), echo requests the
-    responder has seen, tool CPU, and each process's current RSS as (pid, VmRSS bytes).
+    responder has seen, tool CPU, and each process's memory as (pid, VmRSS, RssAnon) in bytes.
 
     instant_ns: the tick-aligned instant (monotonic) the read stands for (see sampling.py);
     None when no read fitted one, and then only t_ns says when it was taken.
@@ -61,7 +61,7 @@ class Sample:
     requests_in: int
     cpu_s: float
     instant_ns: int | None = None
-    rss: tuple[tuple[int, int], ...] = ()
+    rss: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

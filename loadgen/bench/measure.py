@@ -36,6 +36,7 @@ SETTLE_S = 0.2  # let the last replies reach the counters before the final readi
 SAMPLER_PRIORITY = 2  # SCHED_FIFO; loadgen's workers run at 1 and must not delay the readings
 MAX_READS = 8  # reads per sample, each at a tick-aligned instant, before taking one as it is
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+_MEMORY_KEYS = (b"VmRSS", b"RssAnon", b"VmHWM")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +80,21 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
 
 
-def _status(pid: int) -> tuple[int, int] | None:
-    """Current and peak RSS (VmRSS, VmHWM) in bytes; None once the process is gone."""
+def _status(pid: int) -> tuple[int, int, int] | None:
+    """Current RSS, its anonymous part and peak RSS (VmRSS, RssAnon, VmHWM) in bytes; None
+    once the process is gone."""
     found: dict[bytes, int] = {}
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
                 key = line.split(b":", 1)[0]
-                if key in (b"VmRSS", b"VmHWM"):
+                if key in _MEMORY_KEYS:
                     found[key] = int(line.split()[1]) * 1024
     except OSError:
         return None
-    if len(found) < 2:
+    if len(found) < len(_MEMORY_KEYS):
         return None  # a zombie has no memory lines
-    return found[b"VmRSS"], found[b"VmHWM"]
+    return found[b"VmRSS"], found[b"RssAnon"], found[b"VmHWM"]
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -114,19 +116,19 @@ class _Watch:
         self.cpu: dict[int, float] = {}
         self.roles: dict[int, str] = {}
 
-    def sample(self, relist: bool) -> tuple[float, tuple[tuple[int, int], ...]]:
-        """Total CPU-s of the tree so far, and each live process's (pid, VmRSS)."""
+    def sample(self, relist: bool) -> tuple[float, tuple[tuple[int, int, int], ...]]:
+        """Total CPU-s of the tree so far, and each live process's (pid, VmRSS, RssAnon)."""
         if relist:
             self.pids = _tree(self.root)
             for p in self.pids:
                 if p not in self.roles and (argv := _cmdline(p)):
                     self.roles[p] = process_role(argv, root=p == self.root)
-        rss: list[tuple[int, int]] = []
+        rss: list[tuple[int, int, int]] = []
         for p in self.pids:
             mem, c = _status(p), _cpu_s(p)
             if mem is not None:
-                rss.append((p, mem[0]))
-                self.hwm[p] = max(mem[1], self.hwm.get(p, 0))
+                rss.append((p, mem[0], mem[1]))
+                self.hwm[p] = max(mem[2], self.hwm.get(p, 0))
             if c is not None:
                 self.cpu[p] = c
         return sum(self.cpu.values()), tuple(rss)

@@ -1,5 +1,7 @@
-"""Memory over a run, the figures of `--soak`: each process's current RSS (VmRSS) 30 s into
-sending and at the end of sending, its peak (VmHWM), and the growth between the two readings.
+"""Memory over a run, the figures of `--soak`: each process's current RSS (VmRSS) and its
+anonymous part (RssAnon) 30 s into sending, at the end of sending and every 30 s between, with
+its peak (VmHWM). RssAnon is the leak signal: file pages (libraries) come and go as the kernel
+reclaims them, so VmRSS can fall while anonymous memory climbs.
 
 Pure: the sampler's readings in, figures out.
 """
@@ -13,29 +15,49 @@ from dataclasses import dataclass
 from loadgen.bench.figures import Sample
 
 EARLY_S = 30.0  # the issue's baseline: RSS after 30 s of sending
+VM, ANON = 0, 1  # positions in a Sample.rss entry's (VmRSS, RssAnon)
+
+
+@dataclass(frozen=True, slots=True)
+class Growth:
+    """One memory figure over a run: early reading, end reading, their difference, and the
+    readings every EARLY_S (MemoryFigures.track_s)."""
+
+    early_bytes: int
+    end_bytes: int
+    growth_bytes: int
+    track_bytes: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessMemory:
     pid: int
     role: str
-    rss_early_bytes: int  # VmRSS at the early reading
-    rss_end_bytes: int  # VmRSS at the end reading
-    growth_bytes: int  # end - early
+    rss: Growth  # VmRSS
+    anon: Growth  # RssAnon
     peak_bytes: int  # VmHWM at the last look: the highest RSS, between readings too
-    track_bytes: tuple[int, ...]  # VmRSS at every EARLY_S of sending (MemoryFigures.track_s)
 
 
 @dataclass(frozen=True, slots=True)
 class MemoryFigures:
     early_s: float  # seconds into sending of the early reading
     end_s: float  # ... and of the end reading: the last one taken while still sending
-    rss_early_bytes: int  # summed over the processes
-    rss_end_bytes: int
-    growth_bytes: int
+    track_s: tuple[float, ...]  # ... and of the readings every EARLY_S
+    rss: Growth  # summed over the processes
+    anon: Growth
     processes: tuple[ProcessMemory, ...]
-    track_s: tuple[float, ...]  # when the track readings were taken: every EARLY_S of sending
-    track_bytes: tuple[int, ...]  # summed VmRSS at each: flat, a warm-up, or a steady climb
+
+
+def process_role(argv: Sequence[str], root: bool) -> str:
+    """What a process of the tool's tree is, from its command line."""
+    if root:
+        return "main"
+    text = " ".join(argv)
+    if "spawn_main" in text:
+        return "spawned"  # multiprocessing's spawn: loadgen's workers
+    if "resource_tracker" in text:
+        return "resource tracker"
+    return os.path.basename(argv[0]) if argv else "?"
 
 
 def _track(samples: Sequence[Sample], first: int, last: int, every_s: float) -> list[int]:
@@ -49,18 +71,6 @@ def _track(samples: Sequence[Sample], first: int, last: int, every_s: float) -> 
             out.append(i)
             mark = int(since_ns // every_ns) + 1
     return out
-
-
-def process_role(argv: Sequence[str], root: bool) -> str:
-    """What a process of the tool's tree is, from its command line."""
-    if root:
-        return "main"
-    text = " ".join(argv)
-    if "spawn_main" in text:
-        return "spawned"  # multiprocessing's spawn: loadgen's workers
-    if "resource_tracker" in text:
-        return "resource tracker"
-    return os.path.basename(argv[0]) if argv else "?"
 
 
 def sending_span(samples: Sequence[Sample]) -> tuple[int, int] | None:
@@ -90,30 +100,30 @@ def memory_figures(
     track = _track(samples, first, last, early_s)
     if not track or track[0] == last:
         return None
-    early = track[0]
-    rss_early, rss_end = dict(samples[early].rss), dict(samples[last].rss)
-    rss_track = [dict(samples[i].rss) for i in track]
-    processes = tuple(
-        ProcessMemory(
-            pid=pid,
-            role=roles.get(pid, "?"),
-            rss_early_bytes=rss_early[pid],
-            rss_end_bytes=rss_end[pid],
-            growth_bytes=rss_end[pid] - rss_early[pid],
-            peak_bytes=peaks.get(pid, 0),
-            track_bytes=tuple(r.get(pid, 0) for r in rss_track),
-        )
-        for pid in sorted(rss_early.keys() & rss_end.keys())
-    )
-    total_early = sum(p.rss_early_bytes for p in processes)
-    total_end = sum(p.rss_end_bytes for p in processes)
+    readings = [{pid: (vm, anon) for pid, vm, anon in samples[i].rss} for i in track]
+    end = {pid: (vm, anon) for pid, vm, anon in samples[last].rss}
+    pids = sorted(readings[0].keys() & end.keys())
+
+    def growth(what: int, of: Sequence[int]) -> Growth:
+        early_b = sum(readings[0][p][what] for p in of)
+        end_b = sum(end[p][what] for p in of)
+        track_b = tuple(sum(r.get(p, (0, 0))[what] for p in of) for r in readings)
+        return Growth(early_b, end_b, end_b - early_b, track_b)
+
     return MemoryFigures(
-        early_s=round((samples[early].t_ns - start_ns) / 1e9, 3),
+        early_s=round((samples[track[0]].t_ns - start_ns) / 1e9, 3),
         end_s=round((samples[last].t_ns - start_ns) / 1e9, 3),
-        rss_early_bytes=total_early,
-        rss_end_bytes=total_end,
-        growth_bytes=total_end - total_early,
-        processes=processes,
         track_s=tuple(round((samples[i].t_ns - start_ns) / 1e9, 3) for i in track),
-        track_bytes=tuple(sum(p.track_bytes[k] for p in processes) for k in range(len(track))),
+        rss=growth(VM, pids),
+        anon=growth(ANON, pids),
+        processes=tuple(
+            ProcessMemory(
+                pid=p,
+                role=roles.get(p, "?"),
+                rss=growth(VM, [p]),
+                anon=growth(ANON, [p]),
+                peak_bytes=peaks.get(p, 0),
+            )
+            for p in pids
+        ),
     )

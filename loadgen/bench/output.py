@@ -16,6 +16,7 @@ from typing import Any
 import numpy
 
 import loadgen
+from loadgen.bench.memory import EARLY_S, Growth
 from loadgen.bench.steps import StepResult
 
 RESULTS_SCHEMA = 1
@@ -43,7 +44,8 @@ FOOTNOTES = (
     "CPU-s/1M: user+sys of the whole process tree per 1M probes sent, whole run / steady "
     "sending only",
     "RSS MiB: sum over the tool's processes of each one's peak RSS",
-    "memory (runs past 30 s): each process's VmRSS 30 s into sending and at the last reading "
+    "memory (runs past 30 s): each process's VmRSS and its anonymous part RssAnon (the leak "
+    "signal: file pages come and go with reclaim) 30 s into sending and at the last reading "
     "while sending, the growth between, and its peak (VmHWM)",
 )
 
@@ -65,29 +67,26 @@ def _pace(r: StepResult) -> str:
     return f"{100 * r.pacing_p99:.2f}/{100 * r.pacing_max:.2f}%{star}"
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def _growth(g: Growth) -> str:
+    mib = g.early_bytes / 2**20, g.end_bytes / 2**20
+    return f"{mib[0]:6.1f} -> {mib[1]:6.1f} MiB {g.growth_bytes / 1024:+7.0f} KiB"
 
 
 def memory_lines(r: StepResult) -> list[str]:
-    """The memory section of a step that sent long enough: one line per process and a total."""
+    """The memory section of a step that sent long enough: one line per process, a total,
+    and the totals every 30 s when there are several."""
     mem = r.memory
     if mem is None:
         return []
-    out = [f"{r.label}: memory, VmRSS at {mem.early_s:.0f} s -> at {mem.end_s:.0f} s of sending:"]
-    for p in mem.processes:
-        out.append(
-            f"  pid {p.pid:<7} {p.role:<16} {_mib(p.rss_early_bytes):>10} -> "
-            f"{_mib(p.rss_end_bytes):>10}  {p.growth_bytes / 1024:+8.0f} KiB  "
-            f"peak {_mib(p.peak_bytes)}"
-        )
-    out.append(
-        f"  {'all':<28} {_mib(mem.rss_early_bytes):>10} -> {_mib(mem.rss_end_bytes):>10}  "
-        f"{mem.growth_bytes / 1024:+8.0f} KiB"
-    )
+    out = [f"{r.label}: memory at {mem.early_s:.0f} s -> at {mem.end_s:.0f} s of sending:"]
+    rows = [(f"pid {p.pid:<7} {p.role:<16}", p.rss, p.anon, p.peak_bytes) for p in mem.processes]
+    for name, rss, anon, peak in [*rows, (f"{'all':<28}", mem.rss, mem.anon, None)]:
+        line = f"  {name} VmRSS {_growth(rss)}   RssAnon {_growth(anon)}"
+        out.append(line + ("" if peak is None else f"   peak {peak / 2**20:.1f} MiB"))
     if len(mem.track_s) > 1:
-        every = " ".join(f"{b / 2**20:.1f}" for b in mem.track_bytes)
-        out.append(f"  all, every {mem.track_s[0]:.0f} s of sending (MiB): {every}")
+        vm_track = " ".join(f"{b / 2**20:.1f}" for b in mem.rss.track_bytes)
+        anon_track = " ".join(f"{b / 2**20:.1f}" for b in mem.anon.track_bytes)
+        out.append(f"  all, every {EARLY_S:g} s (MiB): VmRSS {vm_track}; RssAnon {anon_track}")
     return out
 
 
