@@ -59,10 +59,6 @@ class SnmpReader:
     def read(self) -> dict[str, dict[str, int]]:
         return parse_snmp(self.text())
 
-    def echo_requests_in(self) -> int:
-        """Icmp InEchos, cheaply: the 100 ms sampler calls this."""
-        return self.read()["Icmp"]["InEchos"]
-
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
