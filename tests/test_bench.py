@@ -567,18 +567,28 @@ def test_flags_and_ladder() -> None:
     assert cfg.duration_s == 10 and cfg.workers == (1, 2) and cfg.targets == 64
     assert cfg.rates_pps == (50e3, 100e3, 200e3, 250e3, 300e3)
     steps = ladder(cfg)
-    assert [s.tool for s in steps[:2]] == [PING, FPING] and len(steps) == 12
+    assert [s.tool for s in steps[:2]] == [PING, FPING] and len(steps) == 14
+    stamped = [s for s in steps if s.tx_timestamps]
+    assert [(s.rate_pps, s.workers) for s in stamped] == [(100e3, 2), (150e3, 2)]
     assert parse_config(["--quick"]).duration_s == 2
-    small = parse_config(["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s"])
+    small = parse_config(
+        ["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s", "--tx-rates", "none"]
+    )
     assert ladder(small) == [Step(LOADGEN, 64, rate_pps=5000, workers=1, duration_s=1)]
-    for bad in (["--workers", "two"], ["--rates", "fast"], ["--targets", "65"], ["--bogus"]):
+    bad_flags = (
+        ["--workers", "two"],
+        ["--rates", "fast"],
+        ["--tx-rates", "x"],
+        ["--targets", "65"],
+    )
+    for bad in (*bad_flags, ["--bogus"]):
         with pytest.raises(UsageError):
             parse_config(bad)
 
 
 def test_soak_flags() -> None:
     cfg = parse_config(["--soak", "10m"])
-    assert (cfg.soak, cfg.peers, cfg.duration_s) == (True, False, 600)
+    assert (cfg.soak, cfg.peers, cfg.duration_s, cfg.floor) == (True, False, 600, False)
     assert ladder(cfg) == [Step(LOADGEN, 64, rate_pps=100_000, workers=2, duration_s=600)]
     assert ladder(cfg)[0].run_limit_s() < 700  # bounded like every step
     other = parse_config(["--soak", "45s", "--rates", "50k", "--workers", "1", "--targets", "8"])
@@ -613,8 +623,9 @@ def bench(*args: str) -> list[str]:
 def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
+    more = ("--tx-rates", "5k", "--no-floor")  # the floor has its own test
     proc = subprocess.Popen(
-        bench(*args, "--fping-count", "20", "--output", str(out)),
+        bench(*args, *more, "--fping-count", "20", "--output", str(out)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -629,15 +640,15 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     assert not [n for n in bench_namespaces() if n.startswith(f"loadgen-bench-{proc.pid}-")]
     doc = json.loads(out.read_text())
     assert doc["ok"] and doc["machine"]["cores"] >= 1 and doc["machine"]["kernel"]
-    steps = {s["tool"]: s for s in doc["steps"]}
-    assert set(steps) == {LOADGEN, PING, FPING}
-    expected_sent = {LOADGEN: 5000, PING: 2000, FPING: 20 * 64}
-    for tool, s in steps.items():
-        assert s["sent"] == expected_sent[tool], s
+    steps = {s["label"]: s for s in doc["steps"]}
+    assert set(steps) == {"loadgen 5k x1", "loadgen 5k x1 txts", PING, FPING}
+    expected_sent = {"loadgen 5k x1": 5000, "loadgen 5k x1 txts": 5000, PING: 2000, FPING: 20 * 64}
+    for label, s in steps.items():
+        assert s["sent"] == expected_sent[label], s
         assert s["loss"]["wire_requests"] == 0 and s["loss"]["self_client"] == 0, s
         assert s["kernel_responder"]["OutEchoReps"] == s["sent"], s
         assert s["cpu_s"] > 0, s
-    lg = steps[LOADGEN]
+    lg = steps["loadgen 5k x1"]
     assert lg["processes"] >= 2 and lg["peak_rss_bytes"] > 10 << 20  # coordinator + worker
     assert lg["achieved_pps"] == pytest.approx(5000, rel=0.2)
     assert lg["pacing_p99"] is not None and lg["pacing_p99"] >= 0

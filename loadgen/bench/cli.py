@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +28,15 @@ from typing import Any
 from loadgen.bench.measure import run_measured
 from loadgen.bench.memory import EARLY_S
 from loadgen.bench.output import machine_info, render_table, results_document, write_results
-from loadgen.bench.steps import FPING, LOADGEN, PING, Step, StepResult, evaluate, fping_count
+from loadgen.bench.steps import FLOOR, FPING, LOADGEN, PING, Step, StepResult, evaluate, fping_count
 from loadgen.bench.topology import MAX_TARGETS, BenchNet, bench_net
 from loadgen.errors import LoadgenError, PermissionProblem, UsageError
 from loadgen.units import NS_PER_S, parse_duration_ns, parse_rate
 
 DEFAULT_RATES = "50k,100k,200k,250k,300k"
 DEFAULT_WORKERS = "1,2"
+DEFAULT_TX_RATES = "100k,150k"  # loadgen with --tx-timestamps, on the most workers asked for
+FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
 PING_PPS_GUESS = 80_000  # ping -f's pace on the reference machine: sizes its count to the step
 START_LIMIT_S = 30.0  # python, numpy and worker start-up on a busy 2-core machine
@@ -50,19 +53,71 @@ class Config:
     peers: bool
     output: Path
     soak: bool = False  # one loadgen step of duration_s (rates_pps and workers hold one each)
+    tx_rates_pps: tuple[float, ...] = ()
+    floor: bool = False
 
 
-def ladder(cfg: Config) -> list[Step]:
+def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
     steps = []
     if cfg.peers:
         steps.append(Step(PING, 1, count=cfg.ping_count))
         steps.append(Step(FPING, cfg.targets, count=fping_count(cfg.fping_count, cfg.targets)))
+    most = max(cfg.workers)
+    if floor_program:
+        steps += [
+            Step(FLOOR, cfg.targets, workers=w, duration_s=cfg.duration_s, program=floor_program)
+            for w in cfg.workers
+        ]
+        if cfg.tx_rates_pps:
+            steps.append(
+                Step(
+                    FLOOR,
+                    cfg.targets,
+                    workers=most,
+                    duration_s=cfg.duration_s,
+                    tx_timestamps=True,
+                    program=floor_program,
+                )
+            )
     steps += [
         Step(LOADGEN, cfg.targets, rate_pps=r, workers=w, duration_s=cfg.duration_s)
         for w in cfg.workers
         for r in cfg.rates_pps
     ]
+    steps += [
+        Step(
+            LOADGEN,
+            cfg.targets,
+            rate_pps=r,
+            workers=most,
+            duration_s=cfg.duration_s,
+            tx_timestamps=True,
+        )
+        for r in cfg.tx_rates_pps
+    ]
     return steps
+
+
+def build_floor(workdir: Path) -> tuple[str | None, str]:
+    """Compile floor.c with the system C compiler: (binary, "") or (None, why not)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None, "no C compiler (cc): the kernel floor steps are left out"
+    binary = workdir / "floor"
+    try:
+        done = subprocess.run(
+            [cc, "-O2", "-o", str(binary), str(FLOOR_SOURCE)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"building the kernel floor failed ({exc}): its steps are left out"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return None, f"building the kernel floor failed ({why}): its steps are left out"
+    return str(binary), ""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +145,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ping-count", type=int, help="ping -f probes (default: duration's worth)")
     p.add_argument("--fping-count", type=int, default=1000, help="fping probes per target")
     p.add_argument("--no-peers", action="store_true", help="skip ping -f and fping")
+    p.add_argument(
+        "--tx-rates",
+        help=f"loadgen rates with --tx-timestamps, on the most workers given (default "
+        f"{DEFAULT_TX_RATES}; 'none' skips them)",
+    )
+    p.add_argument(
+        "--no-floor", action="store_true", help="skip the kernel floor (floor.c, built with cc)"
+    )
     p.add_argument("--output", default="bench-results.json", help="results file")
     return p
 
@@ -119,6 +182,12 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     rates_text = a.rates or (DEFAULT_RATES if soak_s is None else SOAK_RATE)
     workers_text = a.workers or (DEFAULT_WORKERS if soak_s is None else SOAK_WORKERS)
     rates = tuple(parse_rate(r.strip(), key="--rates") for r in rates_text.split(",") if r.strip())
+    tx_text = "none" if soak_s is not None else (a.tx_rates or DEFAULT_TX_RATES)
+    tx_rates = tuple(
+        parse_rate(r.strip(), key="--tx-rates")
+        for r in tx_text.split(",")
+        if r.strip() and tx_text.strip() != "none"
+    )
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
@@ -142,6 +211,8 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         peers=not a.no_peers and soak_s is None,
         output=Path(a.output),
         soak=soak_s is not None,
+        tx_rates_pps=tx_rates,
+        floor=not a.no_floor and soak_s is None,
     )
 
 
@@ -178,7 +249,16 @@ def run_ladder(
     cfg: Config, progress: Callable[[str], None], results: list[StepResult]
 ) -> list[StepResult]:
     """Run every step, appending to `results` as they finish (so CTRL-C keeps what is done)."""
-    steps = ladder(cfg)
+    with tempfile.TemporaryDirectory(prefix="loadgen-floor-") as tmp:
+        program, why = build_floor(Path(tmp)) if cfg.floor else (None, "")
+        if why:
+            progress(f"note: {why}")
+        return _run_steps(cfg, ladder(cfg, program), progress, results)
+
+
+def _run_steps(
+    cfg: Config, steps: list[Step], progress: Callable[[str], None], results: list[StepResult]
+) -> list[StepResult]:
     with bench_net(cfg.targets) as net:
         for i, step in enumerate(steps, 1):
             progress(f"[{i}/{len(steps)}] {step.label} ...")

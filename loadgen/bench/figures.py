@@ -19,6 +19,7 @@ Snmp = Mapping[str, Mapping[str, int]]
 _PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?")
 _ANSWER_KEYS = ("received", "late", "duplicates", "bitflips", "stale")  # not corrupted: the
 # kernel counts a bad checksum as InCsumErrors, never as InEchoReps
+_FLOOR_RE = re.compile(r"^sent (\d+) received (\d+) stamps \d+$", re.MULTILINE)
 _FPING_RE = re.compile(r"^\S+\s*:\s*xmt/rcv/%loss = (\d+)/(\d+)/", re.MULTILINE)
 
 
@@ -177,6 +178,14 @@ def parse_fping(text: str) -> tuple[ToolCounts, int] | None:
     if not rows:
         return None
     return ToolCounts(sum(int(x) for x, _ in rows), sum(int(r) for _, r in rows)), len(rows)
+
+
+def parse_floor(text: str) -> ToolCounts | None:
+    """The kernel floor's lines `sent N received M stamps S`, one per worker, summed."""
+    rows = _FLOOR_RE.findall(text)
+    if not rows:
+        return None
+    return ToolCounts(sum(int(x) for x, _ in rows), sum(int(r) for _, r in rows))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""One bench step: what to run (loadgen at a rate and worker count, `ping -f`, `fping`), the
-command line for it, and how its measurement becomes figures and a verdict (sound or broken).
+"""One bench step: what to run (loadgen at a rate and worker count, `ping -f`, `fping`, the
+kernel floor of floor.c), the command line for it, and how its measurement becomes figures and
+a verdict (sound or broken).
 
 A step is broken when the tool crashed, hung, or its own accounting does not add up; a slow
 machine (low achieved rate, loss) is a result, never a failure.
@@ -18,6 +19,7 @@ from loadgen.bench.figures import (
     achieved_pps,
     loss_figures,
     pacing_error,
+    parse_floor,
     parse_fping,
     parse_loadgen_jsonl,
     parse_ping,
@@ -28,7 +30,8 @@ from loadgen.bench.figures import (
 from loadgen.bench.measure import Measured
 from loadgen.bench.memory import MemoryFigures, memory_figures
 
-LOADGEN, PING, FPING = "loadgen", "ping -f", "fping"
+LOADGEN, PING, FPING, FLOOR = "loadgen", "ping -f", "fping", "floor"
+FLOOR_BATCH = 64  # the floor's packets per sendmmsg: loadgen's batch at 128k pps on 2 workers
 # fping 5.x refuses to reuse a sequence number within 10 s (its seqmap has 65535 slots), so a
 # count run at full speed is capped at 65535 probes in all: 1000 per target for 64 targets.
 FPING_MAX_TOTAL = 65535
@@ -45,11 +48,16 @@ class Step:
     workers: int | None = None
     duration_s: float = 0.0  # loadgen: sending time
     count: int = 0  # peers: probes per target
+    tx_timestamps: bool = False  # loadgen and the floor: kernel TX stamps of every probe
+    program: str = ""  # the floor: its compiled binary
 
     @property
     def label(self) -> str:
+        stamps = " txts" if self.tx_timestamps else ""
         if self.tool == LOADGEN and self.rate_pps is not None:
-            return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}"
+            return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}{stamps}"
+        if self.tool == FLOOR:
+            return f"floor (C) x{self.workers}{stamps}"
         return self.tool
 
     def argv(self, targets: Sequence[str], jsonl: Path) -> list[str]:
@@ -58,6 +66,12 @@ class Step:
                 *(sys.executable, "-m", "loadgen", "ping", ",".join(targets)),
                 *("-r", f"{self.rate_pps:.0f}", "--duration", f"{self.duration_s:g}s"),
                 *("--workers", str(self.workers), "--plain", "--jsonl", str(jsonl)),
+                *(("--tx-timestamps",) if self.tx_timestamps else ()),
+            ]
+        if self.tool == FLOOR:
+            return [
+                *(self.program, f"{self.duration_s:g}", str(self.workers), str(FLOOR_BATCH)),
+                *("1" if self.tx_timestamps else "0", *targets),
             ]
         if self.tool == PING:
             deadline = max(5, round(3 * self.count / 20_000))  # a bound, not the pace
@@ -77,6 +91,8 @@ class Step:
         """How long it may run after its first probe before the bench calls it hung."""
         if self.tool == LOADGEN:
             return self.duration_s + LINGER_S + 15.0
+        if self.tool == FLOOR:
+            return self.duration_s + 15.0
         return 30.0 + self.count * self.targets / 10_000
 
 
@@ -146,10 +162,13 @@ def _tool_counts(
             if n:
                 notes.append(f"{n} {what}")
         return totals.counts, problems
-    if m.exit_code not in (0, 1, None):  # 1: some loss, which is a result
+    fine = (0, None) if step.tool == FLOOR else (0, 1, None)  # ping/fping 1: loss, a result
+    if m.exit_code not in fine:
         problems.append(f"{step.tool} exited {m.exit_code}: {_last_line(m.stderr)}")
     if step.tool == PING:
         counts = parse_ping(m.stdout)
+    elif step.tool == FLOOR:
+        counts = parse_floor(m.stdout)
     else:
         parsed = parse_fping(m.stderr + m.stdout)
         counts = parsed[0] if parsed else None
