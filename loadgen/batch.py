@@ -67,19 +67,21 @@ def _check_size(size: int) -> None:
 class EchoBuilder:
     """Builds batches of echo requests for one (ident, run_id, size) into one reused buffer:
     a row gather from four templates (one per fill pattern), four column writes and one
-    checksum pass, whatever the batch size."""
+    checksum pass, whatever the batch size. With `headroom`, each row starts with that many
+    bytes left for a header the caller writes (Ipv4Headers for link-layer sending)."""
 
-    def __init__(self, ident: int, run_id: int, size: int) -> None:
+    def __init__(self, ident: int, run_id: int, size: int, headroom: int = 0) -> None:
         _check_size(size)
         if not 0 <= ident <= 0xFFFF or not 0 <= run_id <= 0xFFFFFFFF:
             raise ValueError(f"ident {ident} or run_id {run_id} out of range: u16 and u32")
-        self.ident, self.run_id, self.size = ident, run_id, size
+        self.ident, self.run_id, self.size, self.headroom = ident, run_id, size, headroom
         fills = icmp.fill_patterns(run_id, size - icmp.MIN_PAYLOAD)
         # Template p: the request for pattern p with target, seq, tx_ns, sequence and checksum 0.
         self._templates = np.stack(
             [
                 np.frombuffer(
-                    icmp.ICMP_HEADER.pack(icmp.IcmpType.ECHO_REQUEST, 0, 0, ident, 0)
+                    bytes(headroom)
+                    + icmp.ICMP_HEADER.pack(icmp.IcmpType.ECHO_REQUEST, 0, 0, ident, 0)
                     + icmp.PAYLOAD_HEADER.pack(icmp.MAGIC, run_id, 0, 0, 0)
                     + fill,
                     dtype=np.uint8,
@@ -92,8 +94,8 @@ class EchoBuilder:
     def build(
         self, targets: NDArray[np.integer], seqs: NDArray[np.integer], tx_ns: int
     ) -> NDArray[np.uint8]:
-        """Rows of ICMP messages (no IP header), row i for (targets[i], seqs[i]), all stamped
-        tx_ns; identical to `icmp.build_echo_request` row by row. The rows live in the
+        """Rows of ICMP messages (after `headroom` bytes), row i for (targets[i], seqs[i]), all
+        stamped tx_ns; identical to `icmp.build_echo_request` row by row. The rows live in the
         builder's buffer: valid until the next build."""
         targets = np.asarray(targets, dtype=np.uint32)
         seqs = np.asarray(seqs, dtype=np.uint64)
@@ -106,8 +108,9 @@ class EchoBuilder:
         n = len(seqs)
         if n > len(self._rows):
             self._rows = np.zeros((max(n, 2 * len(self._rows)), self._rows.shape[1]), np.uint8)
-        out = self._rows[:n]
-        np.take(self._templates, seqs & 3, axis=0, out=out)
+        rows = self._rows[:n]
+        np.take(self._templates, seqs & 3, axis=0, out=rows)
+        out = rows[:, self.headroom :]
         out[:, _SEQ16 : _SEQ16 + 2].view(">u2")[:, 0] = seqs & 0xFFFF
         out[:, _TARGET : _TARGET + 4].view(">u4")[:, 0] = targets
         out[:, _SEQ : _SEQ + 8].view(">u8")[:, 0] = seqs
@@ -116,7 +119,51 @@ class EchoBuilder:
         # and is stored little-endian, which swaps it back. The folded sum of a nonzero total
         # is (total - 1) % 0xFFFF + 1, and the checksum its complement.
         out[:, _CSUM : _CSUM + 2].view("<u2")[:, 0] = 0xFFFE - (_le_sums(out) - 1) % 0xFFFF
-        return out
+        return rows
+
+
+class Ipv4Headers:
+    """Option-less IPv4 headers (RFC 791 section 3.1, https://www.rfc-editor.org/rfc/rfc791)
+    for link-layer sending, where the kernel adds none: one precomputed header per target
+    (source, destination, TTL, TOS, DF, protocol ICMP, identification 0, checksum), gathered
+    per batch; the identification is then set to each probe's low 16 sequence bits and the
+    checksum adjusted for it (RFC 1624 eqn. 3, https://www.rfc-editor.org/rfc/rfc1624)."""
+
+    DONT_FRAGMENT = 0x4000
+
+    def __init__(
+        self,
+        sources: NDArray[np.integer],
+        dests: NDArray[np.integer],
+        *,
+        ttl: int,
+        tos: int,
+        total_len: int,
+    ) -> None:
+        if len(sources) != len(dests) or not 0 < ttl <= 255 or not 0 <= tos <= 255:
+            raise ValueError("one source per destination, ttl 1-255 and tos 0-255")
+        fixed = struct.pack(
+            "!BBHHHBBH", 0x45, tos, total_len, 0, self.DONT_FRAGMENT, ttl, icmp.IPPROTO_ICMP, 0
+        )
+        table = np.zeros((len(dests), _IP), np.uint8)
+        table[:, :12] = np.frombuffer(fixed, np.uint8)
+        table[:, 12:16].view(">u4")[:, 0] = np.asarray(sources, np.uint32)
+        table[:, 16:20].view(">u4")[:, 0] = np.asarray(dests, np.uint32)
+        table[:, 10:12].view("<u2")[:, 0] = 0xFFFE - (_le_sums(table) - 1) % 0xFFFF
+        self._table = table
+        # The stored checksum's complement (~HC of RFC 1624) per target, big-endian order.
+        self._not_sum = (~table[:, 10:12].view(">u2")[:, 0]).astype(np.uint32) & 0xFFFF
+
+    def write(
+        self, rows: NDArray[np.uint8], local: NDArray[np.integer], seqs: NDArray[np.integer]
+    ) -> None:
+        """Write the header of target local[i] into rows[i, :20], identification seqs[i]."""
+        ident = (np.asarray(seqs) & 0xFFFF).astype(np.uint32)
+        np.take(self._table, local, axis=0, out=rows[:, :_IP])
+        rows[:, 4:6].view(">u2")[:, 0] = ident
+        total = self._not_sum[local] + ident  # HC' = ~(~HC + ~m + m'), m = 0 and ~m = 0xFFFF
+        total = (total & 0xFFFF) + (total >> 16)
+        rows[:, 10:12].view(">u2")[:, 0] = ~total & 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)

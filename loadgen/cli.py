@@ -58,6 +58,7 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
         dest="tx_timestamps",
         help="send times from kernel TX timestamps (error queue) instead of user space",
     )
+    flag("--tx-path", "", metavar="PATH", help='"ip" (default) or "packet": see tx_path')
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -74,6 +75,7 @@ _FLAG_KEYS = (
     "jsonl",
     "timestamps",
     "tx_timestamps",
+    "tx_path",
     "top",
 )
 

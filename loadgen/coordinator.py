@@ -121,6 +121,7 @@ def _plan_message(wp: WorkerPlan) -> PlanMsg:
         linger_ns=wp.linger_ns,
         timestamps=wp.timestamps,
         tx_timestamps=wp.tx_timestamps,
+        tx_path=wp.tx_path,
         interface=wp.interface or "",
     )
 

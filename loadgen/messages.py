@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from loadgen.errors import LoadgenError
 from loadgen.records import RECORD_DTYPE
 
-VERSION = 1
+VERSION = 2
 
 
 class ProtocolError(LoadgenError):
@@ -64,6 +64,7 @@ class PlanMsg:
     linger_ns: int
     timestamps: str
     tx_timestamps: bool
+    tx_path: str  # "ip" | "packet"
     interface: str  # "": none
 
 

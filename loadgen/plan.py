@@ -33,6 +33,7 @@ class WorkerPlan:
     linger_ns: int
     timestamps: str
     tx_timestamps: bool
+    tx_path: str
     interface: str | None
 
     @property
@@ -127,6 +128,7 @@ def make_plan(
                 linger_ns=profile.delay_ns,
                 timestamps=profile.timestamps,
                 tx_timestamps=profile.tx_timestamps,
+                tx_path=profile.tx_path,
                 interface=profile.interface,
             )
         )
@@ -187,6 +189,12 @@ def describe(plan: RunPlan) -> str:
         f"timeout: {format_duration(profile.timeout_ns)} (later replies count as late); "
         f"delay: {format_duration(profile.delay_ns)} (then unanswered probes count as lost)",
         f"timestamps: {profile.timestamps} RX, {tx}",
+        "sent through: "
+        + (
+            "a raw IP socket per worker (the kernel routes each probe)"
+            if profile.tx_path == "ip"
+            else 'a packet socket per worker, to next hops read at start (tx_path = "packet")'
+        ),
         f"workers: {len(plan.workers)}",
         "  worker   cpu   ident  targets          rate    per target",
     ]

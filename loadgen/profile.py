@@ -38,6 +38,7 @@ class Profile:
     cpus: tuple[int, ...] | None  # None: every CPU this process may run on
     timestamps: str  # auto | software | hardware | user
     tx_timestamps: bool
+    tx_path: str  # ip | packet
     interface: str | None
     probe: str
     family: str  # auto | ipv4 | ipv6
@@ -102,6 +103,13 @@ def _build(data: Mapping[str, Any], source: str, origins: Mapping[str, str]) -> 
         timeout = format_duration(values["timeout_ns"])
         problem = f"shorter than timeout ({timeout}): a probe would be lost before it is late"
         raise fail("delay", bad_value("delay", data["delay"], problem, f"set delay >= {timeout}"))
+    if values["tx_path"] == "packet" and values["tx_timestamps"]:
+        name = "tx_path" if "tx_path" in origins else "tx_timestamps"
+        raise fail(
+            name,
+            'tx_path = "packet" with tx_timestamps = true: kernel TX stamps are taken on the '
+            'raw IP socket only; drop one of them (tx_path = "ip" keeps the stamps)',
+        )
     return Profile(source=source, **values)
 
 

@@ -103,6 +103,8 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "run_id": plan.run_id,
         "requested_pps": plan.rate_pps,
         "workers": len(plan.workers),
+        "tx_path": plan.profile.tx_path,
+        "tx_timestamps": plan.profile.tx_timestamps,
         "interrupted": outcome.interrupted,
         "failures": list(outcome.failures),
         "duration_s": (outcome.end_ns - outcome.start_ns) / 1e9,

@@ -491,6 +491,9 @@ _TIMESTAMPING_KEY = cmsg_key(socket.SOL_SOCKET, SO_TIMESTAMPING)
 _RX_SOFT = RecordFlag.RX_KERNEL
 
 
+_PySocket = socket.socket  # BatchIO's own `socket` property hides the module in its body
+
+
 class BatchIO:
     """sendmmsg/recvmmsg over one IcmpSocket with buffers allocated once; owns and closes it."""
 
@@ -542,6 +545,8 @@ class BatchIO:
         self._tx_flags = np.zeros(batch, np.uint8)
         self._notes = list(sock.notes)
         self.pending_send_errors = 0  # ENOBUFS of a partial sendmmsg, reported at the next recv
+        self._tx_fd = self._fd
+        self._link_tx: _PySocket | None = None
 
     @property
     def socket(self) -> IcmpSocket:
@@ -565,7 +570,21 @@ class BatchIO:
         info = self._sock.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
         return int(struct.unpack_from("=9I", info)[8])  # SK_MEMINFO_DROPS
 
+    def use_link_tx(self, link: _PySocket, name_bytes: int) -> None:
+        """Send through `link` (an AF_PACKET socket, owned from now on) instead: each packet
+        is then a whole IPv4 datagram and its destination a sockaddr_ll of name_bytes."""
+        if self._errq is not None:
+            raise ValueError("kernel TX stamps are read from the raw socket: not with link TX")
+        names = np.zeros((self._batch, name_bytes), np.uint8)
+        hdr = self._tx_msgs["hdr"]
+        hdr["name"] = names.ctypes.data + self._index * name_bytes
+        hdr["namelen"] = name_bytes
+        self._link_names, self._addr_col = names, names
+        self._link_tx, self._tx_fd = link, link.fileno()
+
     def close(self) -> None:
+        if self._link_tx is not None:
+            self._link_tx.close()
         self._sock.close()
 
     def __enter__(self) -> BatchIO:
@@ -575,7 +594,8 @@ class BatchIO:
         self.close()
 
     def send(self, packets: NDArray[np.uint8], dst: NDArray[Any], first_id: int = 0) -> SendResult:
-        """Send row i of `packets` to dst[i] (IPv4: host-order uint32), in order, batch by batch.
+        """Send row i of `packets` to dst[i] (IPv4: host-order uint32; after use_link_tx, rows of
+        sockaddr_ll bytes), in order, batch by batch.
         With TX stamps on, row i is stamped with OPT_ID first_id + i (mod 2**32): pass the
         number of packets sent since enable_tx_timestamps(). ENOBUFS/EAGAIN end the call with
         what went; other failures raise SocketProblem."""
@@ -598,7 +618,7 @@ class BatchIO:
                 self._iov_for = (at, length, k)
             if self._ids_exact:
                 np.add(self._index32[:k], (first_id + sent) & 0xFFFFFFFF, out=self._tx_id_col[:k])
-            went: int = _sendmmsg(self._fd, self._tx_msgs_ptr, k, _DONTWAIT)
+            went: int = _sendmmsg(self._tx_fd, self._tx_msgs_ptr, k, _DONTWAIT)
             if went >= 0:  # short count: the kernel drops the error; the next recv reports it
                 sent += went
                 continue
@@ -613,6 +633,8 @@ class BatchIO:
         return SendResult(sent, 0)
 
     def _describe(self, address: Any) -> str:
+        if self._link_tx is not None:
+            return "a link-layer next hop"
         if self._sock.spec.family == socket.AF_INET:
             return str(ipaddress.IPv4Address(int(address)))
         return str(address)

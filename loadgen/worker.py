@@ -24,11 +24,12 @@ import time
 from multiprocessing.connection import Connection
 
 import numpy as np
+from numpy.typing import NDArray
 
-from loadgen import bpf
-from loadgen.batch import EchoBuilder, ReplyDecoder
+from loadgen import bpf, linkpath
+from loadgen.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.errors import LoadgenError
-from loadgen.icmp import DecodeStatus
+from loadgen.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
 from loadgen.messages import (
     Done,
     Failed,
@@ -123,12 +124,19 @@ class Worker:
             interface=plan.interface or None,
         )
         self.io = BatchIO(self.sock)
-        self.builder = EchoBuilder(plan.ident, plan.run_id, plan.size)
         self.decoder = ReplyDecoder(plan.ident, plan.run_id, plan.size)
         self.global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
         self.addresses = np.array(
             [int(ipaddress.IPv4Address(t.address)) for t in plan.targets], dtype=np.uint32
         )
+        # Where each probe goes: its IPv4 address, or on the link path its sockaddr_ll row.
+        self.destinations: NDArray[np.generic] = self.addresses
+        self.ip_headers: Ipv4Headers | None = None
+        self.link_names = ""
+        headroom = 0
+        if plan.tx_path == "packet":
+            headroom = self._use_link_path()
+        self.builder = EchoBuilder(plan.ident, plan.run_id, plan.size, headroom=headroom)
         self.tracker = Tracker(
             targets=self.global_index,
             addresses=self.addresses,
@@ -158,6 +166,23 @@ class Worker:
         self.max_lag_ns = 0
         self.stop_requested = False
 
+    def _use_link_path(self) -> int:
+        """Resolve every target's next hop and send through a packet socket from now on;
+        returns the header room the builder leaves for the IPv4 headers written per batch."""
+        hops = linkpath.resolve_hops([int(a) for a in self.addresses])
+        self.io.use_link_tx(linkpath.open_link_tx(), linkpath.SOCKADDR_LL.size)
+        names = b"".join(hop.sockaddr() for hop in hops)
+        self.destinations = np.frombuffer(names, np.uint8).reshape(len(hops), -1)
+        self.ip_headers = Ipv4Headers(
+            np.array([hop.source for hop in hops], np.uint32),
+            self.addresses,
+            ttl=self.plan.ttl,
+            tos=self.plan.tos,
+            total_len=IPV4_HEADER_LEN + ICMP_HEADER_LEN + self.plan.size,
+        )
+        self.link_names = ", ".join(sorted({hop.ifname for hop in hops}))
+        return IPV4_HEADER_LEN
+
     def _enable_tx_stamps(self) -> None:
         if self.sock.rx_scm == 0:
             self.notes.append(
@@ -174,6 +199,8 @@ class Worker:
             tx_source = f"{word} (SO_TIMESTAMPING error queue, matched by OPT_ID)"
         else:
             tx_source = "user-space (per batch)"
+        if self.link_names:
+            tx_source += f", written to the link (AF_PACKET on {self.link_names})"
         # Hello has no field for the fallbacks taken yet: they ride on the source words.
         notes = "; ".join([*self.io.notes, *self.notes])
         return Hello(
@@ -285,12 +312,14 @@ class Worker:
     def _send(self, count: int, pacer: Pacer) -> int:
         local, seq = self.tracker.plan_batch(count)
         packets = self.builder.build(self.global_index[local], seq, time.time_ns())
+        if self.ip_headers is not None:
+            self.ip_headers.write(packets, local, seq)
         # The send time is read after the batch is built, right before the one sendmmsg, so
         # build cost never shows up as latency.
         tx_rt = time.time_ns()
         # OPT_ID of the batch's first packet: sends since TX stamps were enabled.
         first_id = self.tracker.sent - self.tx_first_k
-        result = self.io.send(packets, self.addresses[local], first_id)
+        result = self.io.send(packets, self.destinations[local], first_id)
         self.tracker.on_sent(result.sent, tx_rt)
         pacer.commit(result.sent)
         if result.sent < count:

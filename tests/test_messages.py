@@ -65,6 +65,7 @@ def test_frame_round_trip_keeps_every_record() -> None:
             timeout_ns=1_000_000_000,
             linger_ns=2_000_000_000,
             timestamps="auto",
+            tx_path="packet",
             tx_timestamps=False,
             interface="",
         ),
