@@ -15,6 +15,7 @@ import fcntl
 import math
 import multiprocessing
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ class WorkerHandle:
     cpu_pct: float = 0.0
     last_cpu_ns: int = 0
     last_wall_ns: int = 0
+    readable: select.poll = field(default_factory=select.poll)  # POLLIN on `data`, once watched
 
     @property
     def live(self) -> bool:
@@ -163,6 +165,7 @@ class Coordinator:
         self._spawn_all()
         for h in self.workers:
             watch_connection(loop, h.data, self._on_data, h)
+            h.readable.register(h.data.fileno(), select.POLLIN)
             loop.add_reader(h.process.sentinel, self._on_exit, h)
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
         loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
@@ -267,7 +270,10 @@ class Coordinator:
 
     def _on_data(self, h: WorkerHandle) -> None:
         try:
-            while h.data.poll():
+            # Called when the pipe is readable: one frame at least, then what else is there
+            # (one poll object per pipe: Connection.poll builds a selector per call).
+            self._handle(h, decode(h.data.recv_bytes()))
+            while h.readable.poll(0):
                 self._handle(h, decode(h.data.recv_bytes()))
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(h.data.fileno())

@@ -145,7 +145,7 @@ _TYPES: dict[type[Any], MsgType] = {
 
 def _values(obj: Any) -> list[Any]:
     """A flat dataclass's field values in order. Not dataclasses.astuple: that deep-copies
-    every value, and a worker encodes a frame every 10 ms."""
+    every value, and a worker encodes a frame every 20 ms."""
     names = _FIELD_NAMES.get(type(obj))
     if names is None:
         names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))

@@ -6,7 +6,7 @@ mark, so a late turn shifts its send time, never its size), or the next probe's 
 that is later. Replies are drained (recvmmsg batches, TX stamps from the error queue first if
 asked for, vectorised decode, tracker): with kernel RX stamps about one receive batch at a time
 (every 1-5 ms), as a waiting reply keeps its stamp; with user-space stamps as they come. Every
-~10 ms it expires old probes and ships a frame of records with its watermark. When sending ends
+~20 ms it expires old probes and ships a frame of records with its watermark. When sending ends
 (count, duration or a Stop) it receives until every probe is resolved or linger has passed,
 then sends its last frame and Done. Workers run at real-time priority where allowed.
 """
@@ -47,7 +47,7 @@ from loadgen.records import RecordFlag
 from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
 from loadgen.tracker import Tracker, probes_of_tx_ids
 
-FRAME_INTERVAL_NS = 10_000_000
+FRAME_INTERVAL_NS = 20_000_000  # each frame costs both ends a fixed share: not too many
 TICK_NS = 1_000_000  # one send batch per tick at most, so no burst exceeds a tick's probes
 MAX_RX_INTERVAL_NS = 5_000_000  # kernel-stamped replies wait in the socket at most this long
 MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send schedule
