@@ -567,12 +567,17 @@ def test_flags_and_ladder() -> None:
     assert cfg.duration_s == 10 and cfg.workers == (1, 2) and cfg.targets == 64
     assert cfg.rates_pps == (50e3, 100e3, 200e3, 250e3, 300e3)
     steps = ladder(cfg)
-    assert [s.tool for s in steps[:2]] == [PING, FPING] and len(steps) == 14
+    assert [s.tool for s in steps[:2]] == [PING, FPING] and len(steps) == 17
     stamped = [s for s in steps if s.tx_timestamps]
     assert [(s.rate_pps, s.workers) for s in stamped] == [(100e3, 2), (150e3, 2)]
+    linked = [s for s in steps if s.link_tx]
+    assert [(s.rate_pps, s.workers) for s in linked] == [(200e3, 2), (250e3, 2), (300e3, 2)]
+    assert linked[0].label == "loadgen 200k x2 pkt"
+    assert linked[0].argv(["198.18.1.1"], Path("j"))[-2:] == ["--tx-path", "packet"]
     assert parse_config(["--quick"]).duration_s == 2
+    only = ["--tx-rates", "none", "--packet-rates", "none"]
     small = parse_config(
-        ["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s", "--tx-rates", "none"]
+        ["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s", *only]
     )
     assert ladder(small) == [Step(LOADGEN, 64, rate_pps=5000, workers=1, duration_s=1)]
     bad_flags = (
@@ -623,7 +628,7 @@ def bench(*args: str) -> list[str]:
 def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
-    more = ("--tx-rates", "5k", "--no-floor")  # the floor has its own test
+    more = ("--tx-rates", "5k", "--packet-rates", "5k", "--no-floor")  # the floor: own test
     proc = subprocess.Popen(
         bench(*args, *more, "--fping-count", "20", "--output", str(out)),
         stdout=subprocess.PIPE,
@@ -641,8 +646,9 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["ok"] and doc["machine"]["cores"] >= 1 and doc["machine"]["kernel"]
     steps = {s["label"]: s for s in doc["steps"]}
-    assert set(steps) == {"loadgen 5k x1", "loadgen 5k x1 txts", PING, FPING}
-    expected_sent = {"loadgen 5k x1": 5000, "loadgen 5k x1 txts": 5000, PING: 2000, FPING: 20 * 64}
+    loadgens = ("loadgen 5k x1", "loadgen 5k x1 txts", "loadgen 5k x1 pkt")
+    assert set(steps) == {*loadgens, PING, FPING}
+    expected_sent = {**dict.fromkeys(loadgens, 5000), PING: 2000, FPING: 20 * 64}
     for label, s in steps.items():
         assert s["sent"] == expected_sent[label], s
         assert s["loss"]["wire_requests"] == 0 and s["loss"]["self_client"] == 0, s

@@ -36,6 +36,7 @@ from loadgen.units import NS_PER_S, parse_duration_ns, parse_rate
 DEFAULT_RATES = "50k,100k,200k,250k,300k"
 DEFAULT_WORKERS = "1,2"
 DEFAULT_TX_RATES = "100k,150k"  # loadgen with --tx-timestamps, on the most workers asked for
+DEFAULT_PACKET_RATES = "200k,250k,300k"  # loadgen with --tx-path packet, ditto
 FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
 PING_PPS_GUESS = 80_000  # ping -f's pace on the reference machine: sizes its count to the step
@@ -54,6 +55,7 @@ class Config:
     output: Path
     soak: bool = False  # one loadgen step of duration_s (rates_pps and workers hold one each)
     tx_rates_pps: tuple[float, ...] = ()
+    packet_rates_pps: tuple[float, ...] = ()
     floor: bool = False
 
 
@@ -94,6 +96,17 @@ def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
             tx_timestamps=True,
         )
         for r in cfg.tx_rates_pps
+    ]
+    steps += [
+        Step(
+            LOADGEN,
+            cfg.targets,
+            rate_pps=r,
+            workers=most,
+            duration_s=cfg.duration_s,
+            link_tx=True,
+        )
+        for r in cfg.packet_rates_pps
     ]
     return steps
 
@@ -151,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
         f"{DEFAULT_TX_RATES}; 'none' skips them)",
     )
     p.add_argument(
+        "--packet-rates",
+        help=f"loadgen rates with --tx-path packet, on the most workers given (default "
+        f"{DEFAULT_PACKET_RATES}; 'none' skips them)",
+    )
+    p.add_argument(
         "--no-floor", action="store_true", help="skip the kernel floor (floor.c, built with cc)"
     )
     p.add_argument("--output", default="bench-results.json", help="results file")
@@ -171,6 +189,14 @@ def _soak_s(a: argparse.Namespace) -> float | None:
     return soak_s
 
 
+def _extra_rates(text: str | None, default: str, key: str, wanted: bool) -> tuple[float, ...]:
+    """The rates of an extra ladder (--tx-rates, --packet-rates); 'none' or a soak: none."""
+    text = (text or default).strip() if wanted else "none"
+    if text == "none":
+        return ()
+    return tuple(parse_rate(r.strip(), key=key) for r in text.split(",") if r.strip())
+
+
 def parse_config(argv: Sequence[str] | None) -> Config:
     a = _parser().parse_args(argv)
     soak_s = _soak_s(a)
@@ -182,11 +208,9 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     rates_text = a.rates or (DEFAULT_RATES if soak_s is None else SOAK_RATE)
     workers_text = a.workers or (DEFAULT_WORKERS if soak_s is None else SOAK_WORKERS)
     rates = tuple(parse_rate(r.strip(), key="--rates") for r in rates_text.split(",") if r.strip())
-    tx_text = "none" if soak_s is not None else (a.tx_rates or DEFAULT_TX_RATES)
-    tx_rates = tuple(
-        parse_rate(r.strip(), key="--tx-rates")
-        for r in tx_text.split(",")
-        if r.strip() and tx_text.strip() != "none"
+    tx_rates = _extra_rates(a.tx_rates, DEFAULT_TX_RATES, "--tx-rates", soak_s is None)
+    packet_rates = _extra_rates(
+        a.packet_rates, DEFAULT_PACKET_RATES, "--packet-rates", soak_s is None
     )
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
@@ -212,6 +236,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         output=Path(a.output),
         soak=soak_s is not None,
         tx_rates_pps=tx_rates,
+        packet_rates_pps=packet_rates,
         floor=not a.no_floor and soak_s is None,
     )
 

@@ -49,11 +49,12 @@ class Step:
     duration_s: float = 0.0  # loadgen: sending time
     count: int = 0  # peers: probes per target
     tx_timestamps: bool = False  # loadgen and the floor: kernel TX stamps of every probe
+    link_tx: bool = False  # loadgen: tx_path = "packet" (probes written to the link)
     program: str = ""  # the floor: its compiled binary
 
     @property
     def label(self) -> str:
-        stamps = " txts" if self.tx_timestamps else ""
+        stamps = (" txts" if self.tx_timestamps else "") + (" pkt" if self.link_tx else "")
         if self.tool == LOADGEN and self.rate_pps is not None:
             return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}{stamps}"
         if self.tool == FLOOR:
@@ -67,6 +68,7 @@ class Step:
                 *("-r", f"{self.rate_pps:.0f}", "--duration", f"{self.duration_s:g}s"),
                 *("--workers", str(self.workers), "--plain", "--jsonl", str(jsonl)),
                 *(("--tx-timestamps",) if self.tx_timestamps else ()),
+                *(("--tx-path", "packet") if self.link_tx else ()),
             ]
         if self.tool == FLOOR:
             return [
