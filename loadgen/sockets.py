@@ -537,6 +537,9 @@ class BatchIO:
         self._dropped_total = 0
         self._errq: _RecvRing | None = None  # built by enable_tx_timestamps
         self._errq_keys = (_TIMESTAMPING_KEY, cmsg_key(*sock.spec.recverr))
+        # (controllen, stamp offset, error offset) every stamp so far had: then columns serve.
+        self._errq_layout: tuple[int, int, int] | None = None
+        self._errq_key_words = np.array(self._errq_keys, np.uint64).view(np.int64)
         self._tx_flag = RecordFlag.NONE
         self._ids_exact = False  # the kernel takes each send's OPT_ID from us (SCM_TS_OPT_ID)
         self._ids_lost = False  # counter-numbered stamps can no longer be trusted
@@ -753,6 +756,25 @@ class BatchIO:
         """enable_tx_timestamps() was called: the error queue must be read (and drained)."""
         return self._errq is not None
 
+    def _errq_offsets(self, ring: _RecvRing, n: int) -> list[NDArray[np.int64]]:
+        """Where each stamp message's two cmsgs are: read as columns when every row has the
+        layout the stamps so far had (the usual case), else walked (cmsg_offsets)."""
+        layout = self._errq_layout
+        if layout is not None:
+            length, stamp, err = layout
+            words = ring.ctrl_words[:n]
+            if (
+                (ring.controllen[:n] == length).all()
+                and (words[:, (stamp - 8) // 8] == self._errq_key_words[0]).all()
+                and (words[:, (err - 8) // 8] == self._errq_key_words[1]).all()
+            ):
+                return [np.full(n, stamp, np.int64), np.full(n, err, np.int64)]
+        found = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._errq_keys)
+        seen = [_uniform(c) for c in (ring.controllen[:n], *found)]
+        if all(v is not None and v > 0 for v in seen):
+            self._errq_layout = (int(seen[0] or 0), int(seen[1] or 0), int(seen[2] or 0))
+        return found
+
     def read_tx_timestamps(self) -> TxStamps:
         """Up to `batch` TX stamps from the error queue (MSG_ERRQUEUE), without waiting."""
         ring = self._errq
@@ -767,7 +789,7 @@ class BatchIO:
         more = n == ring.rows
         if self._ids_lost or n == 0:
             return TxStamps(0, self._tx_ids[:0], self._tx_ns[:0], self._tx_flags[:0], more)
-        stamps_at, err_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._errq_keys)
+        stamps_at, err_at = self._errq_offsets(ring, n)
         ns, flags = self._tx_ns[:n], self._tx_flags[:n]
         ns[:] = 0
         flags[:] = 0
@@ -787,6 +809,12 @@ class BatchIO:
         self._tx_ns[:m] = ns[keep]
         self._tx_flags[:m] = flags[keep]
         return TxStamps(m, self._tx_ids[:m], self._tx_ns[:m], self._tx_flags[:m], more)
+
+
+def _uniform(column: NDArray[Any]) -> int | None:
+    """The value every element of a non-empty column holds, or None."""
+    first = int(column[0])
+    return first if (column == first).all() else None
 
 
 def kernel_takes_tx_ids() -> bool:
