@@ -64,48 +64,25 @@ def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
     if cfg.peers:
         steps.append(Step(PING, 1, count=cfg.ping_count))
         steps.append(Step(FPING, cfg.targets, count=fping_count(cfg.fping_count, cfg.targets)))
-    most = max(cfg.workers)
+    most, n, secs = max(cfg.workers), cfg.targets, cfg.duration_s
     if floor_program:
+        floors = [(w, False) for w in cfg.workers] + [(most, True)] * bool(cfg.tx_rates_pps)
         steps += [
-            Step(FLOOR, cfg.targets, workers=w, duration_s=cfg.duration_s, program=floor_program)
-            for w in cfg.workers
+            Step(FLOOR, n, workers=w, duration_s=secs, tx_timestamps=ts, program=floor_program)
+            for w, ts in floors
         ]
-        if cfg.tx_rates_pps:
-            steps.append(
-                Step(
-                    FLOOR,
-                    cfg.targets,
-                    workers=most,
-                    duration_s=cfg.duration_s,
-                    tx_timestamps=True,
-                    program=floor_program,
-                )
-            )
     steps += [
-        Step(LOADGEN, cfg.targets, rate_pps=r, workers=w, duration_s=cfg.duration_s)
+        Step(LOADGEN, n, rate_pps=r, workers=w, duration_s=secs)
         for w in cfg.workers
         for r in cfg.rates_pps
     ]
+    # The same on the most workers, with kernel TX stamps and with probes written to the link.
     steps += [
-        Step(
-            LOADGEN,
-            cfg.targets,
-            rate_pps=r,
-            workers=most,
-            duration_s=cfg.duration_s,
-            tx_timestamps=True,
-        )
+        Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, tx_timestamps=True)
         for r in cfg.tx_rates_pps
     ]
     steps += [
-        Step(
-            LOADGEN,
-            cfg.targets,
-            rate_pps=r,
-            workers=most,
-            duration_s=cfg.duration_s,
-            link_tx=True,
-        )
+        Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, link_tx=True)
         for r in cfg.packet_rates_pps
     ]
     return steps
