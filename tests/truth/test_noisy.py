@@ -69,8 +69,11 @@ def test_an_icmp_flood_beside_the_run_changes_nothing_loadgen_reports(
     targets = [lab.host(n) for n in ("clean", "nftdrop", "dup")]
     noise = lab.host("noise")
     before = lab.truth([noise])[noise.address]
+    # The flood runs until loadgen is done and is then stopped the way a user stops ping
+    # (SIGINT, which prints its statistics); its own deadline only bounds a test gone wrong.
+    # A fixed deadline raced loadgen's run time on a slow machine.
     flood = subprocess.Popen(
-        ["ping", "-f", "-q", "-w", "6", noise.address],
+        ["ping", "-f", "-q", "-w", "60", noise.address],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -81,6 +84,7 @@ def test_an_icmp_flood_beside_the_run_changes_nothing_loadgen_reports(
         run, truth = measure(lab, targets, tmp_path, rate_pps=20_000, count=10_000, workers=3)
         assert flood.poll() is None, "the flood ended before loadgen did"
     finally:
+        flood.send_signal(signal.SIGINT)
         out, _ = flood.communicate(timeout=15)
     sent_by_flood = flood_count(out)
     after = lab.truth([noise])[noise.address]
