@@ -190,13 +190,15 @@ def run_loadgen(
     *,
     rate_pps: float,
     count: int,
-    timeout: str = "0.5s",
-    delay: str = "0.5s",
+    timeout: str = "3s",
+    delay: str = "3s",
     during: Callable[[int], None] = lambda pid: None,
     **keys: object,
 ) -> Run:
     """Probe `targets` with `count` probes each at `rate_pps` in total; linger `delay` for the
-    last replies (every lab RTT here is far below it, so no reply is late or missed)."""
+    last replies. Every lab RTT is far below the timeout, so no reply is late or missed, even
+    when a busy machine keeps a user-space reflector off its CPU for a few hundred ms (a run
+    ends as soon as every probe is resolved, so only lost probes wait this long)."""
     jsonl = tmp_path / f"run-{secrets.token_hex(3)}.jsonl"
     profile = parse_profile(
         {
