@@ -17,7 +17,15 @@ from loadgen.stats import Counts
 
 # Reflector figures that are not running totals: kept as they are after the run.
 _NOT_ADDITIVE = frozenset(
-    {"delay_ns_max", "late_ns_max", "late_ns_p50", "hold_ns_p50", "hold_step_ns", "pending"}
+    {
+        "delay_ns_max",
+        "late_ns_max",
+        "late_ns_p50",
+        "hold_ns_p50",
+        "hold_step_ns",
+        "overhead_ns_p50",
+        "pending",
+    }
 )
 
 

@@ -174,6 +174,8 @@ class ReflectorCounts:
     hold_ns_p50: int = 0  # median time an echo reply was held, from its request's arrival (the
     # kernel's receive time) to its sending (to 10 µs): what this host added to the round trip
     hold_step_ns: int = 0  # mean |difference| of consecutive replies' hold times: its jitter
+    overhead_ns_p50: int = 0  # median of each reply's hold less the delay drawn for it: the
+    # reflector's own part (waiting for a CPU, a late timer), which a busy machine makes longer
     send_errors: int = 0  # datagrams the kernel refused (each also missing from *_sent)
     unsent_at_exit: int = 0  # delayed or held replies still waiting when the reflector stopped
     pending: int = 0  # delayed or held replies waiting now (0 when the reflector is idle)

@@ -61,6 +61,7 @@ class Outgoing:
     kind: str  # the counter each datagram sent adds to
     ordinal: int = -1  # for echo replies: the request's place in arrival order
     arrived_ns: int = 0  # when its request arrived (monotonic)
+    delay_ns: int = 0  # the delay drawn for it
 
 
 def open_raw_socket() -> socket.socket:
@@ -101,6 +102,9 @@ class Reflector:
         # How long each echo reply was held, from its request's arrival to its sending: what
         # this host added to the round trip (duplicates and errors aside).
         self.hold = Spread(HOLD_BUCKETS)
+        # The hold less the delay drawn: this process's own part (waiting for a CPU, a late
+        # timer), which a busy machine makes longer. Medians do not add, so it is kept whole.
+        self.overhead = Spread(HOLD_BUCKETS)
 
     def snapshot(self) -> ReflectorCounts:
         pending = len(self.queue) + (self.held is not None)
@@ -108,6 +112,7 @@ class Reflector:
             "late_ns_p50": self.late.p50_ns(),
             "hold_ns_p50": self.hold.p50_ns(),
             "hold_step_ns": self.hold.mean_step_ns(),
+            "overhead_ns_p50": self.overhead.p50_ns(),
         }
         return ReflectorCounts.from_dict({**self.counts, "pending": pending, **timing})
 
@@ -164,7 +169,9 @@ class Reflector:
             )
             c["replies_sent"] += sent
             c["send_errors"] += failed
-            self.hold.add_many((self.clock() - arrived[sel]).tolist())
+            held = (self.clock() - arrived[sel]).tolist()
+            self.hold.add_many(held)
+            self.overhead.add_many(held)
             if len(rows):  # nothing is held or queued: these went out after all earlier ones
                 self.top_ordinal = first + int(np.flatnonzero(sel)[-1])
             return n
@@ -175,7 +182,14 @@ class Reflector:
             msg = buf[row, int(off[j]) : int(end[j])].tobytes()
             dst = buf[row, 12:16].tobytes()
             out = Outgoing(
-                msg, dst, int(copies[j]), bool(reorder[j]), "replies_sent", ordinals[j], arrivals[j]
+                msg,
+                dst,
+                int(copies[j]),
+                bool(reorder[j]),
+                "replies_sent",
+                ordinals[j],
+                arrivals[j],
+                int(delay[j]),
             )
             self._later(ready_ns, int(delay[j]), out)
         return n
@@ -196,7 +210,9 @@ class Reflector:
                 self.counts["out_of_order"] += 1
             self.top_ordinal = max(self.top_ordinal, out.ordinal)
         if out.arrived_ns:
-            self.hold.add(self.clock() - out.arrived_ns)
+            held_ns = self.clock() - out.arrived_ns
+            self.hold.add(held_ns)
+            self.overhead.add(held_ns - out.delay_ns)
         dst = (socket.inet_ntoa(out.dst), 0)
         for _ in range(out.copies):
             try:

@@ -17,6 +17,7 @@ from loadgen.lab import Lab, LabHost, lab_down, lab_up, parse_lab_spec
 from loadgen.lab.hostcfg import reflector_config
 from loadgen.lab.impair import Action, Decider, ReflectorCounts
 from loadgen.lab.reap import is_reflector
+from loadgen.lab.spread import STEP_NS as HOLD_STEP_NS
 from loadgen.lab.state import run_dir
 from loadgen.lab.truth import HostTruth
 
@@ -161,6 +162,9 @@ def test_delay_and_jitter(lab: Lab) -> None:
     assert rtt_ms.min() >= 15.0  # delay 20 - jitter 5: never earlier
     assert np.median(rtt_ms) < 30.0
     assert r.delay_ns_max <= 25_000_000
+    # What it held a reply beyond its delay is a small part of the hold (both binned).
+    assert r.overhead_ns_p50 >= 0
+    assert r.overhead_ns_p50 + 15_000_000 <= r.hold_ns_p50 + HOLD_STEP_NS
 
 
 def test_reflector_keeps_up_with_20k_pps(lab: Lab) -> None:
