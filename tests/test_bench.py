@@ -35,7 +35,6 @@ from loadgen.bench.figures import (
     parse_fping,
     parse_loadgen_jsonl,
     parse_ping,
-    parse_snmp,
     steady_cpu_per_million,
     steady_windows,
 )
@@ -58,6 +57,7 @@ from loadgen.bench.sampling import (
 from loadgen.bench.steps import FPING, LOADGEN, PING, Step, evaluate, fping_count
 from loadgen.bench.topology import bench_namespaces, leftovers, target_addresses
 from loadgen.errors import UsageError
+from loadgen.lab.netops import parse_snmp
 from loadgen.pacer import TickGrid
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and raw sockets need root")

@@ -1,7 +1,8 @@
 """The bench's arithmetic: kernel counters, 100 ms windows, pacing error, loss and cost figures.
 
-Pure: text and numbers in, figures out. Parses /proc/net/snmp, the summaries of `ping` and
-`fping`, and loadgen's JSONL export; turns counter samples into steady-state windows.
+Pure: text and numbers in, figures out. Reads /proc/net/snmp (with the lab's parser), the
+summaries of `ping` and `fping`, and loadgen's JSONL export; turns counter samples into
+steady-state windows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loadgen.lab.netops import parse_snmp
+
 Snmp = Mapping[str, Mapping[str, int]]
 
 _PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?")
@@ -21,21 +24,6 @@ _ANSWER_KEYS = ("received", "late", "duplicates", "bitflips", "stale")  # not co
 # kernel counts a bad checksum as InCsumErrors, never as InEchoReps
 _FLOOR_RE = re.compile(r"^sent (\d+) received (\d+) stamps \d+$", re.MULTILINE)
 _FPING_RE = re.compile(r"^\S+\s*:\s*xmt/rcv/%loss = (\d+)/(\d+)/", re.MULTILINE)
-
-
-def parse_snmp(text: str) -> dict[str, dict[str, int]]:
-    """/proc/net/snmp: pairs of lines `Proto: Name Name ...` and `Proto: 1 2 ...`."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) % 2:
-        raise ValueError("snmp text has a header line without its value line")
-    out: dict[str, dict[str, int]] = {}
-    for head, vals in zip(lines[0::2], lines[1::2], strict=True):
-        proto, names = head.split(":", 1)
-        vproto, values = vals.split(":", 1)
-        if proto != vproto or len(names.split()) != len(values.split()):
-            raise ValueError(f"snmp lines for {proto!r} and {vproto!r} do not pair up")
-        out[proto] = dict(zip(names.split(), map(int, values.split()), strict=True))
-    return out
 
 
 def icmp_delta(before: Snmp, after: Snmp) -> dict[str, int]:

@@ -20,9 +20,8 @@ from functools import partial
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from loadgen.bench.figures import parse_snmp
 from loadgen.errors import LabError, PermissionProblem
-from loadgen.lab.netops import in_netns, list_netns, ns_pids, write_sysctl
+from loadgen.lab.netops import in_netns, list_netns, ns_pids, parse_snmp, write_sysctl
 
 NAME_RE = re.compile(r"^loadgen-bench-(\d+)-(client|responder)$")
 CLIENT_IF, RESPONDER_IF = "bench0", "bench1"

@@ -69,15 +69,25 @@ def write_sysctl(key: str, value: str) -> None:
         f.write(value)
 
 
+def parse_snmp(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/snmp: pairs of lines `Proto: Name Name ...` and `Proto: 1 2 ...`."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) % 2:
+        raise ValueError("snmp text has a header line without its value line")
+    out: dict[str, dict[str, int]] = {}
+    for head, vals in zip(lines[0::2], lines[1::2], strict=True):
+        proto, names = head.split(":", 1)
+        vproto, values = vals.split(":", 1)
+        if proto != vproto or len(names.split()) != len(values.split()):
+            raise ValueError(f"snmp lines for {proto!r} and {vproto!r} do not pair up")
+        out[proto] = dict(zip(names.split(), map(int, values.split()), strict=True))
+    return out
+
+
 def read_snmp() -> dict[str, dict[str, int]]:
     """/proc/net/snmp of the calling thread's namespace, e.g. ["Icmp"]["InEchos"]."""
     with open("/proc/thread-self/net/snmp", encoding="ascii") as f:
-        lines = f.read().splitlines()
-    out: dict[str, dict[str, int]] = {}
-    for head, vals in zip(lines[0::2], lines[1::2], strict=False):
-        proto, names = head.split(":", 1)
-        out[proto] = dict(zip(names.split(), map(int, vals.split(":", 1)[1].split()), strict=True))
-    return out
+        return parse_snmp(f.read())
 
 
 def list_netns() -> list[str]:
