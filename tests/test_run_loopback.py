@@ -164,12 +164,24 @@ def _wait_for_workers(proc: subprocess.Popen[str], n: int) -> list[psutil.Proces
     raise AssertionError("workers did not start")
 
 
+def _wait_for_seconds(path: Path, n: int) -> None:
+    """Until the run's export holds `n` closed seconds: a busy machine can take seconds to
+    start workers, and a signal before the first reply would test nothing."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if text.count('"type": "second_total"') + text.count('"type":"second_total"') >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the run did not close {n} seconds in 30 s")
+
+
 def test_ctrl_c_stops_sending_and_prints_the_summary(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     proc = _start_run("--jsonl", str(out))
     try:
         _wait_for_workers(proc, 2)
-        time.sleep(2.0)
+        _wait_for_seconds(out, 2)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
@@ -184,11 +196,12 @@ def test_ctrl_c_stops_sending_and_prints_the_summary(tmp_path: Path) -> None:
     assert summary["total"]["sent"] == summary["total"]["received"] > 1000
 
 
-def test_a_dead_worker_is_named_and_the_run_fails() -> None:
-    proc = _start_run("--workers", "2")
+def test_a_dead_worker_is_named_and_the_run_fails(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = _start_run("--workers", "2", "--jsonl", str(out))
     try:
         workers = _wait_for_workers(proc, 2)
-        time.sleep(1.5)
+        _wait_for_seconds(out, 1)
         workers[0].kill()
         stdout, stderr = proc.communicate(timeout=30)
     finally:
