@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from loadgen import bpf, linkpath
 from loadgen.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
+from loadgen.batchio import BatchIO
 from loadgen.errors import LoadgenError
 from loadgen.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
 from loadgen.messages import (
@@ -44,7 +45,7 @@ from loadgen.messages import (
 )
 from loadgen.pacer import Pacer, TickGrid
 from loadgen.records import RecordFlag
-from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
+from loadgen.sockets import TimestampMode, open_icmp_v4
 from loadgen.tracker import Tracker, probes_of_tx_ids
 
 FRAME_INTERVAL_NS = 20_000_000  # each frame costs both ends a fixed share: not too many

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from loadgen import sockets
+from loadgen import batchio, cmsg, mmsg, sockets
+from loadgen.batchio import BatchIO
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
 from loadgen.records import RecordFlag
-from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4
+from loadgen.sockets import TimestampMode, open_icmp_v4
 
 LOOPBACK = 0x7F000001
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
@@ -173,14 +174,14 @@ def test_cmsg_walker_finds_each_kind_per_row_and_survives_garbage() -> None:
     put_cmsg(ctrl, 5, 24, 40, bytes(4))
     put_cmsg(ctrl, 5, 48, 37, bytes(48))
     used = np.array([88, 20, 0, 128, 88, 112], np.uint64)
-    wanted = (sockets.cmsg_key(socket.SOL_SOCKET, 37), sockets.cmsg_key(socket.SOL_SOCKET, 40))
-    stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
+    wanted = (cmsg.cmsg_key(socket.SOL_SOCKET, 37), cmsg.cmsg_key(socket.SOL_SOCKET, 40))
+    stamps, drops = cmsg.cmsg_offsets(ctrl, used, wanted)
     assert stamps.tolist() == [16, -1, -1, -1, 40, 64]
     assert drops.tolist() == [80, 16, -1, -1, 16, 40]
     ctrl[0, 0:8] = np.frombuffer(struct.pack("=Q", 200), np.uint8)  # runs past the end
-    stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
+    stamps, drops = cmsg.cmsg_offsets(ctrl, used, wanted)
     ctrl[4, 24:32] = np.frombuffer(struct.pack("=Q", 72), np.uint8)  # and the second one
-    stamps, drops = sockets.cmsg_offsets(ctrl, used, wanted)
+    stamps, drops = cmsg.cmsg_offsets(ctrl, used, wanted)
     assert stamps[0] == -1 and drops[0] == -1
     assert stamps[4] == -1 and drops[4] == 16
 
@@ -193,18 +194,18 @@ def test_stamps_prefer_hardware_then_software_then_user_time() -> None:
     at = np.array([16, 16, 16], np.int64)
     out_ns, out_flags = np.full(3, 99, np.int64), np.zeros(3, np.uint8)
     soft, hard = RecordFlag.RX_KERNEL, RecordFlag.RX_HARDWARE
-    sockets.read_stamps(ctrl, at, out_ns, out_flags, soft, hard)
+    cmsg.read_stamps(ctrl, at, out_ns, out_flags, soft, hard)
     assert out_ns.tolist() == [7_000_000_008, 5_000_000_006, 99]
     assert out_flags.tolist() == [hard, soft, 0]
     out_ns[:], out_flags[:] = 99, 0  # hardware not asked for: ts[2] is not looked at
-    sockets.read_stamps(ctrl, at, out_ns, out_flags, soft, None)
+    cmsg.read_stamps(ctrl, at, out_ns, out_flags, soft, None)
     assert out_ns.tolist() == [5_000_000_006, 5_000_000_006, 99]
     assert out_flags.tolist() == [soft, soft, 0]
     ctrl[2] = 0  # rows whose stamps sit at different places, or nowhere
     put_cmsg(ctrl, 2, 0, 40, bytes(4))
     put_cmsg(ctrl, 2, 24, 37, struct.pack("=6q", 1, 2, 0, 0, 3, 4))
     out_ns[:], out_flags[:] = 99, 0
-    sockets.read_stamps(ctrl, np.array([16, -1, 40]), out_ns, out_flags, soft, hard)
+    cmsg.read_stamps(ctrl, np.array([16, -1, 40]), out_ns, out_flags, soft, hard)
     assert out_ns.tolist() == [7_000_000_008, 99, 3_000_000_004]
     assert out_flags.tolist() == [hard, 0, hard]
 
@@ -344,7 +345,8 @@ def in_private_netns(script: str) -> str:
 # the qdisc and hold the buffer, so the kernel refuses the next ones (EAGAIN or ENOBUFS).
 SLOW_LO = """
 import subprocess, time, numpy as np
-from loadgen.sockets import BatchIO, TimestampMode, open_icmp_v4, kernel_takes_tx_ids
+from loadgen.batchio import BatchIO
+from loadgen.sockets import TimestampMode, open_icmp_v4, kernel_takes_tx_ids
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit",
                 "burst", "2000", "limit", "1000000"], check=True)
@@ -426,7 +428,7 @@ def drain_stamps(io: BatchIO, want: int, timeout_s: float = 2.0) -> list[int]:
 def test_counter_numbering_when_the_kernel_cannot_take_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sockets, "kernel_takes_tx_ids", lambda: False)
+    monkeypatch.setattr(batchio, "kernel_takes_tx_ids", lambda: False)
     with BatchIO(
         open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
     ) as io:
@@ -436,15 +438,15 @@ def test_counter_numbering_when_the_kernel_cannot_take_ids(
             assert io.send(echo_requests(IDENT, 20), np.full(20, LOOPBACK, np.uint32)).sent == 20
         assert sorted(drain_stamps(io, 60)) == list(range(60))
         # A refused send may or may not have used up a number: the stamps are given up.
-        real = sockets._sendmmsg
+        real = mmsg.sendmmsg
 
         def refuse(*args: Any) -> int:
             ctypes.set_errno(errno.EAGAIN)
             return -1
 
-        monkeypatch.setattr(sockets, "_sendmmsg", refuse)
+        monkeypatch.setattr(batchio, "sendmmsg", refuse)
         result = io.send(echo_requests(IDENT, 1), np.full(1, LOOPBACK, np.uint32))
-        monkeypatch.setattr(sockets, "_sendmmsg", real)
+        monkeypatch.setattr(batchio, "sendmmsg", real)
         assert (result.sent, result.errno) == (0, errno.EAGAIN)
         assert not io.tx_stamps_live
         assert any("given up" in note for note in io.notes)
@@ -492,7 +494,7 @@ def test_a_partial_sends_pending_error_is_counted_not_raised(
 ) -> None:
     """sendmmsg leaves the error of a partly sent batch for the socket's next call: receive
     counts it and receives again."""
-    real = sockets._recvmmsg
+    real = mmsg.recvmmsg
     calls: list[int] = []
 
     def pending_then_real(*args: Any) -> int:
@@ -506,7 +508,7 @@ def test_a_partial_sends_pending_error_is_counted_not_raised(
     with open_lo(bpf_program=reply_filter(IDENT)) as io:
         io.send(echo_requests(IDENT, 3), np.full(3, LOOPBACK, np.uint32))
         time.sleep(0.05)
-        monkeypatch.setattr(sockets, "_recvmmsg", pending_then_real)
+        monkeypatch.setattr(mmsg, "recvmmsg", pending_then_real)
         got = io.recv()
     assert io.pending_send_errors == 1 and len(calls) == 2
     assert int(np.count_nonzero(ours(got.data[: got.n, :28], 0))) == 3
