@@ -1,5 +1,6 @@
 """Raw ICMP sockets on loopback (127.0.0.1 only): options, BPF attach, batched send/receive,
-timestamp sources, drop and partial-send reporting, kernel TX stamps; plus the pure cmsg walker.
+timestamp sources, drop and partial-send reporting, kernel TX stamps (the pure cmsg walker:
+test_cmsg.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from loadgen import batchio, cmsg, mmsg, sockets
+from loadgen import batchio, mmsg, sockets
 from loadgen.batchio import BatchIO
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
 from loadgen.records import RecordFlag
@@ -154,60 +155,6 @@ def test_no_raw_socket_permission_gives_the_fix(monkeypatch: pytest.MonkeyPatch)
 def test_out_of_range_ttl_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="ttl must be 1-255"):
         open_icmp_v4(ttl=256, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
-
-
-def put_cmsg(ctrl: NDArray[np.uint8], row: int, at: int, kind: int, data: bytes) -> None:
-    header = struct.pack("=Qii", 16 + len(data), socket.SOL_SOCKET, kind)
-    ctrl[row, at : at + 16 + len(data)] = np.frombuffer(header + data, np.uint8)
-
-
-def test_cmsg_walker_finds_each_kind_per_row_and_survives_garbage() -> None:
-    ctrl = np.zeros((6, 128), np.uint8)
-    put_cmsg(ctrl, 0, 0, 37, bytes(48))  # timestamping, then the drop counter
-    put_cmsg(ctrl, 0, 64, 40, bytes(4))
-    put_cmsg(ctrl, 1, 0, 40, bytes(4))  # the drop counter alone
-    put_cmsg(ctrl, 3, 0, 37, b"")
-    ctrl[3, 0:8] = 3  # a length shorter than a header: stop there, find nothing
-    put_cmsg(ctrl, 4, 0, 40, bytes(4))  # 20 bytes, padded to 24, then timestamping
-    put_cmsg(ctrl, 4, 24, 37, bytes(48))
-    put_cmsg(ctrl, 5, 0, 40, bytes(4))  # three deep, padding each time; the later one wins
-    put_cmsg(ctrl, 5, 24, 40, bytes(4))
-    put_cmsg(ctrl, 5, 48, 37, bytes(48))
-    used = np.array([88, 20, 0, 128, 88, 112], np.uint64)
-    wanted = (cmsg.cmsg_key(socket.SOL_SOCKET, 37), cmsg.cmsg_key(socket.SOL_SOCKET, 40))
-    stamps, drops = cmsg.cmsg_offsets(ctrl, used, wanted)
-    assert stamps.tolist() == [16, -1, -1, -1, 40, 64]
-    assert drops.tolist() == [80, 16, -1, -1, 16, 40]
-    ctrl[0, 0:8] = np.frombuffer(struct.pack("=Q", 200), np.uint8)  # runs past the end
-    stamps, drops = cmsg.cmsg_offsets(ctrl, used, wanted)
-    ctrl[4, 24:32] = np.frombuffer(struct.pack("=Q", 72), np.uint8)  # and the second one
-    stamps, drops = cmsg.cmsg_offsets(ctrl, used, wanted)
-    assert stamps[0] == -1 and drops[0] == -1
-    assert stamps[4] == -1 and drops[4] == 16
-
-
-def test_stamps_prefer_hardware_then_software_then_user_time() -> None:
-    ctrl = np.zeros((3, 128), np.uint8)
-    put_cmsg(ctrl, 0, 0, 37, struct.pack("=6q", 5, 6, 0, 0, 7, 8))  # software and hardware
-    put_cmsg(ctrl, 1, 0, 37, struct.pack("=6q", 5, 6, 0, 0, 0, 0))  # software only
-    put_cmsg(ctrl, 2, 0, 37, bytes(48))  # nothing stamped: the user-space time stays
-    at = np.array([16, 16, 16], np.int64)
-    out_ns, out_flags = np.full(3, 99, np.int64), np.zeros(3, np.uint8)
-    soft, hard = RecordFlag.RX_KERNEL, RecordFlag.RX_HARDWARE
-    cmsg.read_stamps(ctrl, at, out_ns, out_flags, soft, hard)
-    assert out_ns.tolist() == [7_000_000_008, 5_000_000_006, 99]
-    assert out_flags.tolist() == [hard, soft, 0]
-    out_ns[:], out_flags[:] = 99, 0  # hardware not asked for: ts[2] is not looked at
-    cmsg.read_stamps(ctrl, at, out_ns, out_flags, soft, None)
-    assert out_ns.tolist() == [5_000_000_006, 5_000_000_006, 99]
-    assert out_flags.tolist() == [soft, soft, 0]
-    ctrl[2] = 0  # rows whose stamps sit at different places, or nowhere
-    put_cmsg(ctrl, 2, 0, 40, bytes(4))
-    put_cmsg(ctrl, 2, 24, 37, struct.pack("=6q", 1, 2, 0, 0, 3, 4))
-    out_ns[:], out_flags[:] = 99, 0
-    cmsg.read_stamps(ctrl, np.array([16, -1, 40]), out_ns, out_flags, soft, hard)
-    assert out_ns.tolist() == [7_000_000_008, 99, 3_000_000_004]
-    assert out_flags.tolist() == [hard, 0, hard]
 
 
 @needs_root
