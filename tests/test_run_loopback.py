@@ -58,9 +58,11 @@ def test_ping_loopback_zero_loss_exact_per_second(tmp_path: Path) -> None:
     assert sum(r["sent"] for r in per_second) == 40000
     assert sum(r["received"] for r in per_second) == 40000
     # Paced, not bursted: every full second carries its share of 20k pps (the first and the
-    # last second are partial).
-    full = [r["sent"] for r in per_second][1:-1]
-    assert all(abs(s - 20000) <= 200 for s in full), full
+    # last second are partial), or the generator's self-check says it could not keep up (a
+    # busy machine): a short second is never passed off as the network's.
+    limited = {r["second"] for r in rows if r["type"] == "second_total" and r["generator_limited"]}
+    full = [(r["second"], r["sent"]) for r in per_second][1:-1]
+    assert all(abs(sent - 20000) <= 200 or s in limited for s, sent in full), (full, limited)
     summary = [r for r in rows if r["type"] == "summary"]
     assert len(summary) == 1
     assert summary[0]["total"]["received"] == 40000
