@@ -27,7 +27,10 @@ import numpy as np
 import uvloop
 
 from loadgen.errors import LoadgenError, WorkerFailed
-from loadgen.messages import (
+from loadgen.plan import RunPlan, WorkerPlan
+from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
+from loadgen.stats import NS_PER_S, Aggregator, RunSummary, SecondReport
+from loadgen.wire.messages import (
     Done,
     Failed,
     Frame,
@@ -41,9 +44,6 @@ from loadgen.messages import (
     decode,
     encode,
 )
-from loadgen.plan import RunPlan, WorkerPlan
-from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
-from loadgen.stats import NS_PER_S, Aggregator, RunSummary, SecondReport
 from loadgen.worker import worker_main
 
 HELLO_TIMEOUT_S = 20.0

@@ -13,7 +13,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
 QUANTILES: Final = (0.5, 0.9, 0.99)
 # Run-total percentiles come from 64 linear sub-buckets per octave; reporting a bucket's middle

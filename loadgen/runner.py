@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, RunOutcome, default_cpus
-from loadgen.display import make_display
 from loadgen.errors import TargetError
+from loadgen.output.display import make_display
+from loadgen.output.report import JsonlWriter, summary_text
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
-from loadgen.report import JsonlWriter, summary_text
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets
 

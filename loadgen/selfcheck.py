@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from loadgen.messages import WorkerStats
 from loadgen.stats import GeneratorSecond, WorkerSecond
 from loadgen.units import NS_PER_S
+from loadgen.wire.messages import WorkerStats
 
 # One 1 ms tick of probes may spill across a second boundary without anything being wrong.
 SHORTFALL_TICK_S = 0.002

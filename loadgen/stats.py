@@ -25,7 +25,7 @@ from loadgen.moments import (
     Table,
     hist_quantiles,
 )
-from loadgen.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
 __all__ = [
     "NS_PER_S",

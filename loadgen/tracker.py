@@ -20,8 +20,8 @@ from enum import IntEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen.icmp import UNKNOWN_TARGET, DecodeStatus
-from loadgen.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
+from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
 _SEQ_BITS = 40  # reordering keys pack (target, seq) into one int64
 

@@ -26,12 +26,16 @@ from multiprocessing.connection import Connection
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen import bpf, linkpath
-from loadgen.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
-from loadgen.batchio import BatchIO
 from loadgen.errors import LoadgenError
-from loadgen.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
-from loadgen.messages import (
+from loadgen.net import linkpath
+from loadgen.net.batchio import BatchIO
+from loadgen.net.sockets import TimestampMode, open_icmp_v4
+from loadgen.pacer import Pacer, TickGrid
+from loadgen.tracker import Tracker, probes_of_tx_ids
+from loadgen.wire import bpf
+from loadgen.wire.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
+from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
+from loadgen.wire.messages import (
     Done,
     Failed,
     Frame,
@@ -43,10 +47,7 @@ from loadgen.messages import (
     decode,
     encode,
 )
-from loadgen.pacer import Pacer, TickGrid
-from loadgen.records import RecordFlag
-from loadgen.sockets import TimestampMode, open_icmp_v4
-from loadgen.tracker import Tracker, probes_of_tx_ids
+from loadgen.wire.records import RecordFlag
 
 FRAME_INTERVAL_NS = 20_000_000  # each frame costs both ends a fixed share: not too many
 TICK_NS = 1_000_000  # one send batch per tick at most, so no burst exceeds a tick's probes

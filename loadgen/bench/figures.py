@@ -188,7 +188,7 @@ class LoadgenTotals:
 
 
 def parse_loadgen_jsonl(lines: Iterable[str]) -> LoadgenTotals | None:
-    """The totals of loadgen's JSONL export (schema v1, see loadgen.report), None without a
+    """The totals of loadgen's JSONL export (schema v1, see loadgen.output.report), None without a
     summary line (the run died before writing it)."""
     unaccounted = 0
     summary = None

@@ -2,7 +2,7 @@
 
 One syscall moves a whole batch; lengths, flags and destination addresses are read and written
 as numpy columns, so no Python runs per packet. The struct layouts and syscall bindings are the
-socket layer's (`loadgen.mmsg`); this module adds the reflector's stamp cmsg and IPv4 names.
+socket layer's (`loadgen.net.mmsg`); this module adds the reflector's stamp cmsg and IPv4 names.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import numpy as np
 import numpy.typing as npt
 
-from loadgen.mmsg import MMSGHDR, RecvRing, send_headers, sendmmsg
+from loadgen.net.mmsg import MMSGHDR, RecvRing, send_headers, sendmmsg
 
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen.records import RecordFlag
+from loadgen.wire.records import RecordFlag
 
 CMSG_HDR = 16  # struct cmsghdr on LP64: size_t len, int level, int type; data 8-aligned
 Layout = tuple[int, ...]  # (controllen, data offset of each wanted cmsg) shared by a batch

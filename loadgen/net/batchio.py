@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen.cmsg import (
+from loadgen.net.cmsg import (
     CMSG_HDR,
     Layout,
     cmsg_key,
@@ -30,9 +30,8 @@ from loadgen.cmsg import (
     lone_stamp,
     read_stamps,
 )
-from loadgen.mmsg import DONTWAIT, ERRQUEUE, TRUNC, RecvRing, send_headers, sendmmsg
-from loadgen.records import RecordFlag
-from loadgen.sockets import (
+from loadgen.net.mmsg import DONTWAIT, ERRQUEUE, TRUNC, RecvRing, send_headers, sendmmsg
+from loadgen.net.sockets import (
     SCM_TS_OPT_ID,
     SCM_TSTAMP_SND,
     SO_EE_ORIGIN_TIMESTAMPING,
@@ -48,6 +47,7 @@ from loadgen.sockets import (
     start_tx_stamps,
     stop_tx_stamps,
 )
+from loadgen.wire.records import RecordFlag
 
 _RX_CTRL_BYTES = 128  # SCM_TIMESTAMPING (64) + SO_RXQ_OVFL (24), with room to spare
 _ERRQ_CTRL_BYTES = 256  # SCM_TIMESTAMPING (64) + IP_RECVERR with offender address (48)

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
-from loadgen.records import RECORD_DTYPE
+from loadgen.wire.records import RECORD_DTYPE
 
 VERSION = 2
 

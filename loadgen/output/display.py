@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.live import Live
 
 from loadgen.coordinator import Display, GeneratorView, WorkerHandle
+from loadgen.output.ui import Snapshot, WorkerView, plain_line, render
 from loadgen.plan import RunPlan
 from loadgen.stats import Aggregator, SecondReport
-from loadgen.ui import Snapshot, WorkerView, plain_line, render
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen import icmp
+from loadgen.wire import icmp
 
 _HDR = icmp.ICMP_HEADER_LEN
 _IP = icmp.IPV4_HEADER_LEN

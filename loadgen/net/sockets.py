@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
-from loadgen.records import RecordFlag
+from loadgen.wire.records import RecordFlag
 
 # <asm-generic/socket.h>, <linux/in.h>, <linux/sockios.h>: absent from Python's socket module.
 SO_SNDBUFFORCE = 32
@@ -242,7 +242,7 @@ def _attach_filter(sock: socket.socket, program: bytes) -> None:
         raise problem(
             "attaching the BPF filter",
             exc.errno or 0,
-            "the kernel rejected the program: this is a bug in loadgen.bpf, report it",
+            "the kernel rejected the program: this is a bug in loadgen.wire.bpf, report it",
         ) from None
     for _ in range(1 << 16):  # packets queued between socket() and the attach were not filtered
         try:

@@ -1,0 +1,1 @@
+"""Presentation: the live table, its one owner of the terminal, the summary and the exports."""
