@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from loadgen import batch, icmp
-from loadgen.icmp import DecodeStatus as S
+from loadgen.wire import batch, icmp
+from loadgen.wire.icmp import DecodeStatus as S
 
 IDENT = 0xBEEF
 RUN_ID = 0x0102_0304

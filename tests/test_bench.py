@@ -60,8 +60,6 @@ from loadgen.errors import UsageError
 from loadgen.lab.netops import parse_snmp
 from loadgen.pacer import TickGrid
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and raw sockets need root")
-
 SNMP = """\
 Ip: Forwarding DefaultTTL InReceives
 Ip: 2 64 1000
@@ -251,7 +249,7 @@ def test_in_echos_reads_the_responders_counter() -> None:
     assert in_echos(SNMP) == 7
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root (CAP_SYS_NICE)")
+@pytest.mark.root
 def test_the_real_time_sampler_does_not_pass_its_priority_to_the_tool() -> None:
     probe = "import os; print(os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)"
     before = os.sched_getscheduler(0), os.sched_getparam(0)
@@ -624,7 +622,7 @@ def bench(*args: str) -> list[str]:
     return [sys.executable, "-m", "loadgen.bench", *args]
 
 
-@needs_root
+@pytest.mark.root
 def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
@@ -661,7 +659,7 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     assert "loadgen 5k x1" in stdout
 
 
-@needs_root
+@pytest.mark.root
 def test_an_interrupted_bench_removes_its_namespaces(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ("--no-peers", "--rates", "2k", "--workers", "1", "--duration", "30s")

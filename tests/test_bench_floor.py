@@ -3,7 +3,6 @@ and run in the bench's namespaces against the kernel's own counters."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,7 +55,7 @@ def test_a_bad_source_is_a_note_not_a_crash(
 
 
 @needs_cc
-@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and raw sockets need root")
+@pytest.mark.root
 def test_the_floor_builds_runs_and_every_probe_is_answered(tmp_path: Path) -> None:
     program, why = build_floor(tmp_path)
     assert program is not None, why

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen import bpf, icmp
-from loadgen.bpf import (
+from loadgen.wire import bpf, icmp
+from loadgen.wire.bpf import (
     ABS,
     ADD,
     ALU,
@@ -50,7 +50,7 @@ from loadgen.bpf import (
     W,
     X,
 )  # fmt: skip
-from loadgen.icmp import DecodeStatus as S
+from loadgen.wire.icmp import DecodeStatus as S
 
 IDENT = 0x4C47
 RUN_ID = 77

@@ -1,4 +1,4 @@
-"""The pure control-message readers (loadgen.cmsg) on hand-built recvmmsg control buffers:
+"""The pure control-message readers (loadgen.net.cmsg) on hand-built recvmmsg control buffers:
 the walk, the stamp copy, and the same-layout fast paths, which must agree with the walk."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from loadgen import cmsg
-from loadgen.records import RecordFlag
+from loadgen.net import cmsg
+from loadgen.wire.records import RecordFlag
 
 SO_TIMESTAMPING, SO_RXQ_OVFL = 37, 40
 STAMP_KEY = cmsg.cmsg_key(socket.SOL_SOCKET, SO_TIMESTAMPING)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen import icmp
-from loadgen.icmp import DecodeStatus as S
+from loadgen.wire import icmp
+from loadgen.wire.icmp import DecodeStatus as S
 
 IDENT = 0x1234
 RUN_ID = 0xA5C3_0F01

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,15 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2 import IPRoute
 
-from loadgen import icmp
-from loadgen.batch import EchoBuilder, Ipv4Headers
 from loadgen.bench.topology import CLIENT_ADDR, CLIENT_IF, RESPONDER_IF, bench_net
 from loadgen.errors import ProfileError, TargetError
 from loadgen.lab.netops import in_netns
-from loadgen.linkpath import ETH_P_IP, SOCKADDR_LL, LinkHop, resolve_hops
+from loadgen.net.linkpath import ETH_P_IP, SOCKADDR_LL, LinkHop, resolve_hops
 from loadgen.profile import parse_profile
+from loadgen.wire import icmp
+from loadgen.wire.batch import EchoBuilder, Ipv4Headers
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
 u32 = st.integers(0, 2**32 - 1)
 
 
@@ -93,7 +91,7 @@ def test_packet_path_and_tx_stamps_do_not_mix() -> None:
         parse_profile({"targets": ["198.18.1.1"], "tx_path": "ethernet"}, source="p")
 
 
-@needs_root
+@pytest.mark.root
 def test_hops_come_from_the_namespace_tables() -> None:
     with bench_net(2) as net:
         targets = [int(ipaddress.IPv4Address(a)) for a in net.targets[:2]]
@@ -114,7 +112,7 @@ def test_hops_come_from_the_namespace_tables() -> None:
             in_netns(net.client_ns, lambda: resolve_hops([loopback]))
 
 
-@needs_root
+@pytest.mark.root
 def test_a_run_over_the_link_path_accounts_for_every_probe(tmp_path: Path) -> None:
     out = tmp_path / "run.jsonl"
     with bench_net(8) as net:

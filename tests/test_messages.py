@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.messages import (
+from loadgen.wire.messages import (
     VERSION,
     Done,
     Failed,
@@ -25,7 +25,7 @@ from loadgen.messages import (
     decode,
     encode,
 )
-from loadgen.records import RECORD_DTYPE, RecordKind
+from loadgen.wire.records import RECORD_DTYPE, RecordKind
 
 
 def test_frame_round_trip_keeps_every_record() -> None:

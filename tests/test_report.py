@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loadgen import report
 from loadgen.errors import UsageError
-from loadgen.records import RECORD_DTYPE, RecordFlag, RecordKind
-from loadgen.report import JSONL_SCHEMA_VERSION, JsonlWriter, summary_text
+from loadgen.output import report
+from loadgen.output.report import JSONL_SCHEMA_VERSION, JsonlWriter, summary_text
 from loadgen.stats import Aggregator, RunSummary, SecondReport
+from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
 S = 1_000_000_000
 START = 1_700_000_000 * S

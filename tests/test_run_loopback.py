@@ -6,7 +6,6 @@ Every run is bounded by a probe count and a subprocess timeout; only 127.0.0.0/8
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from loadgen.profile import COMMAND_LINE, parse_profile
 from loadgen.runner import execute
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
+pytestmark = pytest.mark.root
 
 OUTCOMES = ("received", "late", "lost", "errored")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.messages import WorkerStats
 from loadgen.selfcheck import LAG_LIMIT_NS, GeneratorCheck, WorkerSchedule
+from loadgen.wire.messages import WorkerStats
 
 S = 1_000_000_000
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from loadgen.coordinator import Coordinator, WorkerHandle, _schedule
-from loadgen.messages import Done, Frame, WorkerStats
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import parse_profile
-from loadgen.records import RECORD_DTYPE, RecordKind
 from loadgen.selfcheck import GeneratorCheck
 from loadgen.stats import Aggregator, SecondReport
 from loadgen.targets import Target
+from loadgen.wire.messages import Done, Frame, WorkerStats
+from loadgen.wire.records import RECORD_DTYPE, RecordKind
 
 S = 1_000_000_000
 PROBES_AT_S = (0.1, 0.6, 1.1, 1.6)  # the plan's timetable: 4 probes at 2 per second

@@ -23,14 +23,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from loadgen import batchio, mmsg, sockets
-from loadgen.batchio import BatchIO
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
-from loadgen.records import RecordFlag
-from loadgen.sockets import TimestampMode, open_icmp_v4
+from loadgen.net import batchio, mmsg, sockets
+from loadgen.net.batchio import BatchIO
+from loadgen.net.sockets import TimestampMode, open_icmp_v4
+from loadgen.wire.records import RecordFlag
 
 LOOPBACK = 0x7F000001
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
 IDENT = (os.getpid() * 7919) & 0xFFFF  # our own identifier; other ICMP on lo is ignored
 
 
@@ -144,7 +143,7 @@ def test_no_raw_socket_permission_gives_the_fix(monkeypatch: pytest.MonkeyPatch)
     def refuse(*args: object) -> socket.socket:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(socket, "socket", refuse)  # what loadgen.sockets calls
+    monkeypatch.setattr(socket, "socket", refuse)  # what loadgen.net.sockets calls
     with pytest.raises(PermissionProblem) as caught:
         open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
     message = str(caught.value)
@@ -157,14 +156,14 @@ def test_out_of_range_ttl_is_a_usage_error() -> None:
         open_icmp_v4(ttl=256, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
 
 
-@needs_root
+@pytest.mark.root
 def test_option_failure_names_the_option_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     fail_option(monkeypatch, sockets.SO_RXQ_OVFL, errno.ENOMEM)
     with pytest.raises(SocketProblem, match=r"SO_RXQ_OVFL.*ENOMEM.*lower rcvbuf_bytes"):
         open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
 
 
-@needs_root
+@pytest.mark.root
 def test_echo_replies_come_back_with_kernel_stamps() -> None:
     with open_lo() as io:
         assert io.socket.rx_source == "kernel-software"
@@ -180,7 +179,7 @@ def test_echo_replies_come_back_with_kernel_stamps() -> None:
     assert (stamps >= before_ns).all() and (stamps <= got["after_ns"][mine]).all()
 
 
-@needs_root
+@pytest.mark.root
 def test_bpf_program_keeps_only_our_replies() -> None:
     with open_lo(bpf_program=reply_filter(IDENT)) as io:
         io.send(echo_requests(IDENT, 64), np.full(64, LOOPBACK, np.uint32))
@@ -191,7 +190,7 @@ def test_bpf_program_keeps_only_our_replies() -> None:
     assert len(got["head"]) == 64 and late == 0
 
 
-@needs_root
+@pytest.mark.root
 def test_packets_queued_before_the_filter_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     real = sockets._set_option
 
@@ -206,7 +205,7 @@ def test_packets_queued_before_the_filter_are_dropped(monkeypatch: pytest.Monkey
         assert io.recv().n == 0
 
 
-@needs_root
+@pytest.mark.root
 def test_bpf_program_the_kernel_refuses_is_reported() -> None:
     with pytest.raises(ValueError, match="8-byte instructions"):
         open_lo(bpf_program=b"\x06\x00\x00")
@@ -215,7 +214,7 @@ def test_bpf_program_the_kernel_refuses_is_reported() -> None:
         open_lo(bpf_program=load_only)
 
 
-@needs_root
+@pytest.mark.root
 def test_user_mode_stamps_each_batch_after_the_call() -> None:
     with open_lo(timestamps=TimestampMode.USER, bpf_program=reply_filter(IDENT)) as io:
         assert io.socket.rx_source == "user-space"
@@ -228,7 +227,7 @@ def test_user_mode_stamps_each_batch_after_the_call() -> None:
     assert (got.rx_ns >= before_ns).all() and (got.rx_ns <= after_ns).all()
 
 
-@needs_root
+@pytest.mark.root
 def test_timestampns_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     fail_option(monkeypatch, sockets.SO_TIMESTAMPING, errno.ENOPROTOOPT)  # as on old kernels
     with open_lo(bpf_program=reply_filter(IDENT)) as io:
@@ -243,7 +242,7 @@ def test_timestampns_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (got["rx_ns"] >= before_ns).all() and (got["rx_ns"] <= got["after_ns"]).all()
 
 
-@needs_root
+@pytest.mark.root
 def test_hardware_on_loopback_falls_back_and_says_so() -> None:
     with open_lo(timestamps=TimestampMode.HARDWARE, interface="lo") as io:
         assert io.socket.rx_source == "kernel-software"
@@ -252,7 +251,7 @@ def test_hardware_on_loopback_falls_back_and_says_so() -> None:
         assert "lo" in note and "software" in note
 
 
-@needs_root
+@pytest.mark.root
 def test_drops_past_a_full_buffer_are_counted() -> None:
     with open_lo(rcvbuf_bytes=1, bpf_program=reply_filter(IDENT)) as io:
         io.send(echo_requests(IDENT, 200), np.full(200, LOOPBACK, np.uint32))
@@ -265,7 +264,7 @@ def test_drops_past_a_full_buffer_are_counted() -> None:
         assert io.kernel_drops() == got.dropped_total
 
 
-@needs_root
+@pytest.mark.root
 def test_send_checks_its_arrays() -> None:
     with open_lo() as io:
         packets = echo_requests(IDENT, 4)
@@ -292,8 +291,8 @@ def in_private_netns(script: str) -> str:
 # the qdisc and hold the buffer, so the kernel refuses the next ones (EAGAIN or ENOBUFS).
 SLOW_LO = """
 import subprocess, time, numpy as np
-from loadgen.batchio import BatchIO
-from loadgen.sockets import TimestampMode, open_icmp_v4, kernel_takes_tx_ids
+from loadgen.net.batchio import BatchIO
+from loadgen.net.sockets import TimestampMode, open_icmp_v4, kernel_takes_tx_ids
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit",
                 "burst", "2000", "limit", "1000000"], check=True)
@@ -318,7 +317,7 @@ print(result.sent, result.errno, replies)
 )
 
 
-@needs_root
+@pytest.mark.root
 @pytest.mark.skipif(
     not (shutil.which("unshare") and shutil.which("tc")), reason="needs unshare, tc"
 )
@@ -331,7 +330,7 @@ def test_full_send_buffer_is_reported_not_raised() -> None:
     assert replies == sent  # what was reported sent is exactly what went out
 
 
-@needs_root
+@pytest.mark.root
 def test_tx_stamps_are_numbered_in_send_order() -> None:
     with open_lo(batch=32, bpf_program=reply_filter(IDENT)) as io:
         assert io.enable_tx_timestamps() == RecordFlag.TX_KERNEL
@@ -371,7 +370,7 @@ def drain_stamps(io: BatchIO, want: int, timeout_s: float = 2.0) -> list[int]:
     return ids
 
 
-@needs_root
+@pytest.mark.root
 def test_counter_numbering_when_the_kernel_cannot_take_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -421,7 +420,7 @@ print(int(kernel_takes_tx_ids()), refusals, sent, " ".join(map(str, ids)))
 )
 
 
-@needs_root
+@pytest.mark.root
 @pytest.mark.skipif(
     not (shutil.which("unshare") and shutil.which("tc")), reason="needs unshare, tc"
 )
@@ -435,7 +434,7 @@ def test_refused_sends_do_not_shift_the_numbering() -> None:
     assert ids == list(range(40))
 
 
-@needs_root
+@pytest.mark.root
 def test_a_partial_sends_pending_error_is_counted_not_raised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

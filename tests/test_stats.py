@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from loadgen.records import RECORD_DTYPE, RecordFlag, RecordKind
 from loadgen.stats import (
     PERCENTILE_REL_ERROR,
     TOTAL,
@@ -21,6 +20,7 @@ from loadgen.stats import (
     RunSummary,
     SecondReport,
 )
+from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
 S = 1_000_000_000
 START = 1_700_000_000 * S

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from loadgen.icmp import UNKNOWN_TARGET, DecodeStatus
-from loadgen.records import OUTCOME_KINDS, RecordFlag, RecordKind
 from loadgen.tracker import Tracker
+from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
+from loadgen.wire.records import OUTCOME_KINDS, RecordFlag, RecordKind
 
 MS = 1_000_000
 TIMEOUT = 100 * MS

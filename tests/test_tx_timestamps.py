@@ -4,7 +4,6 @@ pair with the reply's RX stamp. The socket side (numbering every send) is in tes
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -13,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from loadgen.icmp import DecodeStatus
 from loadgen.profile import COMMAND_LINE, parse_profile
-from loadgen.records import RecordFlag, RecordKind
 from loadgen.runner import execute
 from loadgen.tracker import Tracker, probes_of_tx_ids
+from loadgen.wire.icmp import DecodeStatus
+from loadgen.wire.records import RecordFlag, RecordKind
 
 MS = 1_000_000
 TIMEOUT = 100 * MS
@@ -163,7 +162,7 @@ def test_ids_map_to_probe_numbers_across_the_32_bit_wrap() -> None:
     assert probes_of_tx_ids(np.array([4], np.uint32), first_k=0, sent=4)[0] < 0  # not sent yet
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
+@pytest.mark.root
 def test_a_loopback_run_takes_every_rtt_from_kernel_stamps() -> None:
     profile = parse_profile(
         {

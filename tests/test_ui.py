@@ -11,9 +11,9 @@ import pytest
 from numpy.typing import NDArray
 from rich.console import Console
 
-from loadgen.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.output.ui import Snapshot, WorkerView, fmt_ns, pick_targets, plain_line, render
 from loadgen.stats import Aggregator, SecondReport
-from loadgen.ui import Snapshot, WorkerView, fmt_ns, pick_targets, plain_line, render
+from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
 S = 1_000_000_000
 START = 1_700_000_000 * S

@@ -10,8 +10,6 @@ import pytest
 
 from loadgen.lab import lab_down
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
-
 
 @pytest.fixture
 def prefix() -> Iterator[str]:

@@ -18,7 +18,6 @@ from loadgen.lab.run import profile_lab
 from loadgen.lab.state import state_path
 from loadgen.profile import parse_profile
 
-from .conftest import needs_root
 from .probe import probe
 
 DEMO = Path(__file__).resolve().parents[2] / "profiles" / "lab-demo.toml"
@@ -41,7 +40,7 @@ def test_load_lab_table_errors_say_what_to_do(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.lab
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_up_status_down_leave_a_detached_lab_and_remove_it(prefix: str, tmp_path: Path) -> None:
     path = tmp_path / "lab.toml"
     hosts = '[[lab.hosts]]\nname = "a"\n[[lab.hosts]]\nname = "d"\nduplicate = 0.5\n'
@@ -70,7 +69,7 @@ def test_up_status_down_leave_a_detached_lab_and_remove_it(prefix: str, tmp_path
 @pytest.mark.timeout(60)
 @pytest.mark.lab
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_profile_lab_selects_targets_and_always_tears_down(prefix: str) -> None:
     lab = {
         "prefix": prefix,
@@ -99,7 +98,7 @@ def test_profile_lab_selects_targets_and_always_tears_down(prefix: str) -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.lab
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_demo_lab_losses_are_exactly_what_the_truth_says(prefix: str) -> None:
     table = dict(tomllib.loads(DEMO.read_text())["lab"])
     table["prefix"] = prefix

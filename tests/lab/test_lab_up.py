@@ -19,10 +19,9 @@ from loadgen.lab import Lab, lab_down, lab_down_all, lab_status, lab_up, parse_l
 from loadgen.lab.netops import list_netns, nft, nft_tables
 from loadgen.lab.state import STATE_DIR, state_path
 
-from .conftest import needs_root
 from .probe import probe
 
-pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(60)]
 
 
 def leftovers(prefix: str) -> list[str]:

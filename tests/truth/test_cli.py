@@ -20,9 +20,7 @@ import pytest
 from loadgen.lab import attach_lab, expected_counts, lab_down, lab_down_all, mismatches, remains
 from loadgen.stats import Counts
 
-from .conftest import needs_root
-
-pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(120)]
 
 DEMO = Path(__file__).resolve().parents[2] / "profiles" / "lab-demo.toml"
 

@@ -11,9 +11,9 @@ import pytest
 
 from loadgen.lab import Lab
 
-from .conftest import Labs, assert_counts_match, measure, needs_root
+from .conftest import Labs, assert_counts_match, measure
 
-pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(90)]
 
 RATE_PPS = 100_000
 SECONDS = 2

@@ -14,9 +14,9 @@ import pytest
 from loadgen.lab import Lab
 from loadgen.stats import Counts
 
-from .conftest import Labs, assert_counts_match, measure, needs_root
+from .conftest import Labs, assert_counts_match, measure
 
-pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(60)]
 
 # name, impairment keys, and the figure that must show the impairment (None: a clean host).
 HOSTS: dict[str, tuple[dict[str, object], str | None]] = {

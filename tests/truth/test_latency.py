@@ -23,9 +23,9 @@ from loadgen.lab.impair import Decider, ReflectorCounts
 from loadgen.lab.spread import STEP_NS as HOLD_STEP_NS
 from loadgen.stats import PERCENTILE_REL_ERROR
 
-from .conftest import Labs, assert_counts_match, measure, needs_root, pin_reflectors
+from .conftest import Labs, assert_counts_match, measure, pin_reflectors
 
-pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(60)]
 
 P50_TOLERANCE_NS = 100_000  # the bound on the median, above the clean baseline
 JITTER_PATH_NS = 50_000  # jitter the path outside the reflectors may add (kernel, veth)

@@ -12,9 +12,9 @@ import pytest
 
 from loadgen.lab import LabHost
 
-from .conftest import Labs, Run, assert_counts_match, measure, needs_root
+from .conftest import Labs, Run, assert_counts_match, measure
 
-pytestmark = [pytest.mark.lab, pytest.mark.root, needs_root, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(60)]
 
 PER_TARGET_PPS = 1_000
 SECONDS = 3

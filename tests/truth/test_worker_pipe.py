@@ -19,10 +19,10 @@ import pytest
 
 import loadgen.coordinator
 from loadgen.coordinator import Coordinator
-from loadgen.messages import Done, Frame, Hello, PlanMsg, Start, WorkerStats, decode, encode
 from loadgen.profile import parse_profile
-from loadgen.records import RECORD_DTYPE, RecordKind
 from loadgen.runner import plan_run
+from loadgen.wire.messages import Done, Frame, Hello, PlanMsg, Start, WorkerStats, decode, encode
+from loadgen.wire.records import RECORD_DTYPE, RecordKind
 
 pytestmark = pytest.mark.timeout(60)
 
