@@ -154,15 +154,13 @@ class GeneratorSecond:
 
 @dataclass(frozen=True, slots=True)
 class SecondReport:
-    """One second: only targets with a record in it (all that sent), plus the total row.
-    `provisional` reports come from `open_preview` and may still change."""
+    """One closed second: only targets with a record in it (all that sent), plus the total row."""
 
     second: int
     start_ns: int
     per_target: tuple[TargetSecond, ...]
     total: TargetSecond
     generator: GeneratorSecond | None = None
-    provisional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,21 +331,16 @@ class Aggregator:
         self._summary = None
         return self._report(s, tab, np.flatnonzero(bucket.counts.any(axis=1)))
 
-    def _report(self, s: int, tab: Table, active: _Arr, provisional: bool = False) -> SecondReport:
+    def _report(self, s: int, tab: Table, active: _Arr) -> SecondReport:
         rows = [*active.tolist(), self.n_targets]
         per = [TargetSecond(*args, second=s) for args in _stat_args(tab, rows, [*rows[:-1], TOTAL])]
         start = self.start_ns + s * NS_PER_S
-        return SecondReport(s, start, tuple(per[:-1]), per[-1], provisional=provisional)
+        return SecondReport(s, start, tuple(per[:-1]), per[-1])
 
-    def open_preview(self, now_ns: int) -> list[SecondReport]:
-        """Provisional figures of open seconds that have begun by now_ns (nothing changes)."""
-        out = []
-        for s in sorted(self._open):
-            if self.start_ns + s * NS_PER_S <= now_ns:
-                bucket = self._open[s]
-                active = np.flatnonzero(bucket.counts.any(axis=1))
-                out.append(self._report(s, bucket.table()[0], active, provisional=True))
-        return out
+    @property
+    def open_seconds(self) -> int:
+        """Seconds holding records but not closed yet: what the aggregator keeps in memory."""
+        return len(self._open)
 
     def cumulative(self) -> RunSummary:
         """Run totals over closed seconds; percentiles from histograms (PERCENTILE_REL_ERROR)."""

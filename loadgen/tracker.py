@@ -107,8 +107,6 @@ class Tracker:
         self.foreign = 0
         self.unattributed = 0
         self.evicted = 0
-        self.tx_stamps_taken = 0  # kernel TX stamps matched to an unresolved probe
-        self.tx_stamps_ignored = 0  # for probes already resolved, or never sent
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -170,7 +168,7 @@ class Tracker:
     ) -> None:
         """Kernel TX stamps of probes k, in any order, any subset, at most one per kind and
         probe: flags[i] is TX_KERNEL or TX_HARDWARE. A hardware stamp wins over a software one.
-        Stamps of probes already resolved (or never sent) are counted and ignored; a probe
+        Stamps of probes already resolved (or never sent) are ignored; a probe
         whose reply was decided before its stamp arrived keeps its user-space send time."""
         if not len(k):
             return
@@ -185,9 +183,6 @@ class Tracker:
                 self._slot_ktx[slots[take]] = tx_ns[take]
                 self._slot_kflag[slots[take]] = flags[take]
                 self._stamped = True
-        taken = int(np.count_nonzero(live))
-        self.tx_stamps_taken += taken
-        self.tx_stamps_ignored += len(k) - taken
 
     # -- receiving -------------------------------------------------------------------------
 

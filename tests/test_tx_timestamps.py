@@ -73,7 +73,6 @@ def test_rtt_uses_the_stamp_of_exactly_that_probe() -> None:
     tx_flags = (recs["flags"] & (TX_K | TX_H)).tolist()
     assert tx_flags == [TX_K, 0, TX_K, TX_K]  # probe 1 had no stamp: user space, and says so
     assert (recs["tx_ns"] == 1000).all()  # the bucket time stays the SENT record's
-    assert tr.tx_stamps_taken == 3 and tr.tx_stamps_ignored == 0
 
 
 def test_outcome_is_decided_on_the_kernel_rtt() -> None:
@@ -94,8 +93,8 @@ def test_a_stamp_after_the_reply_changes_nothing_and_stale_stamps_are_ignored() 
     assert first["rtt_ns"].tolist() == [800] and not first["flags"] & TX_K
     tr.expire(100 + LINGER)  # probe 1 is lost
     stamp(tr, [1, 7, -1], [160, 170, 180])  # resolved, never sent, nonsense
-    assert tr.tx_stamps_ignored == 3
-    assert RecordKind.LOST in tr.take_records()["kind"].tolist()
+    lost = tr.take_records()
+    assert lost["kind"].tolist() == [RecordKind.LOST] and not lost["flags"] & TX_K
 
 
 def test_stamps_pair_only_within_one_clock_domain() -> None:
@@ -149,7 +148,6 @@ def test_any_order_and_any_subset_of_stamps_matches_by_id(
         rec = by_k[k]
         assert int(rec["rtt_ns"]) == 10**6 - kernel_tx.get(k, 0)
         assert bool(rec["flags"] & TX_K) == (k in kernel_tx)
-    assert tr.tx_stamps_taken == len(stamped)
 
 
 def test_ids_map_to_probe_numbers_across_the_32_bit_wrap() -> None:

@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,6 @@ class LabState:
     owner_pid: int  # the process that brought the lab up
     detached: bool  # True: reflectors outlive their starter (`loadgen lab up`)
     hosts: tuple[LabHost, ...]
-
-    def with_host(self, host: LabHost) -> LabState:
-        hosts = tuple(host if h.index == host.index else h for h in self.hosts)
-        return replace(self, hosts=hosts)
 
 
 def state_path(prefix: str, state_dir: Path = STATE_DIR) -> Path:

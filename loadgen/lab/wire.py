@@ -33,7 +33,6 @@ class IcmpType(IntEnum):
 
 
 UNREACHABLE_HOST = 1  # code of destination unreachable: host unreachable
-TTL_EXCEEDED = 0  # code of time exceeded: TTL exceeded in transit
 
 
 def checksum(data: bytes) -> int:

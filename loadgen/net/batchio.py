@@ -73,10 +73,6 @@ class RecvBatch:
     truncated: int  # rows cut to slot_bytes (MSG_TRUNC)
     dropped_total: int  # socket drop counter (SO_RXQ_OVFL) as of the newest packet that had it
 
-    @property
-    def rx_kernel(self) -> NDArray[np.bool_]:
-        return np.not_equal(self.rx_flags, 0)
-
 
 @dataclass(frozen=True, slots=True)
 class TxStamps:

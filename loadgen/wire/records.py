@@ -49,8 +49,3 @@ class RecordFlag(IntFlag):
     TX_HARDWARE = 4  # send time is a NIC hardware TX timestamp
     RX_KERNEL = 8  # receive time is a kernel software RX timestamp (else user space)
     RX_HARDWARE = 16  # receive time is a NIC hardware RX timestamp
-
-
-def empty(n: int = 0) -> np.ndarray:
-    """A zeroed record array of length n."""
-    return np.zeros(n, dtype=RECORD_DTYPE)
