@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -117,8 +118,11 @@ def test_late_turns_on_the_grid_keep_every_tenth_exact(rate: float, lateness: li
         per_window[sent_at // (100 * MS)] = per_window.get(sent_at // (100 * MS), 0) + count
         point = grid.next_after(sent_at)
 
-    def due_before(t_ns: int) -> int:  # probes k with k / rate < t
-        return math.ceil(t_ns * rate / 1e9)
+    def due_before(t_ns: int) -> int:
+        # Probes due on the nanosecond grid before t: k is due at the first whole ns at or past
+        # k / rate, so those with k / rate <= t - 1 ns. Exact rational arithmetic: a float
+        # product can land an ulp past a whole probe (rate 2000.0000000000002 once did).
+        return math.floor(Fraction(t_ns - 1) * Fraction(rate) / 10**9) + 1
 
     assert per_window[0] == due_before(100 * MS)
     assert per_window[1] == due_before(200 * MS) - due_before(100 * MS)

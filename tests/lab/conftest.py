@@ -1,10 +1,12 @@
-"""Fixtures for lab tests: a unique prefix per test, and a guaranteed teardown of it."""
+"""Fixtures for lab tests: a unique prefix per test, a guaranteed teardown of it, and waiting
+for a condition until a deadline (never a fixed sleep that a slow machine outlasts)."""
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -20,3 +22,13 @@ def prefix() -> Iterator[str]:
     finally:
         if os.geteuid() == 0:
             lab_down(p)
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float = 10.0, poll_s: float = 0.02) -> bool:
+    """Poll `done` until it is true or `timeout_s` has passed; the caller asserts the result."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True

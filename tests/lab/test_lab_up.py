@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,10 @@ import pytest
 import loadgen.lab.lab as lab_module
 from loadgen.errors import LabError
 from loadgen.lab import Lab, lab_down, lab_down_all, lab_status, lab_up, parse_lab_spec
-from loadgen.lab.netops import list_netns, nft, nft_tables
+from loadgen.lab.netops import list_netns, nft, nft_tables, ns_pids
 from loadgen.lab.state import STATE_DIR, state_path
 
+from .conftest import wait_until
 from .probe import probe
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(60)]
@@ -157,7 +157,9 @@ def test_lab_down_reaps_by_name_without_a_state_file(prefix: str) -> None:
     crash_a_lab(prefix)
     state_path(prefix).unlink()
     assert [i.status for i in lab_status() if i.prefix == prefix] == ["orphan"]
-    time.sleep(0.2)  # the reflector got SIGTERM when its parent died; let it finish
+    # The reflector got SIGTERM when its parent died: let it write its counts and go.
+    namespaces = [n for n in list_netns() if n.startswith(prefix + "-")]
+    assert wait_until(lambda: not any(ns_pids(n) for n in namespaces))
     done = lab_down(prefix)
     assert len(done.namespaces) == 2
     assert leftovers(prefix) == []
