@@ -50,6 +50,7 @@ from loadgen.wire.bpf import (
     W,
     X,
 )  # fmt: skip
+from loadgen.wire.family import IPPROTO_ICMP
 from loadgen.wire.icmp import DecodeStatus as S
 
 IDENT = 0x4C47
@@ -67,7 +68,7 @@ def request(ident: int = IDENT, seq: int = 3) -> bytes:
     )
 
 
-def ip(message: bytes, src: int = HOST, proto: int = icmp.IPPROTO_ICMP) -> bytes:
+def ip(message: bytes, src: int = HOST, proto: int = IPPROTO_ICMP) -> bytes:
     return icmp.build_ipv4_packet(src, ME, proto, message)
 
 
@@ -260,7 +261,7 @@ def test_filter_keeps_everything_the_decoder_attributes(
     sees as another identifier's traffic or another kind of packet must not."""
     packet = mutate(original, at, value)
     verdict = bpf.run(PROG, packet)
-    got = icmp.decode_ipv4(packet, ident=IDENT, run_id=RUN_ID, size=SIZE, fills=FILLS)
+    got = icmp.decode(packet, ident=IDENT, run_id=RUN_ID, size=SIZE, fills=FILLS)
     icmp_at = (packet[0] & 0x0F) * 4
     if got.status in (S.REPLY, S.BITFLIP, S.CORRUPTED, S.ICMP_ERROR):
         # The one documented blind spot: errors quoting an IP header with options.
@@ -268,7 +269,7 @@ def test_filter_keeps_everything_the_decoder_attributes(
             assert verdict == bpf.ACCEPT
     elif got.status == S.FOREIGN and got.icmp_type not in (0, 3, 11):
         assert verdict == bpf.REJECT
-    elif got.status == S.FOREIGN and got.icmp_type == 0 and packet[9] == icmp.IPPROTO_ICMP:
+    elif got.status == S.FOREIGN and got.icmp_type == 0 and packet[9] == IPPROTO_ICMP:
         ident = int.from_bytes(packet[icmp_at + 4 : icmp_at + 6], "big")
         assert verdict == (bpf.ACCEPT if ident == IDENT else bpf.REJECT)
 

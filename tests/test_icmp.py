@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.wire import icmp
+from loadgen.wire.family import IPPROTO_ICMP
 from loadgen.wire.icmp import DecodeStatus as S
 
 IDENT = 0x1234
@@ -31,7 +32,7 @@ def request(seq: int = 5, target: int = 7, size: int = SIZE, ident: int = IDENT)
 
 
 def on_wire(message: bytes, src: int = HOST, dst: int = ME) -> bytes:
-    return icmp.build_ipv4_packet(src, dst, icmp.IPPROTO_ICMP, message)
+    return icmp.build_ipv4_packet(src, dst, IPPROTO_ICMP, message)
 
 
 def reply(seq: int = 5, target: int = 7) -> bytes:
@@ -40,7 +41,7 @@ def reply(seq: int = 5, target: int = 7) -> bytes:
 
 def decode(datagram: bytes, size: int = SIZE) -> icmp.Decoded:
     fills = FILLS if size == SIZE else icmp.fill_patterns(RUN_ID, size - icmp.MIN_PAYLOAD)
-    return icmp.decode_ipv4(datagram, ident=IDENT, run_id=RUN_ID, size=size, fills=fills)
+    return icmp.decode(datagram, ident=IDENT, run_id=RUN_ID, size=size, fills=fills)
 
 
 def refix(message: bytes) -> bytes:

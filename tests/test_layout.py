@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "loadgen"
 
 PURE = (
     "wire/__init__.py",
+    "wire/family.py",
     "wire/icmp.py",
     "wire/batch.py",
     "wire/bpf.py",

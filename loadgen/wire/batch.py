@@ -1,8 +1,9 @@
 """Vectorised echo-request builder and reply decoder for the hot path: whole batches of probes
-in and out of numpy arrays, no per-packet Python for the common packet. The wire format and
-every verdict are those of `icmp`, which stays the specification: echo replies of ours in the
-plain shape (good or damaged) are decided here column-wise, anything else (ICMP errors, IP
-options, wrong lengths, foreign traffic: rare behind the BPF filter) goes to `icmp.decode_ipv4`.
+in and out of numpy arrays, no per-packet Python for the common packet, IPv4 or IPv6 (the
+`family.WireFamily` a parameter). The wire format and every verdict are those of `icmp`, which
+stays the specification: echo replies of ours in the plain shape (good or damaged) are decided
+here column-wise, anything else (ICMP errors, IP options, wrong lengths, foreign traffic: rare
+behind the filters) goes to `icmp.decode`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.wire import icmp
+from loadgen.wire.family import IPPROTO_ICMP, IPV4, IPV4_HEADER_LEN, WireFamily
 
 _HDR = icmp.ICMP_HEADER_LEN
-_IP = icmp.IPV4_HEADER_LEN
+_IP = IPV4_HEADER_LEN
 # Offsets inside the ICMP message (RFC 792 echo header, then our payload header).
 _CSUM, _SEQ16 = 2, 6
 _MAGIC, _TARGET, _SEQ, _TX, _FILL = _HDR, _HDR + 8, _HDR + 12, _HDR + 20, _HDR + icmp.MIN_PAYLOAD
 
 
-_HALVES = np.array([0, _IP // 2])  # IP header and ICMP message, in 16-bit words
+_HALVES = np.array([0, _IP // 2])  # IPv4 header and ICMP message, in 16-bit words
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -57,31 +59,42 @@ def _field(rows: NDArray[np.uint8], at: int, dtype: str) -> NDArray[Any]:
     return rows[:, at : at + width].view(dtype)[:, 0]
 
 
-def _check_size(size: int) -> None:
-    if not icmp.MIN_PAYLOAD <= size <= icmp.MAX_PAYLOAD:
-        raise ValueError(
-            f"probe size {size} is out of range: use {icmp.MIN_PAYLOAD}..{icmp.MAX_PAYLOAD}"
-        )
+def _address_of(value: Any) -> int:
+    """One element of an address column (u32 or V16) as the scalar decoder's integer."""
+    if isinstance(value, np.void):
+        return int.from_bytes(value.tobytes(), "big")
+    return int(value)
+
+
+def _address_item(value: int, family: WireFamily) -> Any:
+    """The scalar decoder's integer as an element of the family's address column."""
+    if family.address_dtype.kind == "V":
+        return np.void(value.to_bytes(family.address_len, "big"))
+    return value
 
 
 class EchoBuilder:
     """Builds batches of echo requests for one (ident, run_id, size) into one reused buffer:
     a row gather from four templates (one per fill pattern), four column writes and one
-    checksum pass, whatever the batch size. With `headroom`, each row starts with that many
-    bytes left for a header the caller writes (Ipv4Headers for link-layer sending)."""
+    checksum pass, whatever the batch size (IPv6: no checksum pass, the kernel writes it).
+    With `headroom`, each row starts with that many bytes left for a header the caller writes
+    (Ipv4Headers for link-layer sending)."""
 
-    def __init__(self, ident: int, run_id: int, size: int, headroom: int = 0) -> None:
-        _check_size(size)
+    def __init__(
+        self, ident: int, run_id: int, size: int, headroom: int = 0, family: WireFamily = IPV4
+    ) -> None:
+        icmp.check_size(size, family)
         if not 0 <= ident <= 0xFFFF or not 0 <= run_id <= 0xFFFFFFFF:
             raise ValueError(f"ident {ident} or run_id {run_id} out of range: u16 and u32")
         self.ident, self.run_id, self.size, self.headroom = ident, run_id, size, headroom
+        self.family = family
         fills = icmp.fill_patterns(run_id, size - icmp.MIN_PAYLOAD)
         # Template p: the request for pattern p with target, seq, tx_ns, sequence and checksum 0.
         self._templates = np.stack(
             [
                 np.frombuffer(
                     bytes(headroom)
-                    + icmp.ICMP_HEADER.pack(icmp.IcmpType.ECHO_REQUEST, 0, 0, ident, 0)
+                    + icmp.ICMP_HEADER.pack(family.echo_request, 0, 0, ident, 0)
                     + icmp.PAYLOAD_HEADER.pack(icmp.MAGIC, run_id, 0, 0, 0)
                     + fill,
                     dtype=np.uint8,
@@ -115,6 +128,8 @@ class EchoBuilder:
         out[:, _TARGET : _TARGET + 4].view(">u4")[:, 0] = targets
         out[:, _SEQ : _SEQ + 8].view(">u8")[:, 0] = seqs
         out[:, _TX : _TX + 8] = tx_bytes
+        if not self.family.user_checksum:
+            return rows  # the kernel computes the ICMPv6 checksum (RFC 3542 section 3.1)
         # RFC 1071 2(B): summed as little-endian words the checksum comes out byte-swapped,
         # and is stored little-endian, which swaps it back. The folded sum of a nonzero total
         # is (total - 1) % 0xFFFF + 1, and the checksum its complement.
@@ -143,7 +158,7 @@ class Ipv4Headers:
         if len(sources) != len(dests) or not 0 < ttl <= 255 or not 0 <= tos <= 255:
             raise ValueError("one source per destination, ttl 1-255 and tos 0-255")
         fixed = struct.pack(
-            "!BBHHHBBH", 0x45, tos, total_len, 0, self.DONT_FRAGMENT, ttl, icmp.IPPROTO_ICMP, 0
+            "!BBHHHBBH", 0x45, tos, total_len, 0, self.DONT_FRAGMENT, ttl, IPPROTO_ICMP, 0
         )
         table = np.zeros((len(dests), _IP), np.uint8)
         table[:, :12] = np.frombuffer(fixed, np.uint8)
@@ -175,8 +190,10 @@ class DecodedBatch:
     target: NDArray[np.uint32]
     seq: NDArray[np.uint64]
     tx_ns: NDArray[np.int64]
-    src: NDArray[np.uint32]
-    quoted_dst: NDArray[np.uint32]
+    # Addresses in the family's address_dtype: uint32 (IPv4, host order) or V16 (IPv6,
+    # network order; src is all zeros there, the socket layer has it from msg_name).
+    src: NDArray[Any]
+    quoted_dst: NDArray[Any]
     icmp_type: NDArray[np.uint8]
     icmp_code: NDArray[np.uint8]
     seq16_only: NDArray[np.bool_]
@@ -188,8 +205,8 @@ class DecodedBatch:
             target=int(self.target[i]),
             seq=int(self.seq[i]),
             tx_ns=int(self.tx_ns[i]),
-            src=int(self.src[i]),
-            quoted_dst=int(self.quoted_dst[i]),
+            src=_address_of(self.src[i]),
+            quoted_dst=_address_of(self.quoted_dst[i]),
             icmp_type=int(self.icmp_type[i]),
             icmp_code=int(self.icmp_code[i]),
             seq16_only=bool(self.seq16_only[i]),
@@ -197,12 +214,14 @@ class DecodedBatch:
 
 
 class ReplyDecoder:
-    """Decodes batches of received datagrams for one (ident, run_id, size)."""
+    """Decodes batches of received datagrams for one (ident, run_id, size) of one family, as
+    that family's raw socket delivers them (IPv4 header first, or the ICMPv6 message alone)."""
 
-    def __init__(self, ident: int, run_id: int, size: int) -> None:
-        _check_size(size)
-        self.ident, self.run_id, self.size = ident, run_id, size
-        self.datagram_len = _IP + _HDR + size
+    def __init__(self, ident: int, run_id: int, size: int, family: WireFamily = IPV4) -> None:
+        icmp.check_size(size, family)
+        self.ident, self.run_id, self.size, self.family = ident, run_id, size, family
+        self._ip = _IP if family.rx_ip_header else 0  # where the ICMP message starts
+        self.datagram_len = self._ip + _HDR + size
         self._fills = icmp.fill_patterns(run_id, size - icmp.MIN_PAYLOAD)
         self._fill_rows = np.stack([np.frombuffer(f, dtype=np.uint8) for f in self._fills])
         self._magic_run = np.frombuffer(struct.pack("!II", icmp.MAGIC, run_id), dtype=np.uint8)
@@ -210,25 +229,24 @@ class ReplyDecoder:
 
     def _init_fast_path(self) -> None:
         """Every byte a good reply fixes, as 64-bit words: (row & mask) == expect[seq % 4]
-        checks the IP version, header length, total length and protocol, the ICMP type, code
-        and identifier, magic, run id and fill of a whole row in one comparison."""
-        length = self.datagram_len
+        checks the IP version, header length, total length and protocol (IPv4), the ICMP type,
+        code and identifier, magic, run id and fill of a whole row in one comparison."""
+        length, ip = self.datagram_len, self._ip
         self._words = (length + 7) // 8
         mask = np.zeros(self._words * 8, np.uint8)
         expect = np.zeros((icmp.N_PATTERNS, self._words * 8), np.uint8)
         fixed = {
-            0: bytes([0x45]),
-            2: struct.pack("!H", length),
-            9: bytes([icmp.IPPROTO_ICMP]),
-            _IP: bytes([icmp.IcmpType.ECHO_REPLY, 0]),
-            _IP + 4: struct.pack("!H", self.ident),
-            _IP + _MAGIC: self._magic_run.tobytes(),
+            ip: bytes([self.family.echo_reply, 0]),
+            ip + 4: struct.pack("!H", self.ident),
+            ip + _MAGIC: self._magic_run.tobytes(),
         }
+        if self.family.rx_ip_header:
+            fixed |= {0: bytes([0x45]), 2: struct.pack("!H", length), 9: bytes([IPPROTO_ICMP])}
         for at, value in fixed.items():
             mask[at : at + len(value)] = 0xFF
             expect[:, at : at + len(value)] = np.frombuffer(value, np.uint8)
-        mask[_IP + _FILL : length] = 0xFF
-        expect[:, _IP + _FILL : length] = self._fill_rows
+        mask[ip + _FILL : length] = 0xFF
+        expect[:, ip + _FILL : length] = self._fill_rows
         self._mask, self._expect = mask.view(np.uint64), expect.view(np.uint64)
         # Outputs of the fast path: reused per call; the constant columns are read-only.
         self._cap = 0
@@ -239,12 +257,12 @@ class ReplyDecoder:
         self._target = np.zeros(n, np.uint32)
         self._seq = np.zeros(n, np.uint64)
         self._tx = np.zeros(n, np.int64)
-        self._src = np.zeros(n, np.uint32)
+        self._src = np.zeros(n, self.family.address_dtype)
         self._all_reply = np.full(n, icmp.DecodeStatus.REPLY, np.uint8)
         self._zero_u8 = np.zeros(n, np.uint8)
-        self._zero_u32 = np.zeros(n, np.uint32)
+        self._zero_address = np.zeros(n, self.family.address_dtype)
         self._false = np.zeros(n, bool)
-        for constant in (self._all_reply, self._zero_u8, self._zero_u32, self._false):
+        for constant in (self._all_reply, self._zero_u8, self._zero_address, self._false):
             constant.flags.writeable = False
 
     def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
@@ -265,8 +283,8 @@ class ReplyDecoder:
             target=np.full(n, icmp.UNKNOWN_TARGET, dtype=np.uint32),
             seq=np.zeros(n, dtype=np.uint64),
             tx_ns=np.zeros(n, dtype=np.int64),
-            src=np.zeros(n, dtype=np.uint32),
-            quoted_dst=np.zeros(n, dtype=np.uint32),
+            src=np.zeros(n, dtype=self.family.address_dtype),
+            quoted_dst=np.zeros(n, dtype=self.family.address_dtype),
             icmp_type=np.zeros(n, dtype=np.uint8),
             icmp_code=np.zeros(n, dtype=np.uint8),
             seq16_only=np.zeros(n, dtype=bool),
@@ -281,7 +299,7 @@ class ReplyDecoder:
     ) -> DecodedBatch | None:
         """The batch decoded, if every row is a good reply of the plain shape; else None (and
         the general path decides). Verdicts are those of `icmp._decode_reply`."""
-        length, width = self.datagram_len, self._words * 8
+        length, width, ip = self.datagram_len, self._words * 8, self._ip
         if n == 0 or buf.shape[1] < width or buf.strides[1] != 1:
             return None
         if not (np.asarray(lengths[:n]) == length).all():
@@ -290,25 +308,29 @@ class ReplyDecoder:
         if n > self._cap:
             self._grow(max(n, 2 * self._cap))
         seq = self._seq[:n]
-        seq[:] = rows[:, _IP + _SEQ : _IP + _SEQ + 8].view(">u8")[:, 0]
+        seq[:] = rows[:, ip + _SEQ : ip + _SEQ + 8].view(">u8")[:, 0]
         words = rows[:, :width].view(np.uint64)
         if not ((words & self._mask) == self._expect[seq & 3]).all():
             return None
-        if not (rows[:, _IP + _SEQ16 : _IP + _SEQ16 + 2].view(">u2")[:, 0] == (seq & 0xFFFF)).all():
+        if not (rows[:, ip + _SEQ16 : ip + _SEQ16 + 2].view(">u2")[:, 0] == (seq & 0xFFFF)).all():
             return None
-        # Both checksums in one pass. A nonzero ones' complement sum verifies when it is a
-        # multiple of 0xFFFF (its fold is then 0xFFFF); the fixed bytes make both nonzero.
-        even = length & ~1
-        sums = np.add.reduceat(rows[:, :even].view("<u2"), _HALVES, axis=1, dtype=np.uint64)
-        if length % 2:
-            sums[:, 1] += rows[:, even]
-        if (sums % 0xFFFF).any():
-            return None
-        target, tx, src = self._target[:n], self._tx[:n], self._src[:n]
-        target[:] = rows[:, _IP + _TARGET : _IP + _TARGET + 4].view(">u4")[:, 0]
-        tx[:] = rows[:, _IP + _TX : _IP + _TX + 8].view(">i8")[:, 0]
-        src[:] = rows[:, 12:16].view(">u4")[:, 0]
-        zero_u8, zero_u32 = self._zero_u8[:n], self._zero_u32[:n]
+        zero_u8, zero_address = self._zero_u8[:n], self._zero_address[:n]
+        src = zero_address  # IPv6: not in the datagram
+        if self.family.rx_ip_header:
+            # Both checksums in one pass. A nonzero ones' complement sum verifies when it is a
+            # multiple of 0xFFFF (its fold is then 0xFFFF); the fixed bytes make both nonzero.
+            # (IPv6: the kernel verified the checksum and dropped what failed.)
+            even = length & ~1
+            sums = np.add.reduceat(rows[:, :even].view("<u2"), _HALVES, axis=1, dtype=np.uint64)
+            if length % 2:
+                sums[:, 1] += rows[:, even]
+            if (sums % 0xFFFF).any():
+                return None
+            src = self._src[:n]
+            src[:] = rows[:, 12:16].view(">u4")[:, 0]
+        target, tx = self._target[:n], self._tx[:n]
+        target[:] = rows[:, ip + _TARGET : ip + _TARGET + 4].view(">u4")[:, 0]
+        tx[:] = rows[:, ip + _TX : ip + _TX + 8].view(">i8")[:, 0]
         return DecodedBatch(
             n,
             self._all_reply[:n],
@@ -316,7 +338,7 @@ class ReplyDecoder:
             seq,
             tx,
             src,
-            zero_u32,
+            zero_address,
             zero_u8,
             zero_u8,
             self._false[:n],
@@ -326,19 +348,21 @@ class ReplyDecoder:
         self, buf: NDArray[np.uint8], lens: NDArray[np.int64], out: DecodedBatch
     ) -> NDArray[np.bool_]:
         """Decode in place the rows in the common shape: an option-less IPv4 datagram of exactly
-        our length with a good header, carrying an echo reply with our identifier, damaged or
-        not. Returns the mask of rows decided; verdicts are those of `icmp._decode_reply`."""
+        our length with a good header (IPv6: an ICMPv6 message of exactly our length), carrying
+        an echo reply with our identifier, damaged or not. Returns the mask of rows decided;
+        verdicts are those of `icmp._decode_reply`."""
         length = self.datagram_len
         if buf.shape[1] < length:
             return np.zeros(len(buf), dtype=bool)
         rows = buf[:, :length]
-        msg = rows[:, _IP:]
-        shape: NDArray[np.bool_] = (
-            (lens == length) & (rows[:, 0] == 0x45) & (rows[:, 9] == icmp.IPPROTO_ICMP)
-        )
-        shape &= (_field(rows, 2, ">u2") == length) & _checksum_ok(rows[:, :_IP])
-        shape &= (msg[:, 0] == icmp.IcmpType.ECHO_REPLY) & (_field(msg, 4, ">u2") == self.ident)
-        valid = _checksum_ok(msg)
+        msg = rows[:, self._ip :]
+        shape: NDArray[np.bool_] = lens == length
+        if self.family.rx_ip_header:
+            shape &= (rows[:, 0] == 0x45) & (rows[:, 9] == IPPROTO_ICMP)
+            shape &= (_field(rows, 2, ">u2") == length) & _checksum_ok(rows[:, :_IP])
+        shape &= (msg[:, 0] == self.family.echo_reply) & (_field(msg, 4, ">u2") == self.ident)
+        # IPv6: every message here passed the kernel's checksum check (family.py).
+        valid = _checksum_ok(msg) if self.family.user_checksum else np.ones(len(msg), bool)
         damage = msg[:, _MAGIC : _MAGIC + 8] ^ self._magic_run
         bits = _POPCOUNT[damage]
         near = (bits[:, :4].sum(axis=1) <= icmp.MAX_DAMAGED_BITS) & (
@@ -356,7 +380,8 @@ class ReplyDecoder:
         ).astype(np.uint8)
         # Fields are read from every row and kept where they apply: cheaper than gathering.
         np.copyto(out.status, status, where=shape)
-        np.copyto(out.src, _field(rows, 12, ">u4"), where=shape)
+        if self.family.rx_ip_header:
+            np.copyto(out.src, _field(rows, 12, ">u4"), where=shape)
         np.copyto(out.icmp_code, msg[:, 1], where=shape)
         known = shape & intact  # intact implies near: never foreign
         np.copyto(out.target, _field(msg, _TARGET, ">u4"), where=known)
@@ -365,15 +390,20 @@ class ReplyDecoder:
         return shape
 
     def _decode_one(self, out: DecodedBatch, i: int, datagram: bytes) -> None:
-        got = icmp.decode_ipv4(
-            datagram, ident=self.ident, run_id=self.run_id, size=self.size, fills=self._fills
+        got = icmp.decode(
+            datagram,
+            ident=self.ident,
+            run_id=self.run_id,
+            size=self.size,
+            fills=self._fills,
+            family=self.family,
         )
         out.status[i] = got.status
         out.target[i] = got.target
         out.seq[i] = got.seq
         out.tx_ns[i] = got.tx_ns
-        out.src[i] = got.src
-        out.quoted_dst[i] = got.quoted_dst
+        out.src[i] = _address_item(got.src, self.family)
+        out.quoted_dst[i] = _address_item(got.quoted_dst, self.family)
         out.icmp_type[i] = got.icmp_type
         out.icmp_code[i] = got.icmp_code
         out.seq16_only[i] = got.seq16_only

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from loadgen.wire.icmp import IPPROTO_ICMP, IcmpType
+from loadgen.wire.family import IPPROTO_ICMP, IcmpType
 
 Instr = tuple[int, int, int, int]  # (code, jt, jf, k) as in struct sock_filter
 _Asm = tuple[int, int | str, int | str, int]  # jt/jf may name a label
