@@ -1,16 +1,23 @@
-"""Classic BPF programs that let a worker's raw ICMP socket see only its own traffic: echo
-replies carrying its identifier and ICMP errors quoting its echo requests. Also the encoding
-the kernel takes (struct sock_filter) and an exact interpreter of classic BPF, so filters are
-tested on packets without sockets. Opcodes and semantics: include/uapi/linux/filter.h,
-linux/bpf_common.h and Documentation/networking/filter.rst.
+"""Filters that let a worker's raw ICMP or ICMPv6 socket see only its own traffic: classic BPF
+programs passing echo replies carrying its identifier and errors quoting its echo requests, and
+the ICMP6_FILTER type bitmap. Also the encoding the kernel takes (struct sock_filter) and an
+exact interpreter of classic BPF, so filters are tested on packets without sockets. Opcodes and
+semantics: include/uapi/linux/filter.h, linux/bpf_common.h, Documentation/networking/filter.rst.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from loadgen.wire.family import IPPROTO_ICMP, IcmpType
+from loadgen.wire.family import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPV4,
+    IPV6,
+    IPV6_HEADER_LEN,
+    WireFamily,
+)
 
 Instr = tuple[int, int, int, int]  # (code, jt, jf, k) as in struct sock_filter
 _Asm = tuple[int, int | str, int | str, int]  # jt/jf may name a label
@@ -34,6 +41,20 @@ _WIDTH = {W: 4, H: 2, B: 1}
 _U32 = 0xFFFFFFFF
 
 
+def _by_type(family: WireFamily) -> list[_Asm | str]:
+    """With the ICMP type in A: on to "reply" for an echo reply, "error" for the family's
+    errors that quote a probe, else "reject"."""
+    *errors, last = sorted(family.error_types)
+    return [
+        (JMP | JEQ | K, "reply", 0, family.echo_reply),
+        *[(JMP | JEQ | K, "error", 0, t) for t in errors],
+        (JMP | JEQ | K, "error", "reject", last),
+    ]
+
+
+_VERDICTS: list[_Asm | str] = ["accept", (RET | K, 0, 0, ACCEPT), "reject", (RET | K, 0, 0, REJECT)]
+
+
 def echo_filter_v4(ident: int) -> list[Instr]:
     """Accept IPv4 ICMP echo replies with identifier `ident`, and destination unreachable /
     time exceeded quoting an IPv4 (IHL 5) ICMP echo request with that identifier. A raw IPv4
@@ -51,9 +72,7 @@ def echo_filter_v4(ident: int) -> list[Instr]:
         (JMP | JEQ | K, 0, "reject", IPPROTO_ICMP),
         (LDX | B | MSH, 0, 0, 0),  # X = 4 * IHL: options may be present
         (LD | B | IND, 0, 0, 0),  # ICMP type
-        (JMP | JEQ | K, "reply", 0, IcmpType.ECHO_REPLY),
-        (JMP | JEQ | K, "error", 0, IcmpType.DEST_UNREACH),
-        (JMP | JEQ | K, "error", "reject", IcmpType.TIME_EXCEEDED),
+        *_by_type(IPV4),
         "reply",
         (LD | H | IND, 0, 0, 4),
         (JMP | JEQ | K, "accept", "reject", ident),
@@ -63,15 +82,66 @@ def echo_filter_v4(ident: int) -> list[Instr]:
         (LD | B | IND, 0, 0, 8 + 9),
         (JMP | JEQ | K, 0, "reject", IPPROTO_ICMP),
         (LD | B | IND, 0, 0, 8 + 20),
-        (JMP | JEQ | K, 0, "reject", IcmpType.ECHO_REQUEST),
+        (JMP | JEQ | K, 0, "reject", IPV4.echo_request),
         (LD | H | IND, 0, 0, 8 + 20 + 4),
         (JMP | JEQ | K, "accept", "reject", ident),
-        "accept",
-        (RET | K, 0, 0, ACCEPT),
-        "reject",
-        (RET | K, 0, 0, REJECT),
+        *_VERDICTS,
     ]
     return _assemble(program)
+
+
+def echo_filter_v6(ident: int) -> list[Instr]:
+    """Accept ICMPv6 echo replies with identifier `ident`, and the errors of IPV6.error_types
+    quoting an ICMPv6 echo request with that identifier right after a 40-byte IPv6 header (no
+    extension headers: our probes carry none). An AF_INET6 raw socket's filter sees the ICMPv6
+    message from its first byte, no IP header (net/ipv6/raw.c). ICMP6_FILTER already passes
+    only these types; the types are checked here too so the program stands on its own."""
+    if not 0 <= ident <= 0xFFFF:
+        raise ValueError(f"ICMPv6 identifier {ident} is out of range: use 0..65535")
+    # Offsets from the ICMPv6 header (RFC 4443 2.1): type 0, identifier 4; in errors the
+    # quoted IPv6 header is at 8 (RFC 8200 3: version in the top nibble, next header at 8+6)
+    # and the quoted echo header at 8+40 (type), identifier at 8+40+4.
+    echo = 8 + IPV6_HEADER_LEN
+    program: list[_Asm | str] = [
+        (LD | B | ABS, 0, 0, 0),  # ICMPv6 type
+        *_by_type(IPV6),
+        "reply",
+        (LD | H | ABS, 0, 0, 4),
+        (JMP | JEQ | K, "accept", "reject", ident),
+        "error",
+        (LD | B | ABS, 0, 0, 8),
+        (ALU | AND | K, 0, 0, 0xF0),
+        (JMP | JEQ | K, 0, "reject", 0x60),  # quoted IPv6
+        (LD | B | ABS, 0, 0, 8 + 6),
+        (JMP | JEQ | K, 0, "reject", IPPROTO_ICMPV6),
+        (LD | B | ABS, 0, 0, echo),
+        (JMP | JEQ | K, 0, "reject", IPV6.echo_request),
+        (LD | H | ABS, 0, 0, echo + 4),
+        (JMP | JEQ | K, "accept", "reject", ident),
+        *_VERDICTS,
+    ]
+    return _assemble(program)
+
+
+def echo_filter(family: WireFamily, ident: int) -> list[Instr]:
+    """The per-worker program for a raw socket of `family` (attach with SO_ATTACH_FILTER)."""
+    return echo_filter_v4(ident) if family is IPV4 else echo_filter_v6(ident)
+
+
+ICMP6_FILTER_WORDS = 8  # struct icmp6_filter { uint32_t icmp6_filt[8]; } (RFC 3542 3.2)
+
+
+def icmp6_filter(passing: Iterable[int] = (IPV6.echo_reply, *IPV6.error_types)) -> bytes:
+    """The ICMP6_FILTER option value (level IPPROTO_ICMPV6, RFC 3542 section 3.2) passing only
+    the ICMPv6 types in `passing`: by default echo replies and the errors that can quote our
+    probes. Bit (type & 31) of word (type >> 5), native byte order; on Linux (net/ipv6/raw.c,
+    icmpv6_filter) and in glibc's ICMP6_FILTER_WILLPASS a set bit BLOCKS the type."""
+    words = [0xFFFFFFFF] * ICMP6_FILTER_WORDS
+    for icmp_type in passing:
+        if not 0 <= icmp_type <= 255:
+            raise ValueError(f"ICMPv6 type {icmp_type} is out of range: use 0..255")
+        words[icmp_type >> 5] &= ~(1 << (icmp_type & 31)) & 0xFFFFFFFF
+    return struct.pack(f"={ICMP6_FILTER_WORDS}I", *words)
 
 
 def _assemble(program: Sequence[_Asm | str]) -> list[Instr]:
