@@ -58,8 +58,9 @@ class WireFamily:
     quoted_header_len: int  # the quoted IP header's fixed part, before our echo header
     # IPv4: we compute the RFC 1071 checksum over the ICMP message and verify it on receive.
     # IPv6: the checksum covers a pseudo-header with both addresses (RFC 4443 section 2.3);
-    # the kernel fills it in on send for raw ICMPv6 sockets (RFC 3542 section 3.1) and drops
-    # a reply whose checksum fails before user space sees it, so CORRUPTED cannot be seen.
+    # the kernel fills it in on send for raw ICMPv6 sockets (RFC 3542 section 3.1) and, when
+    # the socket is read, drops a message whose checksum fails (counted in the socket's drops:
+    # net/ipv6/raw.c, rawv6_recvmsg), so CORRUPTED cannot be seen.
     user_checksum: bool
     max_payload: int  # the largest echo payload one datagram holds (no jumbograms)
 
