@@ -32,7 +32,6 @@ MIN_PAYLOAD = PAYLOAD_HEADER.size
 MAGIC = 0x4C47454E  # "LGEN"
 N_PATTERNS = 4
 UNKNOWN_TARGET = 0xFFFFFFFF
-MAX_PAYLOAD = IPV4.max_payload  # the largest echo payload an IPv4 packet holds
 # A valid-checksum reply whose magic and run_id are each within this many bit errors of ours is
 # our probe damaged in flight (a bitflip); further away it belongs to another program or run.
 MAX_DAMAGED_BITS = 2
@@ -44,7 +43,6 @@ IPV4_HEADER = struct.Struct("!BBHHHBBHII")
 #   version/traffic class/flow label u32 | payload length u16 | next header u8 | hop limit u8 |
 #   source 16 bytes | destination 16 bytes
 IPV6_HEADER = struct.Struct("!IHBB16s16s")
-_IPV6_DST = 24  # offset of the destination address in the IPv6 header
 # Next-header values that are extension headers (RFC 8200 section 4, IANA "IPv6 Extension
 # Header Types"): hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP,
 # shim6, experiments. Our probes carry none, but the kernel adds a fragment header to one
