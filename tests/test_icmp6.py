@@ -104,6 +104,21 @@ def test_echo_request_known_vector() -> None:
     assert verifies(wire, ME, ME)
 
 
+def test_checksum_of_a_captured_linux_ping6() -> None:
+    """An echo request and its reply as captured between two link-local hosts (the
+    PcapPlusPlus test packets IcmpV6_EchoRequest/Reply): identifier 0x18, sequence 0x14, a
+    timeval and iputils' 0x10.. pattern; the capture carries checksums 7a4c and 794c."""
+    src = ipaddress.IPv6Address("fe80::215:5dff:fea5:c4c5").packed
+    dst = ipaddress.IPv6Address("fe80::dd05:dae0:74bc:7341").packed
+    data = bytes.fromhex("bdcecb62 00000000 f3a10900 00000000") + bytes(range(0x10, 0x38))
+    request = bytes([128, 0, 0, 0, 0, 0x18, 0, 0x14]) + data
+    wire = icmp.fill_checksum6(request, src, dst)
+    assert wire[2:4].hex() == "7a4c"
+    answer = icmp.echo_reply_for(wire, IPV6)
+    assert answer[:4].hex() == "8100794c" and answer[4:] == wire[4:]
+    assert verifies(answer, dst, src)
+
+
 def test_v6_request_differs_from_v4_only_in_type_and_checksum() -> None:
     """Same payload header, fill and sequence field: bitflip detection is the family's
     parameter, not a second format."""
