@@ -411,3 +411,31 @@ def test_v6_size_range_is_the_family_s() -> None:
     batch.ReplyDecoder(IDENT, RUN_ID, 65527, family=IPV6)
     with pytest.raises(ValueError, match="out of range for IPv6"):
         batch.EchoBuilder(IDENT, RUN_ID, 65528, family=IPV6)
+
+
+@pytest.mark.parametrize(
+    ("family", "hosts"),
+    [
+        (IPV4, ["198.18.0.9", "127.0.0.1", "198.18.0.7"]),
+        (IPV6, ["2001:2::9", "::1", "2001:2::7", "fe80::7"]),
+    ],
+)
+def test_address_column_matches_the_decoded_quoted_destination(
+    family: WireFamily, hosts: list[str]
+) -> None:
+    """The targets' column and an error's quoted destination are the same values, so sorting
+    one and searching the other finds the target (as the tracker does for short quotes)."""
+    packed = [ipaddress.ip_address(h).packed for h in hosts]
+    column = family.address_column(packed)
+    assert column.dtype == family.address_dtype and len(column) == len(hosts)
+    want = {ipaddress.ip_address(h).packed for h in hosts}
+    order = np.argsort(column)
+    assert [packed[i] for i in order] == sorted(want)  # bytewise order, either family
+    v6 = family is IPV6
+    quoted = error6(64, 1, 50, IDENT, 3) if v6 else icmp_error(64, 1, 36, IDENT)
+    got = batch.ReplyDecoder(IDENT, RUN_ID, 64, family=family).decode(*as_buffer([quoted], 256), 1)
+    host = HOST6 if v6 else HOST.to_bytes(4, "big")
+    pos = np.searchsorted(column[order], got.quoted_dst[:1])[0]
+    assert packed[order[pos]] == host
+    with pytest.raises(ValueError, match="bytes each"):
+        family.address_column([b"\0" * 5])

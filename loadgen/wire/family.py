@@ -7,10 +7,13 @@ on the IP version.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58
@@ -67,6 +70,17 @@ class WireFamily:
     @property
     def name(self) -> str:
         return f"IPv{self.version}"
+
+    def address_column(self, packed: Sequence[bytes]) -> NDArray[Any]:
+        """Addresses (Target.packed: network order, 4 or 16 bytes each) as a column of
+        `address_dtype`, the form the decoder gives quoted destinations in: what a tracker
+        sorts and searches to find the target an error names."""
+        if any(len(a) != self.address_len for a in packed):
+            raise ValueError(f"{self.name} addresses are {self.address_len} bytes each")
+        raw = np.frombuffer(b"".join(packed), dtype=np.uint8)
+        if self.address_dtype.kind == "V":
+            return raw.view(self.address_dtype).copy()
+        return raw.view(">u4").astype(self.address_dtype)
 
 
 IPV4 = WireFamily(
