@@ -13,11 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from loadgen.coordinator import Coordinator, WorkerHandle, _schedule
+from loadgen.coordinator import Coordinator, WorkerHandle
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import parse_profile
-from loadgen.selfcheck import GeneratorCheck
-from loadgen.stats import Aggregator, SecondReport
+from loadgen.stats import SecondReport
 from loadgen.targets import Target
 from loadgen.wire.messages import Done, Frame, WorkerStats
 from loadgen.wire.records import RECORD_DTYPE, RecordKind
@@ -41,12 +40,10 @@ class Run:
         self.seconds: list[SecondReport] = []
         plan = one_worker_plan()
         self.coord = c = Coordinator(plan, on_second=self.seconds.append)
-        c.start_ns = time.time_ns() - 60 * S
-        c.aggregator = Aggregator(1, c.start_ns, plan.profile.timeout_ns)
-        c.check = GeneratorCheck([_schedule(w) for w in plan.workers], c.start_ns)
         never_started = multiprocessing.get_context("spawn").Process()
         self.worker = WorkerHandle(plan.workers[0], never_started, reader, reader)
         c.workers = (self.worker,)
+        c._begin(time.time_ns() - 60 * S)
         self.seq = 0
 
     def frame(self, at_s: float, mark_s: float, sent_at_s: tuple[float, ...], **stats: int) -> None:
@@ -66,6 +63,10 @@ class Run:
         self.coord._handle(self.worker, Done(0, "count reached"))
         self.coord._tick()
         self.coord._tick(final=True)
+
+    def limited(self) -> list[int]:
+        assert self.coord.closer is not None
+        return self.coord.closer.limited_seconds
 
     def drops(self) -> list[int]:
         return [s.generator.workers[0].rx_drops for s in self.seconds if s.generator]
@@ -92,7 +93,7 @@ def test_drops_counted_after_every_second_closed_get_a_last_second(run: Run) -> 
     assert last is not None and last.workers[0].send_errors == 1
     assert any("dropped 7" in r for r in last.limits)
     assert sum(run.drops()) == run.worker.stats.rx_dropped
-    assert run.coord.limited_seconds == [1, 2]
+    assert run.limited() == [1, 2]
 
 
 def test_without_anything_unshown_no_second_is_added(run: Run) -> None:
@@ -102,7 +103,7 @@ def test_without_anything_unshown_no_second_is_added(run: Run) -> None:
     run.end()
     assert [s.second for s in run.seconds] == [0, 1]
     assert run.coord.aggregator is not None and run.coord.aggregator.closed_seconds == 2
-    assert run.coord.limited_seconds == [1]
+    assert run.limited() == [1]
 
 
 def test_the_last_second_with_records_takes_the_trailing_counters(run: Run) -> None:
@@ -113,4 +114,4 @@ def test_the_last_second_with_records_takes_the_trailing_counters(run: Run) -> N
     run.end()
     assert [s.second for s in run.seconds] == [0, 1]
     assert run.drops() == [0, 5]
-    assert run.coord.limited_seconds == [1]
+    assert run.limited() == [1]
