@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
-import math
 import multiprocessing
 import os
 import select
@@ -23,13 +21,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-import numpy as np
 import uvloop
 
+from loadgen.closing import SecondCloser
 from loadgen.errors import LoadgenError, WorkerFailed
 from loadgen.plan import RunPlan, WorkerPlan
 from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
-from loadgen.stats import NS_PER_S, Aggregator, RunSummary, SecondReport
+from loadgen.stats import Aggregator, RunSummary, SecondReport
 from loadgen.wire.messages import (
     Done,
     Failed,
@@ -114,17 +112,9 @@ def _plan_message(wp: WorkerPlan) -> PlanMsg:
         run_id=wp.run_id,
         targets=tuple(TargetSpec(t.index, t.address, t.family) for t in wp.targets),
         rate_pps=wp.rate_pps,
-        count_per_target=wp.count_per_target or 0,
-        duration_ns=wp.duration_ns or 0,
-        size=wp.size,
-        ttl=wp.ttl,
-        tos=wp.tos,
-        timeout_ns=wp.timeout_ns,
-        linger_ns=wp.linger_ns,
-        timestamps=wp.timestamps,
-        tx_timestamps=wp.tx_timestamps,
-        tx_path=wp.tx_path,
-        interface=wp.interface or "",
+        probes=wp.probes,
+        duration_ns=wp.duration_ns,
+        settings=wp.settings,
     )
 
 
@@ -142,10 +132,7 @@ class Coordinator:
         self.workers: tuple[WorkerHandle, ...] = ()
         self.aggregator: Aggregator | None = None
         self.check: GeneratorCheck | None = None
-        self.limited_seconds: list[int] = []
-        self._worker_of = np.zeros(len(plan.targets), dtype=np.int64)
-        for wp in plan.workers:
-            self._worker_of[[t.index for t in wp.targets]] = wp.index
+        self.closer: SecondCloser | None = None
         self.start_ns = 0
         self.interrupted = False
         self.aborted = False
@@ -173,13 +160,7 @@ class Coordinator:
             await self._await_hellos()
             # On a whole millisecond of the wall clock: every worker's 1 ms send grid then sits
             # on whole milliseconds, so an outside observer knows when batches leave.
-            self.start_ns = -(-(time.time_ns() + START_MARGIN_NS) // 1_000_000) * 1_000_000
-            self.aggregator = Aggregator(
-                n_targets=len(self.plan.targets),
-                start_ns=self.start_ns,
-                timeout_ns=self.plan.profile.timeout_ns,
-            )
-            self.check = GeneratorCheck([_schedule(h.plan) for h in self.workers], self.start_ns)
+            self._begin(-(-(time.time_ns() + START_MARGIN_NS) // 1_000_000) * 1_000_000)
             for h in self.workers:
                 self._tell(h, Start(self.start_ns))
             self.display.started(self.plan, self.workers)
@@ -208,8 +189,20 @@ class Coordinator:
             workers=tuple(h.stats for h in self.workers),
             start_ns=self.start_ns,
             end_ns=time.time_ns(),
-            limited_seconds=tuple(self.limited_seconds),
+            limited_seconds=tuple(self.closer.limited_seconds if self.closer else ()),
         )
+
+    def _begin(self, start_ns: int) -> None:
+        """The run's origin is set: the merging, the self-check and the closing start."""
+        self.start_ns = start_ns
+        self.aggregator = Aggregator(
+            n_targets=len(self.plan.targets),
+            start_ns=start_ns,
+            timeout_ns=self.plan.profile.timeout_ns,
+        )
+        self.check = GeneratorCheck([_schedule(h.plan) for h in self.workers], start_ns)
+        targets = {h.plan.index: [t.index for t in h.plan.targets] for h in self.workers}
+        self.closer = SecondCloser(self.aggregator, self.check, targets)
 
     def _spawn_all(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -256,6 +249,10 @@ class Coordinator:
                 f"workers {missing} did not start within {HELLO_TIMEOUT_S:.0f} s: "
                 "check that the machine is not overloaded and run again"
             )
+        # Every worker takes the same fallbacks on the same machine: each note once.
+        notes = dict.fromkeys(n for h in self.workers if h.hello for n in h.hello.notes)
+        for note in notes:
+            self.display.note(note)
 
     def _reap(self) -> None:
         for h in self.workers:
@@ -299,6 +296,7 @@ class Coordinator:
         elif isinstance(msg, Failed):
             h.failure = msg.message
             if self.aggregator is not None:
+                self._lost(h, "failed")
                 self.display.note(f"worker {h.plan.index} failed: {msg.message}")
                 self._stop_all("a worker failed")
 
@@ -313,9 +311,11 @@ class Coordinator:
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
             pid = h.process.pid
             h.failure = (
-                f"died unexpectedly (pid {pid}, {how}); its unresolved probes are unaccounted"
+                f"died unexpectedly (pid {pid}, {how}); its probes still waiting for an "
+                "outcome are reported as unresolved"
             )
             if self.aggregator is not None:  # before the start, _await_hellos reports it
+                self._lost(h, "died")
                 self.display.note(f"worker {h.plan.index} {h.failure}")
                 self._stop_all("a worker died")
         if self._wake is not None:
@@ -336,6 +336,10 @@ class Coordinator:
         if self._wake is not None:
             self._wake.set()
 
+    def _lost(self, h: WorkerHandle, cause: str) -> None:
+        assert self.aggregator is not None
+        self.aggregator.worker_lost(h.plan.index, cause, [t.index for t in h.plan.targets])
+
     def _stop_all(self, reason: str) -> None:
         if self.check is not None:
             self.check.on_stop(time.time_ns())
@@ -350,38 +354,17 @@ class Coordinator:
     # -- closing seconds -------------------------------------------------------------------
 
     def _tick(self, *, final: bool = False) -> None:
-        agg = self.aggregator
-        if agg is None:
+        agg, closer = self.aggregator, self.closer
+        if agg is None or closer is None:
             return
         now = time.time_ns()
         live = [h.watermark_ns for h in self.workers if h.live]
-        # A worker that is done or gone holds nothing back; if it died, its missing outcomes
-        # show up as unaccounted probes rather than stalling every later second.
-        # Seconds in the future are never closed, whatever a worker's watermark says.
-        ending = final or not live
-        reports = agg.close_all() if ending else agg.close_through(min(*live, now))
-        if ending and not reports and self.check is not None and self.check.unshown():
-            # What the workers counted after the last closed second needs a second to be in.
-            reports = agg.close_through(self.start_ns + (agg.closed_seconds + 1) * NS_PER_S)
-        for i, closed in enumerate(reports):
-            # The run's last second takes every counter no earlier second shows.
-            report = self._judge_generator(closed, final=ending and i == len(reports) - 1)
+        for report in closer.close(now, live, final=final):
             if self.on_second is not None:
                 self.on_second(report)
             self.display.second(report)
         self._measure(now)
         self.display.refresh(agg, self.generator_view(now))
-
-    def _judge_generator(self, report: SecondReport, *, final: bool) -> SecondReport:
-        if self.check is None:
-            return report
-        sent = np.zeros(len(self.workers), dtype=np.int64)
-        for ts in report.per_target:
-            sent[self._worker_of[ts.target]] += ts.counts.sent
-        verdict = self.check.second(report.second, dict(enumerate(sent.tolist())), final=final)
-        if verdict.limited:
-            self.limited_seconds.append(report.second)
-        return dataclasses.replace(report, generator=verdict)
 
     def _measure(self, now: int) -> None:
         sent = sum(h.stats.sent for h in self.workers)
@@ -420,12 +403,8 @@ def watch_connection(
 
 
 def _schedule(wp: WorkerPlan) -> WorkerSchedule:
-    """The worker's timetable, as its pacer will run it."""
-    total = wp.count_per_target * len(wp.targets) if wp.count_per_target else None
-    if wp.duration_ns:
-        by_time = math.ceil(wp.duration_ns * wp.rate_pps / 1e9)
-        total = by_time if total is None else min(total, by_time)
-    return WorkerSchedule(wp.index, wp.rate_pps, total)
+    """The worker's timetable, as its pacer will run it (its total is the plan's)."""
+    return WorkerSchedule(wp.index, wp.rate_pps, wp.probes)
 
 
 def default_cpus() -> list[int]:

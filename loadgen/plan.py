@@ -1,6 +1,8 @@
 """How a run is split across workers: which worker probes which targets, on which CPU, with
-which ICMP identifier and at what rate. Pure: the caller supplies the CPUs it may use, the run
-id and the identifier base. `describe` renders the plan for `loadgen check`.
+which ICMP identifier, at what rate and how many probes in all. The one owner of the probe
+total (a duration is the half-open interval [0, duration)) and of the copy of the profile's
+probe settings that workers get. Pure: the caller supplies the CPUs it may use, the run id and
+the identifier base. `describe` renders the plan for `loadgen check`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from loadgen.errors import ProfileError, TargetError
 from loadgen.profile import Profile
 from loadgen.targets import Target
 from loadgen.units import NS_PER_S, bad_value, format_duration, format_rate
+from loadgen.wire.messages import ProbeSettings
 
 _SHOWN_TARGETS = 5
 
@@ -24,17 +27,9 @@ class WorkerPlan:
     run_id: int
     targets: tuple[Target, ...]  # never empty; each target belongs to exactly one worker
     rate_pps: float  # this worker's total: the per-target rate times len(targets)
-    count_per_target: int | None
-    duration_ns: int | None
-    size: int
-    ttl: int
-    tos: int
-    timeout_ns: int
-    linger_ns: int
-    timestamps: str
-    tx_timestamps: bool
-    tx_path: str
-    interface: str | None
+    probes: int | None  # what it sends in all (count and duration); None: until stopped
+    duration_ns: int | None  # its deadline, which only cuts a generator behind its timetable
+    settings: ProbeSettings
 
     @property
     def rate_per_target_pps(self) -> float:
@@ -61,6 +56,51 @@ class RunPlan:
         if self.profile.count is not None:
             limits.append(round(self.profile.count * NS_PER_S / self.rate_per_target_pps))
         return min(limits) if limits else None
+
+    @property
+    def probes(self) -> int | None:
+        """Probes the run sends in all; None when it goes on until interrupted."""
+        totals = [w.probes for w in self.workers]
+        return None if None in totals else sum(t or 0 for t in totals)
+
+
+def probes_within(duration_ns: int, rate_pps: float) -> int:
+    """Probes a timetable of rate_pps puts in the half-open [0, duration): probe k is due at
+    k / rate, so those with k / rate < duration. 2k pps for 5 s is 10,000 (probe 10,000 is due
+    at 5 s, the first instant after). Counted as the pacer counts what is due at the last
+    nanosecond of the interval, with the same float arithmetic, so the two always agree (and a
+    product a hair off a whole number, 0.1 pps x 10 s, cannot add a probe)."""
+    if duration_ns <= 0:
+        return 0
+    return int((duration_ns - 1) * rate_pps / NS_PER_S) + 1
+
+
+def probes_per_target(profile: Profile, rate_pps: float, n_targets: int) -> list[int] | None:
+    """What each target is sent in all, None when the run is open-ended. With a duration the
+    run's timetable (rate_pps over every target in turn, probe k to target k mod n) decides:
+    the first N mod n targets get one more than the rest, and the run sends exactly
+    probes_within(duration, rate). A count caps every target."""
+    if profile.duration_ns is None:
+        return None if profile.count is None else [profile.count] * n_targets
+    total = probes_within(profile.duration_ns, rate_pps)
+    share, extra = divmod(total, n_targets)
+    counts = [share + (t < extra) for t in range(n_targets)]
+    return counts if profile.count is None else [min(c, profile.count) for c in counts]
+
+
+def probe_settings(profile: Profile) -> ProbeSettings:
+    """The profile's probe settings, copied here once for every worker."""
+    return ProbeSettings(
+        size=profile.size,
+        ttl=profile.ttl,
+        tos=profile.tos,
+        timeout_ns=profile.timeout_ns,
+        linger_ns=profile.delay_ns,
+        timestamps=profile.timestamps,
+        tx_timestamps=profile.tx_timestamps,
+        tx_path=profile.tx_path,
+        interface=profile.interface,
+    )
 
 
 def _worker_cpus(profile: Profile, cpus_available: Sequence[int]) -> list[int | None]:
@@ -106,9 +146,13 @@ def make_plan(
     rate_pps = profile.rate_pps
     if profile.rate_per_target_pps is not None:
         rate_pps = min(rate_pps, profile.rate_per_target_pps * n_targets)
+    per_target = probes_per_target(profile, rate_pps, n_targets)
+    settings = probe_settings(profile)
     workers = []
     for w in range(n_workers):
         share = tuple(targets[w::n_workers])
+        # A worker sends its targets in turn from its first: the targets given one more probe
+        # are the first of the run, so they are the first of each worker's share too.
         workers.append(
             WorkerPlan(
                 index=w,
@@ -119,17 +163,9 @@ def make_plan(
                 # One product and one division: every target gets the same rate to within an
                 # ulp, and the shares add up to the total.
                 rate_pps=rate_pps * len(share) / n_targets,
-                count_per_target=profile.count,
+                probes=None if per_target is None else sum(per_target[w::n_workers]),
                 duration_ns=profile.duration_ns,
-                size=profile.size,
-                ttl=profile.ttl,
-                tos=profile.tos,
-                timeout_ns=profile.timeout_ns,
-                linger_ns=profile.delay_ns,
-                timestamps=profile.timestamps,
-                tx_timestamps=profile.tx_timestamps,
-                tx_path=profile.tx_path,
-                interface=profile.interface,
+                settings=settings,
             )
         )
     return RunPlan(

@@ -8,10 +8,10 @@ much. Every counter lands in one closed second (trailing ones in the last). Pure
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from loadgen.plan import probes_within
 from loadgen.stats import GeneratorSecond, WorkerSecond
 from loadgen.units import NS_PER_S
 from loadgen.wire.messages import WorkerStats
@@ -33,7 +33,7 @@ class WorkerSchedule:
         """Probes its timetable puts in [second, second + 1): probe k is due at k / rate."""
 
         def due_before(t_s: int) -> int:
-            k = math.ceil(t_s * self.rate_pps) if t_s > 0 else 0
+            k = probes_within(t_s * NS_PER_S, self.rate_pps)
             return k if self.total is None else min(k, self.total)
 
         return due_before(second + 1) - due_before(second)

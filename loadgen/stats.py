@@ -40,6 +40,7 @@ __all__ = [
     "SecondReport",
     "TargetSecond",
     "TargetStats",
+    "Unresolved",
     "WorkerSecond",
 ]
 
@@ -182,6 +183,20 @@ class Anomalies:
 
 
 @dataclass(frozen=True, slots=True)
+class Unresolved:
+    """Probes a worker sent and never resolved because it ended without finishing (it died or
+    failed): a known cause, reported as such, not an accounting bug."""
+
+    worker: int
+    cause: str  # "died" | "failed"
+    targets: frozenset[int]
+    probes: int  # its targets' missing outcomes in the closed seconds
+
+    def __str__(self) -> str:
+        return f"worker {self.worker} {self.cause}"
+
+
+@dataclass(frozen=True, slots=True)
 class RunSummary:
     """Totals over every closed second (open seconds are never counted as final)."""
 
@@ -190,6 +205,19 @@ class RunSummary:
     per_target: tuple[TargetStats, ...]  # every target, indexed by target
     total: TargetStats
     anomalies: Anomalies
+    unresolved: tuple[Unresolved, ...] = ()  # workers that ended with probes unresolved
+
+    def explained(self, ts: TargetStats) -> tuple[int, str]:
+        """How many of `ts`'s unaccounted probes a worker that ended early explains, and which
+        ("worker 0 died"); whatever else is unaccounted is a bug. Only missing outcomes are
+        explained: an outcome without its probe never is."""
+        if ts.target == TOTAL:
+            lost = [u for u in self.unresolved if u.probes > 0]
+            return sum(u.probes for u in lost), ", ".join(map(str, lost))
+        lost = [u for u in self.unresolved if ts.target in u.targets]
+        if not lost or ts.counts.unaccounted <= 0:
+            return 0, ""
+        return ts.counts.unaccounted, str(lost[0])
 
 
 def _stat_args(tab: Table, rows: Sequence[int], targets: Sequence[int]) -> list[_StatArgs]:
@@ -237,6 +265,7 @@ class Aggregator:
         self._anomalies = Anomalies()
         self._summary: RunSummary | None = None
         self._quant_n = np.zeros(n_targets + 1, dtype=np.int64)  # run.n when quant was computed
+        self._lost_workers: dict[int, tuple[str, frozenset[int]]] = {}
 
     @property
     def closed_seconds(self) -> int:
@@ -337,6 +366,19 @@ class Aggregator:
         start = self.start_ns + s * NS_PER_S
         return SecondReport(s, start, tuple(per[:-1]), per[-1])
 
+    def worker_lost(self, worker: int, cause: str, targets: Sequence[int]) -> None:
+        """A worker ended without resolving all its probes (`cause`: "died", "failed"): what
+        its targets lack from now on is reported as unresolved (`RunSummary.unresolved`)."""
+        self._lost_workers[worker] = (cause, frozenset(targets))
+        self._summary = None
+
+    def _unresolved(self, per_target: Sequence[TargetStats]) -> tuple[Unresolved, ...]:
+        out = []
+        for worker, (cause, targets) in sorted(self._lost_workers.items()):
+            missing = sum(max(0, per_target[t].counts.unaccounted) for t in targets)
+            out.append(Unresolved(worker, cause, targets, missing))
+        return tuple(out)
+
     @property
     def open_seconds(self) -> int:
         """Seconds holding records but not closed yet: what the aggregator keeps in memory."""
@@ -354,6 +396,11 @@ class Aggregator:
             stats = [TargetStats(*args) for args in _stat_args(run, rows, [*rows[:-1], TOTAL])]
             total = stats.pop()
             self._summary = RunSummary(
-                self.start_ns, self._next, tuple(stats), total, self._anomalies
+                self.start_ns,
+                self._next,
+                tuple(stats),
+                total,
+                self._anomalies,
+                self._unresolved(stats),
             )
         return self._summary

@@ -1,14 +1,11 @@
 """The worker process: one raw socket, one paced loop, one stream of record frames.
 
-Each turn sends one batch (one sendmmsg) and sleeps to the next turn: the next point of a 1 ms
-grid locked to the run's start (pacer.TickGrid: a batch is what is due by the next millisecond
-mark, so a late turn shifts its send time, never its size), or the next probe's due time when
-that is later. Replies are drained (recvmmsg batches, TX stamps from the error queue first if
-asked for, vectorised decode, tracker): with kernel RX stamps about one receive batch at a time
-(every 1-5 ms), as a waiting reply keeps its stamp; with user-space stamps as they come. Every
-~20 ms it expires old probes and ships a frame of records with its watermark. When sending ends
-(count, duration or a Stop) it receives until every probe is resolved or linger has passed,
-then sends its last frame and Done. Workers run at real-time priority where allowed.
+The loop is plumbing: it reads the clock, asks `turns.TurnPolicy` what this turn does (send a
+batch, drain replies, ship a frame, or end), does that I/O and sleeps until the next turn;
+with user-space RX stamps it drains replies as they come while it waits. Replies go through
+recvmmsg batches, TX stamps from the error queue first if asked for, the vectorised decoder and
+the tracker. The last frame follows the tracker's finish, then Done. Workers run at real-time
+priority where allowed.
 """
 
 from __future__ import annotations
@@ -30,8 +27,8 @@ from loadgen.errors import LoadgenError
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
 from loadgen.net.sockets import TimestampMode, open_icmp_v4
-from loadgen.pacer import Pacer, TickGrid
 from loadgen.tracker import Tracker, probes_of_tx_ids
+from loadgen.turns import TurnPolicy
 from loadgen.wire import bpf
 from loadgen.wire.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
@@ -49,15 +46,10 @@ from loadgen.wire.messages import (
 )
 from loadgen.wire.records import RecordFlag
 
-FRAME_INTERVAL_NS = 20_000_000  # each frame costs both ends a fixed share: not too many
-TICK_NS = 1_000_000  # one send batch per tick at most, so no burst exceeds a tick's probes
-MAX_RX_INTERVAL_NS = 5_000_000  # kernel-stamped replies wait in the socket at most this long
 MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send schedule
-END_OF_TIME_NS = 2**62
 REALTIME_PRIORITY = 1  # SCHED_FIFO, the lowest real-time priority
 PR_SET_TIMERSLACK, TIMER_SLACK_NS = 29, 1000  # <linux/prctl.h>
 WORKER_NICE = -5
-DURATION_SLACK_NS = 100_000_000
 
 
 def worker_main(plan_bytes: bytes, data: Connection, control: Connection) -> None:
@@ -118,15 +110,16 @@ class Worker:
         self.plan = plan
         self.data = data
         self.control = control
+        self.probe = probe = plan.settings
         self.sock = open_icmp_v4(
-            ttl=plan.ttl,
-            tos=plan.tos,
-            timestamps=TimestampMode(plan.timestamps),
+            ttl=probe.ttl,
+            tos=probe.tos,
+            timestamps=TimestampMode(probe.timestamps),
             bpf_program=bpf.pack(bpf.echo_filter_v4(plan.ident)),
-            interface=plan.interface or None,
+            interface=probe.interface or None,
         )
         self.io = BatchIO(self.sock)
-        self.decoder = ReplyDecoder(plan.ident, plan.run_id, plan.size)
+        self.decoder = ReplyDecoder(plan.ident, plan.run_id, probe.size)
         self.global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
         self.addresses = np.array(
             [int(ipaddress.IPv4Address(t.address)) for t in plan.targets], dtype=np.uint32
@@ -136,15 +129,15 @@ class Worker:
         self.ip_headers: Ipv4Headers | None = None
         self.link_names = ""
         headroom = 0
-        if plan.tx_path == "packet":
+        if probe.tx_path == "packet":
             headroom = self._use_link_path()
-        self.builder = EchoBuilder(plan.ident, plan.run_id, plan.size, headroom=headroom)
+        self.builder = EchoBuilder(plan.ident, plan.run_id, probe.size, headroom=headroom)
         self.tracker = Tracker(
             targets=self.global_index,
             addresses=self.addresses,
             rate_pps=plan.rate_pps,
-            timeout_ns=plan.timeout_ns,
-            linger_ns=plan.linger_ns,
+            timeout_ns=probe.timeout_ns,
+            linger_ns=probe.linger_ns,
         )
         self.poller = select.poll()
         self.poller.register(self.io.fileno(), select.POLLIN)
@@ -156,7 +149,7 @@ class Worker:
         self.tx_flag = RecordFlag.NONE
         self.tx_first_k = 0  # probes sent before TX stamps were enabled: OPT_ID 0 is this one
         self.notes: list[str] = list(notes or [])
-        if plan.tx_timestamps:
+        if probe.tx_timestamps:
             self._enable_tx_stamps()
         self.frame_seq = 0
         self.send_errors = 0
@@ -165,8 +158,6 @@ class Worker:
         self.rx_dropped = 0
         self.rx_truncated = 0
         self.malformed = 0
-        self.max_lag_ns = 0
-        self.stop_requested = False
 
     def _use_link_path(self) -> int:
         """Resolve every target's next hop and send through a packet socket from now on;
@@ -178,9 +169,9 @@ class Worker:
         self.ip_headers = Ipv4Headers(
             np.array([hop.source for hop in hops], np.uint32),
             self.addresses,
-            ttl=self.plan.ttl,
-            tos=self.plan.tos,
-            total_len=IPV4_HEADER_LEN + ICMP_HEADER_LEN + self.plan.size,
+            ttl=self.probe.ttl,
+            tos=self.probe.tos,
+            total_len=IPV4_HEADER_LEN + ICMP_HEADER_LEN + self.probe.size,
         )
         self.link_names = ", ".join(sorted({hop.ifname for hop in hops}))
         return IPV4_HEADER_LEN
@@ -203,18 +194,16 @@ class Worker:
             tx_source = "user-space (per batch)"
         if self.link_names:
             tx_source += f", written to the link (AF_PACKET on {self.link_names})"
-        # Hello has no field for the fallbacks taken yet: they ride on the source words.
-        notes = "; ".join([*self.io.notes, *self.notes])
         return Hello(
             worker=self.plan.worker,
             pid=os.getpid(),
             cpu=self.plan.cpu,
             rx_source=self.sock.rx_source,
-            tx_source=f"{tx_source} [{notes}]" if notes else tx_source,
+            tx_source=tx_source,
+            notes=(*self.io.notes, *self.notes),
         )
 
     def run(self) -> None:
-        plan = self.plan
         self.data.send_bytes(encode(self._hello()))
         start_ns = self._wait_for_start()
         if start_ns is None:
@@ -225,59 +214,34 @@ class Worker:
         start_mono = time.monotonic_ns() + (start_ns - time.time_ns())
         while (delay_ns := start_mono - time.monotonic_ns()) > 0:
             time.sleep(delay_ns / 1e9)
-        total = plan.count_per_target * len(plan.targets) if plan.count_per_target else None
-        end_mono = END_OF_TIME_NS
-        if plan.duration_ns:
-            # A duration means rate x duration probes, all of them; the deadline only cuts a
-            # generator that has fallen behind its timetable.
-            by_time = math.ceil(plan.duration_ns * plan.rate_pps / 1e9)
-            total = by_time if total is None else min(total, by_time)
-            end_mono = start_mono + plan.duration_ns + DURATION_SLACK_NS
-        # One tick's probes per turn; after a stall, two ticks' worth until caught up.
-        per_tick = plan.rate_pps * TICK_NS / 1e9
-        burst = min(2 * math.ceil(per_tick) + 1, self.tracker.max_batch)
-        pacer = Pacer(rate_pps=plan.rate_pps, start_ns=start_mono, total=total, max_burst=burst)
-        grid = TickGrid(start_mono, TICK_NS) if per_tick >= 1 else None
-        next_frame = start_mono + FRAME_INTERVAL_NS
-        next_rx, rx_interval_ns = start_mono, 0
-        if not self.wake_for_replies:
-            fill_ns = int(self.io.batch * 1e9 / plan.rate_pps)
-            rx_interval_ns = max(TICK_NS, min(MAX_RX_INTERVAL_NS, fill_ns)) - TICK_NS // 2
-        last_tx_rt = time.time_ns()
+        plan = self.plan
+        policy = TurnPolicy(
+            start_ns=start_mono,
+            rate_pps=plan.rate_pps,
+            probes=plan.probes,
+            duration_ns=plan.duration_ns,
+            linger_ns=plan.settings.linger_ns,
+            max_batch=self.tracker.max_batch,
+            rx_batch=self.io.batch,
+            kernel_rx_stamps=not self.wake_for_replies,
+        )
         try:
             while True:
-                turn = time.monotonic_ns()
-                sending = not (self.stop_requested or pacer.finished or turn >= end_mono)
-                if sending:
-                    # On the grid a batch is what is due by the next tick mark, however late
-                    # this turn is; below a probe per tick each probe has its own turn.
-                    due = pacer.due(grid.batch_end(turn) if grid else turn)
-                    if due.count:
-                        self.max_lag_ns = max(self.max_lag_ns, due.lag_ns)
-                        last_tx_rt = self._send(due.count, pacer)
-                elif self.tracker.unresolved() == 0 or (
-                    time.time_ns() > last_tx_rt + plan.linger_ns
-                ):
+                turn = policy.turn(time.monotonic_ns(), unresolved=self.tracker.unresolved())
+                if turn.end:
                     break
-                # Receiving and shipping take most of a tick: never both in one turn, and
-                # neither right before the batch that closes a tenth of a second.
-                light = sending and grid is not None and grid.before_mark(turn)
-                received = False
-                if not light and (turn >= next_rx or not sending):
-                    next_rx, received = turn + rx_interval_ns, True
+                if turn.send:
+                    policy.sent(self._send(turn.send), time.monotonic_ns())
+                if turn.receive:
                     self._receive()
-                if not light and turn >= next_frame and not (received and sending):
-                    next_frame = turn + FRAME_INTERVAL_NS
-                    self._ship(pacer)
-                    self._check_control()
-                wake = next_frame
-                if sending:  # the next grid point, or the next probe or frame if later
-                    next_turn = grid.next_after(turn) if grid else turn
-                    wake = max(next_turn, min(next_frame, pacer.next_due_ns()))
-                self._sleep_until(wake)
+                if turn.ship:
+                    self._ship(policy)
+                    if self._stop_asked():
+                        policy.stop()
+                self._sleep_until(policy.wake_ns())
             self.tracker.finish()
-            self._ship(pacer, final=True)
-            self.data.send_bytes(encode(Done(plan.worker, self._done_reason(pacer, end_mono))))
+            self._ship(policy, final=True)
+            self.data.send_bytes(encode(Done(plan.worker, policy.done_reason())))
         finally:
             self.io.close()
 
@@ -304,14 +268,8 @@ class Worker:
                 self.data.send_bytes(encode(Done(self.plan.worker, "stopped before start")))
                 return None
 
-    def _done_reason(self, pacer: Pacer, end_mono: int) -> str:
-        if self.stop_requested:
-            return "stopped"
-        if pacer.finished:
-            return "count reached"
-        return "duration reached"
-
-    def _send(self, count: int, pacer: Pacer) -> int:
+    def _send(self, count: int) -> int:
+        """Send `count` probes in one batch; returns how many the kernel took."""
         local, seq = self.tracker.plan_batch(count)
         packets = self.builder.build(self.global_index[local], seq, time.time_ns())
         if self.ip_headers is not None:
@@ -323,13 +281,12 @@ class Worker:
         first_id = self.tracker.sent - self.tx_first_k
         result = self.io.send(packets, self.destinations[local], first_id)
         self.tracker.on_sent(result.sent, tx_rt)
-        pacer.commit(result.sent)
         if result.sent < count:
             # The kernel refused the rest (ENOBUFS/EAGAIN): they were never sent, the pacer
             # retries them next turn, and the refusals are reported as generator trouble.
             self.send_errors += count - result.sent
             self.last_errno = result.errno
-        return tx_rt
+        return result.sent
 
     def _receive(self) -> None:
         for _ in range(MAX_DRAIN_BATCHES):
@@ -367,7 +324,7 @@ class Worker:
             if not stamps.more:
                 return
 
-    def _ship(self, pacer: Pacer, *, final: bool = False) -> None:
+    def _ship(self, policy: TurnPolicy, *, final: bool = False) -> None:
         # SO_RXQ_OVFL only rides on packets queued after a drop: read the counter itself too.
         self.rx_dropped = max(self.rx_dropped, self.io.kernel_drops())
         now_rt = time.time_ns()
@@ -375,7 +332,8 @@ class Worker:
         tr = self.tracker
         stats = WorkerStats(
             sent=tr.sent,
-            send_errors=self.send_errors,
+            # Refusals of a partial sendmmsg surface at the next receive: one count for both.
+            send_errors=self.send_errors + self.io.pending_send_errors,
             last_send_errno=self.last_errno,
             rx_packets=self.rx_packets,
             rx_dropped=self.rx_dropped,
@@ -385,21 +343,21 @@ class Worker:
             unattributed=tr.unattributed,
             evicted=tr.evicted,
             cpu_ns=time.process_time_ns(),
-            max_lag_ns=self.max_lag_ns,
-            skipped_ns=pacer.skipped_ns,
+            max_lag_ns=policy.take_max_lag(),
+            skipped_ns=policy.pacer.skipped_ns,
         )
-        self.max_lag_ns = 0
         mark = now_rt if final else tr.resolved_before(now_rt)
         frame = Frame(self.plan.worker, self.frame_seq, now_rt, mark, tr.take_records(), stats)
         self.frame_seq += 1
         self.data.send_bytes(encode(frame))
 
-    def _check_control(self) -> None:
+    def _stop_asked(self) -> bool:
+        """Whether the coordinator said stop (or is gone) since the last look."""
         while self.control_poller.poll(0):
             try:
                 msg = decode(self.control.recv_bytes())
             except EOFError:
-                self.stop_requested = True  # the coordinator is gone: wind down
-                return
+                return True  # the coordinator is gone: wind down
             if isinstance(msg, Stop):
-                self.stop_requested = True
+                return True
+        return False

@@ -17,6 +17,7 @@ from loadgen.wire.messages import (
     Frame,
     Hello,
     PlanMsg,
+    ProbeSettings,
     ProtocolError,
     Start,
     Stop,
@@ -26,6 +27,18 @@ from loadgen.wire.messages import (
     encode,
 )
 from loadgen.wire.records import RECORD_DTYPE, RecordKind
+
+SETTINGS = ProbeSettings(
+    size=64,
+    ttl=64,
+    tos=0,
+    timeout_ns=1_000_000_000,
+    linger_ns=2_000_000_000,
+    timestamps="auto",
+    tx_timestamps=False,
+    tx_path="packet",
+    interface="lo",
+)
 
 
 def test_frame_round_trip_keeps_every_record() -> None:
@@ -57,18 +70,12 @@ def test_frame_round_trip_keeps_every_record() -> None:
             run_id=99,
             targets=(TargetSpec(0, "127.0.0.1", 4), TargetSpec(5, "198.18.0.1", 4)),
             rate_pps=1000.0,
-            count_per_target=0,
+            probes=5000,
             duration_ns=5_000_000_000,
-            size=64,
-            ttl=64,
-            tos=0,
-            timeout_ns=1_000_000_000,
-            linger_ns=2_000_000_000,
-            timestamps="auto",
-            tx_path="packet",
-            tx_timestamps=False,
-            interface="",
+            settings=SETTINGS,
         ),
+        PlanMsg(1, 0, 7, 99, (TargetSpec(0, "127.0.0.1", 4),), 0.5, None, None, SETTINGS),
+        Hello(1, 99, 0, "user-space", "user-space (per batch)", ("no real-time priority",)),
     ],
 )
 def test_round_trip(msg: object) -> None:
@@ -92,3 +99,20 @@ def test_ragged_record_bytes_are_refused() -> None:
 def test_garbage_raises_only_protocol_error(data: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         decode(data)
+
+
+def test_hello_notes_travel_as_lines_not_inside_a_source_string() -> None:
+    hello = Hello(0, 1, 2, "kernel", "user-space (per batch)", ("a; b", "c [d]"))
+    got = decode(encode(hello))
+    assert isinstance(got, Hello)
+    assert got.notes == ("a; b", "c [d]") and got.tx_source == "user-space (per batch)"
+    # A hello whose notes are not a list is refused, not read as characters.
+    bad = msgpack.packb([VERSION, 1, 0, 1, 2, "kernel", "user", "one note"])
+    with pytest.raises(ProtocolError, match="notes"):
+        decode(bad)
+
+
+def test_a_version_2_plan_is_refused_with_what_to_do() -> None:
+    old = msgpack.packb([2, 6, 0, -1, 1, 1, [], 1.0, 0, 0, 64, 64, 0, 1, 1, "auto", False])
+    with pytest.raises(ProtocolError, match="run one build of loadgen throughout"):
+        decode(old)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.pacer import Pacer, TickGrid
+from loadgen.plan import probes_within
 
 MS = 1_000_000
 
@@ -126,3 +127,15 @@ def test_late_turns_on_the_grid_keep_every_tenth_exact(rate: float, lateness: li
 
     assert per_window[0] == due_before(100 * MS)
     assert per_window[1] == due_before(200 * MS) - due_before(100 * MS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(min_value=0.01, max_value=1e6),
+    duration_ns=st.integers(min_value=1, max_value=3600 * 10**9),
+)
+def test_the_plan_counts_a_duration_as_the_pacer_sends_it(rate: float, duration_ns: int) -> None:
+    """What the pacer has due by the last nanosecond of [0, duration) is the plan's count, and
+    nothing more becomes due before the duration is over."""
+    pacer = Pacer(rate_pps=rate, start_ns=0, max_burst=10**12, max_lag_ns=10**30)
+    assert pacer.due(duration_ns - 1).count == probes_within(duration_ns, rate)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.errors import ProfileError, TargetError
-from loadgen.plan import RunPlan, describe, make_plan
+from loadgen.plan import RunPlan, describe, make_plan, probes_within
 from loadgen.profile import Profile, parse_profile
 from loadgen.targets import Target
 
@@ -131,10 +131,12 @@ def test_idents_are_distinct_and_wrap_at_16_bits() -> None:
 def test_worker_plans_carry_the_probe_settings() -> None:
     run = plan(count=5, size=100, ttl=9, tos=16, timeout="300ms", delay="1s", tx_timestamps=True)
     worker = run.workers[0]
-    assert (worker.run_id, worker.count_per_target, worker.duration_ns) == (0x1234, 5, None)
-    assert (worker.size, worker.ttl, worker.tos) == (100, 9, 16)
-    assert (worker.timeout_ns, worker.linger_ns) == (300_000_000, S)
-    assert (worker.timestamps, worker.tx_timestamps, worker.interface) == ("auto", True, None)
+    assert (worker.run_id, worker.probes, worker.duration_ns) == (0x1234, 25, None)
+    got = worker.settings
+    assert (got.size, got.ttl, got.tos) == (100, 9, 16)
+    assert (got.timeout_ns, got.linger_ns) == (300_000_000, S)
+    assert (got.timestamps, got.tx_timestamps, got.interface) == ("auto", True, None)
+    assert all(w.settings is got for w in run.workers)  # one copy, shared
 
 
 def test_send_time() -> None:
@@ -180,3 +182,80 @@ def test_plans_survive_pickling_for_worker_processes() -> None:
     run = plan(n_targets=5, workers=2, lab={"hosts": 1})
     assert pickle.loads(pickle.dumps(run)) == run
     assert pickle.loads(pickle.dumps(run.workers[0])) == run.workers[0]
+
+
+@pytest.mark.parametrize(
+    ("duration_ns", "rate_pps", "probes"),
+    [
+        (5 * S, 2000.0, 10_000),  # `make run`: probe 10,000 is due at 5 s, after the run
+        (1 * S, 1.0, 1),  # one probe at 0; the next is due at 1 s
+        (1 * S, 3.0, 3),
+        (S // 2, 3.0, 2),  # due at 0 and 1/3 s; the third at 2/3 s is out
+        (10 * S, 0.1, 1),  # 0.1 x 10 is a hair above 1 in floats: still one probe
+        (3 * S, 1 / 3, 1),
+        (S + 1, 1.0, 2),  # a nanosecond past the second takes the probe due on it
+        (S - 1, 1.0, 1),
+        (1, 1e6, 1),
+        (0, 1e6, 0),
+        (7 * S, 1e6 / 7, 1_000_000),
+    ],
+)
+def test_a_duration_is_the_half_open_interval(
+    duration_ns: int, rate_pps: float, probes: int
+) -> None:
+    assert probes_within(duration_ns, rate_pps) == probes
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10**6), st.integers(1, 10**6), st.integers(0, 3))
+def test_half_open_count_matches_integer_arithmetic(rate: int, ms: int, decimals: int) -> None:
+    """A rate with up to three decimals (as written in a profile) for `ms` milliseconds: the
+    probes k with k / rate < duration, counted in integers."""
+    scale = 10**decimals
+    exact = -(-ms * rate // (1000 * scale))  # ceil(ms/1000 * rate/scale)
+    assert probes_within(ms * 1_000_000, rate / scale) == exact
+
+
+def test_make_run_sends_exactly_rate_times_duration_split_over_workers() -> None:
+    # The default profile: 2k pps over three targets for 5 s, on two workers (2 and 1 targets).
+    run = plan(n_targets=3, available=(0, 1), rate="2k", duration="5s")
+    assert [w.probes for w in run.workers] == [3334 + 3333, 3333]
+    assert run.probes == 10_000
+
+
+def test_rates_that_do_not_divide_evenly_still_add_up() -> None:
+    run = plan(n_targets=7, available=(0, 1, 2), rate="1k", duration="1s")
+    assert run.probes == 1000  # 142 per target, targets 0-5 one more
+    assert [w.probes for w in run.workers] == [143 * 2 + 142, 143 * 2, 143 * 2]
+
+
+def test_count_and_duration_together_the_smaller_wins_per_target() -> None:
+    assert plan(n_targets=10, rate="1k", count=50, duration="2s").probes == 500
+    assert plan(n_targets=10, rate="1k", count=300, duration="1s").probes == 1000
+    # 1001 probes in 1 s at 1001 pps: the first target gets 101, the count caps it at 100.
+    assert plan(n_targets=10, rate=1001, count=100, duration="1s").probes == 1000
+    assert plan(n_targets=10, count=7).probes == 70
+    assert plan(n_targets=10).probes is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 8),
+    st.integers(1, 5000),
+    st.integers(1, 5000),
+    st.one_of(st.none(), st.integers(1, 2000)),
+)
+def test_worker_totals_add_up_and_fit_their_timetables(
+    n_targets: int, n_workers: int, rate: int, ms: int, count: int | None
+) -> None:
+    run = plan(n_targets, (0,), workers=n_workers, rate=rate, duration=f"{ms}ms", count=count)
+    by_time = probes_within(ms * 1_000_000, run.rate_pps)
+    share, extra = divmod(by_time, n_targets)
+    per_target = [share + (t < extra) for t in range(n_targets)]
+    assert sum(per_target) == by_time and max(per_target) - min(per_target) <= 1
+    cap = by_time if count is None else count
+    assert run.probes == sum(min(cap, p) for p in per_target)
+    for w in run.workers:
+        # The worker's own timetable has each of its probes due inside the duration.
+        assert w.probes is not None and w.probes <= probes_within(ms * 1_000_000, w.rate_pps)

@@ -211,6 +211,8 @@ def test_a_dead_worker_is_named_and_the_run_fails(tmp_path: Path) -> None:
     assert "died unexpectedly" in stderr
     assert "signal 9" in stderr
     assert "transmitted" in stdout  # the summary of what was measured is still written
+    # What the dead worker left in flight is unresolved for a known reason, not a bug.
+    assert "this is a bug" not in stdout and "BUG" not in stdout, stdout
 
 
 def test_tx_timestamps_flag_gives_kernel_to_kernel_rtts(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Frames and Done messages go through the coordinator's own handler and tick; no p
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -13,13 +14,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from loadgen.coordinator import Coordinator, WorkerHandle, _schedule
+from loadgen.coordinator import Coordinator, Display, WorkerHandle
+from loadgen.output.report import summary_text
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import parse_profile
-from loadgen.selfcheck import GeneratorCheck
-from loadgen.stats import Aggregator, SecondReport
+from loadgen.stats import SecondReport
 from loadgen.targets import Target
-from loadgen.wire.messages import Done, Frame, WorkerStats
+from loadgen.wire.messages import Done, Failed, Frame, Hello, WorkerStats
 from loadgen.wire.records import RECORD_DTYPE, RecordKind
 
 S = 1_000_000_000
@@ -34,27 +35,45 @@ def one_worker_plan() -> RunPlan:
     return make_plan(profile, (target,), cpus_available=(0,), run_id=1, ident_base=100)
 
 
+class Notes(Display):
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
 class Run:
     """A coordinator mid-run, its start a minute ago (every second of it has ended)."""
 
     def __init__(self, reader: multiprocessing.connection.Connection) -> None:
         self.seconds: list[SecondReport] = []
         plan = one_worker_plan()
-        self.coord = c = Coordinator(plan, on_second=self.seconds.append)
-        c.start_ns = time.time_ns() - 60 * S
-        c.aggregator = Aggregator(1, c.start_ns, plan.profile.timeout_ns)
-        c.check = GeneratorCheck([_schedule(w) for w in plan.workers], c.start_ns)
+        self.display = Notes()
+        self.coord = c = Coordinator(plan, display=self.display, on_second=self.seconds.append)
         never_started = multiprocessing.get_context("spawn").Process()
         self.worker = WorkerHandle(plan.workers[0], never_started, reader, reader)
         c.workers = (self.worker,)
+        c._begin(time.time_ns() - 60 * S)
         self.seq = 0
 
-    def frame(self, at_s: float, mark_s: float, sent_at_s: tuple[float, ...], **stats: int) -> None:
-        """A frame written `at_s` into the run whose probes were sent at `sent_at_s`."""
-        records = np.zeros(2 * len(sent_at_s), dtype=RECORD_DTYPE)
-        records["tx_ns"] = np.repeat([self.coord.start_ns + int(t * S) for t in sent_at_s], 2)
-        records["kind"][1::2] = RecordKind.RECEIVED
-        records["rtt_ns"][1::2] = 1_000_000
+    def frame(
+        self,
+        at_s: float,
+        mark_s: float,
+        sent_at_s: tuple[float, ...],
+        *,
+        answered: bool = True,
+        **stats: int,
+    ) -> None:
+        """A frame written `at_s` into the run whose probes were sent at `sent_at_s` (and,
+        if `answered`, resolved in it)."""
+        per = 2 if answered else 1
+        records = np.zeros(per * len(sent_at_s), dtype=RECORD_DTYPE)
+        records["tx_ns"] = np.repeat([self.coord.start_ns + int(t * S) for t in sent_at_s], per)
+        if answered:
+            records["kind"][1::2] = RecordKind.RECEIVED
+            records["rtt_ns"][1::2] = 1_000_000
         now, mark = (self.coord.start_ns + int(t * S) for t in (at_s, mark_s))
         self.coord._handle(
             self.worker, Frame(0, self.seq, now, mark, records, WorkerStats(**stats))
@@ -66,6 +85,10 @@ class Run:
         self.coord._handle(self.worker, Done(0, "count reached"))
         self.coord._tick()
         self.coord._tick(final=True)
+
+    def limited(self) -> list[int]:
+        assert self.coord.closer is not None
+        return self.coord.closer.limited_seconds
 
     def drops(self) -> list[int]:
         return [s.generator.workers[0].rx_drops for s in self.seconds if s.generator]
@@ -92,7 +115,7 @@ def test_drops_counted_after_every_second_closed_get_a_last_second(run: Run) -> 
     assert last is not None and last.workers[0].send_errors == 1
     assert any("dropped 7" in r for r in last.limits)
     assert sum(run.drops()) == run.worker.stats.rx_dropped
-    assert run.coord.limited_seconds == [1, 2]
+    assert run.limited() == [1, 2]
 
 
 def test_without_anything_unshown_no_second_is_added(run: Run) -> None:
@@ -102,7 +125,7 @@ def test_without_anything_unshown_no_second_is_added(run: Run) -> None:
     run.end()
     assert [s.second for s in run.seconds] == [0, 1]
     assert run.coord.aggregator is not None and run.coord.aggregator.closed_seconds == 2
-    assert run.coord.limited_seconds == [1]
+    assert run.limited() == [1]
 
 
 def test_the_last_second_with_records_takes_the_trailing_counters(run: Run) -> None:
@@ -113,4 +136,30 @@ def test_the_last_second_with_records_takes_the_trailing_counters(run: Run) -> N
     run.end()
     assert [s.second for s in run.seconds] == [0, 1]
     assert run.drops() == [0, 5]
-    assert run.coord.limited_seconds == [1]
+    assert run.limited() == [1]
+
+
+def test_a_worker_that_fails_mid_run_leaves_its_probes_in_flight_unresolved(run: Run) -> None:
+    run.frame(0.9, 0.9, PROBES_AT_S[:2], sent=2)
+    run.frame(1.7, 0.9, PROBES_AT_S[2:], answered=False, sent=4)
+    run.coord._handle(run.worker, Failed(0, "internal error: boom"))
+    run.coord._tick(final=True)
+    assert run.coord.aggregator is not None
+    summary = run.coord.aggregator.cumulative()
+    assert summary.total.counts.unaccounted == 2
+    assert [(u.worker, u.cause, u.probes) for u in summary.unresolved] == [(0, "failed", 2)]
+    text = summary_text(summary, ("h0",))
+    assert "2 probes unresolved: worker 0 failed" in text and "bug" not in text
+    assert run.display.notes == ["worker 0 failed: internal error: boom"]
+
+
+def test_the_workers_setup_notes_are_shown_once_each(run: Run) -> None:
+    notes = ("no real-time priority", "tx_timestamps needs kernel RX timestamps")
+
+    async def hello() -> None:
+        run.coord._wake = asyncio.Event()
+        run.coord._handle(run.worker, Hello(0, 1, 0, "kernel", "user-space", notes))
+        await run.coord._await_hellos()
+
+    asyncio.run(hello())
+    assert run.display.notes == list(notes)

@@ -81,7 +81,7 @@ def _ms(*values_ns: float) -> str:
     return "/".join(f"{v / 1e6:.3f}" for v in values_ns)
 
 
-def _block(title: str, ts: TargetStats) -> list[str]:
+def _block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
     c, r = ts.counts, ts.rtt
     lines = [
         f"--- {title} loadgen statistics ---",
@@ -97,9 +97,12 @@ def _block(title: str, ts: TargetStats) -> list[str]:
             f"(within {PERCENTILE_REL_ERROR * 100:.1f}%), jitter = {_ms(r.jitter_ns)} ms"
         )
         lines.append(f"timestamps: rx {ts.rx_ts}, tx {ts.tx_ts}")
-    if c.unaccounted:
+    unresolved, why = summary.explained(ts)
+    if unresolved:
+        lines.append(f"{unresolved} probes unresolved: {why}")
+    if c.unaccounted - unresolved:
         lines.append(
-            f"WARNING: {c.unaccounted:+} probes unaccounted for "
+            f"WARNING: {c.unaccounted - unresolved:+} probes unaccounted for "
             "(sent != received + late + lost + errored): this is a bug, please report it"
         )
     return lines
@@ -113,9 +116,9 @@ def summary_text(summary: RunSummary, names: Sequence[str]) -> str:
         if ts.counts == Counts():
             silent += 1
             continue
-        lines += [*_block(_name(names, ts.target), ts), ""]
+        lines += [*_block(_name(names, ts.target), ts, summary), ""]
     title = f"total ({len(summary.per_target)} targets, {summary.seconds} s)"
-    lines += _block(title, summary.total)
+    lines += _block(title, summary.total, summary)
     lines.append(
         "packet loss counts probes nothing came back for; late and errored are counted apart"
     )

@@ -148,7 +148,10 @@ def _target_table(snap: Snapshot, width: int) -> Table:
         cells += _rtt_cells(ts) if wide else [_avg_p99(ts)]
         cells += [_loss(sec.counts if sec else None), _avg_p99(sec)]
         cells += [f"{getattr(c, f):,}" for _, f in events]
-        if c.unaccounted:
+        unresolved, _ = summary.explained(ts)
+        if unresolved:
+            cells[0] = Text(f"{name} [{unresolved:,} unresolved]", style="yellow")
+        if c.unaccounted - unresolved:
             cells[0] = Text(f"{name} [{c.unaccounted:+,} unacc.]", style="bold white on red")
         is_total = i == len(rows) - 1
         table.add_row(*cells, end_section=i == len(rows) - 2, style="bold" if is_total else "")
@@ -199,8 +202,9 @@ def _workers_line(workers: Sequence[WorkerView]) -> Text:
 
 def _warnings(snap: Snapshot) -> list[Text]:
     out = [Text(w, style="bold red") for w in snap.summary.anomalies.warnings()]
-    unaccounted = snap.summary.total.counts.unaccounted
-    bad = [t for t in snap.summary.per_target if t.counts.unaccounted]
+    summary = snap.summary
+    unaccounted = summary.total.counts.unaccounted - summary.explained(summary.total)[0]
+    bad = [t for t in summary.per_target if t.counts.unaccounted - summary.explained(t)[0]]
     if bad or unaccounted:
         out.append(
             Text(

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from loadgen.errors import LoadgenError
 from loadgen.wire.records import RECORD_DTYPE
 
-VERSION = 2
+VERSION = 3  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes
 
 
 class ProtocolError(LoadgenError):
@@ -46,6 +46,22 @@ class TargetSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """How every probe of a run is built, sent and judged: copied from the profile once
+    (`plan.probe_settings`) and carried whole to each worker."""
+
+    size: int
+    ttl: int
+    tos: int
+    timeout_ns: int
+    linger_ns: int
+    timestamps: str  # auto | software | hardware | user
+    tx_timestamps: bool
+    tx_path: str  # "ip" | "packet"
+    interface: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PlanMsg:
     """Everything a worker needs to run, sent once when it starts."""
 
@@ -55,17 +71,9 @@ class PlanMsg:
     run_id: int
     targets: tuple[TargetSpec, ...]
     rate_pps: float
-    count_per_target: int  # 0: no count limit
-    duration_ns: int  # 0: no duration limit
-    size: int
-    ttl: int
-    tos: int
-    timeout_ns: int
-    linger_ns: int
-    timestamps: str
-    tx_timestamps: bool
-    tx_path: str  # "ip" | "packet"
-    interface: str  # "": none
+    probes: int | None  # what it sends in all, as the plan counted it; None: until stopped
+    duration_ns: int | None  # its deadline, which only cuts a generator behind its timetable
+    settings: ProbeSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +83,7 @@ class Hello:
     cpu: int
     rx_source: str
     tx_source: str
+    notes: tuple[str, ...] = ()  # fallbacks the worker took setting up, one line each
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +175,9 @@ def encode(msg: Message) -> bytes:
             _values(msg.stats),
         ]
     elif isinstance(msg, PlanMsg):
-        body = [
-            [_values(t) for t in msg.targets] if f.name == "targets" else getattr(msg, f.name)
-            for f in fields(msg)
-        ]
+        body = _values(msg)
+        body[4] = [_values(t) for t in msg.targets]
+        body[8] = _values(msg.settings)
     else:
         body = _values(msg)
     out: bytes = msgpack.packb([VERSION, int(_TYPES[type(msg)]), *body], use_bin_type=True)
@@ -205,9 +213,14 @@ def decode(data: bytes) -> Message:
         if mtype is MsgType.PLAN:
             plan = dict(zip([f.name for f in fields(PlanMsg)], body, strict=True))
             plan["targets"] = tuple(TargetSpec(*t) for t in plan["targets"])
+            plan["settings"] = ProbeSettings(*plan["settings"])
             return PlanMsg(**plan)
-        simple: dict[MsgType, type[Hello | Done | Failed | Stop | Start]] = {
-            MsgType.HELLO: Hello,
+        if mtype is MsgType.HELLO:
+            worker, pid, cpu, rx_source, tx_source, notes = body
+            if not isinstance(notes, list):
+                raise ProtocolError("hello notes are not a list of lines")
+            return Hello(worker, pid, cpu, rx_source, tx_source, tuple(map(str, notes)))
+        simple: dict[MsgType, type[Done | Failed | Stop | Start]] = {
             MsgType.DONE: Done,
             MsgType.FAILED: Failed,
             MsgType.STOP: Stop,
