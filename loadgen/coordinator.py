@@ -125,6 +125,7 @@ def _plan_message(wp: WorkerPlan) -> PlanMsg:
         tx_timestamps=wp.tx_timestamps,
         tx_path=wp.tx_path,
         interface=wp.interface or "",
+        source=wp.source or "",
     )
 
 

@@ -35,6 +35,7 @@ class WorkerPlan:
     tx_timestamps: bool
     tx_path: str
     interface: str | None
+    source: str | None
 
     @property
     def rate_per_target_pps(self) -> float:
@@ -130,6 +131,7 @@ def make_plan(
                 tx_timestamps=profile.tx_timestamps,
                 tx_path=profile.tx_path,
                 interface=profile.interface,
+                source=profile.source_address,
             )
         )
     return RunPlan(
@@ -184,7 +186,8 @@ def describe(plan: RunPlan) -> str:
         rate,
         f"probes: {profile.probe}, {profile.size}-byte payload, ttl {profile.ttl}, "
         f"tos 0x{profile.tos:02x}"
-        + (f", interface {profile.interface}" if profile.interface else ""),
+        + (f", interface {profile.interface}" if profile.interface else "")
+        + (f", from {profile.source_address}" if profile.source_address else ""),
         _stop_rule(plan),
         f"timeout: {format_duration(profile.timeout_ns)} (later replies count as late); "
         f"delay: {format_duration(profile.delay_ns)} (then unanswered probes count as lost)",

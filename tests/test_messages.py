@@ -67,7 +67,8 @@ def test_frame_round_trip_keeps_every_record() -> None:
             timestamps="auto",
             tx_path="packet",
             tx_timestamps=False,
-            interface="",
+            interface="lo",
+            source="127.0.0.5",
         ),
     ],
 )

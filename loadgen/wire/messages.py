@@ -66,6 +66,7 @@ class PlanMsg:
     tx_timestamps: bool
     tx_path: str  # "ip" | "packet"
     interface: str  # "": none
+    source: str  # "": none
 
 
 @dataclass(frozen=True, slots=True)
