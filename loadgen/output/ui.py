@@ -64,7 +64,8 @@ class Snapshot:
     notes: tuple[str, ...] = ()
 
 
-def _num(x: float) -> str:
+def num3(x: float) -> str:
+    """A non-negative number with three significant digits (two below 1), no unit."""
     if x >= 100 or x == 0:
         return f"{x:.0f}"
     if x >= 1:
@@ -78,7 +79,7 @@ def _num(x: float) -> str:
 def fmt_ns(*values_ns: float) -> str:
     """Durations in one unit picked by the largest: fmt_ns(21e3, 1.2e5) == "21.0/120 µs"."""
     scale, unit = next((s, u) for s, u in _UNITS if max(values_ns) >= s or s == 1.0)
-    return "/".join(_num(v / scale) for v in values_ns) + f" {unit}"
+    return "/".join(num3(v / scale) for v in values_ns) + f" {unit}"
 
 
 def _seen(counts: Counts) -> list[tuple[str, str]]:
