@@ -67,6 +67,8 @@ class LiveDisplay(Display):
     def refresh(self, aggregator: Aggregator, generator: GeneratorView) -> None:
         if self.live is None:
             return
+        send_ns = self.plan.send_ns
+        elapsed_ns = generator.elapsed_ns
         snap = Snapshot(
             last=self.last,
             summary=aggregator.cumulative(),
@@ -78,6 +80,10 @@ class LiveDisplay(Display):
             workers=worker_views(generator.workers),
             ts_source=ts_source(generator.workers),
             notes=tuple(self.notes[-3:]),
+            sent=sum(w.stats.sent for w in generator.workers),
+            send_ns=send_ns,
+            linger_ns=self.plan.profile.delay_ns,
+            sending_over=generator.interrupted or (send_ns is not None and elapsed_ns >= send_ns),
         )
         self.live.update(render(snap), refresh=True)
 
