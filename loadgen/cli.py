@@ -14,10 +14,11 @@ export could not be written; 2 bad profile, flags or targets; 130 interrupted be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from rich.console import Console
@@ -143,11 +144,10 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        code = _command(argv)
-        sys.stdout.flush()
-        return code
+        return _command(argv)
     except _ShowVersion:
-        print(f"loadgen {__version__}")
+        with contextlib.suppress(OSError):
+            print(f"loadgen {__version__}", flush=True)
         return EXIT_OK
     except LoadgenError as exc:
         _say(f"error: {exc}")
@@ -159,15 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into `head` and the like: the reader left, nothing more to say.
         _drop_stdout()
         return EXIT_FAILED
-    except OSError as exc:
-        if exc.errno is None or not _stdout_failed():
-            raise
+    except _StdoutFailed as exc:
         _drop_stdout()
-        name = errno.errorcode.get(exc.errno, "error")
-        _say(
-            f"error: writing to standard output failed: {exc.strerror} ({name}); redirect it "
-            "to a file on a disk with room, or to a terminal"
-        )
+        _say(f"error: {exc}")
         return EXIT_FAILED
 
 
@@ -185,13 +179,16 @@ def _say(text: str) -> None:
     print(f"loadgen: {text}", file=sys.stderr, flush=True)
 
 
-def _stdout_failed() -> bool:
-    """Whether standard output is what failed: flushing it again fails too."""
-    try:
-        sys.stdout.flush()
-    except OSError:
-        return True
-    return False
+class _StdoutFailed(LoadgenError):
+    """Standard output cannot be written (disk full, a file made read-only)."""
+
+    @classmethod
+    def of(cls, exc: OSError) -> _StdoutFailed:
+        name = errno.errorcode.get(exc.errno or 0, "error")
+        return cls(
+            f"writing to standard output failed: {exc.strerror or exc} ({name}); send it to "
+            "a terminal or to a file on a disk with room"
+        )
 
 
 def _drop_stdout() -> None:
@@ -204,7 +201,8 @@ def _check(profile: Profile) -> int:
     plan, warnings = plan_run(profile)
     for w in warnings:
         _say(f"warning: {w}")
-    print(describe(plan))
+    with _writing_stdout():
+        print(describe(plan))
     return EXIT_OK
 
 
@@ -225,20 +223,7 @@ def _run(profile: Profile, *, plain: bool) -> int:
         warn=lambda text: _say(f"warning: {text}"),
         export_failed=export_failed,
     )
-    names = [t.name for t in result.plan.targets]
-    export = None if result.export_error else profile.jsonl
-    Console(highlight=False).print(
-        summary_view(result.outcome.summary, names, top=profile.top, export=export)
-    )
-    limited = result.outcome.limited_seconds
-    if limited:
-        listed = ", ".join(str(s) for s in limited[:10]) + (" ..." if len(limited) > 10 else "")
-        print(
-            f"WARNING: loadgen itself could not keep up in {len(limited)} second(s) ({listed}): "
-            "loss in those seconds may be ours, not the network's; see generator_limits in "
-            "the JSONL export, lower the rate or add workers",
-        )
-    sys.stdout.flush()
+    _print_summary(result, profile)
     for failure in result.outcome.failures:
         _say(f"error: {failure}")
     if result.export_error:
@@ -246,6 +231,35 @@ def _run(profile: Profile, *, plain: bool) -> int:
     if result.outcome.interrupted:
         _say("interrupted: the summary covers what was sent until then")
     return exit_code(result)
+
+
+def _print_summary(result: RunResult, profile: Profile) -> None:
+    names = [t.name for t in result.plan.targets]
+    export = None if result.export_error else profile.jsonl
+    view = summary_view(result.outcome.summary, names, top=profile.top, export=export)
+    limited = result.outcome.limited_seconds
+    with _writing_stdout():
+        Console(highlight=False).print(view)
+        if limited:
+            shown = ", ".join(map(str, limited[:10])) + (" ..." if len(limited) > 10 else "")
+            print(
+                f"WARNING: loadgen itself could not keep up in {len(limited)} second(s) "
+                f"({shown}): loss in those seconds may be ours, not the network's; see "
+                "generator_limits in the JSONL export, lower the rate or add workers",
+            )
+
+
+@contextlib.contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """Print and flush within: a failure becomes one line (a reader that left is not a
+    failure: main ends quietly)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _StdoutFailed.of(exc) from None
 
 
 def exit_code(result: RunResult) -> int:

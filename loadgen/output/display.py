@@ -100,8 +100,16 @@ class PlainDisplay(Display):
         self.quiet = quiet
 
     def second(self, report: SecondReport) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        try:
             print(plain_line(report), flush=True)
+        except BrokenPipeError:
+            raise  # the reader left: cli ends quietly
+        except OSError:
+            # Standard output is full or gone: the run goes on to its exports, and cli says
+            # so in one line when the summary cannot be written either.
+            self.quiet = True
 
     def note(self, text: str) -> None:
         if not self.quiet:
