@@ -157,6 +157,46 @@ def test_out_of_range_ttl_is_a_usage_error() -> None:
 
 
 @pytest.mark.root
+def test_interface_and_source_bind_the_socket() -> None:
+    sock = open_icmp_v4(
+        ttl=64,
+        tos=0,
+        timestamps=TimestampMode.AUTO,
+        bpf_program=None,
+        interface="lo",
+        source="127.0.0.5",
+    )
+    with sock.sock:
+        bound = sock.sock.getsockopt(socket.SOL_SOCKET, sockets.SO_BINDTODEVICE, 16)
+        assert bound.rstrip(b"\0") == b"lo"
+        assert sock.sock.getsockname()[0] == "127.0.0.5"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        (("nosuchif0", None), "binding to interface 'nosuchif0': ENODEV"),
+        ((None, "198.19.255.254"), "binding to source 198.19.255.254: EADDRNOTAVAIL"),
+    ],
+)
+def test_an_interface_or_source_that_is_not_here_is_one_line(
+    where: tuple[str | None, str | None], words: str
+) -> None:
+    interface, source = where
+    with pytest.raises(SocketProblem) as caught:
+        open_icmp_v4(
+            ttl=64,
+            tos=0,
+            timestamps=TimestampMode.AUTO,
+            bpf_program=None,
+            interface=interface,
+            source=source,
+        )
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.root
 def test_option_failure_names_the_option_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     fail_option(monkeypatch, sockets.SO_RXQ_OVFL, errno.ENOMEM)
     with pytest.raises(SocketProblem, match=r"SO_RXQ_OVFL.*ENOMEM.*lower rcvbuf_bytes"):
@@ -210,7 +250,7 @@ def test_bpf_program_the_kernel_refuses_is_reported() -> None:
     with pytest.raises(ValueError, match="8-byte instructions"):
         open_lo(bpf_program=b"\x06\x00\x00")
     load_only = struct.pack("=HBBI", 0x30, 0, 0, 0)  # ldb [0] with no return: invalid
-    with pytest.raises(SocketProblem, match=r"loadgen\.bpf"):
+    with pytest.raises(SocketProblem, match=r"loadgen\.wire\.bpf"):
         open_lo(bpf_program=load_only)
 
 
