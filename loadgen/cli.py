@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.text import Text
 
 from loadgen import __version__
 from loadgen.coordinator import Display
@@ -239,13 +240,16 @@ def _print_summary(result: RunResult, profile: Profile) -> None:
     view = summary_view(result.outcome.summary, names, top=profile.top, export=export)
     limited = result.outcome.limited_seconds
     with _writing_stdout():
-        Console(highlight=False).print(view)
+        console = Console(highlight=False)
+        console.print(view)
         if limited:
             shown = ", ".join(map(str, limited[:10])) + (" ..." if len(limited) > 10 else "")
-            print(
-                f"WARNING: loadgen itself could not keep up in {len(limited)} second(s) "
-                f"({shown}): loss in those seconds may be ours, not the network's; see "
-                "generator_limits in the JSONL export, lower the rate or add workers",
+            console.print(  # as Text, so it wraps between words at the console's width
+                Text(
+                    f"WARNING: loadgen itself could not keep up in {len(limited)} second(s) "
+                    f"({shown}): loss in those seconds may be ours, not the network's; see "
+                    "generator_limits in the JSONL export, lower the rate or add workers"
+                )
             )
 
 
