@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             print(f"loadgen {__version__}", flush=True)
         return EXIT_OK
+    except _StdoutFailed as exc:
+        _drop_stdout()
+        _say(f"error: {exc}")
+        return EXIT_FAILED
     except LoadgenError as exc:
         _say(f"error: {exc}")
         return exc.exit_code
@@ -159,10 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # Output piped into `head` and the like: the reader left, nothing more to say.
         _drop_stdout()
-        return EXIT_FAILED
-    except _StdoutFailed as exc:
-        _drop_stdout()
-        _say(f"error: {exc}")
         return EXIT_FAILED
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,15 @@ import pytest
 from numpy.typing import NDArray
 from rich.console import Console
 
-from loadgen.output.ui import Snapshot, WorkerView, fmt_ns, pick_targets, plain_line, render
+from loadgen.output.ui import (
+    Snapshot,
+    WorkerView,
+    fmt_ns,
+    pick_targets,
+    plain_line,
+    render,
+    sending_took,
+)
 from loadgen.stats import Aggregator, SecondReport
 from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
@@ -179,11 +188,23 @@ def test_during_the_linger_the_rate_is_the_sending_average_not_zero() -> None:
     snap, _ = snapshot(
         [0], [20_000], sent=1200, send_ns=S, elapsed_ns=S + 400_000_000, achieved_pps=0.0
     )
-    snap = dataclasses.replace(snap, linger_ns=2 * S, sending_over=True)
+    snap = dataclasses.replace(snap, linger_ns=2 * S, sent_in_ns=S)
     out = text(render(snap), width=80)
     assert "1,200 probes sent; waiting 0.4 of 2.0 s for the last replies" in out
     assert "rate 1,200 of 400 pps (while sending)" in out
     assert "rate 0" not in out
+
+
+def test_when_sending_is_over_and_how_long_it_took() -> None:
+    q = 250_000_000  # a refresh period
+    took = partial(sending_took, 4 * S, interrupted=False, period_ns=q)
+    assert took(3 * S, 3 * S) is None  # sending
+    assert took(4 * S + q, 4 * S + q) is None  # its time is up, but probes still went
+    assert took(4 * S + 2 * q, 4 * S + q) == 4 * S  # done on time: the planned time
+    assert took(6 * S, 5 * S) == 5 * S  # a generator behind its timetable sent until 5 s
+    assert sending_took(None, 9 * S, 9 * S, interrupted=False, period_ns=q) is None
+    assert sending_took(None, 9 * S, 9 * S, interrupted=True, period_ns=q) == 9 * S
+    assert sending_took(4 * S, 2 * S, 2 * S, interrupted=True, period_ns=q) == 2 * S
 
 
 def test_a_run_without_an_end_says_so() -> None:

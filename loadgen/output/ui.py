@@ -65,7 +65,7 @@ class Snapshot:
     sent: int = 0  # probes sent so far, all workers
     send_ns: int | None = None  # how long sending lasts; None: until interrupted
     linger_ns: int = 0  # how long the last replies are waited for once sending is over
-    sending_over: bool = False  # sending has ended (its time is up, or it was interrupted)
+    sent_in_ns: int | None = None  # once sending is over: how long it took (from the start)
 
 
 def num3(x: float) -> str:
@@ -167,17 +167,30 @@ def _name(names: Sequence[str], target: int) -> str:
     return names[target] if 0 <= target < len(names) else f"#{target}"
 
 
+def sending_took(
+    send_ns: int | None, elapsed_ns: int, last_busy_ns: int, *, interrupted: bool, period_ns: int
+) -> int | None:
+    """How long sending took, once it is seen over, else None. It is over when interrupted,
+    or when its time is up and the frame saw no new probe (`last_busy_ns`: elapsed time of
+    the last frame that did). A generator that kept its timetable took the planned time; one
+    behind it (still sending a frame past the plan), until its last probe was seen."""
+    if interrupted:
+        return elapsed_ns if send_ns is None else min(elapsed_ns, max(send_ns, last_busy_ns))
+    if send_ns is None or elapsed_ns < send_ns or last_busy_ns == elapsed_ns:
+        return None
+    return send_ns if last_busy_ns <= send_ns + period_ns else last_busy_ns
+
+
 def _progress(snap: Snapshot) -> str:
     """Where the run stands: sending (of how long), or waiting for the last replies."""
     elapsed_s, sent = snap.elapsed_ns / 1e9, f"{snap.sent:,} probes"
     send_ns = snap.send_ns
-    if not snap.sending_over:
+    if snap.sent_in_ns is None:
         if send_ns is None:
             return f"sending {elapsed_s:,.1f} s (until Ctrl-C), {sent}"
         share = min(1.0, snap.elapsed_ns / send_ns) if send_ns else 1.0
         return f"sending {elapsed_s:,.1f} of {send_ns / 1e9:,.1f} s ({share:.0%}), {sent}"
-    sent_s = snap.elapsed_ns if send_ns is None else min(snap.elapsed_ns, send_ns)
-    waited_s = max(0, snap.elapsed_ns - sent_s) / 1e9
+    waited_s = max(0, snap.elapsed_ns - snap.sent_in_ns) / 1e9
     return (
         f"{sent} sent; waiting {waited_s:,.1f} of {snap.linger_ns / 1e9:,.1f} s "
         "for the last replies"
@@ -188,13 +201,11 @@ def _rate(snap: Snapshot) -> Text:
     """The requested rate against what was achieved: the last moments while sending; once
     sending is over, the average over the sending time (never the 0 pps of the linger)."""
     achieved = snap.achieved_pps
-    if snap.sending_over:
-        sending_ns = snap.elapsed_ns if snap.send_ns is None else snap.send_ns
-        sending_ns = min(snap.elapsed_ns, sending_ns)
-        achieved = snap.sent * 1e9 / sending_ns if sending_ns > 0 else 0.0
+    if snap.sent_in_ns is not None:
+        achieved = snap.sent * 1e9 / snap.sent_in_ns if snap.sent_in_ns > 0 else 0.0
     short = snap.requested_pps > 0 and achieved < 0.98 * snap.requested_pps
     text = f"rate {achieved:,.0f} of {snap.requested_pps:,.0f} pps"
-    if snap.sending_over:
+    if snap.sent_in_ns is not None:
         text += " (while sending)"
     return Text(text, style="bold yellow" if short else "")
 
