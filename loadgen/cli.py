@@ -1,30 +1,48 @@
-"""The command line: the only place that prints errors and picks exit codes.
+"""The command line: the only place that prints errors and results and picks exit codes.
 
     loadgen run PROFILE.toml [--duration D] [--rate R] [--count N] [--jsonl FILE] ...
     loadgen ping TARGETS [-r RATE] [-s SIZE] [-t TTL] [-z TOS] [-c COUNT] [-d DELAY] [-w TIMEOUT]
+                         [-I IFACE] [-S ADDR] ...
     loadgen check PROFILE.toml
     loadgen lab up LAB.toml | status | down [PREFIX] [--all]
+    loadgen --version
 
-Exit codes: 0 ok, 1 nothing received or the run failed, 2 bad profile, flags or targets.
+Exit codes: 0 ok; 1 nothing came back, the run failed (a worker died, no permission) or an
+export could not be written; 2 bad profile, flags or targets; 130 interrupted before the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
-import secrets
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
-from loadgen.coordinator import default_cpus
+from rich.console import Console
+from rich.text import Text
+
+from loadgen import __version__
+from loadgen.coordinator import Display
 from loadgen.errors import LoadgenError, UsageError
-from loadgen.plan import describe, make_plan
+from loadgen.output.display import make_display
+from loadgen.output.summary import summary_view
+from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
-from loadgen.runner import run_profile
-from loadgen.targets import resolve_targets
+from loadgen.runner import RunResult, execute, plan_run
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _ShowVersion(Exception):
+    """--version was given: print it and stop, whatever else the command line says."""
+
+
+class _VersionAction(argparse.Action):
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise _ShowVersion
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +77,8 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
         help="send times from kernel TX timestamps (error queue) instead of user space",
     )
     flag("--tx-path", "", metavar="PATH", help='"ip" (default) or "packet": see tx_path')
+    flag("--interface", "I", metavar="IFACE", help="send and receive on this interface only")
+    flag("--source", "S", metavar="ADDR", help="send probes from this address of this host")
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -76,12 +96,15 @@ _FLAG_KEYS = (
     "timestamps",
     "tx_timestamps",
     "tx_path",
+    "interface",
+    "source",
     "top",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     top = _Parser(prog="loadgen", description="High-rate multi-target network prober.")
+    top.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a profile", description="Run a TOML profile.")
@@ -122,40 +145,131 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "lab":
-            return _lab(args)
-        profile = profile_from_args(args)
-        if args.command == "check":
-            return _check(profile)
-        return run_profile(profile, plain=args.plain or not sys.stdout.isatty())
+        return _command(argv)
+    except _ShowVersion:
+        with contextlib.suppress(OSError):
+            print(f"loadgen {__version__}", flush=True)
+        return EXIT_OK
+    except _StdoutFailed as exc:
+        _drop_stdout()
+        _say(f"error: {exc}")
+        return EXIT_FAILED
     except LoadgenError as exc:
-        print(f"loadgen: error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("loadgen: interrupted", file=sys.stderr)
-        return 130
+        _say("interrupted")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Output piped into `head` and the like: the reader left, nothing more to say.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_FAILED
 
 
+def _command(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "lab":
+        return _lab(args)
+    profile = profile_from_args(args)
+    if args.command == "check":
+        return _check(profile)
+    return _run(profile, plain=args.plain or not sys.stdout.isatty())
+
+
+def _say(text: str) -> None:
+    print(f"loadgen: {text}", file=sys.stderr, flush=True)
+
+
+class _StdoutFailed(LoadgenError):
+    """Standard output cannot be written (disk full, a file made read-only)."""
+
+    @classmethod
+    def of(cls, exc: OSError) -> _StdoutFailed:
+        name = errno.errorcode.get(exc.errno or 0, "error")
+        return cls(
+            f"writing to standard output failed: {exc.strerror or exc} ({name}); send it to "
+            "a terminal or to a file on a disk with room"
+        )
+
+
+def _drop_stdout() -> None:
+    # What is still buffered for stdout would fail again at exit, with a traceback.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def _check(profile: Profile) -> int:
-    resolved = resolve_targets(
-        profile.targets, max_targets=profile.max_targets, family=profile.family
-    )
-    for spec, reason in resolved.unresolved:
-        print(f"loadgen: warning: cannot resolve {spec!r} ({reason}); it is left out")
-    plan = make_plan(
+    plan, warnings = plan_run(profile)
+    for w in warnings:
+        _say(f"warning: {w}")
+    with _writing_stdout():
+        print(describe(plan))
+    return EXIT_OK
+
+
+def _run(profile: Profile, *, plain: bool) -> int:
+    shown: list[Display] = []
+
+    def display(plan: RunPlan) -> Display:
+        shown.append(make_display(plan, plain=plain, quiet=False))
+        return shown[-1]
+
+    def export_failed(text: str) -> None:
+        if not plain:  # on the live screen now; off it, the line after the summary says it
+            shown[-1].note(f"{text}; the run goes on")
+
+    result = execute(
         profile,
-        resolved.targets,
-        cpus_available=default_cpus(),
-        run_id=secrets.randbits(32),
-        ident_base=os.getpid(),
+        display=display,
+        warn=lambda text: _say(f"warning: {text}"),
+        export_failed=export_failed,
     )
-    print(describe(plan))
+    _print_summary(result, profile)
+    for failure in result.outcome.failures:
+        _say(f"error: {failure}")
+    if result.export_error:
+        _say(f"error: {result.export_error}")
+    if result.outcome.interrupted:
+        _say("interrupted: the summary covers what was sent until then")
+    return exit_code(result)
+
+
+def _print_summary(result: RunResult, profile: Profile) -> None:
+    names = [t.name for t in result.plan.targets]
+    export = None if result.export_error else profile.jsonl
+    view = summary_view(result.outcome.summary, names, top=profile.top, export=export)
+    limited = result.outcome.limited_seconds
+    with _writing_stdout():
+        console = Console(highlight=False)
+        console.print(view)
+        if limited:
+            shown = ", ".join(map(str, limited[:10])) + (" ..." if len(limited) > 10 else "")
+            console.print(  # as Text, so it wraps between words at the console's width
+                Text(
+                    f"WARNING: loadgen itself could not keep up in {len(limited)} second(s) "
+                    f"({shown}): loss in those seconds may be ours, not the network's; see "
+                    "generator_limits in the JSONL export, lower the rate or add workers"
+                )
+            )
+
+
+@contextlib.contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """Print and flush within: a failure becomes one line (a reader that left is not a
+    failure: main ends quietly)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _StdoutFailed.of(exc) from None
+
+
+def exit_code(result: RunResult) -> int:
+    """1 if a worker failed, the export could not be written or nothing came back; else 0."""
+    if result.outcome.failures or result.export_error or result.replies == 0:
+        return EXIT_FAILED
     return EXIT_OK
 
 

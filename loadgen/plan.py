@@ -100,6 +100,7 @@ def probe_settings(profile: Profile) -> ProbeSettings:
         tx_timestamps=profile.tx_timestamps,
         tx_path=profile.tx_path,
         interface=profile.interface,
+        source=profile.source_address,
     )
 
 
@@ -220,7 +221,8 @@ def describe(plan: RunPlan) -> str:
         rate,
         f"probes: {profile.probe}, {profile.size}-byte payload, ttl {profile.ttl}, "
         f"tos 0x{profile.tos:02x}"
-        + (f", interface {profile.interface}" if profile.interface else ""),
+        + (f", interface {profile.interface}" if profile.interface else "")
+        + (f", from {profile.source_address}" if profile.source_address else ""),
         _stop_rule(plan),
         f"timeout: {format_duration(profile.timeout_ns)} (later replies count as late); "
         f"delay: {format_duration(profile.delay_ns)} (then unanswered probes count as lost)",

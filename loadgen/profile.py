@@ -39,7 +39,8 @@ class Profile:
     timestamps: str  # auto | software | hardware | user
     tx_timestamps: bool
     tx_path: str  # ip | packet
-    interface: str | None
+    interface: str | None  # bind every socket to it
+    source_address: str | None  # key `source`: bind every socket to this address
     probe: str
     family: str  # auto | ipv4 | ipv6
     max_targets: int  # cap on CIDR expansion

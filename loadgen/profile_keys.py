@@ -8,6 +8,7 @@ to write instead. `profile` validates with this table and renders profiles/examp
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,13 @@ from loadgen.units import (
     parse_size,
     show_value,
 )
+from loadgen.wire.family import IPV4, IPV6
+from loadgen.wire.icmp import MIN_PAYLOAD
 
-MIN_SIZE = 28  # our probe header (docs/DESIGN.md); the fill pattern follows it
-MAX_SIZE = 65507 - 8  # largest IPv4 ICMP payload, less the 8-byte ICMP header
+# `size` is the ICMP payload: our probe header (docs/DESIGN.md) at least, and at most what one
+# datagram of either family holds: IPv4's 65535 - 20 (IP header) - 8 (ICMP header) = 65507 is
+# the smaller, and one size serves every target of a run.
+MIN_SIZE, MAX_SIZE = MIN_PAYLOAD, min(IPV4.max_payload, IPV6.max_payload)
 DEFAULT_DELAY_NS = 2 * NS_PER_S
 
 
@@ -138,6 +143,19 @@ def _interface(value: Any, key: str) -> str:
         fix = 'write an interface name such as "lo" or "eth0" (see `ip link`)'
         raise UsageError(bad_value(key, value, "not a valid interface name", fix))
     return str(value)
+
+
+def _source(value: Any, key: str) -> str:
+    fix = 'write an IPv4 address of this host, such as "127.0.0.1" (see `ip -brief addr`)'
+    try:
+        address = ipaddress.ip_address(value.strip() if isinstance(value, str) else "")
+    except ValueError:
+        raise UsageError(bad_value(key, value, "not an IP address", fix)) from None
+    if address.version != 4:
+        raise UsageError(bad_value(key, value, "IPv6 probing is not implemented yet", fix))
+    if address.is_unspecified or address.is_multicast:
+        raise UsageError(bad_value(key, value, "not an address a probe can come from", fix))
+    return str(address)
 
 
 def _path(value: Any, key: str) -> str:
@@ -301,8 +319,21 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         "interface",
         _interface,
         None,
-        "Send and receive only on this interface (SO_BINDTODEVICE). Default: routing decides.",
+        "Send and receive only on this interface: every socket of the run is bound to it "
+        '(SO_BINDTODEVICE; with tx_path = "packet" next hops are looked up through it), '
+        "and a target the routing table does not reach through it is refused at start. It is "
+        "also the NIC asked for hardware timestamps. Default: routing decides.",
         'interface = "lo"',
+        commented=True,
+    ),
+    ProfileKey(
+        "source",
+        "source_address",
+        _source,
+        None,
+        "Send probes from this address of this host (the sockets are bound to it, so only "
+        "replies to it are counted). Default: the routing table picks it per target.",
+        'source = "127.0.0.1"',
         commented=True,
     ),
     ProfileKey(

@@ -1,21 +1,22 @@
-"""One run, start to finish: resolve targets, plan, (lab up), coordinate, report, (lab down).
+"""One run, start to finish: resolve targets, plan, (lab up), coordinate, export, (lab down).
 
-Owns the order of those steps and the exit code; knows nothing of sockets or of rendering
-details. `cli` calls `run_profile`; tests call `execute` to get the outcome as a value.
+Owns the order of those steps and returns what happened as a value (`RunResult`); it prints
+nothing and picks no exit code (that is `cli`). `plan_run` is the one way a plan is made, for
+`loadgen run` and `loadgen check` alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from loadgen.coordinator import Coordinator, RunOutcome, default_cpus
+from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import TargetError
-from loadgen.output.display import make_display
-from loadgen.output.report import JsonlWriter, summary_text
+from loadgen.net.linkpath import check_interface
+from loadgen.net.sockets import check_source
+from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
 from loadgen.stats import SecondReport
@@ -26,14 +27,14 @@ from loadgen.targets import Target, resolve_targets
 class RunResult:
     plan: RunPlan
     outcome: RunOutcome
-    warnings: tuple[str, ...]
+    warnings: tuple[str, ...]  # targets left out, before the run
+    export_error: str | None = None  # the JSONL export failed: one line naming file and fix
 
     @property
-    def exit_code(self) -> int:
+    def replies(self) -> int:
+        """Good replies, in time or late: 0 means nothing came back at all."""
         total = self.outcome.summary.total.counts
-        if self.outcome.failures or total.received + total.late == 0:
-            return 1
-        return 0
+        return total.received + total.late
 
 
 @contextlib.contextmanager
@@ -49,11 +50,23 @@ def _lab_for(profile: Profile) -> Iterator[tuple[Target, ...] | None]:
 
 
 def plan_run(
-    profile: Profile, lab_targets: tuple[Target, ...] | None = None
+    profile: Profile,
+    lab_targets: tuple[Target, ...] | None = None,
+    *,
+    run_id: int | None = None,
+    ident_base: int | None = None,
 ) -> tuple[RunPlan, list[str]]:
+    """Resolve the targets, check the interface and source address against this host, and
+    make the plan; returns it with warnings about targets left out. The run id and identifier
+    base are random unless given."""
     warnings: list[str] = []
     if lab_targets is not None:
         targets: tuple[Target, ...] = lab_targets
+    elif profile.lab is not None and not profile.targets:
+        raise TargetError(
+            f"{profile.source}: the targets are the hosts of its [lab], known once the lab is "
+            "up: `loadgen run` it, or give targets"
+        )
     else:
         resolved = resolve_targets(
             profile.targets, max_targets=profile.max_targets, family=profile.family
@@ -64,38 +77,53 @@ def plan_run(
         targets = resolved.targets
     if not targets:
         raise TargetError("no targets to probe: give at least one address, range or host name")
+    if profile.source_address is not None:
+        check_source(profile.source_address)
+    if profile.interface is not None:
+        check_interface(profile.interface, [t.address for t in targets])
     plan = make_plan(
         profile,
         targets,
         cpus_available=default_cpus(),
-        run_id=secrets.randbits(32),
-        ident_base=secrets.randbits(16),
+        run_id=secrets.randbits(32) if run_id is None else run_id,
+        ident_base=secrets.randbits(16) if ident_base is None else ident_base,
     )
     return plan, warnings
 
 
-def execute(profile: Profile, *, plain: bool = True, quiet: bool = True) -> RunResult:
-    """Run a profile and return the outcome (the JSONL export is written if the profile asks)."""
+def execute(
+    profile: Profile,
+    *,
+    display: Callable[[RunPlan], Display] = lambda plan: Display(),
+    warn: Callable[[str], None] = lambda text: None,
+    export_failed: Callable[[str], None] = lambda text: None,
+) -> RunResult:
+    """Run a profile and return the outcome. `display(plan)` makes what shows the run, `warn`
+    hears about targets left out before it starts, `export_failed` the moment the JSONL
+    export fails (the run goes on; the failure is in the result as well)."""
     with _lab_for(profile) as lab_targets:
         plan, warnings = plan_run(profile, lab_targets)
         for w in warnings:
-            print(f"loadgen: warning: {w}", file=sys.stderr)
-        display = make_display(plan, plain=plain, quiet=quiet)
+            warn(w)
+        shown = display(plan)
         writer = JsonlWriter(profile.jsonl) if profile.jsonl else None
         names = [t.name for t in plan.targets]
 
         def on_second(report: SecondReport) -> None:
-            if writer is not None:
+            if writer is not None and writer.error is None:
                 writer.write_second(report, names)
+                if writer.error is not None:
+                    export_failed(writer.error)
 
         try:
-            outcome = Coordinator(plan, display=display, on_second=on_second).run()
+            outcome = Coordinator(plan, display=shown, on_second=on_second).run()
             if writer is not None:
                 writer.write_summary(outcome.summary, names, _extra(plan, outcome))
         finally:
             if writer is not None:
                 writer.close()
-    return RunResult(plan, outcome, tuple(warnings))
+    error = writer.error if writer is not None else None
+    return RunResult(plan, outcome, tuple(warnings), error)
 
 
 def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
@@ -105,6 +133,8 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "workers": len(plan.workers),
         "tx_path": plan.profile.tx_path,
         "tx_timestamps": plan.profile.tx_timestamps,
+        "interface": plan.profile.interface,
+        "source": plan.profile.source_address,
         "interrupted": outcome.interrupted,
         "failures": list(outcome.failures),
         "duration_s": (outcome.end_ns - outcome.start_ns) / 1e9,
@@ -112,22 +142,3 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "rx_dropped": sum(w.rx_dropped for w in outcome.workers),
         "generator_limited_seconds": list(outcome.limited_seconds),
     }
-
-
-def run_profile(profile: Profile, *, plain: bool) -> int:
-    result = execute(profile, plain=plain, quiet=False)
-    names = [t.name for t in result.plan.targets]
-    print(summary_text(result.outcome.summary, names))
-    for failure in result.outcome.failures:
-        print(f"loadgen: error: {failure}", file=sys.stderr)
-    limited = result.outcome.limited_seconds
-    if limited:
-        shown = ", ".join(str(s) for s in limited[:10]) + (" ..." if len(limited) > 10 else "")
-        print(
-            f"WARNING: loadgen itself could not keep up in {len(limited)} second(s) ({shown}): "
-            "loss in those seconds may be ours, not the network's; see generator_limits in "
-            "the JSONL export, lower the rate or add workers",
-        )
-    if result.outcome.interrupted:
-        print("loadgen: interrupted: the summary covers what was sent until then", file=sys.stderr)
-    return result.exit_code

@@ -117,8 +117,10 @@ class Worker:
             timestamps=TimestampMode(probe.timestamps),
             bpf_program=bpf.pack(bpf.echo_filter_v4(plan.ident)),
             interface=probe.interface or None,
+            source=probe.source or None,
         )
-        self.io = BatchIO(self.sock)
+        # A receive slot holds the largest reply: IPv4 header with options, ICMP, payload.
+        self.io = BatchIO(self.sock, slot_bytes=max(2048, 60 + ICMP_HEADER_LEN + probe.size))
         self.decoder = ReplyDecoder(plan.ident, plan.run_id, probe.size)
         self.global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
         self.addresses = np.array(
@@ -162,8 +164,11 @@ class Worker:
     def _use_link_path(self) -> int:
         """Resolve every target's next hop and send through a packet socket from now on;
         returns the header room the builder leaves for the IPv4 headers written per batch."""
-        hops = linkpath.resolve_hops([int(a) for a in self.addresses])
-        self.io.use_link_tx(linkpath.open_link_tx(), linkpath.SOCKADDR_LL.size)
+        interface, source = self.probe.interface, self.probe.source
+        hops = linkpath.resolve_hops(
+            [int(a) for a in self.addresses], interface=interface, source=source
+        )
+        self.io.use_link_tx(linkpath.open_link_tx(interface=interface), linkpath.SOCKADDR_LL.size)
         names = b"".join(hop.sockaddr() for hop in hops)
         self.destinations = np.frombuffer(names, np.uint8).reshape(len(hops), -1)
         self.ip_headers = Ipv4Headers(

@@ -35,6 +35,7 @@ PURE = (
     "profile.py",
     "profile_keys.py",
     "output/ui.py",
+    "output/summary.py",
 )
 
 FORBIDDEN = (

@@ -38,6 +38,7 @@ SETTINGS = ProbeSettings(
     tx_timestamps=False,
     tx_path="packet",
     interface="lo",
+    source="127.0.0.5",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 
 from loadgen.errors import UsageError
 from loadgen.output import report
-from loadgen.output.report import JSONL_SCHEMA_VERSION, JsonlWriter, summary_text
+from loadgen.output.report import JSONL_SCHEMA_VERSION, JsonlWriter
+from loadgen.output.summary import summary_text
 from loadgen.stats import Aggregator, RunSummary, SecondReport
 from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
@@ -51,16 +53,15 @@ def test_summary_text_reads_like_ping() -> None:
     _, summary = sample_run()
     text = summary_text(summary, NAMES)
     assert "--- alpha.test loadgen statistics ---" in text
-    assert (
-        "4 transmitted, 2 received, 25% packet loss, 1 late, 0 errors, 1 duplicates, "
-        "0 reordered, 0 bitflips, 0 corrupted, 0 icmp errors, 0 stale" in text
-    )
+    assert "4 transmitted, 2 received, 25% packet loss, 1 late, 0 errors\n" in text
+    assert "1 duplicates, 0 reordered, 0 bitflips, 0 corrupted, 0 icmp errors, 0 stale" in text
     assert "rtt min/avg/max/mdev = 0.100/0.200/0.300/0.100 ms" in text
     assert "rtt p50/p90/p99 = " in text and "jitter = 0.200 ms" in text
     assert "--- bravo.test loadgen statistics ---" in text
     assert "2 transmitted, 1 received, 0% packet loss, 0 late, 1 errors" in text
     assert "1 icmp errors" in text
     assert "charlie.test" not in text and "1 targets sent nothing" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
     assert "--- total (3 targets, 2 s) loadgen statistics ---" in text
     assert "6 transmitted, 3 received, 16.67% packet loss" in text
     assert "timestamps: rx kernel, tx user" in text
@@ -120,6 +121,49 @@ def test_jsonl_is_flushed_after_every_second(tmp_path: Path) -> None:
 def test_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="pick a writable path"):
         JsonlWriter(str(tmp_path / "missing-dir" / "x.jsonl"))
+
+
+def test_a_full_disk_stops_the_export_with_one_line_and_never_raises() -> None:
+    reports, summary = sample_run()
+    out = JsonlWriter("/dev/full")
+    for r in reports:
+        out.write_second(r, NAMES)  # the run goes on: nothing raises
+    out.write_summary(summary, NAMES)
+    out.close()
+    assert out.error is not None and "\n" not in out.error
+    assert out.error.startswith("writing the JSONL export '/dev/full' failed after 0 lines: ")
+    assert "(ENOSPC)" in out.error and "free some disk space" in out.error
+
+
+def test_an_export_removed_during_the_run_is_a_failure(tmp_path: Path) -> None:
+    reports, _ = sample_run()
+    path = tmp_path / "gone.jsonl"
+    out = JsonlWriter(str(path))
+    out.write_second(reports[0], NAMES)
+    path.unlink()
+    out.write_second(reports[1], NAMES)  # the kernel takes it: the file is only unlinked
+    out.close()
+    assert out.error == (
+        f"the JSONL export {str(path)!r} was removed or replaced during the run (its 4 lines "
+        "went with it); leave the file alone until loadgen ends"
+    )
+    kept = JsonlWriter(str(tmp_path / "kept.jsonl"))
+    kept.write_second(reports[0], NAMES)
+    kept.close()
+    assert kept.error is None
+
+
+def test_a_pipe_whose_reader_left_is_named_with_its_fix(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    out = JsonlWriter(str(fifo))
+    os.close(reader)
+    reports, _ = sample_run()
+    out.write_second(reports[0], NAMES)
+    out.close()
+    assert out.error is not None and "(EPIPE)" in out.error
+    assert "keep it reading" in out.error
 
 
 def test_every_documented_key_is_written(tmp_path: Path) -> None:

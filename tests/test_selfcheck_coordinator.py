@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from loadgen.coordinator import Coordinator, Display, WorkerHandle
-from loadgen.output.report import summary_text
+from loadgen.output.summary import summary_text
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import parse_profile
 from loadgen.stats import SecondReport

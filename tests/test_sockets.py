@@ -157,6 +157,46 @@ def test_out_of_range_ttl_is_a_usage_error() -> None:
 
 
 @pytest.mark.root
+def test_interface_and_source_bind_the_socket() -> None:
+    sock = open_icmp_v4(
+        ttl=64,
+        tos=0,
+        timestamps=TimestampMode.AUTO,
+        bpf_program=None,
+        interface="lo",
+        source="127.0.0.5",
+    )
+    with sock.sock:
+        bound = sock.sock.getsockopt(socket.SOL_SOCKET, sockets.SO_BINDTODEVICE, 16)
+        assert bound.rstrip(b"\0") == b"lo"
+        assert sock.sock.getsockname()[0] == "127.0.0.5"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        (("nosuchif0", None), "binding to interface 'nosuchif0': ENODEV"),
+        ((None, "198.19.255.254"), "binding to source 198.19.255.254: EADDRNOTAVAIL"),
+    ],
+)
+def test_an_interface_or_source_that_is_not_here_is_one_line(
+    where: tuple[str | None, str | None], words: str
+) -> None:
+    interface, source = where
+    with pytest.raises(SocketProblem) as caught:
+        open_icmp_v4(
+            ttl=64,
+            tos=0,
+            timestamps=TimestampMode.AUTO,
+            bpf_program=None,
+            interface=interface,
+            source=source,
+        )
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.root
 def test_option_failure_names_the_option_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     fail_option(monkeypatch, sockets.SO_RXQ_OVFL, errno.ENOMEM)
     with pytest.raises(SocketProblem, match=r"SO_RXQ_OVFL.*ENOMEM.*lower rcvbuf_bytes"):

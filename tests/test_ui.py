@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,15 @@ import pytest
 from numpy.typing import NDArray
 from rich.console import Console
 
-from loadgen.output.ui import Snapshot, WorkerView, fmt_ns, pick_targets, plain_line, render
+from loadgen.output.ui import (
+    Snapshot,
+    WorkerView,
+    fmt_ns,
+    pick_targets,
+    plain_line,
+    render,
+    sending_took,
+)
 from loadgen.stats import Aggregator, SecondReport
 from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
 
@@ -41,6 +51,7 @@ def snapshot(
     top: int = 10,
     extra: list[int] | None = None,
     workers: tuple[WorkerView, ...] = (),
+    **fields: Any,
 ) -> tuple[Snapshot, SecondReport]:
     agg = Aggregator(len(losses), START, S)
     agg.add(records(losses, rtt_ns, extra))
@@ -57,7 +68,7 @@ def snapshot(
         ts_source="rx kernel, tx user",
         notes=("profile: lab/default",),
     )
-    return snap, last
+    return dataclasses.replace(snap, **fields), last
 
 
 def text(renderable: Any, width: int = 200) -> str:
@@ -87,13 +98,13 @@ def test_table_shows_targets_numbers_and_totals() -> None:
     assert "200" in total_line and "195" in total_line and "2.50%" in total_line
     assert "5.00%" in out  # bravo's loss, cumulative and last second
     assert "µs" in out and "ms" in out
-    assert "399 of 400 pps requested" in out
+    assert "rate 399 of 400 pps" in out
     assert "#0 cpu0 45% 200 sent" in out
     assert "#1 cpu1 pid 102 DEAD" in out
     assert "rx kernel, tx user" in out and "rx kernel, tx user" in out
     assert "profile: lab/default" in out
     assert "more targets not shown" not in out
-    assert "side events: -; none so far: late, err, dup" in out  # and no columns for them
+    assert "no side events yet: late, err, dup" in out  # and no columns for them
     assert "reord" not in out.split("side events")[0]
 
 
@@ -115,7 +126,7 @@ def test_event_columns_appear_once_seen_and_unaccounted_is_loud() -> None:
     out = text(render(snap))
     header = next(line for line in out.splitlines() if "target" in line and "sent" in line)
     assert "dup" in header and "bitflip" in header and "icmp-err" not in header
-    assert "side events: dup 1, bitflip 1; none so far: late, err, reord," in out
+    assert "side events: dup 1, bitflip 1; none yet: late, err, reord," in out
     assert "total [+1 unacc.]" in out and "BUG:" in out
 
 
@@ -155,3 +166,47 @@ def test_narrow_consoles_get_a_compact_table_with_nothing_cut(width: int) -> Non
     assert "301" in total and "1.99%" in total  # 6 of 300 lost, 1 probe unaccounted
     assert ("rtt min/avg/max/mdev" in out) == (width >= 140)
     assert ("recv" in out) == (width >= 90)
+
+
+WORKERS = tuple(WorkerView(i, i, 100 + i, 45.0, 123_456, 0, 0, True) for i in range(4))
+
+
+def test_a_bounded_run_shows_its_progress_and_keeps_each_line_in_80_columns() -> None:
+    snap, _ = snapshot(
+        [0, 1, 2], [20_000, 30_000, 40_000], workers=WORKERS, sent=600, send_ns=4 * S
+    )
+    out = text(render(snap), width=80)
+    assert "sending 1.5 of 4.0 s (38%), 600 probes   rate 399 of 400 pps" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "#3 cpu3 45% 123,456 sent" in out  # four workers, wrapped between workers
+    wide = text(render(snap), width=200)
+    assert "rate 399 of 400 pps   timestamps: rx kernel, tx user" in wide
+    assert len(wide.splitlines()) < len(out.splitlines())
+
+
+def test_during_the_linger_the_rate_is_the_sending_average_not_zero() -> None:
+    snap, _ = snapshot(
+        [0], [20_000], sent=1200, send_ns=S, elapsed_ns=S + 400_000_000, achieved_pps=0.0
+    )
+    snap = dataclasses.replace(snap, linger_ns=2 * S, sent_in_ns=S)
+    out = text(render(snap), width=80)
+    assert "1,200 probes sent; waiting 0.4 of 2.0 s for the last replies" in out
+    assert "rate 1,200 of 400 pps (while sending)" in out
+    assert "rate 0" not in out
+
+
+def test_when_sending_is_over_and_how_long_it_took() -> None:
+    q = 250_000_000  # a refresh period
+    took = partial(sending_took, 4 * S, interrupted=False, period_ns=q)
+    assert took(3 * S, 3 * S) is None  # sending
+    assert took(4 * S + q, 4 * S + q) is None  # its time is up, but probes still went
+    assert took(4 * S + 2 * q, 4 * S + q) == 4 * S  # done on time: the planned time
+    assert took(6 * S, 5 * S) == 5 * S  # a generator behind its timetable sent until 5 s
+    assert sending_took(None, 9 * S, 9 * S, interrupted=False, period_ns=q) is None
+    assert sending_took(None, 9 * S, 9 * S, interrupted=True, period_ns=q) == 9 * S
+    assert sending_took(4 * S, 2 * S, 2 * S, interrupted=True, period_ns=q) == 2 * S
+
+
+def test_a_run_without_an_end_says_so() -> None:
+    snap, _ = snapshot([0], [20_000], sent=15)
+    assert "sending 1.5 s (until Ctrl-C), 15 probes" in text(render(snap), width=80)

@@ -32,6 +32,7 @@ SO_TIMESTAMPNS = 35  # also the SCM type of its cmsg
 SO_TIMESTAMPING = 37  # also SCM_TIMESTAMPING (64-bit timespecs on 64-bit kernels)
 SO_RXQ_OVFL = 40
 SO_MEMINFO = 55
+SO_BINDTODEVICE = 25
 SCM_TS_OPT_ID = 81  # Linux 6.13+: the OPT_ID of one send, chosen by the sender
 IP_RECVERR = 11
 SIOCSHWTSTAMP = 0x89B0
@@ -40,6 +41,7 @@ SO_EE_ORIGIN_TIMESTAMPING = 4
 SCM_TSTAMP_SND = 0
 BPF_MAXINSNS = 4096
 _BUG = "please report this line as a bug in loadgen"
+_SOURCE_FIX = "give an address of this host (see `ip -brief addr`) to -S/--source"
 _SEND_FIXES = {
     errno.EPERM: "a firewall rule refused the probe: check `nft list ruleset` for output rules",
     errno.EACCES: "the target is a broadcast address: remove it from the targets",
@@ -160,9 +162,13 @@ def open_icmp_v4(
     timestamps: TimestampMode,
     bpf_program: bytes | None,
     interface: str | None = None,
+    source: str | None = None,
 ) -> IcmpSocket:
     """A non-blocking raw ICMPv4 socket, configured; raises PermissionProblem/SocketProblem.
-    `interface` is only used to look at (HARDWARE: configure) the NIC's hardware stamping."""
+    With `interface` it sends and receives on that interface only (SO_BINDTODEVICE; its error
+    queue, where TX stamps come back, is the same socket's), and it is the NIC whose hardware
+    stamping is looked at (HARDWARE: configured). With `source` the probes leave from that
+    address and only replies to it are received."""
     spec = IPV4  # everything below is written against the spec, so IPv6 can reuse it
     if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
         raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
@@ -174,6 +180,7 @@ def open_icmp_v4(
         sock.setblocking(False)
         notes: list[str] = []
         _configure(sock, spec, ttl, tos, rcvbuf_bytes, sndbuf_bytes, notes)
+        _bind(sock, interface, source)
         if bpf_program is not None:
             _attach_filter(sock, bpf_program)
         flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
@@ -225,6 +232,32 @@ def _configure(
                 raise problem(f"setting {key}", exc.errno or 0) from None
             if sock.getsockopt(socket.SOL_SOCKET, plain) < size:
                 notes.append(f"{key} capped by {sysctl}: raise it with `sysctl -w {sysctl}={size}`")
+
+
+def _bind(sock: socket.socket, interface: str | None, source: str | None) -> None:
+    if interface is not None:
+        try:
+            _set_option(sock, socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+        except OSError as exc:
+            fix = "pick one from `ip -brief link`" if exc.errno == errno.ENODEV else ""
+            raise problem(f"binding to interface {interface!r}", exc.errno or 0, fix) from None
+    if source is not None:
+        try:
+            sock.bind((source, 0))
+        except OSError as exc:
+            raise problem(f"binding to source {source}", exc.errno or 0, _SOURCE_FIX) from None
+
+
+def check_source(source: str) -> None:
+    """Refuse a source address this host does not have, before any worker starts: a UDP
+    socket bound to it and closed again."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((source, 0))
+        except OSError as exc:
+            raise UsageError(
+                f"source {source}: {os.strerror(exc.errno or 0)}; {_SOURCE_FIX}"
+            ) from None
 
 
 def _attach_filter(sock: socket.socket, program: bytes) -> None:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 
 from loadgen.coordinator import Display, GeneratorView, WorkerHandle
-from loadgen.output.ui import Snapshot, WorkerView, plain_line, render
+from loadgen.output.ui import Snapshot, WorkerView, plain_line, render, sending_took
 from loadgen.plan import RunPlan
 from loadgen.stats import Aggregator, SecondReport
 
@@ -52,6 +52,9 @@ class LiveDisplay(Display):
         self.notes: list[str] = []
         self.live: Live | None = None
         self.workers: tuple[WorkerHandle, ...] = ()
+        self.sent = 0  # probes sent, as of the last frame
+        self.last_busy_ns = 0  # elapsed time of the last frame that saw more probes sent
+        self.sent_in_ns: int | None = None  # how long sending took, once it is over
 
     def started(self, plan: RunPlan, workers: tuple[WorkerHandle, ...]) -> None:
         self.workers = workers
@@ -67,6 +70,18 @@ class LiveDisplay(Display):
     def refresh(self, aggregator: Aggregator, generator: GeneratorView) -> None:
         if self.live is None:
             return
+        send_ns, elapsed_ns = self.plan.send_ns, generator.elapsed_ns
+        sent = sum(w.stats.sent for w in generator.workers)
+        if sent != self.sent:
+            self.sent, self.last_busy_ns = sent, elapsed_ns
+        if self.sent_in_ns is None:
+            self.sent_in_ns = sending_took(
+                send_ns,
+                elapsed_ns,
+                self.last_busy_ns,
+                interrupted=generator.interrupted,
+                period_ns=round(1e9 / self.plan.profile.refresh_hz),
+            )
         snap = Snapshot(
             last=self.last,
             summary=aggregator.cumulative(),
@@ -78,6 +93,10 @@ class LiveDisplay(Display):
             workers=worker_views(generator.workers),
             ts_source=ts_source(generator.workers),
             notes=tuple(self.notes[-3:]),
+            sent=sent,
+            send_ns=send_ns,
+            linger_ns=self.plan.profile.delay_ns,
+            sent_in_ns=self.sent_in_ns,
         )
         self.live.update(render(snap), refresh=True)
 
@@ -94,8 +113,16 @@ class PlainDisplay(Display):
         self.quiet = quiet
 
     def second(self, report: SecondReport) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        try:
             print(plain_line(report), flush=True)
+        except BrokenPipeError:
+            raise  # the reader left: cli ends quietly
+        except OSError:
+            # Standard output is full or gone: the run goes on to its exports, and cli says
+            # so in one line when the summary cannot be written either.
+            self.quiet = True
 
     def note(self, text: str) -> None:
         if not self.quiet:

@@ -1,4 +1,5 @@
-"""End-of-run summary text (iputils ping style) and the JSONL export of closed seconds.
+"""The JSONL export of closed seconds and of the run's summary (the summary for people is
+`summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
 most the second being written. Schema version `JSONL_SCHEMA_VERSION` (1); every object has
@@ -38,17 +39,18 @@ rtt_dropped, side_events_after_close), `rtt_pct_rel_error` and `extra` (the call
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any
 
-from loadgen.errors import LoadgenError, UsageError
+from loadgen.errors import UsageError
 from loadgen.stats import (
     NS_PER_S,
     PERCENTILE_REL_ERROR,
     TOTAL,
-    Counts,
     RunSummary,
     SecondReport,
     TargetStats,
@@ -77,61 +79,30 @@ def _name(names: Sequence[str], target: int) -> str:
     return names[target] if 0 <= target < len(names) else f"#{target}"
 
 
-def _ms(*values_ns: float) -> str:
-    return "/".join(f"{v / 1e6:.3f}" for v in values_ns)
+_WRITE_FIXES = {
+    errno.ENOSPC: "free some disk space or write the export to another disk",
+    errno.EDQUOT: "your disk quota is used up: free some space or pick another path",
+    errno.EFBIG: "the file grew too large for its file system: pick another path",
+    errno.EROFS: "the file system is read-only: pick a writable path",
+    errno.EPERM: "the file may not be written (see `lsattr`, `ls -l`): pick a writable path",
+    errno.EACCES: "permission denied: pick a writable path",
+    errno.EIO: "the disk reported an I/O error: check it, or pick another path",
+    errno.EPIPE: "the reader of that pipe went away: keep it reading until loadgen ends",
+}
 
 
-def _block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
-    c, r = ts.counts, ts.rtt
-    lines = [
-        f"--- {title} loadgen statistics ---",
-        f"{c.sent} transmitted, {c.received} received, {c.loss_pct:.4g}% packet loss, "
-        f"{c.late} late, {c.errored} errors, {c.duplicates} duplicates, "
-        f"{c.reordered} reordered, {c.bitflips} bitflips, {c.corrupted} corrupted, "
-        f"{c.icmp_errors} icmp errors, {c.stale} stale",
-    ]
-    if r.count:
-        lines.append(f"rtt min/avg/max/mdev = {_ms(r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns)} ms")
-        lines.append(
-            f"rtt p50/p90/p99 = {_ms(r.p50_ns, r.p90_ns, r.p99_ns)} ms "
-            f"(within {PERCENTILE_REL_ERROR * 100:.1f}%), jitter = {_ms(r.jitter_ns)} ms"
-        )
-        lines.append(f"timestamps: rx {ts.rx_ts}, tx {ts.tx_ts}")
-    unresolved, why = summary.explained(ts)
-    if unresolved:
-        lines.append(f"{unresolved} probes unresolved: {why}")
-    if c.unaccounted - unresolved:
-        lines.append(
-            f"WARNING: {c.unaccounted - unresolved:+} probes unaccounted for "
-            "(sent != received + late + lost + errored): this is a bug, please report it"
-        )
-    return lines
-
-
-def summary_text(summary: RunSummary, names: Sequence[str]) -> str:
-    """Per target that sent anything, then the total, as ping prints at the end of a run."""
-    lines: list[str] = []
-    silent = 0
-    for ts in summary.per_target:
-        if ts.counts == Counts():
-            silent += 1
-            continue
-        lines += [*_block(_name(names, ts.target), ts, summary), ""]
-    title = f"total ({len(summary.per_target)} targets, {summary.seconds} s)"
-    lines += _block(title, summary.total, summary)
-    lines.append(
-        "packet loss counts probes nothing came back for; late and errored are counted apart"
+def export_failure(path: str, err: OSError, lines: int) -> str:
+    """One line: which export, what the kernel said, how much got out, what to do."""
+    name = errno.errorcode.get(err.errno or 0, "error")
+    fix = _WRITE_FIXES.get(err.errno or 0, "pick another path")
+    return (
+        f"writing the JSONL export {path!r} failed after {lines} lines: "
+        f"{err.strerror or err} ({name}); {fix}"
     )
-    if silent:
-        lines.append(f"{silent} targets sent nothing and are not listed")
-    a = summary.anomalies
-    if a.side_events_after_close:
-        lines.append(
-            f"{a.side_events_after_close} side events (such as stale replies) came after "
-            "their second closed: they are in these totals, in no second"
-        )
-    lines += [f"WARNING: {w}" for w in a.warnings()]
-    return "\n".join(lines)  # no final newline: callers print it
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def _us(ns: float) -> float:
@@ -153,18 +124,31 @@ def _figures(ts: TargetStats, names: Sequence[str]) -> dict[str, Any]:
 
 
 class JsonlWriter:
-    """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`."""
+    """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`.
+
+    A path that cannot be opened raises UsageError before the run starts. A write that fails
+    later (disk full, file made read-only) never stops the run: the first failure is kept in
+    `error` (one line naming the file and the fix), and nothing more is written."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.error: str | None = None
+        self.lines = 0
         try:
             self._file: IO[str] = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+            self._identity = _identity(os.fstat(self._file.fileno()))
         except OSError as e:
             raise UsageError(
                 f"cannot write the JSONL export {path!r}: {e.strerror}; pick a writable path"
             ) from e
 
+    def _failed(self, err: OSError) -> None:
+        if self.error is None:
+            self.error = export_failure(self.path, err, self.lines)
+
     def _write(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        if self.error is not None:
+            return
         text = "".join(
             json.dumps(o, separators=(",", ":"), allow_nan=False) + "\n" for o in objects
         )
@@ -172,10 +156,9 @@ class JsonlWriter:
             self._file.write(text)
             self._file.flush()
         except OSError as e:
-            raise LoadgenError(
-                f"writing the JSONL export {self.path!r} failed: {e.strerror}; "
-                "free some disk space or pick another path"
-            ) from e
+            self._failed(e)
+        else:
+            self.lines += len(objects)
 
     def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
         """One "second" object per target in the report, then its "second_total"."""
@@ -220,7 +203,23 @@ class JsonlWriter:
         )
 
     def close(self) -> None:
-        self._file.close()
+        """Close the file; a file removed or replaced during the run is a failure too, as what
+        was written went with it."""
+        try:
+            self._file.close()
+        except OSError as e:
+            self._failed(e)
+        if self.error is None:
+            try:
+                now = _identity(os.stat(self.path))
+            except OSError:
+                now = None
+            if now != self._identity:
+                self.error = (
+                    f"the JSONL export {self.path!r} was removed or replaced during the run "
+                    f"(its {self.lines} lines went with it); leave the file alone until "
+                    "loadgen ends"
+                )
 
     def __enter__(self) -> JsonlWriter:
         return self

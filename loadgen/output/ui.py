@@ -62,9 +62,14 @@ class Snapshot:
     workers: tuple[WorkerView, ...]
     ts_source: str
     notes: tuple[str, ...] = ()
+    sent: int = 0  # probes sent so far, all workers
+    send_ns: int | None = None  # how long sending lasts; None: until interrupted
+    linger_ns: int = 0  # how long the last replies are waited for once sending is over
+    sent_in_ns: int | None = None  # once sending is over: how long it took (from the start)
 
 
-def _num(x: float) -> str:
+def num3(x: float) -> str:
+    """A non-negative number with three significant digits (two below 1), no unit."""
     if x >= 100 or x == 0:
         return f"{x:.0f}"
     if x >= 1:
@@ -78,7 +83,7 @@ def _num(x: float) -> str:
 def fmt_ns(*values_ns: float) -> str:
     """Durations in one unit picked by the largest: fmt_ns(21e3, 1.2e5) == "21.0/120 µs"."""
     scale, unit = next((s, u) for s, u in _UNITS if max(values_ns) >= s or s == 1.0)
-    return "/".join(_num(v / scale) for v in values_ns) + f" {unit}"
+    return "/".join(num3(v / scale) for v in values_ns) + f" {unit}"
 
 
 def _seen(counts: Counts) -> list[tuple[str, str]]:
@@ -165,39 +170,87 @@ def _name(names: Sequence[str], target: int) -> str:
     return names[target] if 0 <= target < len(names) else f"#{target}"
 
 
-def _generator_line(snap: Snapshot) -> Text:
-    line = Text(f"elapsed {snap.elapsed_ns / 1e9:,.1f} s   rate ")
-    short = snap.requested_pps > 0 and snap.achieved_pps < 0.98 * snap.requested_pps
-    line.append(
-        f"{snap.achieved_pps:,.0f} of {snap.requested_pps:,.0f} pps requested",
-        style="bold yellow" if short else "",
+def sending_took(
+    send_ns: int | None, elapsed_ns: int, last_busy_ns: int, *, interrupted: bool, period_ns: int
+) -> int | None:
+    """How long sending took, once it is seen over, else None. It is over when interrupted,
+    or when its time is up and the frame saw no new probe (`last_busy_ns`: elapsed time of
+    the last frame that did). A generator that kept its timetable took the planned time; one
+    behind it (still sending a frame past the plan), until its last probe was seen."""
+    if interrupted:
+        return elapsed_ns if send_ns is None else min(elapsed_ns, max(send_ns, last_busy_ns))
+    if send_ns is None or elapsed_ns < send_ns or last_busy_ns == elapsed_ns:
+        return None
+    return send_ns if last_busy_ns <= send_ns + period_ns else last_busy_ns
+
+
+def _progress(snap: Snapshot) -> str:
+    """Where the run stands: sending (of how long), or waiting for the last replies."""
+    elapsed_s, sent = snap.elapsed_ns / 1e9, f"{snap.sent:,} probes"
+    send_ns = snap.send_ns
+    if snap.sent_in_ns is None:
+        if send_ns is None:
+            return f"sending {elapsed_s:,.1f} s (until Ctrl-C), {sent}"
+        share = min(1.0, snap.elapsed_ns / send_ns) if send_ns else 1.0
+        return f"sending {elapsed_s:,.1f} of {send_ns / 1e9:,.1f} s ({share:.0%}), {sent}"
+    waited_s = max(0, snap.elapsed_ns - snap.sent_in_ns) / 1e9
+    return (
+        f"{sent} sent; waiting {waited_s:,.1f} of {snap.linger_ns / 1e9:,.1f} s "
+        "for the last replies"
     )
+
+
+def _rate(snap: Snapshot) -> Text:
+    """The requested rate against what was achieved: the last moments while sending; once
+    sending is over, the average over the sending time (never the 0 pps of the linger)."""
+    achieved = snap.achieved_pps
+    if snap.sent_in_ns is not None:
+        achieved = snap.sent * 1e9 / snap.sent_in_ns if snap.sent_in_ns > 0 else 0.0
+    short = snap.requested_pps > 0 and achieved < 0.98 * snap.requested_pps
+    text = f"rate {achieved:,.0f} of {snap.requested_pps:,.0f} pps"
+    if snap.sent_in_ns is not None:
+        text += " (while sending)"
+    return Text(text, style="bold yellow" if short else "")
+
+
+def _pack(segments: Sequence[Text], width: int, gap: str = "   ") -> list[Text]:
+    """Segments side by side, as many as fit `width` on each line, in order."""
+    lines: list[Text] = []
+    for seg in segments:
+        if lines and lines[-1].cell_len + len(gap) + seg.cell_len <= width:
+            lines[-1].append(gap)
+            lines[-1].append_text(seg)
+        else:
+            lines.append(seg.copy())
+    return lines
+
+
+def _header(snap: Snapshot, width: int) -> list[Text]:
+    segments = [Text(_progress(snap)), _rate(snap)]
     gen = snap.last.generator if snap.last is not None else None
     if gen is not None and gen.limited:
-        line.append(
-            f"   GENERATOR-LIMITED in second {snap.last.second if snap.last else '?'}: "
-            f"{gen.limits[0]}",
-            style="bold red",
+        second = snap.last.second if snap.last else "?"
+        segments.append(
+            Text(f"GENERATOR-LIMITED in second {second}: {gen.limits[0]}", style="bold red")
         )
-    line.append(f"   timestamps: {snap.ts_source}")
+    segments.append(Text(f"timestamps: {snap.ts_source}"))
     total = snap.summary.total
     if total.rtt.count:
-        line.append(f" (RTT samples: rx {total.rx_ts}, tx {total.tx_ts})")
-    return line
+        segments.append(Text(f"RTT samples: rx {total.rx_ts}, tx {total.tx_ts}"))
+    return _pack(segments, width)
 
 
-def _workers_line(workers: Sequence[WorkerView]) -> Text:
-    line = Text("workers:")
+def _workers_lines(workers: Sequence[WorkerView], width: int) -> list[Text]:
+    segments = [Text("workers:")]
     for w in workers:
         if not w.alive:
-            line.append(f"  #{w.index} cpu{w.cpu} pid {w.pid} DEAD", style="bold red")
+            segments.append(Text(f"#{w.index} cpu{w.cpu} pid {w.pid} DEAD", style="bold red"))
             continue
-        line.append(f"  #{w.index} cpu{w.cpu} {w.cpu_pct:.0f}% {w.sent:,} sent")
+        seg = Text(f"#{w.index} cpu{w.cpu} {w.cpu_pct:.0f}% {w.sent:,} sent")
         if w.send_errors or w.rx_drops:
-            line.append(
-                f" ({w.send_errors:,} send errors, {w.rx_drops:,} rx drops)", style="yellow"
-            )
-    return line
+            seg.append(f" ({w.send_errors:,} send errors, {w.rx_drops:,} rx drops)", style="yellow")
+        segments.append(seg)
+    return _pack(segments, width, gap="  ")
 
 
 def _warnings(snap: Snapshot) -> list[Text]:
@@ -227,14 +280,15 @@ class _Frame:
     snap: Snapshot
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        snap = self.snap
-        yield _generator_line(snap)
-        yield _workers_line(snap.workers)
-        yield _target_table(snap, options.max_width)
+        snap, width = self.snap, options.max_width
+        yield from _header(snap, width)
+        yield from _workers_lines(snap.workers, width)
+        yield _target_table(snap, width)
         counts = snap.summary.total.counts
         seen = ", ".join(f"{h} {getattr(counts, f):,}" for h, f in _seen(counts))
         quiet = ", ".join(h for h, f in _EVENTS if not getattr(counts, f))
-        yield Text(f"side events: {seen or '-'}; none so far: {quiet or '-'}", style="dim")
+        line = f"side events: {seen}; none yet: {quiet}" if seen else f"no side events yet: {quiet}"
+        yield Text(line if quiet else f"side events: {seen}", style="dim")
         yield from _warnings(snap)
 
 

@@ -58,7 +58,8 @@ class ProbeSettings:
     timestamps: str  # auto | software | hardware | user
     tx_timestamps: bool
     tx_path: str  # "ip" | "packet"
-    interface: str | None
+    interface: str | None  # bind every socket to this device
+    source: str | None  # bind the probes' source address
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,175 @@
+"""The end of a run, for people: what `cli` prints once the run is over.
+
+A few targets get an iputils ping block each; more get one compact table (a row per target,
+worst first, the `top` worst only) and the block of the total. Every line fits 80 columns.
+Pure presentation of a `RunSummary`; the JSONL export (`report`) holds every target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from loadgen.output.ui import num3, pick_targets
+from loadgen.stats import PERCENTILE_REL_ERROR, Counts, RunSummary, TargetStats
+
+FEW_TARGETS = 4  # up to this many targets: one iputils block each instead of the table
+_SIDE = (
+    ("duplicates", "duplicates"),
+    ("reordered", "reordered"),
+    ("bitflips", "bitflips"),
+    ("corrupted", "corrupted"),
+    ("icmp errors", "icmp_errors"),
+    ("stale", "stale"),
+)
+_UNITS = ((1e9, "s"), (1e6, "ms"), (1e3, "µs"))
+
+
+def _ms(*values_ns: float) -> str:
+    return "/".join(f"{v / 1e6:.3f}" for v in values_ns)
+
+
+def block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
+    """The iputils ping summary of one target (or the total), in lines of at most 80. Probes
+    a dead worker left unresolved are said as such; only a difference nothing explains is a
+    bug."""
+    c, r = ts.counts, ts.rtt
+    lines = [
+        f"--- {title} loadgen statistics ---",
+        f"{c.sent} transmitted, {c.received} received, {c.loss_pct:.4g}% packet loss, "
+        f"{c.late} late, {c.errored} errors",
+        ", ".join(f"{getattr(c, field)} {label}" for label, field in _SIDE),
+    ]
+    if r.count:
+        lines.append(f"rtt min/avg/max/mdev = {_ms(r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns)} ms")
+        lines.append(
+            f"rtt p50/p90/p99 = {_ms(r.p50_ns, r.p90_ns, r.p99_ns)} ms "
+            f"(within {PERCENTILE_REL_ERROR * 100:.1f}%), jitter = {_ms(r.jitter_ns)} ms"
+        )
+        lines.append(f"timestamps: rx {ts.rx_ts}, tx {ts.tx_ts}")
+    unresolved, why = summary.explained(ts)
+    if unresolved:
+        lines.append(f"{unresolved} probes unresolved: {why}")
+    if c.unaccounted - unresolved:
+        lines.append(
+            f"WARNING: {c.unaccounted - unresolved:+} probes unaccounted for (sent != received "
+            "+ late + lost + errored): a bug, please report it"
+        )
+    return lines
+
+
+def _name(names: Sequence[str], target: int) -> str:
+    return names[target] if 0 <= target < len(names) else f"#{target}"
+
+
+def _unit(summary: RunSummary) -> tuple[float, str]:
+    """One time unit for the whole table, so columns compare at a glance: the one in which
+    the run's median RTT has one to three digits before the point."""
+    p50 = summary.total.rtt.p50_ns if summary.total.rtt.count else 0.0
+    return next(((s, u) for s, u in _UNITS if p50 >= s), _UNITS[-1])
+
+
+def _times(scale: float, *values_ns: float) -> str:
+    return "/".join(num3(v / scale) for v in values_ns)
+
+
+def _events(c: Counts) -> str:
+    return f"{c.duplicates}/{c.reordered}/{c.bitflips}/{c.errored}"
+
+
+def table(summary: RunSummary, names: Sequence[str], top: int) -> Table:
+    """One row per target, the `top` worst first (loss, then p99)."""
+    scale, unit = _unit(summary)
+    late = summary.total.counts.late > 0
+    grid = Table(
+        title=f"per target, worst first (loss, then p99); times in {unit}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=0,  # the box puts one space between columns: the table fits 80 columns
+        pad_edge=False,
+        show_edge=False,
+    )
+    grid.add_column("target", no_wrap=True, overflow="ellipsis", max_width=28)
+    headers = ["sent", "recv", "loss%", "min/avg/max/mdev", "p50/p99", "jitter"]
+    headers += ["late"] if late else []
+    headers += ["dup/reord/\nflip/err"]
+    for header in headers:
+        grid.add_column(header, justify="right", no_wrap=True)
+    for ts in pick_targets(summary, top):
+        c, r = ts.counts, ts.rtt
+        name: str | Text = _name(names, ts.target)
+        unresolved, _ = summary.explained(ts)
+        if unresolved:
+            name = Text(f"{name} [{unresolved:,} unresolved]", style="yellow")
+        if c.unaccounted - unresolved:
+            name = Text(
+                f"{name} [{c.unaccounted - unresolved:+} unacc.]", style="bold white on red"
+            )
+        loss = Text(f"{c.loss_pct:.2f}", style="bold red" if c.lost else "")
+        rtt = ["-", "-", "-"]
+        if r.count:
+            rtt = [
+                _times(scale, r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns),
+                _times(scale, r.p50_ns, r.p99_ns),
+                _times(scale, r.jitter_ns),
+            ]
+        cells: list[str | Text] = [name, f"{c.sent:,}", f"{c.received:,}", loss, *rtt]
+        cells += [f"{c.late:,}"] if late else []
+        cells.append(_events(c))
+        grid.add_row(*cells)
+    return grid
+
+
+def _notes(summary: RunSummary) -> list[str]:
+    lines = ["loss counts probes nothing came back for; late and errored are counted apart"]
+    silent = sum(1 for ts in summary.per_target if ts.counts == Counts())
+    if silent:
+        lines.append(f"{silent} targets sent nothing")
+    a = summary.anomalies
+    if a.side_events_after_close:
+        lines.append(
+            f"{a.side_events_after_close} side events (such as stale replies) came after "
+            "their second closed: they are in these totals, in no second"
+        )
+    return lines + [f"WARNING: {w}" for w in a.warnings()]
+
+
+def summary_text(summary: RunSummary, names: Sequence[str]) -> str:
+    """An iputils block per target that sent anything, then the total's (one target: its
+    block alone), then notes."""
+    lines: list[str] = []
+    n = len(summary.per_target)
+    if n == 1:
+        lines += block(_name(names, 0), summary.per_target[0], summary)
+    else:
+        for ts in summary.per_target:
+            if ts.counts != Counts():
+                lines += [*block(_name(names, ts.target), ts, summary), ""]
+        lines += block(f"total ({n} targets, {summary.seconds} s)", summary.total, summary)
+    return "\n".join(lines + _notes(summary))  # no final newline: callers print it
+
+
+def summary_view(
+    summary: RunSummary, names: Sequence[str], *, top: int, export: str | None = None
+) -> RenderableType:
+    """What the end of a run shows: the blocks for a few targets, else the table of the `top`
+    worst and the total's block. `export` names the JSONL file holding every target."""
+    n = len(summary.per_target)
+    if n <= FEW_TARGETS:
+        return Text(summary_text(summary, names))
+    parts: list[RenderableType] = [table(summary, names, top)]
+    hidden = n - min(top, n)
+    if hidden:
+        where = (
+            f"in the JSONL export ({export})"
+            if export
+            else f"not shown: --top {n} shows them, --jsonl FILE exports them"
+        )
+        parts.append(Text(f"{hidden} more targets {where}"))
+    total = block(f"total ({n} targets, {summary.seconds} s)", summary.total, summary)
+    parts.append(Text("\n".join(["", *total, *_notes(summary)])))
+    return Group(*parts)
