@@ -266,6 +266,8 @@ class Aggregator:
         if len(records) == 0:
             return
         kind, flags = records["kind"].astype(np.int64), records["flags"]
+        # A SENT record stands for `probes` probes; every other record for one event.
+        count = np.where(kind == RecordKind.SENT, records["probes"], 1).astype(np.int64)
         reply = (kind == RecordKind.RECEIVED) | (kind == RecordKind.LATE)
         reordered = reply & ((flags & RecordFlag.REORDERED) != 0)
         sample = (kind == RecordKind.RECEIVED) & ~bad_rtt
@@ -277,11 +279,12 @@ class Aggregator:
             if bucket is None:
                 bucket = self._open[s] = Bucket(self.n_targets)
             idx = np.concatenate([cells[sel] + kind[sel], cells[sel][reordered[sel]] + REORD_COL])
+            weight = np.concatenate([count[sel], np.ones(len(idx) - len(count[sel]), np.int64)])
             flat = bucket.counts.reshape(-1)
-            if len(flat) <= 8 * len(idx):
-                flat += np.bincount(idx, minlength=len(flat))
+            if len(flat) <= 8 * len(idx):  # exact: float64 counts are whole up to 2**53
+                flat += np.bincount(idx, weights=weight, minlength=len(flat)).astype(np.int64)
             else:
-                np.add.at(flat, idx, 1)
+                np.add.at(flat, idx, weight)
             taken = records[sel][sample[sel]]
             if len(taken):
                 bucket.samples.append(taken)

@@ -54,6 +54,7 @@ class Run:
         records = np.zeros(2 * len(sent_at_s), dtype=RECORD_DTYPE)
         records["tx_ns"] = np.repeat([self.coord.start_ns + int(t * S) for t in sent_at_s], 2)
         records["kind"][1::2] = RecordKind.RECEIVED
+        records["probes"][::2] = 1  # the SENT records
         records["rtt_ns"][1::2] = 1_000_000
         now, mark = (self.coord.start_ns + int(t * S) for t in (at_s, mark_s))
         self.coord._handle(

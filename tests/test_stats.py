@@ -32,7 +32,7 @@ Row = tuple[int, int, int, int, int]  # (tx offset from START, target, kind, rtt
 def recs(*rows: Row) -> NDArray[Any]:
     out = np.zeros(len(rows), dtype=RECORD_DTYPE)
     for i, (tx, target, kind, rtt, flags) in enumerate(rows):
-        out[i] = (START + tx, rtt, target, kind, flags, 0)
+        out[i] = (START + tx, rtt, target, kind, flags, 1 if kind == K.SENT else 0)
     return out
 
 
@@ -42,6 +42,17 @@ def sent(tx: int, target: int = 0) -> Row:
 
 def got(tx: int, rtt: int, target: int = 0, flags: int = 0, kind: int = K.RECEIVED) -> Row:
     return (tx, target, kind, rtt, flags)
+
+
+def test_a_sent_record_counts_the_probes_it_stands_for() -> None:
+    agg = Aggregator(2, START, TIMEOUT)
+    batch = recs(sent(0), sent(0, 1), sent(S + 1))
+    batch["probes"] = [3, 65535, 2]
+    agg.add(batch)
+    first, second = agg.close_through(START + 2 * S)
+    assert [t.counts.sent for t in first.per_target] == [3, 65535]
+    assert first.total.counts.sent == 65538
+    assert second.total.counts.sent == 2
 
 
 def test_hand_computed_second() -> None:
@@ -199,6 +210,7 @@ def probes(rng: np.random.Generator, n: int, n_targets: int, seconds: int) -> ND
     out["rtt_ns"] = np.concatenate([np.zeros(n, np.int64), rtt, np.zeros(len(side), np.int64)])
     flags = rng.choice([0, RecordFlag.RX_KERNEL, RecordFlag.REORDERED], len(out))
     out["flags"] = flags
+    out["probes"] = out["kind"] == K.SENT
     return out[rng.permutation(len(out))]
 
 

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from loadgen.errors import LoadgenError
 from loadgen.wire.records import RECORD_DTYPE
 
-VERSION = 2
+VERSION = 3  # 3: a SENT record stands for `probes` probes
 
 
 class ProtocolError(LoadgenError):
