@@ -214,7 +214,8 @@ class Aggregator:
     """Merges worker records into per-second, per-target figures and run totals.
 
     A record belongs to the second of its `tx_ns` (relative to `start_ns`). Memory: the open
-    seconds (n_targets x 11 counters each, plus their RTT samples) and, for the run totals,
+    seconds (n_targets x 11 counters each, plus 13 bytes per RTT sample: moments.SAMPLE_BYTES;
+    closing one takes about 3x that again for a moment) and, for the run totals,
     one 2048-bucket histogram per target (16 KiB of address space; pages never touched are
     never allocated). `timeout_ns` bounds a plausible RECEIVED RTT; `max_ahead_ns` how far
     past the last watermark (or the start) a record's tx_ns may lie before it is invalid.
@@ -285,9 +286,8 @@ class Aggregator:
                 flat += np.bincount(idx, weights=weight, minlength=len(flat)).astype(np.int64)
             else:
                 np.add.at(flat, idx, weight)
-            taken = records[sel][sample[sel]]
-            if len(taken):
-                bucket.samples.append(taken)
+            taken = sample & sel if lo != hi else sample
+            bucket.add_samples(rtt[taken], records["target"][taken], flags[taken])
 
     def _add_after_close(self, records: _Arr) -> tuple[int, int]:
         """Outcomes for a closed second are a watermark bug: counted, dropped. Side events
