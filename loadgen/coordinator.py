@@ -49,7 +49,12 @@ from loadgen.worker import worker_main
 HELLO_TIMEOUT_S = 20.0
 START_MARGIN_NS = 100_000_000  # workers begin together this long after the last Hello
 F_SETPIPE_SZ = 1031
-PIPE_BYTES = 1 << 20  # a worker must never block on a slow coordinator
+# A worker waits when its pipe is full: 4 MiB hold ~300 ms of frames at 500k pps per worker,
+# longer than closing a second takes the coordinator at that rate. Past fs.pipe-max-size (1 MiB
+# by default) only root may go; others get what the system allows.
+PIPE_BYTES = (4 << 20, 1 << 20)
+FRAMES_PER_WAKE = 8  # frames read per readable pipe before the loop gets a turn
+EVERY_FRAME = 1 << 30  # a worker that exited: read all it left in the pipe
 
 
 @dataclass(slots=True)
@@ -217,8 +222,10 @@ class Coordinator:
         for wp in self.plan.workers:
             data_r, data_w = ctx.Pipe(duplex=False)
             ctrl_r, ctrl_w = ctx.Pipe(duplex=False)
-            with contextlib.suppress(OSError):  # a larger pipe is a luxury, not a need
-                fcntl.fcntl(data_w.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+            for size in PIPE_BYTES:  # a larger pipe is a luxury, not a need
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(data_w.fileno(), F_SETPIPE_SZ, size)
+                    break
             proc = ctx.Process(
                 target=worker_main,
                 args=(encode(_plan_message(wp)), data_w, ctrl_r),
@@ -268,12 +275,17 @@ class Coordinator:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _on_data(self, h: WorkerHandle) -> None:
+    def _on_data(self, h: WorkerHandle, limit: int = FRAMES_PER_WAKE) -> None:
         try:
-            # Called when the pipe is readable: one frame at least, then what else is there
-            # (one poll object per pipe: Connection.poll builds a selector per call).
+            # Called when the pipe is readable: one frame at least, then what else is there,
+            # up to `limit` (one poll object per pipe: Connection.poll builds a selector per
+            # call). The limit hands the loop back so seconds keep closing: a coordinator that
+            # cannot keep up leaves frames in the pipe, whose full buffer stops the worker,
+            # instead of holding ever more open seconds.
             self._handle(h, decode(h.data.recv_bytes()))
-            while h.readable.poll(0):
+            for _ in range(limit - 1):
+                if not h.readable.poll(0):
+                    break
                 self._handle(h, decode(h.data.recv_bytes()))
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(h.data.fileno())
@@ -305,7 +317,7 @@ class Coordinator:
     def _on_exit(self, h: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(h.process.sentinel)
-        self._on_data(h)  # whatever it wrote before it went
+        self._on_data(h, limit=EVERY_FRAME)  # whatever it wrote before it went
         h.process.join(timeout=1)
         h.exited = True
         if h.done is None and h.failure is None:

@@ -7,19 +7,20 @@ Frames and Done messages go through the coordinator's own handler and tick; no p
 from __future__ import annotations
 
 import multiprocessing
+import select
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from loadgen.coordinator import Coordinator, WorkerHandle, _schedule
+from loadgen.coordinator import EVERY_FRAME, FRAMES_PER_WAKE, Coordinator, WorkerHandle, _schedule
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import parse_profile
 from loadgen.selfcheck import GeneratorCheck
 from loadgen.stats import Aggregator, SecondReport
 from loadgen.targets import Target
-from loadgen.wire.messages import Done, Frame, WorkerStats
+from loadgen.wire.messages import Done, Frame, WorkerStats, encode
 from loadgen.wire.records import RECORD_DTYPE, RecordKind
 
 S = 1_000_000_000
@@ -115,3 +116,21 @@ def test_the_last_second_with_records_takes_the_trailing_counters(run: Run) -> N
     assert [s.second for s in run.seconds] == [0, 1]
     assert run.drops() == [0, 5]
     assert run.coord.limited_seconds == [1]
+
+
+def test_a_busy_pipe_is_read_a_few_frames_a_turn_and_whole_once_its_worker_exited() -> None:
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    run = Run(reader)
+    run.worker.readable.register(reader.fileno(), select.POLLIN)
+    for seq in range(3 * FRAMES_PER_WAKE):
+        frame = Frame(
+            0, seq, run.coord.start_ns, 0, np.zeros(0, RECORD_DTYPE), WorkerStats(sent=seq)
+        )
+        writer.send_bytes(encode(frame))
+    run.coord._on_data(run.worker)  # the loop's callback: the rest waits for the next turn
+    assert run.worker.stats.sent == FRAMES_PER_WAKE - 1
+    run.coord._on_data(run.worker, limit=EVERY_FRAME)
+    assert run.worker.stats.sent == 3 * FRAMES_PER_WAKE - 1
+    assert not run.worker.readable.poll(0)
+    writer.close()
+    reader.close()
