@@ -38,7 +38,7 @@ from loadgen.bench.figures import (
     steady_cpu_per_million,
     steady_windows,
 )
-from loadgen.bench.measure import Measured, realtime
+from loadgen.bench.measure import Measured
 from loadgen.bench.memory import memory_figures, process_role
 from loadgen.bench.output import memory_lines, render_table, results_document
 from loadgen.bench.sampling import (
@@ -56,6 +56,7 @@ from loadgen.bench.sampling import (
 )
 from loadgen.bench.steps import FPING, LOADGEN, PING, Step, evaluate, fping_count
 from loadgen.bench.topology import bench_namespaces, leftovers, target_addresses
+from loadgen.coordinator import realtime
 from loadgen.errors import UsageError
 from loadgen.lab.netops import parse_snmp
 from loadgen.pacer import TickGrid
