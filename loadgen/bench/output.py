@@ -21,7 +21,7 @@ from loadgen.bench.steps import StepResult
 
 RESULTS_SCHEMA = 1
 _COLUMNS = (
-    ("step", "<", 16),
+    ("step", "<", 25),
     ("tgts", ">", 4),
     ("req pps", ">", 8),
     ("achieved", ">", 8),
