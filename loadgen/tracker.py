@@ -15,8 +15,9 @@ for SENT and outcome records); rtt_ns uses the kernel TX stamp when one in the R
 domain arrived before the reply was decided, and the record's TX flag says so.
 
 Memory: SLOT_BYTES (9: send time, state) per slot, 18 once kernel TX stamps are on; the tables
-hold rate x (linger x 1.25 + 0.1 s) + 64 per target, so about 11 bytes per probe in flight
-(rate x linger): 23 MiB for 1M pps at 2 s of linger. Nothing is allocated per probe.
+hold rate x (linger x 1.25 + 0.1 s) + 64 slots per target, so 11.7 bytes per probe in flight
+(rate x linger, at 2 s of linger; 23.4 with TX stamps): 23 MiB for 1M pps. Nothing is allocated
+per probe.
 """
 
 from __future__ import annotations
