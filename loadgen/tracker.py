@@ -157,6 +157,8 @@ class Tracker:
             raise ValueError(f"batches are 0..{self.max_batch} probes, not {count}")
         if len(self._cycle) < self.n + count:
             self._cycle = np.arange(self.n + 2 * count, dtype=np.int64)
+        if self.sent + count - self._head > self._size:
+            self.expire(tx_ns)  # the caller's last expire() may be a while ago: catch up
         overflow = self.sent + count - self._head - self._size
         if overflow > 0:
             # Probe k shares its slot with probe k - size. Only a pacing burst far beyond the

@@ -242,6 +242,17 @@ def test_a_burst_beyond_the_table_evicts_the_oldest_probes_once() -> None:
     assert tr.unresolved() == 0
 
 
+def test_a_full_table_of_probes_past_linger_expires_them_instead_of_evicting() -> None:
+    tr = make(2)
+    tr.on_sent(tr.max_batch, tx_ns=0)
+    tr.on_sent(tr.max_batch, tx_ns=MS)
+    tr.on_sent(100, tx_ns=MS + LINGER)  # nobody called expire(): the send does it
+    assert tr.evicted == 0
+    c = kinds(tr.take_records())
+    assert c[RecordKind.LOST] == 2 * tr.max_batch  # every probe sent by 1 ms is due
+    assert tr.unresolved() == 100
+
+
 def test_batches_crossing_the_table_end_keep_dense_sequences() -> None:
     tr = make(3)
     size = 3 * tr.window
