@@ -161,13 +161,7 @@ class Coordinator:
         self._achieved_pps = 0.0
 
     def run(self) -> RunOutcome:
-        # Workers run SCHED_FIFO where allowed, and once asked for more than they can do they
-        # never sleep: at normal priority the coordinator then gets only what real-time
-        # throttling and other work leave, its pipes fill and the workers wait on them (100 ms
-        # windows at a fraction of the rate). At the workers' own priority it runs whenever a
-        # worker sleeps or waits, yet never preempts a worker's turn.
-        with realtime(REALTIME_PRIORITY):
-            return uvloop.run(self._main())
+        return uvloop.run(self._main())
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -175,6 +169,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._spawn_all()
+        sending = contextlib.ExitStack()  # what holds while the workers send
         for h in self.workers:
             watch_connection(loop, h.data, self._on_data, h)
             h.readable.register(h.data.fileno(), select.POLLIN)
@@ -199,6 +194,13 @@ class Coordinator:
             for h in self.workers:
                 self._tell(h, Start(self.start_ns))
             self.display.started(self.plan, self.workers)
+            # Workers run SCHED_FIFO where allowed, and once asked for more than they can do
+            # they never sleep: at normal priority the coordinator then gets only what
+            # real-time throttling and other work leave, its pipes fill and the workers wait on
+            # them (100 ms windows at a fraction of the rate). At the workers' own priority it
+            # runs whenever a worker sleeps or waits and never preempts one; a worker waking on
+            # its CPU waits for it at most as long as it works at once (a tick: tens of ms).
+            sending.enter_context(realtime(REALTIME_PRIORITY))
             period = 1.0 / max(0.5, self.plan.profile.refresh_hz)
             while any(h.live for h in self.workers) and not self.aborted:
                 with contextlib.suppress(TimeoutError):
@@ -207,6 +209,7 @@ class Coordinator:
                 self._tick()
             self._tick(final=True)
         finally:
+            sending.close()
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
             for h in self.workers:

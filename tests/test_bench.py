@@ -54,7 +54,15 @@ from loadgen.bench.sampling import (
     read_fits,
     retry_instant,
 )
-from loadgen.bench.steps import FPING, LOADGEN, PING, Step, evaluate, fping_count
+from loadgen.bench.steps import (
+    FPING,
+    LOADGEN,
+    PING,
+    RSS_BUDGET_BYTES,
+    Step,
+    evaluate,
+    fping_count,
+)
 from loadgen.bench.topology import bench_namespaces, leftovers, target_addresses
 from loadgen.coordinator import realtime
 from loadgen.errors import UsageError
@@ -660,6 +668,11 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["ok"] and doc["machine"]["cores"] >= 1 and doc["machine"]["kernel"]
     steps = {s["label"]: s for s in doc["steps"]}
+    # Asked far more than it can do: it sends what it can, accounts for all of it, and its
+    # memory stays within the budget.
+    over = steps.pop("loadgen 2000k x1 overload")
+    assert 0 < over["sent"] < 2_000_000 and over["loss"]["self_client"] == 0, over
+    assert over["loss"]["wire_requests"] == 0 and over["peak_rss_bytes"] < RSS_BUDGET_BYTES
     loadgens = ("loadgen 5k x1", "loadgen 5k x1 txts", "loadgen 5k x1 pkt")
     assert set(steps) == {*loadgens, PING, FPING}
     expected_sent = {**dict.fromkeys(loadgens, 5000), PING: 2000, FPING: 20 * 64}
