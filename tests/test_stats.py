@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from loadgen.moments import SAMPLE_BYTES
 from loadgen.stats import (
     PERCENTILE_REL_ERROR,
     TOTAL,
@@ -338,3 +339,14 @@ def test_add_is_fast_enough() -> None:
     elapsed = time.perf_counter() - t0
     per_1000_us = elapsed / sum(len(f) for f in frames) * 1e9
     assert per_1000_us < 1000, f"add() took {per_1000_us:.0f} us per 1000 records"
+
+
+def test_an_open_second_holds_13_bytes_per_rtt_sample() -> None:
+    agg = Aggregator(4, START, TIMEOUT)
+    rows = [got(i, 1000 + i, target=i % 4, flags=RecordFlag.RX_KERNEL) for i in range(1000)]
+    agg.add(recs(*rows))
+    (bucket,) = agg._open.values()
+    held = sum(a.nbytes for col in (bucket.rtt, bucket.target, bucket.flags) for a in col)
+    assert held == 1000 * SAMPLE_BYTES == 13_000
+    (rep,) = agg.close_all()
+    assert rep.total.rtt.count == 1000 and rep.total.rtt.max_ns == 1999
