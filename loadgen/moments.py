@@ -13,7 +13,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.wire.records import RecordFlag, RecordKind
 
 QUANTILES: Final = (0.5, 0.9, 0.99)
 # Run-total percentiles come from 64 linear sub-buckets per octave; reporting a bucket's middle
@@ -94,6 +94,10 @@ def _ts_word(flags: _Arr) -> _Arr:
     return ((f & (_RX_BITS | _TX_BITS)) | (rx << 8) | (tx << 11)).astype(np.uint16)
 
 
+_TS_WORDS = _ts_word(np.arange(256)).tolist()  # the word of every flags byte
+SAMPLE_BYTES = 13  # an open second's RTT sample: int64 RTT, uint32 target, uint8 flags
+
+
 class Table:
     """Counts and RTT moments per row: rows 0..n-1 are targets, row n is the total."""
 
@@ -136,56 +140,97 @@ class Table:
 
 
 class Bucket:
-    """An open second: counts by (target, kind) and its RTT samples in arrival order."""
+    """An open second: counts by (target, kind) and its RTT samples in arrival order, held as
+    three narrow columns (SAMPLE_BYTES each: RTT, target, flags), not as whole records."""
 
-    __slots__ = ("counts", "samples")
+    __slots__ = ("counts", "flags", "rtt", "target")
 
     def __init__(self, n_targets: int) -> None:
         self.counts = np.zeros((n_targets, N_COLS), dtype=np.int64)
-        self.samples: list[_Arr] = []
+        self.rtt: list[_Arr] = []
+        self.target: list[_Arr] = []
+        self.flags: list[_Arr] = []
+
+    def add_samples(self, rtt_ns: _Arr, target: _Arr, flags: _Arr) -> None:
+        if len(rtt_ns):
+            self.rtt.append(rtt_ns.astype(np.int64))
+            self.target.append(target.astype(np.uint32))
+            self.flags.append(flags.astype(np.uint8))
 
     def table(self) -> tuple[Table, _Arr, _Arr]:
-        """Exact figures of this second, plus (target, histogram bucket) of every sample."""
+        """Exact figures of this second, plus (target, histogram bucket) of every sample.
+        Closing a second is the coordinator's largest piece of work: one sort of the samples
+        by (target, rtt), partitions for the total row, and linear passes otherwise."""
         n = len(self.counts)
         tab = Table(n)
         tab.counts[:n] = self.counts
         tab.counts[n] = self.counts.sum(axis=0)
-        smp = np.concatenate(self.samples) if self.samples else np.zeros(0, RECORD_DTYPE)
-        t = smp["target"].astype(np.int64)
-        rtt = smp["rtt_ns"]
+        rtt = np.concatenate(self.rtt) if self.rtt else np.zeros(0, np.int64)
+        t = np.concatenate(self.target).astype(np.int64) if self.target else np.zeros(0, np.int64)
+        flags = np.concatenate(self.flags) if self.flags else np.zeros(0, np.uint8)
+        self.rtt, self.target, self.flags = [], [], []
         tab.n = np.bincount(t, minlength=n + 1)
         tab.n[n] = len(t)
-        # Values sorted by (target, rtt), then all values sorted: every row is one slice.
-        if n < 1 << 26 and (len(rtt) == 0 or int(rtt.max()) <= _MAX_RTT_NS):
-            by_target = np.sort((t << 37) | rtt) & _MAX_RTT_NS  # one key: 4x faster than lexsort
+        starts = np.concatenate([[0], np.cumsum(tab.n[:n])])
+        has = np.flatnonzero(tab.n[:n])
+        if len(has):
+            self._per_target(tab, t, rtt, starts, has)
+            self._total_row(tab, rtt)
+            self._jitter(tab, t, rtt, starts, has)
+            for f in np.flatnonzero(np.bincount(flags, minlength=256)).tolist():
+                seen = np.bincount(t[flags == f], minlength=n) > 0
+                tab.ts[:n][seen] |= _TS_WORDS[f]
+            tab.ts[n] = np.bitwise_or.reduce(tab.ts[:n])
+        return tab, t, _bucket_index(rtt)
+
+    @staticmethod
+    def _per_target(tab: Table, t: _Arr, rtt: _Arr, starts: _Arr, has: _Arr) -> None:
+        """Min, max, quantiles, mean and m2 of every target's samples."""
+        n = len(tab.n) - 1
+        if n < 1 << 26 and int(rtt.max()) <= _MAX_RTT_NS and int(rtt.min()) >= 0:
+            by_target = (t << 37) | rtt  # one key, sorted in place: 4x faster than lexsort
+            by_target.sort()
+            by_target &= _MAX_RTT_NS
         else:
             by_target = rtt[np.lexsort((rtt, t))]
-        vals = np.concatenate([by_target, by_target if n == 1 else np.sort(rtt)])
-        starts = np.concatenate([[0], np.cumsum(tab.n[:n])])
-        has = np.flatnonzero(tab.n)
         first, last = starts[has], starts[has] + tab.n[has] - 1
-        tab.mn[has], tab.mx[has] = vals[first], vals[last]
+        tab.mn[has], tab.mx[has] = by_target[first], by_target[last]
         pos = first[:, None] + np.array(QUANTILES)[None, :] * (tab.n[has] - 1)[:, None]
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, last[:, None])
-        tab.quant[has] = vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)  # numpy's "linear"
+        tab.quant[has] = by_target[lo] + (by_target[hi] - by_target[lo]) * (pos - lo)
+        del by_target
         sums = np.bincount(t, weights=rtt, minlength=n + 1)
-        sums[n] = float(rtt.sum())
         tab.mean[has] = sums[has] / tab.n[has]
         dev = rtt - tab.mean[t]
         tab.m2[:] = np.bincount(t, weights=dev * dev, minlength=n + 1)
+
+    @staticmethod
+    def _total_row(tab: Table, rtt: _Arr) -> None:
+        """The all-targets row: order statistics by partition, not a second full sort."""
+        n, count = len(tab.n) - 1, len(rtt)
+        tab.mn[n], tab.mx[n] = int(rtt.min()), int(rtt.max())
+        pos = np.array(QUANTILES) * (count - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, count - 1)
+        part = np.partition(rtt, np.unique(np.concatenate([lo, hi])))
+        tab.quant[n] = part[lo] + (part[hi] - part[lo]) * (pos - lo)  # numpy's "linear"
+        del part
+        tab.mean[n] = float(rtt.sum()) / count
         tab.m2[n] = float(np.sum((rtt - tab.mean[n]) ** 2))
-        arrival = np.argsort(t, kind="stable")
-        ta, ra = t[arrival], rtt[arrival]
-        same = ta[1:] == ta[:-1]
-        diffs = np.abs(np.diff(ra))[same].astype(np.float64)
-        tab.absdiff[:] = np.bincount(ta[1:][same], weights=diffs, minlength=n + 1)
+
+    @staticmethod
+    def _jitter(tab: Table, t: _Arr, rtt: _Arr, starts: _Arr, has: _Arr) -> None:
+        """Sum of |consecutive RTT differences| per target, in arrival order: a stable sort by
+        target keeps arrival order within each target (a radix sort for 16-bit targets)."""
+        n = len(tab.n) - 1
+        keys = t.astype(np.uint16) if n <= 1 << 16 else t
+        ra = rtt[np.argsort(keys, kind="stable")]
+        diffs = np.zeros(len(ra), dtype=np.float64)
+        np.abs(np.diff(ra), out=diffs[:-1], casting="unsafe")
+        ends = starts[1:][starts[1:] > 0] - 1  # each target's last sample: no pair across
+        diffs[ends] = 0.0
+        tab.absdiff[has] = np.add.reduceat(diffs, starts[has])
         tab.absdiff[n] = tab.absdiff[:n].sum()
         tab.ndiff = np.maximum(tab.n - 1, 0)
         tab.ndiff[n] = tab.ndiff[:n].sum()
-        targets = has[:-1]  # `has` ends with the total row whenever there are samples
-        if len(targets):
-            words = _ts_word(smp["flags"])[arrival]
-            tab.ts[targets] = np.bitwise_or.reduceat(words, starts[targets])
-        tab.ts[n] = np.bitwise_or.reduce(tab.ts[:n])
-        return tab, t, _bucket_index(rtt)

@@ -242,7 +242,8 @@ class Aggregator:
     """Merges worker records into per-second, per-target figures and run totals.
 
     A record belongs to the second of its `tx_ns` (relative to `start_ns`). Memory: the open
-    seconds (n_targets x 11 counters each, plus their RTT samples) and, for the run totals,
+    seconds (n_targets x 11 counters each, plus 13 bytes per RTT sample: moments.SAMPLE_BYTES;
+    closing one takes about 3x that again for a moment) and, for the run totals,
     one 2048-bucket histogram per target (16 KiB of address space; pages never touched are
     never allocated). `timeout_ns` bounds a plausible RECEIVED RTT; `max_ahead_ns` how far
     past the last watermark (or the start) a record's tx_ns may lie before it is invalid.
@@ -295,6 +296,8 @@ class Aggregator:
         if len(records) == 0:
             return
         kind, flags = records["kind"].astype(np.int64), records["flags"]
+        # A SENT record stands for `probes` probes; every other record for one event.
+        count = np.where(kind == RecordKind.SENT, records["probes"], 1).astype(np.int64)
         reply = (kind == RecordKind.RECEIVED) | (kind == RecordKind.LATE)
         reordered = reply & ((flags & RecordFlag.REORDERED) != 0)
         sample = (kind == RecordKind.RECEIVED) & ~bad_rtt
@@ -306,14 +309,14 @@ class Aggregator:
             if bucket is None:
                 bucket = self._open[s] = Bucket(self.n_targets)
             idx = np.concatenate([cells[sel] + kind[sel], cells[sel][reordered[sel]] + REORD_COL])
+            weight = np.concatenate([count[sel], np.ones(len(idx) - len(count[sel]), np.int64)])
             flat = bucket.counts.reshape(-1)
-            if len(flat) <= 8 * len(idx):
-                flat += np.bincount(idx, minlength=len(flat))
+            if len(flat) <= 8 * len(idx):  # exact: float64 counts are whole up to 2**53
+                flat += np.bincount(idx, weights=weight, minlength=len(flat)).astype(np.int64)
             else:
-                np.add.at(flat, idx, 1)
-            taken = records[sel][sample[sel]]
-            if len(taken):
-                bucket.samples.append(taken)
+                np.add.at(flat, idx, weight)
+            taken = sample & sel if lo != hi else sample
+            bucket.add_samples(rtt[taken], records["target"][taken], flags[taken])
 
     def _add_after_close(self, records: _Arr) -> tuple[int, int]:
         """Outcomes for a closed second are a watermark bug: counted, dropped. Side events

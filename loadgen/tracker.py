@@ -7,23 +7,38 @@ live there); the caller passes them in.
 
 Probe k goes to local target `k % n_targets` with sequence `k // n_targets` (dense per target)
 and lives in slot `k % size` of every table, which in send order is also the expiry queue: a
-batch is a slice, and in-order replies touch memory in order. A record's tx_ns is always the
-user-space send time (its second is the probe's bucket, the same for SENT and outcome
-records); rtt_ns uses the kernel TX stamp when one in the RX stamp's clock domain arrived before
-the reply was decided, and the record's TX flag says so.
+batch is a slice, and in-order replies touch memory in order. Probes head..sent-1 are the ones
+in the tables, so a slot needs no tag: its probe is the one of that range that maps to it. A
+batch gives one SENT record per target (with its probe count), each probe one outcome record.
+A record's tx_ns is always the user-space send time (its second is the probe's bucket, the same
+for SENT and outcome records); rtt_ns uses the kernel TX stamp when one in the RX stamp's clock
+domain arrived before the reply was decided, and the record's TX flag says so.
+
+Memory: SLOT_BYTES (9: send time, state) per slot, 18 once kernel TX stamps are on; the tables
+hold rate x (linger x 1.25 + 0.1 s) + 64 slots per target, so 11.7 bytes per probe in flight
+(rate x linger, at 2 s of linger; 23.4 with TX stamps): 23 MiB for 1M pps. Nothing is allocated
+per probe.
 """
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
-from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.wire.records import MAX_PROBES, RECORD_DTYPE, RecordFlag, RecordKind
 
 _SEQ_BITS = 40  # reordering keys pack (target, seq) into one int64
+SLOT_BYTES = 9  # int64 send time + uint8 state; TX stamps add an int64 and a uint8
+TX_STAMP_SLOT_BYTES = 9
+# Probes stay in the tables from their send until the first expire() after linger: room for
+# linger and a quarter more (expiry runs every frame, but a stalled turn delays it), plus a
+# tenth of a second and 64 probes per target for short lingers and the pacer's catch-up bursts.
+LINGER_MARGIN = 1.25
+SLACK_NS = 100_000_000
 
 
 class SlotState(IntEnum):
@@ -40,7 +55,9 @@ _SENT, _RECEIVED = int(RecordKind.SENT), int(RecordKind.RECEIVED)
 _DUPLICATE = int(RecordKind.DUPLICATE)
 _REORDERED = np.uint8(RecordFlag.REORDERED)
 _TX_HW = int(RecordFlag.TX_HARDWARE)
-_FIELDS = ("tx_ns", "rtt_ns", "target", "kind", "flags")
+_FIELDS = ("tx_ns", "rtt_ns", "target", "kind", "flags", "probes")
+_SCAN = 4096  # expiry looks at the oldest probes this many at a time
+_FRAME_ROOM_S = 0.05  # a frame every ~20 ms: records of two and a half of them fit up front
 _RX_BITS = np.uint8(RecordFlag.RX_KERNEL | RecordFlag.RX_HARDWARE)
 # The kernel TX stamp that pairs with each kind of RX stamp: same clock, same layer.
 _TX_FOR_RX = np.zeros(256, dtype=np.uint8)
@@ -56,10 +73,6 @@ def probes_of_tx_ids(ids: NDArray[np.uint32], first_k: int, sent: int) -> NDArra
     i = newest - ((newest - ids.astype(np.int64)) & 0xFFFFFFFF)
     k: NDArray[np.int64] = i + first_k
     return k
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(4, int(n - 1).bit_length())
 
 
 class Tracker:
@@ -84,26 +97,22 @@ class Tracker:
         # Address -> local index, for ICMP errors that quote only 8 bytes of our probe.
         self._addr_order = np.argsort(addresses, kind="stable")
         self._addr_sorted = np.asarray(addresses, dtype=np.uint32)[self._addr_order]
-        # Room for every probe a target can have outstanding during linger, twice over.
-        self.window = _pow2_at_least(int(rate_pps / n * (linger_ns / 1e9) * 2) + 64)
+        held_ns = linger_ns * LINGER_MARGIN + SLACK_NS
+        self.window = math.ceil(rate_pps / n * held_ns / 1e9) + 64
         self._size = size = n * self.window
-        # Probe k, in slot r = k % size: its local target, and k // n - (k // size) * window.
-        r = np.arange(size, dtype=np.int64)
-        self._local_of = r % n
-        self._seq_of = r // n
-        self._slot_seq = np.zeros(size, dtype=np.uint64)
         self._slot_tx = np.zeros(size, dtype=np.int64)  # user-space send time
-        self._slot_ktx = np.zeros(size, dtype=np.int64)  # kernel TX stamp, valid if kflag
-        self._slot_kflag = np.zeros(size, dtype=np.uint8)  # TX_KERNEL / TX_HARDWARE / 0
         self._state = np.zeros(size, dtype=np.uint8)
-        # The slots in send order are the expiry queue; its send times never decrease.
-        self._fifo_tx = np.zeros(size, dtype=np.int64)
+        # Kernel TX stamps (valid where kflag is TX_KERNEL or TX_HARDWARE): allocated with
+        # the first stamp, so runs without them do not carry the columns.
+        self._slot_ktx = np.zeros(0, dtype=np.int64)
+        self._slot_kflag = np.zeros(0, dtype=np.uint8)
+        self._cycle = np.arange(2 * n + 1024, dtype=np.int64)  # 0, 1, 2, ...: batch offsets
         self._head = 0  # next probe to expire
         self._unresolved = 0  # probes before this are answered or expired
         self._max_seq = np.full(n, -1, dtype=np.int64)
         self.sent = 0  # probes sent by this worker (k of the next probe)
-        self._stamped = False  # a kernel TX stamp was taken at least once
-        self._records = _RecordColumns()
+        # Room for a frame's records at the planned rate (a SENT and an outcome per probe).
+        self._records = _RecordColumns(int(rate_pps * _FRAME_ROOM_S))
         self.foreign = 0
         self.unattributed = 0
         self.evicted = 0
@@ -122,14 +131,13 @@ class Tracker:
     def _plan(self, count: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
         if not 0 <= count <= self.max_batch:
             raise ValueError(f"batches are 0..{self.max_batch} probes, not {count}")
-        size, start = self._size, self.sent % self._size
-        wraps, base = self.sent // size, (self.sent // size) * self.window
-        if start + count <= size:  # slices of the tables: no per-probe arithmetic
-            at = slice(start, start + count)
-            return self._local_of[at], (self._seq_of[at] + base).view(np.uint64)
-        ks = np.arange(self.sent, self.sent + count, dtype=np.int64) % size
-        wrapped = self._seq_of[ks] + np.where(ks >= start, base, (wraps + 1) * self.window)
-        return self._local_of[ks], wrapped.view(np.uint64)
+        offset = self.sent % self.n
+        if len(self._cycle) < offset + count:  # grows to the largest batch, once
+            self._cycle = np.arange(self.n + 2 * count, dtype=np.int64)
+        at = self._cycle[offset : offset + count]
+        local = at % self.n
+        seq = at // self.n + self.sent // self.n
+        return local, seq.view(np.uint64)
 
     def _segments(self, first_k: int, count: int) -> list[tuple[slice, slice]]:
         """Probes first_k.. first_k + count - 1 as (slots, rows of the batch): one slice, or
@@ -145,23 +153,37 @@ class Tracker:
         """The first `count` probes of the last plan_batch went out at `tx_ns`."""
         if count <= 0:
             return
-        local, seq = self._plan(count)
+        if not 0 <= count <= self.max_batch:
+            raise ValueError(f"batches are 0..{self.max_batch} probes, not {count}")
+        if len(self._cycle) < self.n + count:
+            self._cycle = np.arange(self.n + 2 * count, dtype=np.int64)
+        if self.sent + count - self._head > self._size:
+            self.expire(tx_ns)  # the caller's last expire() may be a while ago: catch up
         overflow = self.sent + count - self._head - self._size
         if overflow > 0:
             # Probe k shares its slot with probe k - size. Only a pacing burst far beyond the
             # table's margin gets here: resolve the old probes now rather than overwrite them.
             self.evicted += self._expire_oldest(overflow)
-        last = int(self._fifo_tx[(self.sent - 1) % self._size]) if self.sent else tx_ns
-        fifo_tx = max(tx_ns, last)  # a stepped-back clock must not unsort the queue
-        for slots, rows in self._segments(self.sent, count):
-            self._slot_seq[slots] = seq[rows]
+        for slots, _ in self._segments(self.sent, count):
             self._slot_tx[slots] = tx_ns
-            self._fifo_tx[slots] = fifo_tx
             self._state[slots] = _OUTSTANDING
-            if self._stamped:
+            if len(self._slot_kflag):
                 self._slot_kflag[slots] = 0
+        self._add_sent(count, tx_ns)
         self.sent += count
-        self._records.add(_SENT, tx_ns, 0, self.targets[local], 0)
+
+    def _add_sent(self, count: int, tx_ns: int) -> None:
+        """One SENT record per target of the batch: round robin gives each count // n probes
+        and the first count % n of them, from the batch's first target on, one more."""
+        offset, n = self.sent % self.n, min(count, self.n)
+        local = self._cycle[offset : offset + n] % self.n
+        per_target = count // self.n + (np.arange(n) < count % self.n)
+        while True:  # several records where one target got more than a record holds
+            part = np.minimum(per_target, MAX_PROBES)
+            self._records.add(_SENT, tx_ns, 0, self.targets[local], 0, part)
+            per_target = per_target - part
+            if not per_target.any():
+                return
 
     def on_tx_stamps(
         self, k: NDArray[np.int64], tx_ns: NDArray[np.int64], flags: NDArray[np.uint8]
@@ -172,17 +194,18 @@ class Tracker:
         whose reply was decided before its stamp arrived keeps its user-space send time."""
         if not len(k):
             return
+        if not len(self._slot_kflag):
+            self._slot_ktx = np.zeros(self._size, dtype=np.int64)
+            self._slot_kflag = np.zeros(self._size, dtype=np.uint8)
         k = np.asarray(k, dtype=np.int64)
         slots = k % self._size
-        live = (k >= 0) & (k < self.sent) & (self._state[slots] != _EMPTY)
-        live &= self._slot_seq[slots] == (k // self.n).view(np.uint64)
+        live = (k >= self._head) & (k < self.sent)
         hardware = flags == _TX_HW
         # Software stamps first, where no hardware one is held; then hardware ones over them.
         for take in (live & ~hardware & (self._slot_kflag[slots] != _TX_HW), live & hardware):
             if take.any():
                 self._slot_ktx[slots[take]] = tx_ns[take]
                 self._slot_kflag[slots[take]] = flags[take]
-                self._stamped = True
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -220,13 +243,15 @@ class Tracker:
     def _locate(
         self, target: NDArray[np.uint32], seq: NDArray[np.uint64]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
-        """Local index, slot and whether the slot still tracks exactly that probe."""
+        """Local index, slot and whether the slot still tracks exactly that probe: probe
+        k = seq * n + local is in the tables while head <= k < sent."""
         local = self._local[np.minimum(target, len(self._local) - 1)]
-        # Slot k % size holds probe k, whose sequence tells it from the others sharing the
-        # slot; a target not ours (-1) gives some slot too, and `live` false.
-        slots = (seq.view(np.int64) * self.n + local) % self._size
-        live = (local >= 0) & (self._slot_seq[slots] == seq) & (self._state[slots] != _EMPTY)
-        return local, slots, live
+        # A target not ours (-1) or a sequence beyond any sent (garbage, which could
+        # overflow k) gives some slot too, and `live` false.
+        sane = (local >= 0) & (seq <= np.uint64(self.sent // self.n + 1))
+        k = seq.view(np.int64) * self.n + local  # garbage where not sane, and masked
+        live = sane & ((k - self._head).view(np.uint64) < np.uint64(self.sent - self._head))
+        return local, k % self._size, live
 
     def _on_good(
         self,
@@ -240,7 +265,8 @@ class Tracker:
         if not live.all():
             # Replies to probes we did send but have already given up on are stale, not foreign.
             sent_per_target = (self.sent - local + self.n - 1) // self.n
-            stale = ~live & (local >= 0) & (seq.view(np.int64) < sent_per_target)
+            iseq = seq.view(np.int64)
+            stale = ~live & (local >= 0) & (iseq >= 0) & (iseq < sent_per_target)
             self.foreign += int(np.count_nonzero(~live & ~stale))
             if stale.any():
                 tx = payload_tx_ns[stale]
@@ -262,7 +288,7 @@ class Tracker:
             first[first_idx] = True
             answer &= first
         tx = send_tx = self._slot_tx[slots]
-        if self._stamped:
+        if len(self._slot_kflag):
             send_tx, tx_flags = self._kernel_send_times(slots, tx, flags)
             flags = flags | tx_flags
         rtt = rx_ns - send_tx
@@ -368,14 +394,16 @@ class Tracker:
             self._expire_oldest(count)
 
     def _count_sent_by(self, cutoff_ns: int) -> int:
-        """How many unexpired probes, oldest first, were sent at or before cutoff_ns."""
-        size = self._size
-        start = self._head % size
-        end = start + (self.sent - self._head)
-        first = self._fifo_tx[start : min(end, size)]
-        count = int(np.searchsorted(first, cutoff_ns, side="right"))
-        if count == len(first) and end > size:
-            count += int(np.searchsorted(self._fifo_tx[: end - size], cutoff_ns, side="right"))
+        """How many unexpired probes, oldest first, were sent at or before cutoff_ns, up to the
+        first one sent after it (after a clock step back the probes behind it wait for it)."""
+        count, end = 0, self.sent - self._head
+        while count < end:
+            start = (self._head + count) % self._size
+            chunk = self._slot_tx[start : start + min(end - count, _SCAN)]
+            after = chunk > cutoff_ns
+            if after.any():
+                return count + int(np.argmax(after))
+            count += len(chunk)
         return count
 
     def _expire_oldest(self, count: int) -> int:
@@ -392,7 +420,7 @@ class Tracker:
         for st, kind in ((_OUTSTANDING, RecordKind.LOST), (_DAMAGED, RecordKind.ERRORED)):
             sel = state == st
             if sel.any():
-                targets = self.targets[self._local_of[slots][sel]]
+                targets = self.targets[(np.flatnonzero(sel) + slots.start) % self.n]
                 self._records.add(kind, self._slot_tx[slots][sel], 0, targets, 0)
                 resolved += len(targets)
         self._state[slots] = _EMPTY
@@ -422,7 +450,7 @@ class Tracker:
         self._advance_unresolved()
         mark = now_ns - self.timeout_ns
         if self._unresolved < self.sent:
-            mark = min(mark, int(self._fifo_tx[self._unresolved % self._size]))
+            mark = min(mark, int(self._slot_tx[self._unresolved % self._size]))
         return mark
 
     def finish(self) -> None:
@@ -438,11 +466,12 @@ class _RecordColumns:
     """Records gathered column by column in buffers kept between frames: one structured array
     is assembled per frame rather than one per batch."""
 
-    _DTYPES = (np.int64, np.int64, np.uint32, np.uint8, np.uint8)  # tx, rtt, target, kind, flags
+    _DTYPES = (np.int64, np.int64, np.uint32, np.uint8, np.uint8, np.uint16)  # as _FIELDS
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
         self.n = 0
-        self.cols: tuple[NDArray[np.generic], ...] = tuple(np.zeros(4096, t) for t in self._DTYPES)
+        room = max(4096, capacity)
+        self.cols: tuple[NDArray[np.generic], ...] = tuple(np.zeros(room, t) for t in self._DTYPES)
 
     def add(
         self,
@@ -451,6 +480,7 @@ class _RecordColumns:
         rtt_ns: NDArray[np.int64] | int,
         target: NDArray[np.uint32],
         flags: NDArray[np.uint8] | int,
+        probes: NDArray[np.integer] | int = 0,
     ) -> None:
         end = self.n + len(target)
         if end > len(self.cols[0]):
@@ -459,12 +489,13 @@ class _RecordColumns:
                 np.concatenate([c[: self.n], np.zeros(grown - self.n, c.dtype)]) for c in self.cols
             )
         at = slice(self.n, end)
-        tx, rtt, tgt, knd, flg = self.cols
+        tx, rtt, tgt, knd, flg, prb = self.cols
         tx[at] = tx_ns
         rtt[at] = rtt_ns
         tgt[at] = target
         knd[at] = kind
         flg[at] = flags
+        prb[at] = probes
         self.n = end
 
     def take(self) -> NDArray[np.void]:

@@ -38,7 +38,7 @@ from loadgen.bench.figures import (
     steady_cpu_per_million,
     steady_windows,
 )
-from loadgen.bench.measure import Measured, realtime
+from loadgen.bench.measure import Measured
 from loadgen.bench.memory import memory_figures, process_role
 from loadgen.bench.output import memory_lines, render_table, results_document
 from loadgen.bench.sampling import (
@@ -54,8 +54,17 @@ from loadgen.bench.sampling import (
     read_fits,
     retry_instant,
 )
-from loadgen.bench.steps import FPING, LOADGEN, PING, Step, evaluate, fping_count
+from loadgen.bench.steps import (
+    FPING,
+    LOADGEN,
+    PING,
+    RSS_BUDGET_BYTES,
+    Step,
+    evaluate,
+    fping_count,
+)
 from loadgen.bench.topology import bench_namespaces, leftovers, target_addresses
+from loadgen.coordinator import realtime
 from loadgen.errors import UsageError
 from loadgen.lab.netops import parse_snmp
 from loadgen.pacer import TickGrid
@@ -441,6 +450,18 @@ def test_a_sound_loadgen_step(tmp_path: Path) -> None:
     assert r.cpu_s_per_m == pytest.approx(0.5 * 1e6 / 100)
     assert any("generator-limited" in n for n in r.notes)
     assert r.memory is None  # sent for 2 s: no reading 30 s in
+    assert r.peak_rss_by_role == (("main", 30 << 20), ("spawned", 20 << 20))
+    assert "peak RSS by process (MiB): main 30, spawned 20" in r.notes
+    assert not any("budget" in n for n in r.notes)
+
+
+def test_loadgen_over_its_memory_budget_is_noted_not_broken(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    out.write_text("\n".join(jsonl()) + "\n")
+    big = dataclasses.replace(measured(), peak_rss_bytes=401 << 20)
+    r = evaluate(LG_STEP, big, out)
+    assert not r.broken
+    assert "peak RSS 401 MiB is over loadgen's budget of 400 MiB" in r.notes
 
 
 def test_readings_off_the_tick_grid_and_a_normal_priority_sampler_are_noted(
@@ -565,7 +586,9 @@ def test_flags_and_ladder() -> None:
     assert cfg.duration_s == 10 and cfg.workers == (1, 2) and cfg.targets == 64
     assert cfg.rates_pps == (50e3, 100e3, 200e3, 250e3, 300e3)
     steps = ladder(cfg)
-    assert [s.tool for s in steps[:2]] == [PING, FPING] and len(steps) == 17
+    assert [s.tool for s in steps[:2]] == [PING, FPING] and len(steps) == 18
+    assert steps[-1] == Step(LOADGEN, 64, rate_pps=2e6, workers=2, duration_s=10, overload=True)
+    assert steps[-1].label == "loadgen 2000k x2 overload"
     stamped = [s for s in steps if s.tx_timestamps]
     assert [(s.rate_pps, s.workers) for s in stamped] == [(100e3, 2), (150e3, 2)]
     linked = [s for s in steps if s.link_tx]
@@ -573,7 +596,7 @@ def test_flags_and_ladder() -> None:
     assert linked[0].label == "loadgen 200k x2 pkt"
     assert linked[0].argv(["198.18.1.1"], Path("j"))[-2:] == ["--tx-path", "packet"]
     assert parse_config(["--quick"]).duration_s == 2
-    only = ["--tx-rates", "none", "--packet-rates", "none"]
+    only = ["--tx-rates", "none", "--packet-rates", "none", "--overload", "none"]
     small = parse_config(
         ["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s", *only]
     )
@@ -582,6 +605,7 @@ def test_flags_and_ladder() -> None:
         ["--workers", "two"],
         ["--rates", "fast"],
         ["--tx-rates", "x"],
+        ["--overload", "lots"],
         ["--targets", "65"],
     )
     for bad in (*bad_flags, ["--bogus"]):
@@ -644,6 +668,11 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["ok"] and doc["machine"]["cores"] >= 1 and doc["machine"]["kernel"]
     steps = {s["label"]: s for s in doc["steps"]}
+    # Asked far more than it can do: it sends what it can, accounts for all of it, and its
+    # memory stays within the budget.
+    over = steps.pop("loadgen 2000k x1 overload")
+    assert 0 < over["sent"] < 2_000_000 and over["loss"]["self_client"] == 0, over
+    assert over["loss"]["wire_requests"] == 0 and over["peak_rss_bytes"] < RSS_BUDGET_BYTES
     loadgens = ("loadgen 5k x1", "loadgen 5k x1 txts", "loadgen 5k x1 pkt")
     assert set(steps) == {*loadgens, PING, FPING}
     expected_sent = {**dict.fromkeys(loadgens, 5000), PING: 2000, FPING: 20 * 64}

@@ -29,6 +29,7 @@ def records(sent_at_s: list[float], target: int, *, answered: bool = True) -> ND
     out = np.zeros(per * len(sent_at_s), dtype=RECORD_DTYPE)
     out["tx_ns"] = np.repeat([START + int(t * S) for t in sent_at_s], per)
     out["target"] = target
+    out["probes"][::per] = 1  # the SENT records, one a probe
     if answered:
         out["kind"][1::2] = RecordKind.RECEIVED
         out["rtt_ns"][1::2] = 1000

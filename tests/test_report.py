@@ -30,7 +30,8 @@ def run(
     """rows: (tx offset, target, kind, rtt_ns); every reply carries RX_KERNEL."""
     records = np.zeros(len(rows), dtype=RECORD_DTYPE)
     for i, (tx, target, kind, rtt) in enumerate(rows):
-        records[i] = (START + tx, rtt, target, kind, RecordFlag.RX_KERNEL, 0)
+        probes = 1 if kind == K.SENT else 0  # a SENT record per probe
+        records[i] = (START + tx, rtt, target, kind, RecordFlag.RX_KERNEL, probes)
     agg = Aggregator(n_targets, START, S)
     agg.add(records)
     reports = agg.close_all()

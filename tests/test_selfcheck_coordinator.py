@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import select
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from loadgen.coordinator import Coordinator, Display, WorkerHandle
+from loadgen.coordinator import EVERY_FRAME, FRAMES_PER_WAKE, Coordinator, Display, WorkerHandle
 from loadgen.output.summary import summary_text
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import parse_profile
 from loadgen.stats import SecondReport
 from loadgen.targets import Target
-from loadgen.wire.messages import Done, Failed, Frame, Hello, WorkerStats
+from loadgen.wire.messages import Done, Failed, Frame, Hello, WorkerStats, encode
 from loadgen.wire.records import RECORD_DTYPE, RecordKind
 
 S = 1_000_000_000
@@ -74,6 +75,7 @@ class Run:
         if answered:
             records["kind"][1::2] = RecordKind.RECEIVED
             records["rtt_ns"][1::2] = 1_000_000
+        records["probes"][::per] = 1  # the SENT records
         now, mark = (self.coord.start_ns + int(t * S) for t in (at_s, mark_s))
         self.coord._handle(
             self.worker, Frame(0, self.seq, now, mark, records, WorkerStats(**stats))
@@ -163,3 +165,21 @@ def test_the_workers_setup_notes_are_shown_once_each(run: Run) -> None:
 
     asyncio.run(hello())
     assert run.display.notes == list(notes)
+
+
+def test_a_busy_pipe_is_read_a_few_frames_a_turn_and_whole_once_its_worker_exited() -> None:
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    run = Run(reader)
+    run.worker.readable.register(reader.fileno(), select.POLLIN)
+    for seq in range(3 * FRAMES_PER_WAKE):
+        frame = Frame(
+            0, seq, run.coord.start_ns, 0, np.zeros(0, RECORD_DTYPE), WorkerStats(sent=seq)
+        )
+        writer.send_bytes(encode(frame))
+    run.coord._on_data(run.worker)  # the loop's callback: the rest waits for the next turn
+    assert run.worker.stats.sent == FRAMES_PER_WAKE - 1
+    run.coord._on_data(run.worker, limit=EVERY_FRAME)
+    assert run.worker.stats.sent == 3 * FRAMES_PER_WAKE - 1
+    assert not run.worker.readable.poll(0)
+    writer.close()
+    reader.close()

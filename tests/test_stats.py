@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from loadgen.moments import SAMPLE_BYTES
 from loadgen.stats import (
     PERCENTILE_REL_ERROR,
     TOTAL,
@@ -32,7 +33,7 @@ Row = tuple[int, int, int, int, int]  # (tx offset from START, target, kind, rtt
 def recs(*rows: Row) -> NDArray[Any]:
     out = np.zeros(len(rows), dtype=RECORD_DTYPE)
     for i, (tx, target, kind, rtt, flags) in enumerate(rows):
-        out[i] = (START + tx, rtt, target, kind, flags, 0)
+        out[i] = (START + tx, rtt, target, kind, flags, 1 if kind == K.SENT else 0)
     return out
 
 
@@ -42,6 +43,17 @@ def sent(tx: int, target: int = 0) -> Row:
 
 def got(tx: int, rtt: int, target: int = 0, flags: int = 0, kind: int = K.RECEIVED) -> Row:
     return (tx, target, kind, rtt, flags)
+
+
+def test_a_sent_record_counts_the_probes_it_stands_for() -> None:
+    agg = Aggregator(2, START, TIMEOUT)
+    batch = recs(sent(0), sent(0, 1), sent(S + 1))
+    batch["probes"] = [3, 65535, 2]
+    agg.add(batch)
+    first, second = agg.close_through(START + 2 * S)
+    assert [t.counts.sent for t in first.per_target] == [3, 65535]
+    assert first.total.counts.sent == 65538
+    assert second.total.counts.sent == 2
 
 
 def test_hand_computed_second() -> None:
@@ -199,6 +211,7 @@ def probes(rng: np.random.Generator, n: int, n_targets: int, seconds: int) -> ND
     out["rtt_ns"] = np.concatenate([np.zeros(n, np.int64), rtt, np.zeros(len(side), np.int64)])
     flags = rng.choice([0, RecordFlag.RX_KERNEL, RecordFlag.REORDERED], len(out))
     out["flags"] = flags
+    out["probes"] = out["kind"] == K.SENT
     return out[rng.permutation(len(out))]
 
 
@@ -326,3 +339,14 @@ def test_add_is_fast_enough() -> None:
     elapsed = time.perf_counter() - t0
     per_1000_us = elapsed / sum(len(f) for f in frames) * 1e9
     assert per_1000_us < 1000, f"add() took {per_1000_us:.0f} us per 1000 records"
+
+
+def test_an_open_second_holds_13_bytes_per_rtt_sample() -> None:
+    agg = Aggregator(4, START, TIMEOUT)
+    rows = [got(i, 1000 + i, target=i % 4, flags=RecordFlag.RX_KERNEL) for i in range(1000)]
+    agg.add(recs(*rows))
+    (bucket,) = agg._open.values()
+    held = sum(a.nbytes for col in (bucket.rtt, bucket.target, bucket.flags) for a in col)
+    assert held == 1000 * SAMPLE_BYTES == 13_000
+    (rep,) = agg.close_all()
+    assert rep.total.rtt.count == 1000 and rep.total.rtt.max_ns == 1999

@@ -24,7 +24,7 @@ def run_of(n: int, lost: dict[int, int], dup: int = 0) -> tuple[RunSummary, list
     rows: list[tuple[int, ...]] = []
     for t in range(n):
         for i in range(100):
-            rows.append((START + i * 1000, 0, t, K.SENT, 0, 0))
+            rows.append((START + i * 1000, 0, t, K.SENT, 0, 1))  # probes=1: one SENT a probe
             kind, rtt = (K.LOST, 0) if i < lost.get(t, 0) else (K.RECEIVED, (20 + t) * 1000 + i)
             rows.append((START + i * 1000, rtt, t, kind, RecordFlag.RX_KERNEL, 0))
     rows += [(START, 5, 0, K.DUPLICATE, 0, 0)] * dup

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from loadgen.tracker import Tracker
+from loadgen.tracker import SLOT_BYTES, TX_STAMP_SLOT_BYTES, Tracker
 from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
-from loadgen.wire.records import OUTCOME_KINDS, RecordFlag, RecordKind
+from loadgen.wire.records import MAX_PROBES, OUTCOME_KINDS, RecordFlag, RecordKind
 
 MS = 1_000_000
 TIMEOUT = 100 * MS
@@ -49,7 +50,17 @@ def reply(
 
 
 def kinds(recs: NDArray[np.void]) -> Counter[RecordKind]:
-    return Counter(RecordKind(int(k)) for k in recs["kind"])
+    """Records by kind, a SENT record counting the probes it stands for."""
+    out: Counter[RecordKind] = Counter()
+    for k, probes in zip(recs["kind"].tolist(), recs["probes"].tolist(), strict=True):
+        out[RecordKind(k)] += probes if k == RecordKind.SENT else 1
+    return out
+
+
+def sent_rows(recs: NDArray[np.void]) -> list[tuple[int, int]]:
+    """(target, probes) of the SENT records, sorted."""
+    sent = recs[recs["kind"] == RecordKind.SENT]
+    return sorted(zip(sent["target"].tolist(), sent["probes"].tolist(), strict=True))
 
 
 def test_round_robin_targets_and_dense_sequences() -> None:
@@ -60,7 +71,24 @@ def test_round_robin_targets_and_dense_sequences() -> None:
     tr.on_sent(7, tx_ns=1000)
     recs = tr.take_records()
     assert kinds(recs) == {RecordKind.SENT: 7}
-    assert sorted(recs["target"].tolist()) == [10, 10, 10, 11, 11, 12, 12]
+    # One SENT record per target of the batch, with its probe count.
+    assert sent_rows(recs) == [
+        (10, 3),
+        (11, 2),
+        (12, 2),
+    ]
+    tr.plan_batch(2)
+    tr.on_sent(2, tx_ns=2000)  # starts at target 11, where the last batch stopped
+    recs = tr.take_records()
+    assert sent_rows(recs) == [(11, 1), (12, 1)]
+
+
+def test_a_target_with_more_probes_than_a_record_holds_gets_several() -> None:
+    tr = make(1, rate=1e6)
+    tr.on_sent(MAX_PROBES + 5, tx_ns=0)
+    recs = tr.take_records()
+    assert recs["probes"].tolist() == [MAX_PROBES, 5]
+    assert kinds(recs) == {RecordKind.SENT: MAX_PROBES + 5}
 
 
 def test_received_late_lost_and_duplicate() -> None:
@@ -191,14 +219,14 @@ def test_every_probe_gets_exactly_one_outcome(
     assert sum(c[k] for k in OUTCOME_KINDS) == sum(batches)
     for t in range(10, 10 + n_targets):
         mine = recs[recs["target"] == t]
-        sent = int(np.count_nonzero(mine["kind"] == RecordKind.SENT))
+        sent = int(mine["probes"][mine["kind"] == RecordKind.SENT].sum())
         outcomes = int(np.count_nonzero(np.isin(mine["kind"], list(OUTCOME_KINDS))))
         assert sent == outcomes
     assert tr.unresolved() == 0
 
 
 def test_a_burst_beyond_the_table_evicts_the_oldest_probes_once() -> None:
-    tr = make(2)  # 1000 pps over 2 targets, linger 300 ms: a table of 2 x 512 slots
+    tr = make(2)  # 1000 pps over 2 targets, linger 300 ms: a table of 2 x 302 slots
     size = 2 * tr.window
     tr.on_sent(tr.max_batch, tx_ns=0)
     reply(tr, [(10, 0, MS)])  # probe 0 is answered; the rest stay outstanding
@@ -214,10 +242,22 @@ def test_a_burst_beyond_the_table_evicts_the_oldest_probes_once() -> None:
     assert tr.unresolved() == 0
 
 
+def test_a_full_table_of_probes_past_linger_expires_them_instead_of_evicting() -> None:
+    tr = make(2)
+    tr.on_sent(tr.max_batch, tx_ns=0)
+    tr.on_sent(tr.max_batch, tx_ns=MS)
+    tr.on_sent(100, tx_ns=MS + LINGER)  # nobody called expire(): the send does it
+    assert tr.evicted == 0
+    c = kinds(tr.take_records())
+    assert c[RecordKind.LOST] == 2 * tr.max_batch  # every probe sent by 1 ms is due
+    assert tr.unresolved() == 100
+
+
 def test_batches_crossing_the_table_end_keep_dense_sequences() -> None:
     tr = make(3)
     size = 3 * tr.window
-    for count in (size // 2, size // 2, size // 2, size // 2 - 20):  # two laps, less 20
+    half = size // 2
+    for count in (half, half, half, 2 * size - 3 * half - 20):  # two laps, less 20
         tr.on_sent(count, tx_ns=0)
         tr.expire(LINGER)
     assert tr.sent % size == size - 20
@@ -229,3 +269,49 @@ def test_batches_crossing_the_table_end_keep_dense_sequences() -> None:
     tr.take_records()
     reply(tr, [(10 + int(k % 3), int(k // 3), LINGER + MS) for k in ks])
     assert kinds(tr.take_records()) == {RecordKind.RECEIVED: 50}
+
+
+def table_bytes(tr: Tracker) -> int:
+    slots = tr.n * tr.window
+    return sum(a.nbytes for a in vars(tr).values() if isinstance(a, np.ndarray) and a.size == slots)
+
+
+@pytest.mark.parametrize("rate", [1e4, 2e5, 1e6])
+def test_the_tables_hold_at_most_64_bytes_per_probe_in_flight(rate: float) -> None:
+    linger = 2_000 * MS
+    tr = Tracker(
+        targets=np.arange(32, dtype=np.uint32),
+        addresses=np.arange(32, dtype=np.uint32),
+        rate_pps=rate,
+        timeout_ns=TIMEOUT,
+        linger_ns=linger,
+    )
+    in_flight = rate * linger / 1e9
+    assert table_bytes(tr) == SLOT_BYTES * 32 * tr.window
+    assert tr.window >= rate / 32 * linger / 1e9  # a linger's probes fit
+    assert table_bytes(tr) <= 64 * in_flight
+    tr.on_sent(4, tx_ns=0)
+    tr.on_tx_stamps(np.arange(4), np.arange(4), np.full(4, RecordFlag.TX_KERNEL, np.uint8))
+    assert table_bytes(tr) == (SLOT_BYTES + TX_STAMP_SLOT_BYTES) * 32 * tr.window
+    assert table_bytes(tr) <= 64 * in_flight
+
+
+def test_a_clock_stepped_back_delays_expiry_but_loses_no_probe() -> None:
+    tr = make(1)
+    tr.on_sent(2, tx_ns=10 * MS)
+    tr.on_sent(2, tx_ns=5 * MS)  # the wall clock went back 5 ms
+    tr.expire(5 * MS + LINGER)  # the later probes are due, but wait behind the earlier ones
+    assert kinds(tr.take_records()) == {RecordKind.SENT: 4}
+    tr.expire(10 * MS + LINGER)
+    recs = tr.take_records()
+    assert kinds(recs) == {RecordKind.LOST: 4}
+    assert recs["tx_ns"].tolist() == [10 * MS, 10 * MS, 5 * MS, 5 * MS]  # true send times
+
+
+def test_garbage_sequences_are_foreign_not_a_crash() -> None:
+    tr = make(2)
+    tr.on_sent(4, tx_ns=0)
+    tr.take_records()
+    reply(tr, [(10, 2**63 + 1, MS), (10, 2**40, MS), (11, 2, MS)])
+    assert tr.foreign == 3
+    assert len(tr.take_records()) == 0

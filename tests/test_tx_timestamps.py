@@ -116,8 +116,8 @@ def test_a_reused_slot_forgets_the_old_probes_stamp() -> None:
     answer(tr, [0], [50])
     tr.expire(LINGER)
     per_slot = tr.window  # probe k and k + window share a slot on one target
-    for _ in range(per_slot // 64):
-        tr.on_sent(64, tx_ns=LINGER)
+    while tr.sent <= per_slot:
+        tr.on_sent(min(64, per_slot + 1 - tr.sent), tx_ns=LINGER)
     tr.take_records()
     recs = answer(tr, [per_slot], [LINGER + 500])
     assert recs["rtt_ns"].tolist() == [500] and not recs["flags"] & TX_K

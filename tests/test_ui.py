@@ -36,11 +36,11 @@ def records(losses: list[int], rtt_ns: list[int], extra: list[int] | None = None
     rows: list[tuple[int, ...]] = []
     for t, (lost, rtt) in enumerate(zip(losses, rtt_ns, strict=True)):
         for i in range(100):
-            rows.append((START + i * 1000, 0, t, K.SENT, 0, 0))
+            rows.append((START + i * 1000, 0, t, K.SENT, 0, 1))  # probes=1: one SENT a probe
             kind, r = (int(K.LOST), 0) if i < lost else (int(K.RECEIVED), rtt + i)
             rows.append((START + i * 1000, r, t, kind, RecordFlag.RX_KERNEL, 0))
     for kind in extra or []:
-        rows.append((START, 5, 0, kind, 0, 0))
+        rows.append((START, 5, 0, kind, 0, 1 if kind == K.SENT else 0))
     return np.array(rows, dtype=RECORD_DTYPE)
 
 

@@ -37,6 +37,7 @@ DEFAULT_RATES = "50k,100k,200k,250k,300k"
 DEFAULT_WORKERS = "1,2"
 DEFAULT_TX_RATES = "100k,150k"  # loadgen with --tx-timestamps, on the most workers asked for
 DEFAULT_PACKET_RATES = "200k,250k,300k"  # loadgen with --tx-path packet, ditto
+DEFAULT_OVERLOAD = "2M"  # far beyond any machine here, on the most workers: memory must hold
 FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
 PING_PPS_GUESS = 80_000  # ping -f's pace on the reference machine: sizes its count to the step
@@ -57,6 +58,7 @@ class Config:
     tx_rates_pps: tuple[float, ...] = ()
     packet_rates_pps: tuple[float, ...] = ()
     floor: bool = False
+    overload_pps: tuple[float, ...] = ()
 
 
 def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
@@ -84,6 +86,10 @@ def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
     steps += [
         Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, link_tx=True)
         for r in cfg.packet_rates_pps
+    ]
+    steps += [
+        Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, overload=True)
+        for r in cfg.overload_pps
     ]
     return steps
 
@@ -146,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
         f"{DEFAULT_PACKET_RATES}; 'none' skips them)",
     )
     p.add_argument(
+        "--overload",
+        help=f"loadgen rate far beyond the machine, on the most workers given, to show that "
+        f"memory holds and the run says it is generator-limited (default {DEFAULT_OVERLOAD}; "
+        f"'none' skips it)",
+    )
+    p.add_argument(
         "--no-floor", action="store_true", help="skip the kernel floor (floor.c, built with cc)"
     )
     p.add_argument("--output", default="bench-results.json", help="results file")
@@ -167,7 +179,8 @@ def _soak_s(a: argparse.Namespace) -> float | None:
 
 
 def _extra_rates(text: str | None, default: str, key: str, wanted: bool) -> tuple[float, ...]:
-    """The rates of an extra ladder (--tx-rates, --packet-rates); 'none' or a soak: none."""
+    """The rates of an extra ladder (--tx-rates, --packet-rates, --overload); 'none' or a
+    soak: none."""
     text = (text or default).strip() if wanted else "none"
     if text == "none":
         return ()
@@ -189,6 +202,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     packet_rates = _extra_rates(
         a.packet_rates, DEFAULT_PACKET_RATES, "--packet-rates", soak_s is None
     )
+    overload = _extra_rates(a.overload, DEFAULT_OVERLOAD, "--overload", soak_s is None)
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
@@ -215,6 +229,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         tx_rates_pps=tx_rates,
         packet_rates_pps=packet_rates,
         floor=not a.no_floor and soak_s is None,
+        overload_pps=overload,
     )
 
 

@@ -14,7 +14,7 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from loadgen.bench.sampling import (
     retry_instant,
 )
 from loadgen.bench.topology import BenchNet, SnmpReader
+from loadgen.coordinator import realtime
 
 TREE_EVERY = 5  # re-list the process tree every 5th sample; the workers live the whole run
 STOP_GRACE_S = 5.0
@@ -132,27 +133,6 @@ class _Watch:
             if c is not None:
                 self.cpu[p] = c
         return sum(self.cpu.values()), tuple(rss)
-
-
-@contextlib.contextmanager
-def realtime(priority: int) -> Iterator[bool]:
-    """Run the calling thread SCHED_FIFO at `priority` inside the block; what it forks starts
-    at normal priority (SCHED_RESET_ON_FORK), so the tool keeps its own scheduling. Yields
-    whether that was permitted; where it is not, nothing changes."""
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-    flags = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
-    try:
-        os.sched_setscheduler(0, flags, os.sched_param(priority))
-    except OSError:  # EPERM without CAP_SYS_NICE, or an RT limit (RLIMIT_RTPRIO, cgroups)
-        granted = False
-    else:
-        granted = True
-    try:
-        yield granted
-    finally:
-        if granted:
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(0, policy, param)
 
 
 def _sleep_until(deadline_ns: int) -> None:

@@ -21,7 +21,7 @@ from loadgen.bench.steps import StepResult
 
 RESULTS_SCHEMA = 1
 _COLUMNS = (
-    ("step", "<", 16),
+    ("step", "<", 25),
     ("tgts", ">", 4),
     ("req pps", ">", 8),
     ("achieved", ">", 8),
@@ -43,7 +43,9 @@ FOOTNOTES = (
     "OutEchoReps - replies the tool counted",
     "CPU-s/1M: user+sys of the whole process tree per 1M probes sent, whole run / steady "
     "sending only",
-    "RSS MiB: sum over the tool's processes of each one's peak RSS",
+    "RSS MiB: sum over the tool's processes of each one's peak RSS (VmHWM); each process's "
+    "in the notes; loadgen's budget is 400 MiB at any rate asked of 2 workers (the overload "
+    "step asks far more than the machine can do)",
     "memory (runs past 30 s): each process's VmRSS and its anonymous part RssAnon (the leak "
     "signal: file pages come and go with reclaim) 30 s into sending and at the last reading "
     "while sending, the growth between, and its peak (VmHWM)",

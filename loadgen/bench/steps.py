@@ -38,6 +38,7 @@ FPING_MAX_TOTAL = 65535
 SHORT_RUN_S = 0.5
 LINGER_S = 2.0  # loadgen's default linger (-d) after the last probe
 TICK_PPS = 1000  # a loadgen worker at this rate or more sends one batch per 1 ms tick
+RSS_BUDGET_BYTES = 400 << 20  # loadgen's processes together, at any rate asked of 2 workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +52,12 @@ class Step:
     tx_timestamps: bool = False  # loadgen and the floor: kernel TX stamps of every probe
     link_tx: bool = False  # loadgen: tx_path = "packet" (probes written to the link)
     program: str = ""  # the floor: its compiled binary
+    overload: bool = False  # loadgen: asks far more than the machine can do (memory must hold)
 
     @property
     def label(self) -> str:
         stamps = (" txts" if self.tx_timestamps else "") + (" pkt" if self.link_tx else "")
+        stamps += " overload" if self.overload else ""
         if self.tool == LOADGEN and self.rate_pps is not None:
             return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}{stamps}"
         if self.tool == FLOOR:
@@ -130,6 +133,7 @@ class StepResult:
     observer_cpu_s: float = 0.0  # the bench's own CPU while it watched (sampling cost)
     window_pps: tuple[int, ...] = ()  # every steady 100 ms window's rate, for the curious
     memory: MemoryFigures | None = None  # RSS 30 s into sending against its end (long runs)
+    peak_rss_by_role: tuple[tuple[str, int], ...] = ()  # each process's VmHWM, largest first
     kernel_client: dict[str, int] = field(default_factory=dict)
     kernel_responder: dict[str, int] = field(default_factory=dict)
 
@@ -203,6 +207,15 @@ def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
         )
     if not m.sampler_realtime:
         notes.append("the sampler could not run SCHED_FIFO: its readings may come late")
+    by_role = rss_by_role(m)
+    if by_role:
+        text = ", ".join(f"{role} {b / 2**20:.0f}" for role, b in by_role)
+        notes.append(f"peak RSS by process (MiB): {text}")
+    if step.tool == LOADGEN and m.peak_rss_bytes > RSS_BUDGET_BYTES:
+        notes.append(
+            f"peak RSS {m.peak_rss_bytes / 2**20:.0f} MiB is over loadgen's budget of "
+            f"{RSS_BUDGET_BYTES >> 20} MiB"
+        )
     if m.wall_s < SHORT_RUN_S:
         notes.append(f"ran {m.wall_s:.2f} s: peak RSS is sampled every 100 ms and may be missed")
     return StepResult(
@@ -233,4 +246,12 @@ def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
         kernel_client=m.client,
         kernel_responder=m.responder,
         memory=memory_figures(m.samples, m.peaks, m.roles),
+        peak_rss_by_role=by_role,
     )
+
+
+def rss_by_role(m: Measured) -> tuple[tuple[str, int], ...]:
+    """Each process's peak RSS with what it is (main, spawned: loadgen's workers), largest
+    first."""
+    rows = [(m.roles.get(pid, "?"), peak) for pid, peak in m.peaks.items()]
+    return tuple(sorted(rows, key=lambda row: (-row[1], row[0])))

@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 from loadgen.errors import LoadgenError
 from loadgen.wire.records import RECORD_DTYPE
 
-VERSION = 3  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes
+VERSION = 3  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
+# record stands for `probes` probes
 
 
 class ProtocolError(LoadgenError):

@@ -1,8 +1,10 @@
 """The fixed-width record every worker emits and the coordinator aggregates.
 
-One record per probe sent (SENT), one per probe outcome (exactly one of RECEIVED, LATE, LOST,
-ERRORED per probe) and one per side event (DUPLICATE, BITFLIP, CORRUPTED, ICMP_ERROR, STALE).
-Records travel as numpy structured arrays, packed into msgpack frames by `messages`.
+A SENT record per target and send batch (its `probes` field says how many probes to that
+target it stands for, all with its tx_ns), one record per probe outcome (exactly one of
+RECEIVED, LATE, LOST, ERRORED per probe) and one per side event (DUPLICATE, BITFLIP, CORRUPTED,
+ICMP_ERROR, STALE). Records travel as numpy structured arrays, packed into msgpack frames by
+`messages`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ RECORD_DTYPE = np.dtype(
         ("target", "<u4"),  # global target index (the plan's order)
         ("kind", "u1"),  # RecordKind
         ("flags", "u1"),  # RecordFlag
-        ("pad", "<u2"),
+        ("probes", "<u2"),  # SENT: probes to this target it stands for (1..MAX_PROBES); else 0
     ]
 )
 assert RECORD_DTYPE.itemsize == 24
+MAX_PROBES = 0xFFFF  # per SENT record; a larger batch to one target takes several
 
 
 class RecordKind(IntEnum):
-    SENT = 0
+    SENT = 0  # `probes` probes to one target, sent together
     # Outcomes: every SENT probe gets exactly one of these.
     RECEIVED = 1  # a good reply within timeout
     LATE = 2  # a good reply after timeout but before the probe was given up (linger)

@@ -42,6 +42,7 @@ def split_frame_worker(plan_bytes: bytes, data: Connection, control: Connection)
     records = np.zeros(2 * PROBES, dtype=RECORD_DTYPE)
     records["tx_ns"] = np.repeat(tx, 2)
     records["kind"] = np.tile([RecordKind.SENT, RecordKind.RECEIVED], PROBES)
+    records["probes"][::2] = 1
     records["rtt_ns"][1::2] = 50_000
     now = time.time_ns()
     frame = encode(Frame(plan.worker, 0, now, now, records, WorkerStats(sent=PROBES)))
