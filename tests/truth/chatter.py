@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-import time
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -81,7 +80,7 @@ def _link_end(ifname: str) -> socket.socket:
 
 
 class Chatter:
-    """Sockets on both ends of `host`'s link; `run` sends the rounds."""
+    """Sockets on both ends of `host`'s link; each `round` sends one round on it."""
 
     def __init__(self, host: LabHost) -> None:
         self.host = host
@@ -122,12 +121,6 @@ class Chatter:
             self.stray.sendto(_stray_ping(n), (h.address, 0))
             self.sent.strays += 1
         self.sent.rounds += 1
-
-    def run(self, rounds: int, every_s: float) -> Sent:
-        for _ in range(rounds):
-            self.round()
-            time.sleep(every_s)
-        return self.sent
 
     def close(self) -> None:
         for s in (self.root_raw, self.host_raw, self.root_udp, self.host_udp, self.stray):

@@ -1,10 +1,10 @@
 """Other traffic on a shaped, impaired link moves no truth figure.
 
 While loadgen probes a host behind tbf and an nftables random drop faster than the link lets
-through, both ends of its link also carry ARP requests and replies, IPv6 neighbour
-solicitations, a UDP trickle both ways with the port unreachables it provokes, and echo requests
-that are not probes. loadgen's counts still equal the truth exactly, and the other traffic is
-seen to have gone round the shaper and past every probe counter.
+through (and a reflector host beside it), both ends of each link also carry ARP requests and
+replies, IPv6 neighbour solicitations, a UDP trickle both ways with the port unreachables it
+provokes, and echo requests that are not probes. loadgen's counts still equal the truth exactly,
+and the other traffic is seen to have gone round the shaper and past every probe counter.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pyroute2 import IPRoute
 from loadgen.lab import Lab, LabHost
 from loadgen.lab.netops import in_netns, nft_counters, read_snmp
 
-from .chatter import Chatter, Sent
+from .chatter import Chatter
 from .conftest import Labs, assert_counts_match, measure
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(60)]
 
 RATE_PPS = 20_000
 PROBES = 20_000
-ROUNDS, EVERY_S = 300, 0.004  # the chatter: ~1.5 s, 3,600 frames and 600 datagrams at most
+ROUNDS, EVERY_S = 300, 0.004  # the chatter: ~1.5 s; per host 1,800 frames, 600 datagrams
 START_WITHIN_S = 20.0
 
 
@@ -51,61 +51,78 @@ def _host_stats(host: LabHost) -> dict[str, dict[str, int]]:
     return in_netns(host.netns, read_snmp)
 
 
-def _chatter_while_probing(host: LabHost, before: int, out: dict[str, Any]) -> None:
-    """Wait for loadgen's first probes on the link, then chatter alongside them (loadgen runs
-    meanwhile; the truth is read only after this returns and the run has ended)."""
+def _chatter_while_probing(
+    busy: LabHost, before: int, hosts: list[LabHost], out: dict[str, Any]
+) -> None:
+    """Wait for loadgen's first probes on the shaped link, then chatter on every host's link
+    alongside them (loadgen runs meanwhile; the truth is read only after this returns)."""
     deadline = time.monotonic() + START_WITHIN_S
-    key = f"req_out_{host.index}"
-    while (seen := nft_counters(None, host.nft_table, "netdev")[key]) == before:
+    key = f"req_out_{busy.index}"
+    while (seen := nft_counters(None, busy.nft_table, "netdev")[key]) == before:
         assert time.monotonic() < deadline, f"no probe left within {START_WITHIN_S:.0f} s"
         time.sleep(0.005)
     out["probes_when_started"] = seen - before
-    chatter = Chatter(host)
+    chatters = [Chatter(h) for h in hosts]
     try:
-        out["sent"] = chatter.run(ROUNDS, EVERY_S)
+        for _ in range(ROUNDS):
+            for c in chatters:
+                c.round()
+            time.sleep(EVERY_S)
     finally:
-        chatter.close()
+        for c in chatters:
+            c.close()
+    out["sent"] = {h.address: c.sent for h, c in zip(hosts, chatters, strict=True)}
 
 
 @pytest.fixture(scope="module")
 def lab(module_labs: Labs) -> Lab:
-    return module_labs([{"name": "busy", "rate_limit": "512kbit", "drop": 0.05}], seed=11)
+    return module_labs(
+        [
+            {"name": "busy", "rate_limit": "512kbit", "drop": 0.05},  # the kernel answers
+            {"name": "echo", "duplicate": 0.05, "drop": 0.05},  # a reflector answers
+        ],
+        seed=11,
+    )
 
 
 def test_counts_equal_the_truth_with_other_traffic_on_the_link(lab: Lab, tmp_path: Path) -> None:
-    host = lab.host("busy")
-    before = nft_counters(None, host.nft_table, "netdev")[f"req_out_{host.index}"]
-    around_before, snmp_before = _around_the_shaper(host), _host_stats(host)
+    busy, echo = lab.host("busy"), lab.host("echo")
+    before = nft_counters(None, busy.nft_table, "netdev")[f"req_out_{busy.index}"]
+    around_before, snmp_before = _around_the_shaper(busy), _host_stats(busy)
     out: dict[str, Any] = {}
     run, truth = measure(
         lab,
-        [host],
+        [busy, echo],
         tmp_path,
         rate_pps=RATE_PPS,
         count=PROBES,
-        during=lambda pid: _chatter_while_probing(host, before, out),
+        during=lambda pid: _chatter_while_probing(busy, before, [busy, echo], out),
     )
-    sent: Sent = out["sent"]
     assert out["probes_when_started"] < PROBES, "the chatter began after the last probe"
-
-    t = truth[host.address]
     assert_counts_match(run, truth)
-    got = run.counts(host.address)
-    assert got.sent == PROBES == t.requests_out
-    # The link's tbf and the nftables drop both took probes: the figures are not trivially 0.
-    assert t.root_link.shaped_drops > 0 and t.nft_dropped_random > 0
+    for h in (busy, echo):
+        t, got = truth[h.address], run.counts(h.address)
+        assert got.sent == PROBES == t.requests_out, h.name
+        assert t.nft_dropped_random > 0 and t.icmp_errors_out == t.errors_back == 0, h.name
+
+    # The shaped link: its tbf took probes too, and nothing else.
+    t, got, sent = truth[busy.address], run.counts(busy.address), out["sent"][busy.address]
+    assert t.root_link.shaped_drops > 0
     assert t.lost_towards_host == t.root_link.shaped_drops
     assert got.lost == t.root_link.shaped_drops + t.nft_dropped + t.host_link.shaped_drops
-
     # The other traffic was there, went round the shaper on both ends, and reached the host:
     # ARP, neighbour solicitations, UDP and port unreachables, the stray echo requests.
-    around_after = _around_the_shaper(host)
+    around_after = _around_the_shaper(busy)
     root_around, host_around = (a - b for a, b in zip(around_after, around_before, strict=True))
     per_end = sent.frames // 2 + sent.datagrams // 2
     assert root_around >= per_end + sent.strays, (root_around, sent)
     assert host_around >= per_end, (host_around, sent)
-    snmp = _host_stats(host)
+    snmp = _host_stats(busy)
     assert snmp["Udp"]["NoPorts"] - snmp_before["Udp"]["NoPorts"] == sent.datagrams // 2
     # The kernel answered the stray echo requests; no probe counter counted them.
     assert t.requests_seen == t.echo_requests_in - t.nft_dropped + sent.strays
-    assert t.icmp_errors_out == t.errors_back == 0  # port unreachables quote no probe
+
+    # The reflector host: the strays reached its reflector, which left them unanswered.
+    r = truth[echo.address].reflector
+    assert r is not None and r.duplicated > 0
+    assert r.foreign == out["sent"][echo.address].strays > 0
