@@ -205,6 +205,17 @@ def _allocate(
     return block, plan_hosts(spec, block)
 
 
+def add_root_counters(table: str, index: int, ifname: str) -> None:
+    """Host `index`'s probe counters on the root end of its link (netdev egress and ingress)."""
+    try:
+        nft(None, ["-f", "-"], stdin=root_ruleset(table, index, ifname))
+    except LabError as exc:
+        raise LabError(
+            f"{exc}; the lab counts probes at the link's egress hook: it needs Linux 5.16+ "
+            "(CONFIG_NETFILTER_EGRESS) and nftables 1.0.1+"
+        ) from exc
+
+
 def _to_host(plan: HostPlan, prefix: str, state_dir: Path) -> LabHost:
     reflector = plan.impairments.needs_reflector
     return LabHost(
@@ -318,11 +329,7 @@ def lab_up(
             for plan, host in zip(plans, hosts, strict=True):
                 create_host(ipr, plan, host.impairments.rate_limit_bps)
                 nft(host.netns, ["-f", "-"], stdin=nft_ruleset(host.nft_table, host.impairments))
-                nft(
-                    None,
-                    ["-f", "-"],
-                    stdin=root_ruleset(host.nft_table, host.index, plan.root_ifname),
-                )
+                add_root_counters(host.nft_table, host.index, plan.root_ifname)
                 if host.responder == "reflector":
                     in_netns(
                         host.netns, partial(write_sysctl, "net.ipv4.icmp_echo_ignore_all", "1")

@@ -34,6 +34,7 @@ ETH_P_IP = 0x0800
 HTB_HANDLE = 0x10000  # 1:, the shaper's root
 PROBE_CLASS = 0x10001  # 1:1, where the filters put our probes
 TBF_HANDLE = 0xA0000  # 10:, the tbf under that class
+SHAPER_FIX = "rate_limit needs sch_htb, cls_u32 and sch_tbf in the kernel (modprobe them)"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -121,13 +122,13 @@ def ns_pids(name: str) -> list[int]:
     return pids
 
 
-def _nl(what: str, fn: Callable[[], T]) -> T:
+def _nl(what: str, fn: Callable[[], T], fix: str = "run `loadgen lab down --all` and retry") -> T:
     try:
         return fn()
     except NetlinkError as exc:
         if exc.code == 1:  # EPERM
             raise PermissionProblem(f"{what}: not permitted; run as root") from exc
-        raise LabError(f"{what}: {exc}; run `loadgen lab down --all` and retry") from exc
+        raise LabError(f"{what}: {exc}; {fix}") from exc
 
 
 # IPv6 stays on (it is next on the roadmap) but says nothing by itself: no link-local address
@@ -203,13 +204,19 @@ def add_shaper(ipr: IPRoute, index: int, rate_bps: int, ours: tuple[Icmp, ...], 
     one class, over a token bucket filter; anything else matches no class and goes out by
     htb's direct queue untouched, so tbf counts only probes. tbf: `rate_bps`, a burst of 10 ms
     of traffic but at least one full frame (else full-size packets could never pass), and 50
-    ms of queue beyond it. The class's own rate is far above any lab link: tbf decides alone."""
-    _nl(f"htb on {where}", lambda: ipr.tc("add", "htb", index=index, handle=HTB_HANDLE, default=0))
+    ms of queue beyond it. The class's own rate is far above any lab link: tbf decides alone
+    (htb logs once per link that its tbf is "non-work-conserving": it is, by design)."""
+    _nl(
+        f"htb on {where}",
+        lambda: ipr.tc("add", "htb", index=index, handle=HTB_HANDLE, default=0),
+        SHAPER_FIX,
+    )
     _nl(
         f"htb class on {where}",
         lambda: ipr.tc(
             "add-class", "htb", index=index, handle=PROBE_CLASS, parent=HTB_HANDLE, rate="20gbit"
         ),
+        SHAPER_FIX,
     )
     for pref, icmp_type in enumerate(ours, start=1):
         _nl(
@@ -225,6 +232,7 @@ def add_shaper(ipr: IPRoute, index: int, rate_bps: int, ours: tuple[Icmp, ...], 
                 target=PROBE_CLASS,
                 keys=u32_keys(icmp_type),
             ),
+            SHAPER_FIX,
         )
     burst = max(1600, rate_bps // 8 // 100)
     _nl(
@@ -239,6 +247,7 @@ def add_shaper(ipr: IPRoute, index: int, rate_bps: int, ours: tuple[Icmp, ...], 
             burst=burst,
             latency="50ms",
         ),
+        SHAPER_FIX,
     )
 
 
