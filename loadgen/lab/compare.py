@@ -77,16 +77,23 @@ def truth_since(after: HostTruth, before: HostTruth) -> HostTruth:
     return replace(after, reflector=refl, host_link=host_link, root_link=root_link, **counters)
 
 
-def expected_counts(truth: HostTruth, *, rx_dropped: int = 0) -> ExpectedCounts:
+def expected_counts(
+    truth: HostTruth, *, rx_dropped: int = 0, shaper_refuses: bool = False
+) -> ExpectedCounts:
     """What loadgen must report for this host, given its truth for exactly one run.
 
     `rx_dropped`: good replies from this host that loadgen's own socket dropped (they turn
-    answered probes into lost ones). Raises AmbiguousTruth where the counters cannot decide:
-    reply-side drops on a reflector host, refused sends, or a damaged reply that was also
-    duplicated or reordered (use one such impairment per host).
+    answered probes into lost ones). `shaper_refuses`: the sender learns of every drop of the
+    root end's tbf and sends that probe again (an AF_PACKET sender, tx_path = "packet", gets
+    ENOBUFS; a raw IP socket is not told): those drops are refused sends, neither sent nor
+    lost, though the egress counter saw each attempt. Raises AmbiguousTruth where the
+    counters cannot decide: reply-side drops on a reflector host, sends the reflector's kernel
+    refused, or a damaged reply that was also duplicated or reordered (use one such
+    impairment per host).
     """
     t, r = truth, truth.reflector
-    sent = t.requests_out
+    refused = t.root_link.shaped_drops if shaper_refuses else 0
+    sent = t.requests_out - refused
     way_back = t.lost_on_the_way_back
     if min(t.lost_towards_host, way_back, t.responder_missed) < 0:
         raise AmbiguousTruth(
@@ -113,7 +120,7 @@ def expected_counts(truth: HostTruth, *, rx_dropped: int = 0) -> ExpectedCounts:
         duplicates, reordered = r.duplicated, r.out_of_order
     if rx_dropped > answered:
         raise AmbiguousTruth(f"{t.name}: {rx_dropped} dropped at loadgen, {answered} answered")
-    lost = lost_at_host(t) + rx_dropped
+    lost = lost_at_host(t) - refused + rx_dropped
     answered -= rx_dropped
     errored = errors + damaged
     if sent != answered + lost + errored:

@@ -56,6 +56,9 @@ def test_a_kernel_host_behind_nft_drops_and_tbf() -> None:
     assert mismatches(exact, want) == {}
     off = Counts(sent=1000, received=796, lost=204)
     assert mismatches(off, want) == {"answered": (796, 795), "lost": (204, 205)}
+    # An AF_PACKET sender is told of the root end's tbf drops and sends again: refused sends.
+    refused = expected_counts(t, shaper_refuses=True)
+    assert (refused.sent, refused.answered, refused.lost) == (900, 795, 105)
     # Replies loadgen's own socket dropped move from answered to lost.
     assert not mismatches(
         Counts(sent=1000, received=790, lost=210), expected_counts(t, rx_dropped=5)
