@@ -1,9 +1,10 @@
 """Lining loadgen's per-target counts up with a lab host's ground truth.
 
-`expected_counts(truth)` says what loadgen must report for one host, derived only from what the
-host's kernel, nftables, qdiscs and reflector counted; `mismatches(counts, expected)` names every
-figure that differs. `truth_since(after, before)` turns cumulative counters into one run's share,
-so one lab can serve many runs.
+`expected_counts(truth)` says what loadgen must report for one host, derived only from counters
+that count our probes (or the answers to them) and nothing else: nftables on both ends of its
+link and its reflector; `mismatches(counts, expected)` names every figure that differs.
+`truth_since(after, before)` turns cumulative counters into one run's share, so one lab can
+serve many runs.
 """
 
 from __future__ import annotations
@@ -76,18 +77,29 @@ def truth_since(after: HostTruth, before: HostTruth) -> HostTruth:
     return replace(after, reflector=refl, host_link=host_link, root_link=root_link, **counters)
 
 
-def expected_counts(truth: HostTruth, *, rx_dropped: int = 0) -> ExpectedCounts:
+def expected_counts(
+    truth: HostTruth, *, rx_dropped: int = 0, shaper_refuses: bool = False
+) -> ExpectedCounts:
     """What loadgen must report for this host, given its truth for exactly one run.
 
     `rx_dropped`: good replies from this host that loadgen's own socket dropped (they turn
-    answered probes into lost ones). Raises AmbiguousTruth where the counters cannot decide:
-    reply-side drops on a reflector host, refused sends, or a damaged reply that was also
-    duplicated or reordered (use one such impairment per host).
+    answered probes into lost ones). `shaper_refuses`: the sender learns of every drop of the
+    root end's tbf and sends that probe again (an AF_PACKET sender, tx_path = "packet", gets
+    ENOBUFS; a raw IP socket is not told): those drops are refused sends, neither sent nor
+    lost, though the egress counter saw each attempt. Raises AmbiguousTruth where the
+    counters cannot decide: reply-side drops on a reflector host, sends the reflector's kernel
+    refused, or a damaged reply that was also duplicated or reordered (use one such
+    impairment per host).
     """
     t, r = truth, truth.reflector
-    before_host = t.root_link.qdisc_drops + t.root_link.tx_dropped
-    sent = t.echo_requests_in + before_host
-    way_back = t.host_link.qdisc_drops + t.host_link.tx_dropped
+    refused = t.root_link.shaped_drops if shaper_refuses else 0
+    sent = t.requests_out - refused
+    way_back = t.lost_on_the_way_back
+    if min(t.lost_towards_host, way_back, t.responder_missed) < 0:
+        raise AmbiguousTruth(
+            f"{t.name}: more probes arrived than left ({t.requests_out} out, {t.echo_requests_in} "
+            f"in; {way_back} answers lost, {t.responder_missed} missed): read a quiet lab"
+        )
     if r is None:
         answered = t.echo_replies_out - way_back
         errors = damaged = duplicates = reordered = 0
@@ -108,7 +120,7 @@ def expected_counts(truth: HostTruth, *, rx_dropped: int = 0) -> ExpectedCounts:
         duplicates, reordered = r.duplicated, r.out_of_order
     if rx_dropped > answered:
         raise AmbiguousTruth(f"{t.name}: {rx_dropped} dropped at loadgen, {answered} answered")
-    lost = lost_at_host(t) + rx_dropped
+    lost = lost_at_host(t) - refused + rx_dropped
     answered -= rx_dropped
     errored = errors + damaged
     if sent != answered + lost + errored:
@@ -130,17 +142,15 @@ def expected_counts(truth: HostTruth, *, rx_dropped: int = 0) -> ExpectedCounts:
 
 
 def lost_at_host(truth: HostTruth) -> int:
-    """Echo requests the host (or its link) dropped or left unanswered, by cause, summed."""
+    """Probes the host (or its link) dropped or left unanswered, by cause, summed."""
     r = truth.reflector
     refused = (r.dropped + r.rate_limited) if r else 0
     return (
-        truth.root_link.qdisc_drops
-        + truth.root_link.tx_dropped
+        truth.lost_towards_host
         + truth.nft_dropped
         + truth.responder_missed
         + refused
-        + truth.host_link.qdisc_drops
-        + truth.host_link.tx_dropped
+        + truth.lost_on_the_way_back
     )
 
 

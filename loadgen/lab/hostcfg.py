@@ -1,6 +1,7 @@
-"""How each lab host is configured: its nftables table and its reflector's settings and seed.
+"""How each lab host is configured: its nftables tables and its reflector's settings and seed.
 
-Pure text and values built from a host's `Impairments`; `lab` applies them.
+Pure text and values built from a host's `Impairments`; `lab` applies them. Every counter and
+drop rule matches our probes (or the answers to them) only: see `probematch`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from loadgen.lab.impair import ReflectorConfig
+from loadgen.lab.probematch import ERROR, REPLY, REQUEST
 from loadgen.lab.spec import DropBy, Impairments, JitterDist
 from loadgen.lab.state import LabHost
 
@@ -16,18 +18,16 @@ DROP_SCALE = 1_000_000  # nft numgen random mod DROP_SCALE < share * DROP_SCALE
 
 def nft_ruleset(table: str, imp: Impairments) -> str:
     """The host's nftables table: counters always, numgen drops when the spec asks for them."""
-    rules = ['icmp type echo-request counter name "req_in"']
+    rules = [f'{REQUEST} counter name "req_in"']
     if imp.drop_by is DropBy.NFT and imp.drop_every > 0:
-        # numgen inc starts at 0, so "== N-1" drops the N-th, 2N-th, ... request.
+        # numgen inc starts at 0, so "== N-1" drops the N-th, 2N-th, ... probe; it only
+        # counts packets that got past the probe match before it.
         n = imp.drop_every
-        rules.append(
-            f'icmp type echo-request numgen inc mod {n} == {n - 1} counter name "drop_every" drop'
-        )
+        rules.append(f'{REQUEST} numgen inc mod {n} == {n - 1} counter name "drop_every" drop')
     if imp.drop_by is DropBy.NFT and imp.drop > 0:
         below = round(imp.drop * DROP_SCALE)
         rules.append(
-            f"icmp type echo-request numgen random mod {DROP_SCALE} < {below} "
-            'counter name "drop_random" drop'
+            f'{REQUEST} numgen random mod {DROP_SCALE} < {below} counter name "drop_random" drop'
         )
     body = "\n    ".join(rules)
     return f"""table ip {table} {{
@@ -42,8 +42,28 @@ def nft_ruleset(table: str, imp: Impairments) -> str:
   }}
   chain output {{
     type filter hook output priority 0; policy accept;
-    icmp type echo-reply counter name "rep_out"
-    icmp type {{ destination-unreachable, time-exceeded }} counter name "err_out"
+    {REPLY} counter name "rep_out"
+    {ERROR} counter name "err_out"
+  }}
+}}
+"""
+
+
+def root_ruleset(table: str, index: int, ifname: str) -> str:
+    """Host `index`'s chains in the lab's root-namespace table: the probes that left for it
+    (egress, before the shaper) and the answers that came back (ingress) on its link."""
+    return f"""table netdev {table} {{
+  counter req_out_{index} {{}}
+  counter rep_back_{index} {{}}
+  counter err_back_{index} {{}}
+  chain out_{index} {{
+    type filter hook egress device "{ifname}" priority 0; policy accept;
+    {REQUEST} counter name "req_out_{index}"
+  }}
+  chain back_{index} {{
+    type filter hook ingress device "{ifname}" priority 0; policy accept;
+    {REPLY} counter name "rep_back_{index}"
+    {ERROR} counter name "err_back_{index}"
   }}
 }}
 """

@@ -152,8 +152,9 @@ class Decider:
 class ReflectorCounts:
     """Exactly what a reflector did, as it reports it (control socket "stats", and at exit)."""
 
-    requests_seen: int = 0  # well-formed echo requests received
+    requests_seen: int = 0  # our probes received (well-formed echo requests with our magic)
     malformed: int = 0  # other datagrams on the raw socket (bad checksum, truncated, ...)
+    foreign: int = 0  # echo requests that are not our probes: not answered, in no figure
     dropped: int = 0  # drop / drop_every
     rate_limited: int = 0  # no token in the ICMP rate-limit bucket: not answered
     unreachable_sent: int = 0

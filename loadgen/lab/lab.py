@@ -1,8 +1,9 @@
 """Bringing a lab up: `lab_up(spec) -> Lab`, and the `Lab` handle that tears it down again.
 
-Each host gets a namespace, a veth link to the root namespace with a /31 of 198.18.0.0/15, an
-nftables table with counters (and numgen drops when asked), tbf when rate-limited, and a
-reflector process when the kernel's own echo responder cannot do what the spec asks.
+Each host gets a namespace, a veth link to the root namespace with a /31 of 198.18.0.0/15 and
+permanent neighbours, nftables counters of our probes on both ends (and numgen drops when
+asked), tbf for our probes only when rate-limited, and a reflector process when the kernel's
+own echo responder cannot do what the spec asks.
 """
 
 from __future__ import annotations
@@ -32,9 +33,16 @@ from loadgen.lab.addressing import (
     pick_block,
     plan_hosts,
 )
-from loadgen.lab.hostcfg import host_seed, nft_ruleset, reflector_config
+from loadgen.lab.hostcfg import host_seed, nft_ruleset, reflector_config, root_ruleset
 from loadgen.lab.impair import ReflectorConfig
-from loadgen.lab.netops import create_host, in_netns, list_netns, nft, write_sysctl
+from loadgen.lab.netops import (
+    create_host,
+    in_netns,
+    list_netns,
+    nft,
+    nft_counters,
+    write_sysctl,
+)
 from loadgen.lab.reap import Teardown, stop_processes, teardown_state
 from loadgen.lab.spec import LabSpec
 from loadgen.lab.state import (
@@ -93,6 +101,7 @@ class Lab:
         chosen = self.state.hosts if hosts is None else hosts
         with IPRoute() as ipr:
             roots = {h.index: link_counters(ipr, h.root_ifname) for h in chosen}
+        root_counters = nft_counters(None, nft_table(self.prefix), "netdev") if chosen else {}
         return {
             h.address: host_truth(
                 address=h.address,
@@ -102,6 +111,8 @@ class Lab:
                 table=h.nft_table,
                 control_path=h.control_path,
                 root_link=roots[h.index],
+                root_counters=root_counters,
+                index=h.index,
             )
             for h in chosen
         }
@@ -192,6 +203,17 @@ def _allocate(
                 "leave subnet out to pick a free one"
             )
     return block, plan_hosts(spec, block)
+
+
+def add_root_counters(table: str, index: int, ifname: str) -> None:
+    """Host `index`'s probe counters on the root end of its link (netdev egress and ingress)."""
+    try:
+        nft(None, ["-f", "-"], stdin=root_ruleset(table, index, ifname))
+    except LabError as exc:
+        raise LabError(
+            f"{exc}; the lab counts probes at the link's egress hook: it needs Linux 5.16+ "
+            "(CONFIG_NETFILTER_EGRESS) and nftables 1.0.1+"
+        ) from exc
 
 
 def _to_host(plan: HostPlan, prefix: str, state_dir: Path) -> LabHost:
@@ -307,6 +329,7 @@ def lab_up(
             for plan, host in zip(plans, hosts, strict=True):
                 create_host(ipr, plan, host.impairments.rate_limit_bps)
                 nft(host.netns, ["-f", "-"], stdin=nft_ruleset(host.nft_table, host.impairments))
+                add_root_counters(host.nft_table, host.index, plan.root_ifname)
                 if host.responder == "reflector":
                     in_netns(
                         host.netns, partial(write_sysctl, "net.ipv4.icmp_echo_ignore_all", "1")

@@ -1,4 +1,5 @@
-"""Kernel operations for the lab: namespaces, veth links, addresses, tbf, nftables, sysctls.
+"""Kernel operations for the lab: namespaces, veth links, addresses, neighbours, the shaper
+(htb + u32 + tbf), nftables, sysctls.
 
 Netlink goes through pyroute2; nftables through the `nft` tool run inside the namespace
 (`ip netns exec`); /proc reads and sysctl writes run in a short-lived thread switched into the
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
@@ -22,11 +24,17 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from loadgen.errors import LabError, PermissionProblem
 from loadgen.lab.addressing import NS_IFNAME, HostPlan
+from loadgen.lab.probematch import FROM_HOST, TOWARDS_HOST, Icmp, u32_keys
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 TOOL_TIMEOUT_S = 10.0
+ETH_P_IP = 0x0800
+HTB_HANDLE = 0x10000  # 1:, the shaper's root
+PROBE_CLASS = 0x10001  # 1:1, where the filters put our probes
+TBF_HANDLE = 0xA0000  # 10:, the tbf under that class
+SHAPER_FIX = "rate_limit needs sch_htb, cls_u32 and sch_tbf in the kernel (modprobe them)"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -114,17 +122,41 @@ def ns_pids(name: str) -> list[int]:
     return pids
 
 
-def _nl(what: str, fn: Callable[[], T]) -> T:
+def _nl(what: str, fn: Callable[[], T], fix: str = "run `loadgen lab down --all` and retry") -> T:
     try:
         return fn()
     except NetlinkError as exc:
         if exc.code == 1:  # EPERM
             raise PermissionProblem(f"{what}: not permitted; run as root") from exc
-        raise LabError(f"{what}: {exc}; run `loadgen lab down --all` and retry") from exc
+        raise LabError(f"{what}: {exc}; {fix}") from exc
+
+
+# IPv6 stays on (it is next on the roadmap) but says nothing by itself: no link-local address
+# (so no DAD and no MLD report for its solicited-node group), no router solicitations, no
+# autoconfiguration from router advertisements. Set before the link comes up.
+QUIET_IPV6 = {
+    "addr_gen_mode": "1",
+    "accept_ra": "0",
+    "autoconf": "0",
+    "dad_transmits": "0",
+    "router_solicitations": "0",
+}
+NUD_PERMANENT = 0x80
+
+
+def quiet_ipv6(ifname: str) -> None:
+    """Switch off IPv6's own chatter on `ifname` (in the calling thread's namespace)."""
+    for key, value in QUIET_IPV6.items():
+        write_sysctl(f"net.ipv6.conf.{ifname}.{key}", value)
+
+
+def _mac(ipr: IPRoute, index: int) -> str:
+    return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
 
 
 def create_host(ipr: IPRoute, plan: HostPlan, rate_bps: int) -> None:
-    """Namespace, veth pair, addresses, routes, link state and tbf for one host."""
+    """Namespace, veth pair, addresses, routes, permanent neighbours, link state and the shaper
+    for one host."""
     _nl(f"create namespace {plan.netns}", lambda: netns.create(plan.netns))
     peer = {"ifname": NS_IFNAME, "net_ns_fd": plan.netns}
     _nl(
@@ -132,24 +164,20 @@ def create_host(ipr: IPRoute, plan: HostPlan, rate_bps: int) -> None:
         lambda: ipr.link("add", ifname=plan.root_ifname, kind="veth", peer=peer),
     )
     idx = ipr.link_lookup(ifname=plan.root_ifname)[0]
-    # No IPv6 on the link: router solicitations and DAD would only add noise to the counters.
-    write_sysctl(f"net.ipv6.conf.{plan.root_ifname}.disable_ipv6", "1")
+    quiet_ipv6(plan.root_ifname)
+    in_netns(plan.netns, lambda: quiet_ipv6(NS_IFNAME))
     _nl(
         f"address {plan.peer_address}",
         lambda: ipr.addr("add", index=idx, address=plan.peer_address, prefixlen=plan.prefixlen),
     )
-    _nl(f"link up {plan.root_ifname}", lambda: ipr.link("set", index=idx, state="up"))
-    if rate_bps:
-        add_tbf(ipr, idx, rate_bps, plan.root_ifname)
-
-    def inside() -> None:
-        write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
-        write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-
-    in_netns(plan.netns, inside)
     with IPRoute(netns=plan.netns) as nsr:
         lo = nsr.link_lookup(ifname="lo")[0]
         eth = nsr.link_lookup(ifname=NS_IFNAME)[0]
+        # Permanent neighbours on both ends: no ARP on the link, and no packet ever waits in
+        # (or is dropped from) a queue of unresolved neighbours.
+        add_neighbour(ipr, idx, plan.address, _mac(nsr, eth))
+        add_neighbour(nsr, eth, plan.peer_address, _mac(ipr, idx))
+        _nl(f"link up {plan.root_ifname}", lambda: ipr.link("set", index=idx, state="up"))
         _nl("lo up", lambda: nsr.link("set", index=lo, state="up"))
         _nl(
             f"address {plan.address}",
@@ -159,12 +187,53 @@ def create_host(ipr: IPRoute, plan: HostPlan, rate_bps: int) -> None:
         # A default route back, so replies reach any root-namespace source address.
         _nl("default route", lambda: nsr.route("add", dst="0.0.0.0/0", gateway=plan.peer_address))
         if rate_bps:
-            add_tbf(nsr, eth, rate_bps, f"{plan.netns}/{NS_IFNAME}")
+            add_shaper(ipr, idx, rate_bps, TOWARDS_HOST, plan.root_ifname)
+            add_shaper(nsr, eth, rate_bps, FROM_HOST, f"{plan.netns}/{NS_IFNAME}")
 
 
-def add_tbf(ipr: IPRoute, index: int, rate_bps: int, where: str) -> None:
-    """Token bucket filter as root qdisc: `rate_bps`, a burst of 10 ms of traffic but at least
-    one full frame (else full-size packets could never pass), and 50 ms of queue beyond it."""
+def add_neighbour(ipr: IPRoute, index: int, address: str, lladdr: str) -> None:
+    """A permanent neighbour entry: `address` is at `lladdr` on link `index`."""
+    _nl(
+        f"neighbour {address}",
+        lambda: ipr.neigh("add", dst=address, lladdr=lladdr, ifindex=index, state=NUD_PERMANENT),
+    )
+
+
+def add_shaper(ipr: IPRoute, index: int, rate_bps: int, ours: tuple[Icmp, ...], where: str) -> None:
+    """An htb root whose u32 filters put our probes (or the answers to them: `ours`) into the
+    one class, over a token bucket filter; anything else matches no class and goes out by
+    htb's direct queue untouched, so tbf counts only probes. tbf: `rate_bps`, a burst of 10 ms
+    of traffic but at least one full frame (else full-size packets could never pass), and 50
+    ms of queue beyond it. The class's own rate is far above any lab link: tbf decides alone
+    (htb logs once per link that its tbf is "non-work-conserving": it is, by design)."""
+    _nl(
+        f"htb on {where}",
+        lambda: ipr.tc("add", "htb", index=index, handle=HTB_HANDLE, default=0),
+        SHAPER_FIX,
+    )
+    _nl(
+        f"htb class on {where}",
+        lambda: ipr.tc(
+            "add-class", "htb", index=index, handle=PROBE_CLASS, parent=HTB_HANDLE, rate="20gbit"
+        ),
+        SHAPER_FIX,
+    )
+    for pref, icmp_type in enumerate(ours, start=1):
+        _nl(
+            f"probe filter on {where}",
+            partial(
+                ipr.tc,
+                "add-filter",
+                "u32",
+                index=index,
+                parent=HTB_HANDLE,
+                prio=pref,
+                protocol=ETH_P_IP,
+                target=PROBE_CLASS,
+                keys=u32_keys(icmp_type),
+            ),
+            SHAPER_FIX,
+        )
     burst = max(1600, rate_bps // 8 // 100)
     _nl(
         f"tbf on {where}",
@@ -172,11 +241,13 @@ def add_tbf(ipr: IPRoute, index: int, rate_bps: int, where: str) -> None:
             "add",
             "tbf",
             index=index,
-            handle="1:",
+            handle=TBF_HANDLE,
+            parent=PROBE_CLASS,
             rate=f"{rate_bps}bit",
             burst=burst,
             latency="50ms",
         ),
+        SHAPER_FIX,
     )
 
 
@@ -224,9 +295,9 @@ def nft(netns_name: str | None, args: list[str], stdin: str | None = None) -> st
     return done.stdout
 
 
-def nft_counters(netns_name: str | None, table: str) -> dict[str, int]:
-    """Packet counts of the named counters in table `ip <table>`."""
-    out = json.loads(nft(netns_name, ["-j", "list", "counters", "table", "ip", table]))
+def nft_counters(netns_name: str | None, table: str, family: str = "ip") -> dict[str, int]:
+    """Packet counts of the named counters in table `<family> <table>`."""
+    out = json.loads(nft(netns_name, ["-j", "list", "counters", "table", family, table]))
     counters: dict[str, int] = {}
     for item in out.get("nftables", []):
         c = item.get("counter")

@@ -1,8 +1,9 @@
-"""The reflector: a process inside a lab host's namespace that answers echo requests itself.
+"""The reflector: a process inside a lab host's namespace that answers our probes itself.
 
 `python -m loadgen.lab.reflector --config JSON` (started by the lab via `ip netns exec`). It
 reads requests in batches (recvmmsg), decides their fate with `impair.Decider`, answers with
-sendmmsg when nothing needs holding back, counts every action and times how long it held each
+sendmmsg when nothing needs holding back (an echo request without our magic is counted foreign
+and left unanswered: it would move the truth), counts every action and times how long it held each
 reply (from the request's kernel receive stamp). A unix SEQPACKET socket answers "stats"
 (counters as JSON) and "stop"; SIGTERM stops it; counters go to a file at exit.
 """
@@ -124,6 +125,7 @@ class Reflector:
         buf, c = self.rx.buf, self.counts
         batch = parse_batch(buf, self.rx.lengths(n), self.rx.truncated(n))
         c["malformed"] += batch.malformed
+        c["foreign"] += batch.foreign
         c["requests_seen"] += len(batch.rows)
         if len(batch.rows) == 0:
             return n

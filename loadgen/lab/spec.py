@@ -74,7 +74,7 @@ class Impairments:
     time_exceeded: float = 0.0
     icmp_ratelimit_pps: int = 0
     icmp_ratelimit_burst: int = 0  # 0 = max(1, pps // 20), the kernel's 1000/s : 50 ratio
-    rate_limit_bps: int = 0  # tbf on both ends of the host's link; 0 = off
+    rate_limit_bps: int = 0  # tbf for our probes on both ends of the host's link; 0 = off
     reflector: bool = False  # answer with a reflector even without reflector impairments
 
     @property

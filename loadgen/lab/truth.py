@@ -1,8 +1,9 @@
 """Ground truth: what every lab host saw and did, read from the kernel and the reflectors.
 
-One `HostTruth` per host, built from the host namespace's nftables counters, /proc/net/snmp,
-link and qdisc counters on both ends of its link, and its reflector's own counts. Tests compare
-these numbers with loadgen's per-target results; `as_dict` makes them JSON-ready.
+One `HostTruth` per host, built from nftables counters on both ends of its link (the root end's
+egress and ingress, the host's input and output), the shaper's tbf on both ends, its reflector's
+own counts and, for information, /proc/net/snmp. Every figure that feeds an expected count
+matches our probes only (`probematch`). `as_dict` makes them JSON-ready.
 """
 
 from __future__ import annotations
@@ -24,43 +25,60 @@ CONTROL_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class LinkCounters:
-    """Counters of one end of a host's veth link, plus its root qdisc (tbf) if any."""
+    """The shaper (tbf) of one end of a host's link. Its filters let only our probes (or the
+    answers to them) into it, so both figures count nothing else."""
 
-    rx_packets: int = 0
-    tx_packets: int = 0
-    rx_dropped: int = 0
-    tx_dropped: int = 0
-    qdisc_sent_packets: int = 0
-    qdisc_drops: int = 0  # tbf drops on this end's egress
+    shaped_packets: int = 0  # passed on by tbf
+    shaped_drops: int = 0  # dropped by tbf
 
 
 @dataclass(frozen=True, slots=True)
 class HostTruth:
-    """Everything one host can tell about the echo requests sent to it."""
+    """Everything one host and its link can tell about the probes sent to it. Every count but
+    the informational `requests_seen` (kernel) and `kernel_echo_replies` matches our probes, or
+    the answers to them, only (`probematch`)."""
 
     address: str
     name: str
     netns: str
     responder: str  # "kernel" or "reflector"
-    echo_requests_in: int  # echo requests that reached the host's input hook (nft counter)
+    requests_out: int  # probes that left the root end of the link for this host (nft egress)
+    echo_requests_in: int  # probes that reached the host's input hook (nft counter)
     nft_dropped_every: int  # dropped by drop_every (nft numgen inc)
     nft_dropped_random: int  # dropped by drop (nft numgen random)
-    requests_seen: int  # echo requests that reached the responder (kernel InEchos / reflector)
+    requests_seen: int  # echo requests the responder saw (reflector's count / kernel InEchos)
     kernel_echo_replies: int  # Icmp OutEchoReps of the namespace (counts raw-socket replies too)
-    echo_replies_out: int  # echo replies that left the host (nft counter; duplicates included)
-    icmp_errors_out: int  # unreachable / time exceeded that left the host (nft counter)
+    echo_replies_out: int  # replies to probes that left the host (nft counter; duplicates too)
+    icmp_errors_out: int  # unreachable / time exceeded quoting a probe that left the host
+    replies_back: int  # replies to probes that reached the root end of the link (nft ingress)
+    errors_back: int  # errors quoting a probe that reached the root end of the link
     reflector: ReflectorCounts | None
-    host_link: LinkCounters  # the host's end, inside its namespace
-    root_link: LinkCounters  # the root-namespace end (what loadgen sends through)
+    host_link: LinkCounters  # the host's end, inside its namespace: answers go through it
+    root_link: LinkCounters  # the root-namespace end: loadgen's probes go through it
 
     @property
     def nft_dropped(self) -> int:
         return self.nft_dropped_every + self.nft_dropped_random
 
     @property
+    def lost_towards_host(self) -> int:
+        """Probes that left for the host but never reached its input hook (the root end's tbf,
+        or a full backlog on the way)."""
+        return self.requests_out - self.echo_requests_in
+
+    @property
+    def lost_on_the_way_back(self) -> int:
+        """Answers that left the host but never reached the root end (the host end's tbf...)."""
+        return self.echo_replies_out + self.icmp_errors_out - self.replies_back - self.errors_back
+
+    @property
     def responder_missed(self) -> int:
-        """Requests past nftables that the responder never saw (e.g. a full socket buffer)."""
-        return self.echo_requests_in - self.nft_dropped - self.requests_seen
+        """Probes past nftables the responder never saw (e.g. a full socket buffer); for the
+        kernel, probes past nftables it did not answer."""
+        past_nft = self.echo_requests_in - self.nft_dropped
+        if self.reflector is not None:
+            return past_nft - self.reflector.requests_seen
+        return past_nft - self.echo_replies_out
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +100,7 @@ def query_reflector(control_path: str, command: str = "stats") -> dict[str, Any]
     return answer
 
 
-def _qdisc_stats(qdiscs: list[Any], index: int) -> tuple[int, int]:
+def _tbf_stats(qdiscs: list[Any], index: int) -> tuple[int, int]:
     for q in qdiscs:
         if q["index"] == index and q.get_attr("TCA_KIND") == "tbf":
             stats = q.get_attr("TCA_STATS2")
@@ -93,21 +111,13 @@ def _qdisc_stats(qdiscs: list[Any], index: int) -> tuple[int, int]:
 
 
 def link_counters(ipr: IPRoute, ifname: str) -> LinkCounters:
-    """Counters of link `ifname` in the namespace `ipr` talks to (zeros if it is gone)."""
+    """The shaper's counters on link `ifname` in the namespace `ipr` talks to (zeros if the
+    link is gone or not shaped)."""
     found = ipr.link_lookup(ifname=ifname)
     if not found:
         return LinkCounters()
-    link = ipr.get_links(found[0])[0]
-    st = link.get_attr("IFLA_STATS64") or {}
-    sent, drops = _qdisc_stats(list(ipr.get_qdiscs(index=found[0])), found[0])
-    return LinkCounters(
-        rx_packets=int(st.get("rx_packets", 0)),
-        tx_packets=int(st.get("tx_packets", 0)),
-        rx_dropped=int(st.get("rx_dropped", 0)),
-        tx_dropped=int(st.get("tx_dropped", 0)),
-        qdisc_sent_packets=sent,
-        qdisc_drops=drops,
-    )
+    sent, drops = _tbf_stats(list(ipr.get_qdiscs(index=found[0])), found[0])
+    return LinkCounters(shaped_packets=sent, shaped_drops=drops)
 
 
 def host_truth(
@@ -119,8 +129,11 @@ def host_truth(
     table: str,
     control_path: str | None,
     root_link: LinkCounters,
+    root_counters: Mapping[str, int],
+    index: int,
 ) -> HostTruth:
-    """Read one host's truth. The reflector is asked first: it is the slowest to change."""
+    """Read one host's truth; `root_counters` are the lab's root-table counters (host `index`'s
+    carry its index). The reflector is asked first: it is the slowest to change."""
     reflector = ReflectorCounts.from_dict(query_reflector(control_path)) if control_path else None
     snmp = in_netns(netns, read_snmp)
     icmp: Mapping[str, int] = snmp.get("Icmp", {})
@@ -132,6 +145,7 @@ def host_truth(
         name=name,
         netns=netns,
         responder="reflector" if reflector else "kernel",
+        requests_out=root_counters.get(f"req_out_{index}", 0),
         echo_requests_in=counters.get("req_in", 0),
         nft_dropped_every=counters.get("drop_every", 0),
         nft_dropped_random=counters.get("drop_random", 0),
@@ -139,6 +153,8 @@ def host_truth(
         kernel_echo_replies=icmp.get("OutEchoReps", 0),
         echo_replies_out=counters.get("rep_out", 0),
         icmp_errors_out=counters.get("err_out", 0),
+        replies_back=root_counters.get(f"rep_back_{index}", 0),
+        errors_back=root_counters.get(f"err_back_{index}", 0),
         reflector=reflector,
         host_link=host_link,
         root_link=root_link,

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadgen.lab.impair import FLIP_FROM
+from loadgen.wire.icmp import MAGIC
 
 U8Array = npt.NDArray[np.uint8]
 IntArray = npt.NDArray[np.int64]
@@ -23,6 +24,7 @@ IP_MIN_HEADER = 20
 ICMP_HEADER = 8
 ERROR_MAX_TOTAL = 576  # Linux icmp_send(): an error datagram is at most 576 bytes
 ERROR_QUOTE_MAX = ERROR_MAX_TOTAL - IP_MIN_HEADER - ICMP_HEADER
+_MAGIC = np.frombuffer(MAGIC.to_bytes(4, "big"), dtype=np.uint8)  # opens a probe's payload
 
 
 class IcmpType(IntEnum):
@@ -73,10 +75,12 @@ class Batch:
     icmp_off: IntArray  # where ICMP starts in the row (IHL * 4)
     end: IntArray  # the IP total length: where the datagram ends in the row
     malformed: int  # datagrams received that are not well-formed echo requests
+    foreign: int = 0  # well-formed echo requests that are not our probes (no magic)
 
 
 def parse_batch(buf: U8Array, lengths: IntArray, truncated: npt.NDArray[np.bool_]) -> Batch:
-    """Find the well-formed echo requests (with a good checksum) among n received datagrams."""
+    """Find our probes among n received datagrams: well-formed echo requests (with a good
+    checksum) whose payload opens with our magic. Other echo requests are `foreign`."""
     n = len(lengths)
     rows = buf[:n]
     ihl = (rows[:, 0] & 0x0F).astype(np.int64)
@@ -90,7 +94,19 @@ def parse_batch(buf: U8Array, lengths: IntArray, truncated: npt.NDArray[np.bool_
     idx = idx[(kind == IcmpType.ECHO_REQUEST) & (code == 0)]
     good = ones_sums(buf, idx, off[idx], end[idx]) == 0xFFFF
     idx = idx[good]
-    return Batch(rows=idx, icmp_off=off[idx], end=end[idx], malformed=n - len(idx))
+    magic_at = off[idx] + ICMP_HEADER
+    room = end[idx] >= magic_at + len(_MAGIC)
+    cols = np.minimum(magic_at[:, None] + np.arange(len(_MAGIC)), buf.shape[1] - 1)
+    ours = room & (buf[idx[:, None], cols] == _MAGIC).all(axis=1)
+    probes = idx[ours]
+    foreign = len(idx) - len(probes)
+    return Batch(
+        rows=probes,
+        icmp_off=off[probes],
+        end=end[probes],
+        malformed=n - len(idx),
+        foreign=foreign,
+    )
 
 
 def make_replies(

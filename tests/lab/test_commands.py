@@ -59,7 +59,7 @@ def test_up_status_down_leave_a_detached_lab_and_remove_it(prefix: str, tmp_path
     assert cmd_down(prefix, out=out) == 0
     assert (
         out.getvalue().strip()
-        == f"{prefix}: removed 2 namespaces, 2 links, 0 nft tables, stopped 1 reflectors"
+        == f"{prefix}: removed 2 namespaces, 2 links, 1 nft tables, stopped 1 reflectors"
     )
     assert not state_path(prefix).exists()
     with pytest.raises(LabError, match=f"no lab {prefix} found"):
@@ -116,7 +116,7 @@ def test_demo_lab_losses_are_exactly_what_the_truth_says(prefix: str) -> None:
     for h in lab.hosts:
         obs, t = observed[h.address], truth[h.address]
         r = t.reflector
-        explained = t.root_link.qdisc_drops + t.host_link.qdisc_drops + t.nft_dropped
+        explained = t.lost_towards_host + t.lost_on_the_way_back + t.nft_dropped
         if r is not None:
             explained += r.dropped + r.rate_limited + r.bitflipped + r.corrupted + r.unsent_at_exit
             assert obs.duplicates == r.duplicated and obs.reordered == r.out_of_order, h.name

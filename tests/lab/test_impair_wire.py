@@ -125,10 +125,19 @@ def batch_of(datagrams: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return buf, lengths, np.zeros(len(datagrams), dtype=bool)
 
 
-def test_parse_batch_keeps_only_well_formed_echo_requests() -> None:
+def summed(icmp: bytes) -> bytes:
+    """`icmp` (checksum field zero) with its checksum filled in."""
+    return icmp[:2] + inet_checksum(icmp).to_bytes(2, "big") + icmp[4:]
+
+
+def test_parse_batch_keeps_only_well_formed_probes() -> None:
     good = echo_request(7, 1, 0, 64)
     bad_sum = good[:2] + bytes([good[2] ^ 1]) + good[3:]
     reply = bytes([0]) + good[1:]
+    # Other programs' echo requests, checksums right: a payload without our magic, and one too
+    # short to hold it.
+    not_ours = summed(good[:2] + b"\0\0" + good[4:8] + b"PING" + good[12:])
+    too_short = summed(good[:2] + b"\0\0" + good[4:8] + b"LG")
     datagrams = [
         ip_datagram(good),
         ip_datagram(bad_sum),
@@ -136,12 +145,14 @@ def test_parse_batch_keeps_only_well_formed_echo_requests() -> None:
         ip_datagram(good)[:30],
         b"\x45" * 10,
         ip_datagram(good),
+        ip_datagram(not_ours),
+        ip_datagram(too_short),
     ]
     buf, lengths, trunc = batch_of(datagrams)
     trunc[5] = True  # the kernel said it did not fit
     batch = parse_batch(buf, lengths, trunc)
     assert batch.rows.tolist() == [0]
-    assert batch.malformed == 5
+    assert batch.malformed == 5 and batch.foreign == 2
     assert batch.icmp_off.tolist() == [20] and batch.end.tolist() == [20 + len(good)]
 
 
@@ -150,7 +161,7 @@ def test_parse_batch_keeps_only_well_formed_echo_requests() -> None:
 def test_garbage_never_crashes_the_parser(datagrams: list[bytes]) -> None:
     buf, lengths, trunc = batch_of(datagrams)
     batch = parse_batch(buf, lengths, trunc)
-    assert batch.malformed + len(batch.rows) == len(datagrams)
+    assert batch.malformed + batch.foreign + len(batch.rows) == len(datagrams)
 
 
 def test_replies_flip_one_fill_bit_or_break_the_checksum() -> None:

@@ -101,6 +101,7 @@ class Run:
 
     result: RunResult
     rows: list[dict[str, Any]]
+    tx_path: str = "ip"
 
     def index(self, address: str) -> int:
         return next(t.index for t in self.result.plan.targets if t.address == address)
@@ -213,7 +214,7 @@ def run_loadgen(
     result = execute_bounded(profile, bound_s, during)
     assert not result.outcome.failures, result.outcome.failures
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    return Run(result, rows)
+    return Run(result, rows, str(keys.get("tx_path", "ip")))
 
 
 def measure(
@@ -261,7 +262,9 @@ def assert_counts_match(run: Run, truth: Mapping[str, HostTruth]) -> None:
     """loadgen's counts for every host equal what the host's truth says, figure by figure."""
     for address, t in truth.items():
         got = run.counts(address)
-        want = expected_counts(t, rx_dropped=run.rx_dropped(address))
+        want = expected_counts(
+            t, rx_dropped=run.rx_dropped(address), shaper_refuses=run.tx_path == "packet"
+        )
         assert mismatches(got, want) == {}, f"{t.name}: (loadgen, truth) {mismatches(got, want)}"
         assert got.late == 0 and got.unaccounted == 0, (t.name, got)
     assert_exports_add_up(run)

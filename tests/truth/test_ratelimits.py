@@ -63,7 +63,7 @@ def test_rate_limits_lose_exactly_what_the_limiters_dropped_each_second(
 
     # The link: every loss is a tbf drop (requests on the way in, replies on the way out).
     t = truth[link.address]
-    assert run.counts(link.address).lost == t.root_link.qdisc_drops + t.host_link.qdisc_drops
+    assert run.counts(link.address).lost == t.root_link.shaped_drops + t.host_link.shaped_drops
     capacity_pps = LINK_BPS / FRAME_BITS
     # The first second also gets tbf's full bucket (10 ms of the rate, at least 1600 bytes)
     # and what its queue holds at the end of the second (sent then, answered after): tbf's

@@ -1,0 +1,69 @@
+"""The shaper's probe filters on bytes: u32 keys read the way the kernel reads them pick our
+probes, their replies and errors quoting them, and nothing else. No lab needed."""
+
+from __future__ import annotations
+
+from loadgen.lab.probematch import FROM_HOST, TOWARDS_HOST, Icmp, u32_keys
+from loadgen.wire.icmp import (
+    build_echo_request,
+    build_icmp_error,
+    build_ipv4_packet,
+    echo_reply_for,
+    fill_patterns,
+)
+
+HOST, PEER = 0xC6120001, 0xC6120000  # 198.18.0.1 and 198.18.0.0
+
+
+def matches(keys: list[str], packet: bytes) -> bool:
+    """Every key's bytes of `packet` equal its value under its mask ("value/mask+offset")."""
+    for key in keys:
+        value_mask, offset = key.split("+")
+        value, mask = (int(x, 0) for x in value_mask.split("/"))
+        width = (mask.bit_length() + 7) // 8
+        at = int(offset)
+        if at + width > len(packet):
+            return False
+        if int.from_bytes(packet[at : at + width], "big") & mask != value:
+            return False
+    return True
+
+
+def probe(seq: int = 1, size: int = 64) -> bytes:
+    fills = fill_patterns(7, size - 28)
+    icmp = build_echo_request(ident=1, run_id=7, target=0, seq=seq, tx_ns=0, size=size, fills=fills)
+    return build_ipv4_packet(PEER, HOST, 1, icmp)
+
+
+def test_the_filters_pick_probes_and_the_answers_to_them_only() -> None:
+    request = probe()
+    reply = build_ipv4_packet(HOST, PEER, 1, echo_reply_for(request[20:]))
+    unreachable = build_ipv4_packet(HOST, PEER, 1, build_icmp_error(3, 1, request))
+    expired = build_ipv4_packet(HOST, PEER, 1, build_icmp_error(11, 0, request))
+    towards = [u32_keys(t) for t in TOWARDS_HOST]
+    back = [u32_keys(t) for t in FROM_HOST]
+    assert any(matches(k, request) for k in towards)
+    for answer in (reply, unreachable, expired):
+        assert any(matches(k, answer) for k in back)
+        assert not any(matches(k, answer) for k in towards)
+    assert not any(matches(k, request) for k in back)
+
+    not_ours = bytearray(request)
+    not_ours[28:32] = b"PING"  # an echo request of another program
+    udp = build_ipv4_packet(PEER, HOST, 17, b"\x00\x09\x00\x09" + bytes(4) + b"LGEN")
+    port_unreachable = build_ipv4_packet(HOST, PEER, 1, build_icmp_error(3, 3, udp))
+    short_quote = build_ipv4_packet(HOST, PEER, 1, build_icmp_error(3, 1, request, quote_len=28))
+    for other in (bytes(not_ours), udp, port_unreachable, short_quote):
+        assert not any(matches(k, other) for k in towards + back), other.hex()
+
+
+def test_only_whole_option_less_first_fragments_match() -> None:
+    keys = u32_keys(Icmp.ECHO_REQUEST)
+    first = probe()
+    assert matches(keys, first)
+    later = bytearray(first)
+    later[6:8] = (185).to_bytes(2, "big")  # a fragment offset: its bytes are not an ICMP header
+    assert not matches(keys, bytes(later))
+    with_options = bytearray(first)
+    with_options[0] = 0x46  # one word of options moves everything after the IP header
+    assert not matches(keys, bytes(with_options))
