@@ -154,14 +154,46 @@ class GeneratorSecond:
 
 
 @dataclass(frozen=True, slots=True)
+class Unresolved:
+    """Probes a worker sent and never resolved because it ended without finishing (it died or
+    failed): a known cause, reported as such, not an accounting bug."""
+
+    worker: int
+    cause: str  # "died" | "failed"
+    targets: frozenset[int]
+    probes: int  # its targets' missing outcomes in the closed seconds
+
+    def __str__(self) -> str:
+        return f"worker {self.worker} {self.cause}"
+
+
+def _explain(unresolved: Sequence[Unresolved], target: int, unaccounted: int) -> tuple[int, str]:
+    """How many of a row's unaccounted probes a worker that ended early explains, and which
+    ("worker 0 died"); whatever else is unaccounted is a bug. Only missing outcomes are
+    explained: an outcome without its probe never is."""
+    if target == TOTAL:
+        lost = [u for u in unresolved if u.probes > 0]
+        return sum(u.probes for u in lost), ", ".join(map(str, lost))
+    lost = [u for u in unresolved if target in u.targets]
+    if not lost or unaccounted <= 0:
+        return 0, ""
+    return unaccounted, str(lost[0])
+
+
+@dataclass(frozen=True, slots=True)
 class SecondReport:
-    """One closed second: only targets with a record in it (all that sent), plus the total row."""
+    """One closed second: only targets with a record in it (all that sent), plus the total row.
+    `unresolved`: workers that had ended when it closed, with the outcomes they owe it."""
 
     second: int
     start_ns: int
     per_target: tuple[TargetSecond, ...]
     total: TargetSecond
     generator: GeneratorSecond | None = None
+    unresolved: tuple[Unresolved, ...] = ()
+
+    def explained(self, ts: TargetSecond) -> tuple[int, str]:
+        return _explain(self.unresolved, ts.target, ts.counts.unaccounted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,20 +215,6 @@ class Anomalies:
 
 
 @dataclass(frozen=True, slots=True)
-class Unresolved:
-    """Probes a worker sent and never resolved because it ended without finishing (it died or
-    failed): a known cause, reported as such, not an accounting bug."""
-
-    worker: int
-    cause: str  # "died" | "failed"
-    targets: frozenset[int]
-    probes: int  # its targets' missing outcomes in the closed seconds
-
-    def __str__(self) -> str:
-        return f"worker {self.worker} {self.cause}"
-
-
-@dataclass(frozen=True, slots=True)
 class RunSummary:
     """Totals over every closed second (open seconds are never counted as final)."""
 
@@ -208,16 +226,7 @@ class RunSummary:
     unresolved: tuple[Unresolved, ...] = ()  # workers that ended with probes unresolved
 
     def explained(self, ts: TargetStats) -> tuple[int, str]:
-        """How many of `ts`'s unaccounted probes a worker that ended early explains, and which
-        ("worker 0 died"); whatever else is unaccounted is a bug. Only missing outcomes are
-        explained: an outcome without its probe never is."""
-        if ts.target == TOTAL:
-            lost = [u for u in self.unresolved if u.probes > 0]
-            return sum(u.probes for u in lost), ", ".join(map(str, lost))
-        lost = [u for u in self.unresolved if ts.target in u.targets]
-        if not lost or ts.counts.unaccounted <= 0:
-            return 0, ""
-        return ts.counts.unaccounted, str(lost[0])
+        return _explain(self.unresolved, ts.target, ts.counts.unaccounted)
 
 
 def _stat_args(tab: Table, rows: Sequence[int], targets: Sequence[int]) -> list[_StatArgs]:
@@ -367,7 +376,7 @@ class Aggregator:
         rows = [*active.tolist(), self.n_targets]
         per = [TargetSecond(*args, second=s) for args in _stat_args(tab, rows, [*rows[:-1], TOTAL])]
         start = self.start_ns + s * NS_PER_S
-        return SecondReport(s, start, tuple(per[:-1]), per[-1])
+        return SecondReport(s, start, tuple(per[:-1]), per[-1], unresolved=self._unresolved(per))
 
     def worker_lost(self, worker: int, cause: str, targets: Sequence[int]) -> None:
         """A worker ended without resolving all its probes (`cause`: "died", "failed"): what
@@ -375,10 +384,11 @@ class Aggregator:
         self._lost_workers[worker] = (cause, frozenset(targets))
         self._summary = None
 
-    def _unresolved(self, per_target: Sequence[TargetStats]) -> tuple[Unresolved, ...]:
+    def _unresolved(self, rows: Sequence[TargetStats]) -> tuple[Unresolved, ...]:
+        """What each ended worker owes `rows` (a second's active targets, or every target)."""
         out = []
         for worker, (cause, targets) in sorted(self._lost_workers.items()):
-            missing = sum(max(0, per_target[t].counts.unaccounted) for t in targets)
+            missing = sum(max(0, r.counts.unaccounted) for r in rows if r.target in targets)
             out.append(Unresolved(worker, cause, targets, missing))
         return tuple(out)
 

@@ -3,6 +3,8 @@ that ended early, reported as unresolved with their cause rather than as a bug."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,9 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from loadgen.closing import SecondCloser
+from loadgen.output.report import JsonlWriter
 from loadgen.output.summary import summary_text
+from loadgen.output.ui import plain_line
 from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
 from loadgen.stats import Aggregator
 from loadgen.wire.messages import WorkerStats
@@ -155,3 +159,34 @@ def test_outcomes_without_probes_are_never_explained_by_a_death(extra_outcomes: 
     summary = agg.cumulative()
     assert summary.unresolved[0].probes == 0
     assert f"WARNING: {-extra_outcomes:+} probes unaccounted" in summary_text(summary, NAMES)
+
+
+def test_seconds_closed_after_a_death_say_unresolved_in_the_export_and_the_plain_line(
+    tmp_path: Path,
+) -> None:
+    agg = Aggregator(3, START, S)
+    agg.add(records([0.1, 0.2], 0))
+    agg.add(records([0.3], 1))
+    agg.add(records([0.4, 0.5], 1, answered=False))  # in flight when worker 1 was killed
+    agg.add(records([1.1], 0, answered=False))  # worker 0 lives: a real hole
+    agg.worker_lost(1, "died", [1])
+    first, second = agg.close_all()
+    assert first.explained(first.total) == (2, "worker 1 died")
+    assert "unresolved=2 (worker 1 died)" in plain_line(first)
+    assert "UNACCOUNTED" not in plain_line(first) and "UNACCOUNTED=1" in plain_line(second)
+    path = tmp_path / "run.jsonl"
+    with JsonlWriter(str(path)) as out:
+        for report in (first, second):
+            out.write_second(report, NAMES)
+        out.write_summary(agg.cumulative(), NAMES)
+    objs = [json.loads(line) for line in path.read_text().splitlines()]
+    by = {(o["type"], o.get("second"), o.get("target")): o for o in objs}
+    beta = by[("second", 0, 1)]
+    assert (beta["sent"], beta["unresolved"], beta["unaccounted"]) == (3, 2, 0)
+    assert (
+        by[("second_total", 0, -1)]["unresolved"],
+        by[("second_total", 1, -1)]["unaccounted"],
+    ) == (2, 1)
+    summary = objs[-1]
+    assert (summary["total"]["unresolved"], summary["total"]["unaccounted"]) == (2, 1)
+    assert [t["unresolved"] for t in summary["targets"]] == [0, 2, 0]

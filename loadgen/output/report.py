@@ -2,14 +2,14 @@
 `summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
-most the second being written. Schema version `JSONL_SCHEMA_VERSION` (1); every object has
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every object has
 `type` and `v`. A "second" object per target that sent in a closed second, then one
 "second_total" (target -1, name "total"); one "summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
 | type | str | "second", "second_total" or "summary" |
-| v | int | schema version (1) |
+| v | int | schema version (2; 1 had no `unresolved`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -20,7 +20,8 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (1); every 
 | errored | int | no good reply, but an ICMP error or a damaged reply (not lost) |
 | loss_pct | float | 100 * lost / sent (0 when nothing was sent) |
 | duplicates, reordered, bitflips, corrupted, icmp_errors, stale | int | side events |
-| unaccounted | int | sent - received - late - lost - errored: anything but 0 is a bug |
+| unresolved | int | probes without an outcome because their worker ended early (died, failed) |
+| unaccounted | int | sent - received - late - lost - errored - unresolved: not 0 is a bug |
 | rtt_count | int | RTT samples (received replies) |
 | rtt_{min,avg,max,mdev}_us | float/null | µs; null when rtt_count is 0 |
 | rtt_{p50,p90,p99}_us | float/null | µs; exact per second, within rtt_pct_rel_error in "summary" |
@@ -56,7 +57,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 1
+JSONL_SCHEMA_VERSION = 2  # 2: unresolved
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -109,12 +110,15 @@ def _us(ns: float) -> float:
     return round(ns / 1e3, 3)
 
 
-def _figures(ts: TargetStats, names: Sequence[str]) -> dict[str, Any]:
+def _figures(ts: TargetStats, names: Sequence[str], unresolved: int = 0) -> dict[str, Any]:
+    """The figures of one row; `unresolved` of its unaccounted probes have a known cause (a
+    worker that ended early), the rest is a bug."""
     c, r = ts.counts, ts.rtt
     obj: dict[str, Any] = {"target": ts.target, "name": _name(names, ts.target)}
     obj.update((key, getattr(c, key)) for key in _COUNT_KEYS)
     obj["loss_pct"] = round(c.loss_pct, 6)
-    obj["unaccounted"] = c.unaccounted
+    obj["unresolved"] = unresolved
+    obj["unaccounted"] = c.unaccounted - unresolved
     obj["rtt_count"] = r.count
     values = (r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns, r.p50_ns, r.p90_ns, r.p99_ns, r.jitter_ns)
     for key, ns in zip(_RTT_KEYS, values, strict=True):
@@ -163,8 +167,15 @@ class JsonlWriter:
     def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
         """One "second" object per target in the report, then its "second_total"."""
         head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
-        rows = [{"type": "second", **head, **_figures(ts, names)} for ts in report.per_target]
-        total = {"type": "second_total", **head, **_figures(report.total, names)}
+        rows = [
+            {"type": "second", **head, **_figures(ts, names, report.explained(ts)[0])}
+            for ts in report.per_target
+        ]
+        total = {
+            "type": "second_total",
+            **head,
+            **_figures(report.total, names, report.explained(report.total)[0]),
+        }
         gen = report.generator
         if gen is not None:
             total["generator_limited"] = gen.limited
@@ -188,8 +199,10 @@ class JsonlWriter:
                     "v": JSONL_SCHEMA_VERSION,
                     "t_start": summary.start_ns / NS_PER_S,
                     "seconds": summary.seconds,
-                    "targets": [_figures(ts, names) for ts in summary.per_target],
-                    "total": _figures(summary.total, names),
+                    "targets": [
+                        _figures(ts, names, summary.explained(ts)[0]) for ts in summary.per_target
+                    ],
+                    "total": _figures(summary.total, names, summary.explained(summary.total)[0]),
                     "anomalies": {
                         "invalid_records": a.invalid_records,
                         "late_records": a.late_records,

@@ -302,8 +302,11 @@ def plain_line(report: SecondReport) -> str:
         f"{rtt} late={c.late} dup={c.duplicates} reord={c.reordered} "
         f"errs={c.errored} icmp={c.icmp_errors} flip={c.bitflips} corrupt={c.corrupted}"
     )
-    if c.unaccounted:
-        line += f" UNACCOUNTED={c.unaccounted} (bug)"
+    unresolved, why = report.explained(report.total)
+    if unresolved:
+        line += f" unresolved={unresolved} ({why})"
+    if c.unaccounted - unresolved:
+        line += f" UNACCOUNTED={c.unaccounted - unresolved} (bug)"
     if report.generator is not None and report.generator.limited:
         line += f" GENERATOR-LIMITED ({'; '.join(report.generator.limits)})"
     return line
