@@ -79,6 +79,16 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
     flag("--tx-path", "", metavar="PATH", help='"ip" (default) or "packet": see tx_path')
     flag("--interface", "I", metavar="IFACE", help="send and receive on this interface only")
     flag("--source", "S", metavar="ADDR", help="send probes from this address of this host")
+    family = p.add_mutually_exclusive_group()
+    for version in (4, 6):
+        names = [f"-{version}", f"--ipv{version}"] if short else [f"--ipv{version}"]
+        family.add_argument(
+            *names,
+            action="store_const",
+            const=f"ipv{version}",
+            dest="family",
+            help=f"IPv{version} only: host names give IPv{version} addresses (profile key family)",
+        )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -98,6 +108,7 @@ _FLAG_KEYS = (
     "tx_path",
     "interface",
     "source",
+    "family",
     "top",
 )
 

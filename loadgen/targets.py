@@ -22,9 +22,9 @@ Resolver = Callable[[str], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 IPV6_NOT_YET = "IPv6 probing is not implemented yet; use IPv4 targets"
-# The families the worker can probe. The wire layer speaks ICMPv6; until the worker and its
-# sockets do, IPv6 targets are parsed in full and then refused with IPV6_NOT_YET.
-PROBED_FAMILIES = frozenset({4})
+# The families the worker can probe: both. A caller that passes `probed` without 6 gets IPv6
+# targets parsed in full and then refused with IPV6_NOT_YET.
+PROBED_FAMILIES = frozenset({4, 6})
 # The profile's `family` choice -> the address families a host name may give.
 FAMILY_CHOICES = {"auto": (4, 6), "ipv4": (4,), "ipv6": (6,)}
 _IFNAMSIZ = 16  # interface names are at most 15 bytes (linux/if.h, dev_valid_name)
