@@ -32,6 +32,7 @@ from loadgen.output.summary import summary_view
 from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.runner import RunResult, execute, plan_run
+from loadgen.targets import labels
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -246,7 +247,7 @@ def _run(profile: Profile, *, plain: bool) -> int:
 
 
 def _print_summary(result: RunResult, profile: Profile) -> None:
-    names = [t.name for t in result.plan.targets]
+    names = labels(result.plan.targets)
     export = None if result.export_error else profile.jsonl
     view = summary_view(result.outcome.summary, names, top=profile.top, export=export)
     limited = result.outcome.limited_seconds

@@ -201,6 +201,14 @@ def make_plan(
     for w, share in enumerate(shares):
         # A worker sends its targets in turn from its first: the targets given one more probe
         # are the first of the run, so they are the first of each worker's share too.
+        # One product and one division: every target gets the same rate to within an ulp,
+        # and the shares add up to the total.
+        share_pps = rate_pps * len(share) / n_targets
+        probes = None if per_target is None else sum(per_target[t.index] for t in share)
+        if probes is not None and profile.duration_ns is not None:
+            # Dealt by family, a worker may hold more of those first targets than its
+            # timetable fits in the duration (one family's targets first): it sends what fits.
+            probes = min(probes, probes_within(profile.duration_ns, share_pps))
         workers.append(
             WorkerPlan(
                 index=w,
@@ -208,10 +216,8 @@ def make_plan(
                 ident=(ident_base + w) & 0xFFFF,
                 run_id=run_id,
                 targets=share,
-                # One product and one division: every target gets the same rate to within an
-                # ulp, and the shares add up to the total.
-                rate_pps=rate_pps * len(share) / n_targets,
-                probes=None if per_target is None else sum(per_target[t.index] for t in share),
+                rate_pps=share_pps,
+                probes=probes,
                 duration_ns=profile.duration_ns,
                 settings=settings,
             )

@@ -55,6 +55,18 @@ class Target:
         return (ip.scope_id or "") if isinstance(ip, ipaddress.IPv6Address) else ""
 
 
+def labels(targets: Sequence[Target]) -> tuple[str, ...]:
+    """What tables and summaries call each target: its name, or `name (address)` where one
+    name stands for several targets (a host name with A and AAAA addresses)."""
+    seen: dict[str, int] = {}
+    for t in targets:
+        seen[t.name] = seen.get(t.name, 0) + 1
+    return tuple(
+        f"{t.name} ({t.address})" if seen[t.name] > 1 and t.name != t.address else t.name
+        for t in targets
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Resolved:
     targets: tuple[Target, ...]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.errors import TargetError
-from loadgen.targets import Resolved, Target, resolve_targets, system_resolver
+from loadgen.targets import Resolved, Target, labels, resolve_targets, system_resolver
 
 
 class FakeResolver:
@@ -377,3 +377,15 @@ def test_system_resolver_gives_both_families_for_localhost() -> None:
     assert 1 <= len(resolved.targets) <= 2
     assert all(t.ip.is_loopback and t.name == "localhost" for t in resolved.targets)
     assert len({t.family for t in resolved.targets}) == len(resolved.targets)
+
+
+def test_labels_tell_the_addresses_of_one_name_apart() -> None:
+    resolved = resolve_targets(
+        ["dual.test", "::1", "alpha.test"], max_targets=8, resolver=FakeResolver(HOSTS)
+    )
+    assert labels(resolved.targets) == (
+        "dual.test (2001:2::20)",
+        "dual.test (198.18.0.20)",
+        "::1",
+        "alpha.test",
+    )
