@@ -287,13 +287,14 @@ def describe(plan: RunPlan) -> str:
             else 'a packet socket per worker, to next hops read at start (tx_path = "packet")'
         ),
         f"workers: {len(plan.workers)}",
-        "  worker   cpu   ident  targets          rate    per target",
+        "  worker   cpu   ident  targets          rate    per target  family",
     ]
     for worker in plan.workers:
         cpu = "any" if worker.cpu is None else str(worker.cpu)
         lines.append(
             f"  {worker.index:>6}  {cpu:>4}  0x{worker.ident:04x}  {len(worker.targets):>7}  "
             f"{format_rate(worker.rate_pps):>12}  {format_rate(worker.rate_per_target_pps):>12}"
+            f"  IPv{worker.family}"
         )
     total = sum(worker.rate_pps for worker in plan.workers)
     lines.append(

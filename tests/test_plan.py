@@ -167,8 +167,10 @@ def test_describe_mentions_every_worker_and_the_totals() -> None:
     for worker in run.workers:
         row = next(line for line in text.splitlines() if f"0x{worker.ident:04x}" in line)
         assert row.split()[:4] == [str(worker.index), str(worker.cpu), f"0x{worker.ident:04x}", "4"]
-        assert "1k pps" in row
+        assert "1k pps" in row and row.endswith("  IPv4")
     assert text.splitlines()[-1].split() == ["total", "12", "3k", "pps"]
+    mixed_text = describe(mixed_plan(2, 2))
+    assert [line.split()[-1] for line in mixed_text.splitlines()[-3:-1]] == ["IPv4", "IPv6"]
 
 
 def test_describe_says_when_the_cap_applies_and_when_the_run_is_open_ended() -> None:
