@@ -1,6 +1,7 @@
-"""Raw ICMP sockets: the only module of loadgen that creates sockets.
+"""Raw ICMP and ICMPv6 sockets: the only module of loadgen that creates sockets.
 
-Owns the socket options (TTL, TOS, buffers, drop counter, BPF attach), the choice of RX and TX
+Owns the socket options of both families (hop limit, traffic class, buffers, drop counter, BPF
+attach, ICMP6_FILTER), written once against a FamilySpec, the choice of RX and TX
 timestamp sources and the words that report them, NIC stamping, and the errno-to-error mapping.
 Batched I/O over an open socket is `batchio`; its syscall plumbing is `mmsg`, its cmsg parsing
 `cmsg`. Kernel interfaces: socket(7), Documentation/networking/timestamping.rst.
@@ -20,8 +21,10 @@ from enum import IntFlag, StrEnum
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.wire import bpf
 from loadgen.wire.records import RecordFlag
 
 # <asm-generic/socket.h>, <linux/in.h>, <linux/sockios.h>: absent from Python's socket module.
@@ -35,6 +38,8 @@ SO_MEMINFO = 55
 SO_BINDTODEVICE = 25
 SCM_TS_OPT_ID = 81  # Linux 6.13+: the OPT_ID of one send, chosen by the sender
 IP_RECVERR = 11
+IPV6_RECVERR = 25  # <linux/in6.h>: also the type of the IPv6 error-queue cmsg
+ICMP6_FILTER = 1  # <linux/icmpv6.h>, level IPPROTO_ICMPV6
 SIOCSHWTSTAMP = 0x89B0
 SIOCGHWTSTAMP = 0x89B1
 SO_EE_ORIGIN_TIMESTAMPING = 4
@@ -80,8 +85,9 @@ class _SockFprog(ctypes.Structure):
 
 @dataclass(frozen=True, slots=True)
 class FamilySpec:
-    """What differs between IPv4 and IPv6 raw ICMP sockets. Only IPv4 is defined so far."""
+    """What differs between IPv4 and IPv6 raw ICMP sockets."""
 
+    version: int  # 4 or 6, as Target.family
     family: int
     proto: int
     ip_level: int
@@ -89,9 +95,17 @@ class FamilySpec:
     class_option: int  # IP_TOS / IPV6_TCLASS
     recverr: tuple[int, int]  # (level, type) of the error-queue cmsg
     sockaddr: np.dtype[Any]  # field `addr` takes the destination column of `send`
+    # IPv4: `send` takes bare addresses (host-order u32) into the `addr` field; IPv6: whole
+    # sockaddr_in6 rows, as a link-local destination carries its own scope id.
+    whole_names: bool
+
+    @property
+    def name(self) -> str:
+        return f"IPv{self.version}"
 
 
 IPV4 = FamilySpec(
+    version=4,
     family=socket.AF_INET,
     proto=socket.IPPROTO_ICMP,
     ip_level=socket.IPPROTO_IP,
@@ -99,7 +113,50 @@ IPV4 = FamilySpec(
     class_option=socket.IP_TOS,
     recverr=(socket.IPPROTO_IP, IP_RECVERR),
     sockaddr=np.dtype([("family", "=u2"), ("port", ">u2"), ("addr", ">u4"), ("zero", "u1", 8)]),
+    whole_names=False,
 )
+IPV6 = FamilySpec(
+    version=6,
+    family=socket.AF_INET6,
+    proto=socket.IPPROTO_ICMPV6,
+    ip_level=socket.IPPROTO_IPV6,
+    hops_option=socket.IPV6_UNICAST_HOPS,
+    class_option=socket.IPV6_TCLASS,
+    recverr=(socket.IPPROTO_IPV6, IPV6_RECVERR),
+    # struct sockaddr_in6 (<linux/in6.h>): the kernel fills the ICMPv6 checksum itself.
+    sockaddr=np.dtype(
+        [
+            ("family", "=u2"),
+            ("port", ">u2"),
+            ("flowinfo", ">u4"),
+            ("addr", "V16"),
+            ("scope_id", "=u4"),
+        ]
+    ),
+    whole_names=True,
+)
+SPECS = {4: IPV4, 6: IPV6}
+
+
+def ipv6_names(addresses: list[str]) -> NDArray[Any]:
+    """sockaddr_in6 rows for IPv6 addresses (a link-local one with its %scope: the interface
+    name or index), in order: the destination column `BatchIO.send` takes for IPv6."""
+    names = np.zeros(len(addresses), IPV6.sockaddr)
+    names["family"] = socket.AF_INET6
+    for i, text in enumerate(addresses):
+        bare, _, scope = text.partition("%")
+        names["addr"][i] = np.void(socket.inet_pton(socket.AF_INET6, bare))
+        if scope:
+            try:
+                names["scope_id"][i] = (
+                    int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+                )
+            except OSError:
+                raise UsageError(
+                    f"target {text}: there is no interface {scope!r}; pick one from "
+                    "`ip -brief link`"
+                ) from None
+    return names
 
 
 def _set_option(sock: socket.socket, level: int, option: int, value: int | bytes) -> None:
@@ -153,8 +210,9 @@ class IcmpSocket:
         self.sock.close()
 
 
-def open_icmp_v4(
+def open_icmp(
     *,
+    family: int = 4,
     ttl: int,
     tos: int,
     rcvbuf_bytes: int = 8 << 20,
@@ -164,23 +222,30 @@ def open_icmp_v4(
     interface: str | None = None,
     source: str | None = None,
 ) -> IcmpSocket:
-    """A non-blocking raw ICMPv4 socket, configured; raises PermissionProblem/SocketProblem.
-    With `interface` it sends and receives on that interface only (SO_BINDTODEVICE; its error
+    """A non-blocking raw socket for ICMP echo of `family` (4 or 6), configured; raises
+    PermissionProblem/SocketProblem. `ttl` is the hop limit and `tos` the traffic class for
+    IPv6. With `interface` it sends and receives on that interface only (SO_BINDTODEVICE; its error
     queue, where TX stamps come back, is the same socket's), and it is the NIC whose hardware
     stamping is looked at (HARDWARE: configured). With `source` the probes leave from that
-    address and only replies to it are received."""
-    spec = IPV4  # everything below is written against the spec, so IPv6 can reuse it
+    address and only replies to it are received. IPv6 sockets pass only echo replies and the
+    errors that can quote a probe (ICMP6_FILTER) before the BPF program sees them."""
+    spec = SPECS[family]
     if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
         raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
     try:
         sock = socket.socket(spec.family, socket.SOCK_RAW, spec.proto)
     except OSError as exc:
-        raise problem("opening a raw ICMP socket", exc.errno or 0) from None
+        raise problem(f"opening a raw {spec.name} ICMP socket", exc.errno or 0) from None
     try:
         sock.setblocking(False)
         notes: list[str] = []
         _configure(sock, spec, ttl, tos, rcvbuf_bytes, sndbuf_bytes, notes)
         _bind(sock, interface, source)
+        if spec.version == 6:
+            try:
+                _set_option(sock, socket.IPPROTO_ICMPV6, ICMP6_FILTER, bpf.icmp6_filter())
+            except OSError as exc:
+                raise problem("setting the ICMPv6 type filter", exc.errno or 0) from None
         if bpf_program is not None:
             _attach_filter(sock, bpf_program)
         flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
@@ -250,8 +315,9 @@ def _bind(sock: socket.socket, interface: str | None, source: str | None) -> Non
 
 def check_source(source: str) -> None:
     """Refuse a source address this host does not have, before any worker starts: a UDP
-    socket bound to it and closed again."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    socket of its family bound to it and closed again."""
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((source, 0))
         except OSError as exc:
