@@ -586,7 +586,7 @@ def test_flags_and_ladder() -> None:
     assert cfg.duration_s == 10 and cfg.workers == (1, 2) and cfg.targets == 64
     assert cfg.rates_pps == (50e3, 100e3, 200e3, 250e3, 300e3)
     steps = ladder(cfg)
-    assert [s.tool for s in steps[:2]] == [PING, FPING] and len(steps) == 18
+    assert [s.tool for s in steps[:3]] == [PING, PING, FPING] and len(steps) == 21
     assert steps[-1] == Step(LOADGEN, 64, rate_pps=2e6, workers=2, duration_s=10, overload=True)
     assert steps[-1].label == "loadgen 2000k x2 overload"
     stamped = [s for s in steps if s.tx_timestamps]
@@ -597,6 +597,7 @@ def test_flags_and_ladder() -> None:
     assert linked[0].argv(["198.18.1.1"], Path("j"))[-2:] == ["--tx-path", "packet"]
     assert parse_config(["--quick"]).duration_s == 2
     only = ["--tx-rates", "none", "--packet-rates", "none", "--overload", "none"]
+    only += ["--v6-rates", "none"]
     small = parse_config(
         ["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s", *only]
     )
@@ -651,6 +652,7 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
     more = ("--tx-rates", "5k", "--packet-rates", "5k", "--no-floor")  # the floor: own test
+    more += ("--v6-rates", "5k")
     proc = subprocess.Popen(
         bench(*args, *more, "--fping-count", "20", "--output", str(out)),
         stdout=subprocess.PIPE,
@@ -673,9 +675,12 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     over = steps.pop("loadgen 2000k x1 overload")
     assert 0 < over["sent"] < 2_000_000 and over["loss"]["self_client"] == 0, over
     assert over["loss"]["wire_requests"] == 0 and over["peak_rss_bytes"] < RSS_BUDGET_BYTES
-    loadgens = ("loadgen 5k x1", "loadgen 5k x1 txts", "loadgen 5k x1 pkt")
-    assert set(steps) == {*loadgens, PING, FPING}
+    loadgens = ("loadgen 5k x1", "loadgen 5k x1 v6", "loadgen 5k x1 txts", "loadgen 5k x1 pkt")
+    assert set(steps) == {*loadgens, PING, "ping -6 -f", FPING}
     expected_sent = {**dict.fromkeys(loadgens, 5000), PING: 2000, FPING: 20 * 64}
+    expected_sent["ping -6 -f"] = 2000
+    # The IPv6 steps are refereed by the responder's snmp6 counters, as exactly as IPv4's.
+    assert steps["loadgen 5k x1 v6"]["family"] == 6 and steps["ping -6 -f"]["family"] == 6
     for label, s in steps.items():
         assert s["sent"] == expected_sent[label], s
         assert s["loss"]["wire_requests"] == 0 and s["loss"]["self_client"] == 0, s
@@ -686,6 +691,11 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     assert lg["achieved_pps"] == pytest.approx(5000, rel=0.2)
     assert lg["pacing_p99"] is not None and lg["pacing_p99"] >= 0
     assert "loadgen 5k x1" in stdout
+    pairs = {p["v6_label"]: p for p in doc["v6_vs_v4"]}
+    assert set(pairs) == {"ping -6 -f", "loadgen 5k x1 v6"}
+    assert pairs["loadgen 5k x1 v6"]["v4_label"] == "loadgen 5k x1"
+    assert pairs["loadgen 5k x1 v6"]["ratio"] > 0
+    assert "IPv6 against IPv4" in stdout
 
 
 @pytest.mark.root

@@ -1,5 +1,6 @@
-"""`python -m loadgen.bench`: the ladder of loadgen rates and worker counts plus the peers
-(`ping -f`, `fping`) in one run, in the bench's own namespaces; table on stdout, JSON on disk.
+"""`python -m loadgen.bench`: the ladder of loadgen rates and worker counts, IPv4 and IPv6,
+plus the peers (`ping -f`, `ping -6 -f`, `fping`) in one run, in the bench's own namespaces;
+table on stdout, JSON on disk.
 `--soak 10m` runs one long loadgen step instead, for memory over time.
 
 Exit codes: 0 every step sound (however slow), 1 a step broken (crashed, hung, or probes
@@ -37,6 +38,7 @@ DEFAULT_RATES = "50k,100k,200k,250k,300k"
 DEFAULT_WORKERS = "1,2"
 DEFAULT_TX_RATES = "100k,150k"  # loadgen with --tx-timestamps, on the most workers asked for
 DEFAULT_PACKET_RATES = "200k,250k,300k"  # loadgen with --tx-path packet, ditto
+DEFAULT_V6_RATES = "100k,250k"  # loadgen to the IPv6 addresses, on the most workers, ditto
 DEFAULT_OVERLOAD = "2M"  # far beyond any machine here, on the most workers: memory must hold
 FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
@@ -59,12 +61,27 @@ class Config:
     packet_rates_pps: tuple[float, ...] = ()
     floor: bool = False
     overload_pps: tuple[float, ...] = ()
+    v6_rates_pps: tuple[float, ...] = ()
+
+
+def _with_v6(steps: list[Step], v6: list[Step]) -> list[Step]:
+    """Each IPv6 step right after the IPv4 step of its rate and workers, so that the two run
+    under the same load from the rest of the machine; the others after the last."""
+    out, left = [], list(v6)
+    for step in steps:
+        out.append(step)
+        twins = [s for s in left if (s.rate_pps, s.workers) == (step.rate_pps, step.workers)]
+        out += twins
+        left = [s for s in left if s not in twins]
+    return out + left
 
 
 def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
     steps = []
     if cfg.peers:
         steps.append(Step(PING, 1, count=cfg.ping_count))
+        if cfg.v6_rates_pps:
+            steps.append(Step(PING, 1, count=cfg.ping_count, family=6))
         steps.append(Step(FPING, cfg.targets, count=fping_count(cfg.fping_count, cfg.targets)))
     most, n, secs = max(cfg.workers), cfg.targets, cfg.duration_s
     if floor_program:
@@ -73,11 +90,18 @@ def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
             Step(FLOOR, n, workers=w, duration_s=secs, tx_timestamps=ts, program=floor_program)
             for w, ts in floors
         ]
-    steps += [
-        Step(LOADGEN, n, rate_pps=r, workers=w, duration_s=secs)
-        for w in cfg.workers
-        for r in cfg.rates_pps
+    v6 = [
+        Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, family=6)
+        for r in cfg.v6_rates_pps
     ]
+    steps += _with_v6(
+        [
+            Step(LOADGEN, n, rate_pps=r, workers=w, duration_s=secs)
+            for w in cfg.workers
+            for r in cfg.rates_pps
+        ],
+        v6,
+    )
     # The same on the most workers, with kernel TX stamps and with probes written to the link.
     steps += [
         Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, tx_timestamps=True)
@@ -152,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
         f"{DEFAULT_PACKET_RATES}; 'none' skips them)",
     )
     p.add_argument(
+        "--v6-rates",
+        help=f"loadgen rates to the IPv6 addresses, on the most workers given, each right after "
+        f"the IPv4 step of its rate (default {DEFAULT_V6_RATES}; 'none' skips them and ping -6)",
+    )
+    p.add_argument(
         "--overload",
         help=f"loadgen rate far beyond the machine, on the most workers given, to show that "
         f"memory holds and the run says it is generator-limited (default {DEFAULT_OVERLOAD}; "
@@ -179,8 +208,8 @@ def _soak_s(a: argparse.Namespace) -> float | None:
 
 
 def _extra_rates(text: str | None, default: str, key: str, wanted: bool) -> tuple[float, ...]:
-    """The rates of an extra ladder (--tx-rates, --packet-rates, --overload); 'none' or a
-    soak: none."""
+    """The rates of an extra ladder (--tx-rates, --packet-rates, --v6-rates, --overload);
+    'none' or a soak: none."""
     text = (text or default).strip() if wanted else "none"
     if text == "none":
         return ()
@@ -203,6 +232,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         a.packet_rates, DEFAULT_PACKET_RATES, "--packet-rates", soak_s is None
     )
     overload = _extra_rates(a.overload, DEFAULT_OVERLOAD, "--overload", soak_s is None)
+    v6_rates = _extra_rates(a.v6_rates, DEFAULT_V6_RATES, "--v6-rates", soak_s is None)
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
@@ -230,6 +260,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         packet_rates_pps=packet_rates,
         floor=not a.no_floor and soak_s is None,
         overload_pps=overload,
+        v6_rates_pps=v6_rates,
     )
 
 
@@ -250,9 +281,14 @@ def run_step(net: BenchNet, step: Step) -> StepResult:
     load1, cpu0 = os.getloadavg()[0], _own_cpu_s()
     with tempfile.TemporaryDirectory(prefix="loadgen-bench-") as tmp:
         jsonl = Path(tmp) / "run.jsonl"
-        argv = step.argv(net.targets[: step.targets], jsonl)
+        argv = step.argv(net.family_targets(step.family)[: step.targets], jsonl)
         m = run_measured(
-            net, argv, start_s=START_LIMIT_S, run_s=step.run_limit_s(), workdir=Path(tmp)
+            net,
+            argv,
+            start_s=START_LIMIT_S,
+            run_s=step.run_limit_s(),
+            workdir=Path(tmp),
+            family=step.family,
         )
         result = evaluate(step, m, jsonl)
     return dataclasses.replace(

@@ -1,8 +1,8 @@
 """The bench's arithmetic: kernel counters, 100 ms windows, pacing error, loss and cost figures.
 
-Pure: text and numbers in, figures out. Reads /proc/net/snmp (with the lab's parser), the
-summaries of `ping` and `fping`, and loadgen's JSONL export; turns counter samples into
-steady-state windows.
+Pure: text and numbers in, figures out. Reads /proc/net/snmp and snmp6 (with the lab's
+parsers), the summaries of `ping` and `fping`, and loadgen's JSONL export; turns counter
+samples into steady-state windows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loadgen.lab.netops import parse_snmp
+from loadgen.lab.netops import parse_snmp, parse_snmp6
 
 Snmp = Mapping[str, Mapping[str, int]]
 
@@ -26,14 +26,36 @@ _FLOOR_RE = re.compile(r"^sent (\d+) received (\d+) stamps \d+$", re.MULTILINE)
 _FPING_RE = re.compile(r"^\S+\s*:\s*xmt/rcv/%loss = (\d+)/(\d+)/", re.MULTILINE)
 
 
-def icmp_delta(before: Snmp, after: Snmp) -> dict[str, int]:
-    """Growth of every Icmp counter between two readings of one namespace."""
-    b, a = before.get("Icmp", {}), after.get("Icmp", {})
+# snmp6's echo counters under the names snmp gives IPv4's, so every figure reads either family.
+ICMP6_NAMES = {
+    "InEchos": "Icmp6InEchos",
+    "InEchoReps": "Icmp6InEchoReplies",
+    "OutEchos": "Icmp6OutEchos",
+    "OutEchoReps": "Icmp6OutEchoReplies",
+    "InMsgs": "Icmp6InMsgs",
+    "OutMsgs": "Icmp6OutMsgs",
+    "InErrors": "Icmp6InErrors",
+    "InCsumErrors": "Icmp6InCsumErrors",
+}
+
+
+def icmp6_counters(text: str) -> dict[str, int]:
+    """The ICMPv6 counters of a /proc/net/snmp6 text, named as /proc/net/snmp's Icmp ones."""
+    six = parse_snmp6(text)
+    return {name: six[name6] for name, name6 in ICMP6_NAMES.items() if name6 in six}
+
+
+def icmp_delta(before: Snmp, after: Snmp, family: int = 4) -> dict[str, int]:
+    """Growth of every Icmp (family 4) or Icmp6 counter between two readings of a namespace."""
+    group = "Icmp6" if family == 6 else "Icmp"
+    b, a = before.get(group, {}), after.get(group, {})
     return {k: a[k] - b[k] for k in a if k in b}
 
 
-def in_echos(text: str) -> int:
-    """Icmp InEchos of a /proc/net/snmp text: echo requests this namespace took in."""
+def in_echos(text: str, family: int = 4) -> int:
+    """InEchos of a /proc/net/snmp (or, family 6, snmp6) text: echo requests taken in."""
+    if family == 6:
+        return icmp6_counters(text)["InEchos"]
     return parse_snmp(text)["Icmp"]["InEchos"]
 
 

@@ -50,7 +50,7 @@ class Measured:
     peak_rss_bytes: int  # sum over the tree's processes of each one's peak RSS (VmHWM)
     processes: int
     samples: tuple[Sample, ...]
-    client: dict[str, int]  # Icmp counter deltas in the client namespace
+    client: dict[str, int]  # Icmp (or Icmp6, by the step's family) deltas in the client ns
     responder: dict[str, int]  # ... and in the responder namespace
     stdout: str
     stderr: str
@@ -151,7 +151,7 @@ def _clock_map(tries: int = 5) -> ClockMap:
     return ClockMap.from_readings(*best)
 
 
-def _read_at(reader: SnmpReader, instant_ns: int) -> tuple[int, str, int | None]:
+def _read_at(reader: SnmpReader, instant_ns: int, family: int) -> tuple[int, str, int | None]:
     """Read the counters at a tick-aligned instant (monotonic): the read's midpoint, the text,
     and the instant it stands for (None if no read within MAX_READS fitted one)."""
     for _ in range(MAX_READS):
@@ -159,7 +159,7 @@ def _read_at(reader: SnmpReader, instant_ns: int) -> tuple[int, str, int | None]
         # Two clock readings around the read: a preemption between a lone timestamp and the
         # read would date a later count earlier.
         before = time.monotonic_ns()
-        text = reader.text()
+        text = reader.text(family)
         after = time.monotonic_ns()
         if read_fits(instant_ns, before, after):
             return (before + after) // 2, text, instant_ns
@@ -190,15 +190,18 @@ class _Run:
     rusage: resource.struct_rusage | None = None  # set once the tool was reaped by the loop
 
 
-def _follow(run: _Run, net: BenchNet, t0_ns: int, start_s: float, run_s: float) -> None:
+def _follow(
+    run: _Run, net: BenchNet, t0_ns: int, limits_s: tuple[float, float], family: int
+) -> None:
     """Sample until the tool exits or looks hung (see run_measured)."""
+    start_s, run_s = limits_s
     first_ns: int | None = None
     moved_ns, last_in = t0_ns, -1
     grid0_ns = _clock_map().to_mono(first_instant_rt(time.time_ns()))
     instant_ns, n = grid0_ns, 0
     while True:
-        now, text, fitted_ns = _read_at(net.responder, instant_ns)
-        requests_in = in_echos(text)
+        now, text, fitted_ns = _read_at(net.responder, instant_ns, family)
+        requests_in = in_echos(text, family)
         # The rest of the work falls in the tick's quiet part too, right after the read.
         cpu_s, rss = run.watch.sample(relist=n % TREE_EVERY == 0)
         run.samples.append(Sample(now, requests_in, cpu_s, fitted_ns, rss))
@@ -220,11 +223,17 @@ def _follow(run: _Run, net: BenchNet, t0_ns: int, start_s: float, run_s: float) 
 
 
 def run_measured(
-    net: BenchNet, argv: Sequence[str], *, start_s: float, run_s: float, workdir: Path
+    net: BenchNet,
+    argv: Sequence[str],
+    *,
+    start_s: float,
+    run_s: float,
+    workdir: Path,
+    family: int = 4,
 ) -> Measured:
-    """Run argv in the client namespace until it exits, sampling. It is stopped as hung if no
-    echo request arrives within `start_s`, if it still runs `run_s` after the first one, or
-    if no new request arrives for STALL_S while it runs."""
+    """Run argv in the client namespace until it exits, sampling the counters of its IP
+    `family`. It is stopped as hung if no echo request arrives within `start_s`, if it still
+    runs `run_s` after the first one, or if no new request arrives for STALL_S while it runs."""
     out_path, err_path = workdir / "stdout.txt", workdir / "stderr.txt"
     client0, responder0 = net.client.read(), net.responder.read()
     t0 = time.monotonic_ns()
@@ -239,7 +248,7 @@ def run_measured(
             )
         run = _Run(proc, _Watch(proc.pid))
         try:
-            _follow(run, net, t0, start_s, run_s)
+            _follow(run, net, t0, (start_s, run_s), family)
         finally:
             if run.rusage is None:
                 _stop(proc)
@@ -258,8 +267,8 @@ def run_measured(
         peak_rss_bytes=sum(watch.hwm.values()),
         processes=len(watch.hwm),
         samples=tuple(run.samples),
-        client=icmp_delta(client0, client1),
-        responder=icmp_delta(responder0, responder1),
+        client=icmp_delta(client0, client1, family),
+        responder=icmp_delta(responder0, responder1, family),
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
         peaks=dict(watch.hwm),

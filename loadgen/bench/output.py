@@ -20,6 +20,7 @@ from loadgen.bench.memory import EARLY_S, Growth
 from loadgen.bench.steps import StepResult
 
 RESULTS_SCHEMA = 1
+V6_CPU_TARGET = 1.10  # issue 9: IPv6 may cost at most 10% more CPU per probe than IPv4
 _COLUMNS = (
     ("step", "<", 25),
     ("tgts", ">", 4),
@@ -41,6 +42,8 @@ FOOTNOTES = (
     "loadgen's are timed by those instants, the peers' by the reads",
     "wire loss: sent - responder InEchos; self loss c/r: client InEchoReps / responder "
     "OutEchoReps - replies the tool counted",
+    "v6 steps (to 2001:2:0:1::1-40): the same figures from /proc/net/snmp6 (Icmp6InEchos, "
+    "Icmp6OutEchoReplies, Icmp6InEchoReplies, Icmp6OutEchos)",
     "CPU-s/1M: user+sys of the whole process tree per 1M probes sent, whole run / steady "
     "sending only",
     "RSS MiB: sum over the tool's processes of each one's peak RSS (VmHWM); each process's "
@@ -109,6 +112,65 @@ def table_row(r: StepResult) -> tuple[str, ...]:
     )
 
 
+def _ratio(v6: float | None, v4: float | None) -> float | None:
+    return None if v6 is None or not v4 else v6 / v4
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FamilyPair:
+    """An IPv6 step and its IPv4 twin from the same run: CPU per probe of each (whole run,
+    steady sending) and IPv6's as a multiple of IPv4's."""
+
+    v6_label: str
+    v4_label: str
+    cpu_s_per_m: tuple[float | None, float | None]  # (v4, v6), whole run
+    cpu_s_per_m_steady: tuple[float | None, float | None]  # (v4, v6), steady sending
+    achieved_pps: tuple[float | None, float | None]  # (v4, v6)
+    ratio: float | None  # v6 / v4, whole run
+    ratio_steady: float | None
+
+
+def family_pairs(results: Sequence[StepResult]) -> list[FamilyPair]:
+    """Every IPv6 step whose IPv4 twin ran too (its last run, if it ran more than once)."""
+    by_label = {r.label: r for r in results if r.family == 4}
+    out = []
+    for r6 in results:
+        r4 = by_label.get(r6.v4_twin) if r6.family == 6 else None
+        if r4 is None:
+            continue
+        out.append(
+            FamilyPair(
+                v6_label=r6.label,
+                v4_label=r4.label,
+                cpu_s_per_m=(r4.cpu_s_per_m, r6.cpu_s_per_m),
+                cpu_s_per_m_steady=(r4.cpu_s_per_m_steady, r6.cpu_s_per_m_steady),
+                achieved_pps=(r4.achieved_pps, r6.achieved_pps),
+                ratio=_ratio(r6.cpu_s_per_m, r4.cpu_s_per_m),
+                ratio_steady=_ratio(r6.cpu_s_per_m_steady, r4.cpu_s_per_m_steady),
+            )
+        )
+    return out
+
+
+def family_lines(results: Sequence[StepResult]) -> list[str]:
+    """IPv6 against IPv4 at the same settings: CPU per probe and its ratio (target <= 1.10)."""
+    pairs = family_pairs(results)
+    if not pairs:
+        return []
+    out = [f"IPv6 against IPv4, CPU-s/1M whole run/steady (target: v6/v4 <= {V6_CPU_TARGET:.2f}):"]
+    for p in pairs:
+        v4, v6 = (
+            f"{_opt(w, '.1f')}/{_opt(s, '.1f')}"
+            for w, s in zip(p.cpu_s_per_m, p.cpu_s_per_m_steady, strict=True)
+        )
+        ratio = f"{_opt(p.ratio, '.2f')}/{_opt(p.ratio_steady, '.2f')}"
+        out.append(
+            f"  {p.v4_label}: v4 {v4}, v6 {v6}: v6/v4 {ratio} "
+            f"(achieved v4 {_k(p.achieved_pps[0])}, v6 {_k(p.achieved_pps[1])})"
+        )
+    return out
+
+
 def render_table(results: Sequence[StepResult]) -> str:
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -122,6 +184,8 @@ def render_table(results: Sequence[StepResult]) -> str:
         out += [f"{r.label}: BROKEN: {p}" for p in r.problems]
         out += [f"{r.label}: note: {n}" for n in r.notes]
         out += memory_lines(r)
+    if pairs := family_lines(results):
+        out += ["", *pairs]
     out += ["", *FOOTNOTES]
     return "\n".join(out)
 
@@ -199,6 +263,7 @@ def results_document(
         "ok": not any(r.broken for r in results),
         "broken": [r.label for r in results if r.broken],
         "steps": [dataclasses.asdict(r) for r in results],
+        "v6_vs_v4": [dataclasses.asdict(p) for p in family_pairs(results)],
     }
 
 

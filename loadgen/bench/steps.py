@@ -8,6 +8,7 @@ machine (low achieved rate, loss) is a result, never a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,16 +54,25 @@ class Step:
     link_tx: bool = False  # loadgen: tx_path = "packet" (probes written to the link)
     program: str = ""  # the floor: its compiled binary
     overload: bool = False  # loadgen: asks far more than the machine can do (memory must hold)
+    family: int = 4  # loadgen and ping: the IP version of the targets (the bench has both)
 
     @property
     def label(self) -> str:
         stamps = (" txts" if self.tx_timestamps else "") + (" pkt" if self.link_tx else "")
         stamps += " overload" if self.overload else ""
+        stamps += " v6" if self.family == 6 else ""
         if self.tool == LOADGEN and self.rate_pps is not None:
             return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}{stamps}"
         if self.tool == FLOOR:
             return f"floor (C) x{self.workers}{stamps}"
+        if self.tool == PING and self.family == 6:
+            return "ping -6 -f"
         return self.tool
+
+    @property
+    def v4_twin(self) -> str:
+        """An IPv6 step: the label of the same step to the IPv4 addresses; others: ""."""
+        return dataclasses.replace(self, family=4).label if self.family == 6 else ""
 
     def argv(self, targets: Sequence[str], jsonl: Path) -> list[str]:
         if self.tool == LOADGEN:
@@ -80,7 +90,18 @@ class Step:
             ]
         if self.tool == PING:
             deadline = max(5, round(3 * self.count / 20_000))  # a bound, not the pace
-            return ["ping", "-f", "-q", "-c", str(self.count), "-w", str(deadline), targets[0]]
+            family = ["-6"] if self.family == 6 else []
+            return [
+                "ping",
+                *family,
+                "-f",
+                "-q",
+                "-c",
+                str(self.count),
+                "-w",
+                str(deadline),
+                targets[0],
+            ]
         # -i 0: no gap between any two probes; -p: per-target period, well below what it
         # reaches; -t: the default timeout in count mode is the period, which would be 0.1 ms.
         return ["fping", "-q", "-c", str(self.count), "-i", "0", "-p", "0.1", "-t", "500", *targets]
@@ -136,6 +157,8 @@ class StepResult:
     peak_rss_by_role: tuple[tuple[str, int], ...] = ()  # each process's VmHWM, largest first
     kernel_client: dict[str, int] = field(default_factory=dict)
     kernel_responder: dict[str, int] = field(default_factory=dict)
+    family: int = 4  # the targets' IP version; the kernel_* counters are that family's
+    v4_twin: str = ""  # an IPv6 step: the label of its IPv4 counterpart (Step.v4_twin)
 
     @property
     def broken(self) -> bool:
@@ -247,6 +270,8 @@ def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
         kernel_responder=m.responder,
         memory=memory_figures(m.samples, m.peaks, m.roles),
         peak_rss_by_role=by_role,
+        family=step.family,
+        v4_twin=step.v4_twin,
     )
 
 

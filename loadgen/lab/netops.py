@@ -92,6 +92,16 @@ def parse_snmp(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def parse_snmp6(text: str) -> dict[str, int]:
+    """/proc/net/snmp6: one `Name value` pair per line, e.g. "Icmp6InEchos 3"."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
 def read_snmp() -> dict[str, dict[str, int]]:
     """/proc/net/snmp of the calling thread's namespace, e.g. ["Icmp"]["InEchos"]."""
     with open("/proc/thread-self/net/snmp", encoding="ascii") as f:
