@@ -123,7 +123,8 @@ IPV6 = FamilySpec(
     hops_option=socket.IPV6_UNICAST_HOPS,
     class_option=socket.IPV6_TCLASS,
     recverr=(socket.IPPROTO_IPV6, IPV6_RECVERR),
-    # struct sockaddr_in6 (<linux/in6.h>): the kernel fills the ICMPv6 checksum itself.
+    # struct sockaddr_in6 (<linux/in6.h>). No IPV6_CHECKSUM: on an ICMPv6 socket the kernel
+    # always fills the checksum (and refuses the option with EINVAL).
     sockaddr=np.dtype(
         [
             ("family", "=u2"),
