@@ -19,13 +19,8 @@ import pytest
 
 from loadgen.errors import UsageError
 from loadgen.net.batchio import BatchIO
-from loadgen.net.sockets import (
-    ICMP6_FILTER,
-    SO_BINDTODEVICE,
-    TimestampMode,
-    ipv6_names,
-    open_icmp,
-)
+from loadgen.net.families import ipv6_names
+from loadgen.net.sockets import ICMP6_FILTER, SO_BINDTODEVICE, TimestampMode, open_icmp
 from loadgen.wire import bpf
 from loadgen.wire.batch import EchoBuilder, ReplyDecoder
 from loadgen.wire.family import IPV6
