@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe targets now (mping-style flags)",
         description="Probe TARGETS: a comma list of IPs, CIDRs and host names.",
     )
-    ping.add_argument("targets", help="e.g. 127.0.0.1,127.0.0.8/30,localhost")
+    ping.add_argument("targets", help="e.g. 127.0.0.1,::1,127.0.0.8/30,localhost")
     _common_run_flags(ping, short=True)
 
     check = sub.add_parser("check", help="validate a profile and print the plan")

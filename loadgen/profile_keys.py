@@ -277,7 +277,8 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         _workers,
         None,
         'Worker processes, each with its own raw socket. Default "auto": one per CPU in cpus '
-        "(never more than targets).",
+        "(never more than targets). A worker probes targets of one family: a run mixing IPv4 "
+        "and IPv6 has at least one worker per family.",
         'workers = "auto"',
     ),
     ProfileKey(

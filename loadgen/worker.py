@@ -28,7 +28,8 @@ from numpy.typing import NDArray
 from loadgen.errors import LoadgenError
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
-from loadgen.net.sockets import TimestampMode, ipv6_names, open_icmp
+from loadgen.net.families import ipv6_names
+from loadgen.net.sockets import TimestampMode, open_icmp
 from loadgen.tracker import Tracker, probes_of_tx_ids
 from loadgen.turns import TurnPolicy
 from loadgen.wire import bpf

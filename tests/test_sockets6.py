@@ -17,14 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from loadgen.errors import UsageError
 from loadgen.net.batchio import BatchIO
-from loadgen.net.sockets import (
-    ICMP6_FILTER,
-    SO_BINDTODEVICE,
-    TimestampMode,
-    ipv6_names,
-    open_icmp,
-)
+from loadgen.net.families import ipv6_names
+from loadgen.net.sockets import ICMP6_FILTER, SO_BINDTODEVICE, TimestampMode, open_icmp
 from loadgen.wire import bpf
 from loadgen.wire.batch import EchoBuilder, ReplyDecoder
 from loadgen.wire.family import IPV6
@@ -166,3 +162,12 @@ def test_a_bad_checksum_is_a_drop_and_never_hides_what_follows() -> None:
         got = io.recv()
         assert got.n == 2 and (got.lengths[:2] == 8 + SIZE).all()
         assert io.recv().n == 0
+
+
+def test_destinations_carry_the_scope_of_a_link_local_target() -> None:
+    names = ipv6_names(["::1", "fe80::1%lo", "fe80::2%1"])
+    assert names["family"].tolist() == [socket.AF_INET6] * 3
+    assert bytes(names["addr"][0]) == LOOPBACK6
+    assert names["scope_id"].tolist() == [0, socket.if_nametoindex("lo"), 1]
+    with pytest.raises(UsageError, match=r"fe80::1%nosuchif0: there is no interface"):
+        ipv6_names(["fe80::1%nosuchif0"])

@@ -193,7 +193,7 @@ class BatchIO:
 
     def send(self, packets: NDArray[np.uint8], dst: NDArray[Any], first_id: int = 0) -> SendResult:
         """Send row i of `packets` to dst[i] (IPv4: host-order uint32; IPv6: sockaddr_in6 rows,
-        `sockets.ipv6_names`; after use_link_tx, rows of sockaddr_ll bytes), in order, batch by
+        `families.ipv6_names`; after use_link_tx, rows of sockaddr_ll bytes), in order, batch by
         batch.
         With TX stamps on, row i is stamped with OPT_ID first_id + i (mod 2**32): pass the
         number of packets sent since enable_tx_timestamps(). ENOBUFS/EAGAIN end the call with
