@@ -1,6 +1,6 @@
 """One bench step: what to run (loadgen at a rate and worker count, `ping -f`, `fping`, the
-kernel floor of floor.c), the command line for it, and how its measurement becomes figures and
-a verdict (sound or broken).
+kernel floor of floor.c; loadgen and ping to the IPv4 or the IPv6 addresses), the command line
+for it, and how its measurement becomes figures and a verdict (sound or broken).
 
 A step is broken when the tool crashed, hung, or its own accounting does not add up; a slow
 machine (low achieved rate, loss) is a result, never a failure.
