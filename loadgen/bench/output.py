@@ -20,7 +20,7 @@ from loadgen.bench.memory import EARLY_S, Growth
 from loadgen.bench.steps import StepResult
 
 RESULTS_SCHEMA = 1
-V6_CPU_TARGET = 1.10  # issue 9: IPv6 may cost at most 10% more CPU per probe than IPv4
+V6_CPU_TARGET = 1.10  # the goal: IPv6 costs at most 10% more CPU per probe than IPv4
 _COLUMNS = (
     ("step", "<", 25),
     ("tgts", ">", 4),
