@@ -677,7 +677,13 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     assert set(steps) == {*loadgens, PING, FPING}
     expected_sent = {**dict.fromkeys(loadgens, 5000), PING: 2000, FPING: 20 * 64}
     for label, s in steps.items():
-        assert s["sent"] == expected_sent[label], s
+        # A deadline cuts a loadgen that fell behind its timetable on a busy machine; then
+        # its self-check must have said so. Otherwise every planned probe went.
+        limited = any("generator-limited" in note for note in s["notes"])
+        if label in loadgens and limited:
+            assert 0 < s["sent"] <= expected_sent[label], s
+        else:
+            assert s["sent"] == expected_sent[label], s
         assert s["loss"]["wire_requests"] == 0 and s["loss"]["self_client"] == 0, s
         assert s["kernel_responder"]["OutEchoReps"] == s["sent"], s
         assert s["cpu_s"] > 0, s

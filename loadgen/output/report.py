@@ -9,10 +9,11 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every 
 | key | type | meaning |
 |---|---|---|
 | type | str | "second", "second_total" or "summary" |
-| v | int | schema version (2; 1 had no `unresolved`) |
+| v | int | schema version (2; version 1 had no `family` and no `unresolved`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
+| family | int/null | IP version of the target, 4 or 6; the total row: the run's, null if mixed |
 | sent | int | probes sent in this second (every figure is bucketed by send time) |
 | received | int | good replies within timeout |
 | late | int | good replies after timeout, within linger (not lost) |
@@ -57,7 +58,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 2  # 2: unresolved
+JSONL_SCHEMA_VERSION = 2  # 2: family, unresolved
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -110,11 +111,17 @@ def _us(ns: float) -> float:
     return round(ns / 1e3, 3)
 
 
-def _figures(ts: TargetStats, names: Sequence[str], unresolved: int = 0) -> dict[str, Any]:
+def _figures(
+    ts: TargetStats, names: Sequence[str], families: Sequence[int], unresolved: int = 0
+) -> dict[str, Any]:
     """The figures of one row; `unresolved` of its unaccounted probes have a known cause (a
     worker that ended early), the rest is a bug."""
     c, r = ts.counts, ts.rtt
     obj: dict[str, Any] = {"target": ts.target, "name": _name(names, ts.target)}
+    if 0 <= ts.target < len(families):
+        obj["family"] = families[ts.target]
+    else:  # the all-targets row
+        obj["family"] = families[0] if len(set(families)) == 1 else None
     obj.update((key, getattr(c, key)) for key in _COUNT_KEYS)
     obj["loss_pct"] = round(c.loss_pct, 6)
     obj["unresolved"] = unresolved
@@ -134,8 +141,10 @@ class JsonlWriter:
     later (disk full, file made read-only) never stops the run: the first failure is kept in
     `error` (one line naming the file and the fix), and nothing more is written."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, families: Sequence[int] = ()) -> None:
+        """`families`: each target's IP version (4 or 6), by global index."""
         self.path = path
+        self.families = tuple(families)
         self.error: str | None = None
         self.lines = 0
         try:
@@ -167,14 +176,15 @@ class JsonlWriter:
     def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
         """One "second" object per target in the report, then its "second_total"."""
         head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
+        fam = self.families
         rows = [
-            {"type": "second", **head, **_figures(ts, names, report.explained(ts)[0])}
+            {"type": "second", **head, **_figures(ts, names, fam, report.explained(ts)[0])}
             for ts in report.per_target
         ]
         total = {
             "type": "second_total",
             **head,
-            **_figures(report.total, names, report.explained(report.total)[0]),
+            **_figures(report.total, names, fam, report.explained(report.total)[0]),
         }
         gen = report.generator
         if gen is not None:
@@ -200,9 +210,15 @@ class JsonlWriter:
                     "t_start": summary.start_ns / NS_PER_S,
                     "seconds": summary.seconds,
                     "targets": [
-                        _figures(ts, names, summary.explained(ts)[0]) for ts in summary.per_target
+                        _figures(ts, names, self.families, summary.explained(ts)[0])
+                        for ts in summary.per_target
                     ],
-                    "total": _figures(summary.total, names, summary.explained(summary.total)[0]),
+                    "total": _figures(
+                        summary.total,
+                        names,
+                        self.families,
+                        summary.explained(summary.total)[0],
+                    ),
                     "anomalies": {
                         "invalid_records": a.invalid_records,
                         "late_records": a.late_records,
