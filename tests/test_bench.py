@@ -682,7 +682,13 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     # The IPv6 steps are refereed by the responder's snmp6 counters, as exactly as IPv4's.
     assert steps["loadgen 5k x1 v6"]["family"] == 6 and steps["ping -6 -f"]["family"] == 6
     for label, s in steps.items():
-        assert s["sent"] == expected_sent[label], s
+        # A deadline cuts a loadgen that fell behind its timetable on a busy machine; then
+        # its self-check must have said so. Otherwise every planned probe went.
+        limited = any("generator-limited" in note for note in s["notes"])
+        if label in loadgens and limited:
+            assert 0 < s["sent"] <= expected_sent[label], s
+        else:
+            assert s["sent"] == expected_sent[label], s
         assert s["loss"]["wire_requests"] == 0 and s["loss"]["self_client"] == 0, s
         assert s["kernel_responder"]["OutEchoReps"] == s["sent"], s
         assert s["cpu_s"] > 0, s

@@ -9,7 +9,7 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every 
 | key | type | meaning |
 |---|---|---|
 | type | str | "second", "second_total" or "summary" |
-| v | int | schema version (2; version 1 had neither `unresolved` nor `family`) |
+| v | int | schema version (2; version 1 had no `family` and no `unresolved`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -58,7 +58,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 2  # 2: unresolved, family
+JSONL_SCHEMA_VERSION = 2  # 2: family, unresolved
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -214,7 +214,10 @@ class JsonlWriter:
                         for ts in summary.per_target
                     ],
                     "total": _figures(
-                        summary.total, names, self.families, summary.explained(summary.total)[0]
+                        summary.total,
+                        names,
+                        self.families,
+                        summary.explained(summary.total)[0],
                     ),
                     "anomalies": {
                         "invalid_records": a.invalid_records,
