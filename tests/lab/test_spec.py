@@ -54,7 +54,7 @@ def test_groups_expand_to_named_hosts_with_p2p_addresses() -> None:
     [
         ({"prefix": "xx12"}, "lab.prefix = 'xx12'"),
         ({"prefix": "lgabcdefg"}, "lab.prefix"),
-        ({"family": 6}, "not supported yet; use family = 4"),
+        ({"family": 6}, "every host gets an IPv6 address too"),
         ({"colour": "red"}, "lab.colour = 'red': unknown key"),
         ({"hosts": []}, "[[lab.hosts]]"),
         ({"hosts": [{"name": "Bad Name"}]}, "lab.hosts[0].name"),
