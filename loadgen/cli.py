@@ -32,6 +32,7 @@ from loadgen.output.summary import summary_view
 from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.runner import RunResult, execute, plan_run
+from loadgen.targets import labels
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -79,6 +80,16 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
     flag("--tx-path", "", metavar="PATH", help='"ip" (default) or "packet": see tx_path')
     flag("--interface", "I", metavar="IFACE", help="send and receive on this interface only")
     flag("--source", "S", metavar="ADDR", help="send probes from this address of this host")
+    family = p.add_mutually_exclusive_group()
+    for version in (4, 6):
+        names = [f"-{version}", f"--ipv{version}"] if short else [f"--ipv{version}"]
+        family.add_argument(
+            *names,
+            action="store_const",
+            const=f"ipv{version}",
+            dest="family",
+            help=f"IPv{version} only: host names give IPv{version} addresses (profile key family)",
+        )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -98,6 +109,7 @@ _FLAG_KEYS = (
     "tx_path",
     "interface",
     "source",
+    "family",
     "top",
 )
 
@@ -116,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe targets now (mping-style flags)",
         description="Probe TARGETS: a comma list of IPs, CIDRs and host names.",
     )
-    ping.add_argument("targets", help="e.g. 127.0.0.1,127.0.0.8/30,localhost")
+    ping.add_argument("targets", help="e.g. 127.0.0.1,::1,127.0.0.8/30,localhost")
     _common_run_flags(ping, short=True)
 
     check = sub.add_parser("check", help="validate a profile and print the plan")
@@ -235,7 +247,7 @@ def _run(profile: Profile, *, plain: bool) -> int:
 
 
 def _print_summary(result: RunResult, profile: Profile) -> None:
-    names = [t.name for t in result.plan.targets]
+    names = labels(result.plan.targets)
     export = None if result.export_error else profile.jsonl
     view = summary_view(result.outcome.summary, names, top=profile.top, export=export)
     limited = result.outcome.limited_seconds

@@ -1,5 +1,6 @@
-"""How a run is split across workers: which worker probes which targets, on which CPU, with
-which ICMP identifier, at what rate and how many probes in all. The one owner of the probe
+"""How a run is split across workers: which worker probes which targets (of one address family
+each, so a worker owns one socket), on which CPU, with which ICMP identifier, at what rate and
+how many probes in all. The one owner of the probe
 total (a duration is the half-open interval [0, duration)) and of the copy of the profile's
 probe settings that workers get. Pure: the caller supplies the CPUs it may use, the run id and
 the identifier base. `describe` renders the plan for `loadgen check`.
@@ -25,7 +26,7 @@ class WorkerPlan:
     cpu: int | None  # None: not pinned (no CPU list was available)
     ident: int  # ICMP identifier, unique per worker; the BPF filter demultiplexes on it
     run_id: int
-    targets: tuple[Target, ...]  # never empty; each target belongs to exactly one worker
+    targets: tuple[Target, ...]  # never empty, one family; each target has exactly one worker
     rate_pps: float  # this worker's total: the per-target rate times len(targets)
     probes: int | None  # what it sends in all (count and duration); None: until stopped
     duration_ns: int | None  # its deadline, which only cuts a generator behind its timetable
@@ -34,6 +35,11 @@ class WorkerPlan:
     @property
     def rate_per_target_pps(self) -> float:
         return self.rate_pps / len(self.targets)
+
+    @property
+    def family(self) -> int:
+        """The address family (4 or 6) of every target of this worker: its socket's."""
+        return self.targets[0].family
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,47 @@ def _worker_cpus(profile: Profile, cpus_available: Sequence[int]) -> list[int | 
     return list(profile.cpus)
 
 
+def _deal(targets: Sequence[Target], n_workers: int) -> list[tuple[Target, ...]]:
+    """Each worker's share: the targets of each family dealt round-robin over that family's
+    workers, which are shared out by target count (every family present gets at least one,
+    so a mixed run has at least two workers). Shares keep the run's order."""
+    by_family: dict[int, list[Target]] = {}
+    for target in targets:
+        by_family.setdefault(target.family, []).append(target)
+    groups = sorted(by_family.items())
+    counts = [1] * len(groups)
+    for _ in range(max(n_workers, len(groups)) - len(groups)):
+        # The next worker goes to the family with the most targets per worker that still
+        # has a target without a worker of its own.
+        open_ = [i for i, (_, ts) in enumerate(groups) if counts[i] < len(ts)]
+        if not open_:
+            break
+        pick = max(open_, key=lambda i: (len(groups[i][1]) / counts[i], -i))
+        counts[pick] += 1
+    shares: list[tuple[Target, ...]] = []
+    for (_, family_targets), workers in zip(groups, counts, strict=True):
+        shares.extend(tuple(family_targets[w::workers]) for w in range(workers))
+    return shares
+
+
+def _check_families(profile: Profile, targets: Sequence[Target]) -> None:
+    """One line for what the run cannot do with the families it was given."""
+    six = next((t for t in targets if t.family == 6), None)
+    if six is not None and profile.tx_path == "packet":
+        raise ProfileError(
+            f'{profile.source}: tx_path = "packet" sends IPv4 only, and {six.address} is IPv6; '
+            'set tx_path = "ip" or probe IPv4 targets'
+        )
+    if profile.source_address:
+        version = 6 if ":" in profile.source_address else 4
+        other = next((t for t in targets if t.family != version), None)
+        if other is not None:
+            raise ProfileError(
+                f"{profile.source}: source {profile.source_address} is IPv{version} but target "
+                f"{other.address} is IPv{other.family}; give targets of one family with -S/--source"
+            )
+
+
 def make_plan(
     profile: Profile,
     targets: Sequence[Target],
@@ -131,29 +178,37 @@ def make_plan(
     run_id: int,
     ident_base: int,
 ) -> RunPlan:
-    """Deal targets round-robin over the workers (worker w gets targets[w::W]), give each worker
-    the per-target rate times its share, pin workers round-robin on the CPUs, and number their
-    ICMP identifiers from ident_base."""
+    """Deal each family's targets round-robin over its workers (`_deal`; one family: worker w
+    gets targets[w::W]), give each worker the per-target rate times its share, pin workers
+    round-robin on the CPUs, and number their ICMP identifiers from ident_base."""
     if not targets:
         raise TargetError("no targets to probe; name at least one, like 127.0.0.1")
     if [t.index for t in targets] != list(range(len(targets))):
         raise ValueError("target indexes must be 0..n-1 in order (resolve_targets makes them)")
     if not 0 <= run_id < 2**32:
         raise ValueError(f"run_id {run_id} does not fit the 32-bit payload field")
+    _check_families(profile, targets)
     cpus = _worker_cpus(profile, cpus_available)
     n_targets = len(targets)
-    n_workers = min(profile.workers or len(cpus), n_targets)
-    assert n_workers <= 0x10000, "ICMP identifiers would repeat"
+    shares = _deal(targets, min(profile.workers or len(cpus), n_targets))
+    assert len(shares) <= 0x10000, "ICMP identifiers would repeat"
     rate_pps = profile.rate_pps
     if profile.rate_per_target_pps is not None:
         rate_pps = min(rate_pps, profile.rate_per_target_pps * n_targets)
     per_target = probes_per_target(profile, rate_pps, n_targets)
     settings = probe_settings(profile)
     workers = []
-    for w in range(n_workers):
-        share = tuple(targets[w::n_workers])
+    for w, share in enumerate(shares):
         # A worker sends its targets in turn from its first: the targets given one more probe
         # are the first of the run, so they are the first of each worker's share too.
+        # One product and one division: every target gets the same rate to within an ulp,
+        # and the shares add up to the total.
+        share_pps = rate_pps * len(share) / n_targets
+        probes = None if per_target is None else sum(per_target[t.index] for t in share)
+        if probes is not None and profile.duration_ns is not None:
+            # Dealt by family, a worker may hold more of those first targets than its
+            # timetable fits in the duration (one family's targets first): it sends what fits.
+            probes = min(probes, probes_within(profile.duration_ns, share_pps))
         workers.append(
             WorkerPlan(
                 index=w,
@@ -161,10 +216,8 @@ def make_plan(
                 ident=(ident_base + w) & 0xFFFF,
                 run_id=run_id,
                 targets=share,
-                # One product and one division: every target gets the same rate to within an
-                # ulp, and the shares add up to the total.
-                rate_pps=rate_pps * len(share) / n_targets,
-                probes=None if per_target is None else sum(per_target[w::n_workers]),
+                rate_pps=share_pps,
+                probes=probes,
                 duration_ns=profile.duration_ns,
                 settings=settings,
             )
@@ -234,13 +287,14 @@ def describe(plan: RunPlan) -> str:
             else 'a packet socket per worker, to next hops read at start (tx_path = "packet")'
         ),
         f"workers: {len(plan.workers)}",
-        "  worker   cpu   ident  targets          rate    per target",
+        "  worker   cpu   ident  targets          rate    per target  family",
     ]
     for worker in plan.workers:
         cpu = "any" if worker.cpu is None else str(worker.cpu)
         lines.append(
             f"  {worker.index:>6}  {cpu:>4}  0x{worker.ident:04x}  {len(worker.targets):>7}  "
             f"{format_rate(worker.rate_pps):>12}  {format_rate(worker.rate_per_target_pps):>12}"
+            f"  IPv{worker.family}"
         )
     total = sum(worker.rate_pps for worker in plan.workers)
     lines.append(

@@ -146,15 +146,20 @@ def _interface(value: Any, key: str) -> str:
 
 
 def _source(value: Any, key: str) -> str:
-    fix = 'write an IPv4 address of this host, such as "127.0.0.1" (see `ip -brief addr`)'
+    fix = 'write an address of this host, such as "127.0.0.1" or "::1" (see `ip -brief addr`)'
     try:
         address = ipaddress.ip_address(value.strip() if isinstance(value, str) else "")
     except ValueError:
         raise UsageError(bad_value(key, value, "not an IP address", fix)) from None
-    if address.version != 4:
-        raise UsageError(bad_value(key, value, "IPv6 probing is not implemented yet", fix))
     if address.is_unspecified or address.is_multicast:
         raise UsageError(bad_value(key, value, "not an address a probe can come from", fix))
+    if (
+        isinstance(address, ipaddress.IPv6Address)
+        and address.is_link_local
+        and not address.scope_id
+    ):
+        fix = f'write it with its interface, like "{address}%eth0"'
+        raise UsageError(bad_value(key, value, "a link-local address needs a scope", fix))
     return str(address)
 
 
@@ -272,7 +277,8 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         _workers,
         None,
         'Worker processes, each with its own raw socket. Default "auto": one per CPU in cpus '
-        "(never more than targets).",
+        "(never more than targets). A worker probes targets of one family: a run mixing IPv4 "
+        "and IPv6 has at least one worker per family.",
         'workers = "auto"',
     ),
     ProfileKey(
@@ -332,7 +338,8 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         _source,
         None,
         "Send probes from this address of this host (the sockets are bound to it, so only "
-        "replies to it are counted). Default: the routing table picks it per target.",
+        "replies to it are counted); every target must be of its family. Default: the "
+        "routing table picks it per target.",
         'source = "127.0.0.1"',
         commented=True,
     ),
@@ -349,8 +356,9 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         "family",
         _choice(("auto", "ipv4", "ipv6")),
         "auto",
-        'Address family for host names: "auto", "ipv4", "ipv6" (IPv6 probing is not '
-        'implemented yet). Default "auto".',
+        'Address family: "auto" (a host name gives its first A and its first AAAA '
+        'address; IPv4 and IPv6 targets mix in one run), "ipv4" or "ipv6" (names give that '
+        'family only, and literals of the other are refused). Default "auto".',
         'family = "auto"',
     ),
     ProfileKey(

@@ -106,7 +106,8 @@ def execute(
         for w in warnings:
             warn(w)
         shown = display(plan)
-        writer = JsonlWriter(profile.jsonl) if profile.jsonl else None
+        families = [t.family for t in plan.targets]
+        writer = JsonlWriter(profile.jsonl, families) if profile.jsonl else None
         names = [t.name for t in plan.targets]
 
         def on_second(report: SecondReport) -> None:

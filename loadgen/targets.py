@@ -22,9 +22,9 @@ Resolver = Callable[[str], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 IPV6_NOT_YET = "IPv6 probing is not implemented yet; use IPv4 targets"
-# The families the worker can probe. The wire layer speaks ICMPv6; until the worker and its
-# sockets do, IPv6 targets are parsed in full and then refused with IPV6_NOT_YET.
-PROBED_FAMILIES = frozenset({4})
+# The families the worker can probe: both. A caller that passes `probed` without 6 gets IPv6
+# targets parsed in full and then refused with IPV6_NOT_YET.
+PROBED_FAMILIES = frozenset({4, 6})
 # The profile's `family` choice -> the address families a host name may give.
 FAMILY_CHOICES = {"auto": (4, 6), "ipv4": (4,), "ipv6": (6,)}
 _IFNAMSIZ = 16  # interface names are at most 15 bytes (linux/if.h, dev_valid_name)
@@ -53,6 +53,18 @@ class Target:
         """The interface (name or index) of a link-local IPv6 target, else ""."""
         ip = self.ip
         return (ip.scope_id or "") if isinstance(ip, ipaddress.IPv6Address) else ""
+
+
+def labels(targets: Sequence[Target]) -> tuple[str, ...]:
+    """What tables and summaries call each target: its name, or `name (address)` where one
+    name stands for several targets (a host name with A and AAAA addresses)."""
+    seen: dict[str, int] = {}
+    for t in targets:
+        seen[t.name] = seen.get(t.name, 0) + 1
+    return tuple(
+        f"{t.name} ({t.address})" if seen[t.name] > 1 and t.name != t.address else t.name
+        for t in targets
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -80,7 +81,7 @@ class Tracker:
         self,
         *,
         targets: NDArray[np.uint32],
-        addresses: NDArray[np.uint32],
+        addresses: NDArray[Any],
         rate_pps: float,
         timeout_ns: int,
         linger_ns: int,
@@ -94,9 +95,10 @@ class Tracker:
         # Global target index -> local index; -1 (also the last entry): not ours.
         self._local = np.full(int(self.targets.max()) + 2, -1, dtype=np.int64)
         self._local[self.targets] = np.arange(n)
-        # Address -> local index, for ICMP errors that quote only 8 bytes of our probe.
+        # Address -> local index, for ICMP errors that quote only 8 bytes of our probe. The
+        # column is the decoder's quoted_dst form: u32 (IPv4) or V16 (IPv6, sorts bytewise).
         self._addr_order = np.argsort(addresses, kind="stable")
-        self._addr_sorted = np.asarray(addresses, dtype=np.uint32)[self._addr_order]
+        self._addr_sorted = np.asarray(addresses)[self._addr_order]
         held_ns = linger_ns * LINGER_MARGIN + SLACK_NS
         self.window = math.ceil(rate_pps / n * held_ns / 1e9) + 64
         self._size = size = n * self.window
@@ -216,7 +218,7 @@ class Tracker:
         target: NDArray[np.uint32],
         seq: NDArray[np.uint64],
         seq16_only: NDArray[np.bool_],
-        quoted_dst: NDArray[np.uint32],
+        quoted_dst: NDArray[Any],
         payload_tx_ns: NDArray[np.int64],
         rx_ns: NDArray[np.int64],
         rx_flags: NDArray[np.uint8] | int,
@@ -347,7 +349,7 @@ class Tracker:
         target: NDArray[np.uint32],
         seq: NDArray[np.uint64],
         seq16_only: NDArray[np.bool_],
-        quoted_dst: NDArray[np.uint32],
+        quoted_dst: NDArray[Any],
         mask: NDArray[np.bool_],
         flags: NDArray[np.uint8],
     ) -> None:

@@ -1,4 +1,6 @@
 """The worker process: one raw socket, one paced loop, one stream of record frames.
+The plan gives a worker targets of one address family; its socket, codecs and tracker
+addresses are that family's (parameters, not a second code path).
 
 The loop is plumbing: it reads the clock, asks `turns.TurnPolicy` what this turn does (send a
 batch, drain replies, ship a frame, or end), does that I/O and sleeps until the next turn;
@@ -26,11 +28,13 @@ from numpy.typing import NDArray
 from loadgen.errors import LoadgenError
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
-from loadgen.net.sockets import TimestampMode, open_icmp_v4
+from loadgen.net.families import ipv6_names
+from loadgen.net.sockets import TimestampMode, open_icmp
 from loadgen.tracker import Tracker, probes_of_tx_ids
 from loadgen.turns import TurnPolicy
 from loadgen.wire import bpf
 from loadgen.wire.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
+from loadgen.wire.family import family_of
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
 from loadgen.wire.messages import (
     Done,
@@ -111,29 +115,39 @@ class Worker:
         self.data = data
         self.control = control
         self.probe = probe = plan.settings
-        self.sock = open_icmp_v4(
+        versions = {t.family for t in plan.targets}
+        if len(versions) != 1:
+            raise LoadgenError(f"a worker's targets are of one family, got {sorted(versions)}")
+        self.family = fam = family_of(versions.pop())
+        self.sock = open_icmp(
+            family=fam.version,
             ttl=probe.ttl,
             tos=probe.tos,
             timestamps=TimestampMode(probe.timestamps),
-            bpf_program=bpf.pack(bpf.echo_filter_v4(plan.ident)),
+            bpf_program=bpf.pack(bpf.echo_filter(fam, plan.ident)),
             interface=probe.interface or None,
             source=probe.source or None,
         )
-        # A receive slot holds the largest reply: IPv4 header with options, ICMP, payload.
+        # A receive slot holds the largest reply: IPv4 header with options, ICMP, payload
+        # (an ICMPv6 socket gives the message alone).
         self.io = BatchIO(self.sock, slot_bytes=max(2048, 60 + ICMP_HEADER_LEN + probe.size))
-        self.decoder = ReplyDecoder(plan.ident, plan.run_id, probe.size)
+        self.decoder = ReplyDecoder(plan.ident, plan.run_id, probe.size, family=fam)
         self.global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
-        self.addresses = np.array(
-            [int(ipaddress.IPv4Address(t.address)) for t in plan.targets], dtype=np.uint32
+        # The form the decoder gives quoted destinations in (u32 or V16), for the tracker.
+        self.addresses = fam.address_column(
+            [ipaddress.ip_address(t.address).packed for t in plan.targets]
         )
-        # Where each probe goes: its IPv4 address, or on the link path its sockaddr_ll row.
-        self.destinations: NDArray[np.generic] = self.addresses
+        # Where each probe goes: its IPv4 address, an IPv6 sockaddr_in6 (with the scope of a
+        # link-local target), or on the link path its sockaddr_ll row.
+        self.destinations: NDArray[np.generic] = (
+            self.addresses if fam.version == 4 else ipv6_names([t.address for t in plan.targets])
+        )
         self.ip_headers: Ipv4Headers | None = None
         self.link_names = ""
         headroom = 0
         if probe.tx_path == "packet":
             headroom = self._use_link_path()
-        self.builder = EchoBuilder(plan.ident, plan.run_id, probe.size, headroom=headroom)
+        self.builder = EchoBuilder(plan.ident, plan.run_id, probe.size, headroom, family=fam)
         self.tracker = Tracker(
             targets=self.global_index,
             addresses=self.addresses,

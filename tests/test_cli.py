@@ -49,7 +49,9 @@ def test_check_prints_the_plan_run_makes(
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["-S", "fe80::1"], "IPv6 probing is not implemented yet"),
+        (["-S", "fe80::1"], "a link-local address needs a scope"),
+        (["-S", "::1"], "source ::1 is IPv6 but target 127.0.0.1 is IPv4"),
+        (["-6"], 'an IPv4 address but family = "ipv6"'),
         (["-S", "not-an-address"], "not an IP address"),
         (["-S", "198.19.255.254"], "give an address of this host"),
         (["-I", "nosuchif0"], "no such interface on this host"),

@@ -167,8 +167,10 @@ def test_describe_mentions_every_worker_and_the_totals() -> None:
     for worker in run.workers:
         row = next(line for line in text.splitlines() if f"0x{worker.ident:04x}" in line)
         assert row.split()[:4] == [str(worker.index), str(worker.cpu), f"0x{worker.ident:04x}", "4"]
-        assert "1k pps" in row
+        assert "1k pps" in row and row.endswith("  IPv4")
     assert text.splitlines()[-1].split() == ["total", "12", "3k", "pps"]
+    mixed_text = describe(mixed_plan(2, 2))
+    assert [line.split()[-1] for line in mixed_text.splitlines()[-3:-1]] == ["IPv4", "IPv6"]
 
 
 def test_describe_says_when_the_cap_applies_and_when_the_run_is_open_ended() -> None:
@@ -259,3 +261,72 @@ def test_worker_totals_add_up_and_fit_their_timetables(
     for w in run.workers:
         # The worker's own timetable has each of its probes due inside the duration.
         assert w.probes is not None and w.probes <= probes_within(ms * 1_000_000, w.rate_pps)
+
+
+def mixed(n4: int, n6: int) -> tuple[Target, ...]:
+    """n4 IPv4 then n6 IPv6 targets, interleaved as a name list would give them."""
+    fours = [(f"198.18.0.{i + 1}", 4) for i in range(n4)]
+    sixes = [(f"2001:2::{i + 1:x}", 6) for i in range(n6)]
+    order = [x for pair in zip(fours, sixes, strict=False) for x in pair]
+    order += fours[len(sixes) :] + sixes[len(fours) :]
+    return tuple(Target(i, a, f, a) for i, (a, f) in enumerate(order))
+
+
+def mixed_plan(n4: int, n6: int, **data: Any) -> RunPlan:
+    return make_plan(
+        profile(**data), mixed(n4, n6), cpus_available=(0, 1), run_id=1, ident_base=100
+    )
+
+
+@pytest.mark.parametrize(
+    ("n4", "n6", "workers", "per_family"),
+    [
+        (1, 1, 1, [1, 1]),  # one of each family even when one worker was asked for
+        (2, 2, 2, [1, 1]),
+        (30, 10, 4, [3, 1]),  # by target count
+        (1, 9, 4, [1, 3]),
+        (3, 1, 8, [3, 1]),  # never more workers than targets, per family
+    ],
+)
+def test_a_worker_probes_one_family_and_each_family_has_workers(
+    n4: int, n6: int, workers: int, per_family: list[int]
+) -> None:
+    run = mixed_plan(n4, n6, workers=workers, count=7)
+    assert all(len({t.family for t in w.targets}) == 1 for w in run.workers)
+    assert [sum(w.family == f for w in run.workers) for f in (4, 6)] == per_family
+    dealt = sorted(t.index for w in run.workers for t in w.targets)
+    assert dealt == list(range(n4 + n6))
+    assert all(
+        [t.index for t in w.targets] == sorted(t.index for t in w.targets) for w in run.workers
+    )
+    assert sum(w.rate_pps for w in run.workers) == pytest.approx(run.rate_pps)
+    assert run.probes == 7 * (n4 + n6)
+
+
+def test_a_duration_gives_the_first_targets_their_extra_probe_in_any_family() -> None:
+    # 10 probes over 4 targets (4, 6, 4, 6): targets 0 and 1 get 3, the others 2.
+    run = mixed_plan(2, 2, rate=10, duration="1s")
+    assert [w.probes for w in run.workers] == [5, 5]
+
+
+def test_a_worker_holding_more_first_targets_sends_what_its_timetable_fits() -> None:
+    # 10 probes over 4, 4, 6, 6: the two IPv4 targets are the ones owed a third probe, but
+    # their worker runs at 5 pps and fits 5 in the second.
+    four_first = tuple(
+        Target(i, a, f, a)
+        for i, (a, f) in enumerate(
+            [("198.18.0.1", 4), ("198.18.0.2", 4), ("2001:2::1", 6), ("2001:2::2", 6)]
+        )
+    )
+    run = make_plan(
+        profile(rate=10, duration="1s"), four_first, cpus_available=(0,), run_id=1, ident_base=1
+    )
+    assert [(w.family, w.probes) for w in run.workers] == [(4, 5), (6, 4)]
+    assert all((w.probes or 0) <= probes_within(S, w.rate_pps) for w in run.workers)
+
+
+def test_what_a_family_cannot_do_is_a_profile_error() -> None:
+    with pytest.raises(ProfileError, match=r'tx_path = "packet" sends IPv4 only, and 2001:2::1'):
+        mixed_plan(1, 1, tx_path="packet")
+    with pytest.raises(ProfileError, match=r"source 198\.18\.0\.1 is IPv4 but target 2001:2::1"):
+        mixed_plan(1, 1, source="198.18.0.1")

@@ -77,10 +77,19 @@ def test_summary_text_warns_about_unaccounted_probes_and_anomalies() -> None:
     assert "WARNING: BUG: 1 invalid records ignored" in text
 
 
+def test_the_total_row_of_one_family_carries_it(tmp_path: Path) -> None:
+    reports, _ = sample_run()
+    path = tmp_path / "six.jsonl"
+    with JsonlWriter(str(path), families=(6, 6, 6)) as out:
+        out.write_second(reports[0], NAMES)
+    objs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [o["family"] for o in objs] == [6] * len(objs) and objs[-1]["target"] == -1
+
+
 def test_jsonl_round_trip(tmp_path: Path) -> None:
     reports, summary = sample_run()
     path = tmp_path / "run.jsonl"
-    with JsonlWriter(str(path)) as out:
+    with JsonlWriter(str(path), families=(4, 6, 4)) as out:
         for report in reports:
             out.write_second(report, NAMES)
         out.write_summary(summary, NAMES, {"rate_pps": 1000, "profile": "lab"})
@@ -100,9 +109,12 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     total1 = objs[3]
     assert (total1["second"], total1["target"], total1["name"]) == (1, -1, "total")
     assert (total1["errored"], total1["icmp_errors"], total1["t"]) == (1, 1, START / S + 1)
+    # Each target's IP version; the total of a run mixing both families has none.
+    assert (alpha["family"], total1["family"]) == (4, None)
     summary_obj = objs[-1]
     assert summary_obj["seconds"] == 2 and summary_obj["extra"]["rate_pps"] == 1000
     assert [t["name"] for t in summary_obj["targets"]] == list(NAMES)
+    assert [t["family"] for t in summary_obj["targets"]] == [4, 6, 4]
     charlie = summary_obj["targets"][2]
     assert charlie["sent"] == 0 and charlie["rtt_avg_us"] is None and charlie["rx_ts"] == "none"
     assert summary_obj["total"]["sent"] == 6 and summary_obj["anomalies"]["late_records"] == 0

@@ -1,6 +1,8 @@
-"""End to end on loopback: real workers, real raw sockets, exact accounting per second.
+"""End to end on loopback: real workers, real raw sockets, exact accounting per second; IPv6
+(ICMPv6 sockets) on ::1 and mixed with IPv4 at the end.
 
-Every run is bounded by a probe count and a subprocess timeout; only 127.0.0.0/8 is probed.
+Every run is bounded by a probe count and a subprocess timeout; only 127.0.0.0/8 and ::1 are
+probed.
 """
 
 from __future__ import annotations
@@ -339,3 +341,80 @@ def test_tx_timestamps_flag_gives_kernel_to_kernel_rtts(tmp_path: Path) -> None:
     summary = read_jsonl(out)[-1]
     assert summary["total"]["received"] == 2000
     assert summary["total"]["tx_ts"] == "kernel"
+
+
+# -- IPv6 ---------------------------------------------------------------------------------
+def test_ping_ipv6_loopback_zero_loss_exact_per_second(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    res = loadgen("ping", "::1", "-r", "20000", "-c", "20000", "--jsonl", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "20000 transmitted, 20000 received, 0% packet loss" in res.stdout
+    rows = read_jsonl(out)
+    assert_every_second_accounts(rows)
+    assert sum(r["sent"] for r in rows if r["type"] == "second") == 20000
+    assert {r["family"] for r in rows if r["type"] != "summary"} == {6}
+    summary = rows[-1]
+    assert summary["v"] == 2 and summary["targets"][0]["family"] == 6
+    assert summary["total"]["received"] == 20000
+
+
+def test_a_mixed_run_counts_each_target_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    profile = parse_profile(
+        {
+            "targets": "127.0.0.1,::1,127.0.0.2,::1",  # ::1 repeated: probed once
+            "rate": "6k",
+            "count": 2000,
+            "workers": 1,  # still one worker per family: a worker owns one socket
+            "jsonl": str(out),
+        },
+        source=COMMAND_LINE,
+    )
+    result = execute(profile)
+    assert [w.family for w in result.plan.workers] == [4, 6]
+    per_target = result.outcome.summary.per_target
+    assert [(t.counts.sent, t.counts.received) for t in per_target] == [(2000, 2000)] * 3
+    assert result.outcome.summary.total.counts.unaccounted == 0
+    assert exit_code(result) == 0
+    rows = read_jsonl(out)
+    assert_every_second_accounts(rows)
+    assert [t["family"] for t in rows[-1]["targets"]] == [4, 6, 4]
+    assert rows[-1]["total"]["family"] is None
+
+
+def test_probe_flags_work_over_ipv6(tmp_path: Path) -> None:
+    """-t/-z (hop limit, traffic class; on the wire: test_sockets6.py), -s, -S, -I and
+    --tx-timestamps on ::1: every probe answered, RTTs from kernel stamps on both sides."""
+    out = tmp_path / "out.jsonl"
+    res = loadgen(
+        "ping", "::1", "-6", "-t", "9", "-z", "0x20", "-s", "1400", "-S", "::1", "-I", "lo",
+        "--tx-timestamps", "-r", "2000", "-c", "1000", "--jsonl", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "1000 transmitted, 1000 received, 0% packet loss" in res.stdout
+    assert "timestamps: rx kernel, tx kernel" in res.stdout
+    summary = read_jsonl(out)[-1]
+    assert summary["total"]["tx_ts"] == "kernel"
+    assert (summary["extra"]["source"], summary["extra"]["interface"]) == ("::1", "lo")
+
+
+def test_the_largest_ipv6_payload_goes_and_comes_back() -> None:
+    res = loadgen("ping", "::1", "-s", "65507", "-c", "20", "-r", "200")
+    assert res.returncode == 0, res.stderr
+    assert "20 transmitted, 20 received, 0% packet loss" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("::1", "--tx-path", "packet"), 'tx_path = "packet" sends IPv4 only'),
+        (("::1", "-4"), 'an IPv6 address but family = "ipv4"'),
+        (("fe80::1",), "a link-local address needs the interface it is on"),
+        (("ff02::1",), "multicast address"),
+        (("::1,127.0.0.1", "-S", "::1"), "source ::1 is IPv6 but target 127.0.0.1 is IPv4"),
+    ],
+)
+def test_what_ipv6_cannot_do_is_one_line_exit_2(args: tuple[str, ...], words: str) -> None:
+    res = loadgen("ping", *args, "-c", "1")
+    assert res.returncode == 2, res.stdout
+    assert len(res.stderr.splitlines()) == 1 and words in res.stderr, res.stderr

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
 from loadgen.net import batchio, mmsg, sockets
 from loadgen.net.batchio import BatchIO
-from loadgen.net.sockets import TimestampMode, open_icmp_v4
+from loadgen.net.sockets import TimestampMode, open_icmp
 from loadgen.wire.records import RecordFlag
 
 LOOPBACK = 0x7F000001
@@ -86,7 +86,7 @@ def open_lo(batch: int = 256, **options: Any) -> BatchIO:
     settings: dict[str, Any] = {"ttl": 64, "tos": 0, "timestamps": TimestampMode.AUTO}
     settings["bpf_program"] = None
     settings.update(options)
-    return BatchIO(open_icmp_v4(**settings), batch=batch)
+    return BatchIO(open_icmp(**settings), batch=batch)
 
 
 def collect(io: BatchIO, want: int, timeout_s: float = 2.0) -> dict[str, NDArray[Any]]:
@@ -145,7 +145,7 @@ def test_no_raw_socket_permission_gives_the_fix(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(socket, "socket", refuse)  # what loadgen.net.sockets calls
     with pytest.raises(PermissionProblem) as caught:
-        open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
+        open_icmp(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
     message = str(caught.value)
     assert "CAP_NET_RAW" in message and "setcap cap_net_raw+ep" in message
     assert "\n" not in message
@@ -153,12 +153,12 @@ def test_no_raw_socket_permission_gives_the_fix(monkeypatch: pytest.MonkeyPatch)
 
 def test_out_of_range_ttl_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="ttl must be 1-255"):
-        open_icmp_v4(ttl=256, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
+        open_icmp(ttl=256, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
 
 
 @pytest.mark.root
 def test_interface_and_source_bind_the_socket() -> None:
-    sock = open_icmp_v4(
+    sock = open_icmp(
         ttl=64,
         tos=0,
         timestamps=TimestampMode.AUTO,
@@ -185,7 +185,7 @@ def test_an_interface_or_source_that_is_not_here_is_one_line(
 ) -> None:
     interface, source = where
     with pytest.raises(SocketProblem) as caught:
-        open_icmp_v4(
+        open_icmp(
             ttl=64,
             tos=0,
             timestamps=TimestampMode.AUTO,
@@ -200,7 +200,7 @@ def test_an_interface_or_source_that_is_not_here_is_one_line(
 def test_option_failure_names_the_option_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     fail_option(monkeypatch, sockets.SO_RXQ_OVFL, errno.ENOMEM)
     with pytest.raises(SocketProblem, match=r"SO_RXQ_OVFL.*ENOMEM.*lower rcvbuf_bytes"):
-        open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
+        open_icmp(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
 
 
 @pytest.mark.root
@@ -343,11 +343,11 @@ def in_private_netns(script: str) -> str:
 SLOW_LO = """
 import subprocess, time, numpy as np
 from loadgen.net.batchio import BatchIO
-from loadgen.net.sockets import TimestampMode, open_icmp_v4, kernel_takes_tx_ids
+from loadgen.net.sockets import TimestampMode, open_icmp, kernel_takes_tx_ids
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit",
                 "burst", "2000", "limit", "1000000"], check=True)
-sock = open_icmp_v4(ttl=64, tos=0, sndbuf_bytes=1, timestamps=TimestampMode.AUTO,
+sock = open_icmp(ttl=64, tos=0, sndbuf_bytes=1, timestamps=TimestampMode.AUTO,
                     bpf_program=None)
 packets = np.zeros((300, 1000), np.uint8)
 packets[:, 0], packets[:, 2], packets[:, 3] = 8, 0xF7, 0xFF  # echo request, checksum
@@ -426,9 +426,7 @@ def test_counter_numbering_when_the_kernel_cannot_take_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(batchio, "kernel_takes_tx_ids", lambda: False)
-    with BatchIO(
-        open_icmp_v4(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)
-    ) as io:
+    with BatchIO(open_icmp(ttl=64, tos=0, timestamps=TimestampMode.AUTO, bpf_program=None)) as io:
         io.enable_tx_timestamps()
         assert any("SCM_TS_OPT_ID" in note for note in io.notes)
         for _ in range(3):  # no first_id: the kernel's counter numbers them

@@ -93,3 +93,18 @@ def test_the_wide_table_is_the_same_rows() -> None:
     assert [ln.split() for ln in narrow.splitlines() if ln.startswith("127.")] == [
         ln.split() for ln in wide.splitlines() if ln.startswith("127.")
     ]
+
+
+def test_long_ipv6_names_leave_the_figures_whole_in_80_columns() -> None:
+    summary, names = run_of(30, {3: 7, 5: 3}, dup=2)
+    names[3] = "2001:db8:1234:5678:9abc:def0:1234:5678"
+    names[5] = "fe80::1234:5678:9abc:def0%eth0"
+    out = text(summary_view(summary, names, top=8, export="run.jsonl"))
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cut = [line for line in lines if "…" in line]
+    assert len(cut) == 2 and all(line.count("…") == 1 for line in cut)
+    assert cut[0].startswith("2001:") and cut[0].split()[0].endswith(":5678")
+    assert cut[0].split()[1:4] == ["100", "93", "7.00"]
+    assert cut[1].split()[0].endswith("%eth0")
+    assert "\N{INPUT SYMBOL FOR NUMBERS}" not in out  # ":1234:" is not an emoji code here

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.errors import TargetError
-from loadgen.targets import Resolved, Target, resolve_targets, system_resolver
+from loadgen.targets import Resolved, Target, labels, resolve_targets, system_resolver
 
 
 class FakeResolver:
@@ -42,11 +42,14 @@ HOSTS = {
 }
 
 
-BOTH = frozenset({4, 6})  # what the prober will speak once the worker has ICMPv6 sockets
+BOTH = frozenset({4, 6})  # what the prober speaks (PROBED_FAMILIES)
+V4_ONLY = frozenset({4})  # a prober without ICMPv6: the refusal path `probed` keeps
 
 
 def resolve(*specs: str, max_targets: int = 1024, **kw: object) -> Resolved:
+    """Through FakeResolver, as a prober of IPv4 only unless `probed` says otherwise."""
     resolver = FakeResolver(HOSTS)
+    kw.setdefault("probed", V4_ONLY)
     return resolve_targets(specs, max_targets=max_targets, resolver=resolver, **kw)  # type: ignore[arg-type]
 
 
@@ -95,7 +98,7 @@ def test_a_lone_string_is_one_spec() -> None:
 def test_names_resolve_once_to_their_first_ipv4_address_and_keep_the_name() -> None:
     resolver = FakeResolver(HOSTS)
     specs = ["beta.test", "alpha.test", "BETA.test", "junk.test", "beta.test."]
-    resolved = resolve_targets(specs, max_targets=10, resolver=resolver)
+    resolved = resolve_targets(specs, max_targets=10, resolver=resolver, probed=V4_ONLY)
     assert [(t.address, t.name) for t in resolved.targets] == [
         ("198.18.0.11", "beta.test"),
         ("198.18.0.10", "alpha.test"),
@@ -341,8 +344,20 @@ def test_names_answering_unusable_ipv6_addresses_are_errors() -> None:
         resolve6("group.test")
 
 
-def test_until_the_worker_speaks_ipv6_it_is_refused_and_names_keep_ipv4() -> None:
-    """The default `probed` (the worker's families today): IPv6 parsed, then refused."""
+def test_the_prober_speaks_both_families_by_default() -> None:
+    resolved = resolve_targets(
+        ["127.0.0.1", "::1", "dual.test"], max_targets=8, resolver=FakeResolver(HOSTS)
+    )
+    assert [(t.address, t.family) for t in resolved.targets] == [
+        ("127.0.0.1", 4),
+        ("::1", 6),
+        ("2001:2::20", 6),
+        ("198.18.0.20", 4),
+    ]
+
+
+def test_a_prober_without_ipv6_refuses_it_and_names_keep_ipv4() -> None:
+    """`probed` without 6: IPv6 parsed, then refused."""
     assert addresses(resolve("dual.test")) == ["198.18.0.20"]
     for spec in ("::1", "2001:2::/126", "fe80::1%veth0"):
         with pytest.raises(TargetError, match=r"IPv6 probing is not implemented yet"):
@@ -362,3 +377,15 @@ def test_system_resolver_gives_both_families_for_localhost() -> None:
     assert 1 <= len(resolved.targets) <= 2
     assert all(t.ip.is_loopback and t.name == "localhost" for t in resolved.targets)
     assert len({t.family for t in resolved.targets}) == len(resolved.targets)
+
+
+def test_labels_tell_the_addresses_of_one_name_apart() -> None:
+    resolved = resolve_targets(
+        ["dual.test", "::1", "alpha.test"], max_targets=8, resolver=FakeResolver(HOSTS)
+    )
+    assert labels(resolved.targets) == (
+        "dual.test (2001:2::20)",
+        "dual.test (198.18.0.20)",
+        "::1",
+        "alpha.test",
+    )

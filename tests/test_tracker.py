@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from loadgen.tracker import SLOT_BYTES, TX_STAMP_SLOT_BYTES, Tracker
+from loadgen.wire.family import IPV6
 from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
 from loadgen.wire.records import MAX_PROBES, OUTCOME_KINDS, RecordFlag, RecordKind
 
@@ -315,3 +316,32 @@ def test_garbage_sequences_are_foreign_not_a_crash() -> None:
     reply(tr, [(10, 2**63 + 1, MS), (10, 2**40, MS), (11, 2, MS)])
     assert tr.foreign == 3
     assert len(tr.take_records()) == 0
+
+
+def test_a_short_ipv6_quote_finds_its_target_by_the_16_byte_address() -> None:
+    """IPv6 workers give the tracker a V16 column (WireFamily.address_column): an error that
+    quotes only the 16-bit sequence is matched on the full quoted address, bytewise."""
+    packed = [bytes.fromhex(f"20010002{'0' * 22}{i:02x}") for i in (0x30, 0x10, 0x20)]
+    tr = Tracker(
+        targets=np.array([5, 6, 7], dtype=np.uint32),
+        addresses=IPV6.address_column(packed),
+        rate_pps=3000.0,
+        timeout_ns=TIMEOUT,
+        linger_ns=LINGER,
+    )
+    tr.on_sent(9, tx_ns=0)  # three probes to each target
+    quoted = IPV6.address_column([packed[1], packed[2], bytes(15) + b"\x01"])
+    tr.on_replies(
+        status=np.full(3, DecodeStatus.ICMP_ERROR, dtype=np.uint8),
+        target=np.full(3, UNKNOWN_TARGET, dtype=np.uint32),
+        seq=np.array([2, 1, 0], dtype=np.uint64),
+        seq16_only=np.ones(3, dtype=bool),
+        quoted_dst=quoted,
+        payload_tx_ns=np.zeros(3, dtype=np.int64),
+        rx_ns=np.full(3, MS, dtype=np.int64),
+        rx_flags=int(RecordFlag.RX_KERNEL),
+    )
+    recs = tr.take_records()
+    errors = recs[recs["kind"] == RecordKind.ICMP_ERROR]
+    assert sorted(errors["target"].tolist()) == [6, 7]  # ::1 is not one of ours
+    assert tr.unattributed == 1

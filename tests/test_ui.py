@@ -210,3 +210,26 @@ def test_when_sending_is_over_and_how_long_it_took() -> None:
 def test_a_run_without_an_end_says_so() -> None:
     snap, _ = snapshot([0], [20_000], sent=15)
     assert "sending 1.5 s (until Ctrl-C), 15 probes" in text(render(snap), width=80)
+
+
+LONG_NAMES = (
+    "2001:db8:1234:5678:9abc:def0:1234:5678",
+    "localhost (::1)",
+    "fe80::1234:5678:9abc:def0%eth0",
+    "localhost (127.0.0.1)",
+)
+
+
+@pytest.mark.parametrize("width", [80, 100, 139, 140])
+def test_long_ipv6_names_are_cut_in_the_middle_and_no_figure_is(width: int) -> None:
+    snap, _ = snapshot([1, 2, 3, 0], [10_000, 20_000, 3_000_000, 5000], names=LONG_NAMES)
+    out = text(render(snap), width=width)
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines)
+    # Only names are cut, in the middle, keeping the end where addresses differ.
+    cut = [line for line in lines if "…" in line]
+    assert all(line.count("…") == 1 and line.index("…") < 32 for line in cut)
+    assert all(len(line) - line.index("…") > 40 for line in cut)  # figures follow the cut
+    assert ":5678 " in out and "%eth0 " in out
+    assert "3.00/3.00 ms" in out and "20.1/20.1 µs" in out
+    assert "\N{INPUT SYMBOL FOR NUMBERS}" not in out  # ":1234:" is not read as an emoji code

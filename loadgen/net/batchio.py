@@ -66,7 +66,7 @@ class RecvBatch:
     """Rows are views of BatchIO's buffers, valid until its next recv()."""
 
     n: int
-    data: NDArray[np.uint8]  # [n, slot_bytes]: IP header onwards (IPv4 raw sockets)
+    data: NDArray[np.uint8]  # [n, slot_bytes]: IPv4 header onwards, or the ICMPv6 message
     lengths: NDArray[np.uint32]  # bytes in each row (at most slot_bytes)
     rx_ns: NDArray[np.int64]  # CLOCK_REALTIME; kernel/NIC stamp where rx_flags says so
     rx_flags: NDArray[np.uint8]  # RecordFlag.RX_KERNEL / RX_HARDWARE, 0 = user space
@@ -114,7 +114,9 @@ class BatchIO:
         self._rx = RecvRing(batch, slot_bytes, _RX_CTRL_BYTES)
         self._rx_ns = np.zeros(batch, np.int64)
         self._rx_flags = np.zeros(batch, np.uint8)
-        self._addr_col, self._iov_base = self._addrs["addr"], self._tx_iov["base"]
+        # IPv4 destinations are bare addresses; IPv6 ones whole sockaddr_in6 rows (scope ids).
+        self._addr_col = self._addrs if sock.spec.whole_names else self._addrs["addr"]
+        self._iov_base = self._tx_iov["base"]
         self._iov_for = (0, 0, 0)  # (first packet's address, length, rows) the iovecs point at
         # The usual control data of a reply: the stamp cmsg alone, software stamp first.
         self._plain_ctrl = {SO_TIMESTAMPING: CMSG_HDR + 48, SO_TIMESTAMPNS: CMSG_HDR + 16}.get(
@@ -190,8 +192,9 @@ class BatchIO:
         self.close()
 
     def send(self, packets: NDArray[np.uint8], dst: NDArray[Any], first_id: int = 0) -> SendResult:
-        """Send row i of `packets` to dst[i] (IPv4: host-order uint32; after use_link_tx, rows of
-        sockaddr_ll bytes), in order, batch by batch.
+        """Send row i of `packets` to dst[i] (IPv4: host-order uint32; IPv6: sockaddr_in6 rows,
+        `families.ipv6_names`; after use_link_tx, rows of sockaddr_ll bytes), in order, batch by
+        batch.
         With TX stamps on, row i is stamped with OPT_ID first_id + i (mod 2**32): pass the
         number of packets sent since enable_tx_timestamps(). ENOBUFS/EAGAIN end the call with
         what went; other failures raise SocketProblem."""
@@ -233,7 +236,8 @@ class BatchIO:
             return "a link-layer next hop"
         if self._sock.spec.family == socket.AF_INET:
             return str(ipaddress.IPv4Address(int(address)))
-        return str(address)
+        text = str(ipaddress.IPv6Address(bytes(address["addr"])))
+        return f"{text}%{address['scope_id']}" if address["scope_id"] else text
 
     def recv(self) -> RecvBatch:
         """Whatever is queued, up to `batch` packets, without waiting."""

@@ -94,7 +94,8 @@ def check_interface(interface: str, addresses: Sequence[str]) -> None:
     outside: list[tuple[str, str]] = []
     with IPRoute() as ipr:
         for address in dict.fromkeys(addresses):
-            why = _not_through(ipr, address, index)
+            # A link-local IPv6 target's %scope is for the socket, not for the FIB.
+            why = _not_through(ipr, address.partition("%")[0], index)
             if why is not None:
                 outside.append((address, why))
     if outside:

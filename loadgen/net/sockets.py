@@ -1,6 +1,7 @@
-"""Raw ICMP sockets: the only module of loadgen that creates sockets.
+"""Raw ICMP and ICMPv6 sockets: the only module of loadgen that creates sockets.
 
-Owns the socket options (TTL, TOS, buffers, drop counter, BPF attach), the choice of RX and TX
+Owns the socket options of both families (hop limit, traffic class, buffers, drop counter, BPF
+attach, ICMP6_FILTER), written once against a `families.FamilySpec`, the choice of RX and TX
 timestamp sources and the words that report them, NIC stamping, and the errno-to-error mapping.
 Batched I/O over an open socket is `batchio`; its syscall plumbing is `mmsg`, its cmsg parsing
 `cmsg`. Kernel interfaces: socket(7), Documentation/networking/timestamping.rst.
@@ -17,11 +18,10 @@ import socket
 import struct
 from dataclasses import dataclass
 from enum import IntFlag, StrEnum
-from typing import Any
-
-import numpy as np
 
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.net.families import SPECS, FamilySpec
+from loadgen.wire import bpf
 from loadgen.wire.records import RecordFlag
 
 # <asm-generic/socket.h>, <linux/in.h>, <linux/sockios.h>: absent from Python's socket module.
@@ -34,7 +34,7 @@ SO_RXQ_OVFL = 40
 SO_MEMINFO = 55
 SO_BINDTODEVICE = 25
 SCM_TS_OPT_ID = 81  # Linux 6.13+: the OPT_ID of one send, chosen by the sender
-IP_RECVERR = 11
+ICMP6_FILTER = 1  # <linux/icmpv6.h>, level IPPROTO_ICMPV6
 SIOCSHWTSTAMP = 0x89B0
 SIOCGHWTSTAMP = 0x89B1
 SO_EE_ORIGIN_TIMESTAMPING = 4
@@ -76,30 +76,6 @@ class TimestampMode(StrEnum):
 
 class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
-
-
-@dataclass(frozen=True, slots=True)
-class FamilySpec:
-    """What differs between IPv4 and IPv6 raw ICMP sockets. Only IPv4 is defined so far."""
-
-    family: int
-    proto: int
-    ip_level: int
-    hops_option: int  # IP_TTL / IPV6_UNICAST_HOPS
-    class_option: int  # IP_TOS / IPV6_TCLASS
-    recverr: tuple[int, int]  # (level, type) of the error-queue cmsg
-    sockaddr: np.dtype[Any]  # field `addr` takes the destination column of `send`
-
-
-IPV4 = FamilySpec(
-    family=socket.AF_INET,
-    proto=socket.IPPROTO_ICMP,
-    ip_level=socket.IPPROTO_IP,
-    hops_option=socket.IP_TTL,
-    class_option=socket.IP_TOS,
-    recverr=(socket.IPPROTO_IP, IP_RECVERR),
-    sockaddr=np.dtype([("family", "=u2"), ("port", ">u2"), ("addr", ">u4"), ("zero", "u1", 8)]),
-)
 
 
 def _set_option(sock: socket.socket, level: int, option: int, value: int | bytes) -> None:
@@ -153,8 +129,9 @@ class IcmpSocket:
         self.sock.close()
 
 
-def open_icmp_v4(
+def open_icmp(
     *,
+    family: int = 4,
     ttl: int,
     tos: int,
     rcvbuf_bytes: int = 8 << 20,
@@ -164,23 +141,30 @@ def open_icmp_v4(
     interface: str | None = None,
     source: str | None = None,
 ) -> IcmpSocket:
-    """A non-blocking raw ICMPv4 socket, configured; raises PermissionProblem/SocketProblem.
-    With `interface` it sends and receives on that interface only (SO_BINDTODEVICE; its error
+    """A non-blocking raw socket for ICMP echo of `family` (4 or 6), configured; raises
+    PermissionProblem/SocketProblem. `ttl` is the hop limit and `tos` the traffic class for
+    IPv6. With `interface` it sends and receives on that interface only (SO_BINDTODEVICE; its error
     queue, where TX stamps come back, is the same socket's), and it is the NIC whose hardware
     stamping is looked at (HARDWARE: configured). With `source` the probes leave from that
-    address and only replies to it are received."""
-    spec = IPV4  # everything below is written against the spec, so IPv6 can reuse it
+    address and only replies to it are received. IPv6 sockets pass only echo replies and the
+    errors that can quote a probe (ICMP6_FILTER) before the BPF program sees them."""
+    spec = SPECS[family]
     if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
         raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
     try:
         sock = socket.socket(spec.family, socket.SOCK_RAW, spec.proto)
     except OSError as exc:
-        raise problem("opening a raw ICMP socket", exc.errno or 0) from None
+        raise problem(f"opening a raw {spec.name} ICMP socket", exc.errno or 0) from None
     try:
         sock.setblocking(False)
         notes: list[str] = []
         _configure(sock, spec, ttl, tos, rcvbuf_bytes, sndbuf_bytes, notes)
         _bind(sock, interface, source)
+        if spec.version == 6:
+            try:
+                _set_option(sock, socket.IPPROTO_ICMPV6, ICMP6_FILTER, bpf.icmp6_filter())
+            except OSError as exc:
+                raise problem("setting the ICMPv6 type filter", exc.errno or 0) from None
         if bpf_program is not None:
             _attach_filter(sock, bpf_program)
         flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
@@ -250,8 +234,9 @@ def _bind(sock: socket.socket, interface: str | None, source: str | None) -> Non
 
 def check_source(source: str) -> None:
     """Refuse a source address this host does not have, before any worker starts: a UDP
-    socket bound to it and closed again."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    socket of its family bound to it and closed again."""
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((source, 0))
         except OSError as exc:

@@ -17,6 +17,7 @@ from loadgen.coordinator import Display, GeneratorView, WorkerHandle
 from loadgen.output.ui import Snapshot, WorkerView, plain_line, render, sending_took
 from loadgen.plan import RunPlan
 from loadgen.stats import Aggregator, SecondReport
+from loadgen.targets import labels
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,7 +48,7 @@ class LiveDisplay(Display):
     def __init__(self, plan: RunPlan, console: Console | None = None) -> None:
         self.plan = plan
         self.console = console or Console()
-        self.names = tuple(t.name for t in plan.targets)
+        self.names = labels(plan.targets)
         self.last: SecondReport | None = None
         self.notes: list[str] = []
         self.live: Live | None = None

@@ -2,17 +2,18 @@
 `summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
-most the second being written. Schema version `JSONL_SCHEMA_VERSION` (1); every object has
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every object has
 `type` and `v`. A "second" object per target that sent in a closed second, then one
 "second_total" (target -1, name "total"); one "summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
 | type | str | "second", "second_total" or "summary" |
-| v | int | schema version (1) |
+| v | int | schema version (2; version 1 had no `family`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
+| family | int/null | IP version of the target, 4 or 6; the total row: the run's, null if mixed |
 | sent | int | probes sent in this second (every figure is bucketed by send time) |
 | received | int | good replies within timeout |
 | late | int | good replies after timeout, within linger (not lost) |
@@ -56,7 +57,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 1
+JSONL_SCHEMA_VERSION = 2
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -109,9 +110,13 @@ def _us(ns: float) -> float:
     return round(ns / 1e3, 3)
 
 
-def _figures(ts: TargetStats, names: Sequence[str]) -> dict[str, Any]:
+def _figures(ts: TargetStats, names: Sequence[str], families: Sequence[int]) -> dict[str, Any]:
     c, r = ts.counts, ts.rtt
     obj: dict[str, Any] = {"target": ts.target, "name": _name(names, ts.target)}
+    if 0 <= ts.target < len(families):
+        obj["family"] = families[ts.target]
+    else:  # the all-targets row
+        obj["family"] = families[0] if len(set(families)) == 1 else None
     obj.update((key, getattr(c, key)) for key in _COUNT_KEYS)
     obj["loss_pct"] = round(c.loss_pct, 6)
     obj["unaccounted"] = c.unaccounted
@@ -130,8 +135,10 @@ class JsonlWriter:
     later (disk full, file made read-only) never stops the run: the first failure is kept in
     `error` (one line naming the file and the fix), and nothing more is written."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, families: Sequence[int] = ()) -> None:
+        """`families`: each target's IP version (4 or 6), by global index."""
         self.path = path
+        self.families = tuple(families)
         self.error: str | None = None
         self.lines = 0
         try:
@@ -163,8 +170,9 @@ class JsonlWriter:
     def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
         """One "second" object per target in the report, then its "second_total"."""
         head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
-        rows = [{"type": "second", **head, **_figures(ts, names)} for ts in report.per_target]
-        total = {"type": "second_total", **head, **_figures(report.total, names)}
+        fam = self.families
+        rows = [{"type": "second", **head, **_figures(ts, names, fam)} for ts in report.per_target]
+        total = {"type": "second_total", **head, **_figures(report.total, names, fam)}
         gen = report.generator
         if gen is not None:
             total["generator_limited"] = gen.limited
@@ -188,8 +196,8 @@ class JsonlWriter:
                     "v": JSONL_SCHEMA_VERSION,
                     "t_start": summary.start_ns / NS_PER_S,
                     "seconds": summary.seconds,
-                    "targets": [_figures(ts, names) for ts in summary.per_target],
-                    "total": _figures(summary.total, names),
+                    "targets": [_figures(ts, names, self.families) for ts in summary.per_target],
+                    "total": _figures(summary.total, names, self.families),
                     "anomalies": {
                         "invalid_records": a.invalid_records,
                         "late_records": a.late_records,

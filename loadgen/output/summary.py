@@ -14,10 +14,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from loadgen.output.ui import num3, pick_targets
+from loadgen.output.ui import fit_name, num3, pick_targets
 from loadgen.stats import PERCENTILE_REL_ERROR, Counts, RunSummary, TargetStats
 
 FEW_TARGETS = 4  # up to this many targets: one iputils block each instead of the table
+TABLE_COLUMNS = 80  # the end-of-run table fits a terminal of this width
 _SIDE = (
     ("duplicates", "duplicates"),
     ("reordered", "reordered"),
@@ -93,22 +94,15 @@ def table(summary: RunSummary, names: Sequence[str], top: int) -> Table:
         pad_edge=False,
         show_edge=False,
     )
-    grid.add_column("target", no_wrap=True, overflow="ellipsis", max_width=28)
+    grid.add_column("target", no_wrap=True, overflow="ellipsis")
     headers = ["sent", "recv", "loss%", "min/avg/max/mdev", "p50/p99", "jitter"]
     headers += ["late"] if late else []
     headers += ["dup/reord/\nflip/err"]
     for header in headers:
         grid.add_column(header, justify="right", no_wrap=True)
+    rows: list[tuple[TargetStats, list[str | Text]]] = []
     for ts in pick_targets(summary, top):
         c, r = ts.counts, ts.rtt
-        name: str | Text = _name(names, ts.target)
-        unresolved, _ = summary.explained(ts)
-        if unresolved:
-            name = Text(f"{name} [{unresolved:,} unresolved]", style="yellow")
-        if c.unaccounted - unresolved:
-            name = Text(
-                f"{name} [{c.unaccounted - unresolved:+} unacc.]", style="bold white on red"
-            )
         loss = Text(f"{c.loss_pct:.2f}", style="bold red" if c.lost else "")
         rtt = ["-", "-", "-"]
         if r.count:
@@ -117,10 +111,29 @@ def table(summary: RunSummary, names: Sequence[str], top: int) -> Table:
                 _times(scale, r.p50_ns, r.p99_ns),
                 _times(scale, r.jitter_ns),
             ]
-        cells: list[str | Text] = [name, f"{c.sent:,}", f"{c.received:,}", loss, *rtt]
+        cells: list[str | Text] = [f"{c.sent:,}", f"{c.received:,}", loss, *rtt]
         cells += [f"{c.late:,}"] if late else []
         cells.append(_events(c))
-        grid.add_row(*cells)
+        rows.append((ts, cells))
+    # The names get what the figures leave of 80 columns (one space between columns): a long
+    # name (an IPv6 address, `name (address)`) is cut in the middle, never the figures.
+    figures = [
+        max([*(len(line) for line in header.split("\n")), *(len(str(row[i])) for _, row in rows)])
+        for i, header in enumerate(headers)
+    ]
+    room = TABLE_COLUMNS - sum(figures) - len(figures)
+    for ts, cells in rows:
+        c = ts.counts
+        # Text, not str: rich would read ":1234:" in an IPv6 address as an emoji code.
+        name = Text(fit_name(_name(names, ts.target), room))
+        unresolved, _ = summary.explained(ts)
+        if unresolved:
+            name = Text(f"{name} [{unresolved:,} unresolved]", style="yellow")
+        if c.unaccounted - unresolved:
+            name = Text(
+                f"{name} [{c.unaccounted - unresolved:+} unacc.]", style="bold white on red"
+            )
+        grid.add_row(name, *cells)
     return grid
 
 

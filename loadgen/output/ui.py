@@ -134,30 +134,43 @@ def _target_table(snap: Snapshot, width: int) -> Table:
         box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
         pad_edge=wide,
     )
-    table.add_column("target", no_wrap=True, overflow="ellipsis", max_width=32)
+    table.add_column("target", no_wrap=True, overflow="ellipsis", max_width=MAX_NAME_CELLS)
     headers = ["sent", "recv", "loss"] if roomy else ["sent", "loss"]
     headers += ["rtt min/avg/max/mdev", "p50/p90/p99 ±1%", "jitter"] if wide else ["avg/p99"]
     headers += ["1s loss", "1s avg/p99", *(h for h, _ in events)]
-    for header in headers:
-        # Room for "100.00%" and "2.00/2.00 ms": cut digits would mislead.
-        room = max(len(header), 7 if "loss" in header else 12 if "/p99" in header else 0)
+    # Room for "100.00%" and "2.00/2.00 ms": cut digits would mislead.
+    rooms = [max(len(h), 7 if "loss" in h else 12 if "/p99" in h else 0) for h in headers]
+    for header, room in zip(headers, rooms, strict=True):
         table.add_column(header, justify="right", no_wrap=True, min_width=room)
     by_target = {ts.target: ts for ts in last.per_target} if last else {}
     shown = pick_targets(summary, snap.top)
-    rows = [(_name(snap.names, t.target), t, by_target.get(t.target)) for t in shown]
-    rows.append(("total", summary.total, last.total if last else None))
-    for i, (name, ts, sec) in enumerate(rows):
+    rows: list[tuple[str, TargetStats, list[str | Text]]] = []
+    for name, ts, sec in [
+        *((_name(snap.names, t.target), t, by_target.get(t.target)) for t in shown),
+        ("total", summary.total, last.total if last else None),
+    ]:
         c = ts.counts
-        cells: list[str | Text] = [name, f"{c.sent:,}"]
+        cells: list[str | Text] = [f"{c.sent:,}"]
         cells += [f"{c.received:,}", _loss(c)] if roomy else [_loss(c)]
         cells += _rtt_cells(ts) if wide else [_avg_p99(ts)]
         cells += [_loss(sec.counts if sec else None), _avg_p99(sec)]
         cells += [f"{getattr(c, f):,}" for _, f in events]
+        rows.append((name, ts, cells))
+    # Names get what the figures leave: a long name (an IPv6 address) is cut in the middle,
+    # never a figure. Each of the C columns is padded by a space a side (not at the edges of
+    # the narrow table) and a line or space goes between columns and at both edges.
+    figures = [max(room, *(len(str(r[2][i])) for r in rows)) for i, room in enumerate(rooms)]
+    columns = len(figures) + 1
+    fit = min(MAX_NAME_CELLS, width - sum(figures) - (3 * columns + (1 if wide else -1)))
+    for i, (full_name, ts, figure_cells) in enumerate(rows):
+        # Text, not str: rich would read ":1234:" in an IPv6 address as an emoji code.
+        c, label = ts.counts, Text(fit_name(full_name, fit))
+        cells = [label, *figure_cells]
         unresolved, _ = summary.explained(ts)
         if unresolved:
-            cells[0] = Text(f"{name} [{unresolved:,} unresolved]", style="yellow")
+            cells[0] = Text(f"{label} [{unresolved:,} unresolved]", style="yellow")
         if c.unaccounted - unresolved:
-            cells[0] = Text(f"{name} [{c.unaccounted:+,} unacc.]", style="bold white on red")
+            cells[0] = Text(f"{label} [{c.unaccounted:+,} unacc.]", style="bold white on red")
         is_total = i == len(rows) - 1
         table.add_row(*cells, end_section=i == len(rows) - 2, style="bold" if is_total else "")
     hidden = len(summary.per_target) - len(shown)
@@ -168,6 +181,20 @@ def _target_table(snap: Snapshot, width: int) -> Table:
 
 def _name(names: Sequence[str], target: int) -> str:
     return names[target] if 0 <= target < len(names) else f"#{target}"
+
+
+MIN_NAME_CELLS = 14  # a target name is never cut shorter than this
+MAX_NAME_CELLS = 32  # nor shown longer in the live table
+
+
+def fit_name(name: str, room: int) -> str:
+    """`name` in at most `room` cells (never fewer than MIN_NAME_CELLS), cut in the middle:
+    the end of an address (or of `name (address)`) is what tells targets apart."""
+    room = max(room, MIN_NAME_CELLS)
+    if len(name) <= room:
+        return name
+    head = (room - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (room - 1 - head) :]}"
 
 
 def sending_took(
