@@ -62,12 +62,12 @@ def _minus(after: Any, before: Any) -> Any:
 
 def truth_since(after: HostTruth, before: HostTruth) -> HostTruth:
     """The part of `after` that happened since `before` (same host, counters never reset)."""
-    if after.address != before.address:
+    if (after.address, after.family) != (before.address, before.family):
         raise ValueError(f"truths of two hosts: {after.address} and {before.address}")
     counters = {
         f.name: getattr(after, f.name) - getattr(before, f.name)
         for f in fields(HostTruth)
-        if isinstance(getattr(after, f.name), int)
+        if isinstance(getattr(after, f.name), int) and f.name != "family"
     }
     refl: ReflectorCounts | None = None
     if after.reflector is not None and before.reflector is not None:

@@ -105,6 +105,9 @@ def parse_snmp(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+SNMP6_GROUPS = ("Ip6", "Icmp6", "Udp6")
+
+
 def parse_snmp6(text: str) -> dict[str, int]:
     """/proc/net/snmp6: one `Name value` pair per line, e.g. "Icmp6InEchos 3"."""
     out: dict[str, int] = {}
@@ -117,7 +120,7 @@ def parse_snmp6(text: str) -> dict[str, int]:
 
 def read_snmp() -> dict[str, dict[str, int]]:
     """/proc/net/snmp of the calling thread's namespace, e.g. ["Icmp"]["InEchos"], and the
-    ICMPv6 figures of /proc/net/snmp6 as ["Icmp6"]["InEchos"]."""
+    IPv6 figures of /proc/net/snmp6 the same way, e.g. ["Icmp6"]["InEchos"]."""
     with open("/proc/thread-self/net/snmp", encoding="ascii") as f:
         out = parse_snmp(f.read())
     try:
@@ -125,7 +128,8 @@ def read_snmp() -> dict[str, dict[str, int]]:
             six = parse_snmp6(f.read())
     except FileNotFoundError:  # a kernel without IPv6
         six = {}
-    out["Icmp6"] = {k.removeprefix("Icmp6"): v for k, v in six.items() if k.startswith("Icmp6")}
+    for group in SNMP6_GROUPS:  # e.g. "Icmp6InEchos" as ["Icmp6"]["InEchos"]
+        out[group] = {k.removeprefix(group): v for k, v in six.items() if k.startswith(group)}
     return out
 
 
