@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.lab import Lab
+from loadgen.lab import Lab, truth_since
 from loadgen.stats import Counts
+from loadgen.targets import PROBED_FAMILIES
 
-from .conftest import Labs, assert_counts_match, measure
+from .conftest import Labs, assert_counts_match, measure, run_loadgen
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -83,3 +84,20 @@ def test_nft_drop_every_is_exactly_every_nth(lab: Lab, version: int, tmp_path: P
     # 5% of the other 1800: a numgen that never fired (or always did) is far outside this.
     assert 40 < t.nft_dropped_random < 160
     assert got.received == t.echo_replies_out == 2_000 - got.lost
+
+
+@pytest.mark.skipif(6 not in PROBED_FAMILIES, reason="loadgen does not probe IPv6 yet")
+def test_a_mixed_run_counts_each_target_of_either_family_exactly(lab: Lab, tmp_path: Path) -> None:
+    """Both addresses of two impaired hosts in one run: four targets, each with its own truth."""
+    hosts = [lab.host("nftdrop"), lab.host("dup")]
+    before = {**lab.truth(hosts, 4), **lab.truth(hosts, 6)}
+    addresses = [a for h in hosts for a in (h.address, h.address6)]
+    run = run_loadgen(tmp_path, addresses, rate_pps=4_000, count=1_000)
+    lab.wait_idle()
+    after = {**lab.truth(hosts, 4), **lab.truth(hosts, 6)}
+    truth = {a: truth_since(after[a], before[a]) for a in addresses}
+    assert_counts_match(run, truth)
+    for a in addresses:
+        got = run.counts(a)
+        assert got.sent == 1_000 and got.lost + got.duplicates > 0, (a, got)
+    assert {t.family for t in truth.values()} == {4, 6}
