@@ -12,17 +12,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 
 from pyroute2 import IPRoute
 
-import loadgen
 from loadgen.errors import LabError, PermissionProblem, TargetError
 from loadgen.lab.addressing import (
     LAB_SPACE,
@@ -34,16 +31,14 @@ from loadgen.lab.addressing import (
     pick_block,
     plan_hosts,
 )
-from loadgen.lab.hostcfg import host_seed, nft_ruleset, reflector_config, root_ruleset
-from loadgen.lab.impair import ReflectorConfig
+from loadgen.lab.hostcfg import host_seed, nft_ruleset, root_ruleset
 from loadgen.lab.netops import (
     create_host,
-    in_netns,
     list_netns,
     nft,
     nft_counters,
-    write_sysctl,
 )
+from loadgen.lab.procs import ReflectorKey, leave_echo_to_reflectors, start_reflectors
 from loadgen.lab.reap import Teardown, stop_processes, teardown_state
 from loadgen.lab.spec import LabSpec
 from loadgen.lab.state import (
@@ -58,11 +53,6 @@ from loadgen.lab.state import (
     state_path,
 )
 from loadgen.lab.truth import HostTruth, host_truth, link_counters, query_reflector
-
-READY_TIMEOUT_S = 30.0  # python + numpy start-up on a busy 2-core machine
-# A reflector host's kernel leaves echo requests of both versions to the reflectors.
-ECHO_IGNORE_ALL = ("net.ipv4.icmp_echo_ignore_all", "net.ipv6.icmp.echo_ignore_all")
-SUFFIX = {4: "", 6: "6."}  # reflector files: <host>.log and <host>.6.log, ...
 
 
 class Lab:
@@ -259,78 +249,6 @@ def _to_host(plan: HostPlan, prefix: str, state_dir: Path) -> LabHost:
     )
 
 
-def _start_reflector(
-    host: LabHost, cfg: ReflectorConfig, log_path: Path, detached: bool
-) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    # `-m loadgen.lab.reflector` must import this very loadgen, installed or not.
-    src = str(Path(loadgen.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = "1"  # numpy threads: none needed
-    cmd = [
-        "ip",
-        "netns",
-        "exec",
-        host.netns,
-        sys.executable,
-        "-m",
-        "loadgen.lab.reflector",
-        "--config",
-        cfg.to_json(),
-    ]
-    if detached:  # `setsid -f` forks it off: it outlives `loadgen lab up`
-        cmd = ["setsid", "-f", *cmd]
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "no log"
-    return lines[-1] if lines else "no output"
-
-
-ReflectorKey = tuple[int, int]  # (host index, IP version)
-
-
-def _wait_ready(
-    hosts: list[LabHost],
-    procs: dict[ReflectorKey, subprocess.Popen[bytes]],
-    logs: dict[ReflectorKey, Path],
-    timeout_s: float,
-) -> dict[ReflectorKey, int]:
-    """Wait until every reflector answers on its control socket; returns its key -> pid."""
-    pids: dict[ReflectorKey, int] = {}
-    deadline = time.monotonic() + timeout_s
-    pending = [(h, v) for h in hosts for v in (4, 6) if h.control_path_of(v)]
-    while pending:
-        for h, v in list(pending):
-            key, path = (h.index, v), h.control_path_of(v)
-            proc = procs.get(key)
-            if proc is not None and proc.poll() is not None:
-                raise LabError(
-                    f"IPv{v} reflector of lab host {h.name} exited "
-                    f"({_log_tail(logs[key])}); see {logs[key]}"
-                )
-            if path and os.path.exists(path):
-                try:
-                    pids[key] = int(query_reflector(path)["pid"])
-                except LabError:
-                    continue  # bound but not listening yet
-                pending.remove((h, v))
-        if pending and time.monotonic() > deadline:
-            h, v = pending[0]
-            raise LabError(
-                f"IPv{v} reflector of lab host {h.name} not ready after "
-                f"{timeout_s:.0f}s; see {logs[h.index, v]}"
-            )
-        if pending:
-            time.sleep(0.02)
-    return pids
-
-
 def lab_up(
     spec: LabSpec, *, state_dir: Path = STATE_DIR, detached: bool = False, source: str = "lab spec"
 ) -> Lab:
@@ -369,20 +287,9 @@ def lab_up(
                     nft(host.netns, ["-f", "-"], stdin=rules)
                 add_root_counters(host.nft_table, host.index, plan.root_ifname)
                 if host.responder == "reflector":
-                    for sysctl in ECHO_IGNORE_ALL:
-                        in_netns(host.netns, partial(write_sysctl, sysctl, "1"))
+                    leave_echo_to_reflectors(host.netns)
         refl = [h for h in hosts if h.responder == "reflector"]
-        logs = {(h.index, v): rdir / f"{h.name}.{SUFFIX[v]}log" for h in refl for v in (4, 6)}
-        for h in refl:
-            for v in (4, 6):
-                key = (h.index, v)
-                stats = str(rdir / f"{h.name}.{SUFFIX[v]}stats.json")
-                seed = host_seed(spec.seed, h.index, v)
-                cfg = reflector_config(h, seed, stats, not detached, v)
-                procs[key] = _start_reflector(h, cfg, logs[key], detached)
-                if detached:
-                    procs.pop(key).wait(READY_TIMEOUT_S)
-        pids = _wait_ready(refl, procs, logs, READY_TIMEOUT_S)
+        pids = start_reflectors(refl, spec.seed, rdir, detached, procs)
         state = replace(
             state,
             hosts=tuple(

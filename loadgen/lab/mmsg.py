@@ -3,7 +3,8 @@
 One syscall moves a whole batch; lengths, flags and destination addresses are read and written
 as numpy columns, so no Python runs per packet. The struct layouts and syscall bindings are the
 socket layer's (`loadgen.net.mmsg`); this module adds the reflector's stamp cmsg and the
-socket names of either IP version (an IPv6 raw socket gives a request's source only there).
+socket names of either IP version (an IPv6 raw socket gives a request's source only there),
+and opens the raw socket they serve.
 """
 
 from __future__ import annotations
@@ -12,16 +13,23 @@ import ctypes
 import errno
 import os
 import socket
+import struct
 
 import numpy as np
 import numpy.typing as npt
 
+from loadgen.lab.wire import Icmp6Type, IcmpType
 from loadgen.net.mmsg import MMSGHDR, RecvRing, send_headers, sendmmsg
+from loadgen.wire.family import IPPROTO_ICMPV6
 
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
 SO_TIMESTAMPNS = 35  # also the cmsg type (SCM_TIMESTAMPNS): struct timespec, CLOCK_REALTIME
 CTRL_BYTES = 32  # struct cmsghdr (16) + struct timespec (16)
+SOL_RAW = 255
+ICMP_FILTER = 1
+ICMP6_FILTER = 1  # at level IPPROTO_ICMPV6: 256 bits, a set bit blocks that type
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 
 # One SCM_TIMESTAMPNS message: struct cmsghdr, then struct timespec.
 STAMP_DTYPE = np.dtype(
@@ -44,6 +52,28 @@ SOCKADDR_IN6_DTYPE = np.dtype(
 SOCKADDR = {4: (socket.AF_INET, SOCKADDR_IN_DTYPE), 6: (socket.AF_INET6, SOCKADDR_IN6_DTYPE)}
 assert SOCKADDR_IN_DTYPE.itemsize == 16 and STAMP_DTYPE.itemsize == CTRL_BYTES
 assert SOCKADDR_IN6_DTYPE.itemsize == 28
+
+
+def open_raw_socket(version: int = 4) -> socket.socket:
+    """The reflector's raw socket of IP `version`: echo requests only, big buffers, kernel
+    receive stamps."""
+    if version == 6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_ICMPV6)
+        blocked = [0xFFFFFFFF] * 8  # ICMP6_FILTER blocks what is set: pass echo requests only
+        blocked[Icmp6Type.ECHO_REQUEST >> 5] &= ~(1 << (Icmp6Type.ECHO_REQUEST & 31))
+        sock.setsockopt(IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *blocked))
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        # ICMP_FILTER is a mask of types to *block*: let only echo requests through.
+        sock.setsockopt(
+            SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << IcmpType.ECHO_REQUEST) & 0xFFFFFFFF)
+        )
+    for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+    # The kernel's receive time of each request: hold times start when a request arrived,
+    # not when this process got round to reading it.
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return sock
 
 
 class RecvBatch:

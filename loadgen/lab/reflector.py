@@ -20,7 +20,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -31,28 +30,12 @@ import numpy as np
 import numpy.typing as npt
 
 from loadgen.lab.impair import Action, Decider, ReflectorConfig, ReflectorCounts
-from loadgen.lab.mmsg import SO_TIMESTAMPNS, RecvBatch, SendBatch
+from loadgen.lab.mmsg import RecvBatch, SendBatch, open_raw_socket
 from loadgen.lab.spread import Spread
-from loadgen.lab.wire import (
-    UNREACHABLE_ADDRESS6,
-    UNREACHABLE_HOST,
-    Icmp6Type,
-    IcmpType,
-    icmp_error,
-    make_replies,
-    parse_batch,
-    parse_batch6,
-)
-from loadgen.wire.family import IPPROTO_ICMPV6, IPV6
-from loadgen.wire.icmp import build_icmp_error, build_ipv6_packet
+from loadgen.lab.wire import error_for, make_replies, parse_batch, parse_batch6
 
 BATCH = 256
 SNAP = 9216  # jumbo frames; a longer request arrives truncated and is counted malformed
-SOL_RAW = 255
-ICMP_FILTER = 1
-ICMP6_FILTER = 1  # at level IPPROTO_ICMPV6: 256 bits, a set bit blocks that type
-HOP_LIMIT = 64  # the hop limit an error's rebuilt IPv6 header quotes (the Linux default)
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
 TIMER_SLACK_NS = 1_000  # the default 50 us slack would show up in every delayed reply
@@ -78,26 +61,6 @@ class Outgoing:
     ordinal: int = -1  # for echo replies: the request's place in arrival order
     arrived_ns: int = 0  # when its request arrived (monotonic)
     delay_ns: int = 0  # the delay drawn for it
-
-
-def open_raw_socket(version: int = 4) -> socket.socket:
-    if version == 6:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_ICMPV6)
-        blocked = [0xFFFFFFFF] * 8  # ICMP6_FILTER blocks what is set: pass echo requests only
-        blocked[Icmp6Type.ECHO_REQUEST >> 5] &= ~(1 << (Icmp6Type.ECHO_REQUEST & 31))
-        sock.setsockopt(IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *blocked))
-    else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        # ICMP_FILTER is a mask of types to *block*: let only echo requests through.
-        sock.setsockopt(
-            SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << IcmpType.ECHO_REQUEST) & 0xFFFFFFFF)
-        )
-    for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
-        sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
-    # The kernel's receive time of each request: hold times start when a request arrived,
-    # not when this process got round to reading it.
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    return sock
 
 
 class Reflector:
@@ -235,18 +198,7 @@ class Reflector:
         return out
 
     def _error(self, unreachable: bool, request: bytes, src: bytes) -> bytes:
-        """The ICMP error quoting `request` (IPv4: as received, header first; IPv6: the ICMPv6
-        message, under the IPv6 header it came with, rebuilt)."""
-        if self.version == 4:
-            if unreachable:
-                return icmp_error(IcmpType.DEST_UNREACHABLE, UNREACHABLE_HOST, request)
-            return icmp_error(IcmpType.TIME_EXCEEDED, 0, request)
-        quoted = build_ipv6_packet(src, self.local, IPPROTO_ICMPV6, request, hop_limit=HOP_LIMIT)
-        if unreachable:
-            return build_icmp_error(
-                Icmp6Type.DEST_UNREACHABLE, UNREACHABLE_ADDRESS6, quoted, family=IPV6
-            )
-        return build_icmp_error(Icmp6Type.TIME_EXCEEDED, 0, quoted, family=IPV6)
+        return error_for(self.version, unreachable, request, src, self.local)
 
     def _later(self, now_ns: int, delay_ns: int, out: Outgoing) -> None:
         """Send now, or queue until now + delay."""

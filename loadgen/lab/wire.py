@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from loadgen.lab.impair import FLIP_FROM
-from loadgen.wire.icmp import MAGIC
+from loadgen.wire.family import IPPROTO_ICMPV6, IPV6
+from loadgen.wire.icmp import MAGIC, build_icmp_error, build_ipv6_packet
 
 U8Array = npt.NDArray[np.uint8]
 IntArray = npt.NDArray[np.int64]
@@ -45,6 +46,7 @@ class Icmp6Type(IntEnum):
 
 UNREACHABLE_HOST = 1  # code of destination unreachable: host unreachable
 UNREACHABLE_ADDRESS6 = 3  # ICMPv6 destination unreachable: address unreachable (RFC 4443 3.1)
+HOP_LIMIT = 64  # the hop limit an error's rebuilt IPv6 header quotes (the Linux default)
 
 
 def checksum(data: bytes) -> int:
@@ -184,3 +186,20 @@ def icmp_error(icmp_type: IcmpType, code: int, datagram: bytes) -> bytes:
     body = bytes((icmp_type, code, 0, 0, 0, 0, 0, 0)) + datagram[:ERROR_QUOTE_MAX]
     csum = checksum(body)
     return body[:2] + csum.to_bytes(2, "big") + body[4:]
+
+
+def error_for(version: int, unreachable: bool, request: bytes, src: bytes, local: bytes) -> bytes:
+    """The ICMP error (destination unreachable or time exceeded) answering `request`. IPv4:
+    `request` is the datagram as received, header first. IPv6: it is the ICMPv6 message, and
+    the IPv6 header it came with (from `src` to `local`) is rebuilt for the quote; the kernel
+    fills the checksum in."""
+    if version == 4:
+        if unreachable:
+            return icmp_error(IcmpType.DEST_UNREACHABLE, UNREACHABLE_HOST, request)
+        return icmp_error(IcmpType.TIME_EXCEEDED, 0, request)
+    quoted = build_ipv6_packet(src, local, IPPROTO_ICMPV6, request, hop_limit=HOP_LIMIT)
+    if unreachable:
+        return build_icmp_error(
+            Icmp6Type.DEST_UNREACHABLE, UNREACHABLE_ADDRESS6, quoted, family=IPV6
+        )
+    return build_icmp_error(Icmp6Type.TIME_EXCEEDED, 0, quoted, family=IPV6)
