@@ -5,6 +5,7 @@
         targets = lab.select(["lab:all"])                # host addresses in 198.18.0.0/15
         ...                                              # probe them
         truth = lab.truth()                              # address -> HostTruth
+        truth6 = lab.truth(version=6)                    # the same for lab.select(["lab6:all"])
     expected_counts(truth[address])                      # what loadgen must report for it
 
 Never imported by `loadgen run` unless a profile has a [lab] table.

@@ -2,8 +2,9 @@
 
 Every lab takes one aligned block of the benchmarking range (198.18.0.0/15, RFC 2544; IPv6
 2001:2::/48, RFC 5180) and gives host i the point-to-point pair block+2i (root side) and
-block+2i+1 (the host) as a /31 (RFC 3021). Every kernel object a lab creates carries its prefix,
-so `lab_down_all` can find leftovers by name alone.
+block+2i+1 (the host) as a /31 (RFC 3021); every host also gets the same pair in its lab's IPv6
+block, a /127 (RFC 6164), so each host has one address of each family. Every kernel object a
+lab creates carries its prefix, so `lab_down_all` can find leftovers by name alone.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class HostPlan:
     peer_address: str  # the root-side end of the link (the host's gateway)
     prefixlen: int
     impairments: Impairments
+    address6: str = ""  # the host's IPv6 address (2001:2::/48)
+    peer_address6: str = ""
+    prefixlen6: int = P2P_PREFIXLEN[6]
 
 
 def block_prefixlen(family: int, hosts: int) -> int:
@@ -110,14 +114,18 @@ def pick_block(family: int, hosts: int, taken: Iterable[IPNetwork]) -> IPNetwork
     )
 
 
-def plan_hosts(spec: LabSpec, block: IPNetwork) -> tuple[HostPlan, ...]:
-    """One HostPlan per host, in spec order: group by group, host by host."""
+def plan_hosts(
+    spec: LabSpec, block: IPNetwork, block6: IPNetwork | None = None
+) -> tuple[HostPlan, ...]:
+    """One HostPlan per host, in spec order: group by group, host by host; with `block6`, each
+    host's IPv6 pair too."""
     plans: list[HostPlan] = []
     p2p = P2P_PREFIXLEN[spec.family]
     for group in spec.groups:
         for host in group.host_names():
             i = len(plans)
             root = block.network_address + 2 * i
+            root6 = None if block6 is None else block6.network_address + 2 * i
             plans.append(
                 HostPlan(
                     index=i,
@@ -129,8 +137,11 @@ def plan_hosts(spec: LabSpec, block: IPNetwork) -> tuple[HostPlan, ...]:
                     peer_address=str(root),
                     prefixlen=p2p,
                     impairments=group.impairments,
+                    address6="" if root6 is None else str(root6 + 1),
+                    peer_address6="" if root6 is None else str(root6),
                 )
             )
-    if 2 * len(plans) > block.num_addresses:
-        raise LabError(f"block {block} is too small for {len(plans)} hosts; use a larger subnet")
+    for b in (block, block6):
+        if b is not None and 2 * len(plans) > b.num_addresses:
+            raise LabError(f"block {b} is too small for {len(plans)} hosts; use a larger subnet")
     return tuple(plans)

@@ -35,11 +35,14 @@ def load_lab_table(path: str) -> dict[str, object]:
 
 
 def format_lab(lab: Lab) -> str:
-    rows = [f"lab {lab.prefix} is up: {len(lab.hosts)} hosts in {lab.state.subnet}"]
+    blocks = " and ".join(b for b in (lab.state.subnet, lab.state.subnet6) if b)
+    rows = [f"lab {lab.prefix} is up: {len(lab.hosts)} hosts in {blocks}"]
     width = max(len(h.name) for h in lab.hosts)
+    width6 = max(len(h.address6) for h in lab.hosts)
     for h in lab.hosts:
         rows.append(
-            f"  {h.name:<{width}}  {h.address:<15}  {h.responder:<9}  {h.impairments.describe()}"
+            f"  {h.name:<{width}}  {h.address:<15}  {h.address6:<{width6}}  {h.responder:<9}  "
+            f"{h.impairments.describe()}"
         )
     rows.append(f"take it down with: loadgen lab down {lab.prefix}")
     return "\n".join(rows)

@@ -62,12 +62,12 @@ def _minus(after: Any, before: Any) -> Any:
 
 def truth_since(after: HostTruth, before: HostTruth) -> HostTruth:
     """The part of `after` that happened since `before` (same host, counters never reset)."""
-    if after.address != before.address:
+    if (after.address, after.family) != (before.address, before.family):
         raise ValueError(f"truths of two hosts: {after.address} and {before.address}")
     counters = {
         f.name: getattr(after, f.name) - getattr(before, f.name)
         for f in fields(HostTruth)
-        if isinstance(getattr(after, f.name), int)
+        if isinstance(getattr(after, f.name), int) and f.name != "family"
     }
     refl: ReflectorCounts | None = None
     if after.reflector is not None and before.reflector is not None:
@@ -92,6 +92,7 @@ def expected_counts(
     impairment per host).
     """
     t, r = truth, truth.reflector
+    unsent = held_corrupt(t)
     refused = t.root_link.shaped_drops if shaper_refuses else 0
     sent = t.requests_out - refused
     way_back = t.lost_on_the_way_back
@@ -116,6 +117,7 @@ def expected_counts(
                 "bitflip/corrupt and duplicate/reorder/jitter hosts of their own"
             )
         answered = r.replies - damaged
+        damaged -= unsent  # an IPv6 reply picked for corruption was never sent: lost
         errors = r.unreachable_sent + r.time_exceeded_sent
         duplicates, reordered = r.duplicated, r.out_of_order
     if rx_dropped > answered:
@@ -135,16 +137,23 @@ def expected_counts(
         errored=errored,
         duplicates=duplicates,
         bitflips=r.bitflipped if r else 0,
-        corrupted=r.corrupted if r else 0,
+        corrupted=r.corrupted - unsent if r else 0,
         icmp_errors=errors,
         reordered=reordered,
     )
 
 
+def held_corrupt(truth: HostTruth) -> int:
+    """Replies an IPv6 reflector picked for corruption and so never sent: the kernel writes
+    ICMPv6 checksums, and a receiver's kernel drops a bad one before any socket sees it."""
+    r = truth.reflector
+    return r.corrupted if r is not None and truth.family == 6 else 0
+
+
 def lost_at_host(truth: HostTruth) -> int:
     """Probes the host (or its link) dropped or left unanswered, by cause, summed."""
     r = truth.reflector
-    refused = (r.dropped + r.rate_limited) if r else 0
+    refused = (r.dropped + r.rate_limited + held_corrupt(truth)) if r else 0
     return (
         truth.lost_towards_host
         + truth.nft_dropped

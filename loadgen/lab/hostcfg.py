@@ -1,7 +1,9 @@
 """How each lab host is configured: its nftables tables and its reflector's settings and seed.
 
 Pure text and values built from a host's `Impairments`; `lab` applies them. Every counter and
-drop rule matches our probes (or the answers to them) only: see `probematch`.
+drop rule matches our probes (or the answers to them) only: see `probematch`. A host has one
+table per IP version (`ip` and `ip6`, same name and counter names); the root end's netdev table
+counts both versions, the IPv6 counters named with a "6" after their kind.
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ from __future__ import annotations
 import hashlib
 
 from loadgen.lab.impair import ReflectorConfig
-from loadgen.lab.probematch import ERROR, REPLY, REQUEST
+from loadgen.lab.probematch import MATCHES
 from loadgen.lab.spec import DropBy, Impairments, JitterDist
 from loadgen.lab.state import LabHost
 
 DROP_SCALE = 1_000_000  # nft numgen random mod DROP_SCALE < share * DROP_SCALE
 
 
-def nft_ruleset(table: str, imp: Impairments) -> str:
-    """The host's nftables table: counters always, numgen drops when the spec asks for them."""
+NFT_FAMILY = {4: "ip", 6: "ip6"}
+
+
+def nft_ruleset(table: str, imp: Impairments, version: int = 4) -> str:
+    """The host's nftables table for IP `version`: counters always, numgen drops when the spec
+    asks for them (each version draws and counts its own)."""
+    REQUEST, REPLY, ERROR = MATCHES[version]  # noqa: N806 - the module-level names of probematch
     rules = [f'{REQUEST} counter name "req_in"']
     if imp.drop_by is DropBy.NFT and imp.drop_every > 0:
         # numgen inc starts at 0, so "== N-1" drops the N-th, 2N-th, ... probe; it only
@@ -30,7 +37,7 @@ def nft_ruleset(table: str, imp: Impairments) -> str:
             f'{REQUEST} numgen random mod {DROP_SCALE} < {below} counter name "drop_random" drop'
         )
     body = "\n    ".join(rules)
-    return f"""table ip {table} {{
+    return f"""table {NFT_FAMILY[version]} {table} {{
   counter req_in {{}}
   counter drop_every {{}}
   counter drop_random {{}}
@@ -49,34 +56,52 @@ def nft_ruleset(table: str, imp: Impairments) -> str:
 """
 
 
+def root_counter(kind: str, index: int, version: int) -> str:
+    """The name of host `index`'s root-end counter `kind` ("req_out", "rep_back", "err_back")
+    for IP `version`: "req_out_3" and "req6_out_3"."""
+    if version == 4:
+        return f"{kind}_{index}"
+    head, tail = kind.split("_", 1)
+    return f"{head}{version}_{tail}_{index}"
+
+
 def root_ruleset(table: str, index: int, ifname: str) -> str:
-    """Host `index`'s chains in the lab's root-namespace table: the probes that left for it
-    (egress, before the shaper) and the answers that came back (ingress) on its link."""
+    """Host `index`'s chains in the lab's root-namespace table: the probes of either IP version
+    that left for it (egress, before the shaper) and the answers that came back (ingress)."""
+    counters, out, back = [], [], []
+    for version, (request, reply, error) in MATCHES.items():
+        names = {k: root_counter(k, index, version) for k in ("req_out", "rep_back", "err_back")}
+        counters += [f"counter {n} {{}}" for n in names.values()]
+        out.append(f'{request} counter name "{names["req_out"]}"')
+        back += [
+            f'{reply} counter name "{names["rep_back"]}"',
+            f'{error} counter name "{names["err_back"]}"',
+        ]
+    sep, counter_sep = "\n    ", "\n  "
     return f"""table netdev {table} {{
-  counter req_out_{index} {{}}
-  counter rep_back_{index} {{}}
-  counter err_back_{index} {{}}
+  {counter_sep.join(counters)}
   chain out_{index} {{
     type filter hook egress device "{ifname}" priority 0; policy accept;
-    {REQUEST} counter name "req_out_{index}"
+    {sep.join(out)}
   }}
   chain back_{index} {{
     type filter hook ingress device "{ifname}" priority 0; policy accept;
-    {REPLY} counter name "rep_back_{index}"
-    {ERROR} counter name "err_back_{index}"
+    {sep.join(back)}
   }}
 }}
 """
 
 
-def host_seed(lab_seed: int, index: int) -> int:
-    """A reflector's seed: stable per (lab seed, host index), unrelated between hosts."""
-    digest = hashlib.blake2b(f"{lab_seed}:{index}".encode(), digest_size=8).digest()
+def host_seed(lab_seed: int, index: int, version: int = 4) -> int:
+    """A reflector's seed: stable per (lab seed, host index, IP version), unrelated between
+    hosts and between a host's two reflectors."""
+    key = f"{lab_seed}:{index}" if version == 4 else f"{lab_seed}:{index}:{version}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
 def reflector_config(
-    host: LabHost, seed: int, stats_path: str, die_with_parent: bool
+    host: LabHost, seed: int, stats_path: str, die_with_parent: bool, version: int = 4
 ) -> ReflectorConfig:
     imp = host.impairments
     in_reflector = imp.drop_by is DropBy.REFLECTOR
@@ -95,7 +120,9 @@ def reflector_config(
         time_exceeded=imp.time_exceeded,
         ratelimit_pps=imp.icmp_ratelimit_pps,
         ratelimit_burst=imp.icmp_ratelimit_burst,
-        control_path=host.control_path or "",
+        control_path=(host.control_path if version == 4 else host.control_path6) or "",
         stats_path=stats_path,
         die_with_parent=die_with_parent,
+        version=version,
+        address=host.address if version == 4 else host.address6,
     )

@@ -53,6 +53,8 @@ class ReflectorConfig:
     control_path: str = ""  # unix SOCK_SEQPACKET path answering "stats" and "stop"
     stats_path: str = ""  # final counters are written here at exit
     die_with_parent: bool = False
+    version: int = 4  # the IP version this reflector answers (a host runs one per version)
+    address: str = ""  # the host's address of that version (IPv6 errors quote it)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -164,7 +166,8 @@ class ReflectorCounts:
     duplicated: int = 0  # replies sent twice
     bitflipped: int = 0
     bitflip_skipped: int = 0  # picked for a bit flip but with no fill after the probe header
-    corrupted: int = 0  # replies sent with a broken checksum
+    corrupted: int = 0  # replies sent with a broken checksum (IPv6: held back for good, since
+    # the kernel writes ICMPv6 checksums, and the receiver's kernel would drop a bad one unseen)
     reordered: int = 0  # replies held back and sent right after the next reply
     reorder_flushed: int = 0  # held back, but no next reply came within reorder_hold_ns
     out_of_order: int = 0  # replies sent after a reply to a later request (reorder or jitter)

@@ -1,9 +1,10 @@
 """Bringing a lab up: `lab_up(spec) -> Lab`, and the `Lab` handle that tears it down again.
 
-Each host gets a namespace, a veth link to the root namespace with a /31 of 198.18.0.0/15 and
-permanent neighbours, nftables counters of our probes on both ends (and numgen drops when
-asked), tbf for our probes only when rate-limited, and a reflector process when the kernel's
-own echo responder cannot do what the spec asks.
+Each host gets a namespace, a veth link to the root namespace with a /31 of 198.18.0.0/15 and a
+/127 of 2001:2::/48 and permanent neighbours for both, nftables counters of our probes (of
+either IP version) on both ends (and numgen drops when asked), tbf for our probes only when
+rate-limited, and a reflector process per IP version when the kernel's own echo responder
+cannot do what the spec asks.
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 
 from pyroute2 import IPRoute
 
-import loadgen
 from loadgen.errors import LabError, PermissionProblem, TargetError
 from loadgen.lab.addressing import (
     LAB_SPACE,
@@ -33,16 +31,14 @@ from loadgen.lab.addressing import (
     pick_block,
     plan_hosts,
 )
-from loadgen.lab.hostcfg import host_seed, nft_ruleset, reflector_config, root_ruleset
-from loadgen.lab.impair import ReflectorConfig
+from loadgen.lab.hostcfg import host_seed, nft_ruleset, root_ruleset
 from loadgen.lab.netops import (
     create_host,
-    in_netns,
     list_netns,
     nft,
     nft_counters,
-    write_sysctl,
 )
+from loadgen.lab.procs import ReflectorKey, leave_echo_to_reflectors, start_reflectors
 from loadgen.lab.reap import Teardown, stop_processes, teardown_state
 from loadgen.lab.spec import LabSpec
 from loadgen.lab.state import (
@@ -57,8 +53,6 @@ from loadgen.lab.state import (
     state_path,
 )
 from loadgen.lab.truth import HostTruth, host_truth, link_counters, query_reflector
-
-READY_TIMEOUT_S = 30.0  # python + numpy start-up on a busy 2-core machine
 
 
 class Lab:
@@ -86,33 +80,41 @@ class Lab:
                 return h
         raise KeyError(name)
 
-    def addresses(self) -> list[str]:
-        return [h.address for h in self.state.hosts]
+    def addresses(self, version: int = 4) -> list[str]:
+        return [h.address_of(version) for h in self.state.hosts]
 
-    def seed_of(self, host: LabHost) -> int:
-        """The seed of this host's reflector (to replay its decisions with impair.Decider)."""
-        return host_seed(self.state.seed, host.index)
+    def seed_of(self, host: LabHost, version: int = 4) -> int:
+        """The seed of this host's reflector for IP `version` (to replay its decisions with
+        impair.Decider)."""
+        return host_seed(self.state.seed, host.index, version)
 
     def select(self, tokens: Iterable[str]) -> list[str]:
         return lab_targets(self.state.hosts, tokens)
 
-    def truth(self, hosts: Sequence[LabHost] | None = None) -> dict[str, HostTruth]:
-        """Ground truth per host address (all hosts, or the given ones)."""
+    def truth(
+        self, hosts: Sequence[LabHost] | None = None, version: int = 4
+    ) -> dict[str, HostTruth]:
+        """Ground truth per (host, IP version), keyed by the host's address of `version` (all
+        hosts, or the given ones): each version has its own counters, drops, shaper and
+        reflector. A run of both versions merges `truth(hosts, 4)` and `truth(hosts, 6)`."""
         chosen = self.state.hosts if hosts is None else hosts
+        if version == 6 and any(not h.address6 for h in chosen):
+            raise LabError(f"lab {self.prefix} has no IPv6 addresses; bring it up again")
         with IPRoute() as ipr:
-            roots = {h.index: link_counters(ipr, h.root_ifname) for h in chosen}
+            roots = {h.index: link_counters(ipr, h.root_ifname, version) for h in chosen}
         root_counters = nft_counters(None, nft_table(self.prefix), "netdev") if chosen else {}
         return {
-            h.address: host_truth(
-                address=h.address,
+            h.address_of(version): host_truth(
+                address=h.address_of(version),
                 name=h.name,
                 netns=h.netns,
                 ns_ifname=h.ns_ifname,
                 table=h.nft_table,
-                control_path=h.control_path,
+                control_path=h.control_path_of(version),
                 root_link=roots[h.index],
                 root_counters=root_counters,
                 index=h.index,
+                version=version,
             )
             for h in chosen
         }
@@ -120,10 +122,11 @@ class Lab:
     def wait_idle(self, timeout_s: float = 5.0) -> None:
         """Wait until no reflector holds a delayed or reordered reply back."""
         deadline = time.monotonic() + timeout_s
-        for h in self.state.hosts:
-            while h.control_path and query_reflector(h.control_path).get("pending", 0):
+        paths = [(h.name, p) for h in self.state.hosts for p in (h.control_path, h.control_path6)]
+        for name, path in paths:
+            while path and query_reflector(path).get("pending", 0):
                 if time.monotonic() > deadline:
-                    raise LabError(f"reflector of {h.name} still busy after {timeout_s}s")
+                    raise LabError(f"reflector of {name} still busy after {timeout_s}s")
                 time.sleep(0.01)
 
     def close(self) -> Teardown:
@@ -146,15 +149,19 @@ class Lab:
         self.close()
 
 
+LAB_TOKENS = {"lab": 4, "lab6": 6}  # "lab:<x>" names IPv4 addresses, "lab6:<x>" IPv6 ones
+
+
 def lab_targets(hosts: Sequence[LabHost], tokens: Iterable[str]) -> list[str]:
-    """Expand "lab:all", "lab:<group>" and "lab:<host>" to addresses; other tokens pass through."""
+    """Expand "lab:all", "lab:<group>" and "lab:<host>" to IPv4 addresses ("lab6:..." to IPv6
+    ones); other tokens pass through."""
     out: list[str] = []
     for token in tokens:
-        if not token.startswith("lab:"):
+        head, sep, key = token.partition(":")
+        if not sep or head not in LAB_TOKENS:
             out.append(token)
             continue
-        key = token[4:]
-        hit = [h.address for h in hosts if key in ("all", h.group, h.name)]
+        hit = [h.address_of(LAB_TOKENS[head]) for h in hosts if key in ("all", h.group, h.name)]
         if not hit:
             names = sorted({h.group for h in hosts})
             raise TargetError(
@@ -169,9 +176,10 @@ def _taken(state_dir: Path, family: int) -> list[IPNetwork]:
     taken: list[IPNetwork] = []
     for path in list_states(state_dir):
         try:
-            taken.append(ipaddress.ip_network(load_state(path).subnet))
+            st = load_state(path)
         except LabError:
             continue
+        taken += [ipaddress.ip_network(b) for b in (st.subnet, st.subnet6) if b]
     with IPRoute() as ipr:
         for addr in ipr.get_addr():
             net = ipaddress.ip_network(
@@ -184,7 +192,7 @@ def _taken(state_dir: Path, family: int) -> list[IPNetwork]:
 
 def _allocate(
     spec: LabSpec, state_dir: Path, source: str
-) -> tuple[IPNetwork, tuple[HostPlan, ...]]:
+) -> tuple[IPNetwork, IPNetwork, tuple[HostPlan, ...]]:
     if state_path(spec.prefix, state_dir).exists() or any(
         n.startswith(spec.prefix + "-") for n in list_netns()
     ):
@@ -202,7 +210,8 @@ def _allocate(
                 f"subnet {block} is in use by another lab or interface; "
                 "leave subnet out to pick a free one"
             )
-    return block, plan_hosts(spec, block)
+    block6 = pick_block(6, spec.host_count, _taken(state_dir, 6))
+    return block, block6, plan_hosts(spec, block, block6)
 
 
 def add_root_counters(table: str, index: int, ifname: str) -> None:
@@ -218,6 +227,7 @@ def add_root_counters(table: str, index: int, ifname: str) -> None:
 
 def _to_host(plan: HostPlan, prefix: str, state_dir: Path) -> LabHost:
     reflector = plan.impairments.needs_reflector
+    rdir = run_dir(prefix, state_dir)
     return LabHost(
         index=plan.index,
         name=plan.name,
@@ -231,75 +241,12 @@ def _to_host(plan: HostPlan, prefix: str, state_dir: Path) -> LabHost:
         nft_table=nft_table(prefix),
         impairments=plan.impairments,
         responder="reflector" if reflector else "kernel",
-        control_path=str(run_dir(prefix, state_dir) / f"{plan.name}.sock") if reflector else None,
+        control_path=str(rdir / f"{plan.name}.sock") if reflector else None,
+        address6=plan.address6,
+        peer_address6=plan.peer_address6,
+        prefixlen6=plan.prefixlen6,
+        control_path6=str(rdir / f"{plan.name}.6.sock") if reflector else None,
     )
-
-
-def _start_reflector(
-    host: LabHost, cfg: ReflectorConfig, log_path: Path, detached: bool
-) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    # `-m loadgen.lab.reflector` must import this very loadgen, installed or not.
-    src = str(Path(loadgen.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = "1"  # numpy threads: none needed
-    cmd = [
-        "ip",
-        "netns",
-        "exec",
-        host.netns,
-        sys.executable,
-        "-m",
-        "loadgen.lab.reflector",
-        "--config",
-        cfg.to_json(),
-    ]
-    if detached:  # `setsid -f` forks it off: it outlives `loadgen lab up`
-        cmd = ["setsid", "-f", *cmd]
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "no log"
-    return lines[-1] if lines else "no output"
-
-
-def _wait_ready(
-    hosts: list[LabHost],
-    procs: dict[int, subprocess.Popen[bytes]],
-    logs: dict[int, Path],
-    timeout_s: float,
-) -> dict[int, int]:
-    """Wait until every reflector answers on its control socket; returns host index -> pid."""
-    pids: dict[int, int] = {}
-    deadline = time.monotonic() + timeout_s
-    pending = list(hosts)
-    while pending:
-        for h in list(pending):
-            proc = procs.get(h.index)
-            if proc is not None and proc.poll() is not None:
-                raise LabError(
-                    f"reflector of lab host {h.name} exited "
-                    f"({_log_tail(logs[h.index])}); see {logs[h.index]}"
-                )
-            if h.control_path and os.path.exists(h.control_path):
-                try:
-                    pids[h.index] = int(query_reflector(h.control_path)["pid"])
-                except LabError:
-                    continue  # bound but not listening yet
-                pending.remove(h)
-        if pending and time.monotonic() > deadline:
-            raise LabError(
-                f"reflector of lab host {pending[0].name} not ready after "
-                f"{timeout_s:.0f}s; see {logs[pending[0].index]}"
-            )
-        if pending:
-            time.sleep(0.02)
-    return pids
 
 
 def lab_up(
@@ -315,36 +262,42 @@ def lab_up(
             "the lab needs root (namespaces, veth links, nftables); run as root"
         )
     with locked(state_dir):
-        block, plans = _allocate(spec, state_dir, source)
+        block, block6, plans = _allocate(spec, state_dir, source)
         hosts = tuple(_to_host(p, spec.prefix, state_dir) for p in plans)
         state = LabState(
-            spec.prefix, spec.family, str(block), spec.seed, os.getpid(), detached, hosts
+            spec.prefix,
+            spec.family,
+            str(block),
+            spec.seed,
+            os.getpid(),
+            detached,
+            hosts,
+            subnet6=str(block6),
         )
         save_state(state, state_dir)
-    procs: dict[int, subprocess.Popen[bytes]] = {}
+    procs: dict[ReflectorKey, subprocess.Popen[bytes]] = {}
     try:
         rdir = run_dir(spec.prefix, state_dir)
         rdir.mkdir(parents=True, exist_ok=True)
         with IPRoute() as ipr:
             for plan, host in zip(plans, hosts, strict=True):
                 create_host(ipr, plan, host.impairments.rate_limit_bps)
-                nft(host.netns, ["-f", "-"], stdin=nft_ruleset(host.nft_table, host.impairments))
+                for version in (4, 6):
+                    rules = nft_ruleset(host.nft_table, host.impairments, version)
+                    nft(host.netns, ["-f", "-"], stdin=rules)
                 add_root_counters(host.nft_table, host.index, plan.root_ifname)
                 if host.responder == "reflector":
-                    in_netns(
-                        host.netns, partial(write_sysctl, "net.ipv4.icmp_echo_ignore_all", "1")
-                    )
+                    leave_echo_to_reflectors(host.netns)
         refl = [h for h in hosts if h.responder == "reflector"]
-        logs = {h.index: rdir / f"{h.name}.log" for h in refl}
-        for h in refl:
-            stats = str(rdir / f"{h.name}.stats.json")
-            cfg = reflector_config(h, host_seed(spec.seed, h.index), stats, not detached)
-            procs[h.index] = _start_reflector(h, cfg, logs[h.index], detached)
-            if detached:
-                procs.pop(h.index).wait(READY_TIMEOUT_S)
-        pids = _wait_ready(refl, procs, logs, READY_TIMEOUT_S)
+        pids = start_reflectors(refl, spec.seed, rdir, detached, procs)
         state = replace(
-            state, hosts=tuple(replace(h, reflector_pid=pids.get(h.index)) for h in hosts)
+            state,
+            hosts=tuple(
+                replace(
+                    h, reflector_pid=pids.get((h.index, 4)), reflector_pid6=pids.get((h.index, 6))
+                )
+                for h in hosts
+            ),
         )
         save_state(state, state_dir)
     except BaseException:

@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -24,16 +25,28 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from loadgen.errors import LabError, PermissionProblem
 from loadgen.lab.addressing import NS_IFNAME, HostPlan
-from loadgen.lab.probematch import FROM_HOST, TOWARDS_HOST, Icmp, u32_keys
+from loadgen.lab.probematch import (
+    FROM_HOST,
+    FROM_HOST6,
+    TOWARDS_HOST,
+    TOWARDS_HOST6,
+    Icmp,
+    Icmp6,
+    u32_keys,
+    u32_keys6,
+)
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 TOOL_TIMEOUT_S = 10.0
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 HTB_HANDLE = 0x10000  # 1:, the shaper's root
-PROBE_CLASS = 0x10001  # 1:1, where the filters put our probes
-TBF_HANDLE = 0xA0000  # 10:, the tbf under that class
+# Per IP version: the class the filters put our probes in (1:1, 1:2) and the tbf under it
+# (10:, 20:), so each version's probes have a shaper, and a count, of their own.
+PROBE_CLASS = {4: 0x10001, 6: 0x10002}
+TBF_HANDLE = {4: 0xA0000, 6: 0x140000}
 SHAPER_FIX = "rate_limit needs sch_htb, cls_u32 and sch_tbf in the kernel (modprobe them)"
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -92,6 +105,9 @@ def parse_snmp(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+SNMP6_GROUPS = ("Ip6", "Icmp6", "Udp6")
+
+
 def parse_snmp6(text: str) -> dict[str, int]:
     """/proc/net/snmp6: one `Name value` pair per line, e.g. "Icmp6InEchos 3"."""
     out: dict[str, int] = {}
@@ -103,9 +119,18 @@ def parse_snmp6(text: str) -> dict[str, int]:
 
 
 def read_snmp() -> dict[str, dict[str, int]]:
-    """/proc/net/snmp of the calling thread's namespace, e.g. ["Icmp"]["InEchos"]."""
+    """/proc/net/snmp of the calling thread's namespace, e.g. ["Icmp"]["InEchos"], and the
+    IPv6 figures of /proc/net/snmp6 the same way, e.g. ["Icmp6"]["InEchos"]."""
     with open("/proc/thread-self/net/snmp", encoding="ascii") as f:
-        return parse_snmp(f.read())
+        out = parse_snmp(f.read())
+    try:
+        with open("/proc/thread-self/net/snmp6", encoding="ascii") as f:
+            six = parse_snmp6(f.read())
+    except FileNotFoundError:  # a kernel without IPv6
+        six = {}
+    for group in SNMP6_GROUPS:  # e.g. "Icmp6InEchos" as ["Icmp6"]["InEchos"]
+        out[group] = {k.removeprefix(group): v for k, v in six.items() if k.startswith(group)}
+    return out
 
 
 def list_netns() -> list[str]:
@@ -141,9 +166,9 @@ def _nl(what: str, fn: Callable[[], T], fix: str = "run `loadgen lab down --all`
         raise LabError(f"{what}: {exc}; {fix}") from exc
 
 
-# IPv6 stays on (it is next on the roadmap) but says nothing by itself: no link-local address
-# (so no DAD and no MLD report for its solicited-node group), no router solicitations, no
-# autoconfiguration from router advertisements. Set before the link comes up.
+# IPv6 is on (every host has an address of each family) but says nothing by itself: no
+# link-local address (so no DAD and no MLD report for its solicited-node group), no router
+# solicitations, no autoconfiguration from router advertisements. Set before the link comes up.
 QUIET_IPV6 = {
     "addr_gen_mode": "1",
     "accept_ra": "0",
@@ -152,6 +177,9 @@ QUIET_IPV6 = {
     "router_solicitations": "0",
 }
 NUD_PERMANENT = 0x80
+# An IPv6 address added before its link is up stays tentative for a while after: packets to it
+# are discarded (Ip6InAddrErrors) until then. `nodad` makes it usable at once.
+IFA_F_NODAD = 0x02
 
 
 def quiet_ipv6(ifname: str) -> None:
@@ -176,10 +204,7 @@ def create_host(ipr: IPRoute, plan: HostPlan, rate_bps: int) -> None:
     idx = ipr.link_lookup(ifname=plan.root_ifname)[0]
     quiet_ipv6(plan.root_ifname)
     in_netns(plan.netns, lambda: quiet_ipv6(NS_IFNAME))
-    _nl(
-        f"address {plan.peer_address}",
-        lambda: ipr.addr("add", index=idx, address=plan.peer_address, prefixlen=plan.prefixlen),
-    )
+    add_address(ipr, idx, plan.peer_address, plan.prefixlen)
     with IPRoute(netns=plan.netns) as nsr:
         lo = nsr.link_lookup(ifname="lo")[0]
         eth = nsr.link_lookup(ifname=NS_IFNAME)[0]
@@ -187,48 +212,86 @@ def create_host(ipr: IPRoute, plan: HostPlan, rate_bps: int) -> None:
         # (or is dropped from) a queue of unresolved neighbours.
         add_neighbour(ipr, idx, plan.address, _mac(nsr, eth))
         add_neighbour(nsr, eth, plan.peer_address, _mac(ipr, idx))
+        if plan.address6:  # and no neighbour discovery either
+            add_neighbour(ipr, idx, plan.address6, _mac(nsr, eth))
+            add_neighbour(nsr, eth, plan.peer_address6, _mac(ipr, idx))
+            add_address(ipr, idx, plan.peer_address6, plan.prefixlen6)
         _nl(f"link up {plan.root_ifname}", lambda: ipr.link("set", index=idx, state="up"))
         _nl("lo up", lambda: nsr.link("set", index=lo, state="up"))
-        _nl(
-            f"address {plan.address}",
-            lambda: nsr.addr("add", index=eth, address=plan.address, prefixlen=plan.prefixlen),
-        )
+        add_address(nsr, eth, plan.address, plan.prefixlen)
+        if plan.address6:
+            add_address(nsr, eth, plan.address6, plan.prefixlen6)
         _nl(f"link up in {plan.netns}", lambda: nsr.link("set", index=eth, state="up"))
         # A default route back, so replies reach any root-namespace source address.
         _nl("default route", lambda: nsr.route("add", dst="0.0.0.0/0", gateway=plan.peer_address))
+        if plan.address6:
+            _nl(
+                "IPv6 default route",
+                lambda: nsr.route(
+                    "add", dst="::/0", gateway=plan.peer_address6, family=socket.AF_INET6
+                ),
+            )
         if rate_bps:
-            add_shaper(ipr, idx, rate_bps, TOWARDS_HOST, plan.root_ifname)
-            add_shaper(nsr, eth, rate_bps, FROM_HOST, f"{plan.netns}/{NS_IFNAME}")
+            add_shaper(ipr, idx, rate_bps, (TOWARDS_HOST, TOWARDS_HOST6), plan.root_ifname)
+            add_shaper(nsr, eth, rate_bps, (FROM_HOST, FROM_HOST6), f"{plan.netns}/{NS_IFNAME}")
+
+
+def add_address(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
+    """`address`/`prefixlen` on link `index`; an IPv6 one usable at once (no DAD)."""
+    flags = IFA_F_NODAD if ":" in address else 0
+    _nl(
+        f"address {address}",
+        lambda: ipr.addr("add", index=index, address=address, prefixlen=prefixlen, flags=flags),
+    )
 
 
 def add_neighbour(ipr: IPRoute, index: int, address: str, lladdr: str) -> None:
     """A permanent neighbour entry: `address` is at `lladdr` on link `index`."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     _nl(
         f"neighbour {address}",
-        lambda: ipr.neigh("add", dst=address, lladdr=lladdr, ifindex=index, state=NUD_PERMANENT),
+        lambda: ipr.neigh(
+            "add", dst=address, lladdr=lladdr, ifindex=index, state=NUD_PERMANENT, family=family
+        ),
     )
 
 
-def add_shaper(ipr: IPRoute, index: int, rate_bps: int, ours: tuple[Icmp, ...], where: str) -> None:
-    """An htb root whose u32 filters put our probes (or the answers to them: `ours`) into the
-    one class, over a token bucket filter; anything else matches no class and goes out by
-    htb's direct queue untouched, so tbf counts only probes. tbf: `rate_bps`, a burst of 10 ms
-    of traffic but at least one full frame (else full-size packets could never pass), and 50
-    ms of queue beyond it. The class's own rate is far above any lab link: tbf decides alone
-    (htb logs once per link that its tbf is "non-work-conserving": it is, by design)."""
+def add_shaper(
+    ipr: IPRoute,
+    index: int,
+    rate_bps: int,
+    ours: tuple[tuple[Icmp, ...], tuple[Icmp6, ...]],
+    where: str,
+) -> None:
+    """An htb root whose u32 filters put our probes (or the answers to them: `ours`, IPv4's
+    then IPv6's) into one class per IP version, each over a token bucket filter; anything else
+    matches no class and goes out by htb's direct queue untouched, so tbf counts only probes.
+    tbf: `rate_bps` per version, a burst of 10 ms of traffic but at least one full frame (else
+    full-size packets could never pass), and 50 ms of queue beyond it. The classes' own rate is
+    far above any lab link: tbf decides alone (htb logs once per link that its tbf is
+    "non-work-conserving": it is, by design)."""
     _nl(
         f"htb on {where}",
         lambda: ipr.tc("add", "htb", index=index, handle=HTB_HANDLE, default=0),
         SHAPER_FIX,
     )
-    _nl(
-        f"htb class on {where}",
-        lambda: ipr.tc(
-            "add-class", "htb", index=index, handle=PROBE_CLASS, parent=HTB_HANDLE, rate="20gbit"
-        ),
-        SHAPER_FIX,
-    )
-    for pref, icmp_type in enumerate(ours, start=1):
+    filters = [(4, ETH_P_IP, u32_keys(t)) for t in ours[0]]
+    filters += [(6, ETH_P_IPV6, u32_keys6(t)) for t in ours[1]]
+    for version in (4, 6):
+        _nl(
+            f"htb class on {where}",
+            partial(
+                ipr.tc,
+                "add-class",
+                "htb",
+                index=index,
+                handle=PROBE_CLASS[version],
+                parent=HTB_HANDLE,
+                rate="20gbit",
+            ),
+            SHAPER_FIX,
+        )
+    for pref, (version, protocol, keys) in enumerate(filters, start=1):
         _nl(
             f"probe filter on {where}",
             partial(
@@ -238,27 +301,29 @@ def add_shaper(ipr: IPRoute, index: int, rate_bps: int, ours: tuple[Icmp, ...], 
                 index=index,
                 parent=HTB_HANDLE,
                 prio=pref,
-                protocol=ETH_P_IP,
-                target=PROBE_CLASS,
-                keys=u32_keys(icmp_type),
+                protocol=protocol,
+                target=PROBE_CLASS[version],
+                keys=keys,
             ),
             SHAPER_FIX,
         )
     burst = max(1600, rate_bps // 8 // 100)
-    _nl(
-        f"tbf on {where}",
-        lambda: ipr.tc(
-            "add",
-            "tbf",
-            index=index,
-            handle=TBF_HANDLE,
-            parent=PROBE_CLASS,
-            rate=f"{rate_bps}bit",
-            burst=burst,
-            latency="50ms",
-        ),
-        SHAPER_FIX,
-    )
+    for version in (4, 6):
+        _nl(
+            f"tbf on {where}",
+            partial(
+                ipr.tc,
+                "add",
+                "tbf",
+                index=index,
+                handle=TBF_HANDLE[version],
+                parent=PROBE_CLASS[version],
+                rate=f"{rate_bps}bit",
+                burst=burst,
+                latency="50ms",
+            ),
+            SHAPER_FIX,
+        )
 
 
 def delete_link(ipr: IPRoute, ifname: str) -> bool:

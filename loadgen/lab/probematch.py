@@ -5,12 +5,14 @@ counters and drops, tc u32 keys for the shaper that puts only probes through tbf
 neighbour discovery, stray pings or any other traffic on a lab link never enters a figure. A
 probe is an ICMP echo request whose payload opens with our magic (docs/DESIGN.md); an echo reply
 carries the same payload, and an ICMP error quotes the probe (IP header, ICMP header, payload).
+ICMPv6 (RFC 4443) the same way: its own type numbers, and a quoted IPv6 header of 40 bytes.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
+from loadgen.wire.family import IPPROTO_ICMPV6, IPV6_HEADER_LEN
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, MAGIC
 
 
@@ -23,6 +25,17 @@ class Icmp(IntEnum):
     TIME_EXCEEDED = 11
 
 
+class Icmp6(IntEnum):
+    """ICMPv6 types (RFC 4443) the lab counts."""
+
+    DEST_UNREACHABLE = 1
+    PACKET_TOO_BIG = 2
+    TIME_EXCEEDED = 3
+    PARAMETER_PROBLEM = 4
+    ECHO_REQUEST = 128
+    ECHO_REPLY = 129
+
+
 # Byte offsets from the start of the ICMP header. An echo's payload follows its 8-byte header;
 # an error quotes the probe after its own 8 bytes: the probe's IP header (20 bytes: our probes
 # carry no options), then its ICMP header, then its payload.
@@ -33,6 +46,18 @@ _QUOTED_TYPE = ICMP_HEADER_LEN + IPV4_HEADER_LEN
 _QUOTED_MAGIC = _QUOTED_TYPE + ICMP_HEADER_LEN
 IPPROTO_ICMP = 1
 IPV4_NO_OPTIONS = 0x45  # version 4, header length 5 words: the offsets after it hold
+
+
+# The shaper's filters per end of a link: requests towards a host, answers back from it.
+TOWARDS_HOST = (Icmp.ECHO_REQUEST,)
+FROM_HOST = (Icmp.ECHO_REPLY, Icmp.DEST_UNREACHABLE, Icmp.TIME_EXCEEDED)
+# (value, offset from the error's ICMP header, mask) of the probe an IPv4 error quotes.
+_QUOTED4 = (
+    (IPV4_NO_OPTIONS, _QUOTED_VERSION_IHL, 0xFF),
+    (IPPROTO_ICMP, _QUOTED_PROTOCOL, 0xFF),
+    (Icmp.ECHO_REQUEST, _QUOTED_TYPE, 0xFF),
+    (MAGIC, _QUOTED_MAGIC, 0xFFFFFFFF),
+)
 
 
 def _nft_bytes(at: int, width: int, value: int) -> str:
@@ -53,29 +78,78 @@ ERROR = " ".join(
 )
 
 
+def _key(value: int, at: int, mask: int = 0xFF) -> str:
+    """One tc u32 key in pyroute2's "value/mask+byte offset" form (the mask's width is the
+    match's)."""
+    digits = 2 + 2 * ((mask.bit_length() + 7) // 8)
+    return f"{value:#0{digits}x}/{mask:#0{digits}x}+{at}"
+
+
+def _ours(icmp: int, quoted: tuple[tuple[int, int, int], ...] | None) -> list[str]:
+    """The keys that make an ICMP message at `icmp` ours: for an error, the (value, offset,
+    mask) facts of the probe it quotes; else the magic opening its payload."""
+    if quoted is None:
+        return [_key(MAGIC, icmp + _ECHO_MAGIC, 0xFFFFFFFF)]
+    return [_key(value, icmp + at, mask) for value, at, mask in quoted]
+
+
 def u32_keys(icmp_type: Icmp) -> list[str]:
     """tc u32 keys (pyroute2's "value/mask+byte offset" form, offsets from the IP header) for an
     unfragmented-or-first-fragment IPv4 ICMP message of `icmp_type` without IP options that is
     a probe, a reply to one or an error quoting one: the same facts as the nft matches."""
     icmp = IPV4_HEADER_LEN
     keys = [
-        f"{IPV4_NO_OPTIONS:#04x}/0xff+0",
-        "0x0000/0x1fff+6",  # fragment offset 0
-        f"{IPPROTO_ICMP:#04x}/0xff+9",
-        f"{icmp_type:#04x}/0xff+{icmp}",
+        _key(IPV4_NO_OPTIONS, 0),
+        _key(0, 6, 0x1FFF),  # fragment offset 0
+        _key(IPPROTO_ICMP, 9),
+        _key(icmp_type, icmp),
     ]
-    if icmp_type in (Icmp.DEST_UNREACHABLE, Icmp.TIME_EXCEEDED):
-        keys += [
-            f"{IPV4_NO_OPTIONS:#04x}/0xff+{icmp + _QUOTED_VERSION_IHL}",
-            f"{IPPROTO_ICMP:#04x}/0xff+{icmp + _QUOTED_PROTOCOL}",
-            f"{Icmp.ECHO_REQUEST:#04x}/0xff+{icmp + _QUOTED_TYPE}",
-            f"{MAGIC:#010x}/0xffffffff+{icmp + _QUOTED_MAGIC}",
-        ]
-    else:
-        keys.append(f"{MAGIC:#010x}/0xffffffff+{icmp + _ECHO_MAGIC}")
-    return keys
+    return keys + _ours(icmp, _QUOTED4 if icmp_type in FROM_HOST[1:] else None)
 
 
-# The shaper's filters per end of a link: requests towards a host, answers back from it.
-TOWARDS_HOST = (Icmp.ECHO_REQUEST,)
-FROM_HOST = (Icmp.ECHO_REPLY, Icmp.DEST_UNREACHABLE, Icmp.TIME_EXCEEDED)
+# IPv6: the quoted probe's header is 40 bytes; its next header must be ICMPv6 (no extension
+# headers: our probes carry none), so the quoted echo header follows right after it.
+_QUOTED6_VERSION = ICMP_HEADER_LEN
+_QUOTED6_NEXT_HEADER = ICMP_HEADER_LEN + 6
+_QUOTED6_TYPE = ICMP_HEADER_LEN + IPV6_HEADER_LEN
+_QUOTED6_MAGIC = _QUOTED6_TYPE + ICMP_HEADER_LEN
+IPV6_VERSION = 0x60  # the version nibble in the first byte, under the mask 0xf0
+
+REQUEST6 = f"icmpv6 type echo-request {_nft_bytes(_ECHO_MAGIC, 4, MAGIC)}"
+REPLY6 = f"icmpv6 type echo-reply {_nft_bytes(_ECHO_MAGIC, 4, MAGIC)}"
+ERROR6 = " ".join(
+    (
+        "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }",
+        f"@th,{_QUOTED6_VERSION * 8},4 {IPV6_VERSION >> 4:#x}",
+        _nft_bytes(_QUOTED6_NEXT_HEADER, 1, IPPROTO_ICMPV6),
+        _nft_bytes(_QUOTED6_TYPE, 1, Icmp6.ECHO_REQUEST),
+        _nft_bytes(_QUOTED6_MAGIC, 4, MAGIC),
+    )
+)
+_QUOTED6 = (
+    (IPV6_VERSION, _QUOTED6_VERSION, 0xF0),
+    (IPPROTO_ICMPV6, _QUOTED6_NEXT_HEADER, 0xFF),
+    (Icmp6.ECHO_REQUEST, _QUOTED6_TYPE, 0xFF),
+    (MAGIC, _QUOTED6_MAGIC, 0xFFFFFFFF),
+)
+MATCHES = {4: (REQUEST, REPLY, ERROR), 6: (REQUEST6, REPLY6, ERROR6)}
+"""(probe, reply, error) nft matches per IP version."""
+
+
+def u32_keys6(icmp_type: Icmp6) -> list[str]:
+    """tc u32 keys (offsets from the IPv6 header) for an ICMPv6 message of `icmp_type` right
+    after the fixed header (no extension headers, so no fragment either) that is a probe, a
+    reply to one or an error quoting one: the same facts as the nft matches."""
+    icmp = IPV6_HEADER_LEN
+    keys = [_key(IPPROTO_ICMPV6, 6), _key(icmp_type, icmp)]
+    return keys + _ours(icmp, _QUOTED6 if icmp_type < Icmp6.ECHO_REQUEST else None)
+
+
+TOWARDS_HOST6 = (Icmp6.ECHO_REQUEST,)
+FROM_HOST6 = (
+    Icmp6.ECHO_REPLY,
+    Icmp6.DEST_UNREACHABLE,
+    Icmp6.PACKET_TOO_BIG,
+    Icmp6.TIME_EXCEEDED,
+    Icmp6.PARAMETER_PROBLEM,
+)

@@ -137,7 +137,7 @@ def _reap(
 
 def teardown_state(state: LabState, state_dir: Path = STATE_DIR) -> Teardown:
     """Remove everything a state file lists, plus anything else carrying its prefix."""
-    pids = [h.reflector_pid for h in state.hosts if h.reflector_pid]
+    pids = [p for h in state.hosts for p in (h.reflector_pid, h.reflector_pid6) if p]
     return _reap(
         state.prefix,
         [h.netns for h in state.hosts],
@@ -214,16 +214,19 @@ def lab_status(*, state_dir: Path = STATE_DIR) -> list[LabInfo]:
             continue
         n_ns = sum(h.netns in present_ns for h in st.hosts)
         refl = [h for h in st.hosts if h.responder == "reflector"]
-        alive = sum(bool(h.reflector_pid and is_reflector(h.reflector_pid)) for h in refl)
-        ok = n_ns == len(st.hosts) and alive == len(refl)
+        # A host's reflectors: one per IP version (labs from before IPv6 have one).
+        pids = [p for h in refl for p in (h.reflector_pid, h.reflector_pid6) if p]
+        wanted = sum(1 + bool(h.address6) for h in refl)
+        alive = sum(is_reflector(p) for p in pids)
+        ok = n_ns == len(st.hosts) and alive == wanted
         infos.append(
             LabInfo(
                 st.prefix,
                 "up" if ok else "degraded",
-                st.subnet,
+                f"{st.subnet} {st.subnet6}".strip(),
                 len(st.hosts),
                 n_ns,
-                len(refl),
+                wanted,
                 alive,
                 st.owner_pid,
                 st.detached,

@@ -5,7 +5,8 @@ reads requests in batches (recvmmsg), decides their fate with `impair.Decider`, 
 sendmmsg when nothing needs holding back (an echo request without our magic is counted foreign
 and left unanswered: it would move the truth), counts every action and times how long it held each
 reply (from the request's kernel receive stamp). A unix SEQPACKET socket answers "stats"
-(counters as JSON) and "stop"; SIGTERM stops it; counters go to a file at exit.
+(counters as JSON) and "stop"; SIGTERM stops it; counters go to a file at exit. One reflector
+serves one IP version (`ReflectorConfig.version`): a lab host runs one for each.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -27,17 +27,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from loadgen.lab.impair import Action, Decider, ReflectorConfig, ReflectorCounts
-from loadgen.lab.mmsg import SO_TIMESTAMPNS, RecvBatch, SendBatch
+from loadgen.lab.mmsg import RecvBatch, SendBatch, open_raw_socket
 from loadgen.lab.spread import Spread
-from loadgen.lab.wire import UNREACHABLE_HOST, IcmpType, icmp_error, make_replies, parse_batch
+from loadgen.lab.wire import error_for, make_replies, parse_batch, parse_batch6
 
 BATCH = 256
 SNAP = 9216  # jumbo frames; a longer request arrives truncated and is counted malformed
-SOL_RAW = 255
-ICMP_FILTER = 1
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
 TIMER_SLACK_NS = 1_000  # the default 50 us slack would show up in every delayed reply
@@ -56,27 +54,13 @@ class Outgoing:
     """A message that could not go out at once: delayed, or held back for reordering."""
 
     msg: bytes  # the ICMP message; the kernel adds the IP header
-    dst: bytes  # 4-byte IPv4 destination: the request's source
+    dst: bytes  # 4- or 16-byte destination: the request's source
     copies: int  # 2 for a duplicated reply
     reorder: bool
     kind: str  # the counter each datagram sent adds to
     ordinal: int = -1  # for echo replies: the request's place in arrival order
     arrived_ns: int = 0  # when its request arrived (monotonic)
     delay_ns: int = 0  # the delay drawn for it
-
-
-def open_raw_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    # ICMP_FILTER is a mask of types to *block*: let only echo requests through.
-    sock.setsockopt(
-        SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << IcmpType.ECHO_REQUEST) & 0xFFFFFFFF)
-    )
-    for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
-        sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
-    # The kernel's receive time of each request: hold times start when a request arrived,
-    # not when this process got round to reading it.
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    return sock
 
 
 class Reflector:
@@ -92,8 +76,11 @@ class Reflector:
     ) -> None:
         self.cfg, self.sock, self.clock = cfg, sock, clock
         self.decider = Decider(cfg, now_ns)
-        self.rx = RecvBatch(BATCH, SNAP)
-        self.tx = SendBatch(2 * BATCH)
+        self.version = cfg.version
+        self.rx = RecvBatch(BATCH, SNAP, cfg.version)
+        self.tx = SendBatch(2 * BATCH, cfg.version)
+        # IPv6: an error quotes the request's IPv6 header, rebuilt with this destination.
+        self.local = socket.inet_pton(socket.AF_INET6, cfg.address) if cfg.version == 6 else b""
         self.counts: dict[str, int] = asdict(ReflectorCounts())
         self.queue: list[tuple[int, int, Outgoing]] = []  # (due_ns, order, message) heap
         self.order = 0
@@ -123,7 +110,8 @@ class Reflector:
         if n == 0:
             return 0
         buf, c = self.rx.buf, self.counts
-        batch = parse_batch(buf, self.rx.lengths(n), self.rx.truncated(n))
+        parse = parse_batch if self.version == 4 else parse_batch6
+        batch = parse(buf, self.rx.lengths(n), self.rx.truncated(n))
         c["malformed"] += batch.malformed
         c["foreign"] += batch.foreign
         c["requests_seen"] += len(batch.rows)
@@ -137,11 +125,19 @@ class Reflector:
         c["dropped"] += int(np.count_nonzero(d.action == Action.DROP))
         c["rate_limited"] += int(np.count_nonzero(d.action == Action.RATE_LIMITED))
         sel = d.action == Action.REPLY
-        rows, skipped = make_replies(buf, batch, sel, d.bitflip, d.flip_unit, d.corrupt)
+        rows, skipped = make_replies(
+            buf, batch, sel, d.bitflip, d.flip_unit, d.corrupt, self.version
+        )
         c["replies"] += len(rows)
         c["bitflip_skipped"] += skipped
         c["bitflipped"] += int(np.count_nonzero(d.bitflip)) - skipped
         c["corrupted"] += int(np.count_nonzero(d.corrupt))
+        if self.version == 6:
+            # The kernel writes every ICMPv6 checksum, and a receiver's kernel drops a bad one
+            # unseen: a reply picked for corruption is held back for good, as good as lost.
+            sel = sel & ~d.corrupt
+            rows = batch.rows[sel]
+        sources = self._sources(batch.rows)
         c["duplicated"] += int(np.count_nonzero(d.duplicate))
         # Delays count from when the answers are ready, the moment an undelayed batch goes
         # out: a delayed reply then leaves exactly `delay` later than it would have.
@@ -150,14 +146,10 @@ class Reflector:
             (d.action == Action.UNREACHABLE) | (d.action == Action.TIME_EXCEEDED)
         ):
             row, end = int(batch.rows[i]), int(batch.end[i])
-            if d.action[i] == Action.UNREACHABLE:
-                msg = icmp_error(
-                    IcmpType.DEST_UNREACHABLE, UNREACHABLE_HOST, buf[row, :end].tobytes()
-                )
-            else:
-                msg = icmp_error(IcmpType.TIME_EXCEEDED, 0, buf[row, :end].tobytes())
-            kind = "unreachable_sent" if d.action[i] == Action.UNREACHABLE else "time_exceeded_sent"
-            dst = buf[row, 12:16].tobytes()
+            unreachable = d.action[i] == Action.UNREACHABLE
+            dst = sources[i].tobytes()
+            msg = self._error(unreachable, buf[row, :end].tobytes(), dst)
+            kind = "unreachable_sent" if unreachable else "time_exceeded_sent"
             self._later(ready_ns, int(d.delay_ns[i]), Outgoing(msg, dst, 1, False, kind))
         off, end = batch.icmp_off[sel], batch.end[sel]
         copies = 1 + d.duplicate[sel].astype(np.int64)
@@ -167,7 +159,7 @@ class Reflector:
                 copies
             )
             sent, failed = self.tx.send(
-                self.sock, base, (end - off).repeat(copies), buf[rows, 12:16].repeat(copies, axis=0)
+                self.sock, base, (end - off).repeat(copies), sources[sel].repeat(copies, axis=0)
             )
             c["replies_sent"] += sent
             c["send_errors"] += failed
@@ -180,9 +172,10 @@ class Reflector:
         reorder, delay = d.reorder[sel], d.delay_ns[sel]
         ordinals = (first + np.flatnonzero(sel)).tolist()
         arrivals = arrived[sel].tolist()
+        dsts = sources[sel]
         for j, row in enumerate(rows.tolist()):
             msg = buf[row, int(off[j]) : int(end[j])].tobytes()
-            dst = buf[row, 12:16].tobytes()
+            dst = dsts[j].tobytes()
             out = Outgoing(
                 msg,
                 dst,
@@ -195,6 +188,17 @@ class Reflector:
             )
             self._later(ready_ns, int(delay[j]), out)
         return n
+
+    def _sources(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+        """The source address of each of the last batch's `rows` (4 or 16 bytes a row)."""
+        if self.version == 4:
+            out: npt.NDArray[np.uint8] = self.rx.buf[rows, 12:16]
+        else:
+            out = self.rx.names["addr"][rows]
+        return out
+
+    def _error(self, unreachable: bool, request: bytes, src: bytes) -> bytes:
+        return error_for(self.version, unreachable, request, src, self.local)
 
     def _later(self, now_ns: int, delay_ns: int, out: Outgoing) -> None:
         """Send now, or queue until now + delay."""
@@ -215,7 +219,8 @@ class Reflector:
             held_ns = self.clock() - out.arrived_ns
             self.hold.add(held_ns)
             self.overhead.add(held_ns - out.delay_ns)
-        dst = (socket.inet_ntoa(out.dst), 0)
+        family = socket.AF_INET if self.version == 4 else socket.AF_INET6
+        dst = (socket.inet_ntop(family, out.dst), 0)
         for _ in range(out.copies):
             try:
                 self.sock.sendto(out.msg, dst)
@@ -300,7 +305,7 @@ def run(cfg: ReflectorConfig) -> ReflectorCounts:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sock = open_raw_socket()
+    sock = open_raw_socket(cfg.version)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if cfg.control_path:
         if os.path.exists(cfg.control_path):

@@ -24,19 +24,20 @@ class ProfileLab:
 
 
 def select_targets(lab: Lab, tokens: tuple[str, ...]) -> tuple[Target, ...]:
-    """Targets for `tokens` ("lab:all", "lab:<group>", "lab:<host>", or lab addresses);
-    no tokens means every host."""
-    by_address = {h.address: h for h in lab.hosts}
-    addresses = lab_targets(lab.hosts, tokens) if tokens else list(by_address)
+    """Targets for `tokens` ("lab:all", "lab:<group>", "lab:<host>", or lab addresses of
+    either family); no tokens means every host's IPv4 address."""
+    by_address = {h.address: (h, 4) for h in lab.hosts}
+    by_address |= {h.address6: (h, 6) for h in lab.hosts if h.address6}
+    addresses = lab_targets(lab.hosts, tokens) if tokens else [h.address for h in lab.hosts]
     outside = [a for a in addresses if a not in by_address]
     if outside:
         raise TargetError(
             f"{outside[0]} is not a host of this lab; with a [lab] table, use lab:all, "
             "lab:<group> or lab:<host> (see `loadgen lab status`)"
         )
-    hosts = [by_address[a] for a in dict.fromkeys(addresses)]
+    hosts = [(a, *by_address[a]) for a in dict.fromkeys(addresses)]
     return tuple(
-        Target(index=i, address=h.address, family=4, name=h.name) for i, h in enumerate(hosts)
+        Target(index=i, address=a, family=v, name=h.name) for i, (a, h, v) in enumerate(hosts)
     )
 
 

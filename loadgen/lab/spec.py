@@ -134,7 +134,7 @@ class HostGroup:
 class LabSpec:
     prefix: str
     seed: int
-    family: int  # 4 now; 6 (2001:2::/48) is planned, so addressing takes it as a parameter
+    family: int  # of `subnet`: 4; every host also gets an IPv6 address from 2001:2::/48
     subnet: str | None  # None = the lab picks a free block of 198.18.0.0/15
     groups: tuple[HostGroup, ...]
 
@@ -258,10 +258,10 @@ def parse_lab_spec(data: Mapping[str, Any], *, source: str) -> LabSpec:
     if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
         raise keys.fail("prefix", prefix, 'must be "lg" and 1-6 of a-z0-9, e.g. "lgdemo"')
     family = data.get("family", 4)
-    if family == 6:
-        raise keys.fail("family", family, "IPv6 lab hosts are not supported yet; use family = 4")
     if family != 4:
-        raise keys.fail("family", family, "must be 4")
+        raise keys.fail(
+            "family", family, "must be 4 (subnet's family); every host gets an IPv6 address too"
+        )
     seed = data.get("seed", secrets.randbits(32))
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise keys.fail("seed", seed, "must be a whole number >= 0")

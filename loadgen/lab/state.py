@@ -41,6 +41,19 @@ class LabHost:
     responder: str  # "kernel" or "reflector"
     control_path: str | None = None  # reflector control socket
     reflector_pid: int | None = None
+    # IPv6: every host has an address of each family (empty in state files of older labs).
+    address6: str = ""
+    peer_address6: str = ""
+    prefixlen6: int = 0
+    control_path6: str | None = None  # the IPv6 reflector's control socket
+    reflector_pid6: int | None = None
+
+    def address_of(self, version: int) -> str:
+        """The host's address of IP `version` (4 or 6)."""
+        return self.address if version == 4 else self.address6
+
+    def control_path_of(self, version: int) -> str | None:
+        return self.control_path if version == 4 else self.control_path6
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,7 @@ class LabState:
     owner_pid: int  # the process that brought the lab up
     detached: bool  # True: reflectors outlive their starter (`loadgen lab up`)
     hosts: tuple[LabHost, ...]
+    subnet6: str = ""  # the IPv6 block of the hosts' second addresses
 
 
 def state_path(prefix: str, state_dir: Path = STATE_DIR) -> Path:
@@ -85,7 +99,7 @@ def load_state(path: Path) -> LabState:
         if raw.pop("version") != STATE_VERSION:
             raise ValueError("another state version")
         hosts = tuple(_host(h) for h in raw.pop("hosts"))
-        return LabState(**raw, hosts=hosts)
+        return LabState(**raw, hosts=hosts)  # older files lack the IPv6 keys: defaults
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LabError(
             f"lab state {path} is unreadable ({exc}); remove the lab with `loadgen lab down --all`"

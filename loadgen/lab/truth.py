@@ -1,9 +1,10 @@
 """Ground truth: what every lab host saw and did, read from the kernel and the reflectors.
 
-One `HostTruth` per host, built from nftables counters on both ends of its link (the root end's
-egress and ingress, the host's input and output), the shaper's tbf on both ends, its reflector's
-own counts and, for information, /proc/net/snmp. Every figure that feeds an expected count
-matches our probes only (`probematch`). `as_dict` makes them JSON-ready.
+One `HostTruth` per host and IP version, built from that version's nftables counters on both
+ends of its link (the root end's egress and ingress, the host's input and output), its shaper's
+tbf on both ends, its reflector's own counts and, for information, /proc/net/snmp(6). Every
+figure that feeds an expected count matches our probes only (`probematch`). `as_dict` makes
+them JSON-ready.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from loadgen.errors import LabError
+from loadgen.lab.hostcfg import NFT_FAMILY, root_counter
 from loadgen.lab.impair import ReflectorCounts
-from loadgen.lab.netops import in_netns, nft_counters, read_snmp
+from loadgen.lab.netops import TBF_HANDLE, in_netns, nft_counters, read_snmp
 
 CONTROL_TIMEOUT_S = 5.0
+ROOT_KINDS = ("req_out", "rep_back", "err_back")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,7 @@ class LinkCounters:
 class HostTruth:
     """Everything one host and its link can tell about the probes sent to it. Every count but
     the informational `requests_seen` (kernel) and `kernel_echo_replies` matches our probes, or
-    the answers to them, only (`probematch`)."""
+    the answers to them, only (`probematch`), of the one IP version `family`."""
 
     address: str
     name: str
@@ -55,6 +58,7 @@ class HostTruth:
     reflector: ReflectorCounts | None
     host_link: LinkCounters  # the host's end, inside its namespace: answers go through it
     root_link: LinkCounters  # the root-namespace end: loadgen's probes go through it
+    family: int = 4  # the IP version of `address`, and of every figure here
 
     @property
     def nft_dropped(self) -> int:
@@ -100,9 +104,9 @@ def query_reflector(control_path: str, command: str = "stats") -> dict[str, Any]
     return answer
 
 
-def _tbf_stats(qdiscs: list[Any], index: int) -> tuple[int, int]:
+def _tbf_stats(qdiscs: list[Any], index: int, handle: int) -> tuple[int, int]:
     for q in qdiscs:
-        if q["index"] == index and q.get_attr("TCA_KIND") == "tbf":
+        if q["index"] == index and q["handle"] == handle and q.get_attr("TCA_KIND") == "tbf":
             stats = q.get_attr("TCA_STATS2")
             basic = stats.get_attr("TCA_STATS_BASIC")
             queue = stats.get_attr("TCA_STATS_QUEUE")
@@ -110,13 +114,14 @@ def _tbf_stats(qdiscs: list[Any], index: int) -> tuple[int, int]:
     return 0, 0
 
 
-def link_counters(ipr: IPRoute, ifname: str) -> LinkCounters:
-    """The shaper's counters on link `ifname` in the namespace `ipr` talks to (zeros if the
-    link is gone or not shaped)."""
+def link_counters(ipr: IPRoute, ifname: str, version: int = 4) -> LinkCounters:
+    """The IP `version` shaper's counters on link `ifname` in the namespace `ipr` talks to
+    (zeros if the link is gone or not shaped)."""
     found = ipr.link_lookup(ifname=ifname)
     if not found:
         return LinkCounters()
-    sent, drops = _tbf_stats(list(ipr.get_qdiscs(index=found[0])), found[0])
+    qdiscs = list(ipr.get_qdiscs(index=found[0]))
+    sent, drops = _tbf_stats(qdiscs, found[0], TBF_HANDLE[version])
     return LinkCounters(shaped_packets=sent, shaped_drops=drops)
 
 
@@ -131,31 +136,35 @@ def host_truth(
     root_link: LinkCounters,
     root_counters: Mapping[str, int],
     index: int,
+    version: int = 4,
 ) -> HostTruth:
-    """Read one host's truth; `root_counters` are the lab's root-table counters (host `index`'s
-    carry its index). The reflector is asked first: it is the slowest to change."""
+    """Read one host's truth for IP `version`; `root_counters` are the lab's root-table
+    counters (host `index`'s carry its index and version). The reflector is asked first: it is
+    the slowest to change."""
     reflector = ReflectorCounts.from_dict(query_reflector(control_path)) if control_path else None
     snmp = in_netns(netns, read_snmp)
-    icmp: Mapping[str, int] = snmp.get("Icmp", {})
-    counters = nft_counters(netns, table)
+    icmp: Mapping[str, int] = snmp.get("Icmp" if version == 4 else "Icmp6", {})
+    counters = nft_counters(netns, table, NFT_FAMILY[version])
     with IPRoute(netns=netns) as nsr:
-        host_link = link_counters(nsr, ns_ifname)
+        host_link = link_counters(nsr, ns_ifname, version)
+    root = {k: root_counters.get(root_counter(k, index, version), 0) for k in ROOT_KINDS}
     return HostTruth(
         address=address,
         name=name,
         netns=netns,
         responder="reflector" if reflector else "kernel",
-        requests_out=root_counters.get(f"req_out_{index}", 0),
+        requests_out=root["req_out"],
         echo_requests_in=counters.get("req_in", 0),
         nft_dropped_every=counters.get("drop_every", 0),
         nft_dropped_random=counters.get("drop_random", 0),
         requests_seen=reflector.requests_seen if reflector else icmp.get("InEchos", 0),
-        kernel_echo_replies=icmp.get("OutEchoReps", 0),
+        kernel_echo_replies=icmp.get("OutEchoReps" if version == 4 else "OutEchoReplies", 0),
         echo_replies_out=counters.get("rep_out", 0),
         icmp_errors_out=counters.get("err_out", 0),
-        replies_back=root_counters.get(f"rep_back_{index}", 0),
-        errors_back=root_counters.get(f"err_back_{index}", 0),
+        replies_back=root["rep_back"],
+        errors_back=root["err_back"],
         reflector=reflector,
         host_link=host_link,
         root_link=root_link,
+        family=version,
     )

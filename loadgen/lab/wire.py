@@ -3,7 +3,9 @@
 Owns the reflector's view of the wire: IPv4 (RFC 791) datagrams as a raw ICMP socket hands
 them over, echo and echo reply (RFC 792), destination unreachable and time exceeded quoting the
 request the way Linux does (as much as fits in 576 bytes, RFC 1812 4.3.2.3), and the Internet
-checksum (RFC 1071), computed for every row of a batch at once.
+checksum (RFC 1071), computed for every row of a batch at once. ICMPv6 (RFC 4443) too: a raw
+ICMPv6 socket hands over the message alone (the kernel has checked its checksum, and fills in
+the checksum of what we send), and an error quotes an IPv6 header that is rebuilt for it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from loadgen.lab.impair import FLIP_FROM
-from loadgen.wire.icmp import MAGIC
+from loadgen.wire.family import IPPROTO_ICMPV6, IPV6
+from loadgen.wire.icmp import MAGIC, build_icmp_error, build_ipv6_packet
 
 U8Array = npt.NDArray[np.uint8]
 IntArray = npt.NDArray[np.int64]
@@ -34,7 +37,16 @@ class IcmpType(IntEnum):
     TIME_EXCEEDED = 11
 
 
+class Icmp6Type(IntEnum):
+    DEST_UNREACHABLE = 1
+    TIME_EXCEEDED = 3
+    ECHO_REQUEST = 128
+    ECHO_REPLY = 129
+
+
 UNREACHABLE_HOST = 1  # code of destination unreachable: host unreachable
+UNREACHABLE_ADDRESS6 = 3  # ICMPv6 destination unreachable: address unreachable (RFC 4443 3.1)
+HOP_LIMIT = 64  # the hop limit an error's rebuilt IPv6 header quotes (the Linux default)
 
 
 def checksum(data: bytes) -> int:
@@ -109,6 +121,26 @@ def parse_batch(buf: U8Array, lengths: IntArray, truncated: npt.NDArray[np.bool_
     )
 
 
+def parse_batch6(buf: U8Array, lengths: IntArray, truncated: npt.NDArray[np.bool_]) -> Batch:
+    """`parse_batch` for n ICMPv6 messages from a raw ICMPv6 socket (no IP header; checksums
+    already checked by the kernel, which drops a bad one before we see it)."""
+    n = len(lengths)
+    rows = buf[:n]
+    ok = ~truncated & (lengths >= ICMP_HEADER)
+    ok &= (rows[:, 0] == Icmp6Type.ECHO_REQUEST) & (rows[:, 1] == 0)
+    idx = np.flatnonzero(ok)
+    room = lengths[idx] >= ICMP_HEADER + len(_MAGIC)
+    ours = room & (buf[idx, ICMP_HEADER : ICMP_HEADER + len(_MAGIC)] == _MAGIC).all(axis=1)
+    probes = idx[ours]
+    return Batch(
+        rows=probes,
+        icmp_off=np.zeros(len(probes), dtype=np.int64),
+        end=lengths[probes],
+        malformed=n - len(idx),
+        foreign=len(idx) - len(probes),
+    )
+
+
 def make_replies(
     buf: U8Array,
     batch: Batch,
@@ -116,17 +148,19 @@ def make_replies(
     flip: npt.NDArray[np.bool_],
     flip_unit: npt.NDArray[np.float64],
     corrupt: npt.NDArray[np.bool_],
+    version: int = 4,
 ) -> tuple[IntArray, int]:
     """Turn the selected requests into echo replies in place in `buf`.
 
     Where `flip`, one bit of the fill after our probe header is inverted before the checksum
     is computed (so the checksum is valid); where `corrupt`, the checksum is broken after.
-    Returns the rows turned into replies and how many bit flips were skipped because the
-    payload had no fill to flip.
+    IPv6 (`version` 6): the kernel writes the checksum on send, so it is left alone here and
+    `corrupt` cannot apply. Returns the rows turned into replies and how many bit flips were
+    skipped because the payload had no fill to flip.
     """
     rows, off, end = batch.rows[sel], batch.icmp_off[sel], batch.end[sel]
     flip, flip_unit, corrupt = flip[sel], flip_unit[sel], corrupt[sel]
-    buf[rows, off] = IcmpType.ECHO_REPLY
+    buf[rows, off] = IcmpType.ECHO_REPLY if version == 4 else Icmp6Type.ECHO_REPLY
     fill_len = end - off - FLIP_FROM
     can_flip = flip & (fill_len > 0)
     skipped = int(np.count_nonzero(flip & ~can_flip))
@@ -135,6 +169,8 @@ def make_replies(
         bit = (flip_unit[can_flip] * fill_len[can_flip] * 8).astype(np.int64)
         byte_at = off[can_flip] + FLIP_FROM + bit // 8
         buf[f_rows, byte_at] ^= (1 << (bit % 8)).astype(np.uint8)
+    if version == 6:
+        return rows, skipped
     buf[rows, off + 2] = 0
     buf[rows, off + 3] = 0
     csum = ~ones_sums(buf, rows, off, end) & 0xFFFF
@@ -150,3 +186,20 @@ def icmp_error(icmp_type: IcmpType, code: int, datagram: bytes) -> bytes:
     body = bytes((icmp_type, code, 0, 0, 0, 0, 0, 0)) + datagram[:ERROR_QUOTE_MAX]
     csum = checksum(body)
     return body[:2] + csum.to_bytes(2, "big") + body[4:]
+
+
+def error_for(version: int, unreachable: bool, request: bytes, src: bytes, local: bytes) -> bytes:
+    """The ICMP error (destination unreachable or time exceeded) answering `request`. IPv4:
+    `request` is the datagram as received, header first. IPv6: it is the ICMPv6 message, and
+    the IPv6 header it came with (from `src` to `local`) is rebuilt for the quote; the kernel
+    fills the checksum in."""
+    if version == 4:
+        if unreachable:
+            return icmp_error(IcmpType.DEST_UNREACHABLE, UNREACHABLE_HOST, request)
+        return icmp_error(IcmpType.TIME_EXCEEDED, 0, request)
+    quoted = build_ipv6_packet(src, local, IPPROTO_ICMPV6, request, hop_limit=HOP_LIMIT)
+    if unreachable:
+        return build_icmp_error(
+            Icmp6Type.DEST_UNREACHABLE, UNREACHABLE_ADDRESS6, quoted, family=IPV6
+        )
+    return build_icmp_error(Icmp6Type.TIME_EXCEEDED, 0, quoted, family=IPV6)

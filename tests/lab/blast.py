@@ -16,15 +16,23 @@ BATCH = 64
 
 
 def blast(address: str, rate_pps: float, duration_s: float, size: int = 64) -> tuple[int, float]:
-    """Send at `rate_pps` for `duration_s`; returns (datagrams sent, seconds taken)."""
-    pkt = np.frombuffer(echo_request(0x4C47, 1, 0, size), dtype=np.uint8).copy()
+    """Send at `rate_pps` for `duration_s` to an IPv4 or IPv6 address; returns (datagrams sent,
+    seconds taken)."""
+    version = 6 if ":" in address else 4
+    family, proto = (
+        (socket.AF_INET6, socket.IPPROTO_ICMPV6)
+        if version == 6
+        else (socket.AF_INET, socket.IPPROTO_ICMP)
+    )
+    pkt = np.frombuffer(echo_request(0x4C47, 1, 0, size, version), dtype=np.uint8).copy()
     base = np.full(BATCH, pkt.ctypes.data, dtype=np.uint64)
     length = np.full(BATCH, len(pkt), dtype=np.int64)
-    dst = np.tile(np.frombuffer(socket.inet_aton(address), dtype=np.uint8), (BATCH, 1))
-    tx = SendBatch(BATCH)
+    packed = socket.inet_pton(family, address)
+    dst = np.tile(np.frombuffer(packed, dtype=np.uint8), (BATCH, 1))
+    tx = SendBatch(BATCH, version)
     sent = 0
     total = int(rate_pps * duration_s)
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+    with socket.socket(family, socket.SOCK_RAW, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         start = time.monotonic()
         while sent < total:

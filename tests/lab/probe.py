@@ -2,11 +2,14 @@
 over a raw socket, paced and bounded, and sorts every reply into what the lab claims it did.
 
 It builds our probe format (docs/DESIGN.md: "LGEN" magic, run id, target, seq, tx time, fill)
-with its own scalar code, so the reflector's vectorised codec is checked against it.
+with its own scalar code, so the reflector's vectorised codec is checked against it. An IPv6
+address gets ICMPv6 echo (RFC 4443) over a raw ICMPv6 socket: the kernel writes the checksum,
+hands over the ICMPv6 message alone, and drops a reply whose checksum is bad before we see it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -35,9 +38,16 @@ def fill(run_id: int, seq: int, n: int) -> bytes:
     return bytes(b ^ (i & 0xFF) for i, b in enumerate(pattern[:n]))
 
 
-def echo_request(ident: int, run_id: int, seq: int, size: int) -> bytes:
+ECHO = {4: (8, 0), 6: (128, 129)}  # (request, reply) types
+ERRORS = {4: {3: "unreachable", 11: "time_exceeded"}, 6: {1: "unreachable", 3: "time_exceeded"}}
+IP_HEADER6 = 40
+
+
+def echo_request(ident: int, run_id: int, seq: int, size: int, version: int = 4) -> bytes:
     payload = HEADER.pack(MAGIC, run_id, 0, seq, time.time_ns()) + fill(run_id, seq, size - 28)
-    head = struct.pack(">BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
+    head = struct.pack(">BBHHH", ECHO[version][0], 0, 0, ident, seq & 0xFFFF)
+    if version == 6:  # the kernel fills the ICMPv6 checksum in (it covers a pseudo-header)
+        return head + payload
     csum = inet_checksum(head + payload)
     return head[:2] + struct.pack(">H", csum) + head[4:] + payload
 
@@ -56,6 +66,7 @@ class Observed:
     error_quote_lens: list[int] = field(default_factory=list)
     reordered: int = 0  # good replies arriving after a reply to a later probe
     rtt_ns: list[int] = field(default_factory=list)
+    refused: int = 0  # sends the kernel said it dropped (ENOBUFS: IPv6 is told of a qdisc drop)
 
     def lost(self) -> set[int]:
         answered = self.replied | self.unreachable | self.time_exceeded
@@ -63,28 +74,36 @@ class Observed:
 
 
 def _classify(
-    obs: Observed, pkt: bytes, ident: int, run_id: int, size: int, now: int, top: list[int]
+    obs: Observed,
+    pkt: bytes,
+    ident: int,
+    run_id: int,
+    size: int,
+    now: int,
+    top: list[int],
+    version: int = 4,
 ) -> None:
-    ihl = (pkt[0] & 0x0F) * 4
-    icmp = pkt[ihl:]
+    icmp = pkt[(pkt[0] & 0x0F) * 4 :] if version == 4 else pkt
     if len(icmp) < 8:
         return
     kind = icmp[0]
-    if kind in (3, 11):  # an error quotes our request: IP header, then its ICMP header
+    error = ERRORS[version].get(kind)
+    if error:  # an error quotes our request: IP header, then its ICMP header
         inner = icmp[8:]
-        inner_ihl = (inner[0] & 0x0F) * 4 if inner else 0
+        inner_ihl = IP_HEADER6 if version == 6 else (inner[0] & 0x0F) * 4 if inner else 0
         quoted = inner[inner_ihl:]
         if len(quoted) >= 8 + 28 and struct.unpack(">H", quoted[4:6])[0] == ident:
             seq = HEADER.unpack(quoted[8:36])[3]
-            (obs.unreachable if kind == 3 else obs.time_exceeded).add(seq)
+            (obs.unreachable if error == "unreachable" else obs.time_exceeded).add(seq)
             obs.error_quote_lens.append(len(inner))
         return
-    if kind != 0 or struct.unpack(">H", icmp[4:6])[0] != ident or len(icmp) < 36:
+    reply = ECHO[version][1]
+    if kind != reply or struct.unpack(">H", icmp[4:6])[0] != ident or len(icmp) < 36:
         return
     magic, rid, _, seq, tx_ns = HEADER.unpack(icmp[8:36])
     if magic != MAGIC or rid != run_id:
         return
-    if inet_checksum(icmp) != 0:
+    if version == 4 and inet_checksum(icmp) != 0:
         obs.corrupted += 1
         return
     if icmp[36:] != fill(run_id, seq, size - 28):
@@ -103,15 +122,22 @@ def _classify(
 def probe(
     address: str, count: int, rate_pps: float, size: int = 64, linger_s: float = 0.3
 ) -> Observed:
-    """Send `count` probes to `address` at `rate_pps`, then listen `linger_s` more for stragglers.
+    """Send `count` probes to `address` (IPv4 or IPv6) at `rate_pps`, then listen `linger_s`
+    more for stragglers.
 
     Bounded: it returns at most count / rate_pps + linger_s seconds after it starts.
     """
+    version = 6 if ":" in address else 4
     ident = int.from_bytes(os.urandom(2), "big")
     run_id = int.from_bytes(os.urandom(4), "big")
     obs = Observed()
     top = [-1]
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+    family, proto = (
+        (socket.AF_INET6, socket.IPPROTO_ICMPV6)
+        if version == 6
+        else (socket.AF_INET, socket.IPPROTO_ICMP)
+    )
+    with socket.socket(family, socket.SOCK_RAW, proto) as sock:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         start = time.monotonic()
@@ -121,16 +147,21 @@ def probe(
             while obs.sent < due:
                 try:
                     # Built at send time: tx_ns in the payload is when it left.
-                    sock.sendto(echo_request(ident, run_id, obs.sent, size), (address, 0))
+                    pkt = echo_request(ident, run_id, obs.sent, size, version)
+                    sock.sendto(pkt, (address, 0))
                 except BlockingIOError:
                     break
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    obs.refused += 1  # it left for the link and was dropped there: lost
                 obs.sent += 1
             select.select([sock], [], [], 0.001)
             while True:
                 try:
-                    pkt, (src, _) = sock.recvfrom(65535)
+                    pkt, name = sock.recvfrom(65535)
                 except BlockingIOError:
                     break
-                if src == address:
-                    _classify(obs, pkt, ident, run_id, size, time.time_ns(), top)
+                if name[0] == address:
+                    _classify(obs, pkt, ident, run_id, size, time.time_ns(), top, version)
     return obs

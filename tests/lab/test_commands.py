@@ -48,18 +48,19 @@ def test_up_status_down_leave_a_detached_lab_and_remove_it(prefix: str, tmp_path
     out = io.StringIO()
     assert cmd_up(str(path), out=out) == 0
     text = out.getvalue()
-    assert f"lab {prefix} is up: 2 hosts in 198.18." in text
-    assert re.search(r"d\s+198\.1[89]\.\d+\.\d+\s+reflector\s+duplicate=0.5", text)
+    assert re.search(rf"lab {prefix} is up: 2 hosts in 198\.1[89]\.\S+ and 2001:2:\S+", text)
+    assert re.search(r"d\s+198\.1[89]\.\d+\.\d+\s+2001:2:\S+\s+reflector\s+duplicate=0.5", text)
     info = [i for i in lab_status() if i.prefix == prefix]
-    assert len(info) == 1 and info[0].detached and info[0].reflectors_alive == 1
+    # A reflector host runs one reflector per IP version.
+    assert len(info) == 1 and info[0].detached and info[0].reflectors_alive == 2
     out = io.StringIO()
     assert cmd_status(out=out) == 0
-    assert re.search(rf"{prefix}\s+up\s+2/2 namespaces\s+1/1 reflectors", out.getvalue())
+    assert re.search(rf"{prefix}\s+up\s+2/2 namespaces\s+2/2 reflectors", out.getvalue())
     out = io.StringIO()
     assert cmd_down(prefix, out=out) == 0
     assert (
         out.getvalue().strip()
-        == f"{prefix}: removed 2 namespaces, 2 links, 1 nft tables, stopped 1 reflectors"
+        == f"{prefix}: removed 2 namespaces, 2 links, 1 nft tables, stopped 2 reflectors"
     )
     assert not state_path(prefix).exists()
     with pytest.raises(LabError, match=f"no lab {prefix} found"):

@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 from loadgen.lab.impair import FLIP_FROM, Action, Decider, ReflectorConfig
 from loadgen.lab.wire import (
     ERROR_QUOTE_MAX,
+    Icmp6Type,
     IcmpType,
     checksum,
     icmp_error,
     make_replies,
     ones_sums,
     parse_batch,
+    parse_batch6,
 )
 
 from .probe import echo_request, inet_checksum
@@ -202,3 +204,31 @@ def test_icmp_errors_quote_like_linux(size: int) -> None:
     assert msg[:2] == b"\x03\x01" and inet_checksum(msg) == 0
     assert msg[8:] == datagram[:ERROR_QUOTE_MAX]
     assert len(msg) == 8 + min(len(datagram), 548)
+
+
+def test_parse_batch6_keeps_only_our_echo_requests() -> None:
+    good = echo_request(7, 1, 0, 64, version=6)
+    reply = bytes([129]) + good[1:]
+    not_ours = good[:8] + b"PING" + good[12:]
+    datagrams = [good, reply, good[:6], not_ours, good[:10], good, bytes([128, 1]) + good[2:]]
+    buf, lengths, trunc = batch_of(datagrams)
+    trunc[5] = True
+    batch = parse_batch6(buf, lengths, trunc)
+    assert batch.rows.tolist() == [0]
+    assert batch.malformed == 4 and batch.foreign == 2  # too short for the magic: foreign
+    assert batch.icmp_off.tolist() == [0] and batch.end.tolist() == [len(good)]
+
+
+def test_ipv6_replies_flip_a_fill_bit_and_leave_the_checksum_to_the_kernel() -> None:
+    reqs = [echo_request(9, 2, k, 100, version=6) for k in range(2)]
+    buf, lengths, trunc = batch_of(reqs)
+    batch = parse_batch6(buf, lengths, trunc)
+    sel = np.ones(2, dtype=bool)
+    flip = np.array([False, True])
+    rows, skipped = make_replies(buf, batch, sel, flip, np.zeros(2), ~sel, version=6)
+    assert rows.tolist() == [0, 1] and skipped == 0
+    for k, req in enumerate(reqs):
+        got = buf[k, : len(req)].tobytes()
+        assert got[0] == Icmp6Type.ECHO_REPLY and got[2:4] == b"\0\0"
+        diff = [i for i, (a, b) in enumerate(zip(got[1:], req[1:], strict=True)) if a != b]
+        assert diff == ([FLIP_FROM - 1] if flip[k] else [])

@@ -17,6 +17,7 @@ from loadgen.errors import LabError
 from loadgen.lab import Lab, lab_down, lab_down_all, lab_status, lab_up, parse_lab_spec
 from loadgen.lab.netops import list_netns, nft, nft_tables, ns_pids
 from loadgen.lab.state import STATE_DIR, state_path
+from loadgen.lab.truth import LinkCounters
 
 from .conftest import wait_until
 from .probe import probe
@@ -46,32 +47,39 @@ def test_hosts_answer_ping_and_lab_down_leaves_nothing(prefix: str) -> None:
         assert {h.name for h in lab.hosts} == {"clean-0", "clean-1", "lossy"}
         for h in lab.hosts:
             assert h.address.startswith("198.1")  # 198.18.0.0/15 only
-            out = subprocess.run(
-                ["ping", "-c", "3", "-i", "0.01", "-W", "1", h.address],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            assert " 3 received" in out.stdout, out.stdout
+            assert h.address6.startswith("2001:2:")  # 2001:2::/48 only
+            for address in (h.address, h.address6):
+                out = subprocess.run(
+                    ["ping", "-c", "3", "-i", "0.01", "-W", "1", address],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                )
+                assert " 3 received" in out.stdout, out.stdout
         assert [i.status for i in lab_status() if i.prefix == prefix] == ["up"]
-        truth = lab.truth()
-        for h in lab.hosts:
-            t = truth[h.address]
-            assert t.responder == "kernel"
-            # ping's requests are not our probes: the kernel saw them, no truth counts them.
-            assert t.requests_seen == t.kernel_echo_replies == 3
-            assert t.requests_out == t.echo_requests_in == t.echo_replies_out == 0
+        for version in (4, 6):
+            truth = lab.truth(version=version)
+            for h in lab.hosts:
+                t = truth[h.address_of(version)]
+                assert t.responder == "kernel"
+                # ping's requests are not our probes: the kernel saw them, no truth counts them.
+                assert t.requests_seen == t.kernel_echo_replies == 3
+                assert t.requests_out == t.echo_requests_in == t.echo_replies_out == 0
         assert leftovers(prefix)
     assert leftovers(prefix) == []
     assert not [i for i in lab_status() if i.prefix == prefix]
 
 
-def test_nft_drops_match_counters_exactly(prefix: str) -> None:
+@pytest.mark.parametrize("version", [4, 6])
+def test_nft_drops_match_counters_exactly(prefix: str, version: int) -> None:
     with small_lab(prefix, drop=0.1, drop_every=7) as lab:
         host = lab.host("lossy")
-        obs = probe(host.address, 2000, rate_pps=4000)
-        t = lab.truth([host])[host.address]
+        address = host.address_of(version)
+        obs = probe(address, 2000, rate_pps=4000)
+        t = lab.truth([host], version)[address]
+    assert t.family == version
+    assert t.requests_out == 2000
     assert obs.sent == t.echo_requests_in == 2000
     assert t.nft_dropped_every == 2000 // 7  # the 7th, 14th, ... request
     assert len(obs.lost()) == t.nft_dropped == t.nft_dropped_every + t.nft_dropped_random
@@ -81,17 +89,24 @@ def test_nft_drops_match_counters_exactly(prefix: str) -> None:
     assert obs.duplicates == obs.bitflips == obs.corrupted == 0
 
 
-def test_tbf_drops_are_all_of_the_loss(prefix: str) -> None:
+@pytest.mark.parametrize("version", [4, 6])
+def test_tbf_drops_are_all_of_the_loss(prefix: str, version: int) -> None:
     with small_lab(prefix, rate_limit="1mbit") as lab:
         host = lab.host("lossy")
+        address = host.address_of(version)
         # 1000-byte probes at 1000/s is 8 Mbit/s against 1 Mbit/s: tbf must drop most.
-        obs = probe(host.address, 500, rate_pps=1000, size=1000)
-        t = lab.truth([host])[host.address]
+        obs = probe(address, 500, rate_pps=1000, size=1000)
+        t = lab.truth([host], version)[address]
+        other = lab.truth([host], 10 - version)[host.address_of(10 - version)]
+    # Each version has a shaper of its own: the other one saw nothing.
+    assert other.root_link == other.host_link == LinkCounters()
     dropped = t.root_link.shaped_drops + t.host_link.shaped_drops
     assert dropped > 200
     assert len(obs.lost()) == dropped
     assert t.requests_out == 500
     assert t.lost_towards_host == t.root_link.shaped_drops
+    # An IPv6 raw socket hears of each drop at its own end's qdisc (ENOBUFS); IPv4's does not.
+    assert obs.refused == (t.root_link.shaped_drops if version == 6 else 0)
     assert t.lost_on_the_way_back == t.host_link.shaped_drops
 
 

@@ -3,16 +3,27 @@ probes, their replies and errors quoting them, and nothing else. No lab needed."
 
 from __future__ import annotations
 
-from loadgen.lab.probematch import FROM_HOST, TOWARDS_HOST, Icmp, u32_keys
+from loadgen.lab.probematch import (
+    FROM_HOST,
+    FROM_HOST6,
+    TOWARDS_HOST,
+    TOWARDS_HOST6,
+    Icmp,
+    u32_keys,
+    u32_keys6,
+)
+from loadgen.wire.family import IPV6
 from loadgen.wire.icmp import (
     build_echo_request,
     build_icmp_error,
     build_ipv4_packet,
+    build_ipv6_packet,
     echo_reply_for,
     fill_patterns,
 )
 
 HOST, PEER = 0xC6120001, 0xC6120000  # 198.18.0.1 and 198.18.0.0
+HOST6, PEER6 = bytes.fromhex("20010002" + "0" * 23 + "1"), bytes.fromhex("20010002" + "0" * 24)
 
 
 def matches(keys: list[str], packet: bytes) -> bool:
@@ -67,3 +78,40 @@ def test_only_whole_option_less_first_fragments_match() -> None:
     with_options = bytearray(first)
     with_options[0] = 0x46  # one word of options moves everything after the IP header
     assert not matches(keys, bytes(with_options))
+
+
+def probe6(size: int = 64) -> bytes:
+    fills = fill_patterns(7, size - 28)
+    icmp = build_echo_request(
+        ident=1, run_id=7, target=0, seq=1, tx_ns=0, size=size, fills=fills, family=IPV6
+    )
+    return build_ipv6_packet(PEER6, HOST6, 58, icmp)
+
+
+def test_the_ipv6_filters_pick_probes_and_the_answers_to_them_only() -> None:
+    request = probe6()
+    reply = build_ipv6_packet(HOST6, PEER6, 58, echo_reply_for(request[40:], IPV6))
+    errors = [
+        build_ipv6_packet(HOST6, PEER6, 58, build_icmp_error(t, 0, request, family=IPV6))
+        for t in (1, 2, 3, 4)
+    ]
+    towards = [u32_keys6(t) for t in TOWARDS_HOST6]
+    back = [u32_keys6(t) for t in FROM_HOST6]
+    assert any(matches(k, request) for k in towards)
+    assert not any(matches(k, request) for k in back)
+    for answer in (reply, *errors):
+        assert any(matches(k, answer) for k in back)
+        assert not any(matches(k, answer) for k in towards)
+    # IPv4's filters never take an IPv6 probe (tc runs them for their own protocol anyway).
+    assert not any(matches(u32_keys(t), request) for t in TOWARDS_HOST)
+
+    not_ours = bytearray(request)
+    not_ours[48:52] = b"PING"
+    udp = build_ipv6_packet(PEER6, HOST6, 17, b"\x00\x09\x00\x09" + bytes(4) + b"LGEN")
+    port_unreachable = build_ipv6_packet(HOST6, PEER6, 58, build_icmp_error(1, 4, udp, family=IPV6))
+    short_quote = build_ipv6_packet(
+        HOST6, PEER6, 58, build_icmp_error(1, 3, request, quote_len=48, family=IPV6)
+    )
+    solicitation = build_ipv6_packet(PEER6, HOST6, 58, bytes([135, 0]) + bytes(22))
+    for other in (bytes(not_ours), udp, port_unreachable, short_quote, solicitation):
+        assert not any(matches(k, other) for k in towards + back), other.hex()

@@ -1,5 +1,6 @@
 """The reflector against an independent sender: every impairment it claims is exactly what
-arrives, seeded decisions replay exactly, and it keeps up with >= 20k requests per second."""
+arrives, seeded decisions replay exactly, and it keeps up with >= 20k requests per second; for
+ICMP and ICMPv6 alike (a host runs one reflector per IP version)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ HOSTS = [
     {"name": "plain", "reflector": True},
 ]
 N = 600
+VERSIONS = pytest.mark.parametrize("version", [4, 6])
 
 
 @pytest.fixture(scope="module")
@@ -54,33 +56,37 @@ def lab() -> Iterator[Lab]:
 
 
 def run(
-    lab: Lab, name: str, count: int = N, rate_pps: float = 3000, size: int = 64
+    lab: Lab, name: str, version: int, count: int = N, rate_pps: float = 3000, size: int = 64
 ) -> tuple[LabHost, Observed, HostTruth]:
     host = lab.host(name)
-    before = lab.truth([host])[host.address]
+    address = host.address_of(version)
+    before = lab.truth([host], version)[address]
     assert before.reflector is not None and before.reflector.requests_seen == 0, "one run per host"
-    obs = probe(host.address, count, rate_pps, size=size)
+    obs = probe(address, count, rate_pps, size=size)
     lab.wait_idle()
-    return host, obs, lab.truth([host])[host.address]
+    return host, obs, lab.truth([host], version)[address]
 
 
-def replay(lab: Lab, host: LabHost, count: int) -> np.ndarray:
+def replay(lab: Lab, host: LabHost, count: int, version: int) -> np.ndarray:
     """The fates the reflector's seeded streams give requests 0..count-1 (one batch)."""
-    cfg = reflector_config(host, lab.seed_of(host), "", False)
+    cfg = reflector_config(host, lab.seed_of(host, version), "", False, version)
     return Decider(cfg, 0).decide(count, 0).action
 
 
-def test_every_host_is_answered_by_its_reflector(lab: Lab) -> None:
+@VERSIONS
+def test_every_host_is_answered_by_its_reflector(lab: Lab, version: int) -> None:
     assert all(h.responder == "reflector" for h in lab.hosts)
-    _, obs, t = run(lab, "plain")
+    assert all(h.reflector_pid and h.reflector_pid6 for h in lab.hosts)
+    _, obs, t = run(lab, "plain", version)
     assert t.reflector is not None
     assert len(obs.replied) == N == t.reflector.requests_seen == t.reflector.replies_sent
     assert t.echo_requests_in == N and t.echo_replies_out == N
     assert obs.duplicates == obs.bitflips == obs.corrupted == obs.reordered == 0
 
 
-def test_duplicates(lab: Lab) -> None:
-    _, obs, t = run(lab, "dup")
+@VERSIONS
+def test_duplicates(lab: Lab, version: int) -> None:
+    _, obs, t = run(lab, "dup", version)
     r = t.reflector
     assert r is not None and r.duplicated > 0
     assert obs.duplicates == r.duplicated
@@ -88,16 +94,18 @@ def test_duplicates(lab: Lab) -> None:
     assert len(obs.replied) == N
 
 
-def test_reordering(lab: Lab) -> None:
-    _, obs, t = run(lab, "reorder")
+@VERSIONS
+def test_reordering(lab: Lab, version: int) -> None:
+    _, obs, t = run(lab, "reorder", version)
     r = t.reflector
     assert r is not None and r.reordered > 0
     assert obs.reordered == r.reordered == r.out_of_order
     assert len(obs.replied) == N == r.replies_sent  # held back, never lost
 
 
-def test_bitflips_land_in_the_fill_with_a_valid_checksum(lab: Lab) -> None:
-    _, obs, t = run(lab, "flip")
+@VERSIONS
+def test_bitflips_land_in_the_fill_with_a_valid_checksum(lab: Lab, version: int) -> None:
+    _, obs, t = run(lab, "flip", version)
     r = t.reflector
     assert r is not None and r.bitflipped > 0 and r.bitflip_skipped == 0
     assert obs.bitflips == r.bitflipped  # the sender checks the checksum first: it was valid
@@ -105,32 +113,43 @@ def test_bitflips_land_in_the_fill_with_a_valid_checksum(lab: Lab) -> None:
     assert len(obs.replied) == N - r.bitflipped
 
 
-def test_corrupted_checksums(lab: Lab) -> None:
-    _, obs, t = run(lab, "corrupt")
+@VERSIONS
+def test_corrupted_checksums(lab: Lab, version: int) -> None:
+    _, obs, t = run(lab, "corrupt", version)
     r = t.reflector
     assert r is not None and r.corrupted > 0
-    assert obs.corrupted == r.corrupted and obs.bitflips == 0
-    assert len(obs.replied) == N - r.corrupted
+    assert len(obs.replied) == N - r.corrupted and obs.bitflips == 0
+    if version == 4:
+        assert obs.corrupted == r.corrupted
+        assert t.echo_replies_out == r.replies_sent == N
+    else:  # the kernel writes ICMPv6 checksums: a corrupted reply is held back, a loss
+        assert obs.corrupted == 0 and obs.lost() == set(range(N)) - obs.replied
+        assert t.echo_replies_out == r.replies_sent == N - r.corrupted
 
 
+@VERSIONS
 @pytest.mark.parametrize(("name", "kind"), [("unreach", "unreachable"), ("ttl", "time_exceeded")])
 def test_icmp_errors_quote_the_request_and_replay_from_the_seed(
-    lab: Lab, name: str, kind: str
+    lab: Lab, name: str, kind: str, version: int
 ) -> None:
-    host, obs, t = run(lab, name, size=1000)
+    host, obs, t = run(lab, name, version, size=1300)
     r = t.reflector
     assert r is not None
     errors = obs.unreachable if kind == "unreachable" else obs.time_exceeded
     sent = r.unreachable_sent if kind == "unreachable" else r.time_exceeded_sent
     assert len(errors) == sent == t.icmp_errors_out > 0
-    assert set(obs.error_quote_lens) == {548}  # 576 - 20 - 8, like Linux
+    # Like Linux: IPv4 576 - 20 - 8; IPv6 1280 - 40 - 8 (RFC 4443 2.4(c)).
+    assert set(obs.error_quote_lens) == {548 if version == 4 else 1232}
+    assert t.errors_back == t.icmp_errors_out
     want = Action.UNREACHABLE if kind == "unreachable" else Action.TIME_EXCEEDED
-    assert errors == set(np.flatnonzero(replay(lab, host, N) == want).tolist())
+    assert errors == set(np.flatnonzero(replay(lab, host, N, version) == want).tolist())
     assert obs.replied == set(range(N)) - errors
 
 
-def test_icmp_rate_limit(lab: Lab) -> None:
-    _, obs, t = run(lab, "limited", count=1000, rate_pps=2000)  # 0.5 s at 2000/s vs 300/s
+@VERSIONS
+def test_icmp_rate_limit(lab: Lab, version: int) -> None:
+    # 0.5 s at 2000/s against 300/s
+    _, obs, t = run(lab, "limited", version, count=1000, rate_pps=2000)
     r = t.reflector
     assert r is not None
     assert r.rate_limited + r.replies == 1000
@@ -139,19 +158,21 @@ def test_icmp_rate_limit(lab: Lab) -> None:
     assert 100 < r.replies < 260
 
 
-def test_reflector_drops_replay_exactly_from_the_seed(lab: Lab) -> None:
-    host, obs, t = run(lab, "drops")
+@VERSIONS
+def test_reflector_drops_replay_exactly_from_the_seed(lab: Lab, version: int) -> None:
+    host, obs, t = run(lab, "drops", version)
     r = t.reflector
     assert r is not None
-    predicted = set(np.flatnonzero(replay(lab, host, N) == Action.DROP).tolist())
+    predicted = set(np.flatnonzero(replay(lab, host, N, version) == Action.DROP).tolist())
     assert {k for k in range(8, N, 9)} <= predicted  # the 9th, 18th, ... request
     assert obs.lost() == predicted
     assert r.dropped == len(predicted)
     assert t.nft_dropped == 0  # drop_by = "reflector": nothing dropped in nftables
 
 
-def test_delay_and_jitter(lab: Lab) -> None:
-    _, obs, t = run(lab, "slow", count=300, rate_pps=1000)
+@VERSIONS
+def test_delay_and_jitter(lab: Lab, version: int) -> None:
+    _, obs, t = run(lab, "slow", version, count=300, rate_pps=1000)
     r = t.reflector
     assert r is not None and r.delayed == 300 and r.pending == 0
     assert obs.reordered == r.out_of_order > 0  # 5 ms of jitter at 1 ms spacing reorders
@@ -169,16 +190,18 @@ def test_delay_and_jitter(lab: Lab) -> None:
     assert r.overhead_ns_p50 + 15_000_000 <= r.hold_ns_p50 + HOLD_STEP_NS
 
 
-def test_reflector_keeps_up_with_20k_pps(lab: Lab) -> None:
+@VERSIONS
+def test_reflector_keeps_up_with_20k_pps(lab: Lab, version: int) -> None:
     host = lab.host("plain")
-    before = lab.truth([host])[host.address]
-    sent, took = blast(host.address, 25_000, 1.0)
+    address = host.address_of(version)
+    before = lab.truth([host], version)[address]
+    sent, took = blast(address, 25_000, 1.0)
     assert before.reflector is not None
     base = before.reflector.replies_sent
     latest = [before]
 
     def caught_up() -> bool:  # every request that arrived has been answered
-        latest[0] = now = lab.truth([host])[host.address]
+        latest[0] = now = lab.truth([host], version)[address]
         arrived = now.echo_requests_in - before.echo_requests_in
         r = now.reflector
         return arrived >= 25_000 and r is not None and r.replies_sent - base >= arrived
@@ -197,17 +220,20 @@ def test_reflector_keeps_up_with_20k_pps(lab: Lab) -> None:
     assert after.responder_missed == 0
 
 
-def test_sigterm_writes_the_final_counts(prefix: str) -> None:
+@VERSIONS
+def test_sigterm_writes_the_final_counts(prefix: str, version: int) -> None:
     spec = parse_lab_spec({"prefix": prefix, "hosts": [{"name": "d", "delay_ms": 500}]}, source="t")
     with lab_up(spec) as lab:
         host = lab.host("d")
-        assert host.reflector_pid is not None
-        obs = probe(host.address, 20, rate_pps=1000, linger_s=0.0)  # replies still queued
-        os.kill(host.reflector_pid, signal.SIGTERM)
+        pid = host.reflector_pid if version == 4 else host.reflector_pid6
+        assert pid is not None
+        # replies still queued when it stops
+        obs = probe(host.address_of(version), 20, rate_pps=1000, linger_s=0.0)
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while is_reflector(host.reflector_pid) and time.monotonic() < deadline:
+        while is_reflector(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        stats = run_dir(prefix) / "d.stats.json"
+        stats = run_dir(prefix) / ("d.stats.json" if version == 4 else "d.6.stats.json")
         final = ReflectorCounts.from_dict(json.loads(stats.read_text()))
     # The probe's sending is bounded in time, so a busy machine may send a few fewer than 20.
     assert obs.sent >= 10

@@ -54,7 +54,7 @@ def test_groups_expand_to_named_hosts_with_p2p_addresses() -> None:
     [
         ({"prefix": "xx12"}, "lab.prefix = 'xx12'"),
         ({"prefix": "lgabcdefg"}, "lab.prefix"),
-        ({"family": 6}, "not supported yet; use family = 4"),
+        ({"family": 6}, "every host gets an IPv6 address too"),
         ({"colour": "red"}, "lab.colour = 'red': unknown key"),
         ({"hosts": []}, "[[lab.hosts]]"),
         ({"hosts": [{"name": "Bad Name"}]}, "lab.hosts[0].name"),
@@ -136,12 +136,41 @@ def test_nft_ruleset_has_counters_always_and_drops_only_when_asked() -> None:
     text = nft_ruleset("t_imp", lossy)
     assert "numgen inc mod 4 == 3" in text
     assert "numgen random mod 1000000 < 250000" in text
+    six = nft_ruleset("t_imp", lossy, 6)
+    assert six.startswith("table ip6 t_imp") and "icmp " not in six
+    assert six.count("icmpv6 type echo-request @th,64,32 0x4c47454e") == 3
+
+
+def test_every_host_gets_an_ipv6_pair_in_the_benchmarking_range() -> None:
+    spec = spec_of(hosts=[{"name": "a", "count": 3}])
+    block6 = pick_block(6, spec.host_count, [])
+    plans = plan_hosts(spec, pick_block(4, spec.host_count, []), block6)
+    assert block6.version == 6 and block6.overlaps(ipaddress.IPv6Network("2001:2::/48"))
+    assert [(p.peer_address6, p.address6) for p in plans] == [
+        ("2001:2::", "2001:2::1"),
+        ("2001:2::2", "2001:2::3"),
+        ("2001:2::4", "2001:2::5"),
+    ]
+    assert {p.prefixlen6 for p in plans} == {127}
 
 
 def _host(name: str, group: str, address: str) -> LabHost:
     spec = spec_of()
+    six = "2001:2::" + address.rsplit(".", 1)[1]
     return LabHost(
-        0, name, group, address, "", 31, "", "", "", "", spec.groups[0].impairments, "kernel"
+        0,
+        name,
+        group,
+        address,
+        "",
+        31,
+        "",
+        "",
+        "",
+        "",
+        spec.groups[0].impairments,
+        "kernel",
+        address6=six,
     )
 
 
@@ -158,6 +187,14 @@ def test_lab_targets_expand_selectors_and_pass_other_tokens() -> None:
         "198.18.0.5",
     ]
     assert lab_targets(hosts, ["lab:clean-1", "127.0.0.1"]) == ["198.18.0.3", "127.0.0.1"]
+    # lab6: names the same hosts' IPv6 addresses; an IPv6 address passes through as it is.
+    assert lab_targets(hosts, ["lab6:clean", "lab:dup", "2001:2::7", "::1"]) == [
+        "2001:2::1",
+        "2001:2::3",
+        "198.18.0.5",
+        "2001:2::7",
+        "::1",
+    ]
     with pytest.raises(TargetError, match=re.escape("lab:all or lab:<clean|dup>")):
         lab_targets(hosts, ["lab:nope"])
 

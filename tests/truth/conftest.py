@@ -36,6 +36,7 @@ from loadgen.lab import (
 from loadgen.profile import Profile, parse_profile
 from loadgen.runner import RunResult, execute
 from loadgen.stats import Counts, TargetStats
+from loadgen.targets import PROBED_FAMILIES
 
 OUTCOMES = ("received", "late", "lost", "errored")
 SIDE_EVENTS = ("duplicates", "reordered", "bitflips", "corrupted", "icmp_errors", "stale")
@@ -81,6 +82,22 @@ def _labs() -> Iterator[Labs]:
     finally:
         left = labs.close()
     assert not left, f"left behind: {left}"
+
+
+@pytest.fixture(params=[4, 6], ids=["v4", "v6"])
+def version(request: pytest.FixtureRequest) -> int:
+    """The IP version a truth test probes its hosts by: each such test runs for both."""
+    v: int = request.param
+    if v not in PROBED_FAMILIES:
+        pytest.skip("loadgen does not probe IPv6 yet (loadgen.targets.PROBED_FAMILIES lacks 6)")
+    return v
+
+
+def told_of_shaper_drops(tx_path: str, version: int) -> bool:
+    """Whether the sender hears of each drop of the root end's tbf (and sends that probe
+    again): an AF_PACKET sender does (ENOBUFS), and so does a raw IPv6 socket, whose sends
+    report the qdisc's verdict; a raw IPv4 socket is not told."""
+    return tx_path == "packet" or version == 6
 
 
 @pytest.fixture
@@ -218,25 +235,29 @@ def run_loadgen(
 
 
 def measure(
-    lab: Lab, hosts: Sequence[LabHost], tmp_path: Path, **run_keys: Any
+    lab: Lab, hosts: Sequence[LabHost], tmp_path: Path, version: int = 4, **run_keys: Any
 ) -> tuple[Run, dict[str, HostTruth]]:
-    """Run loadgen against `hosts` and return the run with each host's truth for that run."""
-    before = lab.truth(hosts)
-    run = run_loadgen(tmp_path, [h.address for h in hosts], **run_keys)
+    """Run loadgen against `hosts`' addresses of IP `version` and return the run with each
+    host's truth (for that version) for that run, keyed by those addresses."""
+    before = lab.truth(hosts, version)
+    run = run_loadgen(tmp_path, [h.address_of(version) for h in hosts], **run_keys)
     lab.wait_idle()
-    after = lab.truth(hosts)
+    after = lab.truth(hosts, version)
     return run, {a: truth_since(after[a], before[a]) for a in after}
 
 
-def pin_reflectors(quiet: Sequence[LabHost], timed: Sequence[LabHost]) -> dict[str, int]:
+def pin_reflectors(
+    quiet: Sequence[LabHost], timed: Sequence[LabHost], version: int = 4
+) -> dict[str, int]:
     """Pin `quiet` hosts' reflectors to the first CPU, where loadgen pins its one worker, and
     the `timed` ones (delays) to the last, so a reflector's timer never waits for a worker to
     give up its CPU. Returns the profile keys that ask for that one worker."""
     cpus = sorted(os.sched_getaffinity(0))
     for hosts, cpu in ((quiet, cpus[0]), (timed, cpus[-1])):
         for h in hosts:
-            assert h.reflector_pid is not None, f"{h.name} has no reflector"
-            os.sched_setaffinity(h.reflector_pid, {cpu})
+            pid = h.reflector_pid if version == 4 else h.reflector_pid6
+            assert pid is not None, f"{h.name} has no IPv{version} reflector"
+            os.sched_setaffinity(pid, {cpu})
     return {"workers": 1}
 
 
@@ -262,9 +283,8 @@ def assert_counts_match(run: Run, truth: Mapping[str, HostTruth]) -> None:
     """loadgen's counts for every host equal what the host's truth says, figure by figure."""
     for address, t in truth.items():
         got = run.counts(address)
-        want = expected_counts(
-            t, rx_dropped=run.rx_dropped(address), shaper_refuses=run.tx_path == "packet"
-        )
+        refuses = told_of_shaper_drops(run.tx_path, t.family)
+        want = expected_counts(t, rx_dropped=run.rx_dropped(address), shaper_refuses=refuses)
         assert mismatches(got, want) == {}, f"{t.name}: (loadgen, truth) {mismatches(got, want)}"
         assert got.late == 0 and got.unaccounted == 0, (t.name, got)
     assert_exports_add_up(run)

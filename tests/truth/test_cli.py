@@ -48,7 +48,7 @@ def test_lab_up_ping_lab_down_by_hand(tmp_path: Path) -> None:
     prefix = found.group(1)
     try:
         lab = attach_lab(prefix)
-        n = sum(h.responder == "reflector" for h in lab.hosts)
+        n = 2 * sum(h.responder == "reflector" for h in lab.hosts)  # one per IP version
         status = loadgen("lab", "status")
         assert re.search(rf"{prefix}\s+up\s+28/28 namespaces\s+{n}/{n} reflectors", status.stdout)
         hosts = [lab.host(n) for n in ("clean-0", "lossy", "every10", "dup", "unreach")]
