@@ -110,7 +110,7 @@ def test_check_prints_the_plan() -> None:
         (("ping", "127.0.0.1", "-r", "fast"), "rate"),
         (("ping", "127.0.0.1", "--bogus"), "unrecognized"),
         (("ping", "127.0.0.1", "-s", "10"), "size"),
-        (("ping", "999.1.1.1"), "999.1.1.1"),
+        (("ping", "999.1.1.1"), "999.1.1.1"),  # not a target
         (("run", "no-such-profile.toml"), "no-such-profile.toml"),
         # An export that cannot even be opened is a bad flag: refused before a probe is sent.
         (("ping", "127.0.0.1", "--jsonl", "/no-such-dir/x.jsonl"), "/no-such-dir/x.jsonl"),

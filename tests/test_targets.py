@@ -167,8 +167,8 @@ def test_total_over_the_cap_names_the_spec_that_crossed_it() -> None:
         ("2001:2::/126", "IPv6 probing is not implemented yet"),
         ("[::1]", "IPv6 probing is not implemented yet"),
         ("1:2:3", "not a valid IPv6 address"),
-        ("224.0.0.1", "multicast address"),
-        ("224.0.0.0/30", "multicast address"),
+        ("224.0.0.1", "multicast address"),  # not a target
+        ("224.0.0.0/30", "multicast address"),  # not a target
         ("0.0.0.0", "unspecified address"),
         ("255.255.255.255", "broadcast address"),
     ],

@@ -18,9 +18,8 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
-from loadgen.lab.wire import Icmp6Type, IcmpType
 from loadgen.net.mmsg import MMSGHDR, RecvRing, send_headers, sendmmsg
-from loadgen.wire.family import IPPROTO_ICMPV6
+from loadgen.wire.family import IPPROTO_ICMPV6, Icmp6Type, IcmpType
 
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20

@@ -30,11 +30,10 @@ from loadgen.lab.probematch import (
     FROM_HOST6,
     TOWARDS_HOST,
     TOWARDS_HOST6,
-    Icmp,
-    Icmp6,
     u32_keys,
     u32_keys6,
 )
+from loadgen.wire.family import Icmp6Type, IcmpType
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -260,7 +259,7 @@ def add_shaper(
     ipr: IPRoute,
     index: int,
     rate_bps: int,
-    ours: tuple[tuple[Icmp, ...], tuple[Icmp6, ...]],
+    ours: tuple[tuple[IcmpType, ...], tuple[Icmp6Type, ...]],
     where: str,
 ) -> None:
     """An htb root whose u32 filters put our probes (or the answers to them: `ours`, IPv4's

@@ -10,31 +10,8 @@ ICMPv6 (RFC 4443) the same way: its own type numbers, and a quoted IPv6 header o
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-from loadgen.wire.family import IPPROTO_ICMPV6, IPV6_HEADER_LEN
+from loadgen.wire.family import IPPROTO_ICMPV6, IPV6_HEADER_LEN, Icmp6Type, IcmpType
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, MAGIC
-
-
-class Icmp(IntEnum):
-    """ICMP types (RFC 792) the lab counts."""
-
-    ECHO_REPLY = 0
-    DEST_UNREACHABLE = 3
-    ECHO_REQUEST = 8
-    TIME_EXCEEDED = 11
-
-
-class Icmp6(IntEnum):
-    """ICMPv6 types (RFC 4443) the lab counts."""
-
-    DEST_UNREACHABLE = 1
-    PACKET_TOO_BIG = 2
-    TIME_EXCEEDED = 3
-    PARAMETER_PROBLEM = 4
-    ECHO_REQUEST = 128
-    ECHO_REPLY = 129
-
 
 # Byte offsets from the start of the ICMP header. An echo's payload follows its 8-byte header;
 # an error quotes the probe after its own 8 bytes: the probe's IP header (20 bytes: our probes
@@ -49,13 +26,13 @@ IPV4_NO_OPTIONS = 0x45  # version 4, header length 5 words: the offsets after it
 
 
 # The shaper's filters per end of a link: requests towards a host, answers back from it.
-TOWARDS_HOST = (Icmp.ECHO_REQUEST,)
-FROM_HOST = (Icmp.ECHO_REPLY, Icmp.DEST_UNREACHABLE, Icmp.TIME_EXCEEDED)
+TOWARDS_HOST = (IcmpType.ECHO_REQUEST,)
+FROM_HOST = (IcmpType.ECHO_REPLY, IcmpType.DEST_UNREACH, IcmpType.TIME_EXCEEDED)
 # (value, offset from the error's ICMP header, mask) of the probe an IPv4 error quotes.
 _QUOTED4 = (
     (IPV4_NO_OPTIONS, _QUOTED_VERSION_IHL, 0xFF),
     (IPPROTO_ICMP, _QUOTED_PROTOCOL, 0xFF),
-    (Icmp.ECHO_REQUEST, _QUOTED_TYPE, 0xFF),
+    (IcmpType.ECHO_REQUEST, _QUOTED_TYPE, 0xFF),
     (MAGIC, _QUOTED_MAGIC, 0xFFFFFFFF),
 )
 
@@ -72,7 +49,7 @@ ERROR = " ".join(
         "icmp type { destination-unreachable, time-exceeded }",
         _nft_bytes(_QUOTED_VERSION_IHL, 1, IPV4_NO_OPTIONS),
         _nft_bytes(_QUOTED_PROTOCOL, 1, IPPROTO_ICMP),
-        _nft_bytes(_QUOTED_TYPE, 1, Icmp.ECHO_REQUEST),
+        _nft_bytes(_QUOTED_TYPE, 1, IcmpType.ECHO_REQUEST),
         _nft_bytes(_QUOTED_MAGIC, 4, MAGIC),
     )
 )
@@ -93,7 +70,7 @@ def _ours(icmp: int, quoted: tuple[tuple[int, int, int], ...] | None) -> list[st
     return [_key(value, icmp + at, mask) for value, at, mask in quoted]
 
 
-def u32_keys(icmp_type: Icmp) -> list[str]:
+def u32_keys(icmp_type: IcmpType) -> list[str]:
     """tc u32 keys (pyroute2's "value/mask+byte offset" form, offsets from the IP header) for an
     unfragmented-or-first-fragment IPv4 ICMP message of `icmp_type` without IP options that is
     a probe, a reply to one or an error quoting one: the same facts as the nft matches."""
@@ -122,34 +99,34 @@ ERROR6 = " ".join(
         "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }",
         f"@th,{_QUOTED6_VERSION * 8},4 {IPV6_VERSION >> 4:#x}",
         _nft_bytes(_QUOTED6_NEXT_HEADER, 1, IPPROTO_ICMPV6),
-        _nft_bytes(_QUOTED6_TYPE, 1, Icmp6.ECHO_REQUEST),
+        _nft_bytes(_QUOTED6_TYPE, 1, Icmp6Type.ECHO_REQUEST),
         _nft_bytes(_QUOTED6_MAGIC, 4, MAGIC),
     )
 )
 _QUOTED6 = (
     (IPV6_VERSION, _QUOTED6_VERSION, 0xF0),
     (IPPROTO_ICMPV6, _QUOTED6_NEXT_HEADER, 0xFF),
-    (Icmp6.ECHO_REQUEST, _QUOTED6_TYPE, 0xFF),
+    (Icmp6Type.ECHO_REQUEST, _QUOTED6_TYPE, 0xFF),
     (MAGIC, _QUOTED6_MAGIC, 0xFFFFFFFF),
 )
 MATCHES = {4: (REQUEST, REPLY, ERROR), 6: (REQUEST6, REPLY6, ERROR6)}
 """(probe, reply, error) nft matches per IP version."""
 
 
-def u32_keys6(icmp_type: Icmp6) -> list[str]:
+def u32_keys6(icmp_type: Icmp6Type) -> list[str]:
     """tc u32 keys (offsets from the IPv6 header) for an ICMPv6 message of `icmp_type` right
     after the fixed header (no extension headers, so no fragment either) that is a probe, a
     reply to one or an error quoting one: the same facts as the nft matches."""
     icmp = IPV6_HEADER_LEN
     keys = [_key(IPPROTO_ICMPV6, 6), _key(icmp_type, icmp)]
-    return keys + _ours(icmp, _QUOTED6 if icmp_type < Icmp6.ECHO_REQUEST else None)
+    return keys + _ours(icmp, _QUOTED6 if icmp_type < Icmp6Type.ECHO_REQUEST else None)
 
 
-TOWARDS_HOST6 = (Icmp6.ECHO_REQUEST,)
+TOWARDS_HOST6 = (Icmp6Type.ECHO_REQUEST,)
 FROM_HOST6 = (
-    Icmp6.ECHO_REPLY,
-    Icmp6.DEST_UNREACHABLE,
-    Icmp6.PACKET_TOO_BIG,
-    Icmp6.TIME_EXCEEDED,
-    Icmp6.PARAMETER_PROBLEM,
+    Icmp6Type.ECHO_REPLY,
+    Icmp6Type.DEST_UNREACH,
+    Icmp6Type.PACKET_TOO_BIG,
+    Icmp6Type.TIME_EXCEEDED,
+    Icmp6Type.PARAM_PROBLEM,
 )

@@ -2,7 +2,7 @@
 
 Owns the reflector's view of the wire: IPv4 (RFC 791) datagrams as a raw ICMP socket hands
 them over, echo and echo reply (RFC 792), destination unreachable and time exceeded quoting the
-request the way Linux does (as much as fits in 576 bytes, RFC 1812 4.3.2.3), and the Internet
+request the way Linux does (as much as fits in 576 bytes: RFC 1812 4.3.2), and the Internet
 checksum (RFC 1071), computed for every row of a batch at once. ICMPv6 (RFC 4443) too: a raw
 ICMPv6 socket hands over the message alone (the kernel has checked its checksum, and fills in
 the checksum of what we send), and an error quotes an IPv6 header that is rebuilt for it.
@@ -11,13 +11,12 @@ the checksum of what we send), and an error quotes an IPv6 header that is rebuil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
 
 from loadgen.lab.impair import FLIP_FROM
-from loadgen.wire.family import IPPROTO_ICMPV6, IPV6
+from loadgen.wire.family import IPPROTO_ICMPV6, IPV6, Icmp6Type, IcmpType
 from loadgen.wire.icmp import MAGIC, build_icmp_error, build_ipv6_packet
 
 U8Array = npt.NDArray[np.uint8]
@@ -28,20 +27,6 @@ ICMP_HEADER = 8
 ERROR_MAX_TOTAL = 576  # Linux icmp_send(): an error datagram is at most 576 bytes
 ERROR_QUOTE_MAX = ERROR_MAX_TOTAL - IP_MIN_HEADER - ICMP_HEADER
 _MAGIC = np.frombuffer(MAGIC.to_bytes(4, "big"), dtype=np.uint8)  # opens a probe's payload
-
-
-class IcmpType(IntEnum):
-    ECHO_REPLY = 0
-    DEST_UNREACHABLE = 3
-    ECHO_REQUEST = 8
-    TIME_EXCEEDED = 11
-
-
-class Icmp6Type(IntEnum):
-    DEST_UNREACHABLE = 1
-    TIME_EXCEEDED = 3
-    ECHO_REQUEST = 128
-    ECHO_REPLY = 129
 
 
 UNREACHABLE_HOST = 1  # code of destination unreachable: host unreachable
@@ -195,11 +180,9 @@ def error_for(version: int, unreachable: bool, request: bytes, src: bytes, local
     fills the checksum in."""
     if version == 4:
         if unreachable:
-            return icmp_error(IcmpType.DEST_UNREACHABLE, UNREACHABLE_HOST, request)
+            return icmp_error(IcmpType.DEST_UNREACH, UNREACHABLE_HOST, request)
         return icmp_error(IcmpType.TIME_EXCEEDED, 0, request)
     quoted = build_ipv6_packet(src, local, IPPROTO_ICMPV6, request, hop_limit=HOP_LIMIT)
     if unreachable:
-        return build_icmp_error(
-            Icmp6Type.DEST_UNREACHABLE, UNREACHABLE_ADDRESS6, quoted, family=IPV6
-        )
+        return build_icmp_error(Icmp6Type.DEST_UNREACH, UNREACHABLE_ADDRESS6, quoted, family=IPV6)
     return build_icmp_error(Icmp6Type.TIME_EXCEEDED, 0, quoted, family=IPV6)

@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 from loadgen.lab.impair import FLIP_FROM, Action, Decider, ReflectorConfig
 from loadgen.lab.wire import (
     ERROR_QUOTE_MAX,
-    Icmp6Type,
-    IcmpType,
     checksum,
     icmp_error,
     make_replies,
@@ -22,6 +20,7 @@ from loadgen.lab.wire import (
     parse_batch,
     parse_batch6,
 )
+from loadgen.wire.family import Icmp6Type, IcmpType
 
 from .probe import echo_request, inet_checksum
 
@@ -200,7 +199,7 @@ def test_bitflip_is_skipped_when_there_is_no_fill() -> None:
 @pytest.mark.parametrize("size", [28, 64, 1400])
 def test_icmp_errors_quote_like_linux(size: int) -> None:
     datagram = ip_datagram(echo_request(3, 4, 5, size))
-    msg = icmp_error(IcmpType.DEST_UNREACHABLE, 1, datagram)
+    msg = icmp_error(IcmpType.DEST_UNREACH, 1, datagram)
     assert msg[:2] == b"\x03\x01" and inet_checksum(msg) == 0
     assert msg[8:] == datagram[:ERROR_QUOTE_MAX]
     assert len(msg) == 8 + min(len(datagram), 548)

@@ -8,11 +8,10 @@ from loadgen.lab.probematch import (
     FROM_HOST6,
     TOWARDS_HOST,
     TOWARDS_HOST6,
-    Icmp,
     u32_keys,
     u32_keys6,
 )
-from loadgen.wire.family import IPV6
+from loadgen.wire.family import IPV6, IcmpType
 from loadgen.wire.icmp import (
     build_echo_request,
     build_icmp_error,
@@ -69,7 +68,7 @@ def test_the_filters_pick_probes_and_the_answers_to_them_only() -> None:
 
 
 def test_only_whole_option_less_first_fragments_match() -> None:
-    keys = u32_keys(Icmp.ECHO_REQUEST)
+    keys = u32_keys(IcmpType.ECHO_REQUEST)
     first = probe()
     assert matches(keys, first)
     later = bytearray(first)

@@ -105,7 +105,7 @@ def test_defaults_and_value_forms() -> None:
 def test_subnet_must_lie_in_the_lab_range_and_fit() -> None:
     assert str(parse_subnet("198.19.1.0/24", 4, 10, source="t")) == "198.19.1.0/24"
     with pytest.raises(ProfileError, match=r"may only use 198\.18\.0\.0/15"):
-        parse_subnet("10.0.0.0/24", 4, 10, source="t")
+        parse_subnet("10.0.0.0/24", 4, 10, source="t")  # not a target
     with pytest.raises(ProfileError, match="too small"):
         parse_subnet("198.18.0.0/30", 4, 10, source="t")
     with pytest.raises(ProfileError, match="not a network"):
