@@ -218,6 +218,7 @@ class Coordinator:
             n_targets=len(self.plan.targets),
             start_ns=start_ns,
             timeout_ns=self.plan.profile.timeout_ns,
+            linger_ns=self.plan.profile.delay_ns,
         )
         self.check = GeneratorCheck([_schedule(h.plan) for h in self.workers], start_ns)
         targets = {h.plan.index: [t.index for t in h.plan.targets] for h in self.workers}

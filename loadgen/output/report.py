@@ -2,14 +2,14 @@
 `summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
-most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every object has
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every object has
 `type` and `v`. A "second" object per target that sent in a closed second, then one
 "second_total" (target -1, name "total"); one "summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
 | type | str | "second", "second_total" or "summary" |
-| v | int | schema version (2; version 1 had no `family` and no `unresolved`) |
+| v | int | schema version (3; 2 had no `rtt_hist`, 1 no `family` and no `unresolved`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -27,6 +27,7 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every 
 | rtt_{min,avg,max,mdev}_us | float/null | µs; null when rtt_count is 0 |
 | rtt_{p50,p90,p99}_us | float/null | µs; exact per second, within rtt_pct_rel_error in "summary" |
 | rtt_jitter_us | float/null | mean abs. difference of consecutive RTTs of a target, in µs |
+| rtt_hist | list[int] | RTT counts; index k: (8·2^(k-1), 8·2^k] µs, 0: <= 8 µs; no trailing 0s |
 | rx_ts, tx_ts | str | source of the RTT samples' stamps: hardware, kernel, user, mixed(a+b), none |
 | generator_limited | bool | "second_total" only: loadgen itself could not keep up in this second |
 | generator_limits | list[str] | "second_total" only: why (which worker, how much) |
@@ -58,7 +59,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 2  # 2: family, unresolved
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: rtt_hist
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -130,6 +131,7 @@ def _figures(
     values = (r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns, r.p50_ns, r.p90_ns, r.p99_ns, r.jitter_ns)
     for key, ns in zip(_RTT_KEYS, values, strict=True):
         obj[f"rtt_{key}_us"] = _us(ns) if r.count else None
+    obj["rtt_hist"] = list(r.hist)
     obj["rx_ts"], obj["tx_ts"] = ts.rx_ts, ts.tx_ts
     return obj
 
