@@ -26,7 +26,8 @@ from loadgen.moments import (
     Table,
     hist_quantiles,
 )
-from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.outages import Outages, OutageTable
+from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE, RecordFlag, RecordKind
 
 __all__ = [
     "NS_PER_S",
@@ -102,6 +103,7 @@ class RttStats:
 
 
 _NO_RTT = RttStats()
+_NO_OUTAGES: Final = Outages()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,9 @@ class RunSummary:
     total: TargetStats
     anomalies: Anomalies
     unresolved: tuple[Unresolved, ...] = ()  # workers that ended with probes unresolved
+    outages: tuple[Outages, ...] = ()  # every target's, indexed by target
+    outages_total: Outages = _NO_OUTAGES
+    outage_min: int = 3  # lost probes in a row that make an outage
 
     def explained(self, ts: TargetStats) -> tuple[int, str]:
         return _explain(self.unresolved, ts.target, ts.counts.unaccounted)
@@ -272,6 +277,7 @@ class Aggregator:
         timeout_ns: int,
         *,
         linger_ns: int | None = None,
+        outage_min: int = 3,
         max_ahead_ns: int = 3600 * NS_PER_S,
     ) -> None:
         if n_targets < 1:
@@ -290,6 +296,7 @@ class Aggregator:
         self._summary: RunSummary | None = None
         self._quant_n = np.zeros(n_targets + 1, dtype=np.int64)  # run.n when quant was computed
         self._lost_workers: dict[int, tuple[str, frozenset[int]]] = {}
+        self._outages = OutageTable(n_targets, outage_min)
 
     @property
     def closed_seconds(self) -> int:
@@ -341,6 +348,14 @@ class Aggregator:
             taken = sample & sel if lo != hi else sample
             bucket.add_samples(rtt[taken], records["target"][taken], flags[taken])
 
+    def add_bursts(self, bursts: _Arr) -> None:
+        """Loss bursts a worker found (`outages`); counted once the seconds they end in close."""
+        if bursts.dtype != BURST_DTYPE:
+            raise TypeError(f"bursts must have records.BURST_DTYPE, not {bursts.dtype}")
+        invalid = self._outages.add(bursts)
+        if invalid:
+            self._count_anomalies(invalid, 0, 0, 0)
+
     def _add_after_close(self, records: _Arr) -> tuple[int, int]:
         """Outcomes for a closed second are a watermark bug: counted, dropped. Side events
         (a STALE reply always comes after its second closed) go to the run totals only."""
@@ -366,12 +381,18 @@ class Aggregator:
         """Close, in order, every open second whose end is <= watermark_ns."""
         self._watermark_ns = max(self._watermark_ns, watermark_ns)
         last = (watermark_ns - self.start_ns) // NS_PER_S - 1
-        return [self._close_next() for _ in range(self._next, last + 1)]
+        reports = [self._close_next() for _ in range(self._next, last + 1)]
+        if self._outages.settle(self.start_ns + self._next * NS_PER_S):
+            self._summary = None
+        return reports
 
     def close_all(self) -> list[SecondReport]:
         """End of run: close every second that has a record, and the empty ones between."""
         last = max(self._open, default=self._next - 1)
-        return [self._close_next() for _ in range(self._next, last + 1)]
+        reports = [self._close_next() for _ in range(self._next, last + 1)]
+        self._outages.settle(None)
+        self._summary = None
+        return reports
 
     def _close_next(self) -> SecondReport:
         s = self._next
@@ -424,6 +445,7 @@ class Aggregator:
             rows = list(range(self.n_targets + 1))
             stats = [TargetStats(*args) for args in _stat_args(run, rows, [*rows[:-1], TOTAL])]
             total = stats.pop()
+            outages, outages_total = self._outages.rows()
             self._summary = RunSummary(
                 self.start_ns,
                 self._next,
@@ -431,5 +453,8 @@ class Aggregator:
                 total,
                 self._anomalies,
                 self._unresolved(stats),
+                outages,
+                outages_total,
+                self._outages.outage_min,
             )
         return self._summary

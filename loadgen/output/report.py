@@ -9,7 +9,7 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every 
 | key | type | meaning |
 |---|---|---|
 | type | str | "second", "second_total" or "summary" |
-| v | int | schema version (3; 2 had no `rtt_hist`, 1 no `family` and no `unresolved`) |
+| v | int | schema version (3; 2: no rtt_hist, outages; 1: no family, unresolved) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -35,8 +35,11 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every 
 | | | requested_pps, achieved_pps, cpu_pct, send_errors, rx_drops, max_lag_ns, skipped_ns |
 
 A "summary" object holds `t_start`, `seconds` (closed seconds covered), `targets` (a list of
-objects with the per-target keys above), `total`, `anomalies` (invalid_records, late_records,
-rtt_dropped, side_events_after_close), `rtt_pct_rel_error` and `extra` (the caller's mapping).
+objects with the per-target keys above, plus the outage keys below), `total`, `outage_min`,
+`anomalies` (invalid_records, late_records, rtt_dropped, side_events_after_close),
+`rtt_pct_rel_error` and `extra` (the caller's mapping). Outage keys (`outages`): `outages`
+(runs of >= outage_min lost probes in a row), `outage_longest_probes`, `outage_longest_ms`,
+`outage_total_ms` and `loss_bursts` ({"1", "2", "3-9", "10+"}: runs of lost probes by length).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from loadgen.errors import UsageError
+from loadgen.outages import BURST_CLASSES, Outages
 from loadgen.stats import (
     NS_PER_S,
     PERCENTILE_REL_ERROR,
@@ -59,7 +63,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: rtt_hist
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: rtt_hist, outages in the summary
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -136,6 +140,16 @@ def _figures(
     return obj
 
 
+def _outage_figures(o: Outages) -> dict[str, Any]:
+    return {
+        "outages": o.count,
+        "outage_longest_probes": o.longest_probes,
+        "outage_longest_ms": round(o.longest_ns / 1e6, 3),
+        "outage_total_ms": round(o.total_ns / 1e6, 3),
+        "loss_bursts": dict(zip(BURST_CLASSES, o.bursts, strict=True)),
+    }
+
+
 class JsonlWriter:
     """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`.
 
@@ -203,6 +217,12 @@ class JsonlWriter:
     def write_summary(
         self, summary: RunSummary, names: Sequence[str], extra: Mapping[str, Any] | None = None
     ) -> None:
+        def row(ts: TargetStats, o: Outages) -> dict[str, Any]:
+            obj = _figures(ts, names, self.families, summary.explained(ts)[0])
+            obj.update(_outage_figures(o))
+            return obj
+
+        outages = summary.outages or (Outages(),) * len(summary.per_target)
         a = summary.anomalies
         self._write(
             [
@@ -212,15 +232,10 @@ class JsonlWriter:
                     "t_start": summary.start_ns / NS_PER_S,
                     "seconds": summary.seconds,
                     "targets": [
-                        _figures(ts, names, self.families, summary.explained(ts)[0])
-                        for ts in summary.per_target
+                        row(ts, o) for ts, o in zip(summary.per_target, outages, strict=True)
                     ],
-                    "total": _figures(
-                        summary.total,
-                        names,
-                        self.families,
-                        summary.explained(summary.total)[0],
-                    ),
+                    "total": row(summary.total, summary.outages_total),
+                    "outage_min": summary.outage_min,
                     "anomalies": {
                         "invalid_records": a.invalid_records,
                         "late_records": a.late_records,
