@@ -161,7 +161,7 @@ def families(
             tuple(Sample("_total", (("target", n),), o.total_ns / NS_PER_S) for n, o in outs),
         )
     )
-    bounds = [f"{b / NS_PER_S:.6g}" for b in rtthist.upper_bounds_ns(buckets)]
+    bounds = [repr(b / NS_PER_S) for b in rtthist.upper_bounds_ns(buckets)]
     hist: list[Sample] = []
     for n, t in rows:
         cum = 0

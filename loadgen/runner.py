@@ -16,6 +16,7 @@ from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import TargetError
 from loadgen.net.linkpath import check_interface
 from loadgen.net.sockets import check_source
+from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
 from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
@@ -106,6 +107,11 @@ def execute(
         for w in warnings:
             warn(w)
         shown = display(plan)
+        exporter = _metrics(profile, plan)
+        if exporter is not None:
+            shown = MetricsDisplay(shown, exporter)
+            if exporter.address is not None:
+                shown.note(f"metrics at http://{exporter.address}/metrics")
         families = [t.family for t in plan.targets]
         writer = JsonlWriter(profile.jsonl, families) if profile.jsonl else None
         names = [t.name for t in plan.targets]
@@ -123,8 +129,22 @@ def execute(
         finally:
             if writer is not None:
                 writer.close()
+            if exporter is not None:
+                exporter.close()
     error = writer.error if writer is not None else None
     return RunResult(plan, outcome, tuple(warnings), error)
+
+
+def _metrics(profile: Profile, plan: RunPlan) -> MetricsExporter | None:
+    """The Prometheus endpoint and/or textfile the profile asks for, serving before the run."""
+    if profile.metrics is None and profile.metrics_textfile is None:
+        return None
+    return MetricsExporter(
+        profile.metrics,
+        profile.metrics_textfile,
+        profile.metrics_labels,
+        [t.name for t in plan.targets],
+    )
 
 
 def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
