@@ -10,9 +10,11 @@ JSONL's total. `output.prometheus` hands these to prometheus-client. Pure: no cl
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
 
 from loadgen import rtthist
 from loadgen.errors import UsageError
@@ -82,18 +84,34 @@ def labelled_targets(mode: str, summary: RunSummary) -> list[TargetStats]:
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
-    suffix: str  # "", "_bucket", "_sum", "_count"
-    labels: tuple[tuple[str, str], ...]
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
 class Family:
-    name: str  # counters without "_total": prometheus-client adds it
+    """One metric as columns: a series per label value (`label` = ""; one unlabelled series).
+    Histograms add the `le` bounds and each series' cumulative bucket counts and sum; their
+    `values` are the counts. Columns, not a sample object per line: 1000 targets make 33,000
+    lines, rendered every second."""
+
+    name: str  # counters without "_total", info without "_info"
     kind: str  # "counter" | "gauge" | "histogram" | "info"
     help: str
-    samples: tuple[Sample, ...]
+    label: str  # "target", "worker", "version" or ""
+    keys: tuple[str, ...]  # the label's value of each series
+    values: tuple[float, ...]
+    les: tuple[str, ...] = ()
+    cumulative: tuple[tuple[int, ...], ...] = ()
+    sums: tuple[float, ...] = ()
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """(sample name, labels, value) of every line, as prometheus-client adds them."""
+        tail = {"counter": "_total", "info": "_info"}.get(self.kind, "")
+        for i, (key, value) in enumerate(zip(self.keys, self.values, strict=True)):
+            labels = {self.label: key} if self.label else {}
+            if self.kind == "histogram":
+                for le, count in zip(self.les, self.cumulative[i], strict=True):
+                    yield f"{self.name}_bucket", {**labels, "le": le}, count
+                yield f"{self.name}_count", labels, value
+                yield f"{self.name}_sum", labels, self.sums[i]
+            else:
+                yield self.name + tail, labels, value
 
 
 # (name without _total, Counts field, help) of the per-target counters.
@@ -110,15 +128,14 @@ _COUNTERS = (
 )
 
 
-def _rows(summary: RunSummary, names: Sequence[str], mode: str) -> list[tuple[str, TargetStats]]:
-    chosen = [(names[t.target], t) for t in labelled_targets(mode, summary)]
-    return [*chosen, ("total", summary.total)]
-
-
-def _outages(summary: RunSummary, ts: TargetStats) -> Outages:
-    if ts is summary.total:
-        return summary.outages_total
-    return summary.outages[ts.target] if summary.outages else Outages()
+def _outages(summary: RunSummary, rows: Sequence[TargetStats]) -> list[Outages]:
+    none = Outages()
+    return [
+        summary.outages_total
+        if t is summary.total
+        else (summary.outages[t.target] if summary.outages else none)
+        for t in rows
+    ]
 
 
 def families(
@@ -134,59 +151,88 @@ def families(
     """Every metric: per-target counters and the RTT histogram for the labelled targets and
     the total; rates and the generator verdict of the last closed second; per-worker counters
     from `workers` = (worker, cpu_ns, send_errors, rx_dropped)."""
-    rows = _rows(summary, names, mode)
-    out = [
-        Family(
-            name,
-            "counter",
-            text,
-            tuple(Sample("_total", (("target", n),), getattr(t.counts, field)) for n, t in rows),
-        )
-        for name, field, text in _COUNTERS
-    ]
-    outs = [(n, _outages(summary, t)) for n, t in rows]
+    rows = [*labelled_targets(mode, summary), summary.total]
+    keys = (*(names[t.target] for t in rows[:-1]), "total")
+    counts = [t.counts for t in rows]
+
+    def counter(name: str, text: str, values: Sequence[float]) -> Family:
+        return Family(name, "counter", text, "target", keys, tuple(values))
+
+    out = [counter(n, text, [getattr(c, f) for c in counts]) for n, f, text in _COUNTERS]
+    outs = _outages(summary, rows)
     out.append(
-        Family(
+        counter(
             "loadgen_outages",
-            "counter",
             "Runs of consecutive lost probes of at least outage_min probes.",
-            tuple(Sample("_total", (("target", n),), o.count) for n, o in outs),
+            [o.count for o in outs],
         )
     )
     out.append(
-        Family(
+        counter(
             "loadgen_outage_seconds",
-            "counter",
             "Time in outages (send-time span, see outages).",
-            tuple(Sample("_total", (("target", n),), o.total_ns / NS_PER_S) for n, o in outs),
+            [o.total_ns / NS_PER_S for o in outs],
         )
     )
-    bounds = [repr(b / NS_PER_S) for b in rtthist.upper_bounds_ns(buckets)]
-    hist: list[Sample] = []
-    for n, t in rows:
-        cum = 0
-        for k, le in enumerate(bounds):
-            cum += t.rtt.hist[k] if k < len(t.rtt.hist) else 0
-            hist.append(Sample("_bucket", (("target", n), ("le", le)), cum))
-        hist.append(Sample("_bucket", (("target", n), ("le", "+Inf")), t.rtt.count))
-        hist.append(Sample("_count", (("target", n),), t.rtt.count))
-        hist.append(Sample("_sum", (("target", n),), t.rtt.avg_ns * t.rtt.count / NS_PER_S))
-    out.append(Family("loadgen_rtt_seconds", "histogram", "RTT of good replies.", tuple(hist)))
+    hist = np.zeros((len(rows), buckets + 1), dtype=np.int64)  # the last: +Inf
+    for i, t in enumerate(rows):
+        hist[i, : len(t.rtt.hist)] = t.rtt.hist
+    cumulative = np.cumsum(hist, axis=1)
+    cumulative[:, -1] = [t.rtt.count for t in rows]  # the last bound takes any RTT past it
+    les = (*(repr(b / NS_PER_S) for b in rtthist.upper_bounds_ns(buckets)), "+Inf")
+    out.append(
+        Family(
+            "loadgen_rtt_seconds",
+            "histogram",
+            "RTT of good replies.",
+            "target",
+            keys,
+            tuple(t.rtt.count for t in rows),
+            les,
+            tuple(map(tuple, cumulative.tolist())),
+            tuple(t.rtt.avg_ns * t.rtt.count / NS_PER_S for t in rows),
+        )
+    )
     out += _generator(generator, summary.seconds)
     out += _workers(workers)
-    out.append(
-        Family(
-            "loadgen_build",
-            "info",
-            "loadgen version.",
-            (Sample("_info", (("version", version),), 1),),
-        )
-    )
+    out.append(Family("loadgen_build", "info", "loadgen version.", "version", (version,), (1,)))
     return out
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def exposition(fams: Sequence[Family]) -> str:
+    """The Prometheus text format (0.0.4) of `fams`, the lines prometheus-client writes for
+    them (counters and info named with their suffix in HELP and TYPE), about 30x faster: the
+    textfile is written every closed second."""
+    lines: list[str] = []
+    escaped: dict[tuple[str, int], list[str]] = {}  # the target families share one keys tuple
+    for f in fams:
+        tail = {"counter": "_total", "info": "_info"}.get(f.kind, "")
+        kind = "gauge" if f.kind == "info" else f.kind
+        lines += [f"# HELP {f.name}{tail} {f.help}", f"# TYPE {f.name}{tail} {kind}"]
+        if not f.label:
+            lines += [f"{f.name}{tail} {v}" for v in f.values]
+            continue
+        labels = escaped.get((f.label, id(f.keys)))
+        if labels is None:
+            labels = escaped[f.label, id(f.keys)] = [f'{f.label}="{_escape(k)}"' for k in f.keys]
+        if f.kind != "histogram":
+            lines += [
+                f"{f.name}{tail}{{{lab}}} {v}" for lab, v in zip(labels, f.values, strict=True)
+            ]
+            continue
+        bucket = [f'{f.name}_bucket{{{{{{}},le="{le}"}}}} ' for le in f.les]
+        for lab, cum, count, total in zip(labels, f.cumulative, f.values, f.sums, strict=True):
+            lines += [b.format(lab) + str(c) for b, c in zip(bucket, cum, strict=True)]
+            lines += [f"{f.name}_count{{{lab}}} {count}", f"{f.name}_sum{{{lab}}} {total}"]
+    return "\n".join(lines) + "\n"
+
+
 def _gauge(name: str, text: str, value: float) -> Family:
-    return Family(name, "gauge", text, (Sample("", (), value),))
+    return Family(name, "gauge", text, "", ("",), (value,))
 
 
 def _generator(gen: GeneratorSecond | None, seconds: int) -> list[Family]:
@@ -218,12 +264,8 @@ def _workers(workers: Sequence[tuple[int, int, int, int]]) -> list[Family]:
         ("loadgen_send_errors", "Sends the kernel refused (never sent, not counted).", 2, 1),
         ("loadgen_socket_drops", "Packets the kernel dropped at a worker's socket.", 3, 1),
     )
+    keys = tuple(str(w[0]) for w in workers)
     return [
-        Family(
-            name,
-            "counter",
-            text,
-            tuple(Sample("_total", (("worker", str(w[0])),), w[col] * scale) for w in workers),
-        )
+        Family(name, "counter", text, "worker", keys, tuple(w[col] * scale for w in workers))
         for name, text, col, scale in per
     ]

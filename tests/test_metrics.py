@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadgen.coordinator import Display, GeneratorView
@@ -86,9 +87,25 @@ def test_label_modes() -> None:
 
 
 def render(agg: Aggregator, mode: str = "target") -> str:
+    """What a scrape gets: the collector's metrics, written by prometheus-client."""
     exporter = MetricsExporter(None, None, mode, NAMES)
     exporter.update(agg, None, ())
-    return exporter._generate(exporter.registry).decode()  # type: ignore[no-any-return]
+    text: bytes = generate_latest(exporter.registry)
+    return text.decode()
+
+
+def test_the_textfile_text_is_what_prometheus_client_writes(tmp_path: Path) -> None:
+    agg = aggregated()
+    path = tmp_path / "m.prom"
+    exporter = MetricsExporter(None, str(path), "target", ['we"ird\\name\n', *NAMES[1:]])
+    exporter.update(agg, None, [])
+    ours = path.read_text()
+    theirs = generate_latest(exporter.registry).decode()
+    assert scrape(ours) == scrape(theirs)
+    assert len(scrape(ours)) > 100
+    assert [line for line in ours.splitlines() if line.startswith("#")] == [
+        line for line in theirs.splitlines() if line.startswith("#")
+    ]
 
 
 def test_the_text_parses_and_counters_equal_the_summary() -> None:
@@ -209,7 +226,7 @@ def _exposed_names() -> set[str]:
         workers=[(0, 1, 2, 3)],
         version="x",
     ):
-        names |= {fam.name + s.suffix for s in fam.samples}
+        names |= {name for name, _, _ in fam.samples()}
     return names
 
 

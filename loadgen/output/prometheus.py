@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from loadgen import __version__
 from loadgen.coordinator import Display, GeneratorView, WorkerHandle
 from loadgen.errors import UsageError
-from loadgen.metrics import Family, Listen, families
+from loadgen.metrics import Family, Listen, exposition, families
 from loadgen.plan import RunPlan
 from loadgen.stats import Aggregator, GeneratorSecond, SecondReport
 
@@ -41,25 +41,20 @@ def _client() -> Any:
 
 
 class _Collector:
-    """What a scrape reads: the prometheus-client metrics of the last update, swapped whole
-    (one reference assignment), so the server thread never sees half an update."""
+    """What a scrape reads: the families of the last update, swapped whole (one reference
+    assignment, so the server thread never sees half an update) and turned into
+    prometheus-client metrics only when scraped, in the server's thread."""
 
-    def __init__(self) -> None:
-        self.metrics: list[Any] = []
+    def __init__(self, metric: type[Any]) -> None:
+        self.metric = metric
+        self.families: Sequence[Family] = ()
 
     def collect(self) -> Iterable[Any]:
-        return self.metrics
-
-    def update(self, fams: Sequence[Family]) -> None:
-        from prometheus_client.metrics_core import Metric  # noqa: PLC0415
-
-        out = []
-        for fam in fams:
-            metric = Metric(fam.name, fam.help, fam.kind)
-            for s in fam.samples:
-                metric.add_sample(fam.name + s.suffix, dict(s.labels), s.value)
-            out.append(metric)
-        self.metrics = out
+        for fam in self.families:
+            out = self.metric(fam.name, fam.help, fam.kind)
+            for name, labels, value in fam.samples():
+                out.add_sample(name, labels, value)
+            yield out
 
 
 class MetricsExporter:
@@ -76,8 +71,7 @@ class MetricsExporter:
         self.labels, self.names = labels, tuple(names)
         self.textfile = textfile
         self.error: str | None = None  # the textfile could not be written: one line
-        self._generate = client.generate_latest
-        self.collector = _Collector()
+        self.collector = _Collector(client.metrics_core.Metric)
         self.registry: CollectorRegistry = client.CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self.server: Any = None
@@ -127,10 +121,10 @@ class MetricsExporter:
             workers=counters,
             version=__version__,
         )
-        self.collector.update(fams)
+        self.collector.families = fams
         if self.textfile is not None:
             try:
-                self.write_textfile(self.textfile)
+                self.write_textfile(self.textfile, exposition(fams))
             except OSError as e:
                 self.error = (
                     f"writing the metrics textfile {self.textfile!r} failed: {e.strerror or e}; "
@@ -138,14 +132,14 @@ class MetricsExporter:
                 )
                 self.textfile = None
 
-    def write_textfile(self, path: str) -> None:
+    def write_textfile(self, path: str, text: str) -> None:
         """Write to a temporary file beside `path`, then rename it over `path`: a reader sees
         the old text or the new, never part of one."""
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".loadgen-", suffix=".prom.tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(self._generate(self.registry))
+                f.write(text.encode())
             os.chmod(tmp, 0o644)  # node_exporter may run as another user
             os.rename(tmp, path)
         except OSError:
