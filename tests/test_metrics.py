@@ -336,3 +336,20 @@ def test_a_run_serves_closed_seconds_and_ends_equal_to_the_jsonl(tmp_path: Path)
         below_16us = sum(row["rtt_hist"][:2])
         assert end[("loadgen_rtt_seconds_bucket", (("le", "1.6e-05"), target))] == below_16us
     assert end[("loadgen_probes_sent_total", (("target", "total"),))] == 2000
+
+
+def test_the_command_line_says_a_port_in_use_in_one_line_before_sending() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["ping", "127.0.0.1", "-c", "3", "--metrics", f":{port}"]
+        res = subprocess.run(
+            [sys.executable, "-m", "loadgen", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "Address already in use" in res.stderr
