@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from loadgen.errors import UsageError
+from loadgen.sla import Clause, Reading, SlaVerdict
 from loadgen.stats import (
     NS_PER_S,
     PERCENTILE_REL_ERROR,
@@ -58,7 +59,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 2  # 2: family, unresolved
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: sla_breach records, summary's sla
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -134,6 +135,52 @@ def _figures(
     return obj
 
 
+# A clause's values as exported: loss in percent (as loss_pct), times in µs (as rtt_*_us).
+_SLA_UNITS = {Clause.MAX_LOSS: ("%", 100.0), Clause.MIN_RATE: ("pps", 1.0)}
+_SLA_TIME = ("us", 1e-3)
+
+
+def _sla_value(clause: Clause, value: float | None) -> float | None:
+    scale = _SLA_UNITS.get(clause, _SLA_TIME)[1]
+    return None if value is None else round(float(value) * scale, 6)
+
+
+def _reading(r: Reading | None, names: Sequence[str]) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "target": r.target,
+        "name": _name(names, r.target),
+        "second": r.second,
+        "value": _sla_value(r.clause, r.value),
+        "generator_limited": r.generator_limited,
+    }
+
+
+def sla_object(verdict: SlaVerdict, names: Sequence[str]) -> dict[str, Any]:
+    """The summary's "sla" object: the verdict, then per clause its limit and readings."""
+    return {
+        "passed": verdict.passed,
+        "window": str(verdict.spec.window),
+        "scope": str(verdict.spec.scope),
+        "possibly_generator": verdict.possibly_generator,
+        "clauses": [
+            {
+                "clause": str(c.clause),
+                "passed": c.passed,
+                "limit": _sla_value(c.clause, float(c.limit)),
+                "unit": _SLA_UNITS.get(c.clause, _SLA_TIME)[0],
+                "judged": c.judged,
+                "failed": c.failed,
+                "failed_generator_limited": c.failed_generator_limited,
+                "worst": _reading(c.worst, names),
+                "first_failure": _reading(c.first_failure, names),
+            }
+            for c in verdict.clauses
+        ],
+    }
+
+
 class JsonlWriter:
     """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`.
 
@@ -173,8 +220,11 @@ class JsonlWriter:
         else:
             self.lines += len(objects)
 
-    def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
-        """One "second" object per target in the report, then its "second_total"."""
+    def write_second(
+        self, report: SecondReport, names: Sequence[str], breaches: Sequence[Reading] = ()
+    ) -> None:
+        """One "second" object per target in the report, then its "second_total", then one
+        "sla_breach" per SLA clause it failed (window "second")."""
         head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
         fam = self.families
         rows = [
@@ -196,40 +246,57 @@ class JsonlWriter:
                 "workers": [dataclasses.asdict(w) for w in gen.workers],
             }
         rows.append(total)
+        for b in breaches:
+            rows.append(
+                {
+                    "type": "sla_breach",
+                    **head,
+                    "clause": str(b.clause),
+                    "target": b.target,
+                    "name": _name(names, b.target),
+                    "value": _sla_value(b.clause, b.value),
+                    "limit": _sla_value(b.clause, float(b.limit)),
+                    "unit": _SLA_UNITS.get(b.clause, _SLA_TIME)[0],
+                    "generator_limited": b.generator_limited,
+                }
+            )
         self._write(rows)
 
     def write_summary(
-        self, summary: RunSummary, names: Sequence[str], extra: Mapping[str, Any] | None = None
+        self,
+        summary: RunSummary,
+        names: Sequence[str],
+        extra: Mapping[str, Any] | None = None,
+        sla: SlaVerdict | None = None,
     ) -> None:
         a = summary.anomalies
-        self._write(
-            [
-                {
-                    "type": "summary",
-                    "v": JSONL_SCHEMA_VERSION,
-                    "t_start": summary.start_ns / NS_PER_S,
-                    "seconds": summary.seconds,
-                    "targets": [
-                        _figures(ts, names, self.families, summary.explained(ts)[0])
-                        for ts in summary.per_target
-                    ],
-                    "total": _figures(
-                        summary.total,
-                        names,
-                        self.families,
-                        summary.explained(summary.total)[0],
-                    ),
-                    "anomalies": {
-                        "invalid_records": a.invalid_records,
-                        "late_records": a.late_records,
-                        "rtt_dropped": a.rtt_dropped,
-                        "side_events_after_close": a.side_events_after_close,
-                    },
-                    "rtt_pct_rel_error": PERCENTILE_REL_ERROR,
-                    "extra": dict(extra or {}),
-                }
-            ]
-        )
+        obj: dict[str, Any] = {
+            "type": "summary",
+            "v": JSONL_SCHEMA_VERSION,
+            "t_start": summary.start_ns / NS_PER_S,
+            "seconds": summary.seconds,
+            "targets": [
+                _figures(ts, names, self.families, summary.explained(ts)[0])
+                for ts in summary.per_target
+            ],
+            "total": _figures(
+                summary.total,
+                names,
+                self.families,
+                summary.explained(summary.total)[0],
+            ),
+            "anomalies": {
+                "invalid_records": a.invalid_records,
+                "late_records": a.late_records,
+                "rtt_dropped": a.rtt_dropped,
+                "side_events_after_close": a.side_events_after_close,
+            },
+            "rtt_pct_rel_error": PERCENTILE_REL_ERROR,
+            "extra": dict(extra or {}),
+        }
+        if sla is not None:
+            obj["sla"] = sla_object(sla, names)
+        self._write([obj])
 
     def close(self) -> None:
         """Close the file; a file removed or replaced during the run is a failure too, as what

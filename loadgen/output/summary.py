@@ -8,6 +8,7 @@ Pure presentation of a `RunSummary`; the JSONL export (`report`) holds every tar
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -15,7 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from loadgen.output.ui import fit_name, num3, pick_targets
-from loadgen.stats import PERCENTILE_REL_ERROR, Counts, RunSummary, TargetStats
+from loadgen.sla import Clause, Reading, SlaVerdict
+from loadgen.stats import PERCENTILE_REL_ERROR, TOTAL, Counts, RunSummary, TargetStats
+from loadgen.units import format_duration, format_percent, format_rate
 
 FEW_TARGETS = 4  # up to this many targets: one iputils block each instead of the table
 TABLE_COLUMNS = 80  # the end-of-run table fits a terminal of this width
@@ -186,3 +189,63 @@ def summary_view(
     total = block(f"total ({n} targets, {summary.seconds} s)", summary.total, summary)
     parts.append(Text("\n".join(["", *total, *_notes(summary)])))
     return Group(*parts)
+
+
+def _sla_value(clause: Clause, value: float | None) -> str:
+    if value is None:
+        return "no reply in time"
+    if clause is Clause.MAX_LOSS:
+        return format_percent(value)
+    if clause is Clause.MIN_RATE:
+        return format_rate(value)
+    return f"{value / 1e3:.4g} µs" if value < 1e6 else f"{value / 1e6:.4g} ms"
+
+
+def _sla_limit(clause: Clause, limit: Fraction) -> str:
+    if clause is Clause.MAX_LOSS:
+        return f"<= {format_percent(float(limit))}"
+    if clause is Clause.MIN_RATE:
+        return f">= {format_rate(float(limit))}"
+    return f"<= {format_duration(int(limit))}"
+
+
+def _where(r: Reading, names: Sequence[str]) -> str:
+    who = "total" if r.target == TOTAL else _name(names, r.target)
+    return f"{who}, {'the run' if r.second is None else f'second {r.second}'}"
+
+
+def sla_lines(verdict: SlaVerdict, names: Sequence[str]) -> list[str]:
+    """The SLA verdict, last in the summary: PASS or FAIL per clause, with the value that broke
+    it (or, for a pass, the worst one), where, and the limit."""
+    spec = verdict.spec
+    failed = sum(not c.passed for c in verdict.clauses)
+    head = "PASS" if verdict.passed else f"FAIL ({failed} of {len(verdict.clauses)} clauses)"
+    lines = [
+        f"SLA: {head}, judged over {'every second' if spec.window == 'second' else 'the run'}"
+        f" for {'every target' if spec.scope == 'target' else 'all targets together'}"
+    ]
+    for c in verdict.clauses:
+        rule = f"{c.clause} {_sla_limit(c.clause, c.limit)}"
+        if c.worst is None:
+            lines.append(f"  PASS {rule}: nothing to judge")
+            continue
+        r = c.first_failure if c.first_failure is not None else c.worst
+        label = "worst" if c.passed else ""
+        line = f"  {'PASS' if c.passed else 'FAIL'} {rule}: {label + ' ' if label else ''}"
+        line += f"{_sla_value(c.clause, r.value)} ({_where(r, names)})"
+        if not c.passed:
+            line += f"; failed {c.failed} of {c.judged}"
+            if c.worst is not r:
+                line += f", worst {_sla_value(c.clause, c.worst.value)} ({_where(c.worst, names)})"
+        lines.append(line)
+        if c.possibly_generator:
+            where = (
+                f"{c.failed_generator_limited} of these failures came in seconds"
+                if spec.window == "second"
+                else "the run had seconds"
+            )
+            lines.append(
+                f"    {where} in which loadgen itself could not keep up: possibly loadgen's, "
+                "not the network's"
+            )
+    return lines
