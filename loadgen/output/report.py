@@ -4,12 +4,13 @@
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
 most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every object has
 `type` and `v`. A "second" object per target that sent in a closed second, then one
-"second_total" (target -1, name "total"); one "summary" object at the end of the run:
+"second_total" (target -1, name "total") and an "sla_breach" per SLA clause that second failed
+(README, SLA verdicts); one "summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
-| type | str | "second", "second_total" or "summary" |
-| v | int | schema version (2; version 1 had no `family` and no `unresolved`) |
+| type | str | "second", "second_total", "sla_breach" or "summary" |
+| v | int | schema version (3: `sla_breach`, summary `sla`; 2: `family`, `unresolved`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -35,7 +36,8 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every 
 
 A "summary" object holds `t_start`, `seconds` (closed seconds covered), `targets` (a list of
 objects with the per-target keys above), `total`, `anomalies` (invalid_records, late_records,
-rtt_dropped, side_events_after_close), `rtt_pct_rel_error` and `extra` (the caller's mapping).
+rtt_dropped, side_events_after_close), `rtt_pct_rel_error`, `extra` (the caller's mapping) and,
+with an SLA, `sla` (the verdict per clause: `sla_object`).
 """
 
 from __future__ import annotations
