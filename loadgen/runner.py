@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
-from loadgen.errors import TargetError
+from loadgen.errors import ProfileError, TargetError
 from loadgen.net.linkpath import check_interface
 from loadgen.net.sockets import check_source
 from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
-from loadgen.sla import SlaJudge, SlaVerdict, whole_second
+from loadgen.sla import SlaJudge, SlaVerdict, rate_problem, whole_second
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets
 
@@ -90,6 +90,10 @@ def plan_run(
         run_id=secrets.randbits(32) if run_id is None else run_id,
         ident_base=secrets.randbits(16) if ident_base is None else ident_base,
     )
+    if profile.sla is not None:
+        problem = rate_problem(profile.sla, plan.rate_pps, plan.rate_per_target_pps)
+        if problem:
+            raise ProfileError(f"{profile.source}: {problem}")
     return plan, warnings
 
 

@@ -219,6 +219,21 @@ class SlaVerdict:
         return any(c.possibly_generator for c in self.clauses)
 
 
+def rate_problem(spec: SlaSpec, rate_pps: float, rate_per_target_pps: float) -> str | None:
+    """Why `min_rate` can never be met by a plan asking these rates, if it cannot."""
+    if spec.min_rate_pps is None:
+        return None
+    per_target = spec.scope is Scope.TARGET
+    asked = rate_per_target_pps if per_target else rate_pps
+    if spec.min_rate_pps <= asked:
+        return None
+    return (
+        f"key 'sla.min_rate' = {spec.min_rate_pps:g}: above the {asked:g} pps the run asks"
+        f"{' per target' if per_target else ''}, so it can never pass; lower min_rate or raise "
+        "the rate"
+    )
+
+
 def whole_second(second: int, send_ns: int | None, *, stopped: bool = False) -> bool:
     """Whether the timetable had probes due through all of `second`: not the run's last, cut
     short by the end of sending (`send_ns`, None: open-ended), nor one in which sending was

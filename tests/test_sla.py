@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from loadgen.stats import (
     TargetSecond,
     TargetStats,
 )
+from loadgen.units import parse_percent
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -357,6 +359,25 @@ def test_bad_sla_flag_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) 
     assert err.startswith("loadgen: error: command line: key 'sla.max_loss' = \"0.1\"")
     assert main(["ping", "127.0.0.1", "--sla-window", "second"]) == EXIT_USAGE
     assert "no clause to judge the run by" in capsys.readouterr().err
+
+
+def test_a_min_rate_above_the_rate_asked_is_refused_before_the_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["ping", "127.0.0.1", "-r", "100", "--sla-min-rate", "101"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "loadgen: error: command line: key 'sla.min_rate' = 101: above the 100 pps the run "
+        "asks, so it can never pass; lower min_rate or raise the rate"
+    )
+    args = ["127.0.0.1,127.0.0.2", "-r", "100", "--sla-min-rate", "60", "--sla-scope", "target"]
+    assert main(["ping", *args]) == EXIT_USAGE
+    assert "above the 50 pps the run asks per target" in capsys.readouterr().err
+
+
+@given(st.decimals(0, 100, places=4))
+def test_percent_reads_back_exactly(pct: Decimal) -> None:
+    assert parse_percent(f"{pct}%", key="k") == Fraction(pct) / 100
 
 
 def _verdict(passed: bool) -> SlaVerdict:

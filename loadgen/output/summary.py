@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loadgen.output.ui import fit_name, num3, pick_targets
-from loadgen.sla import Clause, Reading, SlaVerdict
+from loadgen.sla import Clause, Reading, Scope, SlaVerdict, Window
 from loadgen.stats import PERCENTILE_REL_ERROR, TOTAL, Counts, RunSummary, TargetStats
 from loadgen.units import format_duration, format_percent, format_rate
 
@@ -221,8 +221,8 @@ def sla_lines(verdict: SlaVerdict, names: Sequence[str]) -> list[str]:
     failed = sum(not c.passed for c in verdict.clauses)
     head = "PASS" if verdict.passed else f"FAIL ({failed} of {len(verdict.clauses)} clauses)"
     lines = [
-        f"SLA: {head}, judged over {'every second' if spec.window == 'second' else 'the run'}"
-        f" for {'every target' if spec.scope == 'target' else 'all targets together'}"
+        f"SLA: {head}, judged over {'every second' if spec.window is Window.SECOND else 'the run'}"
+        f" for {'every target' if spec.scope is Scope.TARGET else 'all targets together'}"
     ]
     for c in verdict.clauses:
         rule = f"{c.clause} {_sla_limit(c.clause, c.limit)}"
@@ -241,7 +241,7 @@ def sla_lines(verdict: SlaVerdict, names: Sequence[str]) -> list[str]:
         if c.possibly_generator:
             where = (
                 f"{c.failed_generator_limited} of these failures came in seconds"
-                if spec.window == "second"
+                if spec.window is Window.SECOND
                 else "the run had seconds"
             )
             lines.append(
