@@ -37,16 +37,6 @@ class Scope(StrEnum):
     TARGET = "target"  # every target on its own
 
 
-LATENCY = (Clause.MAX_P99, Clause.MAX_RTT, Clause.MAX_JITTER)
-UNITS = {  # the unit of a clause's values and limit, as exported
-    Clause.MAX_LOSS: "ratio",
-    Clause.MAX_P99: "ns",
-    Clause.MAX_RTT: "ns",
-    Clause.MAX_JITTER: "ns",
-    Clause.MIN_RATE: "pps",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class SlaSpec:
     """The clauses a run must meet; a clause left None is not part of the agreement."""
@@ -114,8 +104,9 @@ class Figures:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One clause read on one window. `value` is in the clause's unit (UNITS); None means
-    probes were sent and nothing came back in time, which no latency limit meets."""
+    """One clause read on one window. `value` and `limit` are in the clause's own unit (a loss
+    ratio, nanoseconds, probes per second); a None value means probes were sent and nothing
+    came back in time, which no latency limit meets."""
 
     clause: Clause
     target: int
