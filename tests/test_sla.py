@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from loadgen.cli import EXIT_FAILED, EXIT_OK, EXIT_SLA, EXIT_USAGE, exit_code, main
 from loadgen.coordinator import RunOutcome
 from loadgen.errors import ProfileError
-from loadgen.output.report import JsonlWriter
+from loadgen.output.report import JSONL_SCHEMA_VERSION, JsonlWriter
 from loadgen.output.summary import sla_lines
 from loadgen.plan import RunPlan
 from loadgen.profile import COMMAND_LINE, load_profile, parse_profile
@@ -398,7 +398,7 @@ def test_jsonl_has_a_breach_per_failed_clause_and_second_and_the_verdict(tmp_pat
     (breach,) = [r for r in rows if r["type"] == "sla_breach"]
     assert breach == {
         "type": "sla_breach",
-        "v": 3,
+        "v": JSONL_SCHEMA_VERSION,
         "second": 0,
         "t": 0.0,
         "clause": "max_loss",

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from loadgen.lab import Lab, lab_down, lab_up, parse_lab_spec, remains
+from loadgen.output.report import JSONL_SCHEMA_VERSION
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -59,7 +60,7 @@ def ping(
 
 def clause(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
     summary = rows[-1]
-    assert summary["type"] == "summary" and summary["v"] == 3
+    assert summary["type"] == "summary" and summary["v"] == JSONL_SCHEMA_VERSION
     found: dict[str, Any] = next(c for c in summary["sla"]["clauses"] if c["clause"] == name)
     return found
 
