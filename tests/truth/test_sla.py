@@ -103,7 +103,7 @@ def test_per_second_per_target_breaches_name_the_lossy_host_only(tmp_path: Path,
     losing = {r["second"]: r["loss_pct"] for r in rows if r["type"] == "second" and r["lost"] > 0}
     assert breaches and {r["name"] for r in breaches} == {lossy}
     # One breach per second in which the lossy host lost anything, with that second's loss.
-    assert {b["second"]: b["value"] for b in breaches} == losing
+    assert {b["second"]: b["value"] for b in breaches} == pytest.approx(losing)
     assert all(b["clause"] == "max_loss" and b["limit"] == 0 and b["unit"] == "%" for b in breaches)
     loss = clause(rows, "max_loss")
     assert loss["failed"] == len(breaches) and loss["worst"]["name"] == lossy
