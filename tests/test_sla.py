@@ -23,6 +23,7 @@ from loadgen.output.summary import sla_lines
 from loadgen.plan import RunPlan
 from loadgen.profile import COMMAND_LINE, load_profile, parse_profile
 from loadgen.runner import RunResult
+from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
 from loadgen.sla import (
     Clause,
     Figures,
@@ -239,6 +240,14 @@ def test_stopped_seconds_do_not_fail_min_rate() -> None:
     reports = [second(0, [(1000, 0)]), second(1, [(300, 0)], stopped=True)]
     verdict = evaluate(spec, reports, summary([(1300, 0)], 2), stopped_from=1)
     assert verdict.passed and verdict.clauses[0].judged == 1
+
+
+def test_the_self_check_marks_seconds_from_a_stop_on() -> None:
+    check = GeneratorCheck([WorkerSchedule(0, 1000.0, None)], start_ns=0)
+    assert not check.second(0, {0: 1000}).stopped
+    check.on_stop(2 * S + S // 2)
+    assert not check.second(1, {0: 1000}).stopped
+    assert check.second(2, {0: 500}).stopped and check.second(3, {0: 0}).stopped
 
 
 def test_generator_limited_seconds_fail_min_rate_and_say_it_may_be_ours() -> None:
