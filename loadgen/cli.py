@@ -30,7 +30,7 @@ from loadgen import __version__
 from loadgen.coordinator import Display
 from loadgen.errors import LoadgenError, UsageError
 from loadgen.output.display import make_display
-from loadgen.output.summary import sla_lines, summary_view
+from loadgen.output.summary import sla_lines, sla_rules, summary_view
 from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.runner import RunResult, execute, plan_run
@@ -238,6 +238,8 @@ def _check(profile: Profile) -> int:
         _say(f"warning: {w}")
     with _writing_stdout():
         print(describe(plan))
+        if profile.sla is not None:
+            print(sla_rules(profile.sla))
     return EXIT_OK
 
 

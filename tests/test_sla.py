@@ -19,7 +19,7 @@ from loadgen.cli import EXIT_FAILED, EXIT_OK, EXIT_SLA, EXIT_USAGE, exit_code, m
 from loadgen.coordinator import RunOutcome
 from loadgen.errors import ProfileError
 from loadgen.output.report import JSONL_SCHEMA_VERSION, JsonlWriter
-from loadgen.output.summary import sla_lines
+from loadgen.output.summary import sla_lines, sla_rules
 from loadgen.plan import RunPlan
 from loadgen.profile import COMMAND_LINE, load_profile, parse_profile
 from loadgen.runner import RunResult
@@ -387,6 +387,22 @@ def test_a_min_rate_above_the_rate_asked_is_refused_before_the_run(
 @given(st.decimals(0, 100, places=4))
 def test_percent_reads_back_exactly(pct: Decimal) -> None:
     assert parse_percent(f"{pct}%", key="k") == Fraction(pct) / 100
+
+
+def test_check_prints_the_clauses_a_run_will_be_judged_by(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('targets = ["127.0.0.1"]\nrate = 500\n[sla]\nmax_loss = "0.1%"\n')
+    assert main(["check", str(path)]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "sla: max_loss <= 0.1%; judged over the run for all targets together"
+    )
+    spec = SlaSpec(max_p99_ns=2 * MS, min_rate_pps=450.0, window=Window.SECOND)
+    assert sla_rules(spec) == (
+        "sla: max_p99 <= 2ms, min_rate >= 450 pps; judged over every second for all targets "
+        "together"
+    )
 
 
 def _verdict(passed: bool) -> SlaVerdict:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loadgen.output.ui import fit_name, num3, pick_targets
-from loadgen.sla import Clause, Reading, Scope, SlaVerdict, Window
+from loadgen.sla import Clause, Reading, Scope, SlaSpec, SlaVerdict, Window
 from loadgen.stats import PERCENTILE_REL_ERROR, TOTAL, Counts, RunSummary, TargetStats
 from loadgen.units import format_duration, format_percent, format_rate
 
@@ -214,16 +214,26 @@ def _where(r: Reading, names: Sequence[str]) -> str:
     return f"{who}, {'the run' if r.second is None else f'second {r.second}'}"
 
 
+def _judged(spec: SlaSpec) -> str:
+    over = "every second" if spec.window is Window.SECOND else "the run"
+    return f"judged over {over} for " + (
+        "every target" if spec.scope is Scope.TARGET else "all targets together"
+    )
+
+
+def sla_rules(spec: SlaSpec) -> str:
+    """The clauses a run will be judged by, on one line (for `loadgen check`)."""
+    rules = ", ".join(f"{clause} {_sla_limit(clause, limit)}" for clause, limit in spec.limits)
+    return f"sla: {rules}; {_judged(spec)}"
+
+
 def sla_lines(verdict: SlaVerdict, names: Sequence[str]) -> list[str]:
     """The SLA verdict, last in the summary: PASS or FAIL per clause, with the value that broke
     it (or, for a pass, the worst one), where, and the limit."""
     spec = verdict.spec
     failed = sum(not c.passed for c in verdict.clauses)
     head = "PASS" if verdict.passed else f"FAIL ({failed} of {len(verdict.clauses)} clauses)"
-    lines = [
-        f"SLA: {head}, judged over {'every second' if spec.window is Window.SECOND else 'the run'}"
-        f" for {'every target' if spec.scope is Scope.TARGET else 'all targets together'}"
-    ]
+    lines = [f"SLA: {head}, {_judged(spec)}"]
     for c in verdict.clauses:
         rule = f"{c.clause} {_sla_limit(c.clause, c.limit)}"
         if c.worst is None:
