@@ -115,7 +115,7 @@ def execute(
         families = [t.family for t in plan.targets]
         writer = JsonlWriter(profile.jsonl, families) if profile.jsonl else None
         names = [t.name for t in plan.targets]
-        judge = SlaJudge(profile.sla) if profile.sla is not None else None
+        judge = None if profile.sla is None else SlaJudge(profile.sla, len(plan.targets))
 
         def on_second(report: SecondReport) -> None:
             breaches = () if judge is None else judge.second(report, whole=_whole(plan, report))

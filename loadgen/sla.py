@@ -119,15 +119,15 @@ class Reading:
 
 def _reading(clause: Clause, limit: Fraction, f: Figures) -> Reading | None:
     """The reading of `clause` on `f`, or None when the window has nothing to judge it on."""
-    if f.sent == 0:
-        return None
     value: float | None
-    if clause is Clause.MAX_LOSS:
-        value, passed = f.lost / f.sent, Fraction(f.lost, f.sent) <= limit
-    elif clause is Clause.MIN_RATE:
+    if clause is Clause.MIN_RATE:  # a whole second that sent nothing is judged: rate 0
         if f.rate_pps is None:
             return None
         value, passed = f.rate_pps, f.rate_pps >= limit
+    elif f.sent == 0:
+        return None
+    elif clause is Clause.MAX_LOSS:
+        value, passed = f.lost / f.sent, Fraction(f.lost, f.sent) <= limit
     elif f.rtt_count == 0:
         value, passed = None, False
     else:
@@ -240,8 +240,11 @@ class SlaJudge:
     mean. `verdict(summary)` adds the run's readings (window "run") and returns the verdict.
     """
 
-    def __init__(self, spec: SlaSpec) -> None:
+    def __init__(self, spec: SlaSpec, n_targets: int = 0) -> None:
+        """`n_targets`: the run's, so a target that sent nothing in a whole second fails
+        min_rate with scope "target" (a second's report lists only targets that sent)."""
         self.spec = spec
+        self.n_targets = n_targets
         self._clauses = [ClauseVerdict(clause, limit) for clause, limit in spec.limits]
         self._whole_sent: dict[int, int] = {}
         self._whole_seconds = 0
@@ -264,6 +267,11 @@ class SlaJudge:
         for ts in rows:
             rate = float(ts.counts.sent) if whole else None
             readings += judge(self.spec, Figures.of(ts, report.second, rate, limited))
+        if whole and self.spec.scope is Scope.TARGET and self.spec.min_rate_pps is not None:
+            silent = set(range(self.n_targets)) - {ts.target for ts in rows}
+            for t in sorted(silent):  # only min_rate judges a window that sent nothing
+                nothing = Figures(t, report.second, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, limited)
+                readings += judge(self.spec, nothing)
         self._clauses = [c.add(readings) for c in self._clauses]
         return tuple(r for r in readings if not r.passed)
 
@@ -290,7 +298,7 @@ def evaluate(
     """The verdict on a finished run from its closed seconds and summary; `send_ns` is how long
     sending lasted by the plan (None: open-ended), `stopped_from` the second in which it was
     stopped early, if it was."""
-    judge_ = SlaJudge(spec)
+    judge_ = SlaJudge(spec, len(summary.per_target))
     for report in seconds:
         stopped = stopped_from is not None and report.second >= stopped_from
         judge_.second(report, whole=whole_second(report.second, send_ns, stopped=stopped))

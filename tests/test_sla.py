@@ -235,6 +235,25 @@ def test_a_run_without_a_whole_second_has_no_rate_to_judge() -> None:
     assert sla_lines(verdict, NAMES)[1] == "  PASS min_rate >= 1k pps: nothing to judge"
 
 
+def test_a_whole_second_that_sent_nothing_fails_min_rate() -> None:
+    # Second 1 is whole, but nothing went out (in total), or nothing to target 1 (per target).
+    reports = [second(0, [(100, 0), (100, 0)]), second(1, [(100, 0)])]
+    run = summary([(200, 0), (100, 0)], 2)
+    per_second = SlaSpec(min_rate_pps=90.0, window=Window.SECOND, scope=Scope.TARGET)
+    (rate,) = evaluate(per_second, reports, run, send_ns=10 * S).clauses
+    assert (rate.judged, rate.failed) == (4, 1)
+    assert rate.first_failure is not None
+    assert (rate.first_failure.target, rate.first_failure.second) == (1, 1)
+    assert rate.first_failure.value == 0.0
+    per_run = SlaSpec(min_rate_pps=90.0, scope=Scope.TARGET)
+    (mean,) = evaluate(per_run, reports, run, send_ns=10 * S).clauses
+    assert mean.worst is not None and (mean.worst.target, mean.worst.value) == (1, 50.0)
+    empty = [second(0, [(100, 0), (100, 0)]), second(1, [(0, 0), (0, 0)])]
+    total = SlaSpec(min_rate_pps=90.0, window=Window.SECOND)
+    (rate,) = evaluate(total, empty, run, send_ns=10 * S).clauses
+    assert (rate.judged, rate.failed) == (2, 1)
+
+
 def test_stopped_seconds_do_not_fail_min_rate() -> None:
     spec = SlaSpec(min_rate_pps=1000.0, window=Window.SECOND)
     reports = [second(0, [(1000, 0)]), second(1, [(300, 0)], stopped=True)]
