@@ -272,33 +272,35 @@ class JsonlWriter:
         sla: SlaVerdict | None = None,
     ) -> None:
         a = summary.anomalies
-        obj: dict[str, Any] = {
-            "type": "summary",
-            "v": JSONL_SCHEMA_VERSION,
-            "t_start": summary.start_ns / NS_PER_S,
-            "seconds": summary.seconds,
-            "targets": [
-                _figures(ts, names, self.families, summary.explained(ts)[0])
-                for ts in summary.per_target
-            ],
-            "total": _figures(
-                summary.total,
-                names,
-                self.families,
-                summary.explained(summary.total)[0],
-            ),
-            "anomalies": {
-                "invalid_records": a.invalid_records,
-                "late_records": a.late_records,
-                "rtt_dropped": a.rtt_dropped,
-                "side_events_after_close": a.side_events_after_close,
-            },
-            "rtt_pct_rel_error": PERCENTILE_REL_ERROR,
-            "extra": dict(extra or {}),
-        }
-        if sla is not None:
-            obj["sla"] = sla_object(sla, names)
-        self._write([obj])
+        self._write(
+            [
+                {
+                    "type": "summary",
+                    "v": JSONL_SCHEMA_VERSION,
+                    "t_start": summary.start_ns / NS_PER_S,
+                    "seconds": summary.seconds,
+                    "targets": [
+                        _figures(ts, names, self.families, summary.explained(ts)[0])
+                        for ts in summary.per_target
+                    ],
+                    "total": _figures(
+                        summary.total,
+                        names,
+                        self.families,
+                        summary.explained(summary.total)[0],
+                    ),
+                    "anomalies": {
+                        "invalid_records": a.invalid_records,
+                        "late_records": a.late_records,
+                        "rtt_dropped": a.rtt_dropped,
+                        "side_events_after_close": a.side_events_after_close,
+                    },
+                    "rtt_pct_rel_error": PERCENTILE_REL_ERROR,
+                    "extra": dict(extra or {}),
+                    **({} if sla is None else {"sla": sla_object(sla, names)}),
+                }
+            ]
+        )
 
     def close(self) -> None:
         """Close the file; a file removed or replaced during the run is a failure too, as what
