@@ -7,8 +7,10 @@
     loadgen lab up LAB.toml | status | down [PREFIX] [--all]
     loadgen --version
 
-Exit codes: 0 ok; 1 nothing came back, the run failed (a worker died, no permission) or an
-export could not be written; 2 bad profile, flags or targets; 130 interrupted before the run.
+Exit codes (the README's table has them all): 0 ok; 1 nothing came back, the run failed (a
+worker died, no permission) or an export could not be written; 2 bad profile, flags or
+targets; 3 the run went fine but failed its SLA ([sla], --sla-*); 130 interrupted before the
+run. 1 wins over 3: a run that failed is not judged good or bad by its SLA.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from loadgen import __version__
 from loadgen.coordinator import Display
 from loadgen.errors import LoadgenError, UsageError
 from loadgen.output.display import make_display
-from loadgen.output.summary import summary_view
+from loadgen.output.summary import sla_lines, sla_rules, summary_view
 from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.runner import RunResult, execute, plan_run
 from loadgen.targets import labels
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SLA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class _ShowVersion(Exception):
@@ -51,6 +53,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+_SLA_FLAGS = (
+    ("max_loss", "PCT", 'most loss allowed: "0.1%%", "0%%"'),
+    ("max_p99", "DUR", "highest p99 RTT allowed: 2ms"),
+    ("max_rtt", "DUR", "highest RTT allowed"),
+    ("max_jitter", "DUR", "highest jitter allowed"),
+    ("min_rate", "RATE", "fewest probes really sent per second (whole seconds)"),
+    ("window", "WIN", '"run" (default) or "second": judge over the run or every second'),
+    ("scope", "SCOPE", '"total" (default) or "target": all targets together or each alone'),
+)
 
 
 def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
@@ -94,6 +107,11 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
     flag("--metrics", "", metavar="ADDR", help='serve Prometheus /metrics (":9464": loopback)')
     flag("--metrics-textfile", "", metavar="PATH", help="write the metrics to PATH every second")
     flag("--metrics-labels", "", metavar="MODE", help="total, target, top:N or auto (default)")
+    sla = p.add_argument_group("SLA verdict (exit 3 if a clause fails; adds to the [sla] table)")
+    for name, metavar, text in _SLA_FLAGS:
+        sla.add_argument(
+            f"--sla-{name.replace('_', '-')}", dest=f"sla_{name}", metavar=metavar, help=text
+        )
 
 
 _FLAG_KEYS = (
@@ -152,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
+    sla = {k: getattr(args, f"sla_{k}", None) for k, _, _ in _SLA_FLAGS}
+    if any(v is not None for v in sla.values()):
+        given["sla"] = {k: v for k, v in sla.items() if v is not None}
+    return given
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
@@ -222,6 +244,8 @@ def _check(profile: Profile) -> int:
         _say(f"warning: {w}")
     with _writing_stdout():
         print(describe(plan))
+        if profile.sla is not None:
+            print(sla_rules(profile.sla))
     return EXIT_OK
 
 
@@ -269,6 +293,9 @@ def _print_summary(result: RunResult, profile: Profile) -> None:
                     "generator_limits in the JSONL export, lower the rate or add workers"
                 )
             )
+        if result.sla is not None:  # last: what CI reads first
+            for line in sla_lines(result.sla, names):
+                console.print(Text(line))
 
 
 @contextlib.contextmanager
@@ -285,9 +312,12 @@ def _writing_stdout() -> Iterator[None]:
 
 
 def exit_code(result: RunResult) -> int:
-    """1 if a worker failed, the export could not be written or nothing came back; else 0."""
+    """1 if a worker failed, the export could not be written or nothing came back; else 3 if
+    the SLA failed; else 0."""
     if result.outcome.failures or result.export_error or result.replies == 0:
         return EXIT_FAILED
+    if result.sla is not None and not result.sla.passed:
+        return EXIT_SLA
     return EXIT_OK
 
 

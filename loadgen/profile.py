@@ -16,7 +16,8 @@ from typing import Any
 
 from loadgen.errors import ProfileError, UsageError
 from loadgen.metrics import Listen
-from loadgen.profile_keys import DEFAULT_DELAY_NS, PROFILE_KEYS
+from loadgen.profile_keys import DEFAULT_DELAY_NS, PROFILE_KEYS, table_keys
+from loadgen.sla import SlaSpec
 from loadgen.units import bad_value, format_duration
 
 COMMAND_LINE = "command line"
@@ -52,6 +53,7 @@ class Profile:
     metrics: Listen | None  # serve /metrics here during the run
     metrics_textfile: str | None  # write the metrics here every closed second
     metrics_labels: str  # auto | total | target | top:N
+    sla: SlaSpec | None  # the [sla] clauses the run is judged by
     lab: Mapping[str, Any] | None = field(hash=False)  # raw [lab] table, checked by lab/
 
 
@@ -152,7 +154,19 @@ def load_profile(path: str, overrides: Mapping[str, Any] | None = None) -> Profi
             '(strings need quotes: rate = "100k")'
         ) from None
     given = {name: value for name, value in (overrides or {}).items() if value is not None}
-    return _build({**data, **given}, path, dict.fromkeys(given, COMMAND_LINE))
+    origins = dict.fromkeys(given, COMMAND_LINE)
+    for name, value in given.items():
+        key = _KEYS.get(name)
+        if key is not None and key.keys and isinstance(data.get(name), Mapping):
+            # Flags of a table (--sla-*) add to the file's table: each is checked alone here,
+            # so a bad flag is named as such and the rest of the table stays the file's.
+            try:
+                table_keys(key, value)
+            except UsageError as err:
+                raise ProfileError(f"{COMMAND_LINE}: {err}") from None
+            given[name] = {**data[name], **value}
+            origins[name] = path
+    return _build({**data, **given}, path, origins)
 
 
 _EXAMPLE_HEADER = """\
@@ -174,5 +188,8 @@ def render_example() -> str:
     for key in PROFILE_KEYS:
         lines = ["# " + line for line in textwrap.wrap(f"{key.name}: {key.help}", width=98)]
         lines.append(("# " if key.commented else "") + key.example)
+        for sub in key.keys:  # a table's keys, under its header
+            lines += ["# " + line for line in textwrap.wrap(f"{sub.name}: {sub.help}", width=98)]
+            lines.append(("# " if key.commented else "") + sub.example)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"

@@ -15,12 +15,14 @@ from typing import Any
 
 from loadgen.errors import UsageError
 from loadgen.metrics import parse_labels, parse_listen
+from loadgen.sla import Scope, SlaSpec, Window
 from loadgen.units import (
     NS_PER_S,
     bad_value,
     parse_duration_ns,
     parse_float,
     parse_int,
+    parse_percent,
     parse_rate,
     parse_size,
     show_value,
@@ -47,6 +49,7 @@ class ProfileKey:
     help: str  # documentation, rendered as comments in example.toml
     example: str  # TOML written under the help in example.toml
     commented: bool = False  # example shown commented out (an optional key)
+    keys: tuple[ProfileKey, ...] = ()  # a table's own keys, written "<table>.<key>" in errors
 
 
 def _split_list(value: Any, key: str, hint: str) -> list[Any]:
@@ -185,6 +188,95 @@ def _int_in(minimum: int, maximum: int) -> Parser:
 def _unit(parse: Callable[..., Any]) -> Parser:
     return lambda value, key: parse(value, key=key)
 
+
+def table_keys(table: ProfileKey, value: Any) -> dict[str, Any]:
+    """The keys of a table value parsed by the table's own key list: {attr: value}. An unknown
+    key gets a did-you-mean; errors name the key as "<table>.<key>"."""
+    known = {k.name: k for k in table.keys}
+    items = _table(value, table.name)
+    out: dict[str, Any] = {}
+    for name, item in items.items():
+        sub = known.get(name)
+        if sub is None:
+            close = difflib.get_close_matches(str(name), list(known), n=1)
+            fix = f"did you mean '{close[0]}'?" if close else "see profiles/example.toml"
+            raise UsageError(bad_value(f"{table.name}.{name}", item, "unknown key", fix))
+        out[sub.attr] = sub.parse(item, f"{table.name}.{name}")
+    return out
+
+
+def _sla(value: Any, key: str) -> SlaSpec:
+    spec = SlaSpec(**table_keys(_KEY_OF[key], value))
+    if not spec.limits:
+        fix = 'add a clause such as max_loss = "0.1%" or max_p99 = "2ms"'
+        raise UsageError(bad_value(key, value, "no clause to judge the run by", fix))
+    return spec
+
+
+SLA_KEYS: tuple[ProfileKey, ...] = (
+    ProfileKey(
+        "max_loss",
+        "max_loss_ratio",
+        _unit(parse_percent),
+        None,
+        'Most loss allowed, with its percent sign: "0.1%", "0%". Loss is lost / sent, as in '
+        "the summary (late and errored probes are not lost).",
+        'max_loss = "0.1%"',
+    ),
+    ProfileKey(
+        "max_p99",
+        "max_p99_ns",
+        _unit(parse_duration_ns),
+        None,
+        "Highest 99th percentile RTT allowed. A window that sent probes and got no reply in "
+        "time fails every RTT clause.",
+        'max_p99 = "2ms"',
+    ),
+    ProfileKey(
+        "max_rtt",
+        "max_rtt_ns",
+        _unit(parse_duration_ns),
+        None,
+        "Highest RTT allowed.",
+        'max_rtt = "10ms"',
+    ),
+    ProfileKey(
+        "max_jitter",
+        "max_jitter_ns",
+        _unit(parse_duration_ns),
+        None,
+        "Highest jitter allowed (mean absolute difference of consecutive RTTs of a target).",
+        'max_jitter = "500us"',
+    ),
+    ProfileKey(
+        "min_rate",
+        "min_rate_pps",
+        _unit(parse_rate),
+        None,
+        'Fewest probes per second really sent (per target with scope = "target"), judged on '
+        "whole seconds of sending only; set it a little below the rate: a 1 ms tick may spill "
+        "into the next second.",
+        'min_rate = "1900"',
+    ),
+    ProfileKey(
+        "window",
+        "window",
+        lambda value, key: Window(_choice(tuple(Window))(value, key)),
+        Window.RUN,
+        'Judge each clause over the whole run ("run") or in every closed second ("second"). '
+        'Default "run".',
+        'window = "run"',
+    ),
+    ProfileKey(
+        "scope",
+        "scope",
+        lambda value, key: Scope(_choice(tuple(Scope))(value, key)),
+        Scope.TOTAL,
+        'Judge all targets together ("total") or every target on its own ("target"). '
+        'Default "total".',
+        'scope = "total"',
+    ),
+)
 
 PROFILE_KEYS: tuple[ProfileKey, ...] = (
     ProfileKey(
@@ -438,6 +530,18 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         'metrics_labels = "auto"',
     ),
     ProfileKey(
+        "sla",
+        "sla",
+        _sla,
+        None,
+        "An [sla] table (after every other key): clauses the run must meet, or it exits 3 (see "
+        "README, SLA verdicts); flags --sla-max-loss, --sla-max-p99, ... add to it. Default: "
+        "no SLA.",
+        "[sla]",
+        commented=True,
+        keys=SLA_KEYS,
+    ),
+    ProfileKey(
         "lab",
         "lab",
         _table,
@@ -449,3 +553,5 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         commented=True,
     ),
 )
+
+_KEY_OF = {key.name: key for key in PROFILE_KEYS}

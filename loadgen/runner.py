@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
-from loadgen.errors import TargetError
+from loadgen.errors import ProfileError, TargetError
 from loadgen.net.linkpath import check_interface
 from loadgen.net.sockets import check_source
 from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
 from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
+from loadgen.sla import SlaJudge, SlaVerdict, rate_problem, whole_second
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets
 
@@ -30,6 +31,7 @@ class RunResult:
     outcome: RunOutcome
     warnings: tuple[str, ...]  # targets left out, before the run
     export_error: str | None = None  # the JSONL export failed: one line naming file and fix
+    sla: SlaVerdict | None = None  # the verdict on the profile's [sla] clauses, if it has any
 
     @property
     def replies(self) -> int:
@@ -89,6 +91,10 @@ def plan_run(
         run_id=secrets.randbits(32) if run_id is None else run_id,
         ident_base=secrets.randbits(16) if ident_base is None else ident_base,
     )
+    if profile.sla is not None:
+        problem = rate_problem(profile.sla, plan.rate_pps, plan.rate_per_target_pps)
+        if problem:
+            raise ProfileError(f"{profile.source}: {problem}")
     return plan, warnings
 
 
@@ -115,24 +121,33 @@ def execute(
         families = [t.family for t in plan.targets]
         writer = JsonlWriter(profile.jsonl, families) if profile.jsonl else None
         names = [t.name for t in plan.targets]
+        judge = None if profile.sla is None else SlaJudge(profile.sla, len(plan.targets))
 
         def on_second(report: SecondReport) -> None:
+            breaches = () if judge is None else judge.second(report, whole=_whole(plan, report))
             if writer is not None and writer.error is None:
-                writer.write_second(report, names)
+                writer.write_second(report, names, breaches)
                 if writer.error is not None:
                     export_failed(writer.error)
 
         try:
             outcome = Coordinator(plan, display=shown, on_second=on_second).run()
+            verdict = None if judge is None else judge.verdict(outcome.summary)
             if writer is not None:
-                writer.write_summary(outcome.summary, names, _extra(plan, outcome))
+                writer.write_summary(outcome.summary, names, _extra(plan, outcome), verdict)
         finally:
             if writer is not None:
                 writer.close()
             if exporter is not None:
                 exporter.close()
     error = writer.error if writer is not None else None
-    return RunResult(plan, outcome, tuple(warnings), error)
+    return RunResult(plan, outcome, tuple(warnings), error, verdict)
+
+
+def _whole(plan: RunPlan, report: SecondReport) -> bool:
+    """Whether the plan had probes due through all of this second and sending went on."""
+    stopped = report.generator is not None and report.generator.stopped
+    return whole_second(report.second, plan.send_ns, stopped=stopped)
 
 
 def _metrics(profile: Profile, plan: RunPlan) -> MetricsExporter | None:

@@ -120,7 +120,8 @@ class GeneratorCheck:
             rows.append(row)
             limits += self._judge(row, sched, second)
         self._forget_before(second - 1)
-        return GeneratorSecond(workers=tuple(rows), limits=tuple(limits))
+        stopped = self.stopped_at is not None and second >= self.stopped_at
+        return GeneratorSecond(workers=tuple(rows), limits=tuple(limits), stopped=stopped)
 
     def _judge(self, row: WorkerSecond, sched: WorkerSchedule, second: int) -> list[str]:
         w = f"worker {row.worker}"

@@ -145,6 +145,7 @@ class GeneratorSecond:
 
     workers: tuple[WorkerSecond, ...]
     limits: tuple[str, ...] = ()
+    stopped: bool = False  # sending was stopped early (CTRL-C, a worker lost) in or before it
 
     @property
     def limited(self) -> bool:

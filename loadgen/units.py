@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from fractions import Fraction
 
 from loadgen.errors import UsageError
 
@@ -21,6 +22,7 @@ MAX_SIZE = 2**32
 RATE_HINT = "write packets per second such as 20000, 100k or 2.5M"
 DURATION_HINT = 'write a duration such as "30s", "500ms", "250us", "2m", "1m30s" or 1.5 (seconds)'
 SIZE_HINT = 'write a whole number of bytes such as 64, 1500 or "1KiB"'
+PERCENT_HINT = 'write a percentage such as "0.1%", "0.5%" or "0%"'
 
 _MAX_SHOWN = 60
 
@@ -197,6 +199,25 @@ def parse_size(value: str | int | float, *, key: str) -> int:
     if size > MAX_SIZE:
         raise UsageError(bad_value(key, value, f"more than {MAX_SIZE} bytes", SIZE_HINT))
     return int(size)
+
+
+def parse_percent(value: str | int | float, *, key: str) -> Fraction:
+    """A share from 0 to 100 %, written with its percent sign ("0.1%" is 1/1000), returned as an
+    exact ratio; a bare 0 is 0 too, any other bare number is refused as ambiguous (0.5 or 0.5%?)."""
+    number, unit = _to_decimal(value, key=key, hint=PERCENT_HINT)
+    if unit != "%" and not (unit == "" and number.is_zero()):
+        problem = (
+            "ambiguous without a percent sign" if unit == "" else f"unknown unit {show_value(unit)}"
+        )
+        raise UsageError(bad_value(key, value, problem, PERCENT_HINT))
+    if not 0 <= number <= 100:
+        raise UsageError(bad_value(key, value, "out of range 0%..100%", PERCENT_HINT))
+    return Fraction(number) / 100
+
+
+def format_percent(ratio: float) -> str:
+    """A ratio as a percentage for people, four significant digits: "0.1%", "20%"."""
+    return f"{ratio * 100:.4g}%"
 
 
 def parse_int(value: object, *, key: str, minimum: int, maximum: int) -> int:

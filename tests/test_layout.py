@@ -31,6 +31,7 @@ PURE = (
     "moments.py",
     "selfcheck.py",
     "closing.py",
+    "sla.py",
     "plan.py",
     "profile.py",
     "profile_keys.py",

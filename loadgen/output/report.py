@@ -4,12 +4,13 @@
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
 most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every object has
 `type` and `v`. A "second" object per target that sent in a closed second, then one
-"second_total" (target -1, name "total"); one "summary" object at the end of the run:
+"second_total" (target -1, name "total") and an "sla_breach" per SLA clause that second failed
+(README, SLA verdicts); one "summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
-| type | str | "second", "second_total" or "summary" |
-| v | int | schema version (3; 2: no rtt_hist, outages; 1: no family, unresolved) |
+| type | str | "second", "second_total", "sla_breach" or "summary" |
+| v | int | schema version (3; 2: no rtt_hist, outages, sla_breach, summary sla) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -37,7 +38,8 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every 
 A "summary" object holds `t_start`, `seconds` (closed seconds covered), `targets` (a list of
 objects with the per-target keys above, plus the outage keys below), `total`, `outage_min`,
 `anomalies` (invalid_records, late_records, rtt_dropped, side_events_after_close),
-`rtt_pct_rel_error` and `extra` (the caller's mapping). Outage keys (`outages`): `outages`
+`rtt_pct_rel_error`, `extra` (the caller's mapping) and, with an SLA, `sla` (the verdict per
+clause: `sla_object`). Outage keys (`outages`): `outages`
 (runs of >= outage_min lost probes in a row), `outage_longest_probes`, `outage_longest_ms`,
 `outage_total_ms` and `loss_bursts` ({"1", "2", "3-9", "10+"}: runs of lost probes by length).
 """
@@ -54,6 +56,7 @@ from typing import IO, Any
 
 from loadgen.errors import UsageError
 from loadgen.outages import BURST_CLASSES, Outages
+from loadgen.sla import Clause, Reading, SlaVerdict
 from loadgen.stats import (
     NS_PER_S,
     PERCENTILE_REL_ERROR,
@@ -63,7 +66,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: rtt_hist, outages in the summary
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: rtt_hist, outages, sla_breach, summary's sla
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -150,6 +153,52 @@ def _outage_figures(o: Outages) -> dict[str, Any]:
     }
 
 
+# A clause's values as exported: loss in percent (as loss_pct), times in µs (as rtt_*_us).
+_SLA_UNITS = {Clause.MAX_LOSS: ("%", 100.0), Clause.MIN_RATE: ("pps", 1.0)}
+_SLA_TIME = ("us", 1e-3)
+
+
+def _sla_value(clause: Clause, value: float | None) -> float | None:
+    scale = _SLA_UNITS.get(clause, _SLA_TIME)[1]
+    return None if value is None else round(float(value) * scale, 6)
+
+
+def _reading(r: Reading | None, names: Sequence[str]) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "target": r.target,
+        "name": _name(names, r.target),
+        "second": r.second,
+        "value": _sla_value(r.clause, r.value),
+        "generator_limited": r.generator_limited,
+    }
+
+
+def sla_object(verdict: SlaVerdict, names: Sequence[str]) -> dict[str, Any]:
+    """The summary's "sla" object: the verdict, then per clause its limit and readings."""
+    return {
+        "passed": verdict.passed,
+        "window": str(verdict.spec.window),
+        "scope": str(verdict.spec.scope),
+        "possibly_generator": verdict.possibly_generator,
+        "clauses": [
+            {
+                "clause": str(c.clause),
+                "passed": c.passed,
+                "limit": _sla_value(c.clause, float(c.limit)),
+                "unit": _SLA_UNITS.get(c.clause, _SLA_TIME)[0],
+                "judged": c.judged,
+                "failed": c.failed,
+                "failed_generator_limited": c.failed_generator_limited,
+                "worst": _reading(c.worst, names),
+                "first_failure": _reading(c.first_failure, names),
+            }
+            for c in verdict.clauses
+        ],
+    }
+
+
 class JsonlWriter:
     """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`.
 
@@ -189,8 +238,11 @@ class JsonlWriter:
         else:
             self.lines += len(objects)
 
-    def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
-        """One "second" object per target in the report, then its "second_total"."""
+    def write_second(
+        self, report: SecondReport, names: Sequence[str], breaches: Sequence[Reading] = ()
+    ) -> None:
+        """One "second" object per target in the report, then its "second_total", then one
+        "sla_breach" per SLA clause it failed (window "second")."""
         head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
         fam = self.families
         rows = [
@@ -212,10 +264,28 @@ class JsonlWriter:
                 "workers": [dataclasses.asdict(w) for w in gen.workers],
             }
         rows.append(total)
+        for b in breaches:
+            rows.append(
+                {
+                    "type": "sla_breach",
+                    **head,
+                    "clause": str(b.clause),
+                    "target": b.target,
+                    "name": _name(names, b.target),
+                    "value": _sla_value(b.clause, b.value),
+                    "limit": _sla_value(b.clause, float(b.limit)),
+                    "unit": _SLA_UNITS.get(b.clause, _SLA_TIME)[0],
+                    "generator_limited": b.generator_limited,
+                }
+            )
         self._write(rows)
 
     def write_summary(
-        self, summary: RunSummary, names: Sequence[str], extra: Mapping[str, Any] | None = None
+        self,
+        summary: RunSummary,
+        names: Sequence[str],
+        extra: Mapping[str, Any] | None = None,
+        sla: SlaVerdict | None = None,
     ) -> None:
         def row(ts: TargetStats, o: Outages) -> dict[str, Any]:
             obj = _figures(ts, names, self.families, summary.explained(ts)[0])
@@ -244,6 +314,7 @@ class JsonlWriter:
                     },
                     "rtt_pct_rel_error": PERCENTILE_REL_ERROR,
                     "extra": dict(extra or {}),
+                    **({} if sla is None else {"sla": sla_object(sla, names)}),
                 }
             ]
         )

@@ -8,6 +8,7 @@ Pure presentation of a `RunSummary`; the JSONL export (`report`) holds every tar
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -16,7 +17,9 @@ from rich.text import Text
 
 from loadgen.outages import BURST_CLASSES, Outages
 from loadgen.output.ui import fit_name, num3, pick_targets
-from loadgen.stats import PERCENTILE_REL_ERROR, Counts, RunSummary, TargetStats
+from loadgen.sla import Clause, Reading, Scope, SlaSpec, SlaVerdict, Window
+from loadgen.stats import PERCENTILE_REL_ERROR, TOTAL, Counts, RunSummary, TargetStats
+from loadgen.units import format_duration, format_percent, format_rate
 
 FEW_TARGETS = 4  # up to this many targets: one iputils block each instead of the table
 TABLE_COLUMNS = 80  # the end-of-run table fits a terminal of this width
@@ -208,3 +211,73 @@ def summary_view(
     total = block(f"total ({n} targets, {summary.seconds} s)", summary.total, summary)
     parts.append(Text("\n".join(["", *total, *_notes(summary)])))
     return Group(*parts)
+
+
+def _sla_value(clause: Clause, value: float | None) -> str:
+    if value is None:
+        return "no reply in time"
+    if clause is Clause.MAX_LOSS:
+        return format_percent(value)
+    if clause is Clause.MIN_RATE:
+        return format_rate(value)
+    return f"{value / 1e3:.4g} µs" if value < 1e6 else f"{value / 1e6:.4g} ms"
+
+
+def _sla_limit(clause: Clause, limit: Fraction) -> str:
+    if clause is Clause.MAX_LOSS:
+        return f"<= {format_percent(float(limit))}"
+    if clause is Clause.MIN_RATE:
+        return f">= {format_rate(float(limit))}"
+    return f"<= {format_duration(int(limit))}"
+
+
+def _where(r: Reading, names: Sequence[str]) -> str:
+    who = "total" if r.target == TOTAL else _name(names, r.target)
+    return f"{who}, {'the run' if r.second is None else f'second {r.second}'}"
+
+
+def _judged(spec: SlaSpec) -> str:
+    over = "every second" if spec.window is Window.SECOND else "the run"
+    return f"judged over {over} for " + (
+        "every target" if spec.scope is Scope.TARGET else "all targets together"
+    )
+
+
+def sla_rules(spec: SlaSpec) -> str:
+    """The clauses a run will be judged by, on one line (for `loadgen check`)."""
+    rules = ", ".join(f"{clause} {_sla_limit(clause, limit)}" for clause, limit in spec.limits)
+    return f"sla: {rules}; {_judged(spec)}"
+
+
+def sla_lines(verdict: SlaVerdict, names: Sequence[str]) -> list[str]:
+    """The SLA verdict, last in the summary: PASS or FAIL per clause, with the value that broke
+    it (or, for a pass, the worst one), where, and the limit."""
+    spec = verdict.spec
+    failed = sum(not c.passed for c in verdict.clauses)
+    head = "PASS" if verdict.passed else f"FAIL ({failed} of {len(verdict.clauses)} clauses)"
+    lines = [f"SLA: {head}, {_judged(spec)}"]
+    for c in verdict.clauses:
+        rule = f"{c.clause} {_sla_limit(c.clause, c.limit)}"
+        if c.worst is None:
+            lines.append(f"  PASS {rule}: nothing to judge")
+            continue
+        r = c.first_failure if c.first_failure is not None else c.worst
+        label = "worst" if c.passed else ""
+        line = f"  {'PASS' if c.passed else 'FAIL'} {rule}: {label + ' ' if label else ''}"
+        line += f"{_sla_value(c.clause, r.value)} ({_where(r, names)})"
+        if not c.passed:
+            line += f"; failed {c.failed} of {c.judged}"
+            if c.worst is not r:
+                line += f", worst {_sla_value(c.clause, c.worst.value)} ({_where(c.worst, names)})"
+        lines.append(line)
+        if c.possibly_generator:
+            where = (
+                f"{c.failed_generator_limited} of these failures came in seconds"
+                if spec.window is Window.SECOND
+                else "the run had seconds"
+            )
+            lines.append(
+                f"    {where} in which loadgen itself could not keep up: possibly loadgen's, "
+                "not the network's"
+            )
+    return lines
