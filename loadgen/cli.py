@@ -3,6 +3,7 @@
     loadgen run PROFILE.toml [--duration D] [--rate R] [--count N] [--jsonl FILE] ...
     loadgen ping TARGETS [-r RATE] [-s SIZE] [-t TTL] [-z TOS] [-c COUNT] [-d DELAY] [-w TIMEOUT]
                          [-I IFACE] [-S ADDR] ...
+    loadgen search PROFILE.toml | TARGETS --max-rate RATE [--goal ndr] [--trial 10s] ...
     loadgen check PROFILE.toml
     loadgen lab up LAB.toml | status | down [PREFIX] [--all]
     loadgen --version
@@ -18,6 +19,7 @@ import contextlib
 import errno
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -131,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("targets", help="e.g. 127.0.0.1,::1,127.0.0.8/30,localhost")
     _common_run_flags(ping, short=True)
 
+    search = sub.add_parser(
+        "search",
+        help="find the highest load the targets carry within a loss goal (RFC 9971)",
+        description="Search PROFILE.toml's targets, or TARGETS (a comma list), for the "
+        "highest load (total pps over all targets) within each goal.",
+    )
+    search.add_argument("what", metavar="PROFILE.toml|TARGETS")
+    _common_run_flags(search, short=True)
+    _search_flags(search)
+
     check = sub.add_parser("check", help="validate a profile and print the plan")
     check.add_argument("profile")
 
@@ -145,11 +157,65 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+_SEARCH_FLAGS = {  # flag: (search key, help); the keys' table is loadgen.search.settings
+    "--goal": ("goals", 'a goal: "ndr" or "pdr:0.5%%" (repeat the flag for more; default both)'),
+    "--min-rate": ("min_rate", "lowest load, total pps over all targets (default max/100)"),
+    "--max-rate": ("max_rate", "highest load, total pps over all targets (always tried)"),
+    "--trial": ("trial", "final trial duration (default 10s)"),
+    "--sum": ("sum", "trial time at a load before it is decided (default 30s)"),
+    "--exceed": ("exceed", "share of that time allowed above the goal's loss (0.5; 0 strict)"),
+    "--width": ("width", "relative precision to stop at (default 0.5%%)"),
+    "--max-trials": ("max_trials", "stop after this many trials (default 100)"),
+    "--max-time": ("max_time", "stop after this long (default 30m)"),
+    "--warmup": ("warmup", "uncounted traffic before each trial, whole seconds (default 0s)"),
+    "--pause": ("pause", "quiet time between trials (default 1s)"),
+    "--sizes": ("sizes", "one search per payload size: 64,512,1400"),
+    "--repeat": ("repeat", "whole searches per size; median and spread (default 1)"),
+    "--latency-at": ("latency_at", "latency trials at these %% of each result: 10,50,90"),
+    "--output": ("output", "JSON file (default search-YYYYmmdd-HHMMSS.json; plot beside it)"),
+}
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    for flag, (key, text) in _SEARCH_FLAGS.items():
+        action = "append" if key == "goals" else "store"
+        p.add_argument(flag, dest=f"search_{key}", action=action, metavar="X", help=text)
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument(
+        "--rfc2544",
+        dest="search_preset",
+        action="store_const",
+        const="rfc2544",
+        help="RFC 2544: 60 s trials, each load decided by one, no loss allowed",
+    )
+    preset.add_argument(
+        "--quick",
+        dest="search_preset",
+        action="store_const",
+        const="quick",
+        help="1 s trials, one per load, 2%% width, 2 minutes at most",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
 
 
+def _is_profile(what: str) -> bool:
+    return what.endswith(".toml") or os.path.isfile(what)
+
+
 def profile_from_args(args: argparse.Namespace) -> Profile:
+    if args.command == "search":
+        for flag in ("rate", "count", "duration"):
+            if getattr(args, flag, None) is not None:
+                raise UsageError(
+                    f"search sets the load and length of each trial: drop --{flag}, use "
+                    "--max-rate, --min-rate and --trial"
+                )
+        if not _is_profile(args.what):
+            return parse_profile({"targets": args.what, **_overrides(args)}, source=COMMAND_LINE)
+        return load_profile(args.what, _overrides(args))
     if args.command == "ping":
         return parse_profile({"targets": args.targets, **_overrides(args)}, source=COMMAND_LINE)
     return load_profile(args.profile, _overrides(args))
@@ -185,6 +251,8 @@ def _command(argv: Sequence[str] | None) -> int:
     profile = profile_from_args(args)
     if args.command == "check":
         return _check(profile)
+    if args.command == "search":
+        return _search(args, profile, plain=args.plain or not sys.stdout.isatty())
     return _run(profile, plain=args.plain or not sys.stdout.isatty())
 
 
@@ -282,6 +350,43 @@ def exit_code(result: RunResult) -> int:
     """1 if a worker failed, the export could not be written or nothing came back; else 0."""
     if result.outcome.failures or result.export_error or result.replies == 0:
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace, profile: Profile, *, plain: bool) -> int:
+    """`loadgen search`: the [search] table and flags, the driver, the results and files."""
+    from loadgen.output.searchview import SearchScreen, results_table  # noqa: PLC0415
+    from loadgen.search import report  # noqa: PLC0415
+    from loadgen.search.driver import Driver  # noqa: PLC0415
+    from loadgen.search.settings import parse_search_table, search_settings  # noqa: PLC0415
+
+    flags = {k: getattr(args, f"search_{k}") for k, _ in _SEARCH_FLAGS.values()}
+    flags["preset"] = args.search_preset
+    given = {**(profile.search or {}), **parse_search_table(flags, "search")}
+    settings = search_settings(given, profile.size)
+    output = settings.output or time.strftime("search-%Y%m%d-%H%M%S.json")
+    screen = SearchScreen(plain=plain)
+    driver = Driver(profile, settings, screen)
+    try:
+        driver.run()
+    finally:
+        screen.close()
+    family = 6 if profile.family == "ipv6" or any(":" in t for t in profile.targets) else 4
+    rows = report.result_rows(driver.runs, driver.records, family)
+    doc = report.document(
+        settings, profile.targets, rows, driver.records, interrupted=driver.interrupted
+    )
+    with _writing_stdout():
+        Console(highlight=False).print(results_table(rows))
+    try:
+        report.write_json(output, doc)
+        why_not = report.write_plot(output.removesuffix(".json") + ".png", rows, driver.records)
+    except OSError as exc:
+        _say(f"error: cannot write {output}: {exc.strerror or exc}; give --output a writable path")
+        return EXIT_FAILED
+    _say(f"wrote {output}" + (f"; {why_not}" if why_not else " and its .png plot"))
+    if driver.interrupted:
+        _say("interrupted: the results cover the trials run until then")
     return EXIT_OK
 
 

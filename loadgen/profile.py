@@ -48,6 +48,7 @@ class Profile:
     jsonl: str | None  # per-second export path
     refresh_hz: float  # live table refreshes per second
     lab: Mapping[str, Any] | None = field(hash=False)  # raw [lab] table, checked by lab/
+    search: Mapping[str, Any] | None = field(default=None, hash=False)  # [search], parsed
 
 
 _KEYS = {key.name: key for key in PROFILE_KEYS}

@@ -61,6 +61,7 @@ class StopReason(StrEnum):
     MAX_TRIALS = "max trials reached"
     MAX_TIME = "max time reached"
     GENERATOR = "the generator cannot send even the minimum rate"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,148 @@
+"""The search on screen: a live table while it runs and the final table of results.
+
+`SearchScreen` is the driver's listener: on a terminal one rich Live (auto_refresh off) for the
+whole search, showing the current load, the last trial's verdict, each goal's bounds, trials and
+elapsed time; off one, a line per trial. `results_table` renders the final rows. No figures of
+its own: everything comes from the driver's records and the controller's bounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from loadgen.coordinator import Display
+from loadgen.search.controller import Search
+from loadgen.search.driver import Listener, SearchRun, TrialRecord
+from loadgen.search.report import ResultRow
+from loadgen.units import NS_PER_S
+
+
+def _pps(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _bits(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}b/s"
+    return f"{x:.0f} b/s"
+
+
+def _verdict(t: TrialRecord) -> str:
+    if not t.valid:
+        return "invalid: " + t.limits[0]
+    return ", ".join(f"{g} {v}" for g, v in t.verdicts)
+
+
+def trial_line(t: TrialRecord) -> str:
+    return (
+        f"trial {t.index + 1} ({t.kind}, {t.size} B): {t.load_pps:,.0f} pps for "
+        f"{t.duration_ns / NS_PER_S:g} s, sent {t.counts.sent}, lost {t.lost} "
+        f"({100 * t.loss_ratio:.3f}%): {_verdict(t)}"
+    )
+
+
+class SearchScreen(Listener):
+    def __init__(self, *, plain: bool, console: Console | None = None) -> None:
+        self.plain = plain
+        self.console = console or Console(highlight=False)
+        self.live: Live | None = None
+        self.t0 = time.monotonic()
+        self.current = ""
+        self.last: TrialRecord | None = None
+        self.bounds: list[tuple[str, float | None, float | None]] = []
+        self.trials = 0
+
+    def trial_started(self, record_index: int, load_pps: float, kind: str) -> None:
+        self.current = f"{kind} trial {record_index + 1} at {load_pps:,.0f} pps"
+        if not self.plain and self.live is None:
+            self.live = Live(console=self.console, auto_refresh=False, transient=True)
+            self.live.start()
+        self._show()
+
+    def trial_done(self, record: TrialRecord, search: Search | None) -> None:
+        self.last, self.trials = record, self.trials + 1
+        if search is not None:
+            self.bounds = [(g.name, *search.bounds(g)) for g in search.config.goals]
+        if self.plain:
+            print(trial_line(record), flush=True)
+        self._show()
+
+    def search_done(self, run: SearchRun) -> None:
+        if self.plain:
+            print(f"search at {run.size} B (repetition {run.repeat + 1}): {run.stop.value}")
+
+    def trial_display(self) -> Display:
+        return Display()
+
+    def _show(self) -> None:
+        if self.live is None:
+            return
+        table = Table(title=None, box=None, pad_edge=False)
+        for name in ("goal", "lower pps", "upper pps"):
+            table.add_column(name, justify="right" if "pps" in name else "left")
+        for name, low, high in self.bounds:
+            table.add_row(name, _pps(low), _pps(high))
+        elapsed = time.monotonic() - self.t0
+        head = Text(f"now: {self.current}; trials {self.trials}; elapsed {elapsed:.0f} s")
+        last = Text("last: " + (trial_line(self.last) if self.last else "-"))
+        self.live.update(Group(head, last, table), refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def results_table(rows: Sequence[ResultRow]) -> Table:
+    """Per goal and size: result, wire rate, bounds, conditional throughput, latency at the
+    result, trials and time; within 80 columns for one-word results."""
+    table = Table(
+        title="search results (pps: total probes/s over all targets)", box=box.SIMPLE_HEAD
+    )
+    table.title_justify = "left"
+    heads = (
+        "goal",
+        "size",
+        "result",
+        "on wire",
+        "lower-upper",
+        "cond.",
+        "rtt us min/50/99/max",
+        "n",
+        "time",
+    )
+    for c in heads:
+        justify = "left" if c in ("goal", "result") else "right"
+        table.add_column(c, justify=justify, overflow="fold", no_wrap=c in ("bounds", "rtt us"))
+    for r in rows:
+        g, rtt = r.goal, r.latency
+        lat = "-"
+        if rtt.count:
+            lat = "/".join(
+                f"{v / 1000:.0f}" for v in (rtt.min_ns, rtt.p50_ns, rtt.p99_ns, rtt.max_ns)
+            )
+        result = r.label.removesuffix(" pps") + ("" if g.converged else " (not converged)")
+        if len(r.repeats) > 1:
+            result += f" ±{r.spread_pps / 2:,.0f}"
+        table.add_row(
+            g.goal.name,
+            str(r.size),
+            result,
+            _bits(r.bits_per_s),
+            f"{_pps(g.lower_pps)}-{_pps(g.upper_pps) if g.upper_pps else 'max'}",
+            _pps(g.conditional_pps),
+            lat,
+            str(r.trials),
+            f"{r.time_ns / NS_PER_S:.0f}s",
+        )
+    return table
