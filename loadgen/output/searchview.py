@@ -9,6 +9,7 @@ its own: everything comes from the driver's records and the controller's bounds.
 from __future__ import annotations
 
 import time
+from typing import Literal
 from collections.abc import Sequence
 
 from rich import box
@@ -122,7 +123,7 @@ def results_table(rows: Sequence[ResultRow]) -> Table:
         "time",
     )
     for c in heads:
-        justify = "left" if c in ("goal", "result") else "right"
+        justify: Literal["left", "right"] = "left" if c in ("goal", "result") else "right"
         table.add_column(c, justify=justify, overflow="fold", no_wrap=c in ("bounds", "rtt us"))
     for r in rows:
         g, rtt = r.goal, r.latency
