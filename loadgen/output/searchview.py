@@ -9,8 +9,8 @@ its own: everything comes from the driver's records and the controller's bounds.
 from __future__ import annotations
 
 import time
-from typing import Literal
 from collections.abc import Sequence
+from typing import Literal
 
 from rich import box
 from rich.console import Console, Group
