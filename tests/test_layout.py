@@ -36,6 +36,9 @@ PURE = (
     "profile_keys.py",
     "output/ui.py",
     "output/summary.py",
+    "search/goals.py",
+    "search/controller.py",
+    "search/settings.py",
 )
 
 FORBIDDEN = (
