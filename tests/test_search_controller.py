@@ -243,3 +243,24 @@ def test_rfc_2544_preset_uses_one_full_trial_per_load() -> None:
     assert all(r.duration_ns == 60 * S for r in device.done)
     (result,) = search.results()
     assert result.lower_pps is not None and result.lower_pps <= 25_000 < (result.upper_pps or 0)
+
+
+def test_a_busy_moment_is_retried_not_taken_as_the_generator_limit() -> None:
+    """Every third trial is generator-limited whatever its load (a machine busy elsewhere): a
+    load the generator has shown it can do is tried again, and the search converges."""
+
+    @dataclass
+    class Busy(Device):
+        def run(self, req: TrialRequest) -> TrialResult:
+            result = super().run(req)
+            if len(self.done) % 3 == 2:
+                return TrialResult(req.load_pps, req.duration_ns, result.sent, 0, False, 0.0)
+            return result
+
+    device = Busy(30_000)
+    search = run_search(device, config(goal(width=0.01)))
+    (result,) = search.results()
+    assert not result.generator_limited and result.converged
+    assert result.lower_pps is not None
+    assert 30_000 * 0.99 * (1 - 1e-4) <= result.lower_pps <= 30_000 * (1 + 1e-4)
+    assert any(not t.valid for t in search.trials)

@@ -104,46 +104,39 @@ class SearchScreen(Listener):
             self.live = None
 
 
-def results_table(rows: Sequence[ResultRow]) -> Table:
+def results_table(rows: Sequence[ResultRow]) -> Group:
     """Per goal and size: result, wire rate, bounds, conditional throughput, latency at the
-    result, trials and time; within 80 columns for one-word results."""
-    table = Table(
-        title="search results (pps: total probes/s over all targets)", box=box.SIMPLE_HEAD
-    )
-    table.title_justify = "left"
-    heads = (
-        "goal",
-        "size",
-        "result",
-        "on wire",
-        "lower-upper",
-        "cond.",
-        "rtt us min/50/99/max",
-        "n",
-        "time",
-    )
+    result, trials and time (80 columns); notes under it for results that need words."""
+    title = "search results (pps: total over all targets; rtt us: min/p50/p99/max)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    heads = ("goal", "size", "result", "on wire", "bounds", "cond.", "rtt us", "n", "time")
     for c in heads:
-        justify: Literal["left", "right"] = "left" if c in ("goal", "result") else "right"
-        table.add_column(c, justify=justify, overflow="fold", no_wrap=c in ("bounds", "rtt us"))
+        justify: Literal["left", "right"] = "left" if c == "goal" else "right"
+        table.add_column(c, justify=justify, no_wrap=c in ("bounds", "rtt us", "result"))
+    notes = []
     for r in rows:
         g, rtt = r.goal, r.latency
         lat = "-"
         if rtt.count:
-            lat = "/".join(
-                f"{v / 1000:.0f}" for v in (rtt.min_ns, rtt.p50_ns, rtt.p99_ns, rtt.max_ns)
-            )
-        result = r.label.removesuffix(" pps") + ("" if g.converged else " (not converged)")
+            figures = (rtt.min_ns, rtt.p50_ns, rtt.p99_ns, rtt.max_ns)
+            lat = "/".join(f"{v / 1000:.0f}" for v in figures)
+        mark = ("*" if g.generator_limited else "") + ("!" if not g.converged else "")
+        result = _pps(r.rate_pps) + mark
         if len(r.repeats) > 1:
             result += f" ±{r.spread_pps / 2:,.0f}"
+        upper = _pps(g.upper_pps) if g.upper_pps is not None else "max"
         table.add_row(
             g.goal.name,
             str(r.size),
             result,
             _bits(r.bits_per_s),
-            f"{_pps(g.lower_pps)}-{_pps(g.upper_pps) if g.upper_pps else 'max'}",
+            f"{_pps(g.lower_pps)}-{upper}",
             _pps(g.conditional_pps),
             lat,
             str(r.trials),
             f"{r.time_ns / NS_PER_S:.0f}s",
         )
-    return table
+        if mark:
+            stop = "" if g.converged else f"; not within the width ({r.stop})"
+            notes.append(Text(f"{mark} {g.goal.name}, {r.size} B: {r.label}{stop}"))
+    return Group(table, *notes)

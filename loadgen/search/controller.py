@@ -18,10 +18,12 @@ from enum import StrEnum
 from loadgen.search.goals import Bound, Goal, Trial, classify, conditional_throughput
 
 # Invalid trials at one load before the search believes the generator cannot do that load:
-# one may be a moment in which the machine was busy.
-INVALID_TRIES = 2
+# one may be a moment in which the machine was busy; more, when a valid trial at that load or
+# above has shown that the generator can do it.
+INVALID_TRIES, INVALID_TRIES_SHOWN = 2, 4
 # After that, the search stays below what the generator achieved there, with this margin.
 GENERATOR_MARGIN = 0.95
+TRIAL_STEP_NS = 100_000_000  # early phases' trial durations, rounded to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +108,8 @@ class Search:
         goal, last = self.config.goals[g], self.phases(g) - 1
         if k >= last:
             return goal
-        trial_ns = round(
-            self.config.initial_ns * (goal.final_ns / self.config.initial_ns) ** (k / last)
-        )
+        ratio = (goal.final_ns / self.config.initial_ns) ** (k / last)
+        trial_ns = round(self.config.initial_ns * ratio / TRIAL_STEP_NS) * TRIAL_STEP_NS
         return goal.coarser(trial_ns, goal.width * 2 ** (last - k))
 
     # -- the two calls ----------------------------------------------------------------------
@@ -120,9 +121,10 @@ class Search:
             return
         seen = self.invalid[result.load_pps]
         seen.append(result.achieved_pps)
-        if len(seen) >= INVALID_TRIES:
+        shown = any(x >= result.load_pps for x in self.by_load)
+        if len(seen) >= (INVALID_TRIES_SHOWN if shown else INVALID_TRIES):
             self.capped = True
-            can = min(result.load_pps, max(seen)) * GENERATOR_MARGIN
+            can = (result.load_pps if shown else min(result.load_pps, max(seen))) * GENERATOR_MARGIN
             self.max_pps = min(self.max_pps, can)
 
     def next_trial(self, elapsed_ns: int) -> TrialRequest | None:

@@ -158,6 +158,11 @@ def run_trial(
     return counts, achieved, tuple(limits), outcome.summary.total.rtt
 
 
+TrialRunner = Callable[
+    [Profile, float, int, int, int, Display], tuple[Counts, float, tuple[str, ...], RttStats]
+]
+
+
 @contextlib.contextmanager
 def lab_profile(profile: Profile) -> Iterator[Profile]:
     """The profile with its lab up for the whole search (targets: the lab's addresses)."""
@@ -180,8 +185,10 @@ class Driver:
         *,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         sleep: Callable[[float], None] = time.sleep,
+        trial: TrialRunner | None = None,
     ) -> None:
         self.profile, self.settings = profile, settings
+        self.trial = trial or run_trial
         self.listener = listener or Listener()
         self.clock_ns, self.sleep = clock_ns, sleep
         self.records: list[TrialRecord] = []
@@ -215,7 +222,7 @@ class Driver:
         self.listener.trial_started(len(self.records), load, kind)
         started = self.clock_ns() - self.t0_ns
         warmup = self.settings.warmup_ns
-        counts, achieved, limits, rtt = run_trial(
+        counts, achieved, limits, rtt = self.trial(
             base, load, duration_ns, size, warmup, self.listener.trial_display()
         )
         record = TrialRecord(

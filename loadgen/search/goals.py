@@ -40,12 +40,9 @@ class Goal:
     width: float  # relative: (upper - lower) / upper
 
     def coarser(self, trial_ns: int, width: float) -> Goal:
-        """The same goal for a phase of shorter trials: one trial of `trial_ns` counts in full,
-        and a load is decided after as many of them as the goal needs of full ones."""
-        trials = max(1, round(self.sum_ns / self.final_ns))
-        return Goal(
-            self.name, self.loss_ratio, self.exceed_ratio, trial_ns, trials * trial_ns, width
-        )
+        """The same goal for an early phase: shorter trials, one of which decides a load (the
+        exceed ratio still weighs them against any longer ones), a wider width."""
+        return Goal(self.name, self.loss_ratio, self.exceed_ratio, trial_ns, trial_ns, width)
 
 
 def parse_goal(text: object, key: str) -> tuple[str, float]:

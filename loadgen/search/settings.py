@@ -64,6 +64,16 @@ def _duration(value: Any, key: str) -> int:
     return parse_duration_ns(value, key=key)
 
 
+def _duration_or_0(value: Any, key: str) -> int:
+    """A duration, or none at all (0, "0s") where leaving something out is allowed."""
+    if isinstance(value, int | float | str) and str(value).strip().rstrip("ms").strip() in (
+        "0",
+        "0.0",
+    ):
+        return 0
+    return parse_duration_ns(value, key=key)
+
+
 def _rate(value: Any, key: str) -> float:
     return parse_rate(value, key=key)
 
@@ -92,8 +102,8 @@ SEARCH_KEYS: dict[str, tuple[Any, Any, str]] = {
     "width": (parse_ratio, 0.005, "relative precision to stop at: (upper - lower) / upper (0.5%)"),
     "max_trials": (_count(100_000), 100, "stop after this many trials (100)"),
     "max_time": (_duration, 30 * 60 * NS_PER_S, "stop after this long (30m)"),
-    "warmup": (_duration, 0, "traffic before each trial, not counted (whole seconds; 0s)"),
-    "pause": (_duration, NS_PER_S, "quiet time between trials (1s)"),
+    "warmup": (_duration_or_0, 0, "traffic before each trial, not counted (whole seconds; 0s)"),
+    "pause": (_duration_or_0, NS_PER_S, "quiet time between trials (1s)"),
     "sizes": (_sizes, None, "one search per ICMP payload size (default: the profile's size)"),
     "repeat": (_count(1000), 1, "whole searches per size; results give median and spread (1)"),
     "latency_at": (_percents, (), "latency trials at these percentages of each result (none)"),

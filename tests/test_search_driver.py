@@ -1,0 +1,163 @@
+"""`loadgen search` from settings to JSON: the [search] keys, flags and presets, the driver (with
+a simulated device in place of the runner), the result rows, the JSON document and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadgen.cli import build_parser, main, profile_from_args
+from loadgen.coordinator import Display
+from loadgen.errors import ProfileError, UsageError
+from loadgen.profile import Profile, load_profile, parse_profile
+from loadgen.search import report
+from loadgen.search.driver import Driver, Listener, TrialRecord
+from loadgen.search.settings import SearchSettings, parse_search_table, search_settings
+from loadgen.stats import Counts, RttStats
+
+S = 1_000_000_000
+
+
+def settings_of(**keys: object) -> SearchSettings:
+    return search_settings(parse_search_table(keys, "search"), 64)
+
+
+def test_defaults_presets_and_explicit_keys() -> None:
+    s = settings_of(max_rate="40k")
+    assert [g.name for g in s.goals] == ["ndr", "pdr:0.5%"]
+    assert [g.loss_ratio for g in s.goals] == [0.0, 0.005]
+    g = s.goals[0]
+    assert (g.final_ns, g.sum_ns, g.exceed_ratio, g.width) == (10 * S, 30 * S, 0.5, 0.005)
+    assert (s.min_rate_pps, s.max_rate_pps, s.initial_ns, s.sizes) == (400.0, 40_000.0, S, (64,))
+    strict = settings_of(max_rate="40k", preset="rfc2544")
+    assert [g.name for g in strict.goals] == ["ndr"]
+    assert (strict.goals[0].final_ns, strict.goals[0].exceed_ratio, strict.initial_ns) == (
+        60 * S,
+        0.0,
+        60 * S,
+    )
+    # an explicit key beats the preset
+    assert settings_of(max_rate=1000, preset="quick", width="1%").goals[0].width == 0.01
+    assert settings_of(max_rate=1000, sizes="64,512", latency_at="10,50%").latency_at == (10, 50)
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        ({}, "max_rate"),
+        ({"max_rate": "1k", "min_rate": "2k"}, "above max_rate"),
+        ({"max_rate": "1k", "goals": "ndr, xdr"}, "unknown goal"),
+        ({"max_rate": "1k", "exceed": "150%"}, "out of range"),
+        ({"max_rate": "1k", "warmup": "1.5s"}, "whole seconds"),
+        ({"max_rate": "1k", "trial": "10s", "sum": "5s"}, "shorter than trial"),
+        ({"max_rate": "1k", "sizes": "10"}, "out of range"),
+        ({"max_rate": "1k", "preset": "fast"}, "unknown preset"),
+        ({"max_rate": "1k", "tiral": "1s"}, "unknown key"),
+    ],
+)
+def test_bad_search_keys_get_one_line(keys: dict[str, object], says: str) -> None:
+    with pytest.raises(UsageError) as err:
+        settings_of(**keys)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_profile_search_table_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('targets = ["127.0.0.1"]\n\n[search]\nmax_rate = "20k"\ntrial = "2s"\n')
+    profile = load_profile(str(path))
+    assert profile.search == {"max_rate": 20_000.0, "trial": 2 * S}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('targets = ["127.0.0.1"]\n\n[search]\nmax_rat = "20k"\n')
+    with pytest.raises(ProfileError, match="unknown key"):
+        load_profile(str(bad))
+    args = build_parser().parse_args(["search", "127.0.0.1", "--max-rate", "5k", "--quick"])
+    assert (args.search_max_rate, args.search_preset) == ("5k", "quick")
+    assert profile_from_args(args).targets == ("127.0.0.1",)
+
+
+def test_search_refuses_the_flags_it_sets_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "127.0.0.1", "--max-rate", "5k", "-r", "10k"]) == 2
+    assert "--max-rate" in capsys.readouterr().err
+
+
+class FakeDevice:
+    """The runner's stand-in: forwards up to `capacity` pps; cannot generate above `ceiling`."""
+
+    def __init__(self, capacity: float, ceiling: float = float("inf")) -> None:
+        self.capacity, self.ceiling = capacity, ceiling
+        self.asked: list[tuple[float, int, int, int]] = []
+
+    def __call__(
+        self, base: Profile, load: float, duration_ns: int, size: int, warmup: int, shown: Display
+    ) -> tuple[Counts, float, tuple[str, ...], RttStats]:
+        self.asked.append((load, duration_ns, size, warmup))
+        sent = round(min(load, self.ceiling) * duration_ns / S)
+        received = min(sent, round(self.capacity * duration_ns / S))
+        counts = Counts(sent=sent, received=received, lost=sent - received)
+        limits = ("worker 0: sent too few",) if load > self.ceiling else ()
+        rtt = RttStats(count=received, min_ns=10_000, p50_ns=20_000, p99_ns=40_000, max_ns=50_000)
+        return counts, sent * S / duration_ns, limits, rtt
+
+
+def drive(device: FakeDevice, **keys: object) -> Driver:
+    profile = parse_profile({"targets": "127.0.0.1"}, source="t")
+    settings = settings_of(pause=0, **keys)
+    driver = Driver(profile, settings, Listener(), sleep=lambda s: None, trial=device)
+    driver.run()
+    return driver
+
+
+def test_the_driver_searches_every_size_and_repetition_then_latency(tmp_path: Path) -> None:
+    device = FakeDevice(12_000)
+    driver = drive(
+        device, max_rate="20k", preset="quick", sizes="64,512", repeat=2, latency_at="50"
+    )
+    assert [(r.size, r.repeat) for r in driver.runs] == [(64, 0), (64, 1), (512, 0), (512, 1)]
+    rows = report.result_rows(driver.runs, driver.records, 4)
+    assert [(r.goal.goal.name, r.size) for r in rows] == [
+        ("ndr", 64), ("pdr:0.5%", 64), ("ndr", 512), ("pdr:0.5%", 512),
+    ]  # fmt: skip
+    for row in rows:
+        assert row.rate_pps is not None and abs(row.rate_pps - 12_000) <= 0.02 * 12_000 * 1.006
+        assert row.spread_pps == 0.0 and len(row.repeats) == 2
+        assert row.bits_per_s == row.rate_pps * report.wire_bits(row.size, 4)
+        assert row.latency.p99_ns == 40_000
+    latency = [t for t in driver.records if t.kind == "latency"]
+    assert len(latency) == 2 * 2 * 2  # sizes x repetitions x goals, one percentage
+    assert {(t.size, t.duration_ns) for t in latency} == {(64, S), (512, S)}
+    assert all(size in (64, 512) for _, _, size, _ in device.asked)
+    doc = report.document(driver.settings, ["127.0.0.1"], rows, driver.records, interrupted=False)
+    path = tmp_path / "s.json"
+    report.write_json(str(path), doc)
+    back = json.loads(path.read_text())
+    assert back["v"] == report.SCHEMA_VERSION and len(back["trials"]) == len(driver.records)
+    need = {"goal", "loss_ratio", "size", "rate_pps", "lower_pps", "upper_pps", "generator_limited"}
+    assert need <= set(back["results"][0])
+    trial_keys = {"intended_pps", "achieved_pps", "duration_s", "sent", "received", "late"}
+    trial_keys |= {"lost", "loss_ratio", "verdicts", "generator"}
+    assert trial_keys <= set(back["trials"][0])
+    assert back["results"][0]["latency_at"][0]["load_pps"] == pytest.approx(
+        0.5 * back["results"][0]["lower_pps"]
+    )
+    png = tmp_path / "s.png"
+    why_not = report.write_plot(str(png), rows, driver.records)
+    assert why_not is None and png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_driver_reports_at_least_when_the_generator_is_the_limit() -> None:
+    device = FakeDevice(50_000, ceiling=10_000)
+    driver = drive(device, max_rate="40k", preset="quick", goals="ndr")
+    (row,) = report.result_rows(driver.runs, driver.records, 4)
+    assert row.goal.generator_limited and row.goal.upper_pps is None
+    assert row.rate_pps is not None and row.rate_pps <= 10_000
+    assert row.label == f"at least {row.rate_pps:,.0f} pps (generator limit)"
+    invalid = [t for t in driver.records if not t.valid]
+    assert invalid and all(dict(t.verdicts)["ndr"] == "invalid" for t in invalid)
+
+
+def test_a_trial_record_counts_errors_as_lost() -> None:
+    counts = Counts(sent=100, received=90, lost=6, errored=4)
+    t = TrialRecord(0, "search", 64, 0, "ndr", 0, 100.0, S, 0, counts, 100.0, (), RttStats(), 0, ())
+    assert (t.lost, t.loss_ratio, t.valid) == (10, 0.1, True)
