@@ -18,10 +18,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from loadgen.coordinator import Display
+from loadgen.coordinator import Display, GeneratorView
 from loadgen.search.controller import Search
 from loadgen.search.driver import Listener, SearchRun, TrialRecord
 from loadgen.search.report import ResultRow
+from loadgen.stats import Aggregator
 from loadgen.units import NS_PER_S
 
 
@@ -62,13 +63,15 @@ class SearchScreen(Listener):
         self.last: TrialRecord | None = None
         self.bounds: list[tuple[str, float | None, float | None]] = []
         self.trials = 0
+        self.progress = ""  # the running trial's own figures, from the coordinator
 
     def trial_started(self, record_index: int, load_pps: float, kind: str) -> None:
         self.current = f"{kind} trial {record_index + 1} at {load_pps:,.0f} pps"
+        self.progress = ""
         if not self.plain and self.live is None:
             self.live = Live(console=self.console, auto_refresh=False, transient=True)
             self.live.start()
-        self._show()
+        self.show()
 
     def trial_done(self, record: TrialRecord, search: Search | None) -> None:
         self.last, self.trials = record, self.trials + 1
@@ -76,16 +79,16 @@ class SearchScreen(Listener):
             self.bounds = [(g.name, *search.bounds(g)) for g in search.config.goals]
         if self.plain:
             print(trial_line(record), flush=True)
-        self._show()
+        self.show()
 
     def search_done(self, run: SearchRun) -> None:
         if self.plain:
             print(f"search at {run.size} B (repetition {run.repeat + 1}): {run.stop.value}")
 
     def trial_display(self) -> Display:
-        return Display()
+        return _Progress(self)
 
-    def _show(self) -> None:
+    def show(self) -> None:
         if self.live is None:
             return
         table = Table(title=None, box=None, pad_edge=False)
@@ -94,7 +97,8 @@ class SearchScreen(Listener):
         for name, low, high in self.bounds:
             table.add_row(name, _pps(low), _pps(high))
         elapsed = time.monotonic() - self.t0
-        head = Text(f"now: {self.current}; trials {self.trials}; elapsed {elapsed:.0f} s")
+        now = f"now: {self.current}{self.progress}"
+        head = Text(f"{now}; trials {self.trials}; elapsed {elapsed:.0f} s")
         last = Text("last: " + (trial_line(self.last) if self.last else "-"))
         self.live.update(Group(head, last, table), refresh=True)
 
@@ -102,6 +106,19 @@ class SearchScreen(Listener):
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+
+class _Progress(Display):
+    """The coordinator's display during one trial: its time and achieved rate on the line."""
+
+    def __init__(self, screen: SearchScreen) -> None:
+        self.screen = screen
+
+    def refresh(self, aggregator: Aggregator, generator: GeneratorView) -> None:
+        self.screen.progress = (
+            f", {generator.elapsed_ns / NS_PER_S:.1f} s in, {generator.achieved_pps:,.0f} pps sent"
+        )
+        self.screen.show()
 
 
 def results_table(rows: Sequence[ResultRow]) -> Group:

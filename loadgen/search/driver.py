@@ -203,7 +203,7 @@ class Driver:
                 for size in self.settings.sizes:
                     for rep in range(self.settings.repeat):
                         self._one_search(base, size, rep)
-            except Interrupted:
+            except (Interrupted, KeyboardInterrupt):  # in a trial, or between two
                 self.interrupted = True
 
     def _trial(
