@@ -23,7 +23,7 @@ from loadgen.search.controller import Search
 from loadgen.search.driver import Listener, SearchRun, TrialRecord
 from loadgen.search.report import ResultRow
 from loadgen.stats import Aggregator
-from loadgen.units import NS_PER_S
+from loadgen.units import NS_PER_S, format_rate
 
 
 def _pps(x: float | None) -> str:
@@ -121,16 +121,21 @@ class _Progress(Display):
         self.screen.show()
 
 
+def _k(x: float | None) -> str:
+    return "-" if x is None else format_rate(x).removesuffix(" pps")
+
+
 def results_table(rows: Sequence[ResultRow]) -> Group:
-    """Per goal and size: result, wire rate, bounds, conditional throughput, latency at the
-    result, trials and time (80 columns); notes under it for results that need words."""
-    title = "search results (pps: total over all targets; rtt us: min/p50/p99/max)"
+    """Per goal and size: result, wire rate, bounds, conditional throughput and latency at the
+    result, within 80 columns; under it trials and time per size and notes for results that
+    need words (generator limit, not converged)."""
+    title = "search results (pps, total over all targets; rtt us: min/p50/p99/max)"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    heads = ("goal", "size", "result", "on wire", "bounds", "cond.", "rtt us", "n", "time")
+    heads = ("goal", "size", "result", "on wire", "lower-upper", "cond.", "rtt us")
     for c in heads:
         justify: Literal["left", "right"] = "left" if c == "goal" else "right"
-        table.add_column(c, justify=justify, no_wrap=c in ("bounds", "rtt us", "result"))
-    notes = []
+        table.add_column(c, justify=justify, no_wrap=True)
+    notes, sizes = [], {}
     for r in rows:
         g, rtt = r.goal, r.latency
         lat = "-"
@@ -138,22 +143,21 @@ def results_table(rows: Sequence[ResultRow]) -> Group:
             figures = (rtt.min_ns, rtt.p50_ns, rtt.p99_ns, rtt.max_ns)
             lat = "/".join(f"{v / 1000:.0f}" for v in figures)
         mark = ("*" if g.generator_limited else "") + ("!" if not g.converged else "")
-        result = _pps(r.rate_pps) + mark
+        result = _k(r.rate_pps) + mark
         if len(r.repeats) > 1:
-            result += f" ±{r.spread_pps / 2:,.0f}"
-        upper = _pps(g.upper_pps) if g.upper_pps is not None else "max"
+            result += f"±{_k(r.spread_pps / 2)}"
+        upper = _k(g.upper_pps) if g.upper_pps is not None else "max"
         table.add_row(
             g.goal.name,
-            str(r.size),
+            f"{r.size} B",
             result,
             _bits(r.bits_per_s),
-            f"{_pps(g.lower_pps)}-{upper}",
-            _pps(g.conditional_pps),
+            f"{_k(g.lower_pps)}-{upper}",
+            _k(g.conditional_pps),
             lat,
-            str(r.trials),
-            f"{r.time_ns / NS_PER_S:.0f}s",
         )
+        sizes[r.size] = f"{r.size} B: {r.trials} trials, {r.time_ns / NS_PER_S:.0f} s ({r.stop})"
         if mark:
-            stop = "" if g.converged else f"; not within the width ({r.stop})"
+            stop = "" if g.converged else "; not within the width"
             notes.append(Text(f"{mark} {g.goal.name}, {r.size} B: {r.label}{stop}"))
-    return Group(table, *notes)
+    return Group(table, *(Text(line) for line in sizes.values()), *notes)

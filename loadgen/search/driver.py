@@ -144,7 +144,8 @@ def run_trial(
     counts = (
         sum((r.total.counts for r in counted), Counts()) if first else outcome.summary.total.counts
     )
-    limits = [w for r in counted if r.generator is not None for w in r.generator.limits]
+    # The warmup's seconds too: probes it sent late land in the counted seconds.
+    limits = [w for r in collect.seconds if r.generator is not None for w in r.generator.limits]
     drops = sum(w.rx_dropped for w in outcome.workers)
     refused = sum(w.send_errors for w in outcome.workers)
     if drops and not limits:
