@@ -371,8 +371,7 @@ def _search(args: argparse.Namespace, profile: Profile, *, plain: bool) -> int:
         driver.run()
     finally:
         screen.close()
-    family = 6 if profile.family == "ipv6" or any(":" in t for t in profile.targets) else 4
-    rows = report.result_rows(driver.runs, driver.records, family)
+    rows = report.result_rows(driver.runs, driver.records, driver.family)
     doc = report.document(
         settings, profile.targets, rows, driver.records, interrupted=driver.interrupted
     )

@@ -17,7 +17,7 @@ from loadgen.errors import ProfileError, UsageError
 from loadgen.output.searchview import SearchScreen, results_table
 from loadgen.profile import Profile, load_profile, parse_profile
 from loadgen.search import report
-from loadgen.search.driver import Driver, Listener, TrialRecord, run_trial
+from loadgen.search.driver import Driver, Listener, Measured, TrialRecord, run_trial
 from loadgen.search.settings import SearchSettings, parse_search_table, search_settings
 from loadgen.stats import Counts, RttStats
 from loadgen.units import format_rate
@@ -96,14 +96,14 @@ class FakeDevice:
 
     def __call__(
         self, base: Profile, load: float, duration_ns: int, size: int, warmup: int, shown: Display
-    ) -> tuple[Counts, float, tuple[str, ...], RttStats]:
+    ) -> Measured:
         self.asked.append((load, duration_ns, size, warmup))
         sent = round(min(load, self.ceiling) * duration_ns / S)
         received = min(sent, round(self.capacity * duration_ns / S))
         counts = Counts(sent=sent, received=received, lost=sent - received)
         limits = ("worker 0: sent too few",) if load > self.ceiling else ()
         rtt = RttStats(count=received, min_ns=10_000, p50_ns=20_000, p99_ns=40_000, max_ns=50_000)
-        return counts, sent * S / duration_ns, limits, rtt
+        return Measured(counts, sent * S / duration_ns, limits, rtt, 4)
 
 
 def drive(device: FakeDevice, **keys: object) -> Driver:
@@ -173,7 +173,9 @@ def test_a_trial_on_loopback_counts_only_the_seconds_after_the_warmup() -> None:
     profile = parse_profile(
         {"targets": "127.0.0.1", "workers": 1, "timeout": "300ms", "delay": "300ms"}, source="t"
     )
-    counts, achieved, limits, rtt = run_trial(profile, 500.0, S, 64, S, Display())
+    got = run_trial(profile, 500.0, S, 64, S, Display())
+    counts, achieved, limits, rtt = got.counts, got.achieved_pps, got.limits, got.rtt
+    assert got.family == 4
     # The second second only: the warmup's 500 are not counted (probes are counted in the
     # second they were sent in, so a busy moment at the boundary may move a few across it).
     assert abs(counts.sent - 500) <= 5 or limits, (counts, limits)

@@ -61,6 +61,12 @@ class TrialRecord:
     def loss_ratio(self) -> float:
         return self.lost / self.counts.sent if self.counts.sent else 1.0
 
+    def verdict(self, loss_ratio: float) -> str:
+        """For a goal of this loss ratio: "low-loss", "high-loss" or "invalid"."""
+        if not self.valid:
+            return "invalid"
+        return "high-loss" if self.loss_ratio > loss_ratio else "low-loss"
+
 
 @dataclass(frozen=True, slots=True)
 class SearchRun:
@@ -126,10 +132,21 @@ def trial_profile(base: Profile, load_pps: float, duration_ns: int, size: int) -
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What one trial measured."""
+
+    counts: Counts  # the counted seconds (after the warmup), outcomes after the linger
+    achieved_pps: float
+    limits: tuple[str, ...]  # why the generator was the limit; () when it was not
+    rtt: RttStats  # the whole trial's, warmup included
+    family: int  # 6 when every target is IPv6, else 4 (what `report` sizes the wire with)
+
+
 def run_trial(
     base: Profile, load_pps: float, duration_ns: int, size: int, warmup_ns: int, shown: Display
-) -> tuple[Counts, float, tuple[str, ...], RttStats]:
-    """One trial: (counts after the warmup, achieved pps, generator limits, RTTs)."""
+) -> Measured:
+    """One trial of `duration_ns` after `warmup_ns` at `load_pps`, through the runner."""
     collect = _Collect(shown)
     result = execute(
         trial_profile(base, load_pps, warmup_ns + duration_ns, size), display=lambda p: collect
@@ -156,12 +173,11 @@ def run_trial(
     if due - counts.sent > max(2.0, SHORTFALL * due):
         limits.append(f"sent {counts.sent} of {due:.0f} probes due")
     achieved = counts.sent * NS_PER_S / duration_ns
-    return counts, achieved, tuple(limits), outcome.summary.total.rtt
+    family = 6 if all(t.family == 6 for t in result.plan.targets) else 4
+    return Measured(counts, achieved, tuple(limits), outcome.summary.total.rtt, family)
 
 
-TrialRunner = Callable[
-    [Profile, float, int, int, int, Display], tuple[Counts, float, tuple[str, ...], RttStats]
-]
+TrialRunner = Callable[[Profile, float, int, int, int, Display], Measured]
 
 
 @contextlib.contextmanager
@@ -195,6 +211,7 @@ class Driver:
         self.records: list[TrialRecord] = []
         self.runs: list[SearchRun] = []
         self.interrupted = False
+        self.family = 4  # of the targets, as the last trial's plan had them
         self.t0_ns = clock_ns()
 
     def run(self) -> None:
@@ -223,9 +240,8 @@ class Driver:
         self.listener.trial_started(len(self.records), load, kind)
         started = self.clock_ns() - self.t0_ns
         warmup = self.settings.warmup_ns
-        counts, achieved, limits, rtt = self.trial(
-            base, load, duration_ns, size, warmup, self.listener.trial_display()
-        )
+        got = self.trial(base, load, duration_ns, size, warmup, self.listener.trial_display())
+        self.family = got.family
         record = TrialRecord(
             len(self.records),
             kind,
@@ -236,22 +252,14 @@ class Driver:
             load,
             duration_ns,
             warmup,
-            counts,
-            achieved,
-            limits,
-            rtt,
+            got.counts,
+            got.achieved_pps,
+            got.limits,
+            got.rtt,
             started,
             (),
         )
-        verdicts = tuple(
-            (
-                g.name,
-                "invalid"
-                if limits
-                else ("high-loss" if record.loss_ratio > g.loss_ratio else "low-loss"),
-            )
-            for g in self.settings.goals
-        )
+        verdicts = tuple((g.name, record.verdict(g.loss_ratio)) for g in self.settings.goals)
         record = dataclasses.replace(record, verdicts=verdicts)
         self.records.append(record)
         return record
