@@ -219,6 +219,8 @@ def write_plot(path: str, rows: Sequence[ResultRow], records: Sequence[TrialReco
                 label=label,
                 alpha=0.7,
             )
+    for ratio in sorted({r.goal.goal.loss_ratio for r in rows} - {0.0}):
+        ax.axhline(ratio, linestyle=":", linewidth=1, color="grey")  # a goal's loss ratio
     for row in rows:
         if row.rate_pps is not None:
             ax.axvline(row.rate_pps, linestyle="--", linewidth=1, color="grey")

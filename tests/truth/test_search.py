@@ -66,15 +66,26 @@ def result(doc: dict[str, Any], goal: str) -> dict[str, Any]:
     return next(r for r in doc["results"] if r["goal"] == goal)
 
 
-def judge(r: dict[str, Any], truth_pps: float, within: float) -> None:
+def story(doc: dict[str, Any]) -> str:
+    """The trials in one line each, for a failure message."""
+    return "\n".join(
+        f"{t['intended_pps']:.0f} pps {t['duration_s']} s: lost {t['lost']} of {t['sent']}"
+        + ("" if t["valid"] else f" invalid ({t['generator']['limits'][0]})")
+        for t in doc["trials"]
+    )
+
+
+def judge(doc: dict[str, Any], goal: str, truth_pps: float, within: float) -> None:
     """Within `within` of the truth; or, if the generator bounded it, honestly below it."""
-    assert r["lower_pps"] is not None, r
+    r = result(doc, goal)
+    why = f"{r}\n{story(doc)}"
+    assert r["lower_pps"] is not None, why
     if r["generator_limited"]:
-        assert r["result"].startswith("at least") and "generator limit" in r["result"]
-        assert r["lower_pps"] <= truth_pps * (1 + within), r
+        assert r["result"].startswith("at least") and "generator limit" in r["result"], why
+        assert r["lower_pps"] <= truth_pps * (1 + within), why
         return
-    assert r["converged"], r
-    assert abs(r["rate_pps"] - truth_pps) <= within * truth_pps, (r, truth_pps)
+    assert r["converged"], why
+    assert abs(r["rate_pps"] - truth_pps) <= within * truth_pps, why
 
 
 def test_search_finds_ndr_and_pdr_of_an_echo_rate_limit(tmp_path: Path, prefix: str) -> None:
@@ -83,9 +94,9 @@ def test_search_finds_ndr_and_pdr_of_an_echo_rate_limit(tmp_path: Path, prefix: 
         tmp_path, profile, *QUICK, "--goal", "ndr", "--goal", "pdr:10%",
         "--max-rate", "30k", "--min-rate", "5k", "--width", "1%", "--max-time", "150s",
     )  # fmt: skip
-    judge(result(doc, "ndr"), LIMIT_PPS, 0.02)
+    judge(doc, "ndr", LIMIT_PPS, 0.02)
     # Above the limit the limiter passes LIMIT of the load: 10 % is lost at LIMIT / 0.9.
-    judge(result(doc, "pdr:10%"), LIMIT_PPS / 0.9, 0.02)
+    judge(doc, "pdr:10%", LIMIT_PPS / 0.9, 0.02)
     for t in doc["trials"]:
         if t["valid"] and t["intended_pps"] < LIMIT_PPS * 0.98:
             assert t["lost"] == 0, t  # below the limit nothing is lost
@@ -98,11 +109,9 @@ def test_search_finds_the_capacity_of_a_shaped_link(tmp_path: Path, prefix: str)
         tmp_path, profile, *QUICK, "--goal", "ndr", "--max-rate", "8k", "--min-rate", "1k",
         "--width", "1%", "--max-time", "100s",
     )  # fmt: skip
-    r = result(doc, "ndr")
-    assert r["lower_pps"] is not None and not r["generator_limited"], r
     # tbf queues up to 50 ms of its rate and a bucket besides: in a 1 s trial a load that much
-    # above the link's rate still loses nothing.
-    assert LINK_PPS * 0.98 <= r["rate_pps"] <= LINK_PPS * 1.08, r
+    # above the link's rate still loses nothing (the truth: 3 % above it, give or take 5 %).
+    judge(doc, "ndr", LINK_PPS * 1.03, 0.05)
 
 
 def test_a_max_rate_one_worker_cannot_generate_gives_at_least(tmp_path: Path) -> None:
@@ -111,10 +120,11 @@ def test_a_max_rate_one_worker_cannot_generate_gives_at_least(tmp_path: Path) ->
         "--min-rate", "1k", "--max-trials", "8", "--max-time", "60s",
     )  # fmt: skip
     r = result(doc, "ndr")
+    why = f"{r}\n{story(doc)}"
     first = doc["trials"][0]
-    assert first["intended_pps"] == 3_000_000 and not first["valid"], first
-    assert first["generator"]["limits"], first
-    assert r["generator_limited"], r
-    assert r["upper_pps"] is None  # no trial loadgen could not generate became an upper bound
+    assert first["intended_pps"] == 3_000_000 and not first["valid"], why
+    assert first["generator"]["limits"], why
+    assert r["generator_limited"], why
+    assert r["upper_pps"] is None, why  # no trial loadgen could not generate is an upper bound
     if r["lower_pps"] is not None:
         assert r["result"] == f"at least {r['lower_pps']:,.0f} pps (generator limit)"
