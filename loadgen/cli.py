@@ -386,6 +386,9 @@ def _search(args: argparse.Namespace, profile: Profile, *, plain: bool) -> int:
     _say(f"wrote {output}" + (f"; {why_not}" if why_not else " and its .png plot"))
     if driver.interrupted:
         _say("interrupted: the results cover the trials run until then")
+    if driver.failure:
+        _say(f"error: {driver.failure}; the results cover the trials before it")
+        return EXIT_FAILED
     return EXIT_OK
 
 

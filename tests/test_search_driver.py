@@ -202,3 +202,18 @@ def test_the_screen_shows_bounds_and_the_results_table() -> None:
     assert re.search(rf"^ ndr +64 B +{re.escape(shown)} ", text, re.M), text
     assert "trials" in text and "lower-upper" in text
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+@pytest.mark.root
+def test_the_command_on_loopback_writes_the_json_and_the_plot(tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    argv = ["search", "127.0.0.1", "--quick", "--max-rate", "2k", "--goal", "ndr"]
+    argv += ["--workers", "1", "-d", "300ms", "-w", "300ms", "--plain", "--output", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    (result,) = doc["results"]
+    first = doc["trials"][0]
+    assert first["intended_pps"] == 2000 and first["duration_s"] == 1.0
+    if first["valid"]:  # loopback carries 2k pps: the maximum itself is the result
+        assert (result["rate_pps"], result["upper_pps"]) == (2000, None)
+    assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")

@@ -212,6 +212,7 @@ class Driver:
         self.runs: list[SearchRun] = []
         self.interrupted = False
         self.family = 4  # of the targets, as the last trial's plan had them
+        self.failure: str | None = None  # a trial failed (a worker died): the search stopped
         self.t0_ns = clock_ns()
 
     def run(self) -> None:
@@ -223,6 +224,8 @@ class Driver:
                         self._one_search(base, size, rep)
             except (Interrupted, KeyboardInterrupt):  # in a trial, or between two
                 self.interrupted = True
+            except WorkerFailed as exc:  # the results so far still stand
+                self.failure = str(exc)
 
     def _trial(
         self,
