@@ -164,8 +164,10 @@ def test_the_driver_reports_at_least_when_the_generator_is_the_limit() -> None:
 
 def test_a_trial_record_counts_errors_as_lost() -> None:
     counts = Counts(sent=100, received=90, lost=6, errored=4)
-    t = TrialRecord(0, "search", 64, 0, "ndr", 0, 100.0, S, 0, counts, 100.0, (), RttStats(), 0, ())
+    m = Measured(counts, 100.0, (), RttStats(), 4)
+    t = TrialRecord(0, "search", 64, 0, "ndr", 0, 100.0, S, 0, m, 0, ())
     assert (t.lost, t.loss_ratio, t.valid) == (10, 0.1, True)
+    assert (m.verdict(0.0), m.verdict(0.1)) == ("high-loss", "low-loss")
 
 
 @pytest.mark.root

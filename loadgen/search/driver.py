@@ -31,22 +31,14 @@ SHORTFALL = 0.01
 
 
 @dataclass(frozen=True, slots=True)
-class TrialRecord:
-    index: int
-    kind: str  # "search" or "latency"
-    size: int
-    repeat: int
-    goal: str  # the goal that asked for it ("" for latency trials)
-    phase: int
-    load_pps: float
-    duration_ns: int
-    warmup_ns: int
+class Measured:
+    """What one trial measured."""
+
     counts: Counts  # the counted seconds (after the warmup), outcomes after the linger
     achieved_pps: float
     limits: tuple[str, ...]  # why the generator was the limit; () when it was not
-    rtt: RttStats
-    started_ns: int  # since the search began
-    verdicts: tuple[tuple[str, str], ...]  # (goal, "low-loss" | "high-loss" | "invalid")
+    rtt: RttStats  # the whole trial's, warmup included
+    family: int  # 6 when every target is IPv6, else 4 (what `report` sizes the wire with)
 
     @property
     def valid(self) -> bool:
@@ -66,6 +58,52 @@ class TrialRecord:
         if not self.valid:
             return "invalid"
         return "high-loss" if self.loss_ratio > loss_ratio else "low-loss"
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRecord:
+    """One trial as run: what was asked, what it measured, its verdict for every goal."""
+
+    index: int
+    kind: str  # "search" or "latency"
+    size: int
+    repeat: int
+    goal: str  # the goal that asked for it ("" for latency trials)
+    phase: int
+    load_pps: float
+    duration_ns: int
+    warmup_ns: int
+    measured: Measured
+    started_ns: int  # since the search began
+    verdicts: tuple[tuple[str, str], ...]  # (goal, "low-loss" | "high-loss" | "invalid")
+
+    @property
+    def counts(self) -> Counts:
+        return self.measured.counts
+
+    @property
+    def achieved_pps(self) -> float:
+        return self.measured.achieved_pps
+
+    @property
+    def limits(self) -> tuple[str, ...]:
+        return self.measured.limits
+
+    @property
+    def rtt(self) -> RttStats:
+        return self.measured.rtt
+
+    @property
+    def valid(self) -> bool:
+        return self.measured.valid
+
+    @property
+    def lost(self) -> int:
+        return self.measured.lost
+
+    @property
+    def loss_ratio(self) -> float:
+        return self.measured.loss_ratio
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +168,6 @@ def trial_profile(base: Profile, load_pps: float, duration_ns: int, size: int) -
         lab=None,
         search=None,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Measured:
-    """What one trial measured."""
-
-    counts: Counts  # the counted seconds (after the warmup), outcomes after the linger
-    achieved_pps: float
-    limits: tuple[str, ...]  # why the generator was the limit; () when it was not
-    rtt: RttStats  # the whole trial's, warmup included
-    family: int  # 6 when every target is IPv6, else 4 (what `report` sizes the wire with)
 
 
 def run_trial(
@@ -245,25 +272,11 @@ class Driver:
         warmup = self.settings.warmup_ns
         got = self.trial(base, load, duration_ns, size, warmup, self.listener.trial_display())
         self.family = got.family
+        verdicts = tuple((g.name, got.verdict(g.loss_ratio)) for g in self.settings.goals)
         record = TrialRecord(
-            len(self.records),
-            kind,
-            size,
-            rep,
-            goal,
-            phase,
-            load,
-            duration_ns,
-            warmup,
-            got.counts,
-            got.achieved_pps,
-            got.limits,
-            got.rtt,
-            started,
-            (),
-        )
-        verdicts = tuple((g.name, record.verdict(g.loss_ratio)) for g in self.settings.goals)
-        record = dataclasses.replace(record, verdicts=verdicts)
+            len(self.records), kind, size, rep, goal, phase, load, duration_ns, warmup, got,
+            started, verdicts,
+        )  # fmt: skip
         self.records.append(record)
         return record
 
