@@ -158,7 +158,7 @@ def test_the_driver_reports_at_least_when_the_generator_is_the_limit() -> None:
     assert row.goal.generator_limited and row.goal.upper_pps is None
     assert row.rate_pps is not None and row.rate_pps <= 10_000
     assert row.label == f"at least {row.rate_pps:,.0f} pps (generator limit)"
-    invalid = [t for t in driver.records if not t.valid]
+    invalid = [t for t in driver.records if not t.measured.valid]
     assert invalid and all(dict(t.verdicts)["ndr"] == "invalid" for t in invalid)
 
 
@@ -166,7 +166,7 @@ def test_a_trial_record_counts_errors_as_lost() -> None:
     counts = Counts(sent=100, received=90, lost=6, errored=4)
     m = Measured(counts, 100.0, (), RttStats(), 4)
     t = TrialRecord(0, "search", 64, 0, "ndr", 0, 100.0, S, 0, m, 0, ())
-    assert (t.lost, t.loss_ratio, t.valid) == (10, 0.1, True)
+    assert (t.measured.lost, t.measured.loss_ratio, t.measured.valid) == (10, 0.1, True)
     assert (m.verdict(0.0), m.verdict(0.1)) == ("high-loss", "low-loss")
 
 

@@ -40,16 +40,16 @@ def _bits(x: float | None) -> str:
 
 
 def _verdict(t: TrialRecord) -> str:
-    if not t.valid:
-        return "invalid: " + t.limits[0]
+    if not t.measured.valid:
+        return "invalid: " + t.measured.limits[0]
     return ", ".join(f"{g} {v}" for g, v in t.verdicts)
 
 
 def trial_line(t: TrialRecord) -> str:
     return (
         f"trial {t.index + 1} ({t.kind}, {t.size} B): {t.load_pps:,.0f} pps for "
-        f"{t.duration_ns / NS_PER_S:g} s, sent {t.counts.sent}, lost {t.lost} "
-        f"({100 * t.loss_ratio:.3f}%): {_verdict(t)}"
+        f"{t.duration_ns / NS_PER_S:g} s, sent {t.measured.counts.sent}, lost {t.measured.lost} "
+        f"({100 * t.measured.loss_ratio:.3f}%): {_verdict(t)}"
     )
 
 

@@ -77,34 +77,6 @@ class TrialRecord:
     started_ns: int  # since the search began
     verdicts: tuple[tuple[str, str], ...]  # (goal, "low-loss" | "high-loss" | "invalid")
 
-    @property
-    def counts(self) -> Counts:
-        return self.measured.counts
-
-    @property
-    def achieved_pps(self) -> float:
-        return self.measured.achieved_pps
-
-    @property
-    def limits(self) -> tuple[str, ...]:
-        return self.measured.limits
-
-    @property
-    def rtt(self) -> RttStats:
-        return self.measured.rtt
-
-    @property
-    def valid(self) -> bool:
-        return self.measured.valid
-
-    @property
-    def lost(self) -> int:
-        return self.measured.lost
-
-    @property
-    def loss_ratio(self) -> float:
-        return self.measured.loss_ratio
-
 
 @dataclass(frozen=True, slots=True)
 class SearchRun:
@@ -298,10 +270,10 @@ class Driver:
                     TrialResult(
                         req.load_pps,
                         req.duration_ns,
-                        rec.counts.sent,
-                        rec.lost,
-                        rec.valid,
-                        rec.achieved_pps,
+                        rec.measured.counts.sent,
+                        rec.measured.lost,
+                        rec.measured.valid,
+                        rec.measured.achieved_pps,
                     )
                 )
                 self.listener.trial_done(rec, search)

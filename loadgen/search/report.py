@@ -74,10 +74,12 @@ def result_rows(
                 and t.size == size
                 and t.repeat == pick.repeat
                 and t.load_pps == result.lower_pps
-                and t.valid
+                and t.measured.valid
             ]
             full = [t for t in at if t.duration_ns >= result.goal.final_ns] or at
-            latency = max(full, key=lambda t: t.rtt.count).rtt if full else RttStats()
+            latency = (
+                max(full, key=lambda t: t.measured.rtt.count).measured.rtt if full else RttStats()
+            )
             rows.append(
                 ResultRow(
                     goal=result,
@@ -105,7 +107,7 @@ def _rtt(rtt: RttStats) -> dict[str, float | None]:
 
 
 def trial_json(t: TrialRecord) -> dict[str, Any]:
-    c = t.counts
+    c = t.measured.counts
     return {
         "index": t.index,
         "kind": t.kind,
@@ -115,7 +117,7 @@ def trial_json(t: TrialRecord) -> dict[str, Any]:
         "phase": t.phase,
         "t_s": round(t.started_ns / NS_PER_S, 3),
         "intended_pps": t.load_pps,
-        "achieved_pps": round(t.achieved_pps, 3),
+        "achieved_pps": round(t.measured.achieved_pps, 3),
         "duration_s": t.duration_ns / NS_PER_S,
         "warmup_s": t.warmup_ns / NS_PER_S,
         "sent": c.sent,
@@ -123,18 +125,22 @@ def trial_json(t: TrialRecord) -> dict[str, Any]:
         "late": c.late,
         "lost": c.lost,
         "errored": c.errored,
-        "loss_ratio": t.loss_ratio,
-        "valid": t.valid,
+        "loss_ratio": t.measured.loss_ratio,
+        "valid": t.measured.valid,
         "verdicts": dict(t.verdicts),
-        "generator": {"limited": not t.valid, "limits": list(t.limits)},
-        "rtt_us": _rtt(t.rtt),
+        "generator": {"limited": not t.measured.valid, "limits": list(t.measured.limits)},
+        "rtt_us": _rtt(t.measured.rtt),
     }
 
 
 def result_json(row: ResultRow, records: Sequence[TrialRecord]) -> dict[str, Any]:
     g = row.goal
     latency_at = [
-        {"load_pps": t.load_pps, "rtt_us": _rtt(t.rtt), "loss_ratio": t.loss_ratio}
+        {
+            "load_pps": t.load_pps,
+            "rtt_us": _rtt(t.measured.rtt),
+            "loss_ratio": t.measured.loss_ratio,
+        }
         for t in records
         if t.kind == "latency" and t.size == row.size and t.goal == g.goal.name
     ]
@@ -209,11 +215,11 @@ def write_plot(path: str, rows: Sequence[ResultRow], records: Sequence[TrialReco
         return "no plot: matplotlib is not installed (pip install 'loadgen[plots]')"
     fig, ax = plt.subplots(figsize=(8, 5))
     for valid, marker, label in ((True, "o", "trial"), (False, "x", "generator-limited")):
-        chosen = [t for t in records if t.kind == "search" and t.valid is valid]
+        chosen = [t for t in records if t.kind == "search" and t.measured.valid is valid]
         if chosen:
             ax.scatter(
                 [t.load_pps for t in chosen],
-                [max(t.loss_ratio, 1e-7) for t in chosen],
+                [max(t.measured.loss_ratio, 1e-7) for t in chosen],
                 s=[12 + 4 * t.duration_ns / NS_PER_S for t in chosen],
                 marker=marker,
                 label=label,
