@@ -55,10 +55,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
-def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
+def _common_run_flags(
+    p: argparse.ArgumentParser, *, short: bool, without: tuple[str, ...] = ()
+) -> None:
     def flag(long: str, letter: str, **kw: Any) -> None:
         names = [f"-{letter}", long] if short and letter else [long]
-        p.add_argument(*names, **kw)
+        if long not in without:
+            p.add_argument(*names, **kw)
 
     flag("--rate", "r", metavar="RATE", help="total probes per second: 20000, 100k, 2.5M")
     flag("--size", "s", metavar="BYTES", help="ICMP payload bytes (>= 28)")
@@ -140,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "highest load (total pps over all targets) within each goal.",
     )
     search.add_argument("what", metavar="PROFILE.toml|TARGETS")
-    _common_run_flags(search, short=True)
+    # A search sets each trial's load and length and writes its own JSON.
+    _common_run_flags(search, short=True, without=_SEARCH_SETS)
     _search_flags(search)
 
     check = sub.add_parser("check", help="validate a profile and print the plan")
@@ -157,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+_SEARCH_SETS = ("--rate", "--count", "--duration", "--jsonl", "--top")
 _SEARCH_FLAGS = {  # flag: (search key, help); the keys' table is loadgen.search.settings
     "--goal": ("goals", 'a goal: "ndr" or "pdr:0.5%%" (repeat the flag for more; default both)'),
     "--min-rate": ("min_rate", "lowest load, total pps over all targets (default max/100)"),
@@ -207,12 +212,6 @@ def _is_profile(what: str) -> bool:
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
     if args.command == "search":
-        for flag in ("rate", "count", "duration"):
-            if getattr(args, flag, None) is not None:
-                raise UsageError(
-                    f"search sets the load and length of each trial: drop --{flag}, use "
-                    "--max-rate, --min-rate and --trial"
-                )
         if not _is_profile(args.what):
             return parse_profile({"targets": args.what, **_overrides(args)}, source=COMMAND_LINE)
         return load_profile(args.what, _overrides(args))
