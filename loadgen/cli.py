@@ -34,6 +34,7 @@ from loadgen.output.summary import summary_view
 from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.runner import RunResult, execute, plan_run
+from loadgen.search.settings import SEARCH_KEYS
 from loadgen.targets import labels
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -162,29 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SEARCH_SETS = ("--rate", "--count", "--duration", "--jsonl", "--top")
-_SEARCH_FLAGS = {  # flag: (search key, help); the keys' table is loadgen.search.settings
-    "--goal": ("goals", 'a goal: "ndr" or "pdr:0.5%%" (repeat the flag for more; default both)'),
-    "--min-rate": ("min_rate", "lowest load, total pps over all targets (default max/100)"),
-    "--max-rate": ("max_rate", "highest load, total pps over all targets (always tried)"),
-    "--trial": ("trial", "final trial duration (default 10s)"),
-    "--sum": ("sum", "trial time at a load before it is decided (default 30s)"),
-    "--exceed": ("exceed", "share of that time allowed above the goal's loss (0.5; 0 strict)"),
-    "--width": ("width", "relative precision to stop at (default 0.5%%)"),
-    "--max-trials": ("max_trials", "stop after this many trials (default 100)"),
-    "--max-time": ("max_time", "stop after this long (default 30m)"),
-    "--warmup": ("warmup", "uncounted traffic before each trial, whole seconds (default 0s)"),
-    "--pause": ("pause", "quiet time between trials (default 1s)"),
-    "--sizes": ("sizes", "one search per payload size: 64,512,1400"),
-    "--repeat": ("repeat", "whole searches per size; median and spread (default 1)"),
-    "--latency-at": ("latency_at", "latency trials at these %% of each result: 10,50,90"),
-    "--output": ("output", "JSON file (default search-YYYYmmdd-HHMMSS.json; plot beside it)"),
-}
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
-    for flag, (key, text) in _SEARCH_FLAGS.items():
-        action = "append" if key == "goals" else "store"
-        p.add_argument(flag, dest=f"search_{key}", action=action, metavar="X", help=text)
+    """A flag per [search] key (`--goal` takes one goal and may repeat), then the presets."""
+    for key, (_, _, text) in SEARCH_KEYS.items():
+        if key != "preset":
+            flag = "--goal" if key == "goals" else "--" + key.replace("_", "-")
+            action = "append" if key == "goals" else "store"
+            help_text = text.replace("%", "%%")  # argparse formats help with %
+            p.add_argument(flag, dest=f"search_{key}", action=action, metavar="X", help=help_text)
     preset = p.add_mutually_exclusive_group()
     preset.add_argument(
         "--rfc2544",
@@ -359,8 +347,7 @@ def _search(args: argparse.Namespace, profile: Profile, *, plain: bool) -> int:
     from loadgen.search.driver import Driver  # noqa: PLC0415
     from loadgen.search.settings import parse_search_table, search_settings  # noqa: PLC0415
 
-    flags = {k: getattr(args, f"search_{k}") for k, _ in _SEARCH_FLAGS.values()}
-    flags["preset"] = args.search_preset
+    flags = {k: getattr(args, f"search_{k}") for k in SEARCH_KEYS}
     given = {**(profile.search or {}), **parse_search_table(flags, "search")}
     settings = search_settings(given, profile.size)
     output = settings.output or time.strftime("search-%Y%m%d-%H%M%S.json")

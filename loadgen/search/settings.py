@@ -99,7 +99,7 @@ SEARCH_KEYS: dict[str, tuple[Any, Any, str]] = {
         0.5,
         "share of that time allowed above the loss ratio; 0 = strict (0.5)",
     ),
-    "width": (parse_ratio, 0.005, "relative precision to stop at: (upper - lower) / upper (0.5%)"),
+    "width": (parse_ratio, 0.005, "relative precision to stop at: (upper - lower) / upper (0.5 %)"),
     "max_trials": (_count(100_000), 100, "stop after this many trials (100)"),
     "max_time": (_duration, 30 * 60 * NS_PER_S, "stop after this long (30m)"),
     "warmup": (_duration_or_0, 0, "traffic before each trial, not counted (whole seconds; 0s)"),
