@@ -66,10 +66,8 @@ def _duration(value: Any, key: str) -> int:
 
 def _duration_or_0(value: Any, key: str) -> int:
     """A duration, or none at all (0, "0s") where leaving something out is allowed."""
-    if isinstance(value, int | float | str) and str(value).strip().rstrip("ms").strip() in (
-        "0",
-        "0.0",
-    ):
+    zero = (0, "0", "0s", "0ms")
+    if not isinstance(value, bool) and (value in zero or str(value).strip() in zero):
         return 0
     return parse_duration_ns(value, key=key)
 
