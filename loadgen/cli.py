@@ -3,6 +3,7 @@
     loadgen run PROFILE.toml [--duration D] [--rate R] [--count N] [--jsonl FILE] ...
     loadgen ping TARGETS [-r RATE] [-s SIZE] [-t TTL] [-z TOS] [-c COUNT] [-d DELAY] [-w TIMEOUT]
                          [-I IFACE] [-S ADDR] ...
+    loadgen search PROFILE.toml | TARGETS --max-rate RATE [--goal ndr] [--trial 10s] ...
     loadgen check PROFILE.toml
     loadgen lab up LAB.toml | status | down [PREFIX] [--all]
     loadgen --version
@@ -20,6 +21,7 @@ import contextlib
 import errno
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -34,6 +36,7 @@ from loadgen.output.summary import sla_lines, sla_rules, summary_view
 from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.runner import RunResult, execute, plan_run
+from loadgen.search.settings import SEARCH_KEYS
 from loadgen.targets import labels
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SLA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -66,10 +69,13 @@ _SLA_FLAGS = (
 )
 
 
-def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
+def _common_run_flags(
+    p: argparse.ArgumentParser, *, short: bool, without: tuple[str, ...] = ()
+) -> None:
     def flag(long: str, letter: str, **kw: Any) -> None:
         names = [f"-{letter}", long] if short and letter else [long]
-        p.add_argument(*names, **kw)
+        if long not in without:
+            p.add_argument(*names, **kw)
 
     flag("--rate", "r", metavar="RATE", help="total probes per second: 20000, 100k, 2.5M")
     flag("--size", "s", metavar="BYTES", help="ICMP payload bytes (>= 28)")
@@ -107,6 +113,8 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
     flag("--metrics", "", metavar="ADDR", help='serve Prometheus /metrics (":9464": loopback)')
     flag("--metrics-textfile", "", metavar="PATH", help="write the metrics to PATH every second")
     flag("--metrics-labels", "", metavar="MODE", help="total, target, top:N or auto (default)")
+    if "--sla" in without:
+        return
     sla = p.add_argument_group("SLA verdict (exit 3 if a clause fails; adds to the [sla] table)")
     for name, metavar, text in _SLA_FLAGS:
         sla.add_argument(
@@ -155,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("targets", help="e.g. 127.0.0.1,::1,127.0.0.8/30,localhost")
     _common_run_flags(ping, short=True)
 
+    search = sub.add_parser(
+        "search",
+        help="find the highest load the targets carry within a loss goal (RFC 9971)",
+        description="Search PROFILE.toml's targets, or TARGETS (a comma list), for the "
+        "highest load (total pps over all targets) within each goal.",
+    )
+    search.add_argument("what", metavar="PROFILE.toml|TARGETS")
+    # A search sets each trial's load and length and writes its own JSON.
+    _common_run_flags(search, short=True, without=_SEARCH_SETS)
+    _search_flags(search)
+
     check = sub.add_parser("check", help="validate a profile and print the plan")
     check.add_argument("profile")
 
@@ -169,6 +188,45 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+# A search sets these itself per trial, or they belong to one run, not to a search of many.
+_SEARCH_SETS = (
+    "--rate",
+    "--count",
+    "--duration",
+    "--jsonl",
+    "--top",
+    "--metrics",
+    "--metrics-textfile",
+    "--metrics-labels",
+    "--sla",
+)
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    """A flag per [search] key (`--goal` takes one goal and may repeat), then the presets."""
+    for key, (_, _, text) in SEARCH_KEYS.items():
+        if key != "preset":
+            flag = "--goal" if key == "goals" else "--" + key.replace("_", "-")
+            action = "append" if key == "goals" else "store"
+            help_text = text.replace("%", "%%")  # argparse formats help with %
+            p.add_argument(flag, dest=f"search_{key}", action=action, metavar="X", help=help_text)
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument(
+        "--rfc2544",
+        dest="search_preset",
+        action="store_const",
+        const="rfc2544",
+        help="RFC 2544: 60 s trials, each load decided by one, no loss allowed",
+    )
+    preset.add_argument(
+        "--quick",
+        dest="search_preset",
+        action="store_const",
+        const="quick",
+        help="1 s trials, one per load, 2%% width, 2 minutes at most",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     given = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
     sla = {k: getattr(args, f"sla_{k}", None) for k, _, _ in _SLA_FLAGS}
@@ -177,7 +235,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _is_profile(what: str) -> bool:
+    return what.endswith(".toml") or os.path.isfile(what)
+
+
 def profile_from_args(args: argparse.Namespace) -> Profile:
+    if args.command == "search":
+        if not _is_profile(args.what):
+            return parse_profile({"targets": args.what, **_overrides(args)}, source=COMMAND_LINE)
+        return load_profile(args.what, _overrides(args))
     if args.command == "ping":
         return parse_profile({"targets": args.targets, **_overrides(args)}, source=COMMAND_LINE)
     return load_profile(args.profile, _overrides(args))
@@ -213,6 +279,8 @@ def _command(argv: Sequence[str] | None) -> int:
     profile = profile_from_args(args)
     if args.command == "check":
         return _check(profile)
+    if args.command == "search":
+        return _search(args, profile, plain=args.plain or not sys.stdout.isatty())
     return _run(profile, plain=args.plain or not sys.stdout.isatty())
 
 
@@ -318,6 +386,44 @@ def exit_code(result: RunResult) -> int:
         return EXIT_FAILED
     if result.sla is not None and not result.sla.passed:
         return EXIT_SLA
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace, profile: Profile, *, plain: bool) -> int:
+    """`loadgen search`: the [search] table and flags, the driver, the results and files."""
+    from loadgen.output.searchview import SearchScreen, results_table  # noqa: PLC0415
+    from loadgen.search import report  # noqa: PLC0415
+    from loadgen.search.driver import Driver  # noqa: PLC0415
+    from loadgen.search.settings import parse_search_table, search_settings  # noqa: PLC0415
+
+    flags = {k: getattr(args, f"search_{k}") for k in SEARCH_KEYS}
+    given = {**(profile.search or {}), **parse_search_table(flags, "search")}
+    settings = search_settings(given, profile.size)
+    output = settings.output or time.strftime("search-%Y%m%d-%H%M%S.json")
+    screen = SearchScreen(plain=plain)
+    driver = Driver(profile, settings, screen)
+    try:
+        driver.run()
+    finally:
+        screen.close()
+    rows = report.result_rows(driver.runs, driver.records, driver.family)
+    doc = report.document(
+        settings, profile.targets, rows, driver.records, interrupted=driver.interrupted
+    )
+    with _writing_stdout():
+        Console(highlight=False).print(results_table(rows))
+    try:
+        report.write_json(output, doc)
+        why_not = report.write_plot(output.removesuffix(".json") + ".png", rows, driver.records)
+    except OSError as exc:
+        _say(f"error: cannot write {output}: {exc.strerror or exc}; give --output a writable path")
+        return EXIT_FAILED
+    _say(f"wrote {output}" + (f"; {why_not}" if why_not else " and its .png plot"))
+    if driver.interrupted:
+        _say("interrupted: the results cover the trials run until then")
+    if driver.failure:
+        _say(f"error: {driver.failure}; the results cover the trials before it")
+        return EXIT_FAILED
     return EXIT_OK
 
 

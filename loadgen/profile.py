@@ -55,6 +55,7 @@ class Profile:
     metrics_labels: str  # auto | total | target | top:N
     sla: SlaSpec | None  # the [sla] clauses the run is judged by
     lab: Mapping[str, Any] | None = field(hash=False)  # raw [lab] table, checked by lab/
+    search: Mapping[str, Any] | None = field(default=None, hash=False)  # [search], parsed
 
 
 _KEYS = {key.name: key for key in PROFILE_KEYS}

@@ -15,6 +15,7 @@ from typing import Any
 
 from loadgen.errors import UsageError
 from loadgen.metrics import parse_labels, parse_listen
+from loadgen.search.settings import SEARCH_KEYS, parse_search_table
 from loadgen.sla import Scope, SlaSpec, Window
 from loadgen.units import (
     NS_PER_S,
@@ -550,6 +551,19 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         "198.18.0.0/15 with impairments before the run; its keys are checked by the lab package. "
         "Default: no lab, probe real targets.",
         "[lab]",
+        commented=True,
+    ),
+    ProfileKey(
+        "search",
+        "search",
+        parse_search_table,
+        None,
+        "A [search] table (after every other key) sets `loadgen search`: the highest load "
+        "the targets carry within each goal's loss (RFC 9971); flags of the same names "
+        "override it. Its keys: "
+        + "; ".join(f"{name}: {spec[2]}" for name, spec in SEARCH_KEYS.items())
+        + ".",
+        '[search]\n# max_rate = "40k"\n# goals = ["ndr", "pdr:0.5%"]\n# trial = "10s"',
         commented=True,
     ),
 )

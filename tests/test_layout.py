@@ -40,6 +40,9 @@ PURE = (
     "metrics.py",
     "output/ui.py",
     "output/summary.py",
+    "search/goals.py",
+    "search/controller.py",
+    "search/settings.py",
 )
 
 FORBIDDEN = (

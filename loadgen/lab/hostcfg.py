@@ -38,11 +38,21 @@ def nft_ruleset(table: str, imp: Impairments, version: int = 4) -> str:
         rules.append(
             f'{REQUEST} numgen random mod {DROP_SCALE} < {below} counter name "drop_random" drop'
         )
+    if imp.echo_limit_pps > 0:
+        # A token bucket in the kernel: requests beyond the rate (after a burst of 10 ms of
+        # it, so a sender's late 1 ms tick is not loss) are dropped before any responder sees
+        # them: a device of known capacity.
+        burst = max(5, imp.echo_limit_pps // 100)
+        rules.append(
+            f"{REQUEST} limit rate over {imp.echo_limit_pps}/second burst {burst} packets "
+            'counter name "drop_limit" drop'
+        )
     body = "\n    ".join(rules)
     return f"""table {NFT_FAMILY[version]} {table} {{
   counter req_in {{}}
   counter drop_every {{}}
   counter drop_random {{}}
+  counter drop_limit {{}}
   counter rep_out {{}}
   counter err_out {{}}
   chain input {{

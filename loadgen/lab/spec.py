@@ -42,6 +42,7 @@ HOST_KEYS = (
     "icmp_ratelimit_pps",
     "icmp_ratelimit_burst",
     "rate_limit",
+    "echo_limit_pps",
 )
 
 
@@ -77,6 +78,7 @@ class Impairments:
     icmp_ratelimit_pps: int = 0
     icmp_ratelimit_burst: int = 0  # 0 = max(1, pps // 20), the kernel's 1000/s : 50 ratio
     rate_limit_bps: int = 0  # tbf for our probes on both ends of the host's link; 0 = off
+    echo_limit_pps: int = 0  # nft `limit rate` on our echo requests: beyond it, dropped; 0 = off
     reflector: bool = False  # answer with a reflector even without reflector impairments
 
     @property
@@ -243,6 +245,7 @@ def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup
         icmp_ratelimit_pps=keys.count("icmp_ratelimit_pps", 0, 0, 10_000_000),
         icmp_ratelimit_burst=keys.count("icmp_ratelimit_burst", 0, 0, 10_000_000),
         rate_limit_bps=keys.rate_bps("rate_limit"),
+        echo_limit_pps=keys.count("echo_limit_pps", 0, 0, 10_000_000),
         reflector=keys.flag("reflector"),
         **shares,
     )

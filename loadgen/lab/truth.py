@@ -59,10 +59,11 @@ class HostTruth:
     host_link: LinkCounters  # the host's end, inside its namespace: answers go through it
     root_link: LinkCounters  # the root-namespace end: loadgen's probes go through it
     family: int = 4  # the IP version of `address`, and of every figure here
+    nft_dropped_limit: int = 0  # dropped by echo_limit_pps (nft limit rate)
 
     @property
     def nft_dropped(self) -> int:
-        return self.nft_dropped_every + self.nft_dropped_random
+        return self.nft_dropped_every + self.nft_dropped_random + self.nft_dropped_limit
 
     @property
     def lost_towards_host(self) -> int:
@@ -157,6 +158,7 @@ def host_truth(
         echo_requests_in=counters.get("req_in", 0),
         nft_dropped_every=counters.get("drop_every", 0),
         nft_dropped_random=counters.get("drop_random", 0),
+        nft_dropped_limit=counters.get("drop_limit", 0),
         requests_seen=reflector.requests_seen if reflector else icmp.get("InEchos", 0),
         kernel_echo_replies=icmp.get("OutEchoReps" if version == 4 else "OutEchoReplies", 0),
         echo_replies_out=counters.get("rep_out", 0),

@@ -65,6 +65,7 @@ def test_groups_expand_to_named_hosts_with_p2p_addresses() -> None:
         ({"hosts": [{"name": "a", "count": 0}]}, "lab.hosts[0].count = 0"),
         ({"hosts": [{"name": "a", "delay_ms": -1}]}, "lab.hosts[0].delay_ms = -1"),
         ({"hosts": [{"name": "a", "rate_limit": "fast"}]}, "rate_limit = 'fast'"),
+        ({"hosts": [{"name": "a", "echo_limit_pps": -5}]}, "echo_limit_pps = -5"),
         ({"hosts": [{"name": "a", "jitter_dist": "pareto"}]}, "'uniform' or 'normal'"),
         ({"hosts": [{"name": "a", "drop_by": "tc"}]}, "'nft' or 'reflector'"),
         ({"hosts": [{"name": "a"}, {"name": "a"}]}, "used twice"),
@@ -143,6 +144,10 @@ def test_nft_ruleset_has_counters_always_and_drops_only_when_asked() -> None:
     assert six.count("icmpv6 type echo-request @th,64,32 0x4c47454e") == 3
     runs = spec_of(hosts=[{"name": "a", "drop_every": 10, "drop_run": 4}]).groups[0].impairments
     assert "numgen inc mod 10 >= 6 counter" in nft_ruleset("t_imp", runs)
+    limited = spec_of(hosts=[{"name": "a", "echo_limit_pps": 20_000}]).groups[0].impairments
+    assert "limit rate" not in plain and not limited.needs_reflector
+    rule = 'limit rate over 20000/second burst 200 packets counter name "drop_limit" drop'
+    assert rule in nft_ruleset("t_imp", limited) and rule in nft_ruleset("t_imp", limited, 6)
 
 
 def test_every_host_gets_an_ipv6_pair_in_the_benchmarking_range() -> None:
