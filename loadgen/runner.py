@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import TargetError
+from loadgen.icmppath import choose
 from loadgen.net.linkpath import check_interface
+from loadgen.net.privilege import read_privileges
 from loadgen.net.sockets import check_source
 from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
@@ -87,6 +89,7 @@ def plan_run(
         cpus_available=default_cpus(),
         run_id=secrets.randbits(32) if run_id is None else run_id,
         ident_base=secrets.randbits(16) if ident_base is None else ident_base,
+        icmp_path=choose(profile.icmp_socket, read_privileges()),
     )
     return plan, warnings
 
@@ -133,6 +136,7 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "requested_pps": plan.rate_pps,
         "workers": len(plan.workers),
         "tx_path": plan.profile.tx_path,
+        "icmp_socket": str(plan.icmp_path),
         "tx_timestamps": plan.profile.tx_timestamps,
         "interface": plan.profile.interface,
         "source": plan.profile.source_address,
