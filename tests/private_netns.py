@@ -8,15 +8,24 @@ goes away with the child.
 from __future__ import annotations
 
 import ctypes
+import functools
 import multiprocessing
+import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 OPEN_RANGE = "0 2147483647"
+WORKTREE = Path(__file__).resolve().parents[1]
+# An ordinary user: uid and gid 65534 (nobody, nogroup), no supplementary groups, no
+# capabilities (setpriv(1) arguments).
+NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 
 
 def _unshare_net() -> None:
@@ -67,3 +76,35 @@ def in_private_netns(
     if kind == "raised":
         raise value
     return value  # type: ignore[no-any-return]
+
+
+@functools.cache
+def nobody_loadgen() -> tuple[list[str], dict[str, str]] | str:
+    """How uid 65534 runs loadgen here: the venv's own entry point where that user can run its
+    interpreter (the workers re-execute it), else the system interpreter of the same version
+    with the venv's packages on PYTHONPATH; a string says why neither works."""
+    if shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is missing: install util-linux to run loadgen as nobody"
+    probe = (
+        "import subprocess, sys; "
+        "subprocess.run([sys.executable, '-c', 'import loadgen'], check=True)"
+    )
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    env = {**os.environ, "PYTHONPATH": f"{WORKTREE}{os.pathsep}{site}"}
+    for argv, environ in (
+        ([str(WORKTREE / ".venv/bin/loadgen")], dict(os.environ)),
+        ([system, "-m", "loadgen"], env),
+    ):
+        python = sys.executable if argv[0].endswith("loadgen") else argv[0]
+        check = subprocess.run(
+            ["setpriv", *NOBODY, python, "-c", probe],
+            env=environ,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            cwd="/",
+        )
+        if check.returncode == 0:
+            return argv, environ
+    return f"uid 65534 cannot run {sys.executable} nor {system} with loadgen's packages"

@@ -7,16 +7,12 @@ datagram path; and with a range that admits nobody, the one-line error naming bo
 
 from __future__ import annotations
 
-import functools
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from private_netns import in_private_netns
+from private_netns import NOBODY, in_private_netns, nobody_loadgen
 
 from loadgen.profile import parse_profile
 from loadgen.runner import RunResult, execute
@@ -25,7 +21,6 @@ from loadgen.stats import Counts
 pytestmark = pytest.mark.root
 
 WORKTREE = Path(__file__).resolve().parents[1]
-NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 TARGETS = "127.0.0.1,::1"
 COUNT = 300
 
@@ -52,40 +47,8 @@ def test_the_datagram_path_counts_what_the_raw_path_counts() -> None:
     ]
 
 
-@functools.cache
-def _nobody_python() -> tuple[list[str], dict[str, str]] | str:
-    """How uid 65534 runs loadgen here: the venv's own entry point where that user can run its
-    interpreter (the workers re-execute it), else the system interpreter of the same version
-    with the venv's packages on PYTHONPATH; a string says why neither works."""
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is missing: install util-linux to run loadgen as nobody"
-    probe = (
-        "import subprocess, sys; "
-        "subprocess.run([sys.executable, '-c', 'import loadgen'], check=True)"
-    )
-    site = next(p for p in sys.path if p.endswith("site-packages"))
-    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    env = {**os.environ, "PYTHONPATH": f"{WORKTREE}{os.pathsep}{site}"}
-    for argv, environ in (
-        ([str(WORKTREE / ".venv/bin/loadgen")], dict(os.environ)),
-        ([system, "-m", "loadgen"], env),
-    ):
-        python = sys.executable if argv[0].endswith("loadgen") else argv[0]
-        check = subprocess.run(
-            ["setpriv", *NOBODY, python, "-c", probe],
-            env=environ,
-            capture_output=True,
-            timeout=60,
-            check=False,
-            cwd="/",
-        )
-        if check.returncode == 0:
-            return argv, environ
-    return f"uid 65534 cannot run {sys.executable} nor {system} with loadgen's packages"
-
-
 def _as(user: list[str], ping_range: str, *args: str) -> subprocess.CompletedProcess[str]:
-    found = _nobody_python()
+    found = nobody_loadgen()
     if isinstance(found, str):
         pytest.skip(found)
     argv, env = found
