@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from private_netns import in_private_netns
 
+from loadgen.errors import PermissionProblem
 from loadgen.net.batchio import BatchIO, RecvBatch
 from loadgen.net.families import ipv6_names
 from loadgen.net.sockets import TimestampMode, open_icmp
@@ -234,3 +235,19 @@ def test_icmp_errors_come_from_the_error_queue_once_per_probe(
     assert got["seq"] == [0, 1, 2, 3, 4] * 3
     assert got["type_code"] == {ERROR_TYPE[version]}
     assert got["destinations"] == got["quoted_dst"] == {target}
+
+
+def _refused() -> str:
+    try:
+        _open(4)
+    except PermissionProblem as exc:
+        return str(exc)
+    return "opened"
+
+
+def test_a_datagram_socket_the_range_refuses_is_one_line_with_both_fixes() -> None:
+    """The plan decided from the range; should the kernel still refuse (the range changed since),
+    the worker's error is the same kind of line, not a traceback."""
+    line = in_private_netns(_refused, ping_range="1 0")
+    assert line.startswith("opening a datagram IPv4 ICMP socket: EACCES")
+    assert "setcap cap_net_raw+ep" in line and 'ping_group_range="0 2147483647"' in line
