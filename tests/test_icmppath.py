@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_ui import snapshot, text
 
 from loadgen.errors import PermissionProblem, UsageError
 from loadgen.icmppath import (
@@ -18,6 +19,7 @@ from loadgen.icmppath import (
     no_path_line,
 )
 from loadgen.net.privilege import has_net_raw, ping_group_range
+from loadgen.output.ui import render
 from loadgen.plan import describe, make_plan
 from loadgen.profile import parse_profile
 from loadgen.targets import resolve_targets
@@ -130,3 +132,12 @@ def test_the_facts_are_read_from_proc(tmp_path: Path) -> None:
     assert has_net_raw(str(status))
     status.write_text("Name:\tx\nCapEff:\t000001ffffffdfff\n")  # everything but bit 13
     assert not has_net_raw(str(status))
+
+
+def test_the_live_table_header_names_the_path() -> None:
+    snap, _ = snapshot([0], [20_000], path=LABELS[IcmpPath.DATAGRAM])
+    for width in (80, 200):
+        shown = text(render(snap), width)
+        assert "ICMP via datagram socket (ping_group_range)" in shown
+        assert max(len(line) for line in shown.splitlines()) <= width
+    assert "ICMP via" not in text(render(snapshot([0], [20_000])[0]))

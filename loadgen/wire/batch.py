@@ -289,18 +289,7 @@ class ReplyDecoder:
             return fast
         buf = np.ascontiguousarray(buf[:n])
         lens = np.clip(np.asarray(lengths[:n], dtype=np.int64), 0, buf.shape[1])
-        out = DecodedBatch(
-            n=n,
-            status=np.full(n, icmp.DecodeStatus.MALFORMED, dtype=np.uint8),
-            target=np.full(n, icmp.UNKNOWN_TARGET, dtype=np.uint32),
-            seq=np.zeros(n, dtype=np.uint64),
-            tx_ns=np.zeros(n, dtype=np.int64),
-            src=np.zeros(n, dtype=self.family.address_dtype),
-            quoted_dst=np.zeros(n, dtype=self.family.address_dtype),
-            icmp_type=np.zeros(n, dtype=np.uint8),
-            icmp_code=np.zeros(n, dtype=np.uint8),
-            seq16_only=np.zeros(n, dtype=bool),
-        )
+        out = self._undecided(n)
         done = self._decode_echo_replies(buf, lens, out)
         for i in np.flatnonzero(~done).tolist():
             self._decode_one(out, i, bytes(buf[i, : lens[i]]))
@@ -416,19 +405,7 @@ class ReplyDecoder:
     def decode_queued(self, errors: Sequence[QueuedError]) -> DecodedBatch:
         """ICMP errors a datagram socket queued on its error queue, as rows of the same kind as
         errors read from a raw socket (`icmp.decode_quoted`)."""
-        n = len(errors)
-        out = DecodedBatch(
-            n=n,
-            status=np.zeros(n, np.uint8),
-            target=np.zeros(n, np.uint32),
-            seq=np.zeros(n, np.uint64),
-            tx_ns=np.zeros(n, np.int64),
-            src=np.zeros(n, self.family.address_dtype),
-            quoted_dst=np.zeros(n, self.family.address_dtype),
-            icmp_type=np.zeros(n, np.uint8),
-            icmp_code=np.zeros(n, np.uint8),
-            seq16_only=np.zeros(n, bool),
-        )
+        out = self._undecided(len(errors))
         for i, error in enumerate(errors):
             got = icmp.decode_quoted(
                 error.echo,
@@ -442,6 +419,21 @@ class ReplyDecoder:
             )
             self._store(out, i, got)
         return out
+
+    def _undecided(self, n: int) -> DecodedBatch:
+        """n rows of fresh columns, every row MALFORMED until decided."""
+        return DecodedBatch(
+            n=n,
+            status=np.full(n, icmp.DecodeStatus.MALFORMED, dtype=np.uint8),
+            target=np.full(n, icmp.UNKNOWN_TARGET, dtype=np.uint32),
+            seq=np.zeros(n, dtype=np.uint64),
+            tx_ns=np.zeros(n, dtype=np.int64),
+            src=np.zeros(n, dtype=self.family.address_dtype),
+            quoted_dst=np.zeros(n, dtype=self.family.address_dtype),
+            icmp_type=np.zeros(n, dtype=np.uint8),
+            icmp_code=np.zeros(n, dtype=np.uint8),
+            seq16_only=np.zeros(n, dtype=bool),
+        )
 
     def _store(self, out: DecodedBatch, i: int, got: icmp.Decoded) -> None:
         out.status[i] = got.status
