@@ -7,8 +7,11 @@ any supplementary group within the range), and words the path and the way out wh
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NoReturn
 
 from loadgen.errors import PermissionProblem, UsageError
 
@@ -78,6 +81,32 @@ def choose(requested: IcmpPath | str, privileges: Privileges) -> IcmpPath:
             raise PermissionProblem(no_path_line(privileges))
         return IcmpPath.DATAGRAM
     return wanted
+
+
+def settle(
+    requested: IcmpPath | str, privileges: Privileges, refusal: Callable[[IcmpPath], int]
+) -> IcmpPath:
+    """`choose`, confirmed by the kernel: refusal(path) opens and closes one socket of that
+    kind and returns its errno (0: it opened). A path the kernel refuses although the facts
+    admit it (a security module or seccomp filter, a range changed since it was read) gives
+    way in auto mode to the other path if that one opens; else PermissionProblem, one line."""
+    first = choose(requested, privileges)
+    err = refusal(first)
+    if not err:
+        return first
+    other = IcmpPath.DATAGRAM if first is IcmpPath.RAW else IcmpPath.RAW
+    if IcmpPath(requested) is IcmpPath.AUTO and not refusal(other):
+        return other
+    name = errno.errorcode.get(err, str(err))
+    return _raise(
+        f"the kernel refused a {first} ICMP socket ({name}) that uid {privileges.uid} should "
+        f"be allowed: {CAP_FIX}; or `{OPEN_RANGE_FIX}`; or look for a security module or "
+        "seccomp policy that forbids it"
+    )
+
+
+def _raise(line: str) -> NoReturn:
+    raise PermissionProblem(line)
 
 
 def no_path_line(privileges: Privileges) -> str:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import TargetError
-from loadgen.icmppath import choose
+from loadgen.icmppath import settle
 from loadgen.net.linkpath import check_interface
 from loadgen.net.privilege import read_privileges
-from loadgen.net.sockets import check_source
+from loadgen.net.sockets import check_source, socket_refusal
 from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
@@ -89,7 +89,7 @@ def plan_run(
         cpus_available=default_cpus(),
         run_id=secrets.randbits(32) if run_id is None else run_id,
         ident_base=secrets.randbits(16) if ident_base is None else ident_base,
-        icmp_path=choose(profile.icmp_socket, read_privileges()),
+        icmp_path=settle(profile.icmp_socket, read_privileges(), socket_refusal),
     )
     return plan, warnings
 

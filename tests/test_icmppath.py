@@ -3,6 +3,8 @@ and CAP_NET_RAW, made exactly as the kernel decides (ping_init_sock), and the li
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from loadgen.icmppath import (
     check_tx_path,
     choose,
     no_path_line,
+    settle,
 )
 from loadgen.net.privilege import has_net_raw, ping_group_range
 from loadgen.output.ui import render
@@ -141,3 +144,38 @@ def test_the_live_table_header_names_the_path() -> None:
         assert "ICMP via datagram socket (ping_group_range)" in shown
         assert max(len(line) for line in shown.splitlines()) <= width
     assert "ICMP via" not in text(render(snapshot([0], [20_000])[0]))
+
+
+def refusing(*paths: IcmpPath, err: int = errno.EPERM) -> Callable[[IcmpPath], int]:
+    """A kernel that refuses sockets of `paths` with `err` and opens the rest; records asks."""
+
+    def refusal(path: IcmpPath) -> int:
+        asked.append(path)
+        return err if path in paths else 0
+
+    asked: list[IcmpPath] = []
+    refusal.asked = asked  # type: ignore[attr-defined]
+    return refusal
+
+
+def test_the_kernel_confirms_the_decision_with_one_socket() -> None:
+    kernel = refusing()
+    assert settle("auto", ROOT, kernel) is IcmpPath.RAW
+    assert kernel.asked == [IcmpPath.RAW]  # type: ignore[attr-defined]
+
+
+def test_auto_gives_way_to_the_other_path_the_kernel_opens() -> None:
+    open_range = with_range(ROOT, 0, 0)
+    assert settle("auto", open_range, refusing(IcmpPath.RAW)) is IcmpPath.DATAGRAM
+    nobody = with_range(NOBODY, 0, 2147483647)
+    assert settle("auto", nobody, refusing(IcmpPath.DATAGRAM, err=errno.EACCES)) is IcmpPath.RAW
+
+
+def test_a_refused_forced_or_last_path_is_one_line_with_the_errno() -> None:
+    with pytest.raises(PermissionProblem) as err:
+        settle("datagram", with_range(NOBODY, 0, 2147483647), refusing(IcmpPath.DATAGRAM, err=13))
+    line = str(err.value)
+    assert "refused a datagram ICMP socket (EACCES)" in line and "\n" not in line
+    assert "setcap cap_net_raw+ep" in line and "ping_group_range" in line
+    with pytest.raises(PermissionProblem, match=r"refused a raw ICMP socket \(EPERM\)"):
+        settle("auto", ROOT, refusing(IcmpPath.RAW, IcmpPath.DATAGRAM))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import IntFlag, StrEnum
 
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
-from loadgen.icmppath import CAP_FIX, OPEN_RANGE_FIX
+from loadgen.icmppath import CAP_FIX, OPEN_RANGE_FIX, IcmpPath
 from loadgen.net.families import SPECS, FamilySpec
 from loadgen.wire import bpf
 from loadgen.wire.records import RecordFlag
@@ -287,6 +287,17 @@ def check_source(source: str) -> None:
             raise UsageError(
                 f"source {source}: {os.strerror(exc.errno or 0)}; {_SOURCE_FIX}"
             ) from None
+
+
+def socket_refusal(path: IcmpPath) -> int:
+    """Open and close one IPv4 ICMP socket of `path`'s kind: its errno, or 0 if it opened.
+    (One socket answers for both families: the same capability and range govern both.)"""
+    kind = socket.SOCK_RAW if path is IcmpPath.RAW else socket.SOCK_DGRAM
+    try:
+        socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP).close()
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
 
 
 def _attach_filter(sock: socket.socket, program: bytes) -> None:
