@@ -333,6 +333,7 @@ class Worker:
         if not errors:
             return
         dec = self.decoder.decode_queued(errors)
+        self.malformed += int(np.count_nonzero(dec.status == DecodeStatus.MALFORMED))
         self._track(dec, np.full(dec.n, time.time_ns(), np.int64), 0)
 
     def _receive_replies(self) -> None:
