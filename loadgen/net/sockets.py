@@ -47,6 +47,10 @@ _SEND_FIXES = {
     errno.EPERM: "a firewall rule refused the probe: check `nft list ruleset` for output rules",
     errno.EACCES: "the target is a broadcast address: remove it from the targets",
 }
+_DATAGRAM_FIX = (
+    f"net.ipv4.ping_group_range admits none of this process's groups: {CAP_FIX}, or "
+    f"`{OPEN_RANGE_FIX}`"
+)
 _NEED_RAW = (
     "raw ICMP sockets need root or CAP_NET_RAW: run as root, or grant it with "
     "`sudo setcap cap_net_raw+ep <python path>`"
@@ -164,9 +168,11 @@ def open_icmp(
     try:
         sock = socket.socket(spec.family, kind, spec.proto)
     except OSError as exc:
-        if datagram:
-            raise _datagram_refused(spec, exc.errno or 0) from None
-        raise problem(f"opening a raw {spec.name} ICMP socket", exc.errno or 0) from None
+        err = exc.errno or 0
+        what = f"opening a {'datagram' if datagram else 'raw'} {spec.name} ICMP socket"
+        if datagram and err in (errno.EACCES, errno.EPERM):
+            raise PermissionProblem(str(problem(what, err, _DATAGRAM_FIX))) from None
+        raise problem(what, err) from None
     try:
         sock.setblocking(False)
         notes: list[str] = []
@@ -217,16 +223,6 @@ def _datagram(sock: socket.socket, spec: FamilySpec, source: str | None) -> int:
     except OSError as exc:
         raise problem("asking for ICMP errors (IP_RECVERR)", exc.errno or 0) from None
     return int(sock.getsockname()[1])
-
-
-def _datagram_refused(spec: FamilySpec, err: int) -> PermissionProblem | SocketProblem:
-    if err not in (errno.EACCES, errno.EPERM):
-        return problem(f"opening a datagram {spec.name} ICMP socket", err)
-    return PermissionProblem(
-        f"opening a datagram {spec.name} ICMP socket: {errno.errorcode[err]} "
-        f"(net.ipv4.ping_group_range admits none of this process's groups); {CAP_FIX}, or "
-        f"`{OPEN_RANGE_FIX}`"
-    )
 
 
 def _configure(
