@@ -47,6 +47,40 @@ def test_the_datagram_path_counts_what_the_raw_path_counts() -> None:
     ]
 
 
+REJECT_SECOND = """table inet lgdgrun {
+ chain input {
+  type filter hook input priority 0;
+  ip daddr 127.0.0.2 icmp type echo-request reject with icmp type host-unreachable
+ }
+}
+"""
+
+
+def _with_errors(icmp_socket: str) -> list[Counts]:
+    subprocess.run(["nft", "-f", "-"], input=REJECT_SECOND, text=True, check=True, timeout=10)
+    profile = parse_profile(
+        {"targets": "127.0.0.1,127.0.0.2", "rate": 400, "count": 100, "delay": "1s",
+         "icmp_socket": icmp_socket},
+        source="test",
+    )  # fmt: skip
+    return [ts.counts for ts in execute(profile).outcome.summary.per_target]
+
+
+def test_icmp_errors_count_the_same_on_both_paths() -> None:
+    """Every request to 127.0.0.2 is answered with an unreachable: errored and an ICMP error
+    each, once per probe, whether read as packets (raw) or from the error queue (datagram)."""
+    raw = in_private_netns(lambda: _with_errors("raw"))
+    datagram = in_private_netns(lambda: _with_errors("datagram"))
+    assert (
+        raw
+        == datagram
+        == [
+            Counts(sent=100, received=100),
+            Counts(sent=100, errored=100, icmp_errors=100),
+        ]
+    )
+
+
 def _as(user: list[str], ping_range: str, *args: str) -> subprocess.CompletedProcess[str]:
     found = nobody_loadgen()
     if isinstance(found, str):
