@@ -23,7 +23,7 @@ from loadgen.net.families import ipv6_names
 from loadgen.net.sockets import TimestampMode, open_icmp
 from loadgen.wire.batch import EchoBuilder, ReplyDecoder
 from loadgen.wire.family import Icmp6Type, IcmpType, family_of
-from loadgen.wire.icmp import DecodeStatus
+from loadgen.wire.icmp import DecodeStatus, build_echo_request, echo_reply_for, fill_patterns
 from loadgen.wire.records import RecordFlag
 
 pytestmark = pytest.mark.root
@@ -252,3 +252,28 @@ def test_a_datagram_socket_the_range_refuses_is_one_line_with_both_fixes() -> No
     line = in_private_netns(_refused, ping_range="1 0")
     assert line.startswith("opening a datagram IPv4 ICMP socket: EACCES")
     assert "setcap cap_net_raw+ep" in line and 'ping_group_range="0 2147483647"' in line
+
+
+def _forged_replies() -> list[int]:
+    """Two echo replies forged onto lo for the socket's identifier, the second with a broken
+    checksum: the sequences the datagram socket gets."""
+    io = _open(4)
+    ident = io.socket.ident or 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+        for seq, damage in ((1, 0), (2, 0x0101)):
+            message = echo_reply_for(
+                build_echo_request(
+                    ident=ident, run_id=RUN_ID, target=0, seq=seq, tx_ns=0, size=SIZE,
+                    fills=fill_patterns(RUN_ID, SIZE - 28),
+                )
+            )  # fmt: skip
+            checksum = int.from_bytes(message[2:4], "big") ^ damage
+            raw.sendto(message[:2] + checksum.to_bytes(2, "big") + message[4:], ("127.0.0.1", 0))
+    got = _collect(io, 2, timeout_s=0.5)
+    io.close()
+    return [int.from_bytes(b.data[i, 6:8].tobytes(), "big") for b in got for i in range(b.n)]
+
+
+def test_a_reply_whose_checksum_fails_never_reaches_the_socket() -> None:
+    """So the datagram path cannot count `corrupted`: such a probe is lost (README)."""
+    assert in_private_netns(_forged_replies) == [1]
