@@ -31,6 +31,7 @@ from rich.text import Text
 from loadgen import __version__
 from loadgen.coordinator import Display
 from loadgen.errors import LoadgenError, UsageError
+from loadgen.icmppath import LABELS
 from loadgen.output.display import make_display
 from loadgen.output.summary import sla_lines, sla_rules, summary_view
 from loadgen.plan import RunPlan, describe
@@ -97,6 +98,7 @@ def _common_run_flags(
         help="send times from kernel TX timestamps (error queue) instead of user space",
     )
     flag("--tx-path", "", metavar="PATH", help='"ip" (default) or "packet": see tx_path')
+    flag("--icmp-socket", "", metavar="KIND", help="auto (default), raw or datagram")
     flag("--interface", "I", metavar="IFACE", help="send and receive on this interface only")
     flag("--source", "S", metavar="ADDR", help="send probes from this address of this host")
     family = p.add_mutually_exclusive_group()
@@ -136,6 +138,7 @@ _FLAG_KEYS = (
     "timestamps",
     "tx_timestamps",
     "tx_path",
+    "icmp_socket",
     "interface",
     "source",
     "family",
@@ -352,6 +355,7 @@ def _print_summary(result: RunResult, profile: Profile) -> None:
     with _writing_stdout():
         console = Console(highlight=False)
         console.print(view)
+        console.print(f"probes: {LABELS[result.plan.icmp_path]}")
         if limited:
             shown = ", ".join(map(str, limited[:10])) + (" ..." if len(limited) > 10 else "")
             console.print(  # as Text, so it wraps between words at the console's width

@@ -9,9 +9,10 @@ the identifier base. `describe` renders the plan for `loadgen check`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loadgen.errors import ProfileError, TargetError
+from loadgen.icmppath import LABELS, IcmpPath, check_tx_path
 from loadgen.profile import Profile
 from loadgen.targets import Target
 from loadgen.units import NS_PER_S, bad_value, format_duration, format_rate
@@ -49,6 +50,7 @@ class RunPlan:
     workers: tuple[WorkerPlan, ...]
     rate_pps: float  # effective total, after the per-target cap
     profile: Profile
+    icmp_path: IcmpPath = IcmpPath.RAW  # the socket kind every worker opens
 
     @property
     def rate_per_target_pps(self) -> float:
@@ -177,10 +179,12 @@ def make_plan(
     cpus_available: Sequence[int],
     run_id: int,
     ident_base: int,
+    icmp_path: IcmpPath = IcmpPath.RAW,
 ) -> RunPlan:
     """Deal each family's targets round-robin over its workers (`_deal`; one family: worker w
     gets targets[w::W]), give each worker the per-target rate times its share, pin workers
-    round-robin on the CPUs, and number their ICMP identifiers from ident_base."""
+    round-robin on the CPUs, and number their ICMP identifiers from ident_base (on the
+    datagram path the kernel picks each socket's own instead)."""
     if not targets:
         raise TargetError("no targets to probe; name at least one, like 127.0.0.1")
     if [t.index for t in targets] != list(range(len(targets))):
@@ -188,6 +192,7 @@ def make_plan(
     if not 0 <= run_id < 2**32:
         raise ValueError(f"run_id {run_id} does not fit the 32-bit payload field")
     _check_families(profile, targets)
+    check_tx_path(icmp_path, profile.tx_path)
     cpus = _worker_cpus(profile, cpus_available)
     n_targets = len(targets)
     shares = _deal(targets, min(profile.workers or len(cpus), n_targets))
@@ -196,7 +201,7 @@ def make_plan(
     if profile.rate_per_target_pps is not None:
         rate_pps = min(rate_pps, profile.rate_per_target_pps * n_targets)
     per_target = probes_per_target(profile, rate_pps, n_targets)
-    settings = probe_settings(profile)
+    settings = replace(probe_settings(profile), icmp_socket=str(icmp_path))
     workers = []
     for w, share in enumerate(shares):
         # A worker sends its targets in turn from its first: the targets given one more probe
@@ -228,6 +233,7 @@ def make_plan(
         workers=tuple(workers),
         rate_pps=rate_pps,
         profile=profile,
+        icmp_path=icmp_path,
     )
 
 
@@ -280,12 +286,13 @@ def describe(plan: RunPlan) -> str:
         f"timeout: {format_duration(profile.timeout_ns)} (later replies count as late); "
         f"delay: {format_duration(profile.delay_ns)} (then unanswered probes count as lost)",
         f"timestamps: {profile.timestamps} RX, {tx}",
-        "sent through: "
+        f"sent through: {LABELS[plan.icmp_path]}, "
         + (
-            "a raw IP socket per worker (the kernel routes each probe)"
+            "one per worker (the kernel routes each probe)"
             if profile.tx_path == "ip"
-            else 'a packet socket per worker, to next hops read at start (tx_path = "packet")'
-        ),
+            else 'and a packet socket per worker, to next hops read at start (tx_path = "packet")'
+        )
+        + (", identifiers picked by the kernel" if plan.icmp_path is IcmpPath.DATAGRAM else ""),
         f"workers: {len(plan.workers)}",
         "  worker   cpu   ident  targets          rate    per target  family",
     ]

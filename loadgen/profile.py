@@ -41,6 +41,7 @@ class Profile:
     timestamps: str  # auto | software | hardware | user
     tx_timestamps: bool
     tx_path: str  # ip | packet
+    icmp_socket: str  # auto | raw | datagram
     interface: str | None  # bind every socket to it
     source_address: str | None  # key `source`: bind every socket to this address
     probe: str

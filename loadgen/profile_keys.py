@@ -415,6 +415,17 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         'tx_path = "ip"',
     ),
     ProfileKey(
+        "icmp_socket",
+        "icmp_socket",
+        _choice(("auto", "raw", "datagram")),
+        "auto",
+        'Which socket carries ICMP: "raw" (root or CAP_NET_RAW), "datagram" (a datagram ICMP '
+        "socket, open to any user whose group net.ipv4.ping_group_range admits: the kernel "
+        "picks each socket's identifier and drops corrupted replies, which then count as "
+        'lost) or "auto" (raw where allowed, else datagram). Default "auto".',
+        'icmp_socket = "auto"',
+    ),
+    ProfileKey(
         "interface",
         "interface",
         _interface,

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import ProfileError, TargetError
+from loadgen.icmppath import settle
 from loadgen.net.linkpath import check_interface
-from loadgen.net.sockets import check_source
+from loadgen.net.privilege import read_privileges
+from loadgen.net.sockets import check_source, socket_refusal
 from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
 from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
@@ -90,6 +92,7 @@ def plan_run(
         cpus_available=default_cpus(),
         run_id=secrets.randbits(32) if run_id is None else run_id,
         ident_base=secrets.randbits(16) if ident_base is None else ident_base,
+        icmp_path=settle(profile.icmp_socket, read_privileges(), socket_refusal),
     )
     if profile.sla is not None:
         problem = rate_problem(profile.sla, plan.rate_pps, plan.rate_per_target_pps)
@@ -168,6 +171,7 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "requested_pps": plan.rate_pps,
         "workers": len(plan.workers),
         "tx_path": plan.profile.tx_path,
+        "icmp_socket": str(plan.icmp_path),
         "tx_timestamps": plan.profile.tx_timestamps,
         "interface": plan.profile.interface,
         "source": plan.profile.source_address,

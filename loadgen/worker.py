@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
+from loadgen.icmppath import DATAGRAM_NOTE, LABELS, IcmpPath
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
 from loadgen.net.families import ipv6_names
@@ -33,7 +34,7 @@ from loadgen.net.sockets import TimestampMode, open_icmp
 from loadgen.tracker import Tracker, probes_of_tx_ids
 from loadgen.turns import TurnPolicy
 from loadgen.wire import bpf
-from loadgen.wire.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
+from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.family import family_of
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
 from loadgen.wire.messages import (
@@ -119,19 +120,29 @@ class Worker:
         if len(versions) != 1:
             raise LoadgenError(f"a worker's targets are of one family, got {sorted(versions)}")
         self.family = fam = family_of(versions.pop())
+        datagram = probe.icmp_socket == IcmpPath.DATAGRAM
         self.sock = open_icmp(
             family=fam.version,
             ttl=probe.ttl,
             tos=probe.tos,
             timestamps=TimestampMode(probe.timestamps),
-            bpf_program=bpf.pack(bpf.echo_filter(fam, plan.ident)),
+            bpf_program=None if datagram else bpf.pack(bpf.echo_filter(fam, plan.ident)),
             interface=probe.interface or None,
             source=probe.source or None,
+            datagram=datagram,
         )
+        # A datagram socket's identifier is the kernel's: it rewrites every request's to it.
+        self.ident = plan.ident if self.sock.ident is None else self.sock.ident
         # A receive slot holds the largest reply: IPv4 header with options, ICMP, payload
         # (an ICMPv6 socket gives the message alone).
         self.io = BatchIO(self.sock, slot_bytes=max(2048, 60 + ICMP_HEADER_LEN + probe.size))
-        self.decoder = ReplyDecoder(plan.ident, plan.run_id, probe.size, family=fam)
+        self.decoder = ReplyDecoder(
+            self.ident,
+            plan.run_id,
+            probe.size,
+            family=fam,
+            ip_header=fam.rx_ip_header and not datagram,
+        )
         self.global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
         # The form the decoder gives quoted destinations in (u32 or V16), for the tracker.
         self.addresses = fam.address_column(
@@ -147,7 +158,7 @@ class Worker:
         headroom = 0
         if probe.tx_path == "packet":
             headroom = self._use_link_path()
-        self.builder = EchoBuilder(plan.ident, plan.run_id, probe.size, headroom, family=fam)
+        self.builder = EchoBuilder(self.ident, plan.run_id, probe.size, headroom, family=fam)
         self.tracker = Tracker(
             targets=self.global_index,
             addresses=self.addresses,
@@ -213,13 +224,16 @@ class Worker:
             tx_source = "user-space (per batch)"
         if self.link_names:
             tx_source += f", written to the link (AF_PACKET on {self.link_names})"
+        notes = (*self.io.notes, *self.notes)
+        if self.sock.datagram:
+            notes = (f"{LABELS[IcmpPath.DATAGRAM]}: {DATAGRAM_NOTE}", *notes)
         return Hello(
             worker=self.plan.worker,
             pid=os.getpid(),
             cpu=self.plan.cpu,
             rx_source=self.sock.rx_source,
             tx_source=tx_source,
-            notes=(*self.io.notes, *self.notes),
+            notes=notes,
         )
 
     def run(self) -> None:
@@ -308,6 +322,21 @@ class Worker:
         return result.sent
 
     def _receive(self) -> None:
+        self._receive_replies()
+        if self.sock.datagram:
+            self._track_queued_errors()
+
+    def _track_queued_errors(self) -> None:
+        """ICMP errors a datagram socket got on its error queue, tracked like those a raw
+        socket reads as packets (their arrival time is not used)."""
+        errors = self.io.read_icmp_errors()
+        if not errors:
+            return
+        dec = self.decoder.decode_queued(errors)
+        self.malformed += int(np.count_nonzero(dec.status == DecodeStatus.MALFORMED))
+        self._track(dec, np.full(dec.n, time.time_ns(), np.int64), 0)
+
+    def _receive_replies(self) -> None:
         for _ in range(MAX_DRAIN_BATCHES):
             got = self.io.recv()
             # A software TX stamp is queued before its packet leaves, so once the replies are
@@ -321,18 +350,23 @@ class Worker:
             self.rx_truncated += got.truncated
             dec = self.decoder.decode(got.data, got.lengths, got.n)
             self.malformed += int(np.count_nonzero(dec.status == DecodeStatus.MALFORMED))
-            self.tracker.on_replies(
-                status=dec.status,
-                target=dec.target,
-                seq=dec.seq,
-                seq16_only=dec.seq16_only,
-                quoted_dst=dec.quoted_dst,
-                payload_tx_ns=dec.tx_ns,
-                rx_ns=got.rx_ns[: got.n],
-                rx_flags=got.rx_flags[: got.n],
-            )
+            self._track(dec, got.rx_ns[: got.n], got.rx_flags[: got.n])
             if got.n < self.io.batch:
                 return
+
+    def _track(
+        self, dec: DecodedBatch, rx_ns: NDArray[np.int64], rx_flags: NDArray[np.uint8] | int
+    ) -> None:
+        self.tracker.on_replies(
+            status=dec.status,
+            target=dec.target,
+            seq=dec.seq,
+            seq16_only=dec.seq16_only,
+            quoted_dst=dec.quoted_dst,
+            payload_tx_ns=dec.tx_ns,
+            rx_ns=rx_ns,
+            rx_flags=rx_flags,
+        )
 
     def _read_tx_stamps(self) -> None:
         for _ in range(MAX_DRAIN_BATCHES):

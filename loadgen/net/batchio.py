@@ -30,6 +30,7 @@ from loadgen.net.cmsg import (
     lone_stamp,
     read_stamps,
 )
+from loadgen.net.errqueue import PENDING_ERROR_TRIES, queued_errors
 from loadgen.net.mmsg import DONTWAIT, ERRQUEUE, TRUNC, RecvRing, send_headers, sendmmsg
 from loadgen.net.sockets import (
     SCM_TS_OPT_ID,
@@ -47,6 +48,7 @@ from loadgen.net.sockets import (
     start_tx_stamps,
     stop_tx_stamps,
 )
+from loadgen.wire.icmp import QueuedError
 from loadgen.wire.records import RecordFlag
 
 _RX_CTRL_BYTES = 128  # SCM_TIMESTAMPING (64) + SO_RXQ_OVFL (24), with room to spare
@@ -130,7 +132,13 @@ class BatchIO:
         self._rx_keys = (cmsg_key(socket.SOL_SOCKET, sock.rx_scm), _DROPS_KEY)
         self._rx_hard = RecordFlag.RX_HARDWARE if sock.tsflags & Sof.RAW_HARDWARE else None
         self._dropped_total = 0
-        self._errq: RecvRing | None = None  # built by enable_tx_timestamps
+        # The error queue: TX stamps (enable_tx_timestamps) and, on a datagram ICMP socket,
+        # the ICMP errors about its probes (read_icmp_errors), with their destinations.
+        self._datagram = sock.datagram
+        self._errq: RecvRing | None = None
+        if sock.datagram:
+            self._errq = RecvRing(batch, 64, _ERRQ_CTRL_BYTES, sock.spec.sockaddr.itemsize)
+        self._queued: list[QueuedError] = []
         self._errq_keys = (_TIMESTAMPING_KEY, cmsg_key(*sock.spec.recverr))
         # (controllen, stamp offset, error offset) every stamp so far had: then columns serve.
         self._errq_layout: Layout | None = None
@@ -171,7 +179,7 @@ class BatchIO:
     def use_link_tx(self, link: _PySocket, name_bytes: int) -> None:
         """Send through `link` (an AF_PACKET socket, owned from now on) instead: each packet
         is then a whole IPv4 datagram and its destination a sockaddr_ll of name_bytes."""
-        if self._errq is not None:
+        if self.tx_stamps_enabled:
             raise ValueError("kernel TX stamps are read from the raw socket: not with link TX")
         names = np.zeros((self._batch, name_bytes), np.uint8)
         hdr = self._tx_msgs["hdr"]
@@ -203,7 +211,7 @@ class BatchIO:
         n, length = packets.shape
         if len(dst) != n:
             raise ValueError(f"{n} packets but {len(dst)} destinations")
-        base, sent = packets.__array_interface__["data"][0], 0
+        base, sent, pending = packets.__array_interface__["data"][0], 0, 0
         while sent < n:
             k = min(self._batch, n - sent)
             self._addr_col[:k] = dst[sent : sent + k]
@@ -227,6 +235,9 @@ class BatchIO:
             if err in _SOFT_SEND_ERRNOS:
                 self._counter_broken("a send was refused")
                 return SendResult(sent, err)
+            if self._datagram and pending < PENDING_ERROR_TRIES:
+                pending += 1  # an ICMP error's pending errno (errqueue.py): it is now cleared
+                continue
             where = self._describe(dst[sent])
             raise send_problem(where, err) from None
         return SendResult(sent, 0)
@@ -249,6 +260,10 @@ class BatchIO:
             self.pending_send_errors += 1
             self._counter_broken("a send was refused")
             n = ring.receive(self._fd, DONTWAIT)
+        for _ in range(PENDING_ERROR_TRIES if self._datagram else 0):
+            if n >= 0 or n in (-errno.EAGAIN, -errno.EINTR):
+                break
+            n = ring.receive(self._fd, DONTWAIT)  # that was an ICMP error's errno (errqueue.py)
         now_ns = time.time_ns()  # the user-space stamp for rows the kernel did not stamp
         if n <= 0:
             if n in (0, -errno.EAGAIN, -errno.EINTR):
@@ -301,12 +316,13 @@ class BatchIO:
                 "this kernel cannot number sends (SCM_TS_OPT_ID, Linux 6.13+): TX stamps "
                 "follow the socket's send counter and are given up after a refused send"
             )
-        self._errq = RecvRing(self._batch, 64, _ERRQ_CTRL_BYTES)
+        if self._errq is None:
+            self._errq = RecvRing(self._batch, 64, _ERRQ_CTRL_BYTES)
         return self._tx_flag
 
     def _counter_broken(self, why: str) -> None:
         """In counter mode a refused send may or may not have used up an OPT_ID: stop."""
-        if self._errq is not None and not self._ids_exact and not self._ids_lost:
+        if self.tx_stamps_enabled and not self._ids_exact and not self._ids_lost:
             self._ids_lost = True
             self._notes.append(f"{why}: kernel TX stamps given up, send times are user-space")
             stop_tx_stamps(self._sock)
@@ -314,12 +330,12 @@ class BatchIO:
     @property
     def tx_stamps_live(self) -> bool:
         """TX stamps are enabled and still matched to sends."""
-        return self._errq is not None and not self._ids_lost
+        return self.tx_stamps_enabled and not self._ids_lost
 
     @property
     def tx_stamps_enabled(self) -> bool:
         """enable_tx_timestamps() was called: the error queue must be read (and drained)."""
-        return self._errq is not None
+        return self._tx_flag is not RecordFlag.NONE
 
     def _errq_offsets(self, ring: RecvRing, n: int) -> list[NDArray[np.int64]]:
         """Where each stamp message's two cmsgs are: read as columns when every row has the
@@ -336,7 +352,7 @@ class BatchIO:
     def read_tx_timestamps(self) -> TxStamps:
         """Up to `batch` TX stamps from the error queue (MSG_ERRQUEUE), without waiting."""
         ring = self._errq
-        if ring is None:
+        if ring is None or not self.tx_stamps_enabled:
             raise RuntimeError("call enable_tx_timestamps() first")
         n = ring.receive(self._fd, ERRQUEUE | DONTWAIT)
         if n < 0:
@@ -345,9 +361,13 @@ class BatchIO:
             else:
                 raise problem("reading TX timestamps", -n)
         more = n == ring.rows
-        if self._ids_lost or n == 0:
+        if n == 0:
             return TxStamps(0, self._tx_ids[:0], self._tx_ns[:0], self._tx_flags[:0], more)
         stamps_at, err_at = self._errq_offsets(ring, n)
+        if self._datagram:  # ICMP errors share the queue: kept for read_icmp_errors
+            self._queued += queued_errors(ring, err_at, self._sock.spec)
+        if self._ids_lost:
+            return TxStamps(0, self._tx_ids[:0], self._tx_ns[:0], self._tx_flags[:0], more)
         ns, flags = self._tx_ns[:n], self._tx_flags[:n]
         ns[:] = 0
         flags[:] = 0
@@ -367,3 +387,22 @@ class BatchIO:
         self._tx_ns[:m] = ns[keep]
         self._tx_flags[:m] = flags[keep]
         return TxStamps(m, self._tx_ids[:m], self._tx_ns[:m], self._tx_flags[:m], more)
+
+    def read_icmp_errors(self) -> list[QueuedError]:
+        """The ICMP errors about our probes queued since the last call: a datagram ICMP socket
+        gets them on its error queue (a raw one reads them as packets: always []). With TX
+        stamps on, read_tx_timestamps drains that queue, so call it first."""
+        ring = self._errq
+        if ring is not None and self._datagram and not self.tx_stamps_enabled:
+            for _ in range(64):
+                n = ring.receive(self._fd, ERRQUEUE | DONTWAIT)
+                if n in (-errno.EAGAIN, -errno.EINTR, 0):
+                    break
+                if n < 0:
+                    raise problem("reading ICMP errors", -n)
+                _, err_at = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], self._errq_keys)
+                self._queued += queued_errors(ring, err_at, self._sock.spec)
+                if n < ring.rows:
+                    break
+        out, self._queued = self._queued, []
+        return out

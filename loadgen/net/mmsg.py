@@ -72,7 +72,7 @@ def send_headers(names: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
 class RecvRing:
     """mmsghdr array for recvmmsg, each row with one data slot and one control slot."""
 
-    def __init__(self, rows: int, slot_bytes: int, ctrl_bytes: int) -> None:
+    def __init__(self, rows: int, slot_bytes: int, ctrl_bytes: int, name_bytes: int = 0) -> None:
         index = np.arange(rows, dtype=np.uint64)
         self.rows, self.ctrl_bytes = rows, ctrl_bytes
         self.data = np.zeros((rows, slot_bytes), np.uint8)
@@ -85,6 +85,12 @@ class RecvRing:
         hdr["iov"] = self.iov.ctypes.data + index * IOVEC.itemsize
         hdr["iovlen"] = 1
         hdr["control"] = self.ctrl.ctypes.data + index * ctrl_bytes
+        # With name_bytes, each row also gets the sender's (or, on an error queue, the
+        # original destination's) address; the kernel rewrites namelen, so it is reset per call.
+        self.names = np.zeros((rows, name_bytes), np.uint8)
+        if name_bytes:
+            hdr["name"] = self.names.ctypes.data + index * name_bytes
+        self._namelen, self._name_bytes = hdr["namelen"], name_bytes
         self.controllen, self.flags, self.lengths = (
             hdr["controllen"],
             hdr["flags"],
@@ -97,6 +103,8 @@ class RecvRing:
     def receive(self, fd: int, flags: int) -> int:
         """Messages read, or -errno."""
         self.controllen[: self._filled] = self.ctrl_bytes  # the kernel shrinks it to what it wrote
+        if self._name_bytes:
+            self._namelen[: self._filled] = self._name_bytes
         n: int = recvmmsg(fd, self.msgs_ptr, self.rows, flags, None)
         self._filled = max(n, 0)
         return n if n >= 0 else -ctypes.get_errno()

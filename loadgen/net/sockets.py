@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import IntFlag, StrEnum
 
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.icmppath import CAP_FIX, OPEN_RANGE_FIX, IcmpPath
 from loadgen.net.families import SPECS, FamilySpec
 from loadgen.wire import bpf
 from loadgen.wire.records import RecordFlag
@@ -46,6 +47,10 @@ _SEND_FIXES = {
     errno.EPERM: "a firewall rule refused the probe: check `nft list ruleset` for output rules",
     errno.EACCES: "the target is a broadcast address: remove it from the targets",
 }
+_DATAGRAM_FIX = (
+    f"net.ipv4.ping_group_range admits none of this process's groups: {CAP_FIX}, or "
+    f"`{OPEN_RANGE_FIX}`"
+)
 _NEED_RAW = (
     "raw ICMP sockets need root or CAP_NET_RAW: run as root, or grant it with "
     "`sudo setcap cap_net_raw+ep <python path>`"
@@ -121,6 +126,12 @@ class IcmpSocket:
     sndbuf_bytes: int
     interface: str | None
     notes: tuple[str, ...]  # one line per fallback taken, for the run's header
+    # A datagram ICMP socket (icmppath.IcmpPath.DATAGRAM): `ident` is the echo identifier the
+    # kernel picked for it (its bound "port"); it rewrites every request's identifier to it,
+    # delivers only echo replies carrying it, without the IPv4 header, and ICMP errors about
+    # its probes on the error queue (IP_RECVERR/IPV6_RECVERR), not as packets.
+    datagram: bool = False
+    ident: int | None = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -140,8 +151,10 @@ def open_icmp(
     bpf_program: bytes | None,
     interface: str | None = None,
     source: str | None = None,
+    datagram: bool = False,
 ) -> IcmpSocket:
-    """A non-blocking raw socket for ICMP echo of `family` (4 or 6), configured; raises
+    """A non-blocking raw socket for ICMP echo of `family` (4 or 6), configured (a datagram
+    ICMP socket with `datagram`: no BPF program or ICMP6_FILTER, see _datagram); raises
     PermissionProblem/SocketProblem. `ttl` is the hop limit and `tos` the traffic class for
     IPv6. With `interface` it sends and receives on that interface only (SO_BINDTODEVICE; its error
     queue, where TX stamps come back, is the same socket's), and it is the NIC whose hardware
@@ -151,38 +164,65 @@ def open_icmp(
     spec = SPECS[family]
     if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
         raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
+    kind = socket.SOCK_DGRAM if datagram else socket.SOCK_RAW
     try:
-        sock = socket.socket(spec.family, socket.SOCK_RAW, spec.proto)
+        sock = socket.socket(spec.family, kind, spec.proto)
     except OSError as exc:
-        raise problem(f"opening a raw {spec.name} ICMP socket", exc.errno or 0) from None
+        err = exc.errno or 0
+        what = f"opening a {'datagram' if datagram else 'raw'} {spec.name} ICMP socket"
+        if datagram and err in (errno.EACCES, errno.EPERM):
+            raise PermissionProblem(str(problem(what, err, _DATAGRAM_FIX))) from None
+        raise problem(what, err) from None
     try:
         sock.setblocking(False)
         notes: list[str] = []
         _configure(sock, spec, ttl, tos, rcvbuf_bytes, sndbuf_bytes, notes)
         _bind(sock, interface, source)
-        if spec.version == 6:
+        ident = None
+        if datagram:
+            ident = _datagram(sock, spec, source)
+        elif spec.version == 6:
             try:
                 _set_option(sock, socket.IPPROTO_ICMPV6, ICMP6_FILTER, bpf.icmp6_filter())
             except OSError as exc:
                 raise problem("setting the ICMPv6 type filter", exc.errno or 0) from None
         if bpf_program is not None:
             _attach_filter(sock, bpf_program)
-        flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
+        flags, rx_source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
         return IcmpSocket(
             sock,
             spec,
             flags,
-            source,
+            rx_source,
             scm,
             tsflags,
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
             interface,
             tuple(notes),
+            datagram,
+            ident,
         )
     except BaseException:
         sock.close()
         raise
+
+
+def _datagram(sock: socket.socket, spec: FamilySpec, source: str | None) -> int:
+    """Set up a datagram ICMP socket and return its echo identifier: bound now, so the kernel
+    picks it (read back with getsockname), with ICMP errors about its probes queued on its
+    error queue. The kernel demultiplexes replies by that identifier itself, so no filter is
+    needed (nor taken: ICMP6_FILTER is a raw-socket option)."""
+    if source is None:
+        try:
+            sock.bind(("::" if spec.version == 6 else "0.0.0.0", 0))
+        except OSError as exc:
+            raise problem("binding the datagram ICMP socket", exc.errno or 0) from None
+    try:
+        _set_option(sock, spec.recverr[0], spec.recverr[1], 1)
+    except OSError as exc:
+        raise problem("asking for ICMP errors (IP_RECVERR)", exc.errno or 0) from None
+    return int(sock.getsockname()[1])
 
 
 def _configure(
@@ -243,6 +283,17 @@ def check_source(source: str) -> None:
             raise UsageError(
                 f"source {source}: {os.strerror(exc.errno or 0)}; {_SOURCE_FIX}"
             ) from None
+
+
+def socket_refusal(path: IcmpPath) -> int:
+    """Open and close one IPv4 ICMP socket of `path`'s kind: its errno, or 0 if it opened.
+    (One socket answers for both families: the same capability and range govern both.)"""
+    kind = socket.SOCK_RAW if path is IcmpPath.RAW else socket.SOCK_DGRAM
+    try:
+        socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP).close()
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
 
 
 def _attach_filter(sock: socket.socket, program: bytes) -> None:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.live import Live
 
 from loadgen.coordinator import Display, GeneratorView, WorkerHandle
+from loadgen.icmppath import LABELS
 from loadgen.output.ui import Snapshot, WorkerView, plain_line, render, sending_took
 from loadgen.plan import RunPlan
 from loadgen.stats import Aggregator, SecondReport
@@ -98,6 +99,7 @@ class LiveDisplay(Display):
             send_ns=send_ns,
             linger_ns=self.plan.profile.delay_ns,
             sent_in_ns=self.sent_in_ns,
+            path=LABELS[self.plan.icmp_path],
         )
         self.live.update(render(snap), refresh=True)
 

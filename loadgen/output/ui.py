@@ -66,6 +66,7 @@ class Snapshot:
     send_ns: int | None = None  # how long sending lasts; None: until interrupted
     linger_ns: int = 0  # how long the last replies are waited for once sending is over
     sent_in_ns: int | None = None  # once sending is over: how long it took (from the start)
+    path: str = ""  # which socket carries the probes (icmppath.LABELS)
 
 
 def num3(x: float) -> str:
@@ -261,6 +262,8 @@ def _header(snap: Snapshot, width: int) -> list[Text]:
             Text(f"GENERATOR-LIMITED in second {second}: {gen.limits[0]}", style="bold red")
         )
     segments.append(Text(f"timestamps: {snap.ts_source}"))
+    if snap.path:
+        segments.append(Text(snap.path))
     total = snap.summary.total
     if total.rtt.count:
         segments.append(Text(f"RTT samples: rx {total.rx_ts}, tx {total.tx_ts}"))

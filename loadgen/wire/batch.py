@@ -9,6 +9,7 @@ behind the filters) goes to `icmp.decode`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from numpy.typing import NDArray
 
 from loadgen.wire import icmp
 from loadgen.wire.family import IPPROTO_ICMP, IPV4, IPV4_HEADER_LEN, WireFamily
+from loadgen.wire.icmp import QueuedError
 
 _HDR = icmp.ICMP_HEADER_LEN
 _IP = IPV4_HEADER_LEN
@@ -215,12 +217,22 @@ class DecodedBatch:
 
 class ReplyDecoder:
     """Decodes batches of received datagrams for one (ident, run_id, size) of one family, as
-    that family's raw socket delivers them (IPv4 header first, or the ICMPv6 message alone)."""
+    that family's raw socket delivers them (IPv4 header first, or the ICMPv6 message alone);
+    with `ip_header=False` as a datagram ICMP socket does (the ICMP message alone, either
+    family; `ident` is then the one the kernel picked for the socket)."""
 
-    def __init__(self, ident: int, run_id: int, size: int, family: WireFamily = IPV4) -> None:
+    def __init__(
+        self,
+        ident: int,
+        run_id: int,
+        size: int,
+        family: WireFamily = IPV4,
+        ip_header: bool | None = None,
+    ) -> None:
         icmp.check_size(size, family)
         self.ident, self.run_id, self.size, self.family = ident, run_id, size, family
-        self._ip = _IP if family.rx_ip_header else 0  # where the ICMP message starts
+        self._ip_header = family.rx_ip_header if ip_header is None else ip_header
+        self._ip = _IP if self._ip_header else 0  # where the ICMP message starts
         self.datagram_len = self._ip + _HDR + size
         self._fills = icmp.fill_patterns(run_id, size - icmp.MIN_PAYLOAD)
         self._fill_rows = np.stack([np.frombuffer(f, dtype=np.uint8) for f in self._fills])
@@ -240,7 +252,7 @@ class ReplyDecoder:
             ip + 4: struct.pack("!H", self.ident),
             ip + _MAGIC: self._magic_run.tobytes(),
         }
-        if self.family.rx_ip_header:
+        if self._ip_header:
             fixed |= {0: bytes([0x45]), 2: struct.pack("!H", length), 9: bytes([IPPROTO_ICMP])}
         for at, value in fixed.items():
             mask[at : at + len(value)] = 0xFF
@@ -277,18 +289,7 @@ class ReplyDecoder:
             return fast
         buf = np.ascontiguousarray(buf[:n])
         lens = np.clip(np.asarray(lengths[:n], dtype=np.int64), 0, buf.shape[1])
-        out = DecodedBatch(
-            n=n,
-            status=np.full(n, icmp.DecodeStatus.MALFORMED, dtype=np.uint8),
-            target=np.full(n, icmp.UNKNOWN_TARGET, dtype=np.uint32),
-            seq=np.zeros(n, dtype=np.uint64),
-            tx_ns=np.zeros(n, dtype=np.int64),
-            src=np.zeros(n, dtype=self.family.address_dtype),
-            quoted_dst=np.zeros(n, dtype=self.family.address_dtype),
-            icmp_type=np.zeros(n, dtype=np.uint8),
-            icmp_code=np.zeros(n, dtype=np.uint8),
-            seq16_only=np.zeros(n, dtype=bool),
-        )
+        out = self._undecided(n)
         done = self._decode_echo_replies(buf, lens, out)
         for i in np.flatnonzero(~done).tolist():
             self._decode_one(out, i, bytes(buf[i, : lens[i]]))
@@ -316,7 +317,7 @@ class ReplyDecoder:
             return None
         zero_u8, zero_address = self._zero_u8[:n], self._zero_address[:n]
         src = zero_address  # IPv6: not in the datagram
-        if self.family.rx_ip_header:
+        if self._ip_header:
             # Both checksums in one pass. A nonzero ones' complement sum verifies when it is a
             # multiple of 0xFFFF (its fold is then 0xFFFF); the fixed bytes make both nonzero.
             # (IPv6: the kernel verified the checksum and dropped what failed.)
@@ -357,7 +358,7 @@ class ReplyDecoder:
         rows = buf[:, :length]
         msg = rows[:, self._ip :]
         shape: NDArray[np.bool_] = lens == length
-        if self.family.rx_ip_header:
+        if self._ip_header:
             shape &= (rows[:, 0] == 0x45) & (rows[:, 9] == IPPROTO_ICMP)
             shape &= (_field(rows, 2, ">u2") == length) & _checksum_ok(rows[:, :_IP])
         shape &= (msg[:, 0] == self.family.echo_reply) & (_field(msg, 4, ">u2") == self.ident)
@@ -380,7 +381,7 @@ class ReplyDecoder:
         ).astype(np.uint8)
         # Fields are read from every row and kept where they apply: cheaper than gathering.
         np.copyto(out.status, status, where=shape)
-        if self.family.rx_ip_header:
+        if self._ip_header:
             np.copyto(out.src, _field(rows, 12, ">u4"), where=shape)
         np.copyto(out.icmp_code, msg[:, 1], where=shape)
         known = shape & intact  # intact implies near: never foreign
@@ -397,7 +398,44 @@ class ReplyDecoder:
             size=self.size,
             fills=self._fills,
             family=self.family,
+            ip_header=self._ip_header,
         )
+        self._store(out, i, got)
+
+    def decode_queued(self, errors: Sequence[QueuedError]) -> DecodedBatch:
+        """ICMP errors a datagram socket queued on its error queue, as rows of the same kind as
+        errors read from a raw socket (`icmp.decode_quoted`)."""
+        out = self._undecided(len(errors))
+        for i, error in enumerate(errors):
+            got = icmp.decode_quoted(
+                error.echo,
+                icmp_type=error.icmp_type,
+                code=error.code,
+                src=int.from_bytes(error.offender, "big"),
+                quoted_dst=int.from_bytes(error.destination, "big"),
+                ident=self.ident,
+                run_id=self.run_id,
+                family=self.family,
+            )
+            self._store(out, i, got)
+        return out
+
+    def _undecided(self, n: int) -> DecodedBatch:
+        """n rows of fresh columns, every row MALFORMED until decided."""
+        return DecodedBatch(
+            n=n,
+            status=np.full(n, icmp.DecodeStatus.MALFORMED, dtype=np.uint8),
+            target=np.full(n, icmp.UNKNOWN_TARGET, dtype=np.uint32),
+            seq=np.zeros(n, dtype=np.uint64),
+            tx_ns=np.zeros(n, dtype=np.int64),
+            src=np.zeros(n, dtype=self.family.address_dtype),
+            quoted_dst=np.zeros(n, dtype=self.family.address_dtype),
+            icmp_type=np.zeros(n, dtype=np.uint8),
+            icmp_code=np.zeros(n, dtype=np.uint8),
+            seq16_only=np.zeros(n, dtype=bool),
+        )
+
+    def _store(self, out: DecodedBatch, i: int, got: icmp.Decoded) -> None:
         out.status[i] = got.status
         out.target[i] = got.target
         out.seq[i] = got.seq

@@ -233,13 +233,15 @@ def decode(
     size: int,
     fills: Sequence[bytes],
     family: WireFamily = IPV4,
+    ip_header: bool | None = None,
 ) -> Decoded:
     """Classify one datagram as a raw socket of `family` returns it: AF_INET/IPPROTO_ICMP gives
     the IPv4 header (options allowed), then ICMP; AF_INET6/IPPROTO_ICMPV6 gives the ICMPv6
-    message alone. Never raises on any bytes: garbage is MALFORMED."""
+    message alone, and so does a datagram ICMP socket of either family (`ip_header=False`).
+    Never raises on any bytes: garbage is MALFORMED."""
     src = 0
     icmp = datagram
-    if family.rx_ip_header:
+    if family.rx_ip_header if ip_header is None else ip_header:
         length = len(datagram)
         if length < IPV4_HEADER_LEN:
             return Decoded(DecodeStatus.MALFORMED)
@@ -349,17 +351,56 @@ def _decode_error(
     if located is None:
         return Decoded(DecodeStatus.MALFORMED, src=src, icmp_type=icmp_type, icmp_code=code)
     echo_at, proto, inner_dst = located
-    inner_type, _, _, their_ident, seq16 = ICMP_HEADER.unpack_from(icmp, echo_at)
-    if proto != family.proto or inner_type != family.echo_request or their_ident != ident:
-        return Decoded(DecodeStatus.FOREIGN, src=src, icmp_type=icmp_type, icmp_code=code)
-    quoted = icmp[echo_at + ICMP_HEADER_LEN :]
-    magic, their_run = struct.unpack_from("!II", quoted) if len(quoted) >= 8 else (MAGIC, run_id)
-    if not (_near(magic, MAGIC) and _near(their_run, run_id)):
+    if proto != family.proto:
         return Decoded(DecodeStatus.FOREIGN, src=src, icmp_type=icmp_type, icmp_code=code)
     # A damaged error is still about our probe; the tracker counts it apart from clean ones.
     # (IPv6: the kernel dropped it before we could see the damage.)
     damaged = family.user_checksum and checksum(icmp) != 0
+    return decode_quoted(
+        icmp[echo_at:], icmp_type=icmp_type, code=code, src=src, quoted_dst=inner_dst,
+        ident=ident, run_id=run_id, family=family, damaged=damaged,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedError:
+    """An ICMP error about a probe of a datagram ICMP socket, as its error queue gives it
+    (ip(7) IP_RECVERR, ipv6(7) IPV6_RECVERR): the error's type and code (sock_extended_err),
+    the router that sent it (SO_EE_OFFENDER) and the probe's destination (msg_name), network
+    order, and the quoted probe from its ICMP header on (the quoted IP header is not given)."""
+
+    icmp_type: int
+    code: int
+    offender: bytes
+    destination: bytes
+    echo: bytes
+
+
+def decode_quoted(
+    echo: bytes,
+    *,
+    icmp_type: int,
+    code: int,
+    src: int,
+    quoted_dst: int,
+    ident: int,
+    run_id: int,
+    family: WireFamily,
+    damaged: bool = False,
+) -> Decoded:
+    """An ICMP error quoting `echo` (the quoted packet from its ICMP header on), sent to the
+    probe's destination quoted_dst: ours if it is one of our echo requests."""
+    if len(echo) < ICMP_HEADER_LEN:
+        return Decoded(DecodeStatus.MALFORMED, src=src, icmp_type=icmp_type, icmp_code=code)
+    inner_type, _, _, their_ident, seq16 = ICMP_HEADER.unpack_from(echo)
+    if inner_type != family.echo_request or their_ident != ident:
+        return Decoded(DecodeStatus.FOREIGN, src=src, icmp_type=icmp_type, icmp_code=code)
+    quoted = echo[ICMP_HEADER_LEN:]
+    magic, their_run = struct.unpack_from("!II", quoted) if len(quoted) >= 8 else (MAGIC, run_id)
+    if not (_near(magic, MAGIC) and _near(their_run, run_id)):
+        return Decoded(DecodeStatus.FOREIGN, src=src, icmp_type=icmp_type, icmp_code=code)
     status = DecodeStatus.CORRUPTED if damaged else DecodeStatus.ICMP_ERROR
+    inner_dst = quoted_dst
     if len(quoted) >= MIN_PAYLOAD and magic == MAGIC and their_run == run_id:
         _, _, target, seq, tx_ns = PAYLOAD_HEADER.unpack_from(quoted)
         return Decoded(status, target, seq, tx_ns, src, inner_dst, icmp_type, code)

@@ -61,6 +61,7 @@ class ProbeSettings:
     tx_path: str  # "ip" | "packet"
     interface: str | None  # bind every socket to this device
     source: str | None  # bind the probes' source address
+    icmp_socket: str = "raw"  # the plan's decision: "raw" | "datagram" (never "auto")
 
 
 @dataclass(frozen=True, slots=True)
