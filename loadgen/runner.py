@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import TargetError
 from loadgen.net.linkpath import check_interface
 from loadgen.net.sockets import check_source
-from loadgen.output.report import JsonlWriter
+from loadgen.output.exports import Exports
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
 from loadgen.stats import SecondReport
@@ -97,34 +97,32 @@ def execute(
     display: Callable[[RunPlan], Display] = lambda plan: Display(),
     warn: Callable[[str], None] = lambda text: None,
     export_failed: Callable[[str], None] = lambda text: None,
+    command: Sequence[str] = (),
 ) -> RunResult:
     """Run a profile and return the outcome. `display(plan)` makes what shows the run, `warn`
-    hears about targets left out before it starts, `export_failed` the moment the JSONL
-    export fails (the run goes on; the failure is in the result as well)."""
+    hears about targets left out before it starts, `export_failed` the moment an export
+    fails (the run goes on; the failure is in the result as well). `command`: the command
+    line, for the JSONL's "run" header."""
     with _lab_for(profile) as lab_targets:
         plan, warnings = plan_run(profile, lab_targets)
         for w in warnings:
             warn(w)
         shown = display(plan)
-        families = [t.family for t in plan.targets]
-        writer = JsonlWriter(profile.jsonl, families) if profile.jsonl else None
+        exports = Exports(plan, command)
         names = [t.name for t in plan.targets]
 
         def on_second(report: SecondReport) -> None:
-            if writer is not None and writer.error is None:
-                writer.write_second(report, names)
-                if writer.error is not None:
-                    export_failed(writer.error)
+            before = exports.error  # an export that failed is skipped, the others go on
+            exports.second(report, names)
+            if exports.error is not None and exports.error != before:
+                export_failed(exports.error)
 
         try:
             outcome = Coordinator(plan, display=shown, on_second=on_second).run()
-            if writer is not None:
-                writer.write_summary(outcome.summary, names, _extra(plan, outcome))
+            exports.summary(outcome.summary, names, _extra(plan, outcome))
         finally:
-            if writer is not None:
-                writer.close()
-    error = writer.error if writer is not None else None
-    return RunResult(plan, outcome, tuple(warnings), error)
+            exports.close()
+    return RunResult(plan, outcome, tuple(warnings), exports.error)
 
 
 def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:

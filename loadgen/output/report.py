@@ -2,14 +2,15 @@
 `summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
-most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every object has
-`type` and `v`. A "second" object per target that sent in a closed second, then one
-"second_total" (target -1, name "total"); one "summary" object at the end of the run:
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every object has
+`type` and `v`. One "run" object first (how the run was set up, see `RUN_HEADER_KEYS`); a
+"second" object per target that sent in a closed second, then one "second_total" (target -1,
+name "total"); one "summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
-| type | str | "second", "second_total" or "summary" |
-| v | int | schema version (2; version 1 had no `family` and no `unresolved`) |
+| type | str | "run", "second", "second_total" or "summary" |
+| v | int | schema version (3; 2 had no "run" object, 1 no `family` and no `unresolved`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -58,7 +59,29 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 2  # 2: family, unresolved
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" header object
+# The "run" object: loadgen version, command line (argv) and profile source, kernel release,
+# CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
+# requested total rate, count and duration (null: not set), timestamp settings, run id, and
+# the unix time the run started.
+RUN_HEADER_KEYS = (
+    "loadgen",
+    "command",
+    "profile",
+    "kernel",
+    "cpus",
+    "pinned",
+    "workers",
+    "targets",
+    "requested_pps",
+    "count",
+    "duration_s",
+    "timestamps",
+    "tx_timestamps",
+    "tx_path",
+    "run_id",
+    "t",
+)
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -134,6 +157,34 @@ def _figures(
     return obj
 
 
+def second_rows(
+    report: SecondReport, names: Sequence[str], families: Sequence[int]
+) -> list[dict[str, Any]]:
+    """The objects of one closed second: a "second" per target in it, then "second_total"."""
+    head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
+    fam = families
+    rows = [
+        {"type": "second", **head, **_figures(ts, names, fam, report.explained(ts)[0])}
+        for ts in report.per_target
+    ]
+    total = {
+        "type": "second_total",
+        **head,
+        **_figures(report.total, names, fam, report.explained(report.total)[0]),
+    }
+    gen = report.generator
+    if gen is not None:
+        total["generator_limited"] = gen.limited
+        total["generator_limits"] = list(gen.limits)
+        total["generator"] = {
+            "requested_pps": gen.requested_pps,
+            "achieved_pps": gen.achieved_pps,
+            "workers": [dataclasses.asdict(w) for w in gen.workers],
+        }
+    rows.append(total)
+    return rows
+
+
 class JsonlWriter:
     """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`.
 
@@ -173,29 +224,16 @@ class JsonlWriter:
         else:
             self.lines += len(objects)
 
+    def write_run(self, header: Mapping[str, Any]) -> None:
+        """The "run" object, first: `header` holds RUN_HEADER_KEYS."""
+        self._write([{"type": "run", "v": JSONL_SCHEMA_VERSION, **header}])
+
     def write_second(self, report: SecondReport, names: Sequence[str]) -> None:
         """One "second" object per target in the report, then its "second_total"."""
-        head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
-        fam = self.families
-        rows = [
-            {"type": "second", **head, **_figures(ts, names, fam, report.explained(ts)[0])}
-            for ts in report.per_target
-        ]
-        total = {
-            "type": "second_total",
-            **head,
-            **_figures(report.total, names, fam, report.explained(report.total)[0]),
-        }
-        gen = report.generator
-        if gen is not None:
-            total["generator_limited"] = gen.limited
-            total["generator_limits"] = list(gen.limits)
-            total["generator"] = {
-                "requested_pps": gen.requested_pps,
-                "achieved_pps": gen.achieved_pps,
-                "workers": [dataclasses.asdict(w) for w in gen.workers],
-            }
-        rows.append(total)
+        self._write(second_rows(report, names, self.families))
+
+    def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Objects made already (by `second_rows`, shared with the CSV export)."""
         self._write(rows)
 
     def write_summary(
