@@ -101,8 +101,7 @@ def loss_heatmap(run: RunData) -> Figure:
     rows = max(len(g.labels), 1)
     fig = Figure(figsize=(11, min(2.0 + 0.18 * rows, 14)), layout="constrained")
     ax = fig.subplots()
-    cmap = ListedColormap(list(LOSS_COLORS))
-    cmap.set_bad("#cccccc")
+    cmap = ListedColormap(list(LOSS_COLORS)).with_extremes(bad="#cccccc")
     norm = BoundaryNorm(list(LOSS_BOUNDS), cmap.N)
     extent = (0.0, float(loss.shape[1] * g.bin_s), float(rows), 0.0)
     im = ax.imshow(
