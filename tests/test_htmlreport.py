@@ -63,7 +63,7 @@ def render(tmp_path: Path, **kw: Any) -> tuple[Page, Path]:
 
 
 def summary_of(path: Path) -> dict[str, Any]:
-    last = json.loads(path.read_text().splitlines()[-1])
+    last: dict[str, Any] = json.loads(path.read_text().splitlines()[-1])
     assert last["type"] == "summary"
     return last
 
