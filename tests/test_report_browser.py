@@ -58,6 +58,7 @@ def test_the_report_renders_in_chromium_without_errors(
         assert complete and natural > 0 and width > 0 and height > 0, ident
     table = browser.execute_script("return document.getElementById('targets').rows.length")
     assert table == 11  # a heading and 10 targets
-    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    log = browser.get_log("browser")  # type: ignore[no-untyped-call]  # selenium leaves it bare
+    errors = [e for e in log if e["level"] in ("SEVERE", "WARNING")]
     assert not errors, errors
     browser.save_screenshot(str(tmp_path / "report.png"))
