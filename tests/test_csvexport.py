@@ -47,10 +47,19 @@ def test_flatten_spreads_the_generator_and_joins_lists() -> None:
 @pytest.mark.root
 def test_a_loopback_run_writes_csv_equal_to_jsonl_and_a_report(tmp_path: Path) -> None:
     jsonl, table, html = tmp_path / "r.jsonl", tmp_path / "r.csv", tmp_path / "r.html"
-    args = ["127.0.0.1,127.0.0.2", "-r", "400", "-c", "300", "--plain"]
+    args = ["127.0.0.1,127.0.0.2", "-r", "400", "-c", "300", "--plain", "--jsonl", str(jsonl)]
     res = subprocess.run(
-        [sys.executable, "-m", "loadgen", "ping", *args]
-        + ["--jsonl", str(jsonl), "--csv", str(table), "--report", str(html)],
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "ping",
+            *args,
+            "--csv",
+            str(table),
+            "--report",
+            str(html),
+        ],
         capture_output=True,
         text=True,
         timeout=90,

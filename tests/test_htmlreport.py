@@ -4,54 +4,16 @@ the JSONL's, graceful without rtt_hist/outages or a summary, and one line per ba
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
+from reportpage import Page
 
 from loadgen.bench.synthrun import write_run
 from loadgen.cli import main
 from loadgen.output.htmlreport import COLUMNS, PANEL_IDS, write_report
 from loadgen.output.runfile import ReportError, load_run, worst_key
-
-
-class Page(HTMLParser):
-    """The ids of the page's images and the text of the per-target table's cells."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.images: dict[str, dict[str, str | None]] = {}
-        self.rows: list[list[str]] = []
-        self.header: dict[str, str] = {}
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-        self._row: list[str] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "img":
-            self.images[str(a["id"])] = a
-        elif tag == "table":
-            self._table = a.get("id")
-        elif tag in ("td", "th"):
-            self._cell = []
-        elif tag == "tr":
-            self._row = []
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th") and self._cell is not None:
-            self._row.append("".join(self._cell))
-            self._cell = None
-        elif tag == "tr" and self._table == "targets" and self._row[0] != "#":
-            self.rows.append(self._row)
-        elif tag == "tr" and self._table == "header":
-            self.header[self._row[0]] = self._row[1]
 
 
 def render(tmp_path: Path, **kw: Any) -> tuple[Page, Path]:
