@@ -140,25 +140,32 @@ def _loss_text(s: Series) -> str:
 
 
 def smoke(s: Series, seconds: int) -> Figure:
-    """SmokePing style: min-p90 and p90-p99 bands, median line, max dots, loss marks in red."""
+    """SmokePing style: min-p90 and p90-p99 bands, median line, max dots, loss as red
+    columns (the deeper the red, the more of that bin's probes were lost). Each bin is drawn
+    on its own, so a bin without RTTs is a gap."""
     w = bin_width(seconds)
-    x = _x(seconds, w) + w / 2
+    start = _x(seconds, w)
     lo = binned(s.rtt[:, 0], w, np.nanmin)
     p50 = binned(s.rtt[:, 1], w, np.nanmedian)
     p90 = binned(s.rtt[:, 2], w, np.nanmax)
     p99 = binned(s.rtt[:, 3], w, np.nanmax)
     hi = binned(s.rtt[:, 4], w, np.nanmax)
+    sent = binned(s.sent, w, np.nansum)
     lost = binned(s.lost, w, np.nansum)
     fig, (ax,) = new_figure(height_in=2.6)
-    ax.fill_between(x, lo, p90, color=SMOKE[0], lw=0, label="min-p90", step="mid")
-    ax.fill_between(x, p90, p99, color=SMOKE[1], lw=0, label="p90-p99", step="mid")
-    ax.plot(x, p50, color="#2ca02c", lw=1.2, label="median", drawstyle="steps-mid")
-    ax.plot(x, hi, ".", color="#555555", ms=2, label="max")
+    for bottom, top, color, label in (
+        (lo, p90, SMOKE[0], "min-p90"),
+        (p90, p99, SMOKE[1], "p90-p99"),
+    ):
+        ax.bar(start, top - bottom, w, bottom, align="edge", color=color, lw=0, label=label)
+    ax.hlines(p50, start, start + w, color="#2ca02c", lw=1.5, label="median")
+    ax.plot(start + w / 2, hi, ".", color="#555555", ms=2, label="max")
     ax.set_yscale("log")
-    lossy = lost > 0
-    _spans(ax, x - w / 2, lossy, w, color="#d7301f", alpha=0.3, lw=0)
-    if lossy.any():
-        ax.fill_between([], [], [], color="#d7301f", alpha=0.3, label="loss")
+    for k in np.flatnonzero(lost > 0):
+        share = float(lost[k] / sent[k]) if sent[k] else 1.0
+        ax.axvspan(start[k], start[k] + w, color="#d7301f", alpha=0.15 + 0.6 * share, lw=0)
+    if (lost > 0).any():
+        ax.fill_between([], [], [], color="#d7301f", alpha=0.4, label="loss")
     ax.set_ylabel("RTT µs")
     ax.set_xlabel("second of the run")
     ax.set_xlim(0, max(seconds, 1))
