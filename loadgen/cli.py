@@ -207,6 +207,10 @@ def _command(argv: Sequence[str] | None) -> int:
     profile = profile_from_args(args)
     if args.command == "check":
         return _check(profile)
+    if profile.report is not None:  # before a lab comes up or a probe is sent
+        from loadgen.output.exports import require_report  # noqa: PLC0415
+
+        require_report()
     command = ["loadgen", *(sys.argv[1:] if argv is None else argv)]
     return _run(profile, plain=args.plain or not sys.stdout.isatty(), command=command)
 

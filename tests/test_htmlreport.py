@@ -4,6 +4,7 @@ the JSONL's, graceful without rtt_hist/outages or a summary, and one line per ba
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,15 @@ def test_cli_writes_html_pngs_and_compare(tmp_path: Path) -> None:
     assert "fig-compare" in page.images
     pngs = {p.stem for p in (tmp_path / "png").iterdir()}
     assert {i.removeprefix("fig-") for i in page.images} == pngs
+
+
+def test_without_matplotlib_the_report_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    assert main(["report", str(tmp_path / "any.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'loadgen[report]'" in err
+    # before a run starts: no probe is sent
+    assert main(["ping", "127.0.0.1", "-c", "1", "--report", str(tmp_path / "r.html")]) == 2
+    assert "pip install 'loadgen[report]'" in capsys.readouterr().err

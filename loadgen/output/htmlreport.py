@@ -49,6 +49,7 @@ COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("errors", "errored", None),
     ("outages", "outages", None),
     ("longest outage ms", "outage_longest_ms", 1),
+    ("longest outage probes", "outage_longest_probes", None),
 )
 
 

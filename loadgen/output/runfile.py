@@ -20,8 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from loadgen.errors import UsageError
+from loadgen.output.report import JSONL_SCHEMA_VERSION
 
-READ_VERSIONS = (2, 3)  # JSONL schema versions a report can read (2: no "run" header)
+# JSONL schema versions a report can read (2: no "run" header; later ones add keys only)
+READ_VERSIONS = tuple(range(2, JSONL_SCHEMA_VERSION + 1))
 GRID_ROWS = 100  # target groups of the loss heatmap
 GRID_COLUMNS = 600  # time bins of every time axis
 _CHUNK_BYTES = 8 << 20
