@@ -94,6 +94,9 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
             help=f"IPv{version} only: host names give IPv{version} addresses (profile key family)",
         )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
+    flag("--metrics", "", metavar="ADDR", help='serve Prometheus /metrics (":9464": loopback)')
+    flag("--metrics-textfile", "", metavar="PATH", help="write the metrics to PATH every second")
+    flag("--metrics-labels", "", metavar="MODE", help="total, target, top:N or auto (default)")
 
 
 _FLAG_KEYS = (
@@ -116,6 +119,9 @@ _FLAG_KEYS = (
     "source",
     "family",
     "top",
+    "metrics",
+    "metrics_textfile",
+    "metrics_labels",
 )
 
 

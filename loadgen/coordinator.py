@@ -218,6 +218,8 @@ class Coordinator:
             n_targets=len(self.plan.targets),
             start_ns=start_ns,
             timeout_ns=self.plan.profile.timeout_ns,
+            linger_ns=self.plan.profile.delay_ns,
+            outage_min=self.plan.profile.outage_min,
         )
         self.check = GeneratorCheck([_schedule(h.plan) for h in self.workers], start_ns)
         targets = {h.plan.index: [t.index for t in h.plan.targets] for h in self.workers}
@@ -309,6 +311,8 @@ class Coordinator:
         if isinstance(msg, Frame):
             if self.aggregator is not None:
                 self.aggregator.add(msg.records)
+                if len(msg.bursts):
+                    self.aggregator.add_bursts(msg.bursts)
             h.watermark_ns = max(h.watermark_ns, msg.resolved_before_ns)
             h.stats = msg.stats
             if self.check is not None:

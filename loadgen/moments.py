@@ -13,6 +13,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from loadgen import rtthist
 from loadgen.wire.records import RecordFlag, RecordKind
 
 QUANTILES: Final = (0.5, 0.9, 0.99)
@@ -99,10 +100,12 @@ SAMPLE_BYTES = 13  # an open second's RTT sample: int64 RTT, uint32 target, uint
 
 
 class Table:
-    """Counts and RTT moments per row: rows 0..n-1 are targets, row n is the total."""
+    """Counts, RTT moments and the coarse RTT histogram (`rtthist`, `hist_buckets` counts)
+    per row: rows 0..n-1 are targets, row n is the total."""
 
-    def __init__(self, n_targets: int) -> None:
+    def __init__(self, n_targets: int, hist_buckets: int = 1) -> None:
         rows = n_targets + 1
+        self.rtt_hist = np.zeros((rows, hist_buckets), dtype=np.int64)
         self.counts = np.zeros((rows, N_COLS), dtype=np.int64)
         self.n = np.zeros(rows, dtype=np.int64)
         self.mn = np.full(rows, np.iinfo(np.int64).max, dtype=np.int64)
@@ -128,6 +131,7 @@ class Table:
         self.absdiff += other.absdiff
         self.ndiff += other.ndiff
         self.ts |= other.ts
+        self.rtt_hist += other.rtt_hist
 
     def sources(self, rows: Sequence[int]) -> tuple[list[int], list[int], list[str], list[str]]:
         """Per row: its RX and TX RecordFlag timestamp bits, and the names of its RX and TX
@@ -143,10 +147,11 @@ class Bucket:
     """An open second: counts by (target, kind) and its RTT samples in arrival order, held as
     three narrow columns (SAMPLE_BYTES each: RTT, target, flags), not as whole records."""
 
-    __slots__ = ("counts", "flags", "rtt", "target")
+    __slots__ = ("counts", "flags", "hist_buckets", "rtt", "target")
 
-    def __init__(self, n_targets: int) -> None:
+    def __init__(self, n_targets: int, hist_buckets: int = 1) -> None:
         self.counts = np.zeros((n_targets, N_COLS), dtype=np.int64)
+        self.hist_buckets = hist_buckets
         self.rtt: list[_Arr] = []
         self.target: list[_Arr] = []
         self.flags: list[_Arr] = []
@@ -162,7 +167,7 @@ class Bucket:
         Closing a second is the coordinator's largest piece of work: one sort of the samples
         by (target, rtt), partitions for the total row, and linear passes otherwise."""
         n = len(self.counts)
-        tab = Table(n)
+        tab = Table(n, self.hist_buckets)
         tab.counts[:n] = self.counts
         tab.counts[n] = self.counts.sum(axis=0)
         rtt = np.concatenate(self.rtt) if self.rtt else np.zeros(0, np.int64)
@@ -181,6 +186,10 @@ class Bucket:
                 seen = np.bincount(t[flags == f], minlength=n) > 0
                 tab.ts[:n][seen] |= _TS_WORDS[f]
             tab.ts[n] = np.bitwise_or.reduce(tab.ts[:n])
+            tab.rtt_hist[:] = rtthist.per_row(
+                t, rtthist.index(rtt, self.hist_buckets), n + 1, self.hist_buckets
+            )
+            tab.rtt_hist[n] = tab.rtt_hist[:n].sum(axis=0)
         return tab, t, _bucket_index(rtt)
 
     @staticmethod

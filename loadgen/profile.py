@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadgen.errors import ProfileError, UsageError
+from loadgen.metrics import Listen
 from loadgen.profile_keys import DEFAULT_DELAY_NS, PROFILE_KEYS
 from loadgen.units import bad_value, format_duration
 
@@ -49,6 +50,10 @@ class Profile:
     report: str | None  # HTML report written at the end
     csv: str | None  # per-second CSV export path
     refresh_hz: float  # live table refreshes per second
+    outage_min: int  # lost probes in a row that make an outage
+    metrics: Listen | None  # serve /metrics here during the run
+    metrics_textfile: str | None  # write the metrics here every closed second
+    metrics_labels: str  # auto | total | target | top:N
     lab: Mapping[str, Any] | None = field(hash=False)  # raw [lab] table, checked by lab/
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadgen.errors import UsageError
+from loadgen.metrics import parse_labels, parse_listen
 from loadgen.units import (
     NS_PER_S,
     bad_value,
@@ -414,6 +415,47 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         4.0,
         "Live table refreshes per second, 2-4. Default 4.",
         "refresh_hz = 4",
+    ),
+    # Outages and live metrics (the `outages` and `metrics` modules).
+    ProfileKey(
+        "outage_min",
+        "outage_min",
+        _int_in(1, 1_000_000),
+        3,
+        "An outage is a run of at least this many consecutive lost probes of one target "
+        "(shorter runs count only as loss bursts). Default 3.",
+        "outage_min = 3",
+    ),
+    ProfileKey(
+        "metrics",
+        "metrics",
+        parse_listen,
+        None,
+        'Serve Prometheus metrics at http://ADDR/metrics during the run: ":9464" listens on '
+        '127.0.0.1 only; any other address (such as "0.0.0.0:9464") must be written out. '
+        "Needs prometheus-client (pip install 'loadgen[metrics]'). Default: no endpoint.",
+        'metrics = ":9464"',
+        commented=True,
+    ),
+    ProfileKey(
+        "metrics_textfile",
+        "metrics_textfile",
+        _path,
+        None,
+        "Write the same metrics to this file every closed second, atomically (write, then "
+        "rename), for node_exporter's textfile collector. Default: no file.",
+        'metrics_textfile = "/var/lib/node_exporter/loadgen.prom"',
+        commented=True,
+    ),
+    ProfileKey(
+        "metrics_labels",
+        "metrics_labels",
+        parse_labels,
+        "auto",
+        'Which targets get series of their own: "target" (every one), "total" (none), "top:N" '
+        '(the N worst by loss, then p99), "auto" (every one up to 1000 targets, else top:100). '
+        'The all-targets series, target="total", is always there.',
+        'metrics_labels = "auto"',
     ),
     ProfileKey(
         "lab",

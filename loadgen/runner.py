@@ -17,6 +17,7 @@ from loadgen.errors import TargetError
 from loadgen.net.linkpath import check_interface
 from loadgen.net.sockets import check_source
 from loadgen.output.exports import Exports
+from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
 from loadgen.stats import SecondReport
@@ -109,6 +110,15 @@ def execute(
             warn(w)
         shown = display(plan)
         exports = Exports(plan, command)
+        try:
+            exporter = _metrics(profile, plan)
+        except BaseException:
+            exports.close()
+            raise
+        if exporter is not None:
+            shown = MetricsDisplay(shown, exporter)
+            if exporter.address is not None:
+                shown.note(f"metrics at http://{exporter.address}/metrics")
         names = [t.name for t in plan.targets]
 
         def on_second(report: SecondReport) -> None:
@@ -122,7 +132,21 @@ def execute(
             exports.summary(outcome.summary, names, _extra(plan, outcome))
         finally:
             exports.close()
+            if exporter is not None:
+                exporter.close()
     return RunResult(plan, outcome, tuple(warnings), exports.error)
+
+
+def _metrics(profile: Profile, plan: RunPlan) -> MetricsExporter | None:
+    """The Prometheus endpoint and/or textfile the profile asks for, serving before the run."""
+    if profile.metrics is None and profile.metrics_textfile is None:
+        return None
+    return MetricsExporter(
+        profile.metrics,
+        profile.metrics_textfile,
+        profile.metrics_labels,
+        [t.name for t in plan.targets],
+    )
 
 
 def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:

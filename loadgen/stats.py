@@ -15,6 +15,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from loadgen import rtthist
 from loadgen.moments import (
     N_BUCKETS,
     N_COLS,
@@ -25,7 +26,8 @@ from loadgen.moments import (
     Table,
     hist_quantiles,
 )
-from loadgen.wire.records import RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.outages import Outages, OutageTable
+from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE, RecordFlag, RecordKind
 
 __all__ = [
     "NS_PER_S",
@@ -84,7 +86,9 @@ class Counts:
 class RttStats:
     """RTT figures of RECEIVED replies (late ones are excluded). No samples: every field is 0.
     mdev is iputils' sqrt(mean(rtt^2) - mean(rtt)^2); jitter is the mean absolute difference of
-    consecutive RTTs of one target in arrival order (RFC 3550 spirit), 0 below 2 samples."""
+    consecutive RTTs of one target in arrival order (RFC 3550 spirit), 0 below 2 samples.
+    hist: the `rtthist` counts (bucket k: RTTs in (8·2^(k-1), 8·2^k] µs), trailing zeros
+    trimmed."""
 
     count: int = 0
     min_ns: int = 0
@@ -95,9 +99,11 @@ class RttStats:
     p90_ns: float = 0.0
     p99_ns: float = 0.0
     jitter_ns: float = 0.0
+    hist: tuple[int, ...] = ()
 
 
 _NO_RTT = RttStats()
+_NO_OUTAGES: Final = Outages()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +230,9 @@ class RunSummary:
     total: TargetStats
     anomalies: Anomalies
     unresolved: tuple[Unresolved, ...] = ()  # workers that ended with probes unresolved
+    outages: tuple[Outages, ...] = ()  # every target's, indexed by target
+    outages_total: Outages = _NO_OUTAGES
+    outage_min: int = 3  # lost probes in a row that make an outage
 
     def explained(self, ts: TargetStats) -> tuple[int, str]:
         return _explain(self.unresolved, ts.target, ts.counts.unaccounted)
@@ -234,6 +243,7 @@ def _stat_args(tab: Table, rows: Sequence[int], targets: Sequence[int]) -> list[
     arrays = (tab.counts, tab.n, tab.mn, tab.mx, tab.mean, tab.m2, tab.absdiff)
     counts, n, mn, mx, mean, m2, absdiff = (a[rows].tolist() for a in arrays)
     ndiff, quant = tab.ndiff[rows].tolist(), tab.quant[rows].tolist()
+    hist = rtthist.trimmed(tab.rtt_hist[rows])
     rx_flags, tx_flags, rx_ts, tx_ts = tab.sources(rows)
     out: list[_StatArgs] = []
     for r, t in enumerate(targets):
@@ -242,7 +252,7 @@ def _stat_args(tab: Table, rows: Sequence[int], targets: Sequence[int]) -> list[
             mdev = (max(m2[r], 0.0) / n[r]) ** 0.5
             jitter = absdiff[r] / ndiff[r] if ndiff[r] else 0.0
             p50, p90, p99 = quant[r]
-            rtt = RttStats(n[r], mn[r], mean[r], mx[r], mdev, p50, p90, p99, jitter)
+            rtt = RttStats(n[r], mn[r], mean[r], mx[r], mdev, p50, p90, p99, jitter, (*hist[r],))
         out.append((t, Counts(*counts[r]), rtt, rx_flags[r], tx_flags[r], rx_ts[r], tx_ts[r]))
     return out
 
@@ -254,12 +264,21 @@ class Aggregator:
     seconds (n_targets x 11 counters each, plus 13 bytes per RTT sample: moments.SAMPLE_BYTES;
     closing one takes about 3x that again for a moment) and, for the run totals,
     one 2048-bucket histogram per target (16 KiB of address space; pages never touched are
-    never allocated). `timeout_ns` bounds a plausible RECEIVED RTT; `max_ahead_ns` how far
-    past the last watermark (or the start) a record's tx_ns may lie before it is invalid.
+    never allocated), plus the coarse `rtthist` counts per row (19 at a 2 s linger).
+    `timeout_ns` bounds a plausible RECEIVED RTT; `linger_ns` (default: the timeout) the
+    histogram's last bucket; `max_ahead_ns` how far past the last watermark (or the start) a
+    record's tx_ns may lie before it is invalid.
     """
 
     def __init__(
-        self, n_targets: int, start_ns: int, timeout_ns: int, *, max_ahead_ns: int = 3600 * NS_PER_S
+        self,
+        n_targets: int,
+        start_ns: int,
+        timeout_ns: int,
+        *,
+        linger_ns: int | None = None,
+        outage_min: int = 3,
+        max_ahead_ns: int = 3600 * NS_PER_S,
     ) -> None:
         if n_targets < 1:
             raise ValueError("an aggregator needs at least one target")
@@ -267,15 +286,17 @@ class Aggregator:
         self.start_ns = start_ns
         self.timeout_ns = timeout_ns
         self.max_ahead_ns = max_ahead_ns
+        self.hist_buckets = rtthist.n_buckets(timeout_ns if linger_ns is None else linger_ns)
         self._next = 0  # first second not yet closed
         self._watermark_ns = start_ns
         self._open: dict[int, Bucket] = {}
-        self._run = Table(n_targets)
+        self._run = Table(n_targets, self.hist_buckets)
         self._hist = np.zeros((n_targets + 1, N_BUCKETS), dtype=np.int64)
         self._anomalies = Anomalies()
         self._summary: RunSummary | None = None
         self._quant_n = np.zeros(n_targets + 1, dtype=np.int64)  # run.n when quant was computed
         self._lost_workers: dict[int, tuple[str, frozenset[int]]] = {}
+        self._outages = OutageTable(n_targets, outage_min)
 
     @property
     def closed_seconds(self) -> int:
@@ -316,7 +337,7 @@ class Aggregator:
             sel = slice(None) if lo == hi else sec == s
             bucket = self._open.get(s)
             if bucket is None:
-                bucket = self._open[s] = Bucket(self.n_targets)
+                bucket = self._open[s] = Bucket(self.n_targets, self.hist_buckets)
             idx = np.concatenate([cells[sel] + kind[sel], cells[sel][reordered[sel]] + REORD_COL])
             weight = np.concatenate([count[sel], np.ones(len(idx) - len(count[sel]), np.int64)])
             flat = bucket.counts.reshape(-1)
@@ -326,6 +347,14 @@ class Aggregator:
                 np.add.at(flat, idx, weight)
             taken = sample & sel if lo != hi else sample
             bucket.add_samples(rtt[taken], records["target"][taken], flags[taken])
+
+    def add_bursts(self, bursts: _Arr) -> None:
+        """Loss bursts a worker found (`outages`); counted once the seconds they end in close."""
+        if bursts.dtype != BURST_DTYPE:
+            raise TypeError(f"bursts must have records.BURST_DTYPE, not {bursts.dtype}")
+        invalid = self._outages.add(bursts)
+        if invalid:
+            self._count_anomalies(invalid, 0, 0, 0)
 
     def _add_after_close(self, records: _Arr) -> tuple[int, int]:
         """Outcomes for a closed second are a watermark bug: counted, dropped. Side events
@@ -352,19 +381,27 @@ class Aggregator:
         """Close, in order, every open second whose end is <= watermark_ns."""
         self._watermark_ns = max(self._watermark_ns, watermark_ns)
         last = (watermark_ns - self.start_ns) // NS_PER_S - 1
-        return [self._close_next() for _ in range(self._next, last + 1)]
+        reports = [self._close_next() for _ in range(self._next, last + 1)]
+        if self._outages.settle(self.start_ns + self._next * NS_PER_S):
+            self._summary = None
+        return reports
 
     def close_all(self) -> list[SecondReport]:
         """End of run: close every second that has a record, and the empty ones between."""
         last = max(self._open, default=self._next - 1)
-        return [self._close_next() for _ in range(self._next, last + 1)]
+        reports = [self._close_next() for _ in range(self._next, last + 1)]
+        self._outages.settle(None)
+        self._summary = None
+        return reports
 
     def _close_next(self) -> SecondReport:
         s = self._next
         self._next += 1
         bucket = self._open.pop(s, None)
         if bucket is None:
-            return self._report(s, Table(self.n_targets), np.zeros(0, dtype=np.int64))
+            return self._report(
+                s, Table(self.n_targets, self.hist_buckets), np.zeros(0, dtype=np.int64)
+            )
         tab, t, idx = bucket.table()
         self._run.absorb(tab)
         np.add.at(self._hist.reshape(-1), t * N_BUCKETS + idx, 1)
@@ -408,6 +445,7 @@ class Aggregator:
             rows = list(range(self.n_targets + 1))
             stats = [TargetStats(*args) for args in _stat_args(run, rows, [*rows[:-1], TOTAL])]
             total = stats.pop()
+            outages, outages_total = self._outages.rows()
             self._summary = RunSummary(
                 self.start_ns,
                 self._next,
@@ -415,5 +453,8 @@ class Aggregator:
                 total,
                 self._anomalies,
                 self._unresolved(stats),
+                outages,
+                outages_total,
+                self._outages.outage_min,
             )
         return self._summary

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from loadgen.outages import BurstFinder
 from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
 from loadgen.wire.records import MAX_PROBES, RECORD_DTYPE, RecordFlag, RecordKind
 
@@ -118,6 +119,7 @@ class Tracker:
         self.foreign = 0
         self.unattributed = 0
         self.evicted = 0
+        self.bursts = BurstFinder(self.targets)  # fed every probe's outcome as it resolves
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -418,6 +420,10 @@ class Tracker:
     def _resolve(self, slots: slice) -> int:
         """LOST or ERRORED for the unanswered probes in `slots`, which become free."""
         state = self._state[slots]
+        lost = state == _OUTSTANDING
+        if self.bursts.open or lost.any():  # slot % n is the probe's local target
+            local = np.arange(slots.start, slots.stop) % self.n
+            self.bursts.feed(local, lost, self._slot_tx[slots])
         resolved = 0
         for st, kind in ((_OUTSTANDING, RecordKind.LOST), (_DAMAGED, RecordKind.ERRORED)):
             sel = state == st
@@ -458,10 +464,15 @@ class Tracker:
     def finish(self) -> None:
         """End of run: give up on everything still outstanding."""
         self.expire(np.iinfo(np.int64).max // 2 + self.linger_ns)
+        self.bursts.flush()
 
     def take_records(self) -> NDArray[np.void]:
         """Every record emitted since the last call, in emission order."""
         return self._records.take()
+
+    def take_bursts(self) -> NDArray[np.void]:
+        """Every loss burst (`records.BURST_DTYPE`) that ended since the last call."""
+        return self.bursts.take()
 
 
 class _RecordColumns:

@@ -366,7 +366,10 @@ class Worker:
             skipped_ns=policy.pacer.skipped_ns,
         )
         mark = now_rt if final else tr.resolved_before(now_rt)
-        frame = Frame(self.plan.worker, self.frame_seq, now_rt, mark, tr.take_records(), stats)
+        records = tr.take_records()
+        frame = Frame(
+            self.plan.worker, self.frame_seq, now_rt, mark, records, stats, tr.take_bursts()
+        )
         self.frame_seq += 1
         self.data.send_bytes(encode(frame))
 

@@ -34,6 +34,9 @@ PURE = (
     "plan.py",
     "profile.py",
     "profile_keys.py",
+    "rtthist.py",
+    "outages.py",
+    "metrics.py",
     "output/ui.py",
     "output/summary.py",
 )

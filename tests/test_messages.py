@@ -26,7 +26,7 @@ from loadgen.wire.messages import (
     decode,
     encode,
 )
-from loadgen.wire.records import RECORD_DTYPE, RecordKind
+from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE, RecordKind
 
 SETTINGS = ProbeSettings(
     size=64,
@@ -48,12 +48,18 @@ def test_frame_round_trip_keeps_every_record() -> None:
     recs["rtt_ns"] = [10, 20, 30]
     recs["target"] = [0, 1, 70000]
     recs["kind"] = [RecordKind.SENT, RecordKind.RECEIVED, RecordKind.LOST]
-    frame = Frame(1, 7, 123, 100, recs, WorkerStats(sent=3, rx_dropped=2, cpu_ns=5))
+    bursts = np.zeros(2, dtype=BURST_DTYPE)
+    bursts["target"], bursts["probes"], bursts["start_ns"], bursts["end_ns"] = 70000, [3, 9], 1, 2
+    stats = WorkerStats(sent=3, rx_dropped=2, cpu_ns=5)
+    frame = Frame(1, 7, 123, 100, recs, stats, bursts)
     got = decode(encode(frame))
     assert isinstance(got, Frame)
     assert (got.worker, got.seq, got.now_ns, got.resolved_before_ns) == (1, 7, 123, 100)
     assert got.stats == frame.stats
     assert got.records.tobytes() == recs.tobytes()
+    assert got.bursts.tobytes() == bursts.tobytes()
+    no_bursts = decode(encode(Frame(1, 8, 124, 100, recs, stats)))
+    assert isinstance(no_bursts, Frame) and len(no_bursts.bursts) == 0
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,10 @@ def nft_ruleset(table: str, imp: Impairments, version: int = 4) -> str:
     if imp.drop_by is DropBy.NFT and imp.drop_every > 0:
         # numgen inc starts at 0, so "== N-1" drops the N-th, 2N-th, ... probe; it only
         # counts packets that got past the probe match before it.
-        n = imp.drop_every
-        rules.append(f'{REQUEST} numgen inc mod {n} == {n - 1} counter name "drop_every" drop')
+        # With drop_run R: ">= N-R" drops the last R of every N, R probes in a row.
+        n, run = imp.drop_every, max(1, imp.drop_run)
+        pick = f"== {n - 1}" if run == 1 else f">= {n - run}"
+        rules.append(f'{REQUEST} numgen inc mod {n} {pick} counter name "drop_every" drop')
     if imp.drop_by is DropBy.NFT and imp.drop > 0:
         below = round(imp.drop * DROP_SCALE)
         rules.append(
@@ -109,6 +111,7 @@ def reflector_config(
         seed=seed,
         drop=imp.drop if in_reflector else 0.0,
         drop_every=imp.drop_every if in_reflector else 0,
+        drop_run=imp.drop_run if in_reflector else 0,
         delay_ns=round(imp.delay_ms * 1e6),
         jitter_ns=round(imp.jitter_ms * 1e6),
         jitter_normal=imp.jitter_dist is JitterDist.NORMAL,

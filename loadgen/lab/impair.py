@@ -38,6 +38,7 @@ class ReflectorConfig:
     seed: int = 0
     drop: float = 0.0
     drop_every: int = 0
+    drop_run: int = 0  # with drop_every N: the last R of every N requests (0: 1)
     delay_ns: int = 0
     jitter_ns: int = 0
     jitter_normal: bool = False  # False: uniform in [-jitter, +jitter]; True: normal, sd jitter
@@ -119,7 +120,8 @@ class Decider:
         self.seen += n
         dropped = draws["drop"] < cfg.drop
         if cfg.drop_every > 0:
-            dropped |= ordinal % cfg.drop_every == 0
+            run = max(1, cfg.drop_run)
+            dropped |= (ordinal - 1) % cfg.drop_every >= cfg.drop_every - run
         action[dropped] = Action.DROP
         if cfg.ratelimit_pps > 0:
             answering = np.flatnonzero(action == Action.REPLY)

@@ -34,6 +34,7 @@ HOST_KEYS = (
     "reflector",
     *SHARE_KEYS,
     "drop_every",
+    "drop_run",
     "drop_by",
     "delay_ms",
     "jitter_ms",
@@ -62,6 +63,7 @@ class Impairments:
 
     drop: float = 0.0
     drop_every: int = 0  # drop the N-th, 2N-th, ... request; 0 = off
+    drop_run: int = 0  # with drop_every N: drop the last R of every N requests in a row (0: 1)
     drop_by: DropBy = DropBy.NFT
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
@@ -233,6 +235,7 @@ def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup
     shares = {k: keys.share(k) for k in SHARE_KEYS}
     imp = Impairments(
         drop_every=keys.count("drop_every", 0, 0, 1_000_000),
+        drop_run=keys.count("drop_run", 0, 0, 1_000_000),
         drop_by=keys.choice("drop_by", DropBy, DropBy.NFT),
         delay_ms=keys.ms("delay_ms"),
         jitter_ms=keys.ms("jitter_ms"),
@@ -245,6 +248,12 @@ def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup
     )
     if imp.drop_every == 1:
         raise keys.fail("drop_every", 1, "1 would drop everything; use drop = 1.0 or N >= 2")
+    if imp.drop_run and not imp.drop_every > imp.drop_run:
+        raise keys.fail(
+            "drop_run",
+            imp.drop_run,
+            "drops the last R of every drop_every requests: set drop_every greater than drop_run",
+        )
     if imp.unreachable + imp.time_exceeded > 1:
         raise keys.fail("unreachable", imp.unreachable, "unreachable + time_exceeded must be <= 1")
     return HostGroup(name=name, count=keys.count("count", 1, 1, MAX_HOSTS), impairments=imp)

@@ -2,7 +2,7 @@
 `summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
-most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every object has
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (4); every object has
 `type` and `v`. One "run" object first (how the run was set up, see `RUN_HEADER_KEYS`); a
 "second" object per target that sent in a closed second, then one "second_total" (target -1,
 name "total"); one "summary" object at the end of the run:
@@ -10,7 +10,7 @@ name "total"); one "summary" object at the end of the run:
 | key | type | meaning |
 |---|---|---|
 | type | str | "run", "second", "second_total" or "summary" |
-| v | int | schema version (3; 2 had no "run" object, 1 no `family` and no `unresolved`) |
+| v | int | schema version (4; 3: no "run"; 2: no rtt_hist, outages; 1: no family, unresolved) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -28,6 +28,7 @@ name "total"); one "summary" object at the end of the run:
 | rtt_{min,avg,max,mdev}_us | float/null | µs; null when rtt_count is 0 |
 | rtt_{p50,p90,p99}_us | float/null | µs; exact per second, within rtt_pct_rel_error in "summary" |
 | rtt_jitter_us | float/null | mean abs. difference of consecutive RTTs of a target, in µs |
+| rtt_hist | list[int] | RTT counts; index k: (8·2^(k-1), 8·2^k] µs, 0: <= 8 µs; no trailing 0s |
 | rx_ts, tx_ts | str | source of the RTT samples' stamps: hardware, kernel, user, mixed(a+b), none |
 | generator_limited | bool | "second_total" only: loadgen itself could not keep up in this second |
 | generator_limits | list[str] | "second_total" only: why (which worker, how much) |
@@ -35,8 +36,11 @@ name "total"); one "summary" object at the end of the run:
 | | | requested_pps, achieved_pps, cpu_pct, send_errors, rx_drops, max_lag_ns, skipped_ns |
 
 A "summary" object holds `t_start`, `seconds` (closed seconds covered), `targets` (a list of
-objects with the per-target keys above), `total`, `anomalies` (invalid_records, late_records,
-rtt_dropped, side_events_after_close), `rtt_pct_rel_error` and `extra` (the caller's mapping).
+objects with the per-target keys above, plus the outage keys below), `total`, `outage_min`,
+`anomalies` (invalid_records, late_records, rtt_dropped, side_events_after_close),
+`rtt_pct_rel_error` and `extra` (the caller's mapping). Outage keys (`outages`): `outages`
+(runs of >= outage_min lost probes in a row), `outage_longest_probes`, `outage_longest_ms`,
+`outage_total_ms` and `loss_bursts` ({"1", "2", "3-9", "10+"}: runs of lost probes by length).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from loadgen.errors import UsageError
+from loadgen.outages import BURST_CLASSES, Outages
 from loadgen.stats import (
     NS_PER_S,
     PERCENTILE_REL_ERROR,
@@ -59,7 +64,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" header object
+JSONL_SCHEMA_VERSION = 4  # 2: family, unresolved; 3: rtt_hist, outages; 4: the "run" object
 # The "run" object: loadgen version, command line (argv) and profile source, kernel release,
 # CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
 # requested total rate, count and duration (null: not set), timestamp settings, run id, and
@@ -153,8 +158,19 @@ def _figures(
     values = (r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns, r.p50_ns, r.p90_ns, r.p99_ns, r.jitter_ns)
     for key, ns in zip(_RTT_KEYS, values, strict=True):
         obj[f"rtt_{key}_us"] = _us(ns) if r.count else None
+    obj["rtt_hist"] = list(r.hist)
     obj["rx_ts"], obj["tx_ts"] = ts.rx_ts, ts.tx_ts
     return obj
+
+
+def _outage_figures(o: Outages) -> dict[str, Any]:
+    return {
+        "outages": o.count,
+        "outage_longest_probes": o.longest_probes,
+        "outage_longest_ms": round(o.longest_ns / 1e6, 3),
+        "outage_total_ms": round(o.total_ns / 1e6, 3),
+        "loss_bursts": dict(zip(BURST_CLASSES, o.bursts, strict=True)),
+    }
 
 
 def second_rows(
@@ -239,6 +255,12 @@ class JsonlWriter:
     def write_summary(
         self, summary: RunSummary, names: Sequence[str], extra: Mapping[str, Any] | None = None
     ) -> None:
+        def row(ts: TargetStats, o: Outages) -> dict[str, Any]:
+            obj = _figures(ts, names, self.families, summary.explained(ts)[0])
+            obj.update(_outage_figures(o))
+            return obj
+
+        outages = summary.outages or (Outages(),) * len(summary.per_target)
         a = summary.anomalies
         self._write(
             [
@@ -248,15 +270,10 @@ class JsonlWriter:
                     "t_start": summary.start_ns / NS_PER_S,
                     "seconds": summary.seconds,
                     "targets": [
-                        _figures(ts, names, self.families, summary.explained(ts)[0])
-                        for ts in summary.per_target
+                        row(ts, o) for ts, o in zip(summary.per_target, outages, strict=True)
                     ],
-                    "total": _figures(
-                        summary.total,
-                        names,
-                        self.families,
-                        summary.explained(summary.total)[0],
-                    ),
+                    "total": row(summary.total, summary.outages_total),
+                    "outage_min": summary.outage_min,
                     "anomalies": {
                         "invalid_records": a.invalid_records,
                         "late_records": a.late_records,

@@ -14,6 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from loadgen.outages import BURST_CLASSES, Outages
 from loadgen.output.ui import fit_name, num3, pick_targets
 from loadgen.stats import PERCENTILE_REL_ERROR, Counts, RunSummary, TargetStats
 
@@ -52,6 +53,8 @@ def block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
             f"(within {PERCENTILE_REL_ERROR * 100:.1f}%), jitter = {_ms(r.jitter_ns)} ms"
         )
         lines.append(f"timestamps: rx {ts.rx_ts}, tx {ts.tx_ts}")
+    if c.lost:
+        lines += outage_lines(outages_of(summary, ts), summary.outage_min)
     unresolved, why = summary.explained(ts)
     if unresolved:
         lines.append(f"{unresolved} probes unresolved: {why}")
@@ -61,6 +64,25 @@ def block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
             "+ late + lost + errored): a bug, please report it"
         )
     return lines
+
+
+def outages_of(summary: RunSummary, ts: TargetStats) -> Outages:
+    """The outages of a row of the summary (a target's, or the total's)."""
+    if ts is summary.total or not summary.outages:
+        return summary.outages_total if ts is summary.total else Outages()
+    return summary.outages[ts.target]
+
+
+def outage_lines(o: Outages, outage_min: int) -> list[str]:
+    """fping -o style: outages and their time, then the loss-burst distribution."""
+    head = f"{o.count} outages (>= {outage_min} lost in a row)"
+    if o.count:
+        head += (
+            f", longest {o.longest_probes} probes / {o.longest_ns / 1e6:.1f} ms, "
+            f"total {o.total_ns / 1e6:.1f} ms"
+        )
+    bursts = ", ".join(f"{label}: {n}" for label, n in zip(BURST_CLASSES, o.bursts, strict=True))
+    return [head, f"loss bursts by length: {bursts}"]
 
 
 def _name(names: Sequence[str], target: int) -> str:

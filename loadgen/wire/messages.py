@@ -8,7 +8,7 @@ a worker from different builds fail loudly instead of misreading each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any
 
@@ -17,10 +17,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
-from loadgen.wire.records import RECORD_DTYPE
+from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE
 
-VERSION = 3  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
-# record stands for `probes` probes
+VERSION = 4  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
+# record stands for `probes` probes; 4: a Frame carries the loss bursts that ended
 
 
 class ProtocolError(LoadgenError):
@@ -115,6 +115,8 @@ class Frame:
     resolved_before_ns: int  # every probe sent before this has its outcome in this frame or earlier
     records: NDArray[np.void]
     stats: WorkerStats
+    # Loss bursts (records.BURST_DTYPE) that ended since the last frame: `outages`.
+    bursts: NDArray[np.void] = field(default_factory=lambda: np.zeros(0, dtype=BURST_DTYPE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,7 @@ def encode(msg: Message) -> bytes:
             msg.resolved_before_ns,
             np.ascontiguousarray(msg.records, dtype=RECORD_DTYPE).tobytes(),
             _values(msg.stats),
+            np.ascontiguousarray(msg.bursts, dtype=BURST_DTYPE).tobytes(),
         ]
     elif isinstance(msg, PlanMsg):
         body = _values(msg)
@@ -201,8 +204,8 @@ def decode(data: bytes) -> Message:
     try:
         mtype = MsgType(kind)
         if mtype is MsgType.FRAME:
-            raw = body[4]
-            if len(raw) % RECORD_DTYPE.itemsize:
+            raw, bursts = body[4], body[6]
+            if len(raw) % RECORD_DTYPE.itemsize or len(bursts) % BURST_DTYPE.itemsize:
                 raise ProtocolError("frame records are not a whole number of records")
             return Frame(
                 worker=body[0],
@@ -211,6 +214,7 @@ def decode(data: bytes) -> Message:
                 resolved_before_ns=body[3],
                 records=np.frombuffer(raw, dtype=RECORD_DTYPE),
                 stats=WorkerStats(*body[5]),
+                bursts=np.frombuffer(bursts, dtype=BURST_DTYPE),
             )
         if mtype is MsgType.PLAN:
             plan = dict(zip([f.name for f in fields(PlanMsg)], body, strict=True))

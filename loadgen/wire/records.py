@@ -26,6 +26,17 @@ RECORD_DTYPE = np.dtype(
 assert RECORD_DTYPE.itemsize == 24
 MAX_PROBES = 0xFFFF  # per SENT record; a larger batch to one target takes several
 
+# A loss burst (`outages`): a run of consecutive lost probes of one target that has ended.
+BURST_DTYPE = np.dtype(
+    [
+        ("start_ns", "<i8"),  # send time of its first lost probe
+        ("end_ns", "<i8"),  # send time of the probe that ended it (its last, at the run's end)
+        ("target", "<u4"),  # global target index
+        ("probes", "<u4"),  # lost probes in a row
+    ]
+)
+assert BURST_DTYPE.itemsize == 24
+
 
 class RecordKind(IntEnum):
     SENT = 0  # `probes` probes to one target, sent together

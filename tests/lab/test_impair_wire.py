@@ -231,3 +231,13 @@ def test_ipv6_replies_flip_a_fill_bit_and_leave_the_checksum_to_the_kernel() -> 
         assert got[0] == Icmp6Type.ECHO_REPLY and got[2:4] == b"\0\0"
         diff = [i for i, (a, b) in enumerate(zip(got[1:], req[1:], strict=True)) if a != b]
         assert diff == ([FLIP_FROM - 1] if flip[k] else [])
+
+
+def test_drop_run_drops_the_last_r_of_every_n_requests_in_a_row() -> None:
+    cfg = ReflectorConfig(drop_every=5, drop_run=2)
+    d = Decider(cfg, 0)
+    actions = np.concatenate([d.decide(n, 0).action for n in (3, 9, 8)])
+    dropped = np.flatnonzero(actions == Action.DROP) + 1  # request ordinals
+    assert dropped.tolist() == [4, 5, 9, 10, 14, 15, 19, 20]
+    one = Decider(ReflectorConfig(drop_every=5), 0).decide(10, 0).action
+    assert (np.flatnonzero(one == Action.DROP) + 1).tolist() == [5, 10]

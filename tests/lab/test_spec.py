@@ -60,6 +60,8 @@ def test_groups_expand_to_named_hosts_with_p2p_addresses() -> None:
         ({"hosts": [{"name": "Bad Name"}]}, "lab.hosts[0].name"),
         ({"hosts": [{"name": "a", "drop": 1.5}]}, "lab.hosts[0].drop = 1.5: must be a share"),
         ({"hosts": [{"name": "a", "drop_every": 1}]}, "drop_every = 1"),
+        ({"hosts": [{"name": "a", "drop_every": 4, "drop_run": 4}]}, "drop_run = 4"),
+        ({"hosts": [{"name": "a", "drop_run": 2}]}, "greater than drop_run"),
         ({"hosts": [{"name": "a", "count": 0}]}, "lab.hosts[0].count = 0"),
         ({"hosts": [{"name": "a", "delay_ms": -1}]}, "lab.hosts[0].delay_ms = -1"),
         ({"hosts": [{"name": "a", "rate_limit": "fast"}]}, "rate_limit = 'fast'"),
@@ -139,6 +141,8 @@ def test_nft_ruleset_has_counters_always_and_drops_only_when_asked() -> None:
     six = nft_ruleset("t_imp", lossy, 6)
     assert six.startswith("table ip6 t_imp") and "icmp " not in six
     assert six.count("icmpv6 type echo-request @th,64,32 0x4c47454e") == 3
+    runs = spec_of(hosts=[{"name": "a", "drop_every": 10, "drop_run": 4}]).groups[0].impairments
+    assert "numgen inc mod 10 >= 6 counter" in nft_ruleset("t_imp", runs)
 
 
 def test_every_host_gets_an_ipv6_pair_in_the_benchmarking_range() -> None:

@@ -45,12 +45,13 @@ SIDE_EVENTS = ("duplicates", "reordered", "bitflips", "corrupted", "icmp_errors"
 class Labs:
     """Brings labs up for one fixture scope; `close` takes them all down and says what is left."""
 
-    def __init__(self) -> None:
+    def __init__(self, head: str = "lgq") -> None:
+        self.head = head  # every prefix: this, then 4 hex digits
         self.labs: list[Lab] = []
         self.prefixes: list[str] = []
 
     def __call__(self, hosts: Sequence[Mapping[str, object]], seed: int = 1) -> Lab:
-        prefix = "lgq" + secrets.token_hex(2)
+        prefix = self.head + secrets.token_hex(2)
         self.prefixes.append(prefix)  # before lab_up: a half-built lab is swept up too
         spec = parse_lab_spec(
             {"prefix": prefix, "seed": seed, "hosts": [dict(h) for h in hosts]}, source="truth"
@@ -75,8 +76,8 @@ class Labs:
         return left
 
 
-def _labs() -> Iterator[Labs]:
-    labs = Labs()
+def _labs(head: str = "lgq") -> Iterator[Labs]:
+    labs = Labs(head)
     try:
         yield labs
     finally:
