@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from loadgen.output.runfile import GRID_COLUMNS, Floats, Ints, RunData, Series
 
@@ -59,6 +60,12 @@ def _x(seconds: int, width: int) -> Floats:
     return np.arange(math.ceil(max(seconds, 1) / width), dtype=np.float64) * width
 
 
+def steps(ax: Axes, x: Floats, y: Floats, width: int, **kw: Any) -> Line2D:
+    """A value per bin drawn across the whole bin, the last one included."""
+    line: Line2D = ax.step(np.append(x, x[-1] + width), np.append(y, y[-1:]), where="post", **kw)[0]
+    return line
+
+
 def _spans(ax: Axes, x: Floats, mask: np.ndarray[Any, Any], width: int, **kw: Any) -> None:
     """Shade the bins where `mask` holds, one span per run of them."""
     edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
@@ -78,8 +85,8 @@ def timeline(run: RunData) -> Figure:
             limited[s] = bool(row.get("generator_limited"))
     fig, (ax,) = new_figure(height_in=3.2)
     x = _x(n, w)
-    ax.step(x, binned(req, w, np.nanmean), where="post", label="requested", color="#555555")
-    ax.step(x, binned(got, w, np.nanmean), where="post", label="achieved", color="#1f77b4")
+    steps(ax, x, binned(req, w, np.nanmean), w, label="requested", color="#555555")
+    steps(ax, x, binned(got, w, np.nanmean), w, label="achieved", color="#1f77b4")
     lim = binned(limited, w, np.nanmax) > 0
     _spans(ax, x, lim, w, color="#ff7f0e", alpha=0.25, lw=0)
     ax.set_ylabel("probes/s")
@@ -200,7 +207,7 @@ def generator(run: RunData) -> Figure:
     for ax, (key, label, how, scale) in zip(axes, panels, strict=True):
         data = _workers(run.totals, n, key) * scale
         for k in range(data.shape[1]):
-            ax.step(x, binned(data[:, k], w, how), where="post", lw=1, label=f"worker {k}")
+            steps(ax, x, binned(data[:, k], w, how), w, lw=1, label=f"worker {k}")
         ax.set_ylabel(label, fontsize=8)
         ax.set_ylim(bottom=0)
     axes[0].set_title("generator health per worker", loc="left")

@@ -17,7 +17,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from loadgen.output.figures import bin_width, binned, new_figure
+from loadgen.output.figures import bin_width, binned, new_figure, steps
 from loadgen.output.runfile import Floats, Ints, RunData, Series, hist_edges_us
 
 _QUANTILES = np.array([0.0, 0.5, 0.9, 0.99, 1.0])
@@ -164,13 +164,13 @@ def compare_figure(runs: Sequence[RunData]) -> Figure:
     for run in runs:
         label = run.path.rsplit("/", 1)[-1]
         w = bin_width(run.seconds)
-        x = np.arange(len(binned(run.total.sent, w, np.nansum))) * w
         sent = binned(run.total.sent, w, np.nansum)
+        x = np.arange(len(sent), dtype=np.float64) * w
         lost = binned(run.total.lost, w, np.nansum)
         with np.errstate(invalid="ignore", divide="ignore"):
             loss = np.where(sent > 0, 100.0 * lost / np.maximum(sent, 1), np.nan)
-        line = axes[0][0].step(x, sent / w, where="post", label=label)[0]
-        axes[0][1].step(x, loss, where="post", color=line.get_color())
+        line = steps(axes[0][0], x, sent / w, w, label=label)
+        steps(axes[0][1], x, loss, w, color=line.get_color())
         axes[1][0].plot(x, binned(run.total.rtt[:, 1], w, np.nanmedian), color=line.get_color())
         axes[1][0].plot(x, binned(run.total.rtt[:, 3], w, np.nanmax), ":", color=line.get_color())
         curve = cdfs(run, top=0)
@@ -179,6 +179,7 @@ def compare_figure(runs: Sequence[RunData]) -> Figure:
     axes[0][0].set_title("sent probes/s", loc="left")
     axes[0][0].legend(fontsize=7)
     axes[0][1].set_title("total loss %", loc="left")
+    axes[0][1].set_ylim(bottom=0)
     axes[1][0].set_title("total RTT µs: p50 solid, p99 dotted", loc="left")
     axes[1][0].set_yscale("log")
     axes[1][1].set_title("total RTT CDF", loc="left")
