@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,20 @@ def test_a_loopback_run_writes_csv_equal_to_jsonl_and_a_report(tmp_path: Path) -
     text = html.read_text()
     for panel in PANEL_IDS:
         assert f'id="fig-{panel}"' in text
+
+
+@pytest.mark.root
+def test_report_without_jsonl_reads_a_temporary_one(tmp_path: Path) -> None:
+    html = tmp_path / "only.html"
+    args = ["127.0.0.1", "-r", "200", "-c", "200", "--plain", "--report", str(html)]
+    res = subprocess.run(
+        [sys.executable, "-m", "loadgen", "ping", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert res.returncode == 0, res.stderr
+    assert 'id="fig-rtt-cdf"' in html.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["only.html"]  # the temporary JSONL is gone

@@ -75,6 +75,9 @@ def test_the_loss_grid_counts_every_probe(tmp_path: Path) -> None:
     assert int(run.grid.sent.sum()) == total["sent"]
     assert int(run.grid.lost.sum()) == total["lost"]
     assert int(run.worst[0].lost.sum()) == run.targets[0]["lost"]
+    out = tmp_path / "run.html"
+    written = write_report(str(src), str(out), worst=3)
+    assert written.size_bytes == out.stat().st_size < 2_000_000  # bounded by the bins
 
 
 @pytest.mark.parametrize(
