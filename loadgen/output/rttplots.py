@@ -8,6 +8,7 @@ counts (log-linear between the known quantiles), and the figure says so.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ class Cdf:
     rtt_us: Floats
     fraction: Floats
     exact: bool
+    marks: tuple[tuple[float, float], ...] = ()  # (fraction, rtt_us): the summary's p50/p90/p99
 
 
 def cdf_of_hist(name: str, hist: Sequence[int]) -> Cdf | None:
@@ -58,20 +60,28 @@ def cdf_of_seconds(series: Series) -> Cdf | None:
     return Cdf(series.name, grid, frac / weights.sum(), exact=False)
 
 
+_MARKS = ((0.5, "rtt_p50_us"), (0.9, "rtt_p90_us"), (0.99, "rtt_p99_us"))
+
+
+def _curve(series: Series, row: Mapping[str, Any]) -> Cdf | None:
+    """From the row's rtt_hist, else from the series' seconds; with the row's exact marks."""
+    hist = row.get("rtt_hist")
+    c = cdf_of_hist(series.name, hist) if hist else cdf_of_seconds(series)
+    if c is None:
+        return None
+    marks = tuple((q, float(row[k])) for q, k in _MARKS if row.get(k) is not None)
+    return dataclasses.replace(c, marks=marks)
+
+
 def cdfs(run: RunData, top: int = 5) -> list[Cdf]:
     """The total's CDF and those of the `top` worst targets that have RTTs."""
-    out: list[Cdf] = []
-    summary = run.summary or {}
-    hist = (summary.get("total") or {}).get("rtt_hist")
-    total = cdf_of_hist("total", hist) if hist else cdf_of_seconds(run.total)
-    if total is not None:
-        out.append(total)
     rows: Mapping[str, Mapping[str, Any]] = {str(t["name"]): t for t in run.targets}
+    total = _curve(run.total, (run.summary or {}).get("total") or {})
+    out = [] if total is None else [total]
     for s in run.worst:
         if len(out) > top:
             break
-        h = rows.get(s.name, {}).get("rtt_hist")
-        c = cdf_of_hist(s.name, h) if h else cdf_of_seconds(s)
+        c = _curve(s, rows.get(s.name, {}))
         if c is not None:
             out.append(c)
     return out
@@ -87,11 +97,15 @@ def _curves_figure(curves: Sequence[Cdf], title: str, hdr: bool) -> Figure:
     fig, (ax,) = new_figure(height_in=3.4)
     for c in curves:
         lw = 2.0 if c.name == "total" else 1.0
+        q = np.array([m[0] for m in c.marks])
+        rtt = np.array([m[1] for m in c.marks])
         if hdr:  # RTT against 1/(1-p) on a log axis, so the tail's nines spread out
             keep = c.fraction < 1.0
-            ax.plot(1.0 / (1.0 - c.fraction[keep]), c.rtt_us[keep], lw=lw, label=c.name)
+            line = ax.plot(1.0 / (1.0 - c.fraction[keep]), c.rtt_us[keep], lw=lw, label=c.name)
+            ax.plot(1.0 / (1.0 - q), rtt, "o", ms=4, color=line[0].get_color())
         else:
-            ax.plot(c.rtt_us, c.fraction, lw=lw, label=c.name)
+            line = ax.plot(c.rtt_us, c.fraction, lw=lw, label=c.name)
+            ax.plot(rtt, q, "o", ms=4, color=line[0].get_color())
     ax.set_xscale("log")
     if hdr:
         ax.set_yscale("log")
@@ -103,7 +117,8 @@ def _curves_figure(curves: Sequence[Cdf], title: str, hdr: bool) -> Figure:
         ax.set_ylim(0, 1.01)
     ax.set_xlabel("percentile" if hdr else "RTT µs")
     ax.set_ylabel("RTT µs" if hdr else "fraction of replies")
-    ax.set_title(f"{title} ({_source_note(curves)})", loc="left")
+    dots = "; dots: exact p50/p90/p99" if any(c.marks for c in curves) else ""
+    ax.set_title(f"{title} ({_source_note(curves)}{dots})", loc="left")
     ax.grid(True, which="both", alpha=0.3)
     if curves:
         ax.legend(loc="upper left" if hdr else "lower right", fontsize=7)
