@@ -120,7 +120,7 @@ def header_rows(run: RunData) -> list[tuple[str, str]]:
         ("CPUs", f"{h['cpus']} (pinned: {h.get('pinned', 'n/a')})" if "cpus" in h else "n/a"),
         ("workers", str(h.get("workers", extra.get("workers", "n/a")))),
         ("targets", str(h.get("targets", len(run.targets)))),
-        ("timestamps", f"rx {total.get('rx_ts', 'n/a')}, tx {total.get('tx_ts', 'n/a')}"),
+        ("timestamps", _stamps(h, total)),
         ("start", start.strftime("%Y-%m-%d %H:%M:%S UTC")),
         ("duration", f"{float(duration):.1f} s ({run.seconds} closed seconds)"),
         ("requested rate", "n/a" if rate is None else f"{float(rate):,.0f} probes/s"),
@@ -128,6 +128,15 @@ def header_rows(run: RunData) -> list[tuple[str, str]]:
     if run.summary is None:
         rows.append(("summary", "none: the run ended before writing it"))
     return rows
+
+
+def _stamps(header: Mapping[str, Any], total: Mapping[str, Any]) -> str:
+    """The sources the RTTs came from, and what the profile asked for."""
+    used = f"rx {total.get('rx_ts', 'n/a')}, tx {total.get('tx_ts', 'n/a')}"
+    if "timestamps" not in header:
+        return used
+    asked = f"timestamps = {header['timestamps']}, tx_timestamps = {header.get('tx_timestamps')}"
+    return f"{used} ({asked}, tx_path = {header.get('tx_path')})"
 
 
 def _table(run: RunData) -> str:
