@@ -5,6 +5,7 @@
                          [-I IFACE] [-S ADDR] ...
     loadgen search PROFILE.toml | TARGETS --max-rate RATE [--goal ndr] [--trial 10s] ...
     loadgen check PROFILE.toml
+    loadgen report RUN.jsonl [-o report.html] [--png DIR] [--compare A.jsonl B.jsonl ...]
     loadgen lab up LAB.toml | status | down [PREFIX] [--all]
     loadgen --version
 
@@ -88,6 +89,8 @@ def _common_run_flags(
     flag("--duration", "", metavar="DUR", help="how long to send: 30s, 2m")
     flag("--workers", "", metavar="N", help="worker processes (default: one per CPU)")
     flag("--jsonl", "", metavar="FILE", help="write per-second JSON lines to FILE")
+    flag("--report", "", metavar="FILE", help="write an HTML report with plots at the end")
+    flag("--csv", "", metavar="FILE", help="write the per-second rows as CSV to FILE")
     flag("--timestamps", "", metavar="MODE", help="auto, software, hardware or user")
     flag("--top", "", metavar="N", help="rows in the live table")
     p.add_argument(
@@ -135,6 +138,8 @@ _FLAG_KEYS = (
     "duration",
     "workers",
     "jsonl",
+    "report",
+    "csv",
     "timestamps",
     "tx_timestamps",
     "tx_path",
@@ -180,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a profile and print the plan")
     check.add_argument("profile")
 
+    report = sub.add_parser(
+        "report",
+        help="an HTML report with plots from a JSONL export",
+        description="Write one self-contained HTML file (figures inlined) from RUN.jsonl.",
+    )
+    report.add_argument("jsonl", metavar="RUN.jsonl")
+    report.add_argument("-o", "--output", metavar="FILE", help="default: RUN.html beside it")
+    report.add_argument("--png", metavar="DIR", help="also write each figure as DIR/ID.png")
+    report.add_argument(
+        "--compare", nargs="+", metavar="JSONL", default=[], help="overlay these runs"
+    )
+    report.add_argument(
+        "--worst", type=int, default=8, metavar="N", help="smoke graphs of the N worst targets"
+    )
+
     lab = sub.add_parser("lab", help="network-namespace test hosts")
     labsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
     up = labsub.add_parser("up", help="build the lab of a profile's [lab] table")
@@ -202,6 +222,8 @@ _SEARCH_SETS = (
     "--metrics-textfile",
     "--metrics-labels",
     "--sla",
+    "--report",
+    "--csv",
 )
 
 
@@ -279,12 +301,19 @@ def _command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "lab":
         return _lab(args)
+    if args.command == "report":
+        return _report(args)
     profile = profile_from_args(args)
     if args.command == "check":
         return _check(profile)
     if args.command == "search":
         return _search(args, profile, plain=args.plain or not sys.stdout.isatty())
-    return _run(profile, plain=args.plain or not sys.stdout.isatty())
+    if profile.report is not None:  # before a lab comes up or a probe is sent
+        from loadgen.output.exports import require_report  # noqa: PLC0415
+
+        require_report()
+    command = ["loadgen", *(sys.argv[1:] if argv is None else argv)]
+    return _run(profile, plain=args.plain or not sys.stdout.isatty(), command=command)
 
 
 def _say(text: str) -> None:
@@ -320,7 +349,25 @@ def _check(profile: Profile) -> int:
     return EXIT_OK
 
 
-def _run(profile: Profile, *, plain: bool) -> int:
+def _report(args: argparse.Namespace) -> int:
+    from loadgen.output.exports import require_report  # noqa: PLC0415
+
+    require_report()
+    from loadgen.output.htmlreport import write_report  # noqa: PLC0415
+
+    if args.worst < 0:
+        raise UsageError(f"--worst {args.worst}: give 0 or more targets")
+    base = args.jsonl[: -len(".jsonl")] if args.jsonl.endswith(".jsonl") else args.jsonl
+    out = args.output or f"{base}.html"
+    written = write_report(
+        args.jsonl, out, png_dir=args.png, compare=args.compare, worst=args.worst
+    )
+    with _writing_stdout():
+        print(f"wrote {out}: {written.panels} figures, {written.size_bytes / 1e6:.1f} MB")
+    return EXIT_OK
+
+
+def _run(profile: Profile, *, plain: bool, command: Sequence[str] = ()) -> int:
     shown: list[Display] = []
 
     def display(plan: RunPlan) -> Display:
@@ -336,6 +383,7 @@ def _run(profile: Profile, *, plain: bool) -> int:
         display=display,
         warn=lambda text: _say(f"warning: {text}"),
         export_failed=export_failed,
+        command=command,
     )
     _print_summary(result, profile)
     for failure in result.outcome.failures:

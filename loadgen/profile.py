@@ -49,6 +49,8 @@ class Profile:
     max_targets: int  # cap on CIDR expansion
     top: int  # rows in the live table
     jsonl: str | None  # per-second export path
+    report: str | None  # HTML report written at the end
+    csv: str | None  # per-second CSV export path
     refresh_hz: float  # live table refreshes per second
     outage_min: int  # lost probes in a row that make an outage
     metrics: Listen | None  # serve /metrics here during the run

@@ -493,6 +493,26 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         commented=True,
     ),
     ProfileKey(
+        "report",
+        "report",
+        _path,
+        None,
+        "At the end of the run write an HTML report with plots (see `loadgen report`) to this "
+        "file; needs loadgen[report]. Default: no report.",
+        'report = "run.html"',
+        commented=True,
+    ),
+    ProfileKey(
+        "csv",
+        "csv",
+        _path,
+        None,
+        "Write the per-second rows of the JSONL export as CSV, with a header row, to this file. "
+        "Default: no CSV.",
+        'csv = "run.csv"',
+        commented=True,
+    ),
+    ProfileKey(
         "refresh_hz",
         "refresh_hz",
         lambda value, key: parse_float(value, key=key, minimum=2, maximum=4),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
@@ -18,8 +18,8 @@ from loadgen.icmppath import settle
 from loadgen.net.linkpath import check_interface
 from loadgen.net.privilege import read_privileges
 from loadgen.net.sockets import check_source, socket_refusal
+from loadgen.output.exports import Exports
 from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
-from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan
 from loadgen.profile import Profile
 from loadgen.sla import SlaJudge, SlaVerdict, rate_problem, whole_second
@@ -107,44 +107,46 @@ def execute(
     display: Callable[[RunPlan], Display] = lambda plan: Display(),
     warn: Callable[[str], None] = lambda text: None,
     export_failed: Callable[[str], None] = lambda text: None,
+    command: Sequence[str] = (),
 ) -> RunResult:
     """Run a profile and return the outcome. `display(plan)` makes what shows the run, `warn`
-    hears about targets left out before it starts, `export_failed` the moment the JSONL
-    export fails (the run goes on; the failure is in the result as well)."""
+    hears about targets left out before it starts, `export_failed` the moment an export
+    fails (the run goes on; the failure is in the result as well). `command`: the command
+    line, for the JSONL's "run" header."""
     with _lab_for(profile) as lab_targets:
         plan, warnings = plan_run(profile, lab_targets)
         for w in warnings:
             warn(w)
         shown = display(plan)
-        exporter = _metrics(profile, plan)
+        exports = Exports(plan, command)
+        try:
+            exporter = _metrics(profile, plan)
+        except BaseException:
+            exports.close()
+            raise
         if exporter is not None:
             shown = MetricsDisplay(shown, exporter)
             if exporter.address is not None:
                 shown.note(f"metrics at http://{exporter.address}/metrics")
-        families = [t.family for t in plan.targets]
-        writer = JsonlWriter(profile.jsonl, families) if profile.jsonl else None
         names = [t.name for t in plan.targets]
         judge = None if profile.sla is None else SlaJudge(profile.sla, len(plan.targets))
 
         def on_second(report: SecondReport) -> None:
             breaches = () if judge is None else judge.second(report, whole=_whole(plan, report))
-            if writer is not None and writer.error is None:
-                writer.write_second(report, names, breaches)
-                if writer.error is not None:
-                    export_failed(writer.error)
+            before = exports.error  # an export that failed is skipped, the others go on
+            exports.second(report, names, breaches)
+            if exports.error is not None and exports.error != before:
+                export_failed(exports.error)
 
         try:
             outcome = Coordinator(plan, display=shown, on_second=on_second).run()
             verdict = None if judge is None else judge.verdict(outcome.summary)
-            if writer is not None:
-                writer.write_summary(outcome.summary, names, _extra(plan, outcome), verdict)
+            exports.summary(outcome.summary, names, _extra(plan, outcome), verdict)
         finally:
-            if writer is not None:
-                writer.close()
+            exports.close()
             if exporter is not None:
                 exporter.close()
-    error = writer.error if writer is not None else None
-    return RunResult(plan, outcome, tuple(warnings), error, verdict)
+    return RunResult(plan, outcome, tuple(warnings), exports.error, verdict)
 
 
 def _whole(plan: RunPlan, report: SecondReport) -> bool:

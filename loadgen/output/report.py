@@ -3,14 +3,15 @@
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
 most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every object has
-`type` and `v`. A "second" object per target that sent in a closed second, then one
-"second_total" (target -1, name "total") and an "sla_breach" per SLA clause that second failed
-(README, SLA verdicts); one "summary" object at the end of the run:
+`type` and `v`. One "run" object first (how the run was set up, see `RUN_HEADER_KEYS`); a
+"second" object per target that sent in a closed second, then one "second_total" (target -1,
+name "total") and an "sla_breach" per SLA clause that second failed (README, SLA verdicts); one
+"summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
-| type | str | "second", "second_total", "sla_breach" or "summary" |
-| v | int | schema version (3; 2: no rtt_hist, outages, sla_breach, summary sla) |
+| type | str | "run", "second", "second_total", "sla_breach" or "summary" |
+| v | int | schema version (3; 2: no run, rtt_hist, outages, sla_breach, summary sla) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -66,7 +67,29 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: rtt_hist, outages, sla_breach, summary's sla
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA
+# The "run" object: loadgen version, command line (argv) and profile source, kernel release,
+# CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
+# requested total rate, count and duration (null: not set), timestamp settings, run id, and
+# the unix time the run started.
+RUN_HEADER_KEYS = (
+    "loadgen",
+    "command",
+    "profile",
+    "kernel",
+    "cpus",
+    "pinned",
+    "workers",
+    "targets",
+    "requested_pps",
+    "count",
+    "duration_s",
+    "timestamps",
+    "tx_timestamps",
+    "tx_path",
+    "run_id",
+    "t",
+)
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -199,6 +222,55 @@ def sla_object(verdict: SlaVerdict, names: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def breach_rows(
+    report: SecondReport, names: Sequence[str], breaches: Sequence[Reading]
+) -> list[dict[str, Any]]:
+    """One "sla_breach" object per SLA clause this second failed (window "second")."""
+    head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
+    return [
+        {
+            "type": "sla_breach",
+            **head,
+            "clause": str(b.clause),
+            "target": b.target,
+            "name": _name(names, b.target),
+            "value": _sla_value(b.clause, b.value),
+            "limit": _sla_value(b.clause, float(b.limit)),
+            "unit": _SLA_UNITS.get(b.clause, _SLA_TIME)[0],
+            "generator_limited": b.generator_limited,
+        }
+        for b in breaches
+    ]
+
+
+def second_rows(
+    report: SecondReport, names: Sequence[str], families: Sequence[int]
+) -> list[dict[str, Any]]:
+    """The objects of one closed second: a "second" per target in it, then "second_total"."""
+    head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
+    fam = families
+    rows = [
+        {"type": "second", **head, **_figures(ts, names, fam, report.explained(ts)[0])}
+        for ts in report.per_target
+    ]
+    total = {
+        "type": "second_total",
+        **head,
+        **_figures(report.total, names, fam, report.explained(report.total)[0]),
+    }
+    gen = report.generator
+    if gen is not None:
+        total["generator_limited"] = gen.limited
+        total["generator_limits"] = list(gen.limits)
+        total["generator"] = {
+            "requested_pps": gen.requested_pps,
+            "achieved_pps": gen.achieved_pps,
+            "workers": [dataclasses.asdict(w) for w in gen.workers],
+        }
+    rows.append(total)
+    return rows
+
+
 class JsonlWriter:
     """Writes the JSONL export; `with JsonlWriter(path) as out: out.write_second(...)`.
 
@@ -238,46 +310,20 @@ class JsonlWriter:
         else:
             self.lines += len(objects)
 
+    def write_run(self, header: Mapping[str, Any]) -> None:
+        """The "run" object, first: `header` holds RUN_HEADER_KEYS."""
+        self._write([{"type": "run", "v": JSONL_SCHEMA_VERSION, **header}])
+
     def write_second(
         self, report: SecondReport, names: Sequence[str], breaches: Sequence[Reading] = ()
     ) -> None:
         """One "second" object per target in the report, then its "second_total", then one
         "sla_breach" per SLA clause it failed (window "second")."""
-        head = {"v": JSONL_SCHEMA_VERSION, "second": report.second, "t": report.start_ns / NS_PER_S}
-        fam = self.families
-        rows = [
-            {"type": "second", **head, **_figures(ts, names, fam, report.explained(ts)[0])}
-            for ts in report.per_target
-        ]
-        total = {
-            "type": "second_total",
-            **head,
-            **_figures(report.total, names, fam, report.explained(report.total)[0]),
-        }
-        gen = report.generator
-        if gen is not None:
-            total["generator_limited"] = gen.limited
-            total["generator_limits"] = list(gen.limits)
-            total["generator"] = {
-                "requested_pps": gen.requested_pps,
-                "achieved_pps": gen.achieved_pps,
-                "workers": [dataclasses.asdict(w) for w in gen.workers],
-            }
-        rows.append(total)
-        for b in breaches:
-            rows.append(
-                {
-                    "type": "sla_breach",
-                    **head,
-                    "clause": str(b.clause),
-                    "target": b.target,
-                    "name": _name(names, b.target),
-                    "value": _sla_value(b.clause, b.value),
-                    "limit": _sla_value(b.clause, float(b.limit)),
-                    "unit": _SLA_UNITS.get(b.clause, _SLA_TIME)[0],
-                    "generator_limited": b.generator_limited,
-                }
-            )
+        rows = second_rows(report, names, self.families)
+        self._write(rows + breach_rows(report, names, breaches))
+
+    def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Objects made already (by `second_rows`, shared with the CSV export)."""
         self._write(rows)
 
     def write_summary(

@@ -143,6 +143,8 @@ def trial_profile(base: Profile, load_pps: float, duration_ns: int, size: int) -
         sla=None,
         metrics=None,
         metrics_textfile=None,
+        report=None,
+        csv=None,
     )
 
 

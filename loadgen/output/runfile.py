@@ -1,0 +1,341 @@
+"""Reading a run's JSONL export back for `loadgen report`: the one owner of what a report knows.
+
+Large runs (10k targets, an hour: 36M lines) are read in chunks of lines decoded at once by
+msgspec into slim rows and folded into numpy arrays as they come: per-second figures only for
+the total and the worst targets, and for all targets a loss grid of bounded size (targets in
+groups worst first x seconds in bins). The worst-first order comes from the summary line,
+which is read first from the file's end; a file without one (a run that died) is read twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from loadgen.errors import UsageError
+from loadgen.output.report import JSONL_SCHEMA_VERSION
+
+# JSONL schema versions a report can read (2: no "run" header; later ones add keys only)
+READ_VERSIONS = tuple(range(2, JSONL_SCHEMA_VERSION + 1))
+GRID_ROWS = 100  # target groups of the loss heatmap
+GRID_COLUMNS = 600  # time bins of every time axis
+_CHUNK_BYTES = 8 << 20
+_SMOKE_KEYS = ("rtt_min_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us")
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+
+
+class ReportError(UsageError):
+    """The JSONL file cannot be turned into a report; the message names the file and the fix."""
+
+
+class _Row(msgspec.Struct):
+    """What a report needs of every line; the rest of a non-"second" line is decoded apart."""
+
+    type: str = ""
+    v: int = 0
+    second: int = 0
+    target: int = 0
+    sent: int = 0
+    lost: int = 0
+    rtt_count: int = 0
+    rtt_min_us: float | None = None
+    rtt_p50_us: float | None = None
+    rtt_p90_us: float | None = None
+    rtt_p99_us: float | None = None
+    rtt_max_us: float | None = None
+
+
+_CHUNK = msgspec.json.Decoder(list[_Row])
+_ONE = msgspec.json.Decoder(_Row)
+_ANY = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Per-second figures of one row (a target or the total), index = second; NaN: no RTT."""
+
+    name: str
+    sent: Ints
+    lost: Ints
+    count: Ints  # RTT samples
+    rtt: Floats  # seconds x 5: min, p50, p90, p99, max in µs
+    rtt_hist: Ints | None  # seconds x buckets (see `hist_edges_us`), None if the file has none
+
+    @property
+    def loss_pct(self) -> Floats:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sent > 0, 100.0 * self.lost / self.sent, np.nan)
+
+
+@dataclass(frozen=True, slots=True)
+class LossGrid:
+    """Lost and sent probes per (target group, time bin); groups are worst first."""
+
+    sent: Ints
+    lost: Ints
+    labels: tuple[str, ...]
+    bin_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunData:
+    path: str
+    header: Mapping[str, Any]  # the "run" object; empty for schema 2
+    summary: Mapping[str, Any] | None  # None: the run ended before it wrote one
+    totals: Sequence[Mapping[str, Any]]  # the "second_total" objects in order
+    seconds: int
+    t_start: float
+    targets: Sequence[Mapping[str, Any]]  # per-target figures, worst first
+    total: Series
+    worst: tuple[Series, ...]  # per-second series of the first targets of `targets`
+    grid: LossGrid
+
+
+def hist_edges_us(buckets: int) -> Floats:
+    """Bucket k of `rtt_hist` holds RTTs in (8*2^(k-1), 8*2^k] µs; bucket 0 those <= 8 µs."""
+    return np.concatenate(([0.0], 8.0 * 2.0 ** np.arange(buckets)))
+
+
+def worst_key(row: Mapping[str, Any]) -> tuple[float, float]:
+    """Sort key, worst first: loss, then p99 (no RTT sorts last)."""
+    p99 = row.get("rtt_p99_us")
+    return (-float(row.get("loss_pct") or 0.0), -(p99 if p99 is not None else -1.0))
+
+
+def _lines(path: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, lines) in chunks of whole lines."""
+    number, rest = 1, b""
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK_BYTES):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            lines = [ln for ln in lines if ln.strip()]
+            yield number, lines
+            number += len(lines)
+        if rest.strip():
+            yield number, [rest]
+
+
+def _bad_line(path: str, number: int, line: bytes, err: Exception) -> ReportError:
+    return ReportError(
+        f"{path}: line {number} is not a loadgen JSONL object ({err}); the file is damaged "
+        "or not a loadgen export: give the file `--jsonl` wrote"
+    )
+
+
+def _decode(path: str, first: int, lines: list[bytes]) -> list[_Row]:
+    try:
+        return _CHUNK.decode(b"[" + b",".join(lines) + b"]")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        for i, line in enumerate(lines):  # find the line to name
+            try:
+                _ONE.decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                raise _bad_line(path, first + i, line, err) from None
+        raise  # pragma: no cover - a chunk fails only through one of its lines
+
+
+def _check_version(path: str, number: int, row: _Row) -> None:
+    if row.v not in READ_VERSIONS:
+        raise ReportError(
+            f"{path}: line {number} is JSONL schema v{row.v}; this loadgen reads v"
+            f"{READ_VERSIONS[0]}-v{READ_VERSIONS[-1]}: render it with the loadgen that wrote it"
+        )
+
+
+def _tail_summary(path: str) -> Mapping[str, Any] | None:
+    """The last line, if it is the summary (read from the end: it can hold 10k targets)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        step = 1 << 20
+        while True:
+            start = max(0, size - step)
+            f.seek(start)
+            tail = f.read(size - start).rstrip(b"\n")
+            if b"\n" in tail or start == 0:
+                break
+            step *= 4
+    try:
+        obj = _ANY.decode(tail.rsplit(b"\n", 1)[-1])
+    except msgspec.DecodeError:
+        return None  # named with its line number by the full read
+    return obj if isinstance(obj, dict) and obj.get("type") == "summary" else None
+
+
+def _scan(path: str) -> tuple[int, list[dict[str, Any]]]:
+    """Without a summary: seconds and per-target loss/p99 from one extra pass."""
+    seconds, sent, lost = 0, dict[int, int](), dict[int, int]()
+    p99: dict[int, float] = {}
+    names: dict[int, str] = {}
+    for first, lines in _lines(path):
+        for i, row in enumerate(_decode(path, first, lines)):
+            if row.type != "second":
+                continue
+            seconds = max(seconds, row.second + 1)
+            t = row.target
+            sent[t] = sent.get(t, 0) + row.sent
+            lost[t] = lost.get(t, 0) + row.lost
+            if row.rtt_p99_us is not None:
+                p99[t] = max(p99.get(t, 0.0), row.rtt_p99_us)
+            if t not in names:
+                names[t] = _ANY.decode(lines[i]).get("name", f"#{t}")
+    rows = [
+        {
+            "target": t,
+            "name": names[t],
+            "sent": sent[t],
+            "lost": lost[t],
+            "loss_pct": 100.0 * lost[t] / sent[t] if sent[t] else 0.0,
+            "rtt_p99_us": p99.get(t),
+        }
+        for t in sorted(sent)
+    ]
+    return seconds, rows
+
+
+class _Fold:
+    """Folds decoded rows into the arrays of a RunData."""
+
+    def __init__(self, seconds: int, order: Sequence[Mapping[str, Any]], worst: int) -> None:
+        n = max((int(r["target"]) for r in order), default=-1) + 1
+        self.rank = np.full(max(n, 1), len(order), dtype=np.int64)
+        for rank, row in enumerate(order):
+            self.rank[int(row["target"])] = rank
+        self.group = max(1, math.ceil(len(order) / GRID_ROWS))
+        self.bin_s = max(1, math.ceil(seconds / GRID_COLUMNS))
+        shape = (
+            math.ceil(max(len(order), 1) / self.group),
+            math.ceil(max(seconds, 1) / self.bin_s),
+        )
+        self.grid_sent = np.zeros(shape, dtype=np.int64)
+        self.grid_lost = np.zeros(shape, dtype=np.int64)
+        self.seconds, self.n_worst = seconds, min(worst, len(order))
+        self.w_sent = np.zeros((self.n_worst, seconds), dtype=np.int64)
+        self.w_lost = np.zeros((self.n_worst, seconds), dtype=np.int64)
+        self.w_count = np.zeros((self.n_worst, seconds), dtype=np.int64)
+        self.w_rtt = np.full((self.n_worst, seconds, 5), np.nan)
+        self.totals: list[dict[str, Any]] = []
+
+    def add(self, rows: list[_Row], lines: list[bytes]) -> None:
+        seconds = [r for r in rows if r.type == "second"]
+        if len(seconds) != len(rows):
+            self.totals += [
+                _ANY.decode(line)
+                for r, line in zip(rows, lines, strict=True)
+                if r.type == "second_total"
+            ]
+        if not seconds:
+            return
+        sec = np.fromiter((r.second for r in seconds), np.int64, len(seconds))
+        tgt = np.fromiter((r.target for r in seconds), np.int64, len(seconds))
+        sent = np.fromiter((r.sent for r in seconds), np.int64, len(seconds))
+        lost = np.fromiter((r.lost for r in seconds), np.int64, len(seconds))
+        keep = (sec >= 0) & (sec < self.seconds) & (tgt >= 0) & (tgt < len(self.rank))
+        rank = np.full(len(seconds), len(self.rank) + self.group, dtype=np.int64)
+        rank[keep] = self.rank[tgt[keep]]
+        keep &= rank < self.grid_sent.shape[0] * self.group
+        cell = (rank[keep] // self.group, sec[keep] // self.bin_s)
+        np.add.at(self.grid_sent, cell, sent[keep])
+        np.add.at(self.grid_lost, cell, lost[keep])
+        for i in np.flatnonzero(keep & (rank < self.n_worst)):
+            r, s = int(rank[i]), int(sec[i])
+            row = seconds[i]
+            self.w_sent[r, s], self.w_lost[r, s] = row.sent, row.lost
+            self.w_count[r, s] = row.rtt_count
+            self.w_rtt[r, s] = [
+                math.nan if v is None else v
+                for v in (row.rtt_min_us, row.rtt_p50_us, row.rtt_p90_us, row.rtt_p99_us)
+            ] + [math.nan if row.rtt_max_us is None else row.rtt_max_us]
+
+
+def _hists(rows: Sequence[Mapping[str, Any]], seconds: int) -> Ints | None:
+    """The `rtt_hist` of rows with a "second" each, as a seconds x buckets array."""
+    if not any("rtt_hist" in r for r in rows):
+        return None
+    width = max((len(r.get("rtt_hist") or ()) for r in rows), default=0)
+    out = np.zeros((seconds, max(width, 1)), dtype=np.int64)
+    for r in rows:
+        h = r.get("rtt_hist") or ()
+        if 0 <= r["second"] < seconds and h:
+            out[r["second"], : len(h)] = h
+    return out
+
+
+def _total_series(totals: Sequence[Mapping[str, Any]], seconds: int) -> Series:
+    sent = np.zeros(seconds, dtype=np.int64)
+    lost = np.zeros(seconds, dtype=np.int64)
+    count = np.zeros(seconds, dtype=np.int64)
+    rtt = np.full((seconds, 5), np.nan)
+    for r in totals:
+        s = r["second"]
+        if 0 <= s < seconds:
+            sent[s], lost[s], count[s] = r["sent"], r["lost"], r["rtt_count"]
+            rtt[s] = [math.nan if r.get(k) is None else r[k] for k in _SMOKE_KEYS]
+    return Series("total", sent, lost, count, rtt, _hists(totals, seconds))
+
+
+def load_run(path: str, worst: int = 8) -> RunData:
+    """Read a JSONL export; `worst` targets keep their per-second figures."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ReportError(
+                f"{path} is empty: the run closed no second; run longer, or see its errors"
+            )
+        summary = _tail_summary(path)
+        if summary is not None:
+            seconds = int(summary.get("seconds", 0))
+            targets = sorted(summary.get("targets", []), key=worst_key)
+        else:
+            seconds, scanned = _scan(path)
+            targets = sorted(scanned, key=worst_key)
+        header: Mapping[str, Any] = {}
+        fold = _Fold(seconds, targets, worst)
+        for first, lines in _lines(path):
+            rows = _decode(path, first, lines)
+            for i, row in enumerate(rows):
+                _check_version(path, first + i, row)
+            if first == 1 and rows and rows[0].type == "run":
+                header = _ANY.decode(lines[0])
+            fold.add(rows, lines)
+    except OSError as e:
+        raise ReportError(f"cannot read {path}: {e.strerror}; give a JSONL export") from e
+    if not fold.totals and summary is None:
+        raise ReportError(f"{path} holds no closed second: run longer, or see the run's errors")
+    worst_rows = targets[: fold.n_worst]
+    t_start = float(summary["t_start"]) if summary else float(fold.totals[0]["t"])
+    return RunData(
+        path=path,
+        header=header,
+        summary=summary,
+        totals=fold.totals,
+        seconds=seconds,
+        t_start=t_start,
+        targets=targets,
+        total=_total_series(fold.totals, seconds),
+        worst=tuple(
+            Series(
+                str(r["name"]), fold.w_sent[k], fold.w_lost[k], fold.w_count[k], fold.w_rtt[k], None
+            )
+            for k, r in enumerate(worst_rows)
+        ),
+        grid=LossGrid(
+            fold.grid_sent, fold.grid_lost, _grid_labels(targets, fold.group), fold.bin_s
+        ),
+    )
+
+
+def _grid_labels(targets: Sequence[Mapping[str, Any]], group: int) -> tuple[str, ...]:
+    if group == 1:
+        return tuple(str(t["name"]) for t in targets)
+    return tuple(
+        f"worst {k + 1}-{min(k + group, len(targets))}" for k in range(0, len(targets), group)
+    )
