@@ -17,7 +17,7 @@ from loadgen.targets import Target
 from loadgen.units import NS_PER_S, bad_value, format_duration, format_rate
 from loadgen.wire.messages import ProbeSettings
 from loadgen.wire.probekind import IMPLEMENTED, ProbeKind
-from loadgen.wire.tcp import PORT_BLOCKS
+from loadgen.wire.tcp import PORT_BLOCK, PORT_BLOCKS, port_base
 
 _SHOWN_TARGETS = 5
 
@@ -119,6 +119,13 @@ def target_ports(profile: Profile, n_targets: int) -> tuple[int, ...]:
     i gets ports[i mod len(ports)]); () for a kind without ports."""
     ports = profile.ports
     return tuple(ports[i % len(ports)] for i in range(n_targets)) if ports else ()
+
+
+def source_port_blocks(plan: RunPlan) -> list[tuple[int, int]]:
+    """tcp-syn: each worker's source ports, (first, last); [] for other kinds."""
+    if plan.profile.probe is not ProbeKind.TCP_SYN:
+        return []
+    return [(port_base(w.ident), port_base(w.ident) + PORT_BLOCK - 1) for w in plan.workers]
 
 
 def _check_kind(profile: Profile, n_workers: int) -> None:
@@ -297,6 +304,19 @@ def _ports_text(ports: tuple[int, ...]) -> str:
     return f" to port {shown}" if len(ports) == 1 else f" to ports {shown} (round-robin)"
 
 
+def _syn_lines(plan: RunPlan) -> list[str]:
+    blocks = source_port_blocks(plan)
+    if not blocks:
+        return []
+    shown = ", ".join(f"{first}-{last}" for first, last in blocks)
+    rst = (
+        "dropped by a temporary nftables table (suppress_rst)"
+        if plan.profile.suppress_rst
+        else "sent by this host's kernel to every SYN-ACK (suppress_rst = true drops them)"
+    )
+    return [f"source ports: {shown} (worker by worker)", f"RSTs: {rst}"]
+
+
 def describe(plan: RunPlan) -> str:
     """The plan for people: targets, rates, limits and one line per worker."""
     profile = plan.profile
@@ -332,6 +352,7 @@ def describe(plan: RunPlan) -> str:
             if profile.tx_path == "ip"
             else 'a packet socket per worker, to next hops read at start (tx_path = "packet")'
         ),
+        *_syn_lines(plan),
         f"workers: {len(plan.workers)}",
         "  worker   cpu   ident  targets          rate    per target  family",
     ]
