@@ -22,6 +22,7 @@ PURE = (
     "wire/bpf.py",
     "wire/records.py",
     "wire/messages.py",
+    "wire/probekind.py",
     "errors.py",
     "units.py",
     "pacer.py",
