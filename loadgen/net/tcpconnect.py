@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from loadgen.connlimits import HostLimits
 from loadgen.errors import SocketProblem
-from loadgen.net.batchio import RecvBatch, SendResult
+from loadgen.net.batchio import RecvBatch, SendResult, TxStamps
 from loadgen.wire.connect import (
     COMPLETION_DTYPE,
     IN_PROGRESS,
@@ -44,7 +44,18 @@ _TCPI = struct.Struct("<68xI28xI")
 assert _TCPI.size == TCP_INFO_BYTES
 _KERNEL_RTT = np.uint8(RecordFlag.TX_KERNEL | RecordFlag.RX_KERNEL)
 PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+_NO_TX_STAMPS = TxStamps(
+    0, np.zeros(0, np.uint32), np.zeros(0, np.int64), np.zeros(0, np.uint8), more=False
+)
 RX_SOURCE = "kernel (TCP_INFO tcpi_rtt, µs: SYN out to SYN-ACK in), else user space"
+
+
+def connect_name(address: str, port: int) -> tuple[object, ...]:
+    """The sockaddr tuple connect() takes for `address` (IPv6 with a %scope too) and `port`."""
+    if ":" not in address:
+        return (address, port)
+    host, _, scope = address.partition("%")
+    return (host, port, 0, socket.if_nametoindex(scope) if scope else 0)
 
 
 def local_limits() -> HostLimits:
@@ -142,6 +153,13 @@ class ConnectIO:
 
     def kernel_drops(self) -> int:
         return 0
+
+    def enable_tx_timestamps(self) -> RecordFlag:
+        """No TX stamps of a SYN reach user space: the RTT is the kernel's own, or user space."""
+        return RecordFlag.NONE
+
+    def read_tx_timestamps(self) -> TxStamps:
+        return _NO_TX_STAMPS
 
     def send(
         self, packets: NDArray[np.uint8], dst: NDArray[np.generic], first_id: int = 0
