@@ -23,8 +23,10 @@ from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
 from loadgen.net.families import ipv6_names, route_sources
 from loadgen.net.sockets import TimestampMode, open_icmp
+from loadgen.net.tcpconnect import ConnectIO, connect_name
 from loadgen.wire import bpf, tcp
 from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
+from loadgen.wire.connect import ConnectDecoder, ConnectRows
 from loadgen.wire.family import WireFamily
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN
 from loadgen.wire.messages import PlanMsg
@@ -50,7 +52,7 @@ class BatchDecoder(Protocol):
 class KindIO:
     """A worker's kind-specific half, open and ready; `close` releases what the kind holds."""
 
-    io: BatchIO
+    io: BatchIO | ConnectIO
     builder: BatchBuilder
     decoder: BatchDecoder
     destinations: NDArray[np.generic]  # per local target: what BatchIO.send names it by
@@ -140,6 +142,7 @@ def _use_link_path(
     hops = linkpath.resolve_hops(
         [int(a) for a in kind.addresses], interface=interface, source=source
     )
+    assert isinstance(kind.io, BatchIO)  # the link path is ICMP's
     kind.io.use_link_tx(linkpath.open_link_tx(interface=interface), linkpath.SOCKADDR_LL.size)
     names = b"".join(hop.sockaddr() for hop in hops)
     kind.destinations = np.frombuffer(names, np.uint8).reshape(len(hops), -1)
@@ -216,8 +219,38 @@ def _ephemeral_overlap(base: int) -> list[str]:
     ]
 
 
+def _tcp_connect(plan: PlanMsg, fam: WireFamily) -> KindIO:
+    """Connects through the kernel: no raw socket, no filter (any user may). The destination
+    column holds local target indexes; `ConnectIO` keeps the sockaddr of each."""
+    probe = plan.settings
+    names = [connect_name(t.address, t.port) for t in plan.targets]
+    io = ConnectIO(
+        fam.version,
+        names,
+        hold_ns=probe.timeout_ns,
+        ttl=probe.ttl,
+        tos=probe.tos,
+        source=probe.source,
+        interface=probe.interface,
+    )
+    global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
+    addresses = target_addresses(plan, fam)
+    return KindIO(
+        io=io,
+        builder=ConnectRows(),
+        decoder=ConnectDecoder(global_index, addresses.dtype),
+        destinations=np.arange(len(plan.targets), dtype=np.int64),
+        addresses=addresses,
+        tx_path="a TCP connect per probe (kernel handshake, closed with a RST)",
+    )
+
+
 # One entry per kind in probekind.IMPLEMENTED.
-SETUPS: dict[ProbeKind, Setup] = {ProbeKind.ICMP: _icmp, ProbeKind.TCP_SYN: _tcp_syn}
+SETUPS: dict[ProbeKind, Setup] = {
+    ProbeKind.ICMP: _icmp,
+    ProbeKind.TCP_SYN: _tcp_syn,
+    ProbeKind.TCP_CONNECT: _tcp_connect,
+}
 
 
 def open_kind(plan: PlanMsg, fam: WireFamily) -> KindIO:

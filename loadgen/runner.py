@@ -12,16 +12,19 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from loadgen.connlimits import check_connect_capacity
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import TargetError
 from loadgen.net.linkpath import check_interface
 from loadgen.net.rstguard import suppressing_rsts
 from loadgen.net.sockets import check_source
+from loadgen.net.tcpconnect import local_limits
 from loadgen.output.report import JsonlWriter
 from loadgen.plan import RunPlan, make_plan, source_port_blocks
 from loadgen.profile import Profile
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets
+from loadgen.wire.probekind import ProbeKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,15 @@ def plan_run(
         run_id=secrets.randbits(32) if run_id is None else run_id,
         ident_base=secrets.randbits(16) if ident_base is None else ident_base,
     )
+    if profile.probe is ProbeKind.TCP_CONNECT:
+        limits = local_limits()
+        for w in plan.workers:
+            check_connect_capacity(
+                worker_rate_pps=w.rate_pps,
+                target_rate_pps=w.rate_per_target_pps,
+                timeout_ns=profile.timeout_ns,
+                limits=limits,
+            )
     return plan, warnings
 
 
