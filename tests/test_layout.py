@@ -24,6 +24,7 @@ PURE = (
     "wire/messages.py",
     "wire/probekind.py",
     "wire/tcp.py",
+    "wire/tcperrors.py",
     "errors.py",
     "units.py",
     "pacer.py",

@@ -210,6 +210,35 @@ def ip_offsets(rows: NDArray[np.uint8], family: WireFamily) -> NDArray[np.int64]
     return out
 
 
+def keyed_batch(
+    status: NDArray[np.uint8],
+    k32: NDArray[np.uint64],
+    *,
+    src: NDArray[Any],
+    quoted_dst: NDArray[Any] | None = None,
+    icmp: NDArray[np.uint8] | None = None,
+    refused: NDArray[np.bool_] | None = None,
+) -> DecodedBatch:
+    """The tracker's columns for packets that name their probe by number (`probe_k32`):
+    target and seq are the tracker's to find; `icmp` holds type and code columns of errors."""
+    n = len(status)
+    types = np.zeros((n, 2), np.uint8) if icmp is None else icmp
+    return DecodedBatch(
+        n=n,
+        status=status,
+        target=np.full(n, UNKNOWN_TARGET, np.uint32),
+        seq=np.zeros(n, np.uint64),
+        tx_ns=np.zeros(n, np.int64),
+        src=src,
+        quoted_dst=np.zeros(n, src.dtype) if quoted_dst is None else quoted_dst,
+        icmp_type=types[:, 0].copy(),
+        icmp_code=types[:, 1].copy(),
+        seq16_only=np.zeros(n, bool),
+        probe_k32=k32,
+        refused=refused,
+    )
+
+
 class SegmentDecoder:
     """Decodes batches of TCP segments as a worker's raw socket delivers them (IPv4 header
     first, or the segment alone for IPv6) into the tracker's columns: a SYN-ACK or a RST+ACK
@@ -251,18 +280,4 @@ class SegmentDecoder:
         ours &= np.isin(sport, self._target_ports) & whole & (synack | rst)
         status = np.where(ours, DecodeStatus.REPLY, DecodeStatus.FOREIGN).astype(np.uint8)
         status[~whole] = DecodeStatus.MALFORMED
-        zero_u8 = np.zeros(n, np.uint8)
-        return DecodedBatch(
-            n=n,
-            status=status,
-            target=np.full(n, UNKNOWN_TARGET, np.uint32),
-            seq=np.zeros(n, np.uint64),
-            tx_ns=np.zeros(n, np.int64),
-            src=src,
-            quoted_dst=np.zeros(n, fam.address_dtype),
-            icmp_type=zero_u8,
-            icmp_code=zero_u8,
-            seq16_only=np.zeros(n, bool),
-            probe_k32=k32,
-            refused=rst & ours,
-        )
+        return keyed_batch(status, k32, src=src, refused=rst & ours)
