@@ -182,16 +182,7 @@ def test_decoder_refuses_a_reply_to_another_workers_port() -> None:
 
 def test_tracker_matches_by_ack_not_arrival_order_and_counts_refused_apart() -> None:
     plan = syn_plan(IPV4)
-    tracker = Tracker(
-        targets=np.array([10, 11, 12], np.uint32),
-        addresses=np.array([1, 2, 3], np.uint32),
-        rate_pps=1000,
-        timeout_ns=10**9,
-        linger_ns=2 * 10**9,
-    )
-    local, seq = tracker.plan_batch(6)
-    syns = SynBuilder(plan).build(local, seq, 0)
-    tracker.on_sent(6, 1_000)
+    tracker, syns = sent_syns(plan, [10, 11, 12], 6)
     order = [5, 0, 3, 1]  # replies out of order; probes 2 and 4 never answered
     flags = [TcpFlag.RST | TcpFlag.ACK if k % 3 == 1 else TcpFlag.SYN | TcpFlag.ACK for k in order]
     got = decode(
@@ -286,21 +277,27 @@ def test_icmp_errors_quoting_a_syn_name_its_probe(family: WireFamily) -> None:
 
 def test_an_error_makes_its_probe_errored_not_lost() -> None:
     plan = syn_plan(IPV4, ports=(80,))
-    tracker = Tracker(
-        targets=np.array([5], np.uint32),
-        addresses=np.array([int.from_bytes(DST4, "big")], np.uint32),
-        rate_pps=100,
-        timeout_ns=10**9,
-        linger_ns=2 * 10**9,
-    )
-    local, seq = tracker.plan_batch(2)
-    syns = SynBuilder(plan).build(local, seq, 0)
-    tracker.on_sent(2, 1_000)
+    tracker, syns = sent_syns(plan, [5], 2)
     got = ErrorDecoder(plan, IPV4).decode(*_rows([icmp_error(bytes(syns[1]), IPV4)]), 1)
     feed(tracker, got, rx_ns=5_000)
     tracker.expire(10**10)
     kinds = sorted(RecordKind(k).name for k in tracker.take_records()["kind"])
     assert kinds == ["ERRORED", "ICMP_ERROR", "LOST", "SENT"]
+
+
+def sent_syns(plan: SynPlan, targets: list[int], count: int) -> tuple[Tracker, NDArray[np.uint8]]:
+    """A tracker of these global targets that sent `count` SYNs at 1 us; the SYNs."""
+    tracker = Tracker(
+        targets=np.array(targets, np.uint32),
+        addresses=np.arange(1, len(targets) + 1, dtype=np.uint32),
+        rate_pps=1000,
+        timeout_ns=10**9,
+        linger_ns=2 * 10**9,
+    )
+    local, seq = tracker.plan_batch(count)
+    syns = SynBuilder(plan).build(local, seq, 0).copy()
+    tracker.on_sent(count, 1_000)
+    return tracker, syns
 
 
 def feed(tracker: Tracker, got: DecodedBatch, rx_ns: int) -> None:
