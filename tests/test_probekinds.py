@@ -174,3 +174,9 @@ def test_describe_a_syn_plan_shows_ports_source_blocks_and_what_happens_to_rsts(
     many = profile(probe="tcp-syn", port=80, workers=41)
     with pytest.raises(ProfileError, match="set workers = 40 or fewer"):
         make_plan(many, targets(41), cpus_available=(0,), run_id=1, ident_base=0)
+
+
+def test_the_link_path_is_for_icmp_only() -> None:
+    prof = profile(probe="tcp-syn", port=80, tx_path="packet")
+    with pytest.raises(ProfileError, match='tx_path = "packet" sends ICMP echo only'):
+        make_plan(prof, targets(1), cpus_available=(0,), run_id=1, ident_base=0)
