@@ -98,6 +98,13 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
             dest=name.replace("-", "_"),
             help=f"{what} to PORTS: 443, 80,443 or 8000-8010 (profile keys probe, port)",
         )
+    p.add_argument(
+        "--suppress-rst",
+        action="store_true",
+        default=None,
+        dest="suppress_rst",
+        help="with --tcp: drop this host's RSTs to the SYN-ACKs (temporary nftables table)",
+    )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -119,6 +126,7 @@ _FLAG_KEYS = (
     "source",
     "family",
     "top",
+    "suppress_rst",
 )
 
 

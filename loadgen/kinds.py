@@ -21,10 +21,10 @@ from numpy.typing import NDArray
 
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
-from loadgen.net.families import ipv6_names
+from loadgen.net.families import ipv6_names, route_sources
 from loadgen.net.sockets import TimestampMode, open_icmp
 from loadgen.net.tcpconnect import ConnectIO, connect_name
-from loadgen.wire import bpf
+from loadgen.wire import bpf, tcp
 from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.connect import ConnectDecoder, ConnectRows
 from loadgen.wire.family import WireFamily
@@ -159,6 +159,66 @@ def _use_link_path(
     kind.tx_path = f"written to the link (AF_PACKET on {links})"
 
 
+def _tcp_syn(plan: PlanMsg, fam: WireFamily) -> KindIO:
+    """A raw TCP socket of the family: the kernel writes the IP header, the builder the SYN
+    with its checksum over the pseudo-header of the source the route picks for each target."""
+    probe, base = plan.settings, tcp.port_base(plan.ident)
+    sock = open_icmp(
+        family=fam.version,
+        ttl=probe.ttl,
+        tos=probe.tos,
+        timestamps=TimestampMode(probe.timestamps),
+        bpf_program=bpf.pack(bpf.tcp_filter(fam, base, tcp.PORT_BLOCK)),
+        interface=probe.interface or None,
+        source=probe.source or None,
+        protocol=tcp.IPPROTO_TCP,
+    )
+    # A reply is an IP header with options (60) and a TCP header with options (60), and a RST
+    # may carry a little data: room to spare.
+    io = BatchIO(sock, slot_bytes=512)
+    try:
+        addresses = target_addresses(plan, fam)
+        names = [t.address for t in plan.targets]
+        sources = route_sources(
+            names, fam.version, source=probe.source or None, interface=probe.interface or None
+        )
+        packed = [ipaddress.ip_address(name.partition("%")[0]).packed for name in names]
+        syn = tcp.SynPlan(
+            dports=np.array([t.port for t in plan.targets], np.uint16),
+            pseudo=tcp.pseudo_sums(sources, packed, fam),
+            base=base,
+            cipher=tcp.IsnCipher(plan.run_id, plan.ident),
+        )
+        return KindIO(
+            io=io,
+            builder=tcp.SynBuilder(syn),
+            decoder=tcp.SegmentDecoder(syn, fam),
+            destinations=destinations_of(plan, fam, addresses),
+            addresses=addresses,
+            notes=_ephemeral_overlap(base),
+        )
+    except BaseException:
+        io.close()
+        raise
+
+
+def _ephemeral_overlap(base: int) -> list[str]:
+    """A note if this host's ephemeral range (changed from Linux's default) covers the
+    worker's source ports: a connection of this host could then share one with a probe."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            low, high = map(int, file.read().split())
+    except (OSError, ValueError):
+        return []
+    last = base + tcp.PORT_BLOCK - 1
+    if high < base or last < low:
+        return []
+    return [
+        f"source ports {base}-{last} overlap net.ipv4.ip_local_port_range ({low}-{high}): a "
+        "connection of this host may share one with a SYN probe"
+    ]
+
+
 def _tcp_connect(plan: PlanMsg, fam: WireFamily) -> KindIO:
     """Connects through the kernel: no raw socket, no filter (any user may). The destination
     column holds local target indexes; `ConnectIO` keeps the sockaddr of each."""
@@ -186,7 +246,11 @@ def _tcp_connect(plan: PlanMsg, fam: WireFamily) -> KindIO:
 
 
 # One entry per kind in probekind.IMPLEMENTED.
-SETUPS: dict[ProbeKind, Setup] = {ProbeKind.ICMP: _icmp, ProbeKind.TCP_CONNECT: _tcp_connect}
+SETUPS: dict[ProbeKind, Setup] = {
+    ProbeKind.ICMP: _icmp,
+    ProbeKind.TCP_SYN: _tcp_syn,
+    ProbeKind.TCP_CONNECT: _tcp_connect,
+}
 
 
 def open_kind(plan: PlanMsg, fam: WireFamily) -> KindIO:

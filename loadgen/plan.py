@@ -16,7 +16,8 @@ from loadgen.profile import Profile
 from loadgen.targets import Target
 from loadgen.units import NS_PER_S, bad_value, format_duration, format_rate
 from loadgen.wire.messages import ProbeSettings
-from loadgen.wire.probekind import IMPLEMENTED
+from loadgen.wire.probekind import IMPLEMENTED, ProbeKind
+from loadgen.wire.tcp import PORT_BLOCK, PORT_BLOCKS, port_base
 
 _SHOWN_TARGETS = 5
 
@@ -120,12 +121,32 @@ def target_ports(profile: Profile, n_targets: int) -> tuple[int, ...]:
     return tuple(ports[i % len(ports)] for i in range(n_targets)) if ports else ()
 
 
-def _check_kind(profile: Profile) -> None:
-    if profile.probe not in IMPLEMENTED:
+def source_port_blocks(plan: RunPlan) -> list[tuple[int, int]]:
+    """tcp-syn: each worker's source ports, (first, last); [] for other kinds."""
+    if plan.profile.probe is not ProbeKind.TCP_SYN:
+        return []
+    return [(port_base(w.ident), port_base(w.ident) + PORT_BLOCK - 1) for w in plan.workers]
+
+
+def _check_kind(profile: Profile, n_workers: int) -> None:
+    """One line for a kind this build cannot send, or cannot send the way the profile asks."""
+    kind = profile.probe
+    if kind not in IMPLEMENTED:
         sendable = ", ".join(f'"{kind}"' for kind in sorted(IMPLEMENTED))
         raise ProfileError(
-            f'{profile.source}: probe = "{profile.probe}" is not implemented in this build; '
+            f'{profile.source}: probe = "{kind}" is not implemented in this build; '
             f"use one of {sendable}"
+        )
+    if kind is not ProbeKind.ICMP and profile.tx_path == "packet":
+        raise ProfileError(
+            f'{profile.source}: tx_path = "packet" sends ICMP echo only; set tx_path = "ip" '
+            f'for probe = "{kind}"'
+        )
+    if kind is ProbeKind.TCP_SYN and n_workers > len(PORT_BLOCKS):
+        raise ProfileError(
+            f"{profile.source}: tcp-syn has {len(PORT_BLOCKS)} blocks of source ports, one per "
+            f"worker, and the plan has {n_workers} workers; set workers = {len(PORT_BLOCKS)} "
+            "or fewer"
         )
 
 
@@ -206,11 +227,11 @@ def make_plan(
         raise ValueError("target indexes must be 0..n-1 in order (resolve_targets makes them)")
     if not 0 <= run_id < 2**32:
         raise ValueError(f"run_id {run_id} does not fit the 32-bit payload field")
-    _check_kind(profile)
     _check_families(profile, targets)
     cpus = _worker_cpus(profile, cpus_available)
     n_targets = len(targets)
     shares = _deal(targets, min(profile.workers or len(cpus), n_targets))
+    _check_kind(profile, len(shares))
     assert len(shares) <= 0x10000, "ICMP identifiers would repeat"
     rate_pps = profile.rate_pps
     if profile.rate_per_target_pps is not None:
@@ -283,6 +304,19 @@ def _ports_text(ports: tuple[int, ...]) -> str:
     return f" to port {shown}" if len(ports) == 1 else f" to ports {shown} (round-robin)"
 
 
+def _syn_lines(plan: RunPlan) -> list[str]:
+    blocks = source_port_blocks(plan)
+    if not blocks:
+        return []
+    shown = ", ".join(f"{first}-{last}" for first, last in blocks)
+    rst = (
+        "dropped by a temporary nftables table (suppress_rst)"
+        if plan.profile.suppress_rst
+        else "sent by this host's kernel to every SYN-ACK (suppress_rst = true drops them)"
+    )
+    return [f"source ports: {shown} (worker by worker)", f"RSTs: {rst}"]
+
+
 def describe(plan: RunPlan) -> str:
     """The plan for people: targets, rates, limits and one line per worker."""
     profile = plan.profile
@@ -318,6 +352,7 @@ def describe(plan: RunPlan) -> str:
             if profile.tx_path == "ip"
             else 'a packet socket per worker, to next hops read at start (tx_path = "packet")'
         ),
+        *_syn_lines(plan),
         f"workers: {len(plan.workers)}",
         "  worker   cpu   ident  targets          rate    per target  family",
     ]

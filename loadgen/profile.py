@@ -44,6 +44,7 @@ class Profile:
     source_address: str | None  # key `source`: bind every socket to this address
     probe: ProbeKind
     ports: tuple[int, ...]  # key `port`: dealt over targets round-robin; () for icmp
+    suppress_rst: bool  # tcp-syn: drop this host's RSTs to SYN-ACKs (net/rstguard)
     family: str  # auto | ipv4 | ipv6
     max_targets: int  # cap on CIDR expansion
     top: int  # rows in the live table
@@ -122,6 +123,10 @@ def _check_ports(
 ) -> None:
     """A port goes with the kinds that have one, and those kinds need one."""
     kind: ProbeKind = values["probe"]
+    if values["suppress_rst"] and kind is not ProbeKind.TCP_SYN:
+        problem = f'only tcp-syn probes have RSTs to suppress, and probe = "{kind}"'
+        fix = "drop suppress_rst, or probe with --tcp PORT"
+        raise fail("suppress_rst", bad_value("suppress_rst", data["suppress_rst"], problem, fix))
     if kind not in PORT_KINDS and values["ports"]:
         problem = f'probe = "{kind}" has no port'
         fix = 'drop port, or set probe = "tcp-syn" (--tcp PORT) for probes to a port'

@@ -382,6 +382,19 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         commented=True,
     ),
     ProfileKey(
+        "suppress_rst",
+        "suppress_rst",
+        _bool,
+        False,
+        "tcp-syn only: add a temporary nftables table (inet loadgen_rst_<pid>) that drops this "
+        "host's RSTs from the workers' source ports, so targets keep their half-open state "
+        "(and retransmit SYN-ACKs, seen as duplicates) instead of being reset. Removed when "
+        "the run ends; a killed run's table is reaped by the next one or `loadgen lab down`. "
+        "Root. Default false.",
+        "suppress_rst = false",
+        commented=True,
+    ),
+    ProfileKey(
         "family",
         "family",
         _choice(("auto", "ipv4", "ipv6")),

@@ -16,10 +16,11 @@ from loadgen.connlimits import check_connect_capacity
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import TargetError
 from loadgen.net.linkpath import check_interface
+from loadgen.net.rstguard import suppressing_rsts
 from loadgen.net.sockets import check_source
 from loadgen.net.tcpconnect import local_limits
 from loadgen.output.report import JsonlWriter
-from loadgen.plan import RunPlan, make_plan
+from loadgen.plan import RunPlan, make_plan, source_port_blocks
 from loadgen.profile import Profile
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets
@@ -50,6 +51,16 @@ def _lab_for(profile: Profile) -> Iterator[tuple[Target, ...] | None]:
 
     with lab_for_profile(profile) as targets:
         yield targets
+
+
+@contextlib.contextmanager
+def _rst_guard(plan: RunPlan) -> Iterator[None]:
+    """With suppress_rst, this host's RSTs from the SYN probes' ports are dropped meanwhile."""
+    if not plan.profile.suppress_rst:
+        yield
+        return
+    with suppressing_rsts(source_port_blocks(plan)):
+        yield
 
 
 def plan_run(
@@ -129,7 +140,8 @@ def execute(
                     export_failed(writer.error)
 
         try:
-            outcome = Coordinator(plan, display=shown, on_second=on_second).run()
+            with _rst_guard(plan):
+                outcome = Coordinator(plan, display=shown, on_second=on_second).run()
             if writer is not None:
                 writer.write_summary(outcome.summary, names, _extra(plan, outcome))
         finally:
@@ -146,6 +158,8 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "workers": len(plan.workers),
         "tx_path": plan.profile.tx_path,
         "tx_timestamps": plan.profile.tx_timestamps,
+        "probe": str(plan.profile.probe),
+        "suppress_rst": plan.profile.suppress_rst,
         "interface": plan.profile.interface,
         "source": plan.profile.source_address,
         "interrupted": outcome.interrupted,

@@ -277,6 +277,8 @@ class Worker:
                 payload_tx_ns=dec.tx_ns,
                 rx_ns=got.rx_ns[: got.n],
                 rx_flags=got.rx_flags[: got.n],
+                probe_k32=dec.probe_k32,
+                refused=dec.refused,
             )
             if got.n < self.io.batch:
                 return

@@ -23,6 +23,7 @@ PURE = (
     "wire/records.py",
     "wire/messages.py",
     "wire/probekind.py",
+    "wire/tcp.py",
     "errors.py",
     "units.py",
     "pacer.py",

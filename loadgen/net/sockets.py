@@ -140,6 +140,7 @@ def open_icmp(
     bpf_program: bytes | None,
     interface: str | None = None,
     source: str | None = None,
+    protocol: int | None = None,
 ) -> IcmpSocket:
     """A non-blocking raw socket for ICMP echo of `family` (4 or 6), configured; raises
     PermissionProblem/SocketProblem. `ttl` is the hop limit and `tos` the traffic class for
@@ -147,20 +148,23 @@ def open_icmp(
     queue, where TX stamps come back, is the same socket's), and it is the NIC whose hardware
     stamping is looked at (HARDWARE: configured). With `source` the probes leave from that
     address and only replies to it are received. IPv6 sockets pass only echo replies and the
-    errors that can quote a probe (ICMP6_FILTER) before the BPF program sees them."""
+    errors that can quote a probe (ICMP6_FILTER) before the BPF program sees them. `protocol`
+    opens a raw socket of another IP protocol with the same options (TCP SYN probes)."""
     spec = SPECS[family]
+    proto = spec.proto if protocol is None else protocol
+    what = "ICMP" if proto == spec.proto else f"IP protocol {proto}"
     if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
         raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
     try:
-        sock = socket.socket(spec.family, socket.SOCK_RAW, spec.proto)
+        sock = socket.socket(spec.family, socket.SOCK_RAW, proto)
     except OSError as exc:
-        raise problem(f"opening a raw {spec.name} ICMP socket", exc.errno or 0) from None
+        raise problem(f"opening a raw {spec.name} {what} socket", exc.errno or 0) from None
     try:
         sock.setblocking(False)
         notes: list[str] = []
         _configure(sock, spec, ttl, tos, rcvbuf_bytes, sndbuf_bytes, notes)
         _bind(sock, interface, source)
-        if spec.version == 6:
+        if proto == socket.IPPROTO_ICMPV6:
             try:
                 _set_option(sock, socket.IPPROTO_ICMPV6, ICMP6_FILTER, bpf.icmp6_filter())
             except OSError as exc:

@@ -21,6 +21,7 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every 
 | errored | int | no good reply, but an ICMP error or a damaged reply (not lost) |
 | loss_pct | float | 100 * lost / sent (0 when nothing was sent) |
 | duplicates, reordered, bitflips, corrupted, icmp_errors, stale | int | side events |
+| refused | int | side event: received or late answers that refused (TCP RST: port closed) |
 | unresolved | int | probes without an outcome because their worker ended early (died, failed) |
 | unaccounted | int | sent - received - late - lost - errored - unresolved: not 0 is a bug |
 | rtt_count | int | RTT samples (received replies) |
@@ -58,7 +59,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 2  # 2: family, unresolved
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved. 3: refused
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -71,6 +72,7 @@ _COUNT_KEYS = (
     "corrupted",
     "icmp_errors",
     "stale",
+    "refused",
 )
 _RTT_KEYS = ("min", "avg", "max", "mdev", "p50", "p90", "p99", "jitter")
 

@@ -128,6 +128,35 @@ def echo_filter(family: WireFamily, ident: int) -> list[Instr]:
     return echo_filter_v4(ident) if family is IPV4 else echo_filter_v6(ident)
 
 
+def tcp_filter(family: WireFamily, first_port: int, ports: int) -> list[Instr]:
+    """Accept TCP segments with ACK set (a SYN-ACK or RST+ACK can answer a SYN; our own SYNs,
+    seen on loopback, cannot) to a destination port in [first_port, first_port + ports): the
+    replies to one worker's SYN probes. An IPv4 raw socket's filter sees the IP header first
+    (a later fragment holds no ports and is refused); an IPv6 one the segment alone."""
+    if ports <= 0 or first_port <= 0 or first_port + ports > 0x10000:
+        raise ValueError(f"ports {first_port}+{ports} do not fit 1..65535")
+    ack = 0x10  # RFC 9293 3.1: the ACK bit of the flags byte at offset 13
+    head: list[_Asm | str] = [(LDX | W | IMM, 0, 0, 0)]  # X = 0: the segment starts the packet
+    if family is IPV4:
+        head = [
+            (LD | B | ABS, 0, 0, 9),
+            (JMP | JEQ | K, 0, "reject", 6),  # IPPROTO_TCP
+            (LD | H | ABS, 0, 0, 6),
+            (JMP | JSET | K, "reject", 0, 0x1FFF),  # fragment offset
+            (LDX | B | MSH, 0, 0, 0),  # X = 4 * IHL
+        ]
+    program: list[_Asm | str] = [
+        *head,
+        (LD | H | IND, 0, 0, 2),  # destination port
+        (JMP | JGE | K, 0, "reject", first_port),
+        (JMP | JGE | K, "reject", 0, first_port + ports),
+        (LD | B | IND, 0, 0, 13),
+        (JMP | JSET | K, "accept", "reject", ack),
+        *_VERDICTS,
+    ]
+    return _assemble(program)
+
+
 ICMP6_FILTER_WORDS = 8  # struct icmp6_filter { uint32_t icmp6_filt[8]; } (RFC 3542 3.2)
 
 

@@ -114,6 +114,7 @@ class ConnectDecoder:
             icmp_type=np.zeros(n, np.uint8),
             icmp_code=np.zeros(n, np.uint8),
             seq16_only=np.zeros(n, np.bool_),
+            refused=outcome == ConnectOutcome.REFUSED,
         )
 
     def refused(self, buf: NDArray[np.uint8], n: int) -> NDArray[np.bool_]:
