@@ -129,6 +129,19 @@ def test_open_port_every_connect_received(ports: Ports, tmp_path: Path, nobody: 
     assert t.get("refused", 0) == 0
 
 
+@pytest.mark.parametrize("nobody", [False, True], ids=["root", "nobody"])
+def test_closed_port_every_connect_refused(ports: Ports, tmp_path: Path, nobody: bool) -> None:
+    out = outdir(tmp_path) / "closed.jsonl"
+    args = [ports.address, "--tcp-connect", str(ports.closed), "-r", "2000", "-c", "2000"]
+    res, rows = run([*args, "-w", "500ms", "-d", "1s"], nobody=nobody, out=out)
+    assert res.returncode == 0, res.stderr
+    assert_every_second_accounts(rows)
+    t = total(rows)
+    # a RST is an answer: received, and counted apart as refused
+    assert (t["sent"], t["received"], t["lost"], t["errored"]) == (2000, 2000, 0, 0)
+    assert t["refused"] == 2000
+
+
 def test_a_rate_beyond_the_open_file_limit_is_refused_in_one_line(ports: Ports) -> None:
     cmd = ["prlimit", "--nofile=1024:1024", sys.executable, "-m", "loadgen", "ping"]
     cmd += [ports.address, "--tcp-connect", str(ports.open), "-r", "50k", "-c", "10", "-w", "1s"]

@@ -49,7 +49,7 @@ def test_decoder_gives_the_trackers_columns() -> None:
     assert out.target.tolist() == [10, 20, 20] and out.seq.tolist() == [7, 8, 9]
     assert out.tx_ns.tolist() == [5, 6, 7]
     assert not out.seq16_only.any() and out.quoted_dst.dtype == np.uint32
-    assert dec.refused(buf, 3).tolist() == [False, True, False]
+    assert out.refused is not None and out.refused.tolist() == [False, True, False]
 
 
 LIMITS = HostLimits(fd_limit=20_000, ephemeral_ports=28_232)

@@ -116,8 +116,3 @@ class ConnectDecoder:
             seq16_only=np.zeros(n, np.bool_),
             refused=outcome == ConnectOutcome.REFUSED,
         )
-
-    def refused(self, buf: NDArray[np.uint8], n: int) -> NDArray[np.bool_]:
-        """Which of the n rows are refused handshakes (a RST)."""
-        refused: NDArray[np.bool_] = self.rows(buf, n)["outcome"] == ConnectOutcome.REFUSED
-        return refused
