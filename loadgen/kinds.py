@@ -60,6 +60,11 @@ class KindIO:
     addresses: NDArray[np.generic]  # per local target: the decoder's quoted_dst form
     tx_path: str = ""  # words for the Hello after the TX source, "" when nothing to add
     notes: list[str] = field(default_factory=list)
+    # Read answers after every send: a kind whose waiting probes each hold a file descriptor
+    # (a connect) frees them only by reading, so a worker behind its timetable, whose sending
+    # turns would otherwise never read, must neither run out of them nor leave finished
+    # handshakes unread past linger.
+    receive_with_sends: bool = False
     # A second socket some kinds read: tcp-syn's ICMP errors quoting its SYNs.
     errors: BatchIO | None = None
     error_decoder: BatchDecoder | None = None
@@ -255,6 +260,7 @@ def _tcp_connect(plan: PlanMsg, fam: WireFamily) -> KindIO:
         destinations=np.arange(len(plan.targets), dtype=np.int64),
         addresses=addresses,
         tx_path="a TCP connect per probe (kernel handshake, closed with a RST)",
+        receive_with_sends=True,
     )
 
 

@@ -204,7 +204,7 @@ class Worker:
                     break
                 if turn.send:
                     policy.sent(self._send(turn.send), time.monotonic_ns())
-                if turn.receive:
+                if turn.receive or (turn.send and self.kind.receive_with_sends):
                     self._receive()
                 if turn.ship:
                     self._ship(policy)

@@ -592,7 +592,7 @@ def test_flags_and_ladder() -> None:
     assert cfg.rates_pps == (50e3, 100e3, 200e3, 250e3, 300e3)
     steps = ladder(cfg)
     hping = shutil.which("hping3") is not None  # the SYN peer, when installed
-    assert [s.tool for s in steps[:3]] == [PING, PING, FPING] and len(steps) == 22 + hping
+    assert [s.tool for s in steps[:3]] == [PING, PING, FPING] and len(steps) == 24 + hping
     assert steps[-1] == Step(LOADGEN, 64, rate_pps=2e6, workers=2, duration_s=10, overload=True)
     assert steps[-1].label == "loadgen 2000k x2 overload"
     stamped = [s for s in steps if s.tx_timestamps]
@@ -601,9 +601,18 @@ def test_flags_and_ladder() -> None:
     assert [(s.rate_pps, s.workers) for s in linked] == [(200e3, 2), (250e3, 2), (300e3, 2)]
     assert linked[0].label == "loadgen 200k x2 pkt"
     assert linked[0].argv(["198.18.1.1"], Path("j"))[-2:] == ["--tx-path", "packet"]
+    connects = [s for s in steps if s.connect_port]
+    assert [(s.rate_pps, s.workers, s.targets, s.duration_s) for s in connects] == [
+        (20e3, 2, 8, 5),
+        (60e3, 2, 8, 5),
+    ]
+    assert connects[1].label == "loadgen 60k x2 connect"
+    assert connects[0].argv(["198.18.1.1"], Path("j"))[-6:] == [
+        *("--tcp-connect", "8080", "-w", "200ms", "-d", "500ms")
+    ]
     assert parse_config(["--quick"]).duration_s == 2
     only = ["--tx-rates", "none", "--packet-rates", "none", "--overload", "none"]
-    only += ["--v6-rates", "none", "--syn-rates", "none"]
+    only += ["--v6-rates", "none", "--syn-rates", "none", "--connect-rates", "none"]
     small = parse_config(
         ["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s", *only]
     )
@@ -683,7 +692,8 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
     # --no-floor: the floor has its own test
-    more = ("--tx-rates", "5k", "--packet-rates", "5k", "--v6-rates", "5k", "--no-floor")
+    more: tuple[str, ...] = ("--tx-rates", "5k", "--packet-rates", "5k", "--v6-rates", "5k")
+    more += ("--no-floor", "--connect-rates", "5k", "--syn-rates", "5k")
     proc = subprocess.Popen(
         bench(*args, *more, "--fping-count", "20", "--output", str(out)),
         stdout=subprocess.PIPE,
@@ -691,7 +701,7 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -706,6 +716,19 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     over = steps.pop("loadgen 2000k x1 overload")
     assert 0 < over["sent"] < 2_000_000 and over["loss"]["self_client"] == 0, over
     assert over["loss"]["wire_requests"] == 0 and over["peak_rss_bytes"] < RSS_BUDGET_BYTES
+    # TCP connects to 8 addresses: every handshake the responder completed, loadgen counted.
+    connect = steps.pop("loadgen 5k x1 connect")
+    assert connect["sent"] == connect["answered"] > 0 and connect["loss"] is None, connect
+    tcpext = next(n for n in connect["notes"] if n.startswith("responder TcpExt"))
+    assert f"TCPDeferAcceptDrop {connect['sent']}" in tcpext and "ListenOverflows 0" in tcpext
+    # SYNs to the responder's closed port: each answered by a RST, each counted, and the
+    # responder's TCP took in exactly what loadgen sent; hping3 when installed.
+    syn = steps.pop("loadgen 5k x1 syn")
+    assert syn["sent"] == syn["answered"] == syn["kernel_responder"]["InSegs"] > 0, syn
+    assert syn["loss"] is None and not syn["problems"], syn
+    hping = steps.pop(HPING, None)
+    assert (hping is not None) == (shutil.which("hping3") is not None)
+    assert hping is None or (hping["sent"] > 0 and not hping["problems"]), hping
     loadgens = ("loadgen 5k x1", "loadgen 5k x1 v6", "loadgen 5k x1 txts", "loadgen 5k x1 pkt")
     assert set(steps) == {*loadgens, PING, "ping -6 -f", FPING}
     expected_sent = {**dict.fromkeys(loadgens, 5000), PING: 2000, FPING: 20 * 64}

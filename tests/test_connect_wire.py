@@ -40,15 +40,16 @@ def test_request_rows_carry_each_probes_sequence() -> None:
 
 def test_decoder_gives_the_trackers_columns() -> None:
     rows = np.zeros(4, COMPLETION_DTYPE)
-    rows[:3] = [(0, 7, 0, 0), (1, 8, 1, errno.ECONNREFUSED), (1, 9, 2, errno.EHOSTUNREACH)]
+    rows[:3] = [(0, 7, 5, 0, 0), (1, 8, 6, 1, errno.ECONNREFUSED), (1, 9, 7, 2, errno.EHOSTUNREACH)]
     buf = rows.view(np.uint8).reshape(4, COMPLETION_DTYPE.itemsize)
     dec = ConnectDecoder(np.array([10, 20], np.uint32), np.uint32)
-    out = dec.decode(buf, np.full(4, 14, np.uint32), 3)
+    out = dec.decode(buf, np.full(4, COMPLETION_DTYPE.itemsize, np.uint32), 3)
     assert out.n == 3
     assert out.status.tolist() == [DecodeStatus.REPLY, DecodeStatus.REPLY, DecodeStatus.ICMP_ERROR]
     assert out.target.tolist() == [10, 20, 20] and out.seq.tolist() == [7, 8, 9]
+    assert out.tx_ns.tolist() == [5, 6, 7]
     assert not out.seq16_only.any() and out.quoted_dst.dtype == np.uint32
-    assert dec.refused(buf, 3).tolist() == [False, True, False]
+    assert out.refused is not None and out.refused.tolist() == [False, True, False]
 
 
 LIMITS = HostLimits(fd_limit=20_000, ephemeral_ports=28_232)

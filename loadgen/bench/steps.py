@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadgen.bench.connect import connect_args
 from loadgen.bench.figures import (
     Loss,
     ToolCounts,
@@ -59,6 +60,7 @@ class Step:
     overload: bool = False  # loadgen: asks far more than the machine can do (memory must hold)
     family: int = 4  # loadgen and ping: the IP version of the targets (the bench has both)
     probe: str = "icmp"  # loadgen: "tcp-syn" sends SYNs to SYN_PORT (counted by Tcp InSegs)
+    connect_port: int = 0  # loadgen: TCP connect probes to this port (bench/connect.py)
 
     @property
     def label(self) -> str:
@@ -66,6 +68,7 @@ class Step:
         stamps += " overload" if self.overload else ""
         stamps += " v6" if self.family == 6 else ""
         stamps += " syn" if self.probe == "tcp-syn" and self.tool == LOADGEN else ""
+        stamps += " connect" if self.connect_port else ""
         if self.tool == LOADGEN and self.rate_pps is not None:
             return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}{stamps}"
         if self.tool == FLOOR:
@@ -88,6 +91,7 @@ class Step:
                 *(("--tx-timestamps",) if self.tx_timestamps else ()),
                 *(("--tx-path", "packet") if self.link_tx else ()),
                 *(("--tcp", str(SYN_PORT)) if self.probe == "tcp-syn" else ()),
+                *(connect_args(self.connect_port) if self.connect_port else ()),
             ]
         if self.tool == HPING:  # timeout's SIGINT makes hping3 print its statistics
             return [

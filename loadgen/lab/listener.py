@@ -4,7 +4,8 @@
 via `ip netns exec`). One dual-stack socket per port (IPv4 arrives v4-mapped), a listen backlog
 of N, accepted connections closed at once (an orderly close: a RST would look like a closed
 port's refusal to the lab's counters). It prints "ready PID" once every socket listens, stops
-on SIGTERM and writes how many it accepted to PATH at exit.
+on SIGTERM and writes how many it accepted to PATH at exit. `--defer-accept S` (the bench)
+leaves a handshake without data a request the client's RST removes: nothing to accept.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ POLL_S = 0.2  # how soon a SIGTERM is noticed between connections
 ACCEPT_BURST = 256  # connections taken off one queue before the others get a turn
 
 
-def listen(port: int, backlog: int) -> socket.socket:
+def listen(port: int, backlog: int, defer_s: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if defer_s:  # a handshake without data stays a request: no accept needed for a RST-closer
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_s)
     sock.bind(("::", port))
     sock.listen(backlog)
     sock.setblocking(False)
@@ -49,7 +52,7 @@ def drain(sock: socket.socket) -> int:
     return taken
 
 
-def serve(ports: list[int], backlog: int, stats_path: str) -> int:
+def serve(ports: list[int], backlog: int, stats_path: str, defer_s: int = 0) -> int:
     stop = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -58,7 +61,7 @@ def serve(ports: list[int], backlog: int, stats_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    socks = [listen(p, backlog) for p in ports]
+    socks = [listen(p, backlog, defer_s) for p in ports]
     accepted = 0
     with select.epoll() as ep, contextlib.ExitStack() as stack:
         for s in socks:
@@ -84,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog", type=int, default=4096)
     ap.add_argument("--stats", required=True)
     ap.add_argument("--die-with-parent", action="store_true")
+    ap.add_argument("--defer-accept", type=int, default=0, metavar="S", help="TCP_DEFER_ACCEPT")
     args = ap.parse_args(argv)
     if args.die_with_parent:  # the lab's owner gone: so is its listener
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    return serve([int(p) for p in args.ports.split(",")], args.backlog, args.stats)
+    ports = [int(p) for p in args.ports.split(",")]
+    return serve(ports, args.backlog, args.stats, args.defer_accept)
 
 
 if __name__ == "__main__":

@@ -35,12 +35,15 @@ from loadgen.wire.connect import (
 )
 from loadgen.wire.records import RecordFlag
 
+_FAILED = select.EPOLLERR | select.EPOLLHUP
 LINGER_RST = struct.pack("ii", 1, 0)  # l_onoff 1, l_linger 0: close() sends a RST
 SO_BINDTODEVICE = 25
-# struct tcp_info (<linux/tcp.h>): u8 tcpi_state..; u32 tcpi_rtt at 68 (smoothed RTT, µs: the
-# first sample right after the handshake), u32 tcpi_total_retrans at 100.
+# struct tcp_info (<linux/tcp.h>): u8 tcpi_state at 0; u32 tcpi_rtt at 68 (smoothed RTT, µs:
+# right after the handshake, its one sample), u32 tcpi_total_retrans at 100.
 TCP_INFO_BYTES = 104
-_TCPI = struct.Struct("<68xI28xI")
+_TCPI = struct.Struct("<B67xI28xI")  # tcpi_state, tcpi_rtt, tcpi_total_retrans
+TCP_ESTABLISHED, TCP_SYN_SENT = 1, 2  # tcpi_state (<net/tcp_states.h>)
+SOL_SOCKET, SO_ERROR = socket.SOL_SOCKET, socket.SO_ERROR
 assert _TCPI.size == TCP_INFO_BYTES
 _KERNEL_RTT = np.uint8(RecordFlag.TX_KERNEL | RecordFlag.RX_KERNEL)
 PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
@@ -48,6 +51,19 @@ _NO_TX_STAMPS = TxStamps(
     0, np.zeros(0, np.uint32), np.zeros(0, np.int64), np.zeros(0, np.uint8), more=False
 )
 RX_SOURCE = "kernel (TCP_INFO tcpi_rtt, µs: SYN out to SYN-ACK in), else user space"
+
+
+DEFAULT_TTL4 = "/proc/sys/net/ipv4/ip_default_ttl"
+DEFAULT_HOPS6 = "/proc/sys/net/ipv6/conf/default/hop_limit"
+
+
+def _kernel_default(path: str) -> int:
+    """A sysctl's value, or 0 (never a TTL) where it cannot be read."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def connect_name(address: str, port: int) -> tuple[object, ...]:
@@ -110,8 +126,8 @@ class ConnectIO:
         self._source = (source, 0) if source else None
         self._ep = select.epoll()
         self._batch = batch
-        # fd -> (socket, local, seq, realtime at the start of its batch, monotonic start)
-        self._pending: dict[int, tuple[socket.socket, int, int, int, int]] = {}
+        # fd -> (socket, local, seq, realtime at the start of its batch)
+        self._pending: dict[int, tuple[socket.socket, int, int, int]] = {}
         self._order: collections.deque[tuple[int, int, socket.socket]] = collections.deque()
         self._ready: list[tuple[int, int, int, int, int]] = []  # finished at connect()
         self._rows = np.zeros(batch, COMPLETION_DTYPE)
@@ -127,17 +143,21 @@ class ConnectIO:
     def _options(
         family: int, ttl: int, tos: int, interface: str | None
     ) -> list[tuple[int, int, int | bytes]]:
+        # Each option is a syscall per probe: the TTL and TOS only where they differ from what
+        # the kernel sets anyway (connect rates are bound by syscalls).
         opts: list[tuple[int, int, int | bytes]] = [
             (socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
         ]
         if family == 6:
-            opts += [(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)]
-            opts += [(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)]
+            if ttl != _kernel_default(DEFAULT_HOPS6):
+                opts.append((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl))
+            if tos:
+                opts.append((socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos))
         else:
-            opts += [
-                (socket.IPPROTO_IP, socket.IP_TTL, ttl),
-                (socket.IPPROTO_IP, socket.IP_TOS, tos),
-            ]
+            if ttl != _kernel_default(DEFAULT_TTL4):
+                opts.append((socket.IPPROTO_IP, socket.IP_TTL, ttl))
+            if tos:
+                opts.append((socket.IPPROTO_IP, socket.IP_TOS, tos))
         if interface:
             opts.append((socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode()))
         return opts
@@ -198,30 +218,27 @@ class ConnectIO:
             raise SocketProblem(f"TCP connect setup failed: {exc.strerror}; check -S/-I") from exc
         if err in IN_PROGRESS:
             fd = sock.fileno()
-            self._pending[fd] = (sock, local, seq, now_rt, now_mono)
+            self._pending[fd] = (sock, local, seq, now_rt)
             self._order.append((now_mono + self.hold_ns, fd, sock))
             self._ep.register(fd, select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP)
             return 0
         if err in NOT_SENT:
             sock.close()
             return err
-        self._ready.append((local, seq, err, now_rt, self._rtt_or_zero(sock, err)))
+        self._ready.append((local, seq, err, now_rt, self._info(sock)[1] if err == 0 else 0))
         sock.close()
         return 0
 
     @staticmethod
-    def _rtt_or_zero(sock: socket.socket, err: int) -> int:
-        """The kernel's handshake RTT in ns, or 0 where it has none (a refused or failed
-        connect, or a SYN sent more than once: its sample then is not the first SYN's)."""
-        if err != 0:
-            return 0
+    def _info(sock: socket.socket) -> tuple[int, int]:
+        """(tcpi_state, the kernel's handshake RTT in ns or 0): 0 where it has none (a refused
+        or failed connect, or a SYN sent more than once: its sample is not the first SYN's)."""
         try:
-            rtt_us, retrans = _TCPI.unpack(
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
-            )
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+            state, rtt_us, retrans = _TCPI.unpack(info)
         except (OSError, struct.error):
-            return 0
-        return rtt_us * 1000 if retrans == 0 else 0
+            return 0, 0
+        return state, rtt_us * 1000 if retrans == 0 and state == TCP_ESTABLISHED else 0
 
     def recv(self) -> RecvBatch:
         """Finished connects (up to a batch), each closed with a RST; connects past their hold
@@ -229,21 +246,22 @@ class ConnectIO:
         n = 0
         rows, rx_ns, rx_flags = self._rows, self._rx_ns, self._rx_flags
         while self._ready and n < self._batch:
-            local, seq, err, start_rt, rtt = self._ready.pop()
-            n = self._row(n, local, seq, err, start_rt + rtt if rtt else time.time_ns(), rtt)
+            local, seq, err, start_rt, rtt = self._ready.pop()  # rtt: from _info
+            at_ns = start_rt + rtt if rtt else time.time_ns()
+            n = self._row(n, local, seq, err, start_rt, at_ns, rtt)
         events = self._ep.poll(0, self._batch - n) if n < self._batch else []
         now_rt = time.time_ns()
-        for fd, _ in events:
-            sock, local, seq, start_rt, _ = self._pending.pop(fd)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err in IN_PROGRESS:  # still under way (a spurious wake-up)
-                self._pending[fd] = (sock, local, seq, start_rt, 0)
-                continue
-            rtt = self._rtt_or_zero(sock, err)
-            self._ep.unregister(fd)
-            sock.close()
-            n = self._row(n, local, seq, err, start_rt + rtt if rtt else now_rt, rtt)
-        self._abandon(time.monotonic_ns())
+        for fd, mask in events:
+            sock, local, seq, start_rt = self._pending[fd]
+            # Only a failed connect raises EPOLLERR: a connected one needs no SO_ERROR read.
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if mask & _FAILED else 0
+            if err in IN_PROGRESS or not (err or mask & select.EPOLLOUT):
+                continue  # still under way (a spurious wake-up)
+            del self._pending[fd]
+            rtt = self._info(sock)[1] if err == 0 else 0
+            sock.close()  # also leaves the epoll set: this was the file's one descriptor
+            n = self._row(n, local, seq, err, start_rt, start_rt + rtt if rtt else now_rt, rtt)
+        n = self._expire(n, time.monotonic_ns())
         return RecvBatch(
             n=n,
             data=rows.view(np.uint8).reshape(len(rows), COMPLETION_DTYPE.itemsize),
@@ -254,28 +272,39 @@ class ConnectIO:
             dropped_total=0,
         )
 
-    def _row(self, n: int, local: int, seq: int, err: int, at_ns: int, rtt: int) -> int:
+    def _row(self, n: int, local: int, seq: int, err: int, tx_ns: int, at_ns: int, rtt: int) -> int:
         # An error that came later than connect() is the SYN's, whatever its errno.
         outcome = outcome_of(err)
         if outcome is None:
             outcome = ConnectOutcome.ERRORED
-        self._rows[n] = (local, seq, int(outcome), min(err, 255))
+        self._rows[n] = (local, seq, tx_ns, int(outcome), min(err, 255))
         self._rx_ns[n] = at_ns
         self._rx_flags[n] = _KERNEL_RTT if rtt else 0
         return n + 1
 
-    def _abandon(self, now_mono: int) -> None:
-        """Close connects whose hold has passed (their probes are lost, at linger)."""
+    def _expire(self, n: int, now_mono: int) -> int:
+        """Settle connects whose hold has passed, oldest first, while the batch has room: one
+        whose handshake finished unread (a busy worker) is a completion like any other, and
+        the kernel's RTT says when it finished; one still sending its SYN is closed unfinished
+        (its probe is lost, at linger). Returns the batch's rows."""
         order = self._order
-        while order and order[0][0] <= now_mono:
+        while order and order[0][0] <= now_mono and n < self._batch:
             _, fd, sock = order.popleft()
             held = self._pending.get(fd)
-            if held is not None and held[0] is sock:
-                del self._pending[fd]
-                with contextlib.suppress(OSError):
-                    self._ep.unregister(fd)
-                sock.close()
+            if held is None or held[0] is not sock:
+                continue  # finished earlier: the descriptor is gone, or another socket's now
+            del self._pending[fd]
+            _, local, seq, start_rt = held
+            state, rtt = self._info(sock)
+            if state in (TCP_SYN_SENT, 0):
                 self.abandoned += 1
+            else:
+                err = 0 if state == TCP_ESTABLISHED else sock.getsockopt(SOL_SOCKET, SO_ERROR)
+                n = self._row(
+                    n, local, seq, err, start_rt, start_rt + rtt if rtt else time.time_ns(), rtt
+                )
+            sock.close()
+        return n
 
     @property
     def open_sockets(self) -> int:

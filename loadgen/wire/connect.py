@@ -1,6 +1,7 @@
 """TCP connect probes as rows, so they travel the worker's one path: what the connect I/O takes
 (one row per probe: its sequence; the destination column names the local target) and gives back
-(one row per finished handshake: local target, sequence, outcome, errno), the decoder that turns
+(one row per finished handshake: local target, sequence, when its connect started, outcome,
+errno), the decoder that turns
 those rows into the tracker's columns, and how a connect's errno maps to an outcome. Pure.
 
 Outcomes (connect(2), tcp(7)): a SYN-ACK (the socket connects) is received; ECONNREFUSED (a RST)
@@ -51,8 +52,10 @@ def outcome_of(err: int) -> ConnectOutcome | None:
 # What the connect I/O takes per probe (the row the builder gives) and gives back per finished
 # connect; both little-endian and packed, viewed as bytes on the worker's path.
 REQUEST_DTYPE = np.dtype([("seq", "<u8")])
-COMPLETION_DTYPE = np.dtype([("local", "<u4"), ("seq", "<u8"), ("outcome", "u1"), ("errno", "u1")])
-assert COMPLETION_DTYPE.itemsize == 14
+COMPLETION_DTYPE = np.dtype(
+    [("local", "<u4"), ("seq", "<u8"), ("tx_ns", "<i8"), ("outcome", "u1"), ("errno", "u1")]
+)
+assert COMPLETION_DTYPE.itemsize == 22
 
 
 class ConnectRows:
@@ -105,7 +108,7 @@ class ConnectDecoder:
             status=_STATUS[np.minimum(outcome, len(_STATUS) - 1)],
             target=self.global_index[rows["local"]],
             seq=rows["seq"].astype(np.uint64),
-            tx_ns=np.zeros(n, np.int64),
+            tx_ns=rows["tx_ns"].astype(np.int64),  # a stale answer's record needs its send time
             src=np.zeros(n, self.address_dtype),
             quoted_dst=np.zeros(n, self.address_dtype),
             icmp_type=np.zeros(n, np.uint8),
@@ -113,8 +116,3 @@ class ConnectDecoder:
             seq16_only=np.zeros(n, np.bool_),
             refused=outcome == ConnectOutcome.REFUSED,
         )
-
-    def refused(self, buf: NDArray[np.uint8], n: int) -> NDArray[np.bool_]:
-        """Which of the n rows are refused handshakes (a RST)."""
-        refused: NDArray[np.bool_] = self.rows(buf, n)["outcome"] == ConnectOutcome.REFUSED
-        return refused
