@@ -31,7 +31,6 @@ from loadgen.wire.family import WireFamily
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN
 from loadgen.wire.messages import PlanMsg, ProbeSettings
 from loadgen.wire.probekind import ProbeKind
-from loadgen.wire.tcperrors import ErrorDecoder
 
 
 class BatchBuilder(Protocol):
@@ -211,7 +210,7 @@ def _tcp_syn(plan: PlanMsg, fam: WireFamily) -> KindIO:
             addresses=addresses,
             notes=_ephemeral_overlap(base),
             errors=errors,
-            error_decoder=ErrorDecoder(syn, fam),
+            error_decoder=tcp.ErrorDecoder(syn, fam),
         )
     except BaseException:
         io.close()

@@ -24,7 +24,6 @@ PURE = (
     "wire/messages.py",
     "wire/probekind.py",
     "wire/tcp.py",
-    "wire/tcperrors.py",
     "errors.py",
     "units.py",
     "pacer.py",

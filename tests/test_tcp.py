@@ -26,6 +26,7 @@ from loadgen.wire.tcp import (
     PORT_BLOCKS,
     SYN_LEN,
     TCP_HEADER,
+    ErrorDecoder,
     IsnCipher,
     SegmentDecoder,
     SynBuilder,
@@ -36,7 +37,6 @@ from loadgen.wire.tcp import (
     syn_segment,
     widen,
 )
-from loadgen.wire.tcperrors import ErrorDecoder
 
 WORDS = st.integers(0, 2**32 - 1)
 SRC4, DST4 = ipaddress.ip_address("198.18.0.1").packed, ipaddress.ip_address("198.18.0.9").packed
