@@ -324,6 +324,8 @@ class ErrorDecoder:
         k32 = self.plan.cipher.decrypt(seg[:, 4:8].view(">u4")[:, 0])
         ours = whole & np.isin(icmp[:, 0], sorted(fam.error_types))
         ours &= inner[:, proto_at] == IPPROTO_TCP
+        # The quoted header is option-less IPv4 or plain IPv6 (no extension headers), as ours are.
+        ours &= (inner[:, 0] == 0x45) if fam.rx_ip_header else (inner[:, 0] >> 4 == 6)
         ours &= sport == np.uint64(self.plan.base) + (k32 & np.uint64(PORT_BLOCK - 1))
         status = np.where(ours, DecodeStatus.ICMP_ERROR, DecodeStatus.FOREIGN).astype(np.uint8)
         status[~whole] = DecodeStatus.MALFORMED
