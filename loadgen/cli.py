@@ -32,10 +32,9 @@ from rich.text import Text
 from loadgen import __version__
 from loadgen.coordinator import Display
 from loadgen.errors import LoadgenError, UsageError
-from loadgen.icmppath import LABELS
 from loadgen.output.display import make_display
 from loadgen.output.summary import sla_lines, sla_rules, summary_view
-from loadgen.plan import RunPlan, describe
+from loadgen.plan import RunPlan, describe, path_label
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.runner import RunResult, execute, plan_run
 from loadgen.search.settings import SEARCH_KEYS
@@ -114,6 +113,21 @@ def _common_run_flags(
             dest="family",
             help=f"IPv{version} only: host names give IPv{version} addresses (profile key family)",
         )
+    kind = p.add_mutually_exclusive_group()
+    for name, what in (("tcp", "half-open TCP SYN probes (root)"), ("tcp-connect", "TCP connects")):
+        kind.add_argument(
+            f"--{name}",
+            metavar="PORTS",
+            dest=name.replace("-", "_"),
+            help=f"{what} to PORTS: 443, 80,443 or 8000-8010 (profile keys probe, port)",
+        )
+    p.add_argument(
+        "--suppress-rst",
+        action="store_true",
+        default=None,
+        dest="suppress_rst",
+        help="with --tcp: drop this host's RSTs to the SYN-ACKs (temporary nftables table)",
+    )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
     flag("--metrics", "", metavar="ADDR", help='serve Prometheus /metrics (":9464": loopback)')
     flag("--metrics-textfile", "", metavar="PATH", help="write the metrics to PATH every second")
@@ -151,6 +165,7 @@ _FLAG_KEYS = (
     "metrics",
     "metrics_textfile",
     "metrics_labels",
+    "suppress_rst",
 )
 
 
@@ -252,11 +267,18 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Flags that pick the probe kind and give its ports (profile keys probe and port).
+_KIND_FLAGS = (("tcp", "tcp-syn"), ("tcp_connect", "tcp-connect"))
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     given = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
     sla = {k: getattr(args, f"sla_{k}", None) for k, _, _ in _SLA_FLAGS}
     if any(v is not None for v in sla.values()):
         given["sla"] = {k: v for k, v in sla.items() if v is not None}
+    for flag, kind in _KIND_FLAGS:
+        if getattr(args, flag, None) is not None:
+            given |= {"probe": kind, "port": getattr(args, flag)}
     return given
 
 
@@ -403,7 +425,7 @@ def _print_summary(result: RunResult, profile: Profile) -> None:
     with _writing_stdout():
         console = Console(highlight=False)
         console.print(view)
-        console.print(f"probes: {LABELS[result.plan.icmp_path]}")
+        console.print(f"probes: {path_label(result.plan)}")
         if limited:
             shown = ", ".join(map(str, limited[:10])) + (" ..." if len(limited) > 10 else "")
             console.print(  # as Text, so it wraps between words at the console's width

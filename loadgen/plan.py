@@ -17,8 +17,11 @@ from loadgen.profile import Profile
 from loadgen.targets import Target
 from loadgen.units import NS_PER_S, bad_value, format_duration, format_rate
 from loadgen.wire.messages import ProbeSettings
+from loadgen.wire.probekind import IMPLEMENTED, ProbeKind
+from loadgen.wire.tcp import PORT_BLOCK, PORT_BLOCKS, port_base
 
 _SHOWN_TARGETS = 5
+_NO_PAYLOAD = (ProbeKind.TCP_SYN, ProbeKind.TCP_CONNECT)  # `size` does not apply to them
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class WorkerPlan:
     probes: int | None  # what it sends in all (count and duration); None: until stopped
     duration_ns: int | None  # its deadline, which only cuts a generator behind its timetable
     settings: ProbeSettings
+    ports: tuple[int, ...] = ()  # targets[i] is probed on ports[i]; () for a kind without ports
 
     @property
     def rate_per_target_pps(self) -> float:
@@ -109,7 +113,44 @@ def probe_settings(profile: Profile) -> ProbeSettings:
         tx_path=profile.tx_path,
         interface=profile.interface,
         source=profile.source_address,
+        kind=profile.probe,
     )
+
+
+def target_ports(profile: Profile, n_targets: int) -> tuple[int, ...]:
+    """The port of each target, the profile's ports dealt round-robin in target order (target
+    i gets ports[i mod len(ports)]); () for a kind without ports."""
+    ports = profile.ports
+    return tuple(ports[i % len(ports)] for i in range(n_targets)) if ports else ()
+
+
+def source_port_blocks(plan: RunPlan) -> list[tuple[int, int]]:
+    """tcp-syn: each worker's source ports, (first, last); [] for other kinds."""
+    if plan.profile.probe is not ProbeKind.TCP_SYN:
+        return []
+    return [(port_base(w.ident), port_base(w.ident) + PORT_BLOCK - 1) for w in plan.workers]
+
+
+def _check_kind(profile: Profile, n_workers: int) -> None:
+    """One line for a kind this build cannot send, or cannot send the way the profile asks."""
+    kind = profile.probe
+    if kind not in IMPLEMENTED:
+        sendable = ", ".join(f'"{kind}"' for kind in sorted(IMPLEMENTED))
+        raise ProfileError(
+            f'{profile.source}: probe = "{kind}" is not implemented in this build; '
+            f"use one of {sendable}"
+        )
+    if kind is not ProbeKind.ICMP and profile.tx_path == "packet":
+        raise ProfileError(
+            f'{profile.source}: tx_path = "packet" sends ICMP echo only; set tx_path = "ip" '
+            f'for probe = "{kind}"'
+        )
+    if kind is ProbeKind.TCP_SYN and n_workers > len(PORT_BLOCKS):
+        raise ProfileError(
+            f"{profile.source}: tcp-syn has {len(PORT_BLOCKS)} blocks of source ports, one per "
+            f"worker, and the plan has {n_workers} workers; set workers = {len(PORT_BLOCKS)} "
+            "or fewer"
+        )
 
 
 def _worker_cpus(profile: Profile, cpus_available: Sequence[int]) -> list[int | None]:
@@ -196,12 +237,14 @@ def make_plan(
     cpus = _worker_cpus(profile, cpus_available)
     n_targets = len(targets)
     shares = _deal(targets, min(profile.workers or len(cpus), n_targets))
+    _check_kind(profile, len(shares))
     assert len(shares) <= 0x10000, "ICMP identifiers would repeat"
     rate_pps = profile.rate_pps
     if profile.rate_per_target_pps is not None:
         rate_pps = min(rate_pps, profile.rate_per_target_pps * n_targets)
     per_target = probes_per_target(profile, rate_pps, n_targets)
     settings = replace(probe_settings(profile), icmp_socket=str(icmp_path))
+    ports = target_ports(profile, n_targets)
     workers = []
     for w, share in enumerate(shares):
         # A worker sends its targets in turn from its first: the targets given one more probe
@@ -225,6 +268,7 @@ def make_plan(
                 probes=probes,
                 duration_ns=profile.duration_ns,
                 settings=settings,
+                ports=tuple(ports[t.index] for t in share) if ports else (),
             )
         )
     return RunPlan(
@@ -243,6 +287,21 @@ def _target_label(target: Target) -> str:
     return f"{target.name} ({target.address})"
 
 
+# What carries each kind of probe (ICMP: the path the privileges settled on).
+_KIND_PATHS = {
+    ProbeKind.TCP_SYN: "TCP SYN via raw socket",
+    ProbeKind.TCP_CONNECT: "TCP connects through the kernel (a socket per probe)",
+    ProbeKind.UDP: "UDP via datagram socket",
+    ProbeKind.STAMP: "STAMP over UDP via datagram socket",
+}
+
+
+def path_label(plan: RunPlan) -> str:
+    """What carries the run's probes, for people (plan, table header, summary)."""
+    kind = plan.profile.probe
+    return LABELS[plan.icmp_path] if kind is ProbeKind.ICMP else _KIND_PATHS[kind]
+
+
 def _stop_rule(plan: RunPlan) -> str:
     profile, send_ns = plan.profile, plan.send_ns
     if send_ns is None:
@@ -256,6 +315,28 @@ def _stop_rule(plan: RunPlan) -> str:
         f"stop: {' or '.join(rules)}; sending takes about {format_duration(send_ns)}, "
         f"then up to {format_duration(profile.delay_ns)} for the last replies"
     )
+
+
+def _ports_text(ports: tuple[int, ...]) -> str:
+    if not ports:
+        return ""
+    shown = ", ".join(map(str, ports[:_SHOWN_TARGETS]))
+    if len(ports) > _SHOWN_TARGETS:
+        shown += f" and {len(ports) - _SHOWN_TARGETS} more"
+    return f" to port {shown}" if len(ports) == 1 else f" to ports {shown} (round-robin)"
+
+
+def _syn_lines(plan: RunPlan) -> list[str]:
+    blocks = source_port_blocks(plan)
+    if not blocks:
+        return []
+    shown = ", ".join(f"{first}-{last}" for first, last in blocks)
+    rst = (
+        "dropped by a temporary nftables table (suppress_rst)"
+        if plan.profile.suppress_rst
+        else "sent by this host's kernel to every SYN-ACK (suppress_rst = true drops them)"
+    )
+    return [f"source ports: {shown} (worker by worker)", f"RSTs: {rst}"]
 
 
 def describe(plan: RunPlan) -> str:
@@ -278,7 +359,9 @@ def describe(plan: RunPlan) -> str:
         f"run id: 0x{plan.run_id:08x}",
         f"targets: {len(plan.targets)}: {shown}",
         rate,
-        f"probes: {profile.probe}, {profile.size}-byte payload, ttl {profile.ttl}, "
+        f"probes: {profile.probe}{_ports_text(profile.ports)}, "
+        + ("" if profile.probe in _NO_PAYLOAD else f"{profile.size}-byte payload, ")
+        + f"ttl {profile.ttl}, "
         f"tos 0x{profile.tos:02x}"
         + (f", interface {profile.interface}" if profile.interface else "")
         + (f", from {profile.source_address}" if profile.source_address else ""),
@@ -286,13 +369,14 @@ def describe(plan: RunPlan) -> str:
         f"timeout: {format_duration(profile.timeout_ns)} (later replies count as late); "
         f"delay: {format_duration(profile.delay_ns)} (then unanswered probes count as lost)",
         f"timestamps: {profile.timestamps} RX, {tx}",
-        f"sent through: {LABELS[plan.icmp_path]}, "
+        f"sent through: {path_label(plan)}, "
         + (
             "one per worker (the kernel routes each probe)"
             if profile.tx_path == "ip"
             else 'and a packet socket per worker, to next hops read at start (tx_path = "packet")'
         )
         + (", identifiers picked by the kernel" if plan.icmp_path is IcmpPath.DATAGRAM else ""),
+        *_syn_lines(plan),
         f"workers: {len(plan.workers)}",
         "  worker   cpu   ident  targets          rate    per target  family",
     ]

@@ -12,19 +12,23 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from loadgen.connlimits import check_connect_capacity
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import ProfileError, TargetError
-from loadgen.icmppath import settle
+from loadgen.icmppath import IcmpPath, settle
 from loadgen.net.linkpath import check_interface
 from loadgen.net.privilege import read_privileges
+from loadgen.net.rstguard import suppressing_rsts
 from loadgen.net.sockets import check_source, socket_refusal
+from loadgen.net.tcpconnect import local_limits
 from loadgen.output.exports import Exports
 from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
-from loadgen.plan import RunPlan, make_plan
+from loadgen.plan import RunPlan, make_plan, source_port_blocks
 from loadgen.profile import Profile
 from loadgen.sla import SlaJudge, SlaVerdict, rate_problem, whole_second
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets
+from loadgen.wire.probekind import ProbeKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,16 @@ def _lab_for(profile: Profile) -> Iterator[tuple[Target, ...] | None]:
 
     with lab_for_profile(profile) as targets:
         yield targets
+
+
+@contextlib.contextmanager
+def _rst_guard(plan: RunPlan) -> Iterator[None]:
+    """With suppress_rst, this host's RSTs from the SYN probes' ports are dropped meanwhile."""
+    if not plan.profile.suppress_rst:
+        yield
+        return
+    with suppressing_rsts(source_port_blocks(plan)):
+        yield
 
 
 def plan_run(
@@ -92,12 +106,25 @@ def plan_run(
         cpus_available=default_cpus(),
         run_id=secrets.randbits(32) if run_id is None else run_id,
         ident_base=secrets.randbits(16) if ident_base is None else ident_base,
-        icmp_path=settle(profile.icmp_socket, read_privileges(), socket_refusal),
+        # Only ICMP probes have a choice of socket (TCP SYN needs a raw socket; TCP connect,
+        # UDP and STAMP run as anyone).
+        icmp_path=settle(profile.icmp_socket, read_privileges(), socket_refusal)
+        if profile.probe is ProbeKind.ICMP
+        else IcmpPath.RAW,
     )
     if profile.sla is not None:
         problem = rate_problem(profile.sla, plan.rate_pps, plan.rate_per_target_pps)
         if problem:
             raise ProfileError(f"{profile.source}: {problem}")
+    if profile.probe is ProbeKind.TCP_CONNECT:
+        limits = local_limits()
+        for w in plan.workers:
+            check_connect_capacity(
+                worker_rate_pps=w.rate_pps,
+                target_rate_pps=w.rate_per_target_pps,
+                timeout_ns=profile.timeout_ns,
+                limits=limits,
+            )
     return plan, warnings
 
 
@@ -139,7 +166,8 @@ def execute(
                 export_failed(exports.error)
 
         try:
-            outcome = Coordinator(plan, display=shown, on_second=on_second).run()
+            with _rst_guard(plan):
+                outcome = Coordinator(plan, display=shown, on_second=on_second).run()
             verdict = None if judge is None else judge.verdict(outcome.summary)
             exports.summary(outcome.summary, names, _extra(plan, outcome), verdict)
         finally:
@@ -175,6 +203,8 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "tx_path": plan.profile.tx_path,
         "icmp_socket": str(plan.icmp_path),
         "tx_timestamps": plan.profile.tx_timestamps,
+        "probe": str(plan.profile.probe),
+        "suppress_rst": plan.profile.suppress_rst,
         "interface": plan.profile.interface,
         "source": plan.profile.source_address,
         "interrupted": outcome.interrupted,

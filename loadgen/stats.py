@@ -67,6 +67,7 @@ class Counts:
     corrupted: int = 0
     icmp_errors: int = 0
     stale: int = 0
+    refused: int = 0  # answers that were refusals (TCP RST: port closed), within received/late
     reordered: int = 0  # RECEIVED or LATE replies that overtook a later probe's reply
 
     @property

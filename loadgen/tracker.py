@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from loadgen.outages import BurstFinder
 from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
 from loadgen.wire.records import MAX_PROBES, RECORD_DTYPE, RecordFlag, RecordKind
+from loadgen.wire.tcp import widen
 
 _SEQ_BITS = 40  # reordering keys pack (target, seq) into one int64
 SLOT_BYTES = 9  # int64 send time + uint8 state; TX stamps add an int64 and a uint8
@@ -54,7 +55,7 @@ class SlotState(IntEnum):
 _EMPTY, _OUTSTANDING, _ANSWERED, _DAMAGED = (int(state) for state in SlotState)
 _REPLY, _FOREIGN = int(DecodeStatus.REPLY), int(DecodeStatus.FOREIGN)
 _SENT, _RECEIVED = int(RecordKind.SENT), int(RecordKind.RECEIVED)
-_DUPLICATE = int(RecordKind.DUPLICATE)
+_DUPLICATE, _REFUSED = int(RecordKind.DUPLICATE), int(RecordKind.REFUSED)
 _REORDERED = np.uint8(RecordFlag.REORDERED)
 _TX_HW = int(RecordFlag.TX_HARDWARE)
 _FIELDS = ("tx_ns", "rtt_ns", "target", "kind", "flags", "probes")
@@ -224,16 +225,22 @@ class Tracker:
         payload_tx_ns: NDArray[np.int64],
         rx_ns: NDArray[np.int64],
         rx_flags: NDArray[np.uint8] | int,
+        probe_k32: NDArray[np.uint64] | None = None,
+        refused: NDArray[np.bool_] | None = None,
     ) -> None:
-        """Account for a batch of decoded packets, in arrival order."""
+        """Account for a batch of decoded packets, in arrival order. With `probe_k32` the
+        packets name their probe by its number mod 2**32 (target and seq are then ignored);
+        `refused` marks answers that refuse (a TCP RST): each also gets a REFUSED record."""
         if isinstance(rx_flags, int):
             flags = np.full(len(status), rx_flags, dtype=np.uint8)
         else:
             flags = np.asarray(rx_flags, dtype=np.uint8)
+        if probe_k32 is not None:
+            target, seq = self._probes_of_k32(probe_k32)
         seq = np.asarray(seq, dtype=np.uint64)
         good_mask = status == _REPLY
         if good_mask.all():  # the usual batch: nothing but good replies
-            self._on_good(target, seq, payload_tx_ns, rx_ns, flags)
+            self._on_good(target, seq, payload_tx_ns, rx_ns, flags, refused)
             return
         self.foreign += int(np.count_nonzero(status >= _FOREIGN))
         damaged = (status == DecodeStatus.BITFLIP) | (status == DecodeStatus.CORRUPTED)
@@ -242,7 +249,21 @@ class Tracker:
             self._on_damaged(status, target, seq, seq16_only, quoted_dst, damaged, flags)
         good = np.flatnonzero(good_mask)
         if len(good):
-            self._on_good(target[good], seq[good], payload_tx_ns[good], rx_ns[good], flags[good])
+            no = None if refused is None else refused[good]
+            self._on_good(
+                target[good], seq[good], payload_tx_ns[good], rx_ns[good], flags[good], no
+            )
+
+    def _probes_of_k32(
+        self, k32: NDArray[np.uint64]
+    ) -> tuple[NDArray[np.uint32], NDArray[np.uint64]]:
+        """Target and seq of the newest probe sent whose number is k32 mod 2**32 (UNKNOWN_TARGET
+        where none was sent yet)."""
+        k = widen(k32, self.sent - 1, 32)
+        known = k >= 0
+        k = np.maximum(k, 0)
+        target = np.where(known, self.targets[k % self.n], UNKNOWN_TARGET).astype(np.uint32)
+        return target, (k // self.n).astype(np.uint64)
 
     def _locate(
         self, target: NDArray[np.uint32], seq: NDArray[np.uint64]
@@ -264,6 +285,7 @@ class Tracker:
         payload_tx_ns: NDArray[np.int64],
         rx_ns: NDArray[np.int64],
         flags: NDArray[np.uint8],
+        refused: NDArray[np.bool_] | None = None,
     ) -> None:
         local, slots, live = self._locate(target, seq)
         if not live.all():
@@ -281,6 +303,7 @@ class Tracker:
                 return
             local, slots, seq = local[rows], slots[rows], seq[rows]
             target, rx_ns, flags = target[rows], rx_ns[rows], flags[rows]
+            refused = None if refused is None else refused[rows]
         iseq = seq.view(np.int64)
         k = iseq * self.n + local
         in_order = len(k) < 2 or bool((k[1:] > k[:-1]).all())
@@ -301,6 +324,7 @@ class Tracker:
             self._records.add(_DUPLICATE, tx[dup], rtt[dup], target[dup], flags[dup])
             local, slots, iseq, target = local[answer], slots[answer], iseq[answer], target[answer]
             tx, rtt, flags, in_order = tx[answer], rtt[answer], flags[answer], False
+            refused = None if refused is None else refused[answer]
             if not len(slots):
                 return
         reordered = self._reordered(local, iseq, in_order)
@@ -308,6 +332,8 @@ class Tracker:
             flags = flags | np.where(reordered, _REORDERED, np.uint8(0))
         kinds = (rtt > self.timeout_ns).view(np.uint8) + np.uint8(_RECEIVED)  # else LATE
         self._records.add(kinds, tx, rtt, target, flags)
+        if refused is not None and refused.any():
+            self._records.add(_REFUSED, tx[refused], rtt[refused], target[refused], flags[refused])
         self._state[slots] = _ANSWERED
 
     def _kernel_send_times(
@@ -368,8 +394,7 @@ class Tracker:
             local = np.where(hit, self._addr_order[pos], 0)
             sent_here = (self.sent - local + self.n - 1) // self.n
             newest = np.maximum(sent_here - 1, 0)
-            low = sq[short].astype(np.int64) & 0xFFFF
-            full = newest - ((newest - low) & 0xFFFF)
+            full = widen(sq[short], newest, 16)
             tgt[short] = np.where(hit & (full >= 0), self.targets[local], UNKNOWN_TARGET)
             sq[short] = np.maximum(full, 0).astype(np.uint64)
         _, slots, live = self._locate(tgt, sq)

@@ -22,6 +22,8 @@ PURE = (
     "wire/bpf.py",
     "wire/records.py",
     "wire/messages.py",
+    "wire/probekind.py",
+    "wire/tcp.py",
     "errors.py",
     "units.py",
     "pacer.py",

@@ -10,6 +10,7 @@ unaccounted), 2 bad flags or a missing tool, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import resource
@@ -26,10 +27,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from loadgen.bench import connect
 from loadgen.bench.measure import run_measured
 from loadgen.bench.memory import EARLY_S
 from loadgen.bench.output import machine_info, render_table, results_document, write_results
-from loadgen.bench.steps import FLOOR, FPING, LOADGEN, PING, Step, StepResult, evaluate, fping_count
+from loadgen.bench.steps import (
+    FLOOR,
+    FPING,
+    HPING,
+    LOADGEN,
+    PING,
+    Step,
+    StepResult,
+    evaluate,
+    fping_count,
+)
 from loadgen.bench.topology import MAX_TARGETS, BenchNet, bench_net
 from loadgen.errors import LoadgenError, PermissionProblem, UsageError
 from loadgen.units import NS_PER_S, parse_duration_ns, parse_rate
@@ -39,6 +51,8 @@ DEFAULT_WORKERS = "1,2"
 DEFAULT_TX_RATES = "100k,150k"  # loadgen with --tx-timestamps, on the most workers asked for
 DEFAULT_PACKET_RATES = "200k,250k,300k"  # loadgen with --tx-path packet, ditto
 DEFAULT_V6_RATES = "100k,250k"  # loadgen to the IPv6 addresses, on the most workers, ditto
+DEFAULT_SYN_RATES = "100k"  # loadgen --tcp (SYN probes to a closed port), on the most workers
+DEFAULT_CONNECT_RATES = "20k,60k"  # loadgen --tcp-connect on the most workers: 60k is its top
 DEFAULT_OVERLOAD = "2M"  # far beyond any machine here, on the most workers: memory must hold
 FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
@@ -62,6 +76,8 @@ class Config:
     floor: bool = False
     overload_pps: tuple[float, ...] = ()
     v6_rates_pps: tuple[float, ...] = ()
+    syn_rates_pps: tuple[float, ...] = ()
+    connect_rates_pps: tuple[float, ...] = ()
 
 
 def _with_v6(steps: list[Step], v6: list[Step]) -> list[Step]:
@@ -110,6 +126,25 @@ def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
     steps += [
         Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, link_tx=True)
         for r in cfg.packet_rates_pps
+    ]
+    # SYN probes, next to hping3 -S --flood when Debian's hping3 is installed (make sysdeps).
+    if cfg.syn_rates_pps and cfg.peers and shutil.which("hping3"):
+        steps.append(Step(HPING, 1, duration_s=min(secs, 5.0), probe="tcp-syn"))
+    steps += [
+        Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, probe="tcp-syn")
+        for r in cfg.syn_rates_pps
+    ]
+    seconds = min(secs, connect.MAX_SECONDS)
+    steps += [
+        Step(
+            LOADGEN,
+            connect.TARGETS,
+            rate_pps=r,
+            workers=most,
+            duration_s=seconds,
+            connect_port=connect.PORT,
+        )
+        for r in cfg.connect_rates_pps
     ]
     steps += [
         Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, overload=True)
@@ -181,6 +216,16 @@ def _parser() -> argparse.ArgumentParser:
         f"the IPv4 step of its rate (default {DEFAULT_V6_RATES}; 'none' skips them and ping -6)",
     )
     p.add_argument(
+        "--syn-rates",
+        help=f"loadgen --tcp rates (SYN probes to a closed port), on the most workers given, "
+        f"after hping3 -S --flood if installed (default {DEFAULT_SYN_RATES}; 'none' skips them)",
+    )
+    p.add_argument(
+        "--connect-rates",
+        help=f"loadgen --tcp-connect rates to {connect.TARGETS} addresses, on the most workers "
+        f"given, {connect.MAX_SECONDS:g} s at most (default {DEFAULT_CONNECT_RATES}; 'none' skips)",
+    )
+    p.add_argument(
         "--overload",
         help=f"loadgen rate far beyond the machine, on the most workers given, to show that "
         f"memory holds and the run says it is generator-limited (default {DEFAULT_OVERLOAD}; "
@@ -233,6 +278,10 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     )
     overload = _extra_rates(a.overload, DEFAULT_OVERLOAD, "--overload", soak_s is None)
     v6_rates = _extra_rates(a.v6_rates, DEFAULT_V6_RATES, "--v6-rates", soak_s is None)
+    syn_rates = _extra_rates(a.syn_rates, DEFAULT_SYN_RATES, "--syn-rates", soak_s is None)
+    connect_rates = _extra_rates(
+        a.connect_rates, DEFAULT_CONNECT_RATES, "--connect-rates", soak_s is None
+    )
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
@@ -261,6 +310,8 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         floor=not a.no_floor and soak_s is None,
         overload_pps=overload,
         v6_rates_pps=v6_rates,
+        syn_rates_pps=syn_rates,
+        connect_rates_pps=connect_rates,
     )
 
 
@@ -282,15 +333,20 @@ def run_step(net: BenchNet, step: Step) -> StepResult:
     with tempfile.TemporaryDirectory(prefix="loadgen-bench-") as tmp:
         jsonl = Path(tmp) / "run.jsonl"
         argv = step.argv(net.family_targets(step.family)[: step.targets], jsonl)
-        m = run_measured(
-            net,
-            argv,
-            start_s=START_LIMIT_S,
-            run_s=step.run_limit_s(),
-            workdir=Path(tmp),
-            family=step.family,
-        )
+        listening = connect.responder_listener(net, Path(tmp)) if step.connect_port else None
+        with listening or contextlib.nullcontext({}) as responder_tcp:
+            m = run_measured(
+                net,
+                argv,
+                start_s=START_LIMIT_S,
+                run_s=step.run_limit_s(),
+                workdir=Path(tmp),
+                family=step.family,
+                probe=step.probe,
+            )
         result = evaluate(step, m, jsonl)
+        if step.connect_port:
+            result = connect.connect_figures(result, jsonl, responder_tcp)
     return dataclasses.replace(
         result,
         notes=(*result.notes, f"load average before: {load1:.2f}"),

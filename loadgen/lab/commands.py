@@ -16,6 +16,7 @@ from loadgen.lab.lab import Lab, lab_up
 from loadgen.lab.reap import LabInfo, Teardown, lab_down, lab_down_all, lab_status
 from loadgen.lab.spec import parse_lab_spec
 from loadgen.lab.state import state_path
+from loadgen.net import rstguard
 
 
 def load_lab_table(path: str) -> dict[str, object]:
@@ -87,6 +88,9 @@ def cmd_status(*, out: TextIO | None = None) -> int:
 
 def cmd_down(prefix: str | None, all_labs: bool = False, *, out: TextIO | None = None) -> int:
     """Take down lab `prefix`, or every lab with `all_labs`. 1 if a named lab was not found."""
+    reaped = rstguard.reap_stale()  # suppress_rst tables of killed runs: ours, by name
+    if reaped:
+        print(f"removed {len(reaped)} stale suppress_rst tables", file=out or sys.stdout)
     if all_labs:
         print(format_teardown(lab_down_all(), "no labs found"), file=out or sys.stdout)
         return 0

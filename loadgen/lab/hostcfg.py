@@ -89,15 +89,31 @@ def root_ruleset(table: str, index: int, ifname: str) -> str:
             f'{reply} counter name "{names["rep_back"]}"',
             f'{error} counter name "{names["err_back"]}"',
         ]
+    return netdev_table(table, index, ifname, "", counters, out, back)
+
+
+def netdev_table(
+    table: str,
+    index: int,
+    ifname: str,
+    kind: str,
+    counters: list[str],
+    out: list[str],
+    back: list[str],
+) -> str:
+    """Host `index`'s chains `<kind>out_<index>` (egress: towards the host) and
+    `<kind>back_<index>` (ingress: its answers) with their counters, in the root-namespace
+    netdev table; each kind has a chain of its own on the link's two hooks."""
     sep, counter_sep = "\n    ", "\n  "
+    priority = 1 if kind else 0
     return f"""table netdev {table} {{
   {counter_sep.join(counters)}
-  chain out_{index} {{
-    type filter hook egress device "{ifname}" priority 0; policy accept;
+  chain {kind}out_{index} {{
+    type filter hook egress device "{ifname}" priority {priority}; policy accept;
     {sep.join(out)}
   }}
-  chain back_{index} {{
-    type filter hook ingress device "{ifname}" priority 0; policy accept;
+  chain {kind}back_{index} {{
+    type filter hook ingress device "{ifname}" priority {priority}; policy accept;
     {sep.join(back)}
   }}
 }}

@@ -52,6 +52,8 @@ from loadgen.lab.state import (
     save_state,
     state_path,
 )
+from loadgen.lab.tcphost import apply_tcp, read_tcp_truth, start_listener
+from loadgen.lab.tcptruth import TcpTruth
 from loadgen.lab.truth import HostTruth, host_truth, link_counters, query_reflector
 
 
@@ -116,6 +118,19 @@ class Lab:
                 index=h.index,
                 version=version,
             )
+            for h in chosen
+        }
+
+    def tcp_truth(
+        self, hosts: Sequence[LabHost] | None = None, version: int = 4
+    ) -> dict[str, TcpTruth]:
+        """TCP truth per (host, IP version) of the hosts that serve TCP, keyed by address."""
+        chosen = [
+            h for h in (self.state.hosts if hosts is None else hosts) if h.impairments.tcp_ports
+        ]
+        root_counters = nft_counters(None, nft_table(self.prefix), "netdev") if chosen else {}
+        return {
+            h.address_of(version): read_tcp_truth(h, self.prefix, root_counters, version)
             for h in chosen
         }
 
@@ -276,6 +291,8 @@ def lab_up(
         )
         save_state(state, state_dir)
     procs: dict[ReflectorKey, subprocess.Popen[bytes]] = {}
+    listeners: list[subprocess.Popen[bytes]] = []  # TCP listeners this process owns
+    listener_pids: dict[int, int] = {}
     try:
         rdir = run_dir(spec.prefix, state_dir)
         rdir.mkdir(parents=True, exist_ok=True)
@@ -286,25 +303,35 @@ def lab_up(
                     rules = nft_ruleset(host.nft_table, host.impairments, version)
                     nft(host.netns, ["-f", "-"], stdin=rules)
                 add_root_counters(host.nft_table, host.index, plan.root_ifname)
+                if host.impairments.tcp_ports:
+                    apply_tcp(host, spec.prefix, host.nft_table)
                 if host.responder == "reflector":
                     leave_echo_to_reflectors(host.netns)
         refl = [h for h in hosts if h.responder == "reflector"]
         pids = start_reflectors(refl, spec.seed, rdir, detached, procs)
+        for h in hosts:
+            if h.impairments.tcp_open:
+                proc, listener_pids[h.index] = start_listener(h, rdir, detached)
+                if not detached:
+                    listeners.append(proc)
         state = replace(
             state,
             hosts=tuple(
                 replace(
-                    h, reflector_pid=pids.get((h.index, 4)), reflector_pid6=pids.get((h.index, 6))
+                    h,
+                    reflector_pid=pids.get((h.index, 4)),
+                    reflector_pid6=pids.get((h.index, 6)),
+                    listener_pid=listener_pids.get(h.index),
                 )
                 for h in hosts
             ),
         )
         save_state(state, state_dir)
     except BaseException:
-        stop_processes(list(procs.values()))
+        stop_processes(list(procs.values()) + listeners)
         teardown_state(state, state_dir)
         raise
-    return Lab(state, state_dir, list(procs.values()))
+    return Lab(state, state_dir, list(procs.values()) + listeners)
 
 
 def attach_lab(prefix: str, *, state_dir: Path = STATE_DIR) -> Lab:

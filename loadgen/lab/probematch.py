@@ -10,6 +10,7 @@ ICMPv6 (RFC 4443) the same way: its own type numbers, and a quoted IPv6 header o
 
 from __future__ import annotations
 
+from loadgen.lab.addressing import LAB_SPACE
 from loadgen.wire.family import IPPROTO_ICMPV6, IPV6_HEADER_LEN, Icmp6Type, IcmpType
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, MAGIC
 
@@ -130,3 +131,35 @@ FROM_HOST6 = (
     Icmp6Type.TIME_EXCEEDED,
     Icmp6Type.PARAM_PROBLEM,
 )
+
+
+# TCP (a lab host's services, `tcpcfg`). A SYN carries no payload to mark it as ours, so the
+# lab's own address range (where loadgen's sources are: the root ends of the lab links) and the
+# ports the host serves do: nothing else in a lab sends TCP to them. Only the four flags that
+# tell the handshake's packets apart are looked at (ECN's CWR/ECE may ride on a SYN).
+TCP_SPACE = {v: (nfproto, str(LAB_SPACE[v])) for v, nfproto in ((4, "ip"), (6, "ip6"))}
+_HANDSHAKE_FLAGS = "tcp flags & (fin | syn | rst | ack)"
+
+
+def _ports(ports: tuple[int, ...]) -> str:
+    return "{ " + ", ".join(str(p) for p in ports) + " }"
+
+
+def tcp_syn(version: int, ports: tuple[int, ...]) -> str:
+    """A SYN (no ACK) from the lab range to one of `ports`: a probe, or a kernel's retransmission
+    of one."""
+    nfproto, space = TCP_SPACE[version]
+    return f"{nfproto} saddr {space} tcp dport {_ports(ports)} {_HANDSHAKE_FLAGS} == syn"
+
+
+def tcp_synack(version: int, ports: tuple[int, ...]) -> str:
+    """A SYN-ACK from one of `ports` to the lab range: an open port's (or a SYN cookie's) answer."""
+    nfproto, space = TCP_SPACE[version]
+    return f"{nfproto} daddr {space} tcp sport {_ports(ports)} {_HANDSHAKE_FLAGS} == syn | ack"
+
+
+def tcp_rst(version: int, ports: tuple[int, ...]) -> str:
+    """A RST from one of `ports` to the lab range: on a port nobody listens on, the kernel's
+    answer to a SYN (RFC 793 3.4, "reset generation", case 1)."""
+    nfproto, space = TCP_SPACE[version]
+    return f"{nfproto} daddr {space} tcp sport {_ports(ports)} tcp flags & rst == rst"

@@ -25,6 +25,8 @@ from loadgen.lab.state import STATE_DIR, LabState, list_states, load_state, run_
 
 ANY_PREFIX_RE = re.compile(r"^lg[a-z0-9]{1,6}$")
 REFLECTOR_MARK = b"loadgen.lab.reflector"
+# The lab's processes inside its namespaces (reflectors, TCP listeners): stopped at teardown.
+LAB_PROCESS_MARKS = (REFLECTOR_MARK, b"loadgen.lab.listener")
 KILL_WAIT_S = 3.0
 
 
@@ -74,6 +76,7 @@ class LabInfo:
 
 
 def is_reflector(pid: int) -> bool:
+    """A live lab process (a reflector, or a TCP listener) with this pid."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read()
@@ -81,7 +84,7 @@ def is_reflector(pid: int) -> bool:
             zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except OSError:
         return False
-    return REFLECTOR_MARK in cmd and not zombie
+    return any(mark in cmd for mark in LAB_PROCESS_MARKS) and not zombie
 
 
 def stop_reflectors(pids: list[int]) -> tuple[int, ...]:
@@ -137,7 +140,9 @@ def _reap(
 
 def teardown_state(state: LabState, state_dir: Path = STATE_DIR) -> Teardown:
     """Remove everything a state file lists, plus anything else carrying its prefix."""
-    pids = [p for h in state.hosts for p in (h.reflector_pid, h.reflector_pid6) if p]
+    pids = [
+        p for h in state.hosts for p in (h.reflector_pid, h.reflector_pid6, h.listener_pid) if p
+    ]
     return _reap(
         state.prefix,
         [h.netns for h in state.hosts],
@@ -196,8 +201,8 @@ def remains(prefix: str, *, state_dir: Path = STATE_DIR) -> list[str]:
                 cmd = f.read()
         except OSError:
             continue
-        if REFLECTOR_MARK in cmd and mark in cmd and is_reflector(pid):
-            found.append(f"reflector pid {pid}")
+        if mark in cmd and is_reflector(pid):
+            found.append(f"lab process pid {pid}")
     if state_path(prefix, state_dir).exists():
         found.append(f"state {state_path(prefix, state_dir)}")
     return found

@@ -28,6 +28,9 @@ RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
 
 LAB_KEYS = ("prefix", "seed", "family", "subnet", "hosts")
 SHARE_KEYS = ("drop", "duplicate", "reorder", "bitflip", "corrupt", "unreachable", "time_exceeded")
+# TCP services (tcpcfg): ports with a listener, ports the kernel refuses (RST), ports nft drops,
+# a share of SYNs nft drops, the listener's backlog, the namespace's tcp_syncookies (-1: as is).
+TCP_KEYS = ("tcp_open", "tcp_closed", "tcp_filtered", "tcp_drop", "tcp_backlog", "tcp_syncookies")
 HOST_KEYS = (
     "name",
     "count",
@@ -43,6 +46,7 @@ HOST_KEYS = (
     "icmp_ratelimit_burst",
     "rate_limit",
     "echo_limit_pps",
+    *TCP_KEYS,
 )
 
 
@@ -80,6 +84,17 @@ class Impairments:
     rate_limit_bps: int = 0  # tbf for our probes on both ends of the host's link; 0 = off
     echo_limit_pps: int = 0  # nft `limit rate` on our echo requests: beyond it, dropped; 0 = off
     reflector: bool = False  # answer with a reflector even without reflector impairments
+    tcp_open: tuple[int, ...] = ()
+    tcp_closed: tuple[int, ...] = ()
+    tcp_filtered: tuple[int, ...] = ()
+    tcp_drop: float = 0.0
+    tcp_backlog: int = 4096
+    tcp_syncookies: int = -1
+
+    @property
+    def tcp_ports(self) -> tuple[int, ...]:
+        """Every TCP port the host serves (open, closed or filtered): what its counters match."""
+        return self.tcp_open + self.tcp_closed + self.tcp_filtered
 
     @property
     def nft_drops(self) -> bool:
@@ -212,6 +227,15 @@ class _Keys:
             names = " or ".join(repr(e.value) for e in enum)
             raise self.fail(key, value, f"must be {names}") from None
 
+    def ports(self, key: str) -> tuple[int, ...]:
+        value = self.table.get(key, [])
+        ok = isinstance(value, list) and all(
+            isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in value
+        )
+        if not ok or len(set(value)) != len(value):
+            raise self.fail(key, value, f"must be a list of distinct ports, e.g. {key} = [80]")
+        return tuple(value)
+
     def rate_bps(self, key: str) -> int:
         value = self.table.get(key, 0)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -228,13 +252,27 @@ class _Keys:
         return bps
 
 
+def _tcp_keys(keys: _Keys) -> dict[str, Any]:
+    """The TCP service keys of one host group, checked against each other."""
+    tcp: dict[str, Any] = {k: keys.ports(k) for k in TCP_KEYS[:3]}
+    tcp["tcp_drop"] = keys.share("tcp_drop")
+    tcp["tcp_backlog"] = keys.count("tcp_backlog", 4096, 1, 65535)
+    tcp["tcp_syncookies"] = keys.count("tcp_syncookies", -1, -1, 2)
+    served = [p for k in TCP_KEYS[:3] for p in tcp[k]]
+    if len(set(served)) != len(served):
+        raise keys.fail("tcp_open", tcp["tcp_open"], "a port may be open, closed or filtered, once")
+    if tcp["tcp_drop"] and not served:
+        raise keys.fail("tcp_drop", tcp["tcp_drop"], "drops SYNs to served ports; add tcp_open")
+    return tcp
+
+
 def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup:
     keys = _Keys(table, where, source)
     keys.check_known(HOST_KEYS)
     name = table.get("name")
     if not isinstance(name, str) or not GROUP_NAME_RE.match(name):
         raise keys.fail("name", name, 'needs a lowercase name like "lossy" (a-z, 0-9, _)')
-    shares = {k: keys.share(k) for k in SHARE_KEYS}
+    shares: dict[str, Any] = {k: keys.share(k) for k in SHARE_KEYS}
     imp = Impairments(
         drop_every=keys.count("drop_every", 0, 0, 1_000_000),
         drop_run=keys.count("drop_run", 0, 0, 1_000_000),
@@ -248,6 +286,7 @@ def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup
         echo_limit_pps=keys.count("echo_limit_pps", 0, 0, 10_000_000),
         reflector=keys.flag("reflector"),
         **shares,
+        **_tcp_keys(keys),
     )
     if imp.drop_every == 1:
         raise keys.fail("drop_every", 1, "1 would drop everything; use drop = 1.0 or N >= 2")

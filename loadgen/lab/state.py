@@ -47,6 +47,7 @@ class LabHost:
     prefixlen6: int = 0
     control_path6: str | None = None  # the IPv6 reflector's control socket
     reflector_pid6: int | None = None
+    listener_pid: int | None = None  # the TCP listener of `impairments.tcp_open`, if any
 
     def address_of(self, version: int) -> str:
         """The host's address of IP `version` (4 or 6)."""
@@ -90,6 +91,8 @@ def _host(raw: dict[str, Any]) -> LabHost:
     imp = dict(raw["impairments"])
     imp["drop_by"] = DropBy(imp["drop_by"])
     imp["jitter_dist"] = JitterDist(imp["jitter_dist"])
+    for key in ("tcp_open", "tcp_closed", "tcp_filtered"):  # JSON lists back to tuples
+        imp[key] = tuple(imp.get(key, ()))
     return LabHost(**{**raw, "impairments": Impairments(**imp)})
 
 

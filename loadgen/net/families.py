@@ -75,6 +75,35 @@ IPV6 = FamilySpec(
 SPECS = {4: IPV4, 6: IPV6}
 
 
+def route_sources(
+    addresses: list[str], version: int, *, source: str | None, interface: str | None
+) -> list[bytes]:
+    """The address (packed) each target's packets leave from: `source` if given, else what
+    the routing table picks, read from a UDP socket connected to the target (connect only
+    looks the route up: nothing is sent). A protocol that checksums a pseudo-header needs it."""
+    spec = SPECS[version]
+    if source is not None:
+        return [socket.inet_pton(spec.family, source.partition("%")[0])] * len(addresses)
+    names = ipv6_names(addresses) if version == 6 else None
+    out = []
+    for i, text in enumerate(addresses):
+        # A socket per target: a connected UDP socket keeps the source address of its first
+        # route when connected again (ip4_datagram_connect sets it only while unset).
+        with socket.socket(spec.family, socket.SOCK_DGRAM) as probe:
+            if interface:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+            bare = text.partition("%")[0]
+            where = (bare, 9) if names is None else (bare, 9, 0, int(names["scope_id"][i]))
+            try:
+                probe.connect(where)
+            except OSError as exc:
+                raise UsageError(
+                    f"target {text}: no route to it ({exc.strerror}); check `ip route get {bare}`"
+                ) from None
+            out.append(socket.inet_pton(spec.family, probe.getsockname()[0].partition("%")[0]))
+    return out
+
+
 def ipv6_names(addresses: list[str]) -> NDArray[Any]:
     """sockaddr_in6 rows for IPv6 addresses (a link-local one with its %scope: the interface
     name or index), in order: the destination column `BatchIO.send` takes for IPv6."""

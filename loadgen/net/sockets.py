@@ -152,6 +152,7 @@ def open_icmp(
     interface: str | None = None,
     source: str | None = None,
     datagram: bool = False,
+    protocol: int | None = None,
 ) -> IcmpSocket:
     """A non-blocking raw socket for ICMP echo of `family` (4 or 6), configured (a datagram
     ICMP socket with `datagram`: no BPF program or ICMP6_FILTER, see _datagram); raises
@@ -160,16 +161,19 @@ def open_icmp(
     queue, where TX stamps come back, is the same socket's), and it is the NIC whose hardware
     stamping is looked at (HARDWARE: configured). With `source` the probes leave from that
     address and only replies to it are received. IPv6 sockets pass only echo replies and the
-    errors that can quote a probe (ICMP6_FILTER) before the BPF program sees them."""
+    errors that can quote a probe (ICMP6_FILTER) before the BPF program sees them. `protocol`
+    opens a raw socket of another IP protocol with the same options (TCP SYN probes)."""
     spec = SPECS[family]
+    proto = spec.proto if protocol is None else protocol
+    what = "ICMP" if proto == spec.proto else f"IP protocol {proto}"
     if not 1 <= ttl <= 255 or not 0 <= tos <= 255:
         raise UsageError(f"ttl must be 1-255 and tos 0-255 (got {ttl}, {tos}): fix -t/-z")
     kind = socket.SOCK_DGRAM if datagram else socket.SOCK_RAW
     try:
-        sock = socket.socket(spec.family, kind, spec.proto)
+        sock = socket.socket(spec.family, kind, proto)
     except OSError as exc:
         err = exc.errno or 0
-        what = f"opening a {'datagram' if datagram else 'raw'} {spec.name} ICMP socket"
+        what = f"opening a {'datagram' if datagram else 'raw'} {spec.name} {what} socket"
         if datagram and err in (errno.EACCES, errno.EPERM):
             raise PermissionProblem(str(problem(what, err, _DATAGRAM_FIX))) from None
         raise problem(what, err) from None
@@ -181,7 +185,7 @@ def open_icmp(
         ident = None
         if datagram:
             ident = _datagram(sock, spec, source)
-        elif spec.version == 6:
+        elif proto == socket.IPPROTO_ICMPV6:
             try:
                 _set_option(sock, socket.IPPROTO_ICMPV6, ICMP6_FILTER, bpf.icmp6_filter())
             except OSError as exc:

@@ -14,9 +14,8 @@ from rich.console import Console
 from rich.live import Live
 
 from loadgen.coordinator import Display, GeneratorView, WorkerHandle
-from loadgen.icmppath import LABELS
 from loadgen.output.ui import Snapshot, WorkerView, plain_line, render, sending_took
-from loadgen.plan import RunPlan
+from loadgen.plan import RunPlan, path_label
 from loadgen.stats import Aggregator, SecondReport
 from loadgen.targets import labels
 
@@ -99,7 +98,7 @@ class LiveDisplay(Display):
             send_ns=send_ns,
             linger_ns=self.plan.profile.delay_ns,
             sent_in_ns=self.sent_in_ns,
-            path=LABELS[self.plan.icmp_path],
+            path=path_label(self.plan),
         )
         self.live.update(render(snap), refresh=True)
 

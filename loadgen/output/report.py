@@ -23,6 +23,7 @@ name "total") and an "sla_breach" per SLA clause that second failed (README, SLA
 | errored | int | no good reply, but an ICMP error or a damaged reply (not lost) |
 | loss_pct | float | 100 * lost / sent (0 when nothing was sent) |
 | duplicates, reordered, bitflips, corrupted, icmp_errors, stale | int | side events |
+| refused | int | side event: received or late answers that refused (TCP RST: port closed) |
 | unresolved | int | probes without an outcome because their worker ended early (died, failed) |
 | unaccounted | int | sent - received - late - lost - errored - unresolved: not 0 is a bug |
 | rtt_count | int | RTT samples (received replies) |
@@ -67,7 +68,8 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA,
+# refused
 # The "run" object: loadgen version, command line (argv) and profile source, kernel release,
 # CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
 # requested total rate, count and duration (null: not set), timestamp settings, run id, and
@@ -102,6 +104,7 @@ _COUNT_KEYS = (
     "corrupted",
     "icmp_errors",
     "stale",
+    "refused",
 )
 _RTT_KEYS = ("min", "avg", "max", "mdev", "p50", "p90", "p99", "jitter")
 

@@ -49,6 +49,8 @@ def block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
         f"{c.late} late, {c.errored} errors",
         ", ".join(f"{getattr(c, field)} {label}" for label, field in _SIDE),
     ]
+    if c.refused:
+        lines.append(f"{c.refused} refused (TCP RST: port closed), within received and late")
     if r.count:
         lines.append(f"rtt min/avg/max/mdev = {_ms(r.min_ns, r.avg_ns, r.max_ns, r.mdev_ns)} ms")
         lines.append(

@@ -33,6 +33,7 @@ _EVENTS = (
     ("corrupt", "corrupted"),
     ("icmp-err", "icmp_errors"),
     ("stale", "stale"),
+    ("refused", "refused"),
 )
 
 
@@ -331,6 +332,7 @@ def plain_line(report: SecondReport) -> str:
         f"{clock} s={report.second} sent={c.sent} recv={c.received} loss={c.loss_pct:.2f}% "
         f"{rtt} late={c.late} dup={c.duplicates} reord={c.reordered} "
         f"errs={c.errored} icmp={c.icmp_errors} flip={c.bitflips} corrupt={c.corrupted}"
+        + (f" refused={c.refused}" if c.refused else "")
     )
     unresolved, why = report.explained(report.total)
     if unresolved:

@@ -199,6 +199,10 @@ class DecodedBatch:
     icmp_type: NDArray[np.uint8]
     icmp_code: NDArray[np.uint8]
     seq16_only: NDArray[np.bool_]
+    # Kinds that identify a probe by its number k mod 2**32 (TCP: the ISN) give it here instead
+    # of target and seq; the tracker widens it from the probes it sent.
+    probe_k32: NDArray[np.uint64] | None = None
+    refused: NDArray[np.bool_] | None = None  # answers that refuse (TCP: a RST)
 
     def row(self, i: int) -> icmp.Decoded:
         """Row i as the scalar decoder's value (for tests and diagnostics, not the hot path)."""

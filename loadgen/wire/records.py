@@ -3,8 +3,8 @@
 A SENT record per target and send batch (its `probes` field says how many probes to that
 target it stands for, all with its tx_ns), one record per probe outcome (exactly one of
 RECEIVED, LATE, LOST, ERRORED per probe) and one per side event (DUPLICATE, BITFLIP, CORRUPTED,
-ICMP_ERROR, STALE). Records travel as numpy structured arrays, packed into msgpack frames by
-`messages`.
+ICMP_ERROR, STALE, REFUSED). Records travel as numpy structured arrays, packed into msgpack
+frames by `messages`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class RecordKind(IntEnum):
     CORRUPTED = 7  # a reply with a bad ICMP checksum that could still be attributed
     ICMP_ERROR = 8  # destination unreachable / time exceeded quoting one of our probes
     STALE = 9  # a good reply for a probe already given up (after linger)
+    REFUSED = 10  # the answer (RECEIVED or LATE) was a refusal: a TCP RST, the port is closed
 
 
 OUTCOME_KINDS = (RecordKind.RECEIVED, RecordKind.LATE, RecordKind.LOST, RecordKind.ERRORED)

@@ -233,3 +233,28 @@ def test_the_demo_profile_lab_parses() -> None:
     assert "targets" not in data  # every lab host is a target
     profile = parse_profile(data, source=str(DEMO))
     assert profile.lab is not None and profile.targets == ()
+
+
+def test_tcp_keys_parse_and_are_checked() -> None:
+    spec = spec_of(hosts=[{"name": "web", "tcp_open": [80], "tcp_closed": [81], "tcp_drop": 0.5}])
+    imp = spec.groups[0].impairments
+    assert (imp.tcp_open, imp.tcp_closed, imp.tcp_ports, imp.tcp_drop) == (
+        (80,),
+        (81,),
+        (80, 81),
+        0.5,
+    )
+    assert imp.tcp_backlog == 4096 and imp.tcp_syncookies == -1
+    assert "tcp_open=(80,)" in imp.describe()
+    bad: list[tuple[dict[str, object], str]] = [
+        ({"tcp_open": [0]}, "list of distinct ports"),
+        ({"tcp_open": [80, 80]}, "list of distinct ports"),
+        ({"tcp_open": 80}, "list of distinct ports"),
+        ({"tcp_open": [80], "tcp_closed": [80]}, "open, closed or filtered, once"),
+        ({"tcp_drop": 0.1}, "add tcp_open"),
+        ({"tcp_open": [80], "tcp_syncookies": 3}, "from -1 to 2"),
+        ({"tcp_open": [80], "tcp_backlog": 0}, "from 1 to 65535"),
+    ]
+    for keys, fix in bad:
+        with pytest.raises(ProfileError, match=fix):
+            spec_of(hosts=[{"name": "web", **keys}])
