@@ -25,6 +25,7 @@ PURE = (
     "wire/stamp.py",
     "wire/stamp_tlv.py",
     "wire/stamp_probe.py",
+    "reflect_core.py",
     "errors.py",
     "units.py",
     "pacer.py",

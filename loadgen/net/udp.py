@@ -1,0 +1,186 @@
+"""UDP sockets for STAMP and plain UDP probes, and the reflector's batched I/O on them.
+
+Owns opening and binding (SO_REUSEPORT for one socket per reflector worker, errno turned into one
+line: port taken, privileged, not an address here), the receive options a reflector reports
+(kernel RX stamps, TTL / hop limit, TOS / traffic class as cmsgs) and `UdpBatch`: recvmmsg with
+each datagram's source and those cmsgs as columns, sendmmsg of replies to chosen sources.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.net.cmsg import cmsg_key, cmsg_offsets
+from loadgen.net.mmsg import DONTWAIT, MMSGHDR, TRUNC, RecvRing, send_headers, sendmmsg
+
+# <linux/in.h>, <linux/in6.h>, <asm-generic/socket.h>: not all in Python's socket module.
+SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
+IP_TOS, IP_TTL, IP_RECVTTL, IP_RECVTOS = 1, 2, 12, 13
+IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 51, 52, 66, 67
+NAME_BYTES = 28  # sockaddr_in6; a sockaddr_in (16) fits the same slot
+CTRL_BYTES = 128  # timespec (32) + ttl (24) + tos (24), with room to spare
+SLOT_BYTES = 9216  # a jumbo frame's datagram; a longer one is counted malformed, never cut
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    stamp: int
+    ttl: int
+    tos: int
+
+
+_KEYS = {
+    socket.AF_INET: Keys(
+        cmsg_key(socket.SOL_SOCKET, SO_TIMESTAMPNS),
+        cmsg_key(socket.IPPROTO_IP, IP_TTL),
+        cmsg_key(socket.IPPROTO_IP, IP_TOS),
+    ),
+    socket.AF_INET6: Keys(
+        cmsg_key(socket.SOL_SOCKET, SO_TIMESTAMPNS),
+        cmsg_key(socket.IPPROTO_IPV6, IPV6_HOPLIMIT),
+        cmsg_key(socket.IPPROTO_IPV6, IPV6_TCLASS),
+    ),
+}
+
+
+def bind_error(exc: OSError, addr: str, port: int) -> Exception:
+    """One line that says what to do about a failed bind."""
+    if exc.errno == errno.EADDRINUSE:
+        return SocketProblem(
+            f"UDP port {port} on {addr} is taken by another program: stop it or pick another --port"
+        )
+    if exc.errno == errno.EACCES:
+        return PermissionProblem(
+            f"UDP port {port} is privileged: use --port 1024 or above, or grant the "
+            "capability with `sudo setcap cap_net_bind_service+ep <python path>`"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return UsageError(f"{addr} is not an address of this host: give one of `ip -brief addr`")
+    return SocketProblem(f"cannot bind UDP {addr} port {port}: {exc.strerror or exc}")
+
+
+def check_port_free(addr: str, port: int) -> None:
+    """Bind once without SO_REUSEPORT: another reflector holding the port with it would
+    otherwise share it silently with ours."""
+    family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((addr, port))
+        except OSError as exc:
+            raise bind_error(exc, addr, port) from None
+
+
+def open_reflector_socket(addr: str, port: int) -> socket.socket:
+    """A UDP socket bound to (addr, port) with SO_REUSEPORT, reporting kernel RX stamps, TTL
+    and TOS of every datagram."""
+    family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
+        for opt, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+            except PermissionError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+                sock.setsockopt(socket.SOL_SOCKET, plain, 8 << 20)
+        sock.bind((addr, port))
+    except OSError as exc:
+        sock.close()
+        raise bind_error(exc, addr, port) from None
+    sock.setblocking(False)
+    return sock
+
+
+class UdpBatch:
+    """recvmmsg into `rows` slots with sources and cmsgs; sendmmsg of replies."""
+
+    def __init__(self, sock: socket.socket, rows: int = 64) -> None:
+        self.sock, self.rows = sock, rows
+        self.keys = _KEYS[sock.family]
+        self._ring = RecvRing(rows, SLOT_BYTES, CTRL_BYTES)
+        self.names = np.zeros((rows, NAME_BYTES), np.uint8)
+        index = np.arange(rows, dtype=np.uint64)
+        hdr = self._ring.msgs["hdr"]
+        hdr["name"] = self.names.ctypes.data + index * NAME_BYTES
+        self._namelen = hdr["namelen"]
+        self._out = np.zeros((rows, SLOT_BYTES), np.uint8)
+        self._out_names = np.zeros(rows, np.dtype((np.void, NAME_BYTES)))
+        self._iov, self._msgs = send_headers(self._out_names)
+        self._iov["base"] = self._out.ctypes.data + index * SLOT_BYTES
+
+    def receive(self) -> int:
+        """Datagrams waiting, read without blocking (0 when none)."""
+        self._namelen[:] = NAME_BYTES
+        n = self._ring.receive(self.sock.fileno(), DONTWAIT)
+        if n < 0:
+            if -n in (errno.EAGAIN, errno.EINTR):
+                return 0
+            raise SocketProblem(f"recvmmsg on the reflector socket: {os.strerror(-n)}")
+        return n
+
+    def rows_of(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """(kernel RX ns or 0, TTL or -1, TOS or -1) of the last n datagrams."""
+        ring = self._ring
+        stamp_at, ttl_at, tos_at = cmsg_offsets(
+            ring.ctrl[:n], ring.controllen[:n], (self.keys.stamp, self.keys.ttl, self.keys.tos)
+        )
+        rx_ns, ttl, tos = np.zeros(n, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+        for i in range(n):
+            ctrl = ring.ctrl[i]
+            if stamp_at[i] >= 0:
+                sec, nsec = ctrl[stamp_at[i] : stamp_at[i] + 16].view(np.int64)
+                rx_ns[i] = sec * 1_000_000_000 + nsec
+            if ttl_at[i] >= 0:
+                ttl[i] = int(ctrl[ttl_at[i] : ttl_at[i] + 4].view(np.int32)[0])
+            if tos_at[i] >= 0:
+                tos[i] = int(ctrl[tos_at[i]])  # IP_TOS: one byte; IPV6_TCLASS: an int, LE
+        return rx_ns, ttl, tos
+
+    def datagram(self, i: int) -> bytes | None:
+        """Datagram i of the last receive; None when it did not fit the slot."""
+        if int(self._ring.flags[i]) & TRUNC:
+            return None
+        return self._ring.data[i, : int(self._ring.lengths[i])].tobytes()
+
+    def source(self, i: int) -> tuple[bytes, int]:
+        """(address bytes, port) that datagram i came from."""
+        name = self.names[i]
+        port = int(name[2]) << 8 | int(name[3])
+        if self.sock.family == socket.AF_INET6:
+            return name[8:24].tobytes(), port
+        return name[4:8].tobytes(), port
+
+    def send(self, replies: list[tuple[int, bytes]]) -> tuple[int, int]:
+        """Send each reply to the source of received row i; (sent, failed)."""
+        for k, (i, data) in enumerate(replies):
+            self._out[k, : len(data)] = np.frombuffer(data, np.uint8)
+            self._iov["len"][k] = len(data)
+            self._out_names[k] = self.names[i].tobytes()
+        sent = failed = done = 0
+        total = len(replies)
+        while done < total:
+            ptr = self._msgs.ctypes.data + done * MMSGHDR.itemsize
+            k = int(sendmmsg(self.sock.fileno(), ptr, total - done, 0))
+            if k > 0:
+                done, sent = done + k, sent + k
+            elif k < 0 and ctypes.get_errno() == errno.EINTR:
+                continue
+            else:  # the first one failed (ENOBUFS, EPERM from a firewall): count, move on
+                done, failed = done + 1, failed + 1
+        return sent, failed
