@@ -5,6 +5,7 @@
                          [-I IFACE] [-S ADDR] ...
     loadgen check PROFILE.toml
     loadgen lab up LAB.toml | status | down [PREFIX] [--all]
+    loadgen reflect [--port P] [--bind ADDR] [--workers N] [--stateful] [--allow CIDR,...] ...
     loadgen --version
 
 Exit codes: 0 ok; 1 nothing came back, the run failed (a worker died, no permission) or an
@@ -31,6 +32,7 @@ from loadgen.output.display import make_display
 from loadgen.output.summary import summary_view
 from loadgen.plan import RunPlan, describe
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
+from loadgen.reflect_cli import add_reflect_parser, cmd_reflect
 from loadgen.runner import RunResult, execute, plan_run
 from loadgen.targets import labels
 
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = labsub.add_parser("down", help="tear a lab down")
     down.add_argument("prefix", nargs="?", help="the lab's prefix (see 'lab status')")
     down.add_argument("--all", action="store_true", help="remove every loadgen lab left behind")
+    add_reflect_parser(sub)
     return top
 
 
@@ -182,6 +185,8 @@ def _command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "lab":
         return _lab(args)
+    if args.command == "reflect":
+        return cmd_reflect(args)
     profile = profile_from_args(args)
     if args.command == "check":
         return _check(profile)
