@@ -87,6 +87,9 @@ def worker_main(
             if now_ns >= next_expire:
                 reflector.expire(now_ns)
                 next_expire = now_ns + EXPIRE_NS
+        # What arrived before the stop is answered and counted, not left in the queue.
+        while n := batch.receive():
+            send_failed += _serve(batch, reflector, n, time.monotonic_ns())
         conn.send_bytes(_frame(reflector, send_failed))
 
 
