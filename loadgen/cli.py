@@ -92,6 +92,14 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
             dest="family",
             help=f"IPv{version} only: host names give IPv{version} addresses (profile key family)",
         )
+    kind = p.add_mutually_exclusive_group()
+    for name, what in (("tcp", "half-open TCP SYN probes (root)"), ("tcp-connect", "TCP connects")):
+        kind.add_argument(
+            f"--{name}",
+            metavar="PORTS",
+            dest=name.replace("-", "_"),
+            help=f"{what} to PORTS: 443, 80,443 or 8000-8010 (profile keys probe, port)",
+        )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -148,8 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+# Flags that pick the probe kind and give its ports (profile keys probe and port).
+_KIND_FLAGS = (("tcp", "tcp-syn"), ("tcp_connect", "tcp-connect"))
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
+    for flag, kind in _KIND_FLAGS:
+        if getattr(args, flag, None) is not None:
+            given |= {"probe": kind, "port": getattr(args, flag)}
+    return given
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:

@@ -116,7 +116,10 @@ def _plan_message(wp: WorkerPlan) -> PlanMsg:
         cpu=-1 if wp.cpu is None else wp.cpu,
         ident=wp.ident,
         run_id=wp.run_id,
-        targets=tuple(TargetSpec(t.index, t.address, t.family) for t in wp.targets),
+        targets=tuple(
+            TargetSpec(t.index, t.address, t.family, wp.ports[i] if wp.ports else 0)
+            for i, t in enumerate(wp.targets)
+        ),
         rate_pps=wp.rate_pps,
         probes=wp.probes,
         duration_ns=wp.duration_ns,

@@ -16,6 +16,7 @@ from loadgen.profile import Profile
 from loadgen.targets import Target
 from loadgen.units import NS_PER_S, bad_value, format_duration, format_rate
 from loadgen.wire.messages import ProbeSettings
+from loadgen.wire.probekind import IMPLEMENTED
 
 _SHOWN_TARGETS = 5
 
@@ -31,6 +32,7 @@ class WorkerPlan:
     probes: int | None  # what it sends in all (count and duration); None: until stopped
     duration_ns: int | None  # its deadline, which only cuts a generator behind its timetable
     settings: ProbeSettings
+    ports: tuple[int, ...] = ()  # targets[i] is probed on ports[i]; () for a kind without ports
 
     @property
     def rate_per_target_pps(self) -> float:
@@ -107,7 +109,24 @@ def probe_settings(profile: Profile) -> ProbeSettings:
         tx_path=profile.tx_path,
         interface=profile.interface,
         source=profile.source_address,
+        kind=profile.probe,
     )
+
+
+def target_ports(profile: Profile, n_targets: int) -> tuple[int, ...]:
+    """The port of each target, the profile's ports dealt round-robin in target order (target
+    i gets ports[i mod len(ports)]); () for a kind without ports."""
+    ports = profile.ports
+    return tuple(ports[i % len(ports)] for i in range(n_targets)) if ports else ()
+
+
+def _check_kind(profile: Profile) -> None:
+    if profile.probe not in IMPLEMENTED:
+        sendable = ", ".join(f'"{kind}"' for kind in sorted(IMPLEMENTED))
+        raise ProfileError(
+            f'{profile.source}: probe = "{profile.probe}" is not implemented in this build; '
+            f"use one of {sendable}"
+        )
 
 
 def _worker_cpus(profile: Profile, cpus_available: Sequence[int]) -> list[int | None]:
@@ -187,6 +206,7 @@ def make_plan(
         raise ValueError("target indexes must be 0..n-1 in order (resolve_targets makes them)")
     if not 0 <= run_id < 2**32:
         raise ValueError(f"run_id {run_id} does not fit the 32-bit payload field")
+    _check_kind(profile)
     _check_families(profile, targets)
     cpus = _worker_cpus(profile, cpus_available)
     n_targets = len(targets)
@@ -197,6 +217,7 @@ def make_plan(
         rate_pps = min(rate_pps, profile.rate_per_target_pps * n_targets)
     per_target = probes_per_target(profile, rate_pps, n_targets)
     settings = probe_settings(profile)
+    ports = target_ports(profile, n_targets)
     workers = []
     for w, share in enumerate(shares):
         # A worker sends its targets in turn from its first: the targets given one more probe
@@ -220,6 +241,7 @@ def make_plan(
                 probes=probes,
                 duration_ns=profile.duration_ns,
                 settings=settings,
+                ports=tuple(ports[t.index] for t in share) if ports else (),
             )
         )
     return RunPlan(
@@ -252,6 +274,15 @@ def _stop_rule(plan: RunPlan) -> str:
     )
 
 
+def _ports_text(ports: tuple[int, ...]) -> str:
+    if not ports:
+        return ""
+    shown = ", ".join(map(str, ports[:_SHOWN_TARGETS]))
+    if len(ports) > _SHOWN_TARGETS:
+        shown += f" and {len(ports) - _SHOWN_TARGETS} more"
+    return f" to port {shown}" if len(ports) == 1 else f" to ports {shown} (round-robin)"
+
+
 def describe(plan: RunPlan) -> str:
     """The plan for people: targets, rates, limits and one line per worker."""
     profile = plan.profile
@@ -272,7 +303,8 @@ def describe(plan: RunPlan) -> str:
         f"run id: 0x{plan.run_id:08x}",
         f"targets: {len(plan.targets)}: {shown}",
         rate,
-        f"probes: {profile.probe}, {profile.size}-byte payload, ttl {profile.ttl}, "
+        f"probes: {profile.probe}{_ports_text(profile.ports)}, {profile.size}-byte payload, "
+        f"ttl {profile.ttl}, "
         f"tos 0x{profile.tos:02x}"
         + (f", interface {profile.interface}" if profile.interface else "")
         + (f", from {profile.source_address}" if profile.source_address else ""),

@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import textwrap
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from loadgen.errors import ProfileError, UsageError
 from loadgen.profile_keys import DEFAULT_DELAY_NS, PROFILE_KEYS
 from loadgen.units import bad_value, format_duration
+from loadgen.wire.probekind import DEFAULT_PORTS, PORT_KINDS, ProbeKind
 
 COMMAND_LINE = "command line"
 
@@ -41,7 +42,8 @@ class Profile:
     tx_path: str  # ip | packet
     interface: str | None  # bind every socket to it
     source_address: str | None  # key `source`: bind every socket to this address
-    probe: str
+    probe: ProbeKind
+    ports: tuple[int, ...]  # key `port`: dealt over targets round-robin; () for icmp
     family: str  # auto | ipv4 | ipv6
     max_targets: int  # cap on CIDR expansion
     top: int  # rows in the live table
@@ -111,7 +113,27 @@ def _build(data: Mapping[str, Any], source: str, origins: Mapping[str, str]) -> 
             'tx_path = "packet" with tx_timestamps = true: kernel TX stamps are taken on the '
             'raw IP socket only; drop one of them (tx_path = "ip" keeps the stamps)',
         )
+    _check_ports(values, data, fail)
     return Profile(source=source, **values)
+
+
+def _check_ports(
+    values: dict[str, Any], data: Mapping[str, Any], fail: Callable[[str, str], ProfileError]
+) -> None:
+    """A port goes with the kinds that have one, and those kinds need one."""
+    kind: ProbeKind = values["probe"]
+    if kind not in PORT_KINDS and values["ports"]:
+        problem = f'probe = "{kind}" has no port'
+        fix = 'drop port, or set probe = "tcp-syn" (--tcp PORT) for probes to a port'
+        raise fail("port", bad_value("port", data["port"], problem, fix))
+    if kind in PORT_KINDS and not values["ports"]:
+        if kind not in DEFAULT_PORTS:
+            raise fail(
+                "probe",
+                f'probe = "{kind}" needs a port; add port = 443 (a list "80,443" or a range '
+                '"8000-8010" works too)',
+            )
+        values["ports"] = DEFAULT_PORTS[kind]
 
 
 def parse_profile(data: Mapping[str, Any], *, source: str) -> Profile:

@@ -26,6 +26,7 @@ from loadgen.units import (
 )
 from loadgen.wire.family import IPV4, IPV6
 from loadgen.wire.icmp import MIN_PAYLOAD
+from loadgen.wire.probekind import ProbeKind
 
 # `size` is the ICMP payload: our probe header (docs/DESIGN.md) at least, and at most what one
 # datagram of either family holds: IPv4's 65535 - 20 (IP header) - 8 (ICMP header) = 65507 is
@@ -71,24 +72,40 @@ def _targets(value: Any, key: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _numbers(value: Any, key: str, what: str, bounds: tuple[int, int], hint: str) -> list[int]:
+    """Whole numbers in bounds, as a list or a comma string, "a-b" a range; each once."""
+    low_bound, high_bound = bounds
+    numbers: list[int] = []
+    for item in _split_list(value, key, hint):
+        if isinstance(item, str) and "-" in item.strip("-"):
+            low, _, high = item.partition("-")
+            first = parse_int(low, key=key, minimum=low_bound, maximum=high_bound)
+            last = parse_int(high, key=key, minimum=first, maximum=high_bound)
+            numbers.extend(range(first, last + 1))
+        elif isinstance(item, bool) or not isinstance(item, int | str):
+            raise UsageError(bad_value(key, value, f"{show_value(item)} is not a {what}", hint))
+        else:
+            numbers.append(parse_int(item, key=key, minimum=low_bound, maximum=high_bound))
+    if not numbers:
+        raise UsageError(bad_value(key, value, f"no {what}s", hint))
+    if len(set(numbers)) != len(numbers):
+        raise UsageError(bad_value(key, value, f"a {what} is listed twice", hint))
+    return numbers
+
+
 def _cpus(value: Any, key: str) -> tuple[int, ...] | None:
     hint = 'write a list of CPU numbers such as [0, 1] or "0-3", or "all"'
     if isinstance(value, str) and value.strip().lower() == "all":
         return None
-    cpus: list[int] = []
-    for item in _split_list(value, key, hint):
-        if isinstance(item, str) and "-" in item.strip("-"):
-            low, _, high = item.partition("-")
-            first = parse_int(low, key=key, minimum=0, maximum=4095)
-            last = parse_int(high, key=key, minimum=first, maximum=4095)
-            cpus.extend(range(first, last + 1))
-        else:
-            cpus.append(parse_int(item, key=key, minimum=0, maximum=4095))
-    if not cpus:
-        raise UsageError(bad_value(key, value, "no CPUs", hint))
-    if len(set(cpus)) != len(cpus):
-        raise UsageError(bad_value(key, value, "a CPU is listed twice", hint))
-    return tuple(cpus)
+    return tuple(_numbers(value, key, "CPU", (0, 4095), hint))
+
+
+def _ports(value: Any, key: str) -> tuple[int, ...]:
+    """A port, a list of them ("80,443", [80, 443]) or a range ("8000-8010"), in order."""
+    hint = 'write a port such as 443, a list such as "80,443" or a range such as "8000-8010"'
+    return tuple(
+        _numbers(value if isinstance(value, list) else [value], key, "port", (1, 65535), hint)
+    )
 
 
 def _workers(value: Any, key: str) -> int | None:
@@ -97,14 +114,12 @@ def _workers(value: Any, key: str) -> int | None:
     return parse_int(value, key=key, minimum=1, maximum=1024)
 
 
-def _choice(options: tuple[str, ...], not_yet: tuple[str, ...] = ()) -> Parser:
+def _choice(options: tuple[str, ...]) -> Parser:
     def parse(value: Any, key: str) -> str:
         hint = "write one of " + ", ".join(f'"{o}"' for o in options)
         text = value.strip().lower() if isinstance(value, str) else None
         if text in options:
             return text
-        if text in not_yet:
-            raise UsageError(bad_value(key, value, "not implemented yet", hint))
         close = difflib.get_close_matches(text or "", options, n=1)
         guess = f"did you mean {show_value(close[0])}? " if close else ""
         raise UsageError(bad_value(key, value, "unknown value", guess + hint))
@@ -346,10 +361,25 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
     ProfileKey(
         "probe",
         "probe",
-        _choice(("icmp",), not_yet=("tcp-syn", "udp")),
-        "icmp",
-        'Probe kind: "icmp" (echo request). "tcp-syn" and "udp" are not implemented yet.',
+        lambda value, key: ProbeKind(_choice(tuple(ProbeKind))(value, key)),
+        ProbeKind.ICMP,
+        'Probe kind: "icmp" (echo request), "tcp-syn" (half-open SYN, root; a SYN-ACK or a '
+        'RST is an answer, a RST also counts as refused), "tcp-connect" (a full handshake '
+        'through the kernel, any user), "udp" or "stamp" (RFC 8762, port 862 unless port is '
+        'given). `loadgen check` says which kinds this build sends. Default "icmp".',
         'probe = "icmp"',
+    ),
+    ProfileKey(
+        "port",
+        "ports",
+        _ports,
+        (),
+        "Destination port of tcp-syn, tcp-connect, udp and stamp probes (not icmp): a port, a "
+        'list "80,443" or a range "8000-8010"; several are dealt over the targets round-robin '
+        "in target order (target i gets port i mod the number of ports). Default: none (stamp: "
+        "862).",
+        "port = 443",
+        commented=True,
     ),
     ProfileKey(
         "family",

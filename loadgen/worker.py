@@ -1,6 +1,7 @@
-"""The worker process: one raw socket, one paced loop, one stream of record frames.
-The plan gives a worker targets of one address family; its socket, codecs and tracker
-addresses are that family's (parameters, not a second code path).
+"""The worker process: one socket, one paced loop, one stream of record frames.
+The plan gives a worker targets of one address family and one probe kind; its socket, codecs
+and tracker addresses are that family's and that kind's (`kinds`: parameters, not a second
+code path).
 
 The loop is plumbing: it reads the clock, asks `turns.TurnPolicy` what this turn does (send a
 batch, drain replies, ship a frame, or end), does that I/O and sleeps until the next turn;
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ipaddress
 import math
 import os
 import select
@@ -23,19 +23,13 @@ import time
 from multiprocessing.connection import Connection
 
 import numpy as np
-from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
-from loadgen.net import linkpath
-from loadgen.net.batchio import BatchIO
-from loadgen.net.families import ipv6_names
-from loadgen.net.sockets import TimestampMode, open_icmp
+from loadgen.kinds import open_kind
 from loadgen.tracker import Tracker, probes_of_tx_ids
 from loadgen.turns import TurnPolicy
-from loadgen.wire import bpf
-from loadgen.wire.batch import EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.family import family_of
-from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, DecodeStatus
+from loadgen.wire.icmp import DecodeStatus
 from loadgen.wire.messages import (
     Done,
     Failed,
@@ -119,38 +113,13 @@ class Worker:
         if len(versions) != 1:
             raise LoadgenError(f"a worker's targets are of one family, got {sorted(versions)}")
         self.family = fam = family_of(versions.pop())
-        self.sock = open_icmp(
-            family=fam.version,
-            ttl=probe.ttl,
-            tos=probe.tos,
-            timestamps=TimestampMode(probe.timestamps),
-            bpf_program=bpf.pack(bpf.echo_filter(fam, plan.ident)),
-            interface=probe.interface or None,
-            source=probe.source or None,
-        )
-        # A receive slot holds the largest reply: IPv4 header with options, ICMP, payload
-        # (an ICMPv6 socket gives the message alone).
-        self.io = BatchIO(self.sock, slot_bytes=max(2048, 60 + ICMP_HEADER_LEN + probe.size))
-        self.decoder = ReplyDecoder(plan.ident, plan.run_id, probe.size, family=fam)
+        # Everything that depends on what a probe is: socket, builder, decoder, destinations.
+        self.kind = kind = open_kind(plan, fam)
+        self.io, self.sock = kind.io, kind.io.socket
         self.global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
-        # The form the decoder gives quoted destinations in (u32 or V16), for the tracker.
-        self.addresses = fam.address_column(
-            [ipaddress.ip_address(t.address).packed for t in plan.targets]
-        )
-        # Where each probe goes: its IPv4 address, an IPv6 sockaddr_in6 (with the scope of a
-        # link-local target), or on the link path its sockaddr_ll row.
-        self.destinations: NDArray[np.generic] = (
-            self.addresses if fam.version == 4 else ipv6_names([t.address for t in plan.targets])
-        )
-        self.ip_headers: Ipv4Headers | None = None
-        self.link_names = ""
-        headroom = 0
-        if probe.tx_path == "packet":
-            headroom = self._use_link_path()
-        self.builder = EchoBuilder(plan.ident, plan.run_id, probe.size, headroom, family=fam)
         self.tracker = Tracker(
             targets=self.global_index,
-            addresses=self.addresses,
+            addresses=kind.addresses,
             rate_pps=plan.rate_pps,
             timeout_ns=probe.timeout_ns,
             linger_ns=probe.linger_ns,
@@ -175,26 +144,6 @@ class Worker:
         self.rx_truncated = 0
         self.malformed = 0
 
-    def _use_link_path(self) -> int:
-        """Resolve every target's next hop and send through a packet socket from now on;
-        returns the header room the builder leaves for the IPv4 headers written per batch."""
-        interface, source = self.probe.interface, self.probe.source
-        hops = linkpath.resolve_hops(
-            [int(a) for a in self.addresses], interface=interface, source=source
-        )
-        self.io.use_link_tx(linkpath.open_link_tx(interface=interface), linkpath.SOCKADDR_LL.size)
-        names = b"".join(hop.sockaddr() for hop in hops)
-        self.destinations = np.frombuffer(names, np.uint8).reshape(len(hops), -1)
-        self.ip_headers = Ipv4Headers(
-            np.array([hop.source for hop in hops], np.uint32),
-            self.addresses,
-            ttl=self.probe.ttl,
-            tos=self.probe.tos,
-            total_len=IPV4_HEADER_LEN + ICMP_HEADER_LEN + self.probe.size,
-        )
-        self.link_names = ", ".join(sorted({hop.ifname for hop in hops}))
-        return IPV4_HEADER_LEN
-
     def _enable_tx_stamps(self) -> None:
         if self.sock.rx_scm == 0:
             self.notes.append(
@@ -211,15 +160,15 @@ class Worker:
             tx_source = f"{word} (SO_TIMESTAMPING error queue, matched by OPT_ID)"
         else:
             tx_source = "user-space (per batch)"
-        if self.link_names:
-            tx_source += f", written to the link (AF_PACKET on {self.link_names})"
+        if self.kind.tx_path:
+            tx_source += f", {self.kind.tx_path}"
         return Hello(
             worker=self.plan.worker,
             pid=os.getpid(),
             cpu=self.plan.cpu,
             rx_source=self.sock.rx_source,
             tx_source=tx_source,
-            notes=(*self.io.notes, *self.notes),
+            notes=(*self.io.notes, *self.kind.notes, *self.notes),
         )
 
     def run(self) -> None:
@@ -262,7 +211,7 @@ class Worker:
             self._ship(policy, final=True)
             self.data.send_bytes(encode(Done(plan.worker, policy.done_reason())))
         finally:
-            self.io.close()
+            self.kind.close()
 
     def _sleep_until(self, wake_ns: int) -> None:
         """Wait for the next turn; with user-space RX stamps, drain replies as they come."""
@@ -290,15 +239,13 @@ class Worker:
     def _send(self, count: int) -> int:
         """Send `count` probes in one batch; returns how many the kernel took."""
         local, seq = self.tracker.plan_batch(count)
-        packets = self.builder.build(self.global_index[local], seq, time.time_ns())
-        if self.ip_headers is not None:
-            self.ip_headers.write(packets, local, seq)
+        packets = self.kind.builder.build(local, seq, time.time_ns())
         # The send time is read after the batch is built, right before the one sendmmsg, so
         # build cost never shows up as latency.
         tx_rt = time.time_ns()
         # OPT_ID of the batch's first packet: sends since TX stamps were enabled.
         first_id = self.tracker.sent - self.tx_first_k
-        result = self.io.send(packets, self.destinations[local], first_id)
+        result = self.io.send(packets, self.kind.destinations[local], first_id)
         self.tracker.on_sent(result.sent, tx_rt)
         if result.sent < count:
             # The kernel refused the rest (ENOBUFS/EAGAIN): they were never sent, the pacer
@@ -319,7 +266,7 @@ class Worker:
             self.rx_packets += got.n
             self.rx_dropped = got.dropped_total
             self.rx_truncated += got.truncated
-            dec = self.decoder.decode(got.data, got.lengths, got.n)
+            dec = self.kind.decoder.decode(got.data, got.lengths, got.n)
             self.malformed += int(np.count_nonzero(dec.status == DecodeStatus.MALFORMED))
             self.tracker.on_replies(
                 status=dec.status,

@@ -26,6 +26,7 @@ PURE = (
     "wire/stamp_tlv.py",
     "wire/stamp_probe.py",
     "reflect_core.py",
+    "wire/probekind.py",
     "errors.py",
     "units.py",
     "pacer.py",

@@ -8,7 +8,7 @@ a worker from different builds fail loudly instead of misreading each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import IntEnum
 from typing import Any
 
@@ -17,10 +17,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
+from loadgen.wire.probekind import ProbeKind
 from loadgen.wire.records import RECORD_DTYPE
 
-VERSION = 3  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
-# record stands for `probes` probes
+VERSION = 4  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
+# record stands for `probes` probes. 4: ProbeSettings has the probe kind, TargetSpec a port
 
 
 class ProtocolError(LoadgenError):
@@ -39,11 +40,13 @@ class MsgType(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class TargetSpec:
-    """One target as a worker sees it: global index, address and family."""
+    """One target as a worker sees it: global index, address, family and the port its probes
+    go to (0 for a kind without ports)."""
 
     index: int
     address: str
     family: int
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class ProbeSettings:
     tx_path: str  # "ip" | "packet"
     interface: str | None  # bind every socket to this device
     source: str | None  # bind the probes' source address
+    kind: ProbeKind = ProbeKind.ICMP  # what a probe is: picks the worker's `kinds` setup
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +219,8 @@ def decode(data: bytes) -> Message:
         if mtype is MsgType.PLAN:
             plan = dict(zip([f.name for f in fields(PlanMsg)], body, strict=True))
             plan["targets"] = tuple(TargetSpec(*t) for t in plan["targets"])
-            plan["settings"] = ProbeSettings(*plan["settings"])
+            settings = ProbeSettings(*plan["settings"])
+            plan["settings"] = replace(settings, kind=ProbeKind(settings.kind))
             return PlanMsg(**plan)
         if mtype is MsgType.HELLO:
             worker, pid, cpu, rx_source, tx_source, notes = body

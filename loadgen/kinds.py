@@ -1,0 +1,165 @@
+"""What each probe kind gives a worker: the seam between the one worker loop and the kinds.
+
+A kind's setup (`SETUPS[kind]`, called once per worker with its plan and family) opens the
+worker's socket with the kind's BPF program attached and returns a `KindIO`: the batched I/O
+over that socket (receive slots sized for the kind's largest reply), a batch builder, a
+vectorised decoder to the tracker's columns, the destination column `BatchIO.send` takes and
+the address column the tracker finds quoted destinations in. The worker paces, sends, receives,
+tracks and ships the same way for every kind; a new kind is a setup here plus its name in
+`probekind.IMPLEMENTED` (the plan refuses every other kind before a process starts).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.net import linkpath
+from loadgen.net.batchio import BatchIO
+from loadgen.net.families import ipv6_names
+from loadgen.net.sockets import TimestampMode, open_icmp
+from loadgen.wire import bpf
+from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
+from loadgen.wire.family import WireFamily
+from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN
+from loadgen.wire.messages import PlanMsg
+from loadgen.wire.probekind import ProbeKind
+
+
+class BatchBuilder(Protocol):
+    def build(
+        self, local: NDArray[np.int64], seqs: NDArray[np.uint64], tx_ns: int
+    ) -> NDArray[np.uint8]:
+        """Rows of packets, row i the probe with sequence seqs[i] to the worker's local target
+        local[i], stamped tx_ns where the kind carries a send time. Valid until the next build."""
+        ...
+
+
+class BatchDecoder(Protocol):
+    def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
+        """Rows 0..n-1 of buf (row i holds lengths[i] bytes) as the tracker's columns."""
+        ...
+
+
+@dataclass(slots=True)
+class KindIO:
+    """A worker's kind-specific half, open and ready; `close` releases what the kind holds."""
+
+    io: BatchIO
+    builder: BatchBuilder
+    decoder: BatchDecoder
+    destinations: NDArray[np.generic]  # per local target: what BatchIO.send names it by
+    addresses: NDArray[np.generic]  # per local target: the decoder's quoted_dst form
+    tx_path: str = ""  # words for the Hello after the TX source, "" when nothing to add
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.io.close()
+
+
+Setup = Callable[[PlanMsg, WireFamily], KindIO]
+
+
+def target_addresses(plan: PlanMsg, fam: WireFamily) -> NDArray[np.generic]:
+    """The worker's targets as the family's address column (u32 or V16), in local order."""
+    return fam.address_column([ipaddress.ip_address(t.address).packed for t in plan.targets])
+
+
+def destinations_of(
+    plan: PlanMsg, fam: WireFamily, addresses: NDArray[np.generic]
+) -> NDArray[np.generic]:
+    """Where each probe goes for a raw IP send: its IPv4 address, or an IPv6 sockaddr_in6
+    (with the scope of a link-local target)."""
+    return addresses if fam.version == 4 else ipv6_names([t.address for t in plan.targets])
+
+
+class _EchoBatches:
+    """ICMP's builder: echo requests to global target indexes, and on the link path the IPv4
+    headers the kernel does not write there."""
+
+    def __init__(
+        self, echo: EchoBuilder, global_index: NDArray[np.uint32], headers: Ipv4Headers | None
+    ) -> None:
+        self.echo, self.global_index, self.headers = echo, global_index, headers
+
+    def build(
+        self, local: NDArray[np.int64], seqs: NDArray[np.uint64], tx_ns: int
+    ) -> NDArray[np.uint8]:
+        packets = self.echo.build(self.global_index[local], seqs, tx_ns)
+        if self.headers is not None:
+            self.headers.write(packets, local, seqs)
+        return packets
+
+
+def _icmp(plan: PlanMsg, fam: WireFamily) -> KindIO:
+    probe = plan.settings
+    sock = open_icmp(
+        family=fam.version,
+        ttl=probe.ttl,
+        tos=probe.tos,
+        timestamps=TimestampMode(probe.timestamps),
+        bpf_program=bpf.pack(bpf.echo_filter(fam, plan.ident)),
+        interface=probe.interface or None,
+        source=probe.source or None,
+    )
+    # A receive slot holds the largest reply: IPv4 header with options, ICMP, payload
+    # (an ICMPv6 socket gives the message alone).
+    io = BatchIO(sock, slot_bytes=max(2048, 60 + ICMP_HEADER_LEN + probe.size))
+    addresses = target_addresses(plan, fam)
+    global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
+    kind = KindIO(
+        io=io,
+        builder=_EchoBatches(
+            EchoBuilder(plan.ident, plan.run_id, probe.size, 0, fam), global_index, None
+        ),
+        decoder=ReplyDecoder(plan.ident, plan.run_id, probe.size, family=fam),
+        destinations=destinations_of(plan, fam, addresses),
+        addresses=addresses,
+    )
+    if probe.tx_path == "packet":
+        try:
+            _use_link_path(plan, fam, kind, global_index)
+        except BaseException:
+            kind.close()
+            raise
+    return kind
+
+
+def _use_link_path(
+    plan: PlanMsg, fam: WireFamily, kind: KindIO, global_index: NDArray[np.uint32]
+) -> None:
+    """Resolve every target's next hop and send through a packet socket from now on, with
+    the IPv4 headers written per batch in the room the builder leaves for them."""
+    probe = plan.settings
+    interface, source = probe.interface, probe.source
+    hops = linkpath.resolve_hops(
+        [int(a) for a in kind.addresses], interface=interface, source=source
+    )
+    kind.io.use_link_tx(linkpath.open_link_tx(interface=interface), linkpath.SOCKADDR_LL.size)
+    names = b"".join(hop.sockaddr() for hop in hops)
+    kind.destinations = np.frombuffer(names, np.uint8).reshape(len(hops), -1)
+    headers = Ipv4Headers(
+        np.array([hop.source for hop in hops], np.uint32),
+        kind.addresses.astype(np.uint32),  # the link path is IPv4 only (plan._check_families)
+        ttl=probe.ttl,
+        tos=probe.tos,
+        total_len=IPV4_HEADER_LEN + ICMP_HEADER_LEN + probe.size,
+    )
+    echo = EchoBuilder(plan.ident, plan.run_id, probe.size, IPV4_HEADER_LEN, fam)
+    kind.builder = _EchoBatches(echo, global_index, headers)
+    links = ", ".join(sorted({hop.ifname for hop in hops}))
+    kind.tx_path = f"written to the link (AF_PACKET on {links})"
+
+
+# One entry per kind in probekind.IMPLEMENTED.
+SETUPS: dict[ProbeKind, Setup] = {ProbeKind.ICMP: _icmp}
+
+
+def open_kind(plan: PlanMsg, fam: WireFamily) -> KindIO:
+    """The worker's kind-specific half for its plan's probe kind."""
+    return SETUPS[plan.settings.kind](plan, fam)
