@@ -100,6 +100,19 @@ def _common_run_flags(p: argparse.ArgumentParser, *, short: bool) -> None:
             dest=name.replace("-", "_"),
             help=f"{what} to PORTS: 443, 80,443 or 8000-8010 (profile keys probe, port)",
         )
+    kind.add_argument(
+        "--stamp",
+        nargs="?",
+        const="862",
+        metavar="PORT",
+        help="STAMP test packets (RFC 8762) to a reflector (`loadgen reflect`) on PORT, 862 "
+        'if none (profile probe = "stamp")',
+    )
+    kind.add_argument(
+        "--udp",
+        metavar="PORTS",
+        help='UDP probes with loadgen\'s payload to an echo service on PORTS (probe = "udp")',
+    )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
 
 
@@ -157,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that pick the probe kind and give its ports (profile keys probe and port).
-_KIND_FLAGS = (("tcp", "tcp-syn"), ("tcp_connect", "tcp-connect"))
+_KIND_FLAGS = (
+    ("tcp", "tcp-syn"),
+    ("tcp_connect", "tcp-connect"),
+    ("stamp", "stamp"),
+    ("udp", "udp"),
+)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

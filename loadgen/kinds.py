@@ -19,16 +19,25 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from loadgen.errors import UsageError
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
 from loadgen.net.families import ipv6_names
 from loadgen.net.sockets import TimestampMode, open_icmp
+from loadgen.net.udp import UdpBatchIO, open_udp_probe, udp_destinations
 from loadgen.wire import bpf
 from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.family import WireFamily
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN
 from loadgen.wire.messages import PlanMsg
 from loadgen.wire.probekind import ProbeKind
+from loadgen.wire.stamp_batch import (
+    StampBuilder,
+    StampDecoder,
+    UdpEchoBuilder,
+    UdpEchoDecoder,
+    stamp_spec,
+)
 
 
 class BatchBuilder(Protocol):
@@ -156,8 +165,44 @@ def _use_link_path(
     kind.tx_path = f"written to the link (AF_PACKET on {links})"
 
 
+def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
+    """STAMP test packets to a reflector, or loadgen's payload to a UDP echo service: one
+    unprivileged UDP socket, each target's port in its destination row."""
+    probe, stamp = plan.settings, plan.settings.kind is ProbeKind.STAMP
+    if probe.tx_path == "packet":
+        raise UsageError(f'tx_path = "packet" sends ICMP only: drop it for probe = "{probe.kind}"')
+    sock = open_udp_probe(
+        family=fam.version,
+        ttl=probe.ttl,
+        tos=probe.tos,
+        timestamps=TimestampMode(probe.timestamps),
+        interface=probe.interface or None,
+        source=probe.source or None,
+    )
+    global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
+    spec = stamp_spec(plan.run_id, plan.ident or 1, probe.size)  # the SSID names the worker
+    datagram = spec.size if stamp else probe.size
+    io = UdpBatchIO(sock, slot_bytes=max(2048, datagram + 64))
+    builder: BatchBuilder = (
+        StampBuilder(spec, global_index)
+        if stamp
+        else UdpEchoBuilder(plan.run_id, probe.size, global_index)
+    )
+    decoder: BatchDecoder = (
+        StampDecoder(spec, fam) if stamp else UdpEchoDecoder(plan.run_id, probe.size, fam)
+    )
+    names = udp_destinations(
+        [t.address for t in plan.targets], [t.port for t in plan.targets], fam.version
+    )
+    return KindIO(io, builder, decoder, names, target_addresses(plan, fam))
+
+
 # One entry per kind in probekind.IMPLEMENTED.
-SETUPS: dict[ProbeKind, Setup] = {ProbeKind.ICMP: _icmp}
+SETUPS: dict[ProbeKind, Setup] = {
+    ProbeKind.ICMP: _icmp,
+    ProbeKind.UDP: _udp_kinds,
+    ProbeKind.STAMP: _udp_kinds,
+}
 
 
 def open_kind(plan: PlanMsg, fam: WireFamily) -> KindIO:

@@ -167,22 +167,34 @@ def open_icmp(
                 raise problem("setting the ICMPv6 type filter", exc.errno or 0) from None
         if bpf_program is not None:
             _attach_filter(sock, bpf_program)
-        flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
-        return IcmpSocket(
-            sock,
-            spec,
-            flags,
-            source,
-            scm,
-            tsflags,
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-            interface,
-            tuple(notes),
-        )
+        return with_rx_stamps(sock, spec, timestamps, interface, notes)
     except BaseException:
         sock.close()
         raise
+
+
+def with_rx_stamps(
+    sock: socket.socket,
+    spec: FamilySpec,
+    timestamps: TimestampMode,
+    interface: str | None,
+    notes: list[str],
+) -> IcmpSocket:
+    """A configured, bound socket with its RX stamp source chosen, as an IcmpSocket (the raw
+    ICMP sockets here, the UDP probe sockets of `udp`)."""
+    flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
+    return IcmpSocket(
+        sock,
+        spec,
+        flags,
+        source,
+        scm,
+        tsflags,
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        interface,
+        tuple(notes),
+    )
 
 
 def _configure(

@@ -13,12 +13,15 @@ import errno
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.net import families, sockets
+from loadgen.net.batchio import BatchIO, RecvBatch, SendResult
 from loadgen.net.cmsg import cmsg_key, cmsg_offsets
 from loadgen.net.mmsg import DONTWAIT, MMSGHDR, TRUNC, RecvRing, send_headers, sendmmsg
 
@@ -184,3 +187,88 @@ class UdpBatch:
             else:  # the first one failed (ENOBUFS, EPERM from a firewall): count, move on
                 done, failed = done + 1, failed + 1
         return sent, failed
+
+
+# The probe sockets of the UDP kinds: the raw sockets' family specs with UDP as protocol, and
+# whole sockaddr rows as destinations (each carries its target's port).
+UDP_SPECS = {
+    4: replace(families.IPV4, proto=socket.IPPROTO_UDP, whole_names=True),
+    6: replace(families.IPV6, proto=socket.IPPROTO_UDP),
+}
+
+
+def open_udp_probe(
+    *,
+    family: int,
+    ttl: int,
+    tos: int,
+    timestamps: sockets.TimestampMode,
+    interface: str | None = None,
+    source: str | None = None,
+) -> sockets.IcmpSocket:
+    """A non-blocking UDP socket on an ephemeral port for STAMP or UDP-echo probes, configured
+    like the raw ones (TTL, TOS, buffers, drop counter, RX stamps): no root needed."""
+    spec = UDP_SPECS[family]
+    sock = socket.socket(spec.family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        notes: list[str] = []
+        sockets._configure(sock, spec, ttl, tos, 8 << 20, 4 << 20, notes)
+        sockets._bind(sock, interface, None)
+        try:
+            sock.bind((source or ("::" if family == 6 else "0.0.0.0"), 0))
+        except OSError as exc:
+            raise bind_error(exc, source or "any address", 0) from None
+        return sockets.with_rx_stamps(sock, spec, timestamps, interface, notes)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def udp_destinations(addresses: list[str], ports: list[int], family: int) -> NDArray[Any]:
+    """Whole sockaddr rows (address and port) of the targets, the column `BatchIO.send` takes
+    for a UDP kind."""
+    if family == 6:
+        names = families.ipv6_names(addresses)
+    else:
+        names = np.zeros(len(addresses), UDP_SPECS[4].sockaddr)
+        names["family"] = socket.AF_INET
+        names["addr"] = [int(ipaddress.IPv4Address(a)) for a in addresses]
+    names["port"] = ports
+    return names
+
+
+def clear_pending_error(sock: socket.socket) -> int:
+    """Read (and so clear) the socket's pending error: an ICMP port unreachable from a target
+    with nothing listening would otherwise fail the next receive."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+class UdpBatchIO(BatchIO):
+    """BatchIO over a UDP probe socket. An ICMP port unreachable (a target with nothing on
+    its port) leaves an error on the socket that the next call would fail with: it is read
+    off first and counted in `refused`, and the probe it was for is simply not answered."""
+
+    refused = 0
+
+    def recv(self) -> RecvBatch:
+        for _ in range(3):
+            self.refused += bool(clear_pending_error(self.socket.sock))
+            try:
+                return super().recv()
+            except SocketProblem as exc:
+                if "ECONNREFUSED" not in str(exc):
+                    raise
+                self.refused += 1
+        return super().recv()
+
+    def send(self, packets: NDArray[np.uint8], dst: NDArray[Any], first_id: int = 0) -> SendResult:
+        self.refused += bool(clear_pending_error(self.socket.sock))
+        return super().send(packets, dst, first_id)
+
+    def _describe(self, address: Any) -> str:
+        family = socket.AF_INET6 if self.socket.spec.version == 6 else socket.AF_INET
+        raw = bytes(np.asarray(address)["addr"].tobytes())
+        if family == socket.AF_INET:
+            raw = int(np.asarray(address)["addr"]).to_bytes(4, "big")
+        return f"{ipaddress.ip_address(raw)} port {int(np.asarray(address)['port'])}"
