@@ -25,6 +25,7 @@ from loadgen.net.batchio import BatchIO
 from loadgen.net.families import ipv6_names
 from loadgen.net.sockets import TimestampMode, open_icmp
 from loadgen.net.udp import UdpBatchIO, open_udp_probe, udp_destinations
+from loadgen.stamp_figures import StampFigures
 from loadgen.wire import bpf
 from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.family import WireFamily
@@ -55,6 +56,46 @@ class BatchDecoder(Protocol):
         ...
 
 
+class Extras(Protocol):
+    def on_replies(
+        self, dec: DecodedBatch, rx_ns: NDArray[np.int64], rx_flags: NDArray[np.uint8]
+    ) -> None:
+        """See a decoded batch after the tracker did (same rows, with their RX stamps)."""
+        ...
+
+    def take(self, records: NDArray[np.void]) -> NDArray[np.void]:
+        """The tracker's records of a frame, with the kind's own added."""
+        ...
+
+
+class _StampExtras:
+    """STAMP's one-way samples and loss directions (`stamp_figures`), fed from the decoder's
+    reflector columns of the batch just decoded."""
+
+    def __init__(self, decoder: StampDecoder, keep_ns: int) -> None:
+        self.decoder, self.figures = decoder, StampFigures(keep_ns)
+
+    def on_replies(
+        self, dec: DecodedBatch, rx_ns: NDArray[np.int64], rx_flags: NDArray[np.uint8]
+    ) -> None:
+        d = self.decoder
+        self.figures.on_replies(
+            status=dec.status,
+            target=dec.target,
+            seq=dec.seq,
+            tx_ns=dec.tx_ns,
+            rx_ns=rx_ns,
+            rx_flags=rx_flags,
+            t2_ns=d.last_t2_ns,
+            t3_ns=d.last_t3_ns,
+            reflector_seq=d.last_reflector_seq,
+            stateful=d.last_stateful,
+        )
+
+    def take(self, records: NDArray[np.void]) -> NDArray[np.void]:
+        return self.figures.take(records)
+
+
 @dataclass(slots=True)
 class KindIO:
     """A worker's kind-specific half, open and ready; `close` releases what the kind holds."""
@@ -66,6 +107,7 @@ class KindIO:
     addresses: NDArray[np.generic]  # per local target: the decoder's quoted_dst form
     tx_path: str = ""  # words for the Hello after the TX source, "" when nothing to add
     notes: list[str] = field(default_factory=list)
+    extras: Extras | None = None  # a kind's records beyond the tracker's (STAMP: one-way)
 
     def close(self) -> None:
         self.io.close()
@@ -183,18 +225,16 @@ def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
     spec = stamp_spec(plan.run_id, plan.ident or 1, probe.size)  # the SSID names the worker
     datagram = spec.size if stamp else probe.size
     io = UdpBatchIO(sock, slot_bytes=max(2048, datagram + 64))
-    builder: BatchBuilder = (
-        StampBuilder(spec, global_index)
-        if stamp
-        else UdpEchoBuilder(plan.run_id, probe.size, global_index)
-    )
-    decoder: BatchDecoder = (
-        StampDecoder(spec, fam) if stamp else UdpEchoDecoder(plan.run_id, probe.size, fam)
-    )
     names = udp_destinations(
         [t.address for t in plan.targets], [t.port for t in plan.targets], fam.version
     )
-    return KindIO(io, builder, decoder, names, target_addresses(plan, fam))
+    addresses = target_addresses(plan, fam)
+    if not stamp:
+        echo = UdpEchoBuilder(plan.run_id, probe.size, global_index)
+        return KindIO(io, echo, UdpEchoDecoder(plan.run_id, probe.size, fam), names, addresses)
+    decoder = StampDecoder(spec, fam)
+    extras = _StampExtras(decoder, keep_ns=2 * probe.linger_ns + 1_000_000_000)
+    return KindIO(io, StampBuilder(spec, global_index), decoder, names, addresses, extras=extras)
 
 
 # One entry per kind in probekind.IMPLEMENTED.

@@ -26,6 +26,8 @@ PURE = (
     "wire/stamp_tlv.py",
     "wire/stamp_probe.py",
     "reflect_core.py",
+    "stamp_figures.py",
+    "oneway.py",
     "wire/probekind.py",
     "errors.py",
     "units.py",

@@ -2,14 +2,14 @@
 `summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
-most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every object has
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every object has
 `type` and `v`. A "second" object per target that sent in a closed second, then one
 "second_total" (target -1, name "total"); one "summary" object at the end of the run:
 
 | key | type | meaning |
 |---|---|---|
 | type | str | "second", "second_total" or "summary" |
-| v | int | schema version (2; version 1 had no `family` and no `unresolved`) |
+| v | int | schema version (3; 2 had no STAMP fields, 1 no `family` and no `unresolved`) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -28,6 +28,13 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (2); every 
 | rtt_{p50,p90,p99}_us | float/null | µs; exact per second, within rtt_pct_rel_error in "summary" |
 | rtt_jitter_us | float/null | mean abs. difference of consecutive RTTs of a target, in µs |
 | rx_ts, tx_ts | str | source of the RTT samples' stamps: hardware, kernel, user, mixed(a+b), none |
+| lost_forward, lost_reverse | int | STAMP, stateful reflector: lost going there / coming back |
+| owd_fwd_count, owd_rev_count, residence_count | int | STAMP one-way samples (good replies) |
+| owd_fwd_min_us, owd_fwd_avg_us, owd_fwd_p50_us, owd_fwd_p99_us | float/null | T2 - T1 |
+| owd_rev_min_us, owd_rev_avg_us, owd_rev_p50_us, owd_rev_p99_us | float/null | T4 - T3 |
+| residence_min_us, residence_avg_us, residence_p50_us, residence_p99_us | float/null | T3 - T2 |
+| owd_offset_us | float/null | reflector clock minus ours: (owd_fwd_min - owd_rev_min) / 2 |
+| | | one-way delays need synchronised clocks; p50/p99 are null in "summary" |
 | generator_limited | bool | "second_total" only: loadgen itself could not keep up in this second |
 | generator_limits | list[str] | "second_total" only: why (which worker, how much) |
 | generator | object | "second_total" only: requested_pps, achieved_pps and per worker: |
@@ -58,7 +65,7 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 2  # 2: family, unresolved
+JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: STAMP's loss directions and one-way
 _COUNT_KEYS = (
     "sent",
     "received",
@@ -71,7 +78,14 @@ _COUNT_KEYS = (
     "corrupted",
     "icmp_errors",
     "stale",
+    "lost_forward",
+    "lost_reverse",
+    "owd_fwd_count",
+    "owd_rev_count",
+    "residence_count",
 )
+# STAMP's one-way figures (`oneway.OneWay`): prefix in the JSONL and attribute of OneWay.
+_ONE_WAY_KEYS = (("owd_fwd", "fwd"), ("owd_rev", "rev"), ("residence", "residence"))
 _RTT_KEYS = ("min", "avg", "max", "mdev", "p50", "p90", "p99", "jitter")
 
 
@@ -131,6 +145,13 @@ def _figures(
     for key, ns in zip(_RTT_KEYS, values, strict=True):
         obj[f"rtt_{key}_us"] = _us(ns) if r.count else None
     obj["rx_ts"], obj["tx_ts"] = ts.rx_ts, ts.tx_ts
+    for prefix, name in _ONE_WAY_KEYS:
+        spread = getattr(ts.oneway, name)
+        figures = (spread.min_ns, spread.avg_ns, spread.p50_ns, spread.p99_ns)
+        for key, ns in zip(("min", "avg", "p50", "p99"), figures, strict=True):
+            obj[f"{prefix}_{key}_us"] = _us(ns) if spread.count and ns is not None else None
+    offset = ts.oneway.offset_ns
+    obj["owd_offset_us"] = None if offset is None else _us(offset)
     return obj
 
 

@@ -52,6 +52,7 @@ def block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
             f"(within {PERCENTILE_REL_ERROR * 100:.1f}%), jitter = {_ms(r.jitter_ns)} ms"
         )
         lines.append(f"timestamps: rx {ts.rx_ts}, tx {ts.tx_ts}")
+    lines.extend(oneway_lines(ts))
     unresolved, why = summary.explained(ts)
     if unresolved:
         lines.append(f"{unresolved} probes unresolved: {why}")
@@ -59,6 +60,36 @@ def block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
         lines.append(
             f"WARNING: {c.unaccounted - unresolved:+} probes unaccounted for (sent != received "
             "+ late + lost + errored): a bug, please report it"
+        )
+    return lines
+
+
+def oneway_lines(ts: TargetStats) -> list[str]:
+    """STAMP's figures: loss by direction, one-way minima and averages, the clock offset they
+    imply and a warning when a one-way figure is negative (clocks not synchronised)."""
+    c, ow = ts.counts, ts.oneway
+    if not ow.residence.count:
+        return []
+    lines = []
+    if c.lost_forward or c.lost_reverse:
+        split = c.lost_forward + c.lost_reverse
+        lines.append(
+            f"lost {c.lost}: {c.lost_forward} forward, {c.lost_reverse} reverse"
+            + (
+                f", {c.lost - split} after the last reply (direction unknown)"
+                if c.lost > split
+                else ""
+            )
+        )
+    f, r, res = ow.fwd, ow.rev, ow.residence
+    lines.append(
+        f"one-way min/avg ms: forward {_ms(f.min_ns, f.avg_ns)}, reverse {_ms(r.min_ns, r.avg_ns)}"
+        f", reflector {_ms(res.min_ns, res.avg_ns)}; offset {(ow.offset_ns or 0) / 1e6:+.3f} ms"
+    )
+    if ow.negative:
+        lines.append(
+            "WARNING: a one-way delay is negative: the two clocks are not synchronised, one-way "
+            "figures are offset by the clocks' difference (RTT figures are not affected)"
         )
     return lines
 

@@ -40,9 +40,18 @@ class RecordKind(IntEnum):
     CORRUPTED = 7  # a reply with a bad ICMP checksum that could still be attributed
     ICMP_ERROR = 8  # destination unreachable / time exceeded quoting one of our probes
     STALE = 9  # a good reply for a probe already given up (after linger)
+    # STAMP probes to a stateful reflector (RFC 8762 4.3): each LOST probe also gets one of
+    # these when the reflector's sequence tells which way it was lost (`stamp_figures`).
+    LOST_FORWARD = 10  # the reflector never saw it
+    LOST_REVERSE = 11  # the reflector answered, the reply never came back
+    # STAMP one-way samples of a good reply, the value in rtt_ns (tx_ns: the probe's send time).
+    OWD_FWD = 12  # T2 - T1: reflector's receive stamp minus our send time
+    OWD_REV = 13  # T4 - T3: our receive stamp minus the reflector's send stamp
+    RESIDENCE = 14  # T3 - T2: time the test packet spent in the reflector
 
 
 OUTCOME_KINDS = (RecordKind.RECEIVED, RecordKind.LATE, RecordKind.LOST, RecordKind.ERRORED)
+ONE_WAY_KINDS = (RecordKind.OWD_FWD, RecordKind.OWD_REV, RecordKind.RESIDENCE)
 
 
 class RecordFlag(IntFlag):

@@ -37,9 +37,12 @@ _STATUS = {
 }
 
 
+SEQ_BASE = 1 << 31  # StampSpec.seq_base of loadgen's sender: stateless and stateful told apart
+
+
 def stamp_spec(run_id: int, ssid: int, size: int) -> StampSpec:
     """The STAMP packet that carries a loadgen payload of `size` bytes (profile key size)."""
-    return StampSpec(run_id=run_id, ssid=ssid, size=STAMP_PAYLOAD_AT + size)
+    return StampSpec(run_id=run_id, ssid=ssid, size=STAMP_PAYLOAD_AT + size, seq_base=SEQ_BASE)
 
 
 def _col(rows: NDArray[np.uint8], at: int, dtype: str) -> NDArray[Any]:
@@ -108,7 +111,7 @@ class StampBuilder(PayloadBuilder):
         self, local: NDArray[np.int64], seqs: NDArray[np.uint64], tx_ns: int
     ) -> NDArray[np.uint8]:
         rows = self.rows(local, seqs, tx_ns)
-        _col(rows, 0, ">u4")[:] = seqs & 0xFFFF_FFFF
+        _col(rows, 0, ">u4")[:] = (seqs + self.spec.seq_base) & 0xFFFF_FFFF
         _col(rows, 4, ">u8")[:] = ntp_columns(np.array([tx_ns], np.int64))[0]
         return rows
 
@@ -186,6 +189,7 @@ class StampDecoder(PayloadDecoder):
         self._fills_scalar = icmp.fill_patterns(spec.run_id, max(spec.fill_len, 0))
         empty = np.zeros(0, np.int64)
         self.last_t2_ns, self.last_t3_ns, self.last_reflector_seq, self.last_ttl = (empty,) * 4
+        self.last_stateful = np.zeros(0, bool)  # reply's sequence is the reflector's own
 
     def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
         out = self.payload(buf, lengths, n)
@@ -195,18 +199,21 @@ class StampDecoder(PayloadDecoder):
             good &= _col(rows, 14, ">u2") == self.spec.ssid
             good &= rows[:, BASE_LEN + 1] == TlvType.EXTRA_PADDING
             good &= _col(rows, BASE_LEN + 2, ">u2") == self.spec.size - STAMP_PAYLOAD_AT
-            good &= _col(rows, 24, ">u4") == (out.seq & 0xFFFF_FFFF)
+            sender_seq = _col(rows, 24, ">u4").astype(np.int64)
+            good &= sender_seq == ((out.seq + self.spec.seq_base) & 0xFFFF_FFFF)
             good &= _col(rows, 36, ">u2") == self.spec.error.pack()
             good &= _col(rows, 28, ">u8") == ntp_columns(out.tx_ns)
             ptp = (rows[:, 12] & 0x40) != 0
             self.last_t2_ns = timestamp_columns(_col(rows, 16, ">u8").astype(np.uint64), ptp)
             self.last_t3_ns = timestamp_columns(_col(rows, 4, ">u8").astype(np.uint64), ptp)
             self.last_reflector_seq = _col(rows, 0, ">u4").astype(np.int64)
+            self.last_stateful = self.last_reflector_seq != sender_seq
             self.last_ttl = rows[:, 40].astype(np.int64)
         else:
             good = np.zeros(n, bool)
             self.last_t2_ns = self.last_t3_ns = np.zeros(n, np.int64)
             self.last_reflector_seq = self.last_ttl = np.zeros(n, np.int64)
+            self.last_stateful = np.zeros(n, bool)
         for i in np.flatnonzero(~good).tolist():  # rare: the specification decides
             self._one(out, i, bytes(rows[i, : min(int(lengths[i]), buf.shape[1])]))
         return out
@@ -219,3 +226,5 @@ class StampDecoder(PayloadDecoder):
         out.seq[i] = reply.seq if known else 0
         self.last_t2_ns[i], self.last_t3_ns[i] = reply.t2_ns, reply.t3_ns
         self.last_reflector_seq[i], self.last_ttl[i] = reply.reflector_seq, reply.ttl
+        sent = (reply.seq + self.spec.seq_base) & 0xFFFF_FFFF
+        self.last_stateful[i] = reply.reflector_seq != sent

@@ -48,6 +48,9 @@ class StampSpec:
     synchronized: bool = False
     cos_dscp: int = NO_VALUE  # ask the reflector for this DSCP and report what it received
     timestamp_info: bool = False
+    # Added to our probe sequence in the STAMP sequence field: a stateless reflector returns
+    # it, a stateful one counts from 0 (RFC 8762 4.3), so replies say which kind answered.
+    seq_base: int = 0
 
     @property
     def options_len(self) -> int:
@@ -92,7 +95,11 @@ def build_test_packet(
         options.append(tlv.Tlv(0, tlv.TlvType.EXTRA_PADDING, header + fill))
     timestamp = encode_timestamp(tx_ns, spec.fmt)
     packet = SenderPacket(
-        seq & 0xFFFF_FFFF, timestamp, spec.error, spec.ssid, tlv.pack_tlvs(options)
+        (seq + spec.seq_base) & 0xFFFF_FFFF,
+        timestamp,
+        spec.error,
+        spec.ssid,
+        tlv.pack_tlvs(options),
     )
     return packet.pack()
 
@@ -126,7 +133,7 @@ def decode_reply(datagram: bytes, spec: StampSpec, fills: tuple[bytes, ...]) -> 
     t1_ns = decode_timestamp(packet.sender_timestamp, packet.sender_error.fmt)
     reply = StampReply(
         StampStatus.REPLY,
-        seq=packet.sender_seq,
+        seq=(packet.sender_seq - spec.seq_base) & 0xFFFF_FFFF,
         reflector_seq=packet.seq,
         t1_ns=t1_ns,
         t2_ns=decode_timestamp(packet.rx_timestamp, packet.error.fmt),
@@ -157,7 +164,7 @@ def decode_reply(datagram: bytes, spec: StampSpec, fills: tuple[bytes, ...]) -> 
         return StampReply(StampStatus.FOREIGN)
     damaged = (
         damaged
-        or seq & 0xFFFF_FFFF != packet.sender_seq
+        or (seq + spec.seq_base) & 0xFFFF_FFFF != packet.sender_seq
         # the raw field, not t1_ns: NTP's 2**-32 s fraction has bits below a nanosecond
         or encode_timestamp(tx_ns, spec.fmt) != packet.sender_timestamp
         or ours[MIN_PAYLOAD:] != fills[seq % N_PATTERNS]
