@@ -99,20 +99,20 @@ def _serve(batch: UdpBatch, reflector: Reflector, n: int, now_ns: int) -> int:
     # T3: when the replies are built, just before the one sendmmsg that sends them all.
     tx_ns = time.time_ns()
     replies: list[tuple[int, bytes]] = []
-    for i in range(n):
-        addr, port = batch.source(i)
-        data = batch.datagram(i)
+    addrs, ports = batch.sources(n)
+    rx, ttls, toss = rx_ns.tolist(), ttl.tolist(), tos.tolist()
+    for i, data in enumerate(batch.datagrams(n)):
         if data is None:
-            reflector.malformed(addr, port, now_ns)
+            reflector.malformed(addrs[i], ports[i], now_ns)
             continue
         reply = reflector.handle(
             data,
-            addr,
-            port,
-            rx_ns=int(rx_ns[i]) or tx_ns,
+            addrs[i],
+            ports[i],
+            rx_ns=rx[i] or tx_ns,
             tx_ns=tx_ns,
-            ttl=max(int(ttl[i]), 0),
-            tos=max(int(tos[i]), 0),
+            ttl=max(ttls[i], 0),
+            tos=max(toss[i], 0),
             now_ns=now_ns,
         )
         if reply is not None:

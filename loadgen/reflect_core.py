@@ -77,9 +77,14 @@ class _Bucket:
 
 @dataclass(slots=True)
 class _Session:
-    row: int  # index into the counters array
     last_ns: int
     next_seq: int = 0
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # as _COUNTERS
+
+
+_COUNTERS = ("reflected", "malformed", "refused", "flagged")
+_REFLECTED, _MALFORMED, _REFUSED, _FLAGGED = range(4)
+_MAX_KNOWN_SOURCES = 65_536  # cached source verdicts; the cache is emptied when full
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +103,31 @@ class Reflector:
 
     def __init__(self, config: ReflectorConfig) -> None:
         self.config = config
-        self.rows = np.zeros(min(config.max_sessions, 1024), SESSION_DTYPE)
-        self.used = 0
         self._sessions: dict[tuple[bytes, int, int], _Session] = {}
         self._buckets: dict[bytes, _Bucket] = {}
-        self._free: list[int] = []
-        # Cumulative over every session ever seen (rows of expired ones are reused).
+        # What the source address and port alone decide (bad source, --allow), per source.
+        self._sources: dict[tuple[bytes, int], Verdict] = {}
+        # Cumulative over every session ever seen, expired ones included.
         self.totals = dict.fromkeys(TOTALS, 0)
         self._burst = max(config.max_rate_pps / 10.0, 64.0)
 
-    def verdict(self, addr: bytes, port: int, now_ns: int) -> Verdict:
+    def _source_verdict(self, addr: bytes, port: int) -> Verdict:
         ip = ipaddress.ip_address(addr)
         if bad_source(ip, port):
             return Verdict.BAD_SOURCE
         if self.config.allow and not any(ip in net for net in self.config.allow):
             return Verdict.NOT_ALLOWED
+        return Verdict.ANSWER
+
+    def verdict(self, addr: bytes, port: int, now_ns: int) -> Verdict:
+        key = (addr, port)
+        known = self._sources.get(key)
+        if known is None:
+            if len(self._sources) >= _MAX_KNOWN_SOURCES:
+                self._sources.clear()
+            known = self._sources[key] = self._source_verdict(addr, port)
+        if known is not Verdict.ANSWER:
+            return known
         bucket = self._buckets.get(addr)
         if bucket is None:
             bucket = self._buckets[addr] = _Bucket(self._burst, now_ns)
@@ -144,10 +159,8 @@ class Reflector:
             self.totals["bad_source"] += 1
             return None  # not even a session row: a spoofer must not grow the table
         session = self._session(addr, port, ssid, now_ns)
-        row = self.rows[session.row]
         if verdict is not Verdict.ANSWER:
-            row["refused"] += 1
-            self.totals["refused"] += 1
+            self._count(session, _REFUSED)
             return None
         seq = session.next_seq if self.config.stateful else None
         out = reflect(
@@ -160,30 +173,30 @@ class Reflector:
             reflector_seq=seq,
         )
         if out.status is not ReflectStatus.REFLECTED:
-            row["malformed"] += 1
-            self.totals["malformed"] += 1
+            self._count(session, _MALFORMED)
             return None
         session.next_seq += 1
-        row["reflected"] += 1
-        self.totals["reflected"] += 1
+        self._count(session, _REFLECTED)
         if out.refused_tlvs:
-            row["flagged"] += 1
-            self.totals["flagged"] += 1
+            self._count(session, _FLAGGED)
         return out.reply
+
+    def _count(self, session: _Session, which: int) -> None:
+        session.counts[which] += 1
+        self.totals[_COUNTERS[which]] += 1
 
     def malformed(self, addr: bytes, port: int, now_ns: int) -> None:
         """Count a datagram the socket layer could not hand over whole (oversized)."""
-        if bad_source(ipaddress.ip_address(addr), port):
+        if self.verdict(addr, port, now_ns) is Verdict.BAD_SOURCE:
             self.totals["bad_source"] += 1
             return
-        self.rows[self._session(addr, port, NO_SSID, now_ns).row]["malformed"] += 1
-        self.totals["malformed"] += 1
+        self._count(self._session(addr, port, NO_SSID, now_ns), _MALFORMED)
 
     def expire(self, now_ns: int) -> int:
-        """Forget sessions idle for `idle_ns` (their rows are reused) and idle buckets."""
+        """Forget sessions idle for `idle_ns` and idle rate buckets."""
         idle = [k for k, s in self._sessions.items() if now_ns - s.last_ns >= self.config.idle_ns]
         for key in idle:
-            self._drop(key)
+            del self._sessions[key]
         cutoff = now_ns - self.config.idle_ns
         for addr in [a for a, b in self._buckets.items() if b.at_ns <= cutoff]:
             del self._buckets[addr]
@@ -191,9 +204,11 @@ class Reflector:
         return len(idle)
 
     def snapshot(self) -> NDArray[np.void]:
-        """The rows of live sessions (a copy, safe to ship)."""
-        live = sorted(s.row for s in self._sessions.values())
-        return self.rows[live].copy()
+        """The live sessions as SESSION_DTYPE rows (built on demand: shipping, not per packet)."""
+        rows = np.zeros(len(self._sessions), SESSION_DTYPE)
+        for i, ((addr, port, ssid), s) in enumerate(self._sessions.items()):
+            rows[i] = (addr, 4 if len(addr) == 4 else 6, port, ssid, *s.counts)
+        return rows
 
     @property
     def sessions(self) -> int:
@@ -205,24 +220,11 @@ class Reflector:
         if session is None:
             if len(self._sessions) >= self.config.max_sessions:
                 oldest = min(self._sessions, key=lambda k: self._sessions[k].last_ns)
-                self._drop(oldest)
+                del self._sessions[oldest]
                 self.totals["expired"] += 1
-            session = self._sessions[key] = _Session(self._new_row(addr, port, ssid), now_ns)
+            session = self._sessions[key] = _Session(now_ns)
         session.last_ns = now_ns
         return session
-
-    def _new_row(self, addr: bytes, port: int, ssid: int) -> int:
-        if self._free:
-            index = self._free.pop()
-        else:
-            if self.used == len(self.rows):
-                self.rows = np.concatenate([self.rows, np.zeros(len(self.rows), SESSION_DTYPE)])
-            index, self.used = self.used, self.used + 1
-        self.rows[index] = (addr, 4 if len(addr) == 4 else 6, port, ssid, 0, 0, 0, 0)
-        return index
-
-    def _drop(self, key: tuple[bytes, int, int]) -> None:
-        self._free.append(self._sessions.pop(key).row)
 
 
 def row_address(row: np.void) -> str:

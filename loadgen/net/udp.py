@@ -138,45 +138,50 @@ class UdpBatch:
         return n
 
     def rows_of(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-        """(kernel RX ns or 0, TTL or -1, TOS or -1) of the last n datagrams."""
+        """(kernel RX ns or 0, TTL or -1, TOS or -1) of the last n datagrams, as columns."""
         ring = self._ring
         stamp_at, ttl_at, tos_at = cmsg_offsets(
             ring.ctrl[:n], ring.controllen[:n], (self.keys.stamp, self.keys.ttl, self.keys.tos)
         )
         rx_ns, ttl, tos = np.zeros(n, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-        for i in range(n):
-            ctrl = ring.ctrl[i]
-            if stamp_at[i] >= 0:
-                sec, nsec = ctrl[stamp_at[i] : stamp_at[i] + 16].view(np.int64)
-                rx_ns[i] = sec * 1_000_000_000 + nsec
-            if ttl_at[i] >= 0:
-                ttl[i] = int(ctrl[ttl_at[i] : ttl_at[i] + 4].view(np.int32)[0])
-            if tos_at[i] >= 0:
-                tos[i] = int(ctrl[tos_at[i]])  # IP_TOS: one byte; IPV6_TCLASS: an int, LE
+        rows = np.arange(n)
+        has = stamp_at >= 0
+        words = ring.ctrl[:n].view(np.int64)
+        at = stamp_at[has] // 8
+        rx_ns[has] = words[rows[has], at] * 1_000_000_000 + words[rows[has], at + 1]
+        has = ttl_at >= 0
+        ttl[has] = ring.ctrl[:n].view(np.int32)[rows[has], ttl_at[has] // 4]
+        has = tos_at >= 0
+        tos[has] = ring.ctrl[rows[has], tos_at[has]]  # IP_TOS: a byte; IPV6_TCLASS: an int, LE
         return rx_ns, ttl, tos
 
-    def datagram(self, i: int) -> bytes | None:
-        """Datagram i of the last receive; None when it did not fit the slot."""
-        if int(self._ring.flags[i]) & TRUNC:
-            return None
-        return self._ring.data[i, : int(self._ring.lengths[i])].tobytes()
+    def datagrams(self, n: int) -> list[bytes | None]:
+        """The last n datagrams; None for one that did not fit its slot."""
+        ring = self._ring
+        cut = (ring.flags[:n] & TRUNC) != 0
+        lengths = ring.lengths[:n].tolist()
+        return [
+            None if c else ring.data[i, :length].tobytes()
+            for i, (c, length) in enumerate(zip(cut.tolist(), lengths, strict=True))
+        ]
 
-    def source(self, i: int) -> tuple[bytes, int]:
-        """(address bytes, port) that datagram i came from."""
-        name = self.names[i]
-        port = int(name[2]) << 8 | int(name[3])
-        if self.sock.family == socket.AF_INET6:
-            return name[8:24].tobytes(), port
-        return name[4:8].tobytes(), port
+    def sources(self, n: int) -> tuple[list[bytes], list[int]]:
+        """(address bytes, port) each of the last n datagrams came from."""
+        names = self.names[:n]
+        ports = (names[:, 2].astype(np.int64) << 8 | names[:, 3]).tolist()
+        width, at = (16, 8) if self.sock.family == socket.AF_INET6 else (4, 4)
+        raw = names[:, at : at + width].tobytes()
+        return [raw[i : i + width] for i in range(0, n * width, width)], ports
 
     def send(self, replies: list[tuple[int, bytes]]) -> tuple[int, int]:
         """Send each reply to the source of received row i; (sent, failed)."""
-        for k, (i, data) in enumerate(replies):
-            self._out[k, : len(data)] = np.frombuffer(data, np.uint8)
-            self._iov["len"][k] = len(data)
-            self._out_names[k] = self.names[i].tobytes()
-        sent = failed = done = 0
         total = len(replies)
+        rows = [i for i, _ in replies]
+        self._out_names.view(np.uint8).reshape(self.rows, NAME_BYTES)[:total] = self.names[rows]
+        self._iov["len"][:total] = [len(data) for _, data in replies]
+        for k, (_, data) in enumerate(replies):
+            self._out[k, : len(data)] = np.frombuffer(data, np.uint8)
+        sent = failed = done = 0
         while done < total:
             ptr = self._msgs.ctypes.data + done * MMSGHDR.itemsize
             k = int(sendmmsg(self.sock.fileno(), ptr, total - done, 0))
