@@ -113,7 +113,8 @@ def test_summary_lines_say_the_split_and_warn_on_negative_one_way() -> None:
     agg.close_all()
     lines = oneway_lines(agg.cumulative().per_target[0])
     assert lines[0] == "lost 2: 1 forward, 1 reverse"
-    assert "offset -0.040 ms" in lines[1] and len(lines) == 2
+    assert "clock offset -0.040 ms" in lines[2] and len(lines) == 3
+    assert all(len(line) <= 80 for line in lines)
     skewed = StampFigures(keep_ns=10**12)
     n = 2
     tx = T0 + np.arange(n, dtype=np.int64)

@@ -83,13 +83,16 @@ def oneway_lines(ts: TargetStats) -> list[str]:
         )
     f, r, res = ow.fwd, ow.rev, ow.residence
     lines.append(
-        f"one-way min/avg ms: forward {_ms(f.min_ns, f.avg_ns)}, reverse {_ms(r.min_ns, r.avg_ns)}"
-        f", reflector {_ms(res.min_ns, res.avg_ns)}; offset {(ow.offset_ns or 0) / 1e6:+.3f} ms"
+        f"one-way min/avg = {_ms(f.min_ns, f.avg_ns)} ms forward, {_ms(r.min_ns, r.avg_ns)} ms reverse"
+    )
+    lines.append(
+        f"reflector residence min/avg = {_ms(res.min_ns, res.avg_ns)} ms, clock offset "
+        f"{(ow.offset_ns or 0) / 1e6:+.3f} ms"
     )
     if ow.negative:
         lines.append(
-            "WARNING: a one-way delay is negative: the two clocks are not synchronised, one-way "
-            "figures are offset by the clocks' difference (RTT figures are not affected)"
+            "WARNING: a one-way delay is negative: the clocks are not synchronised, and "
+            "one-way figures are off by their difference (RTTs are not)"
         )
     return lines
 
