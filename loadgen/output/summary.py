@@ -82,9 +82,8 @@ def oneway_lines(ts: TargetStats) -> list[str]:
             )
         )
     f, r, res = ow.fwd, ow.rev, ow.residence
-    lines.append(
-        f"one-way min/avg = {_ms(f.min_ns, f.avg_ns)} ms forward, {_ms(r.min_ns, r.avg_ns)} ms reverse"
-    )
+    fwd, rev = _ms(f.min_ns, f.avg_ns), _ms(r.min_ns, r.avg_ns)
+    lines.append(f"one-way min/avg = {fwd} ms forward, {rev} ms reverse")
     lines.append(
         f"reflector residence min/avg = {_ms(res.min_ns, res.avg_ns)} ms, clock offset "
         f"{(ow.offset_ns or 0) / 1e6:+.3f} ms"
