@@ -23,14 +23,14 @@ from loadgen.wire.icmp import DecodeStatus
 from loadgen.wire.records import RECORD_DTYPE, RecordKind
 
 _BEFORE_FIRST = (-1, -1)  # a session's virtual reply before probe 0: both counters at -1
+SEND_SKEW_NS = 20_000_000  # at most between a batch's payload time and its send time
 
 
 @dataclass(slots=True)
 class _Replies:
     """One target's good replies from a stateful reflector, in send-time order."""
 
-    tx_ns: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
+    key: list[tuple[int, int]] = field(default_factory=list)  # (tx_ns, seq), sorted
     reflector_seq: list[int] = field(default_factory=list)
     used: dict[int, list[int]] = field(default_factory=dict)  # gap (s_a) -> [reverse, forward]
 
@@ -76,15 +76,14 @@ class StampFigures:
 
     def _remember(self, target: int, tx_ns: int, seq: int, rseq: int) -> None:
         r = self._targets.setdefault(target, _Replies())
-        at = bisect.bisect_right(r.tx_ns, tx_ns)
-        r.tx_ns.insert(at, tx_ns)
-        r.seq.insert(at, seq)
+        at = bisect.bisect_right(r.key, (tx_ns, seq))  # probes of one batch share a tx_ns
+        r.key.insert(at, (tx_ns, seq))
         r.reflector_seq.insert(at, rseq)
-        old = bisect.bisect_left(r.tx_ns, r.tx_ns[-1] - self.keep_ns)
+        old = bisect.bisect_left(r.key, (r.key[-1][0] - self.keep_ns, -1))
         if old > 0:
-            for name in ("tx_ns", "seq", "reflector_seq"):
-                del getattr(r, name)[:old]
-            first = r.seq[0]
+            del r.key[:old]
+            del r.reflector_seq[:old]
+            first = r.key[0][1]
             r.used = {gap: n for gap, n in r.used.items() if gap >= first - 1}
 
     def take(self, tracker_records: NDArray[np.void]) -> NDArray[np.void]:
@@ -104,20 +103,24 @@ class StampFigures:
         return out
 
     def _direction(self, target: int, tx_ns: int) -> RecordKind | None:
+        """The way a LOST probe sent at tx_ns went: the first gap around tx_ns (replies a, b
+        with tx_a <= tx_ns <= tx_b) that still has a lost probe to place takes it."""
         r = self._targets.get(target)
         if r is None:
             return None
-        after = bisect.bisect_right(r.tx_ns, tx_ns)
-        if after == len(r.tx_ns):
-            return None  # no later reply yet: nothing says what the reflector saw
-        before = bisect.bisect_left(r.tx_ns, tx_ns) - 1
-        s_b, r_b = r.seq[after], r.reflector_seq[after]
-        s_a, r_a = (r.seq[before], r.reflector_seq[before]) if before >= 0 else _BEFORE_FIRST
-        gap = s_b - s_a - 1
-        reverse = min(max(r_b - r_a - 1, 0), gap)
-        used = r.used.setdefault(s_a, [0, 0])
-        if used[0] < reverse:
-            used[0] += 1
-            return RecordKind.LOST_REVERSE
-        used[1] += 1
-        return RecordKind.LOST_FORWARD
+        # The tracker's send time of a probe is read just after its batch was built with the
+        # payload's: look from a little earlier. Gaps before the probe's are full already
+        # (LOST probes are decided in send order), so an earlier start takes nothing wrong.
+        a = bisect.bisect_left(r.key, (tx_ns - SEND_SKEW_NS, -1)) - 1
+        while a + 1 < len(r.key) and (a < 0 or r.key[a][0] <= tx_ns):
+            s_a, r_a = (r.key[a][1], r.reflector_seq[a]) if a >= 0 else _BEFORE_FIRST
+            s_b, r_b = r.key[a + 1][1], r.reflector_seq[a + 1]
+            gap = s_b - s_a - 1
+            used = r.used.setdefault(s_a, [0, 0])
+            if used[0] + used[1] < gap:
+                reverse = min(max(r_b - r_a - 1, 0), gap)
+                which = 0 if used[0] < reverse else 1
+                used[which] += 1
+                return RecordKind.LOST_REVERSE if which == 0 else RecordKind.LOST_FORWARD
+            a += 1
+        return None  # no later reply yet: nothing says what the reflector saw

@@ -19,10 +19,11 @@ GAP_NS = 1_000_000  # a probe every millisecond to the one target
 
 
 def replies(
-    figs: StampFigures, seqs: list[int], rseqs: list[int], *, stateful: bool = True
+    figs: StampFigures, seqs: list[int], rseqs: list[int], *, stateful: bool = True, batch: int = 1
 ) -> None:
+    """Replies to probes `seqs`; `batch` probes in a row share a send time, as in one batch."""
     n = len(seqs)
-    tx = T0 + np.array(seqs, np.int64) * GAP_NS
+    tx = T0 + np.array(seqs, np.int64) // batch * GAP_NS
     figs.on_replies(
         status=np.full(n, DecodeStatus.REPLY, np.uint8),
         target=np.zeros(n, np.uint32),
@@ -37,16 +38,16 @@ def replies(
     )
 
 
-def lost_records(seqs: list[int]) -> np.ndarray:
+def lost_records(seqs: list[int], batch: int = 1) -> np.ndarray:
     out = np.zeros(len(seqs), RECORD_DTYPE)
     out["kind"], out["target"] = RecordKind.LOST, 0
-    out["tx_ns"] = T0 + np.array(seqs, np.int64) * GAP_NS
+    out["tx_ns"] = T0 + np.array(seqs, np.int64) // batch * GAP_NS
     return out
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from("rfb"), min_size=1, max_size=80))
-def test_lost_splits_exactly_into_forward_and_reverse(fates: list[str]) -> None:
+@given(st.lists(st.sampled_from("rfb"), min_size=1, max_size=80), st.integers(1, 4))
+def test_lost_splits_exactly_into_forward_and_reverse(fates: list[str], batch: int) -> None:
     """r: reply came back; f: lost on the way there; b: lost on the way back. The last probe
     always comes back, so every loss has a later reply to judge it by."""
     fates = [*fates, "r"]
@@ -61,8 +62,8 @@ def test_lost_splits_exactly_into_forward_and_reverse(fates: list[str]) -> None:
         else:
             lost.append(seq)
     figs = StampFigures(keep_ns=10**12)
-    replies(figs, got_seq, got_rseq)
-    out = figs.take(lost_records(lost))
+    replies(figs, got_seq, got_rseq, batch=batch)
+    out = figs.take(lost_records(lost, batch))
     forward = int(np.count_nonzero(out["kind"] == RecordKind.LOST_FORWARD))
     reverse = int(np.count_nonzero(out["kind"] == RecordKind.LOST_REVERSE))
     assert forward == fates.count("f") and reverse == fates.count("b")

@@ -106,7 +106,8 @@ def open_reflector_socket(addr: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise bind_error(exc, addr, port) from None
-    sock.setblocking(False)
+    # Blocking for sends (a full buffer waits rather than failing: a short sendmmsg count then
+    # always means the next message failed); receives never wait (MSG_DONTWAIT).
     return sock
 
 
@@ -187,6 +188,11 @@ class UdpBatch:
             k = int(sendmmsg(self.sock.fileno(), ptr, total - done, 0))
             if k > 0:
                 done, sent = done + k, sent + k
+                # A short count on this blocking socket: the next message failed (the
+                # kernel drops its error). It is counted and skipped, never sent again: a
+                # firewall's drop is final, and a retry would pass the filter a second time.
+                if done < total:
+                    done, failed = done + 1, failed + 1
             elif k < 0 and ctypes.get_errno() == errno.EINTR:
                 continue
             else:  # the first one failed (ENOBUFS, EPERM from a firewall): count, move on
