@@ -9,6 +9,7 @@ against wall-clock expectations. (This kernel has no netem, so no delay is injec
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -103,12 +104,14 @@ def test_forward_and_reverse_loss_equal_the_drop_counters(stamp_lab: Lab, tmp_pa
         )
     finally:
         reflector.send_signal(signal.SIGINT)
-        try:
-            reflector.wait(timeout=20)
+        try:  # communicate: reads and closes its pipes too
+            summary, _ = reflector.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             reflector.kill()
-            reflector.wait(timeout=10)
+            summary, _ = reflector.communicate(timeout=10)
     assert res.returncode == 0, res.stderr
+    # The reflector answered what got past the input drops (its summary may wrap).
+    assert re.search(rf"{PROBES - PROBES // 10:,}\s+reflected", summary), summary
     truth = nft_counters(host.netns, TABLE, family="inet")
     rows: list[dict[str, Any]] = [json.loads(line) for line in out.read_text().splitlines()]
     total = next(r for r in rows if r["type"] == "summary")["total"]
