@@ -90,6 +90,7 @@ class _StampExtras:
             t3_ns=d.last_t3_ns,
             reflector_seq=d.last_reflector_seq,
             stateful=d.last_stateful,
+            ttl=d.last_ttl,
         )
 
     def take(self, records: NDArray[np.void]) -> NDArray[np.void]:

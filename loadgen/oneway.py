@@ -36,6 +36,7 @@ class OneWay:
     fwd: Spread = _NONE
     rev: Spread = _NONE
     residence: Spread = _NONE
+    ttl: Spread = _NONE  # TTL our probes arrived with at the reflector (a count, not ns)
 
     @property
     def offset_ns(self) -> float | None:

@@ -57,6 +57,7 @@ class StampFigures:
         t3_ns: NDArray[np.int64],
         reflector_seq: NDArray[np.int64],
         stateful: NDArray[np.bool_],
+        ttl: NDArray[np.int64],
     ) -> None:
         good = np.flatnonzero(status == DecodeStatus.REPLY)
         if not len(good):
@@ -66,6 +67,7 @@ class StampFigures:
             (RecordKind.OWD_FWD, t2 - t1),
             (RecordKind.OWD_REV, t4 - t3),
             (RecordKind.RESIDENCE, t3 - t2),
+            (RecordKind.REFLECTOR_TTL, ttl[good]),
         ):
             out = np.zeros(len(good), RECORD_DTYPE)
             out["tx_ns"], out["rtt_ns"], out["target"] = t1, value, target[good]

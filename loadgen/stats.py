@@ -71,6 +71,7 @@ class Counts:
     owd_fwd_count: int = 0  # one-way samples (STAMP good replies), one per kind
     owd_rev_count: int = 0
     residence_count: int = 0
+    reflector_ttl_count: int = 0
     reordered: int = 0  # RECEIVED or LATE replies that overtook a later probe's reply
 
     @property

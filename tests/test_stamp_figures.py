@@ -35,6 +35,7 @@ def replies(
         t3_ns=tx + 120_000,
         reflector_seq=np.array(rseqs, np.int64),
         stateful=np.full(n, stateful),
+        ttl=np.full(n, 61, np.int64),
     )
 
 
@@ -99,6 +100,7 @@ def test_one_way_samples_per_good_reply_and_per_second_figures() -> None:
     assert (ow.fwd.count, ow.fwd.min_ns, ow.fwd.p99_ns) == (3, 100_000, 100_000)
     assert (ow.rev.min_ns, ow.residence.avg_ns) == (180_000, 20_000)
     assert ow.offset_ns == -40_000 and not ow.negative
+    assert (ow.ttl.count, ow.ttl.min_ns, ow.ttl.avg_ns) == (3, 61, 61.0)
     assert report.per_target[0].counts.owd_fwd_count == 3
     total = agg.cumulative().per_target[0].oneway
     assert total.fwd.min_ns == 100_000 and total.fwd.p50_ns is None
@@ -114,7 +116,8 @@ def test_summary_lines_say_the_split_and_warn_on_negative_one_way() -> None:
     agg.close_all()
     lines = oneway_lines(agg.cumulative().per_target[0])
     assert lines[0] == "lost 2: 1 forward, 1 reverse"
-    assert "clock offset -0.040 ms" in lines[2] and len(lines) == 3
+    assert "clock offset -0.040 ms" in lines[2] and len(lines) == 4
+    assert lines[3] == "probes reached the reflector with TTL min/avg = 61/61.0"
     assert all(len(line) <= 80 for line in lines)
     skewed = StampFigures(keep_ns=10**12)
     n = 2
@@ -130,6 +133,7 @@ def test_summary_lines_say_the_split_and_warn_on_negative_one_way() -> None:
         t3_ns=tx - 480_000,
         reflector_seq=np.arange(n, dtype=np.int64),
         stateful=np.ones(n, bool),
+        ttl=np.full(n, 64, np.int64),
     )
     agg = Aggregator(1, T0, timeout_ns=10**9)
     agg.add(skewed.take(np.zeros(0, RECORD_DTYPE)))

@@ -34,6 +34,7 @@ most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every 
 | owd_rev_min_us, owd_rev_avg_us, owd_rev_p50_us, owd_rev_p99_us | float/null | T4 - T3 |
 | residence_min_us, residence_avg_us, residence_p50_us, residence_p99_us | float/null | T3 - T2 |
 | owd_offset_us | float/null | reflector clock minus ours: (owd_fwd_min - owd_rev_min) / 2 |
+| reflector_ttl_count, reflector_ttl_min, reflector_ttl_avg | int/null | STAMP: TTL at arrival |
 | | | one-way delays need synchronised clocks; p50/p99 are null in "summary" |
 | generator_limited | bool | "second_total" only: loadgen itself could not keep up in this second |
 | generator_limits | list[str] | "second_total" only: why (which worker, how much) |
@@ -83,6 +84,7 @@ _COUNT_KEYS = (
     "owd_fwd_count",
     "owd_rev_count",
     "residence_count",
+    "reflector_ttl_count",
 )
 # STAMP's one-way figures (`oneway.OneWay`): prefix in the JSONL and attribute of OneWay.
 _ONE_WAY_KEYS = (("owd_fwd", "fwd"), ("owd_rev", "rev"), ("residence", "residence"))
@@ -150,6 +152,9 @@ def _figures(
         figures = (spread.min_ns, spread.avg_ns, spread.p50_ns, spread.p99_ns)
         for key, ns in zip(("min", "avg", "p50", "p99"), figures, strict=True):
             obj[f"{prefix}_{key}_us"] = _us(ns) if spread.count and ns is not None else None
+    ttl = ts.oneway.ttl
+    obj["reflector_ttl_min"] = ttl.min_ns if ttl.count else None
+    obj["reflector_ttl_avg"] = round(ttl.avg_ns, 3) if ttl.count else None
     offset = ts.oneway.offset_ns
     obj["owd_offset_us"] = None if offset is None else _us(offset)
     return obj

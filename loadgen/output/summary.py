@@ -88,6 +88,10 @@ def oneway_lines(ts: TargetStats) -> list[str]:
         f"reflector residence min/avg = {_ms(res.min_ns, res.avg_ns)} ms, clock offset "
         f"{(ow.offset_ns or 0) / 1e6:+.3f} ms"
     )
+    if ow.ttl.count:
+        lines.append(
+            f"probes reached the reflector with TTL min/avg = {ow.ttl.min_ns}/{ow.ttl.avg_ns:.1f}"
+        )
     if ow.negative:
         lines.append(
             "WARNING: a one-way delay is negative: the clocks are not synchronised, and "

@@ -48,10 +48,16 @@ class RecordKind(IntEnum):
     OWD_FWD = 12  # T2 - T1: reflector's receive stamp minus our send time
     OWD_REV = 13  # T4 - T3: our receive stamp minus the reflector's send stamp
     RESIDENCE = 14  # T3 - T2: time the test packet spent in the reflector
+    REFLECTOR_TTL = 15  # the TTL / hop limit our probe arrived with at the reflector
 
 
 OUTCOME_KINDS = (RecordKind.RECEIVED, RecordKind.LATE, RecordKind.LOST, RecordKind.ERRORED)
-ONE_WAY_KINDS = (RecordKind.OWD_FWD, RecordKind.OWD_REV, RecordKind.RESIDENCE)
+ONE_WAY_KINDS = (
+    RecordKind.OWD_FWD,
+    RecordKind.OWD_REV,
+    RecordKind.RESIDENCE,
+    RecordKind.REFLECTOR_TTL,
+)
 
 
 class RecordFlag(IntFlag):
