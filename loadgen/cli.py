@@ -7,6 +7,7 @@
     loadgen check PROFILE.toml
     loadgen report RUN.jsonl [-o report.html] [--png DIR] [--compare A.jsonl B.jsonl ...]
     loadgen lab up LAB.toml | status | down [PREFIX] [--all]
+    loadgen reflect [--port P] [--bind ADDR] [--workers N] [--stateful] [--allow CIDR,...] ...
     loadgen --version
 
 Exit codes (the README's table has them all): 0 ok; 1 nothing came back, the run failed (a
@@ -36,6 +37,7 @@ from loadgen.output.display import make_display
 from loadgen.output.summary import sla_lines, sla_rules, summary_view
 from loadgen.plan import RunPlan, describe, path_label
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
+from loadgen.reflect_cli import add_reflect_parser, cmd_reflect
 from loadgen.runner import RunResult, execute, plan_run
 from loadgen.search.settings import SEARCH_KEYS
 from loadgen.targets import labels
@@ -121,6 +123,19 @@ def _common_run_flags(
             dest=name.replace("-", "_"),
             help=f"{what} to PORTS: 443, 80,443 or 8000-8010 (profile keys probe, port)",
         )
+    kind.add_argument(
+        "--stamp",
+        nargs="?",
+        const="862",
+        metavar="PORT",
+        help="STAMP test packets (RFC 8762) to a reflector (`loadgen reflect`) on PORT, 862 "
+        'if none (profile probe = "stamp")',
+    )
+    kind.add_argument(
+        "--udp",
+        metavar="PORTS",
+        help='UDP probes with loadgen\'s payload to an echo service on PORTS (probe = "udp")',
+    )
     p.add_argument(
         "--suppress-rst",
         action="store_true",
@@ -223,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = labsub.add_parser("down", help="tear a lab down")
     down.add_argument("prefix", nargs="?", help="the lab's prefix (see 'lab status')")
     down.add_argument("--all", action="store_true", help="remove every loadgen lab left behind")
+    add_reflect_parser(sub)
     return top
 
 
@@ -268,7 +284,12 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
 
 
 # Flags that pick the probe kind and give its ports (profile keys probe and port).
-_KIND_FLAGS = (("tcp", "tcp-syn"), ("tcp_connect", "tcp-connect"))
+_KIND_FLAGS = (
+    ("tcp", "tcp-syn"),
+    ("tcp_connect", "tcp-connect"),
+    ("stamp", "stamp"),
+    ("udp", "udp"),
+)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -325,6 +346,8 @@ def _command(argv: Sequence[str] | None) -> int:
         return _lab(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "reflect":
+        return cmd_reflect(args)
     profile = profile_from_args(args)
     if args.command == "check":
         return _check(profile)

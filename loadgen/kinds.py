@@ -19,12 +19,15 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from loadgen.errors import UsageError
 from loadgen.icmppath import DATAGRAM_NOTE, LABELS, IcmpPath
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
 from loadgen.net.families import ipv6_names, route_sources
 from loadgen.net.sockets import IcmpSocket, TimestampMode, open_icmp
 from loadgen.net.tcpconnect import ConnectIO, connect_name
+from loadgen.net.udp import UdpBatchIO, open_udp_probe, udp_destinations
+from loadgen.stamp_figures import StampFigures
 from loadgen.wire import bpf, tcp
 from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.connect import ConnectDecoder, ConnectRows
@@ -32,6 +35,13 @@ from loadgen.wire.family import WireFamily
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN
 from loadgen.wire.messages import PlanMsg, ProbeSettings
 from loadgen.wire.probekind import ProbeKind
+from loadgen.wire.stamp_batch import (
+    StampBuilder,
+    StampDecoder,
+    UdpEchoBuilder,
+    UdpEchoDecoder,
+    stamp_spec,
+)
 
 
 class BatchBuilder(Protocol):
@@ -47,6 +57,47 @@ class BatchDecoder(Protocol):
     def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
         """Rows 0..n-1 of buf (row i holds lengths[i] bytes) as the tracker's columns."""
         ...
+
+
+class Extras(Protocol):
+    def on_replies(
+        self, dec: DecodedBatch, rx_ns: NDArray[np.int64], rx_flags: NDArray[np.uint8]
+    ) -> None:
+        """See a decoded batch after the tracker did (same rows, with their RX stamps)."""
+        ...
+
+    def take(self, records: NDArray[np.void]) -> NDArray[np.void]:
+        """The tracker's records of a frame, with the kind's own added."""
+        ...
+
+
+class _StampExtras:
+    """STAMP's one-way samples and loss directions (`stamp_figures`), fed from the decoder's
+    reflector columns of the batch just decoded."""
+
+    def __init__(self, decoder: StampDecoder, keep_ns: int) -> None:
+        self.decoder, self.figures = decoder, StampFigures(keep_ns)
+
+    def on_replies(
+        self, dec: DecodedBatch, rx_ns: NDArray[np.int64], rx_flags: NDArray[np.uint8]
+    ) -> None:
+        d = self.decoder
+        self.figures.on_replies(
+            status=dec.status,
+            target=dec.target,
+            seq=dec.seq,
+            tx_ns=dec.tx_ns,
+            rx_ns=rx_ns,
+            rx_flags=rx_flags,
+            t2_ns=d.last_t2_ns,
+            t3_ns=d.last_t3_ns,
+            reflector_seq=d.last_reflector_seq,
+            stateful=d.last_stateful,
+            ttl=d.last_ttl,
+        )
+
+    def take(self, records: NDArray[np.void]) -> NDArray[np.void]:
+        return self.figures.take(records)
 
 
 @dataclass(slots=True)
@@ -71,6 +122,7 @@ class KindIO:
     # ICMP over a datagram socket: the errors quoting its probes wait on the error queue, not
     # among the packets, and this decoder reads them.
     queued_errors: ReplyDecoder | None = None
+    extras: Extras | None = None  # a kind's records beyond the tracker's (STAMP: one-way)
 
     def close(self) -> None:
         self.io.close()
@@ -284,11 +336,43 @@ def _tcp_connect(plan: PlanMsg, fam: WireFamily) -> KindIO:
     )
 
 
+def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
+    """STAMP test packets to a reflector, or loadgen's payload to a UDP echo service: one
+    unprivileged UDP socket, each target's port in its destination row."""
+    probe, stamp = plan.settings, plan.settings.kind is ProbeKind.STAMP
+    if probe.tx_path == "packet":
+        raise UsageError(f'tx_path = "packet" sends ICMP only: drop it for probe = "{probe.kind}"')
+    sock = open_udp_probe(
+        family=fam.version,
+        ttl=probe.ttl,
+        tos=probe.tos,
+        timestamps=TimestampMode(probe.timestamps),
+        interface=probe.interface or None,
+        source=probe.source or None,
+    )
+    global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
+    spec = stamp_spec(plan.run_id, plan.ident or 1, probe.size)  # the SSID names the worker
+    datagram = spec.size if stamp else probe.size
+    io = UdpBatchIO(sock, slot_bytes=max(2048, datagram + 64))
+    names = udp_destinations(
+        [t.address for t in plan.targets], [t.port for t in plan.targets], fam.version
+    )
+    addresses = target_addresses(plan, fam)
+    if not stamp:
+        echo = UdpEchoBuilder(plan.run_id, probe.size, global_index)
+        return KindIO(io, echo, UdpEchoDecoder(plan.run_id, probe.size, fam), names, addresses)
+    decoder = StampDecoder(spec, fam)
+    extras = _StampExtras(decoder, keep_ns=2 * probe.linger_ns + 1_000_000_000)
+    return KindIO(io, StampBuilder(spec, global_index), decoder, names, addresses, extras=extras)
+
+
 # One entry per kind in probekind.IMPLEMENTED.
 SETUPS: dict[ProbeKind, Setup] = {
     ProbeKind.ICMP: _icmp,
     ProbeKind.TCP_SYN: _tcp_syn,
     ProbeKind.TCP_CONNECT: _tcp_connect,
+    ProbeKind.UDP: _udp_kinds,
+    ProbeKind.STAMP: _udp_kinds,
 }
 
 

@@ -9,7 +9,7 @@ vectorised: no clock, no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -26,6 +26,7 @@ from loadgen.moments import (
     Table,
     hist_quantiles,
 )
+from loadgen.oneway import NO_ONE_WAY, OneWay, OneWayBuckets
 from loadgen.outages import Outages, OutageTable
 from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE, RecordFlag, RecordKind
 
@@ -68,6 +69,12 @@ class Counts:
     icmp_errors: int = 0
     stale: int = 0
     refused: int = 0  # answers that were refusals (TCP RST: port closed), within received/late
+    lost_forward: int = 0  # STAMP, stateful reflector: lost on the way there
+    lost_reverse: int = 0  # STAMP, stateful reflector: lost on the way back
+    owd_fwd_count: int = 0  # one-way samples (STAMP good replies), one per kind
+    owd_rev_count: int = 0
+    residence_count: int = 0
+    reflector_ttl_count: int = 0
     reordered: int = 0  # RECEIVED or LATE replies that overtook a later probe's reply
 
     @property
@@ -120,6 +127,7 @@ class TargetStats:
     tx_flags: int
     rx_ts: str
     tx_ts: str
+    oneway: OneWay = field(default=NO_ONE_WAY, kw_only=True)  # STAMP probes only
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +307,7 @@ class Aggregator:
         self._quant_n = np.zeros(n_targets + 1, dtype=np.int64)  # run.n when quant was computed
         self._lost_workers: dict[int, tuple[str, frozenset[int]]] = {}
         self._outages = OutageTable(n_targets, outage_min)
+        self._oneway = OneWayBuckets(n_targets)
 
     @property
     def closed_seconds(self) -> int:
@@ -334,6 +343,7 @@ class Aggregator:
         reordered = reply & ((flags & RecordFlag.REORDERED) != 0)
         sample = (kind == RecordKind.RECEIVED) & ~bad_rtt
         cells = records["target"].astype(np.int64) * N_COLS
+        oneway = bool((kind >= RecordKind.OWD_FWD).any())
         lo, hi = int(sec.min()), int(sec.max())
         for s in [lo] if lo == hi else np.unique(sec).tolist():
             sel = slice(None) if lo == hi else sec == s
@@ -349,6 +359,8 @@ class Aggregator:
                 np.add.at(flat, idx, weight)
             taken = sample & sel if lo != hi else sample
             bucket.add_samples(rtt[taken], records["target"][taken], flags[taken])
+            if oneway:
+                self._oneway.add(s, kind[sel], rtt[sel], records["target"][sel], flags[sel])
 
     def add_bursts(self, bursts: _Arr) -> None:
         """Loss bursts a worker found (`outages`); counted once the seconds they end in close."""
@@ -413,7 +425,9 @@ class Aggregator:
 
     def _report(self, s: int, tab: Table, active: _Arr) -> SecondReport:
         rows = [*active.tolist(), self.n_targets]
-        per = [TargetSecond(*args, second=s) for args in _stat_args(tab, rows, [*rows[:-1], TOTAL])]
+        args = _stat_args(tab, rows, [*rows[:-1], TOTAL])
+        ow = self._oneway.close(s, rows)
+        per = [TargetSecond(*a, second=s, oneway=o) for a, o in zip(args, ow, strict=True)]
         start = self.start_ns + s * NS_PER_S
         return SecondReport(s, start, tuple(per[:-1]), per[-1], unresolved=self._unresolved(per))
 
@@ -445,7 +459,9 @@ class Aggregator:
                 run.quant[chunk] = hist_quantiles(self._hist, chunk, run)
             self._quant_n = run.n.copy()
             rows = list(range(self.n_targets + 1))
-            stats = [TargetStats(*args) for args in _stat_args(run, rows, [*rows[:-1], TOTAL])]
+            args = _stat_args(run, rows, [*rows[:-1], TOTAL])
+            ow = self._oneway.totals(rows)
+            stats = [TargetStats(*a, oneway=o) for a, o in zip(args, ow, strict=True)]
             total = stats.pop()
             outages, outages_total = self._outages.rows()
             self._summary = RunSummary(

@@ -294,6 +294,8 @@ class Worker:
             dec = decoder.decode(got.data, got.lengths, got.n)
             self.malformed += int(np.count_nonzero(dec.status == DecodeStatus.MALFORMED))
             self._track(dec, got.rx_ns[: got.n], got.rx_flags[: got.n])
+            if self.kind.extras is not None:
+                self.kind.extras.on_replies(dec, got.rx_ns[: got.n], got.rx_flags[: got.n])
             if got.n < io.batch:
                 return
 
@@ -345,7 +347,10 @@ class Worker:
             skipped_ns=policy.pacer.skipped_ns,
         )
         mark = now_rt if final else tr.resolved_before(now_rt)
-        frame = Frame(self.plan.worker, self.frame_seq, now_rt, mark, tr.take_records(), stats)
+        records = tr.take_records()
+        if self.kind.extras is not None:
+            records = self.kind.extras.take(records)
+        frame = Frame(self.plan.worker, self.frame_seq, now_rt, mark, records, stats)
         self.frame_seq += 1
         self.data.send_bytes(encode(frame))
 

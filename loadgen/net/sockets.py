@@ -192,21 +192,7 @@ def open_icmp(
                 raise problem("setting the ICMPv6 type filter", exc.errno or 0) from None
         if bpf_program is not None:
             _attach_filter(sock, bpf_program)
-        flags, rx_source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
-        return IcmpSocket(
-            sock,
-            spec,
-            flags,
-            rx_source,
-            scm,
-            tsflags,
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-            interface,
-            tuple(notes),
-            datagram,
-            ident,
-        )
+        return with_rx_stamps(sock, spec, timestamps, interface, notes, datagram, ident)
     except BaseException:
         sock.close()
         raise
@@ -227,6 +213,34 @@ def _datagram(sock: socket.socket, spec: FamilySpec, source: str | None) -> int:
     except OSError as exc:
         raise problem("asking for ICMP errors (IP_RECVERR)", exc.errno or 0) from None
     return int(sock.getsockname()[1])
+
+
+def with_rx_stamps(
+    sock: socket.socket,
+    spec: FamilySpec,
+    timestamps: TimestampMode,
+    interface: str | None,
+    notes: list[str],
+    datagram: bool = False,
+    ident: int | None = None,
+) -> IcmpSocket:
+    """A configured, bound socket with its RX stamp source chosen, as an IcmpSocket (the raw
+    ICMP sockets here, the UDP probe sockets of `udp`)."""
+    flags, source, scm, tsflags = _rx_stamps(sock, timestamps, interface, notes)
+    return IcmpSocket(
+        sock,
+        spec,
+        flags,
+        source,
+        scm,
+        tsflags,
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        interface,
+        tuple(notes),
+        datagram,
+        ident,
+    )
 
 
 def _configure(

@@ -11,7 +11,7 @@ name "total") and an "sla_breach" per SLA clause that second failed (README, SLA
 | key | type | meaning |
 |---|---|---|
 | type | str | "run", "second", "second_total", "sla_breach" or "summary" |
-| v | int | schema version (3; 2: no run, rtt_hist, outages, sla_breach, summary sla) |
+| v | int | schema version (3; 2: no run, rtt_hist, outages, SLA, refused, STAMP) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -32,6 +32,14 @@ name "total") and an "sla_breach" per SLA clause that second failed (README, SLA
 | rtt_jitter_us | float/null | mean abs. difference of consecutive RTTs of a target, in µs |
 | rtt_hist | list[int] | RTT counts; index k: (8·2^(k-1), 8·2^k] µs, 0: <= 8 µs; no trailing 0s |
 | rx_ts, tx_ts | str | source of the RTT samples' stamps: hardware, kernel, user, mixed(a+b), none |
+| lost_forward, lost_reverse | int | STAMP, stateful reflector: lost going there / coming back |
+| owd_fwd_count, owd_rev_count, residence_count | int | STAMP one-way samples (good replies) |
+| owd_fwd_min_us, owd_fwd_avg_us, owd_fwd_p50_us, owd_fwd_p99_us | float/null | T2 - T1 |
+| owd_rev_min_us, owd_rev_avg_us, owd_rev_p50_us, owd_rev_p99_us | float/null | T4 - T3 |
+| residence_min_us, residence_avg_us, residence_p50_us, residence_p99_us | float/null | T3 - T2 |
+| owd_offset_us | float/null | reflector clock minus ours: (owd_fwd_min - owd_rev_min) / 2 |
+| reflector_ttl_count, reflector_ttl_min, reflector_ttl_avg | int/null | STAMP: TTL at arrival |
+| | | one-way delays need synchronised clocks; p50/p99 are null in "summary" |
 | generator_limited | bool | "second_total" only: loadgen itself could not keep up in this second |
 | generator_limits | list[str] | "second_total" only: why (which worker, how much) |
 | generator | object | "second_total" only: requested_pps, achieved_pps and per worker: |
@@ -69,7 +77,7 @@ from loadgen.stats import (
 )
 
 JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA,
-# refused
+# refused, STAMP's loss directions and one-way figures
 # The "run" object: loadgen version, command line (argv) and profile source, kernel release,
 # CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
 # requested total rate, count and duration (null: not set), timestamp settings, run id, and
@@ -105,7 +113,15 @@ _COUNT_KEYS = (
     "icmp_errors",
     "stale",
     "refused",
+    "lost_forward",
+    "lost_reverse",
+    "owd_fwd_count",
+    "owd_rev_count",
+    "residence_count",
+    "reflector_ttl_count",
 )
+# STAMP's one-way figures (`oneway.OneWay`): prefix in the JSONL and attribute of OneWay.
+_ONE_WAY_KEYS = (("owd_fwd", "fwd"), ("owd_rev", "rev"), ("residence", "residence"))
 _RTT_KEYS = ("min", "avg", "max", "mdev", "p50", "p90", "p99", "jitter")
 
 
@@ -166,6 +182,16 @@ def _figures(
         obj[f"rtt_{key}_us"] = _us(ns) if r.count else None
     obj["rtt_hist"] = list(r.hist)
     obj["rx_ts"], obj["tx_ts"] = ts.rx_ts, ts.tx_ts
+    for prefix, name in _ONE_WAY_KEYS:
+        spread = getattr(ts.oneway, name)
+        figures = (spread.min_ns, spread.avg_ns, spread.p50_ns, spread.p99_ns)
+        for key, ns in zip(("min", "avg", "p50", "p99"), figures, strict=True):
+            obj[f"{prefix}_{key}_us"] = _us(ns) if spread.count and ns is not None else None
+    ttl = ts.oneway.ttl
+    obj["reflector_ttl_min"] = ttl.min_ns if ttl.count else None
+    obj["reflector_ttl_avg"] = round(ttl.avg_ns, 3) if ttl.count else None
+    offset = ts.oneway.offset_ns
+    obj["owd_offset_us"] = None if offset is None else _us(offset)
     return obj
 
 

@@ -58,6 +58,7 @@ def block(title: str, ts: TargetStats, summary: RunSummary) -> list[str]:
             f"(within {PERCENTILE_REL_ERROR * 100:.1f}%), jitter = {_ms(r.jitter_ns)} ms"
         )
         lines.append(f"timestamps: rx {ts.rx_ts}, tx {ts.tx_ts}")
+    lines.extend(oneway_lines(ts))
     if c.lost:
         lines += outage_lines(outages_of(summary, ts), summary.outage_min)
     unresolved, why = summary.explained(ts)
@@ -88,6 +89,42 @@ def outage_lines(o: Outages, outage_min: int) -> list[str]:
         )
     bursts = ", ".join(f"{label}: {n}" for label, n in zip(BURST_CLASSES, o.bursts, strict=True))
     return [head, f"loss bursts by length: {bursts}"]
+
+
+def oneway_lines(ts: TargetStats) -> list[str]:
+    """STAMP's figures: loss by direction, one-way minima and averages, the clock offset they
+    imply and a warning when a one-way figure is negative (clocks not synchronised)."""
+    c, ow = ts.counts, ts.oneway
+    if not ow.residence.count:
+        return []
+    lines = []
+    if c.lost_forward or c.lost_reverse:
+        split = c.lost_forward + c.lost_reverse
+        lines.append(
+            f"lost {c.lost}: {c.lost_forward} forward, {c.lost_reverse} reverse"
+            + (
+                f", {c.lost - split} after the last reply (direction unknown)"
+                if c.lost > split
+                else ""
+            )
+        )
+    f, r, res = ow.fwd, ow.rev, ow.residence
+    fwd, rev = _ms(f.min_ns, f.avg_ns), _ms(r.min_ns, r.avg_ns)
+    lines.append(f"one-way min/avg = {fwd} ms forward, {rev} ms reverse")
+    lines.append(
+        f"reflector residence min/avg = {_ms(res.min_ns, res.avg_ns)} ms, clock offset "
+        f"{(ow.offset_ns or 0) / 1e6:+.3f} ms"
+    )
+    if ow.ttl.count:
+        lines.append(
+            f"probes reached the reflector with TTL min/avg = {ow.ttl.min_ns}/{ow.ttl.avg_ns:.1f}"
+        )
+    if ow.negative:
+        lines.append(
+            "WARNING: a one-way delay is negative: the clocks are not synchronised, and "
+            "one-way figures are off by their difference (RTTs are not)"
+        )
+    return lines
 
 
 def _name(names: Sequence[str], target: int) -> str:

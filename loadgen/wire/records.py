@@ -52,9 +52,24 @@ class RecordKind(IntEnum):
     ICMP_ERROR = 8  # destination unreachable / time exceeded quoting one of our probes
     STALE = 9  # a good reply for a probe already given up (after linger)
     REFUSED = 10  # the answer (RECEIVED or LATE) was a refusal: a TCP RST, the port is closed
+    # STAMP probes to a stateful reflector (RFC 8762 4.3): each LOST probe also gets one of
+    # these when the reflector's sequence tells which way it was lost (`stamp_figures`).
+    LOST_FORWARD = 11  # the reflector never saw it
+    LOST_REVERSE = 12  # the reflector answered, the reply never came back
+    # STAMP one-way samples of a good reply, the value in rtt_ns (tx_ns: the probe's send time).
+    OWD_FWD = 13  # T2 - T1: reflector's receive stamp minus our send time
+    OWD_REV = 14  # T4 - T3: our receive stamp minus the reflector's send stamp
+    RESIDENCE = 15  # T3 - T2: time the test packet spent in the reflector
+    REFLECTOR_TTL = 16  # the TTL / hop limit our probe arrived with at the reflector
 
 
 OUTCOME_KINDS = (RecordKind.RECEIVED, RecordKind.LATE, RecordKind.LOST, RecordKind.ERRORED)
+ONE_WAY_KINDS = (
+    RecordKind.OWD_FWD,
+    RecordKind.OWD_REV,
+    RecordKind.RESIDENCE,
+    RecordKind.REFLECTOR_TTL,
+)
 
 
 class RecordFlag(IntFlag):

@@ -1,0 +1,285 @@
+"""UDP sockets for STAMP and plain UDP probes, and the reflector's batched I/O on them.
+
+Owns opening and binding (SO_REUSEPORT for one socket per reflector worker, errno turned into one
+line: port taken, privileged, not an address here), the receive options a reflector reports
+(kernel RX stamps, TTL / hop limit, TOS / traffic class as cmsgs) and `UdpBatch`: recvmmsg with
+each datagram's source and those cmsgs as columns, sendmmsg of replies to chosen sources.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.errors import PermissionProblem, SocketProblem, UsageError
+from loadgen.net import families, sockets
+from loadgen.net.batchio import BatchIO, RecvBatch, SendResult
+from loadgen.net.cmsg import cmsg_key, cmsg_offsets
+from loadgen.net.mmsg import DONTWAIT, MMSGHDR, TRUNC, RecvRing, send_headers, sendmmsg
+
+# <linux/in.h>, <linux/in6.h>, <asm-generic/socket.h>: not all in Python's socket module.
+SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
+IP_TOS, IP_TTL, IP_RECVTTL, IP_RECVTOS = 1, 2, 12, 13
+IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 51, 52, 66, 67
+NAME_BYTES = 28  # sockaddr_in6; a sockaddr_in (16) fits the same slot
+CTRL_BYTES = 128  # timespec (32) + ttl (24) + tos (24), with room to spare
+SLOT_BYTES = 9216  # a jumbo frame's datagram; a longer one is counted malformed, never cut
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    stamp: int
+    ttl: int
+    tos: int
+
+
+_KEYS = {
+    socket.AF_INET: Keys(
+        cmsg_key(socket.SOL_SOCKET, SO_TIMESTAMPNS),
+        cmsg_key(socket.IPPROTO_IP, IP_TTL),
+        cmsg_key(socket.IPPROTO_IP, IP_TOS),
+    ),
+    socket.AF_INET6: Keys(
+        cmsg_key(socket.SOL_SOCKET, SO_TIMESTAMPNS),
+        cmsg_key(socket.IPPROTO_IPV6, IPV6_HOPLIMIT),
+        cmsg_key(socket.IPPROTO_IPV6, IPV6_TCLASS),
+    ),
+}
+
+
+def bind_error(exc: OSError, addr: str, port: int) -> Exception:
+    """One line that says what to do about a failed bind."""
+    if exc.errno == errno.EADDRINUSE:
+        return SocketProblem(
+            f"UDP port {port} on {addr} is taken by another program: stop it or pick another --port"
+        )
+    if exc.errno == errno.EACCES:
+        return PermissionProblem(
+            f"UDP port {port} is privileged: use --port 1024 or above, or grant the "
+            "capability with `sudo setcap cap_net_bind_service+ep <python path>`"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return UsageError(f"{addr} is not an address of this host: give one of `ip -brief addr`")
+    return SocketProblem(f"cannot bind UDP {addr} port {port}: {exc.strerror or exc}")
+
+
+def check_port_free(addr: str, port: int) -> None:
+    """Bind once without SO_REUSEPORT: another reflector holding the port with it would
+    otherwise share it silently with ours."""
+    family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((addr, port))
+        except OSError as exc:
+            raise bind_error(exc, addr, port) from None
+
+
+def open_reflector_socket(addr: str, port: int) -> socket.socket:
+    """A UDP socket bound to (addr, port) with SO_REUSEPORT, reporting kernel RX stamps, TTL
+    and TOS of every datagram."""
+    family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
+        for opt, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+            except PermissionError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+                sock.setsockopt(socket.SOL_SOCKET, plain, 8 << 20)
+        sock.bind((addr, port))
+    except OSError as exc:
+        sock.close()
+        raise bind_error(exc, addr, port) from None
+    # Blocking for sends (a full buffer waits rather than failing: a short sendmmsg count then
+    # always means the next message failed); receives never wait (MSG_DONTWAIT).
+    return sock
+
+
+class UdpBatch:
+    """recvmmsg into `rows` slots with sources and cmsgs; sendmmsg of replies."""
+
+    def __init__(self, sock: socket.socket, rows: int = 64) -> None:
+        self.sock, self.rows = sock, rows
+        self.keys = _KEYS[sock.family]
+        self._ring = RecvRing(rows, SLOT_BYTES, CTRL_BYTES)
+        self.names = np.zeros((rows, NAME_BYTES), np.uint8)
+        index = np.arange(rows, dtype=np.uint64)
+        hdr = self._ring.msgs["hdr"]
+        hdr["name"] = self.names.ctypes.data + index * NAME_BYTES
+        self._namelen = hdr["namelen"]
+        self._out = np.zeros((rows, SLOT_BYTES), np.uint8)
+        self._out_names = np.zeros(rows, np.dtype((np.void, NAME_BYTES)))
+        self._iov, self._msgs = send_headers(self._out_names)
+        self._iov["base"] = self._out.ctypes.data + index * SLOT_BYTES
+
+    def receive(self) -> int:
+        """Datagrams waiting, read without blocking (0 when none)."""
+        self._namelen[:] = NAME_BYTES
+        n = self._ring.receive(self.sock.fileno(), DONTWAIT)
+        if n < 0:
+            if -n in (errno.EAGAIN, errno.EINTR):
+                return 0
+            raise SocketProblem(f"recvmmsg on the reflector socket: {os.strerror(-n)}")
+        return n
+
+    def rows_of(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """(kernel RX ns or 0, TTL or -1, TOS or -1) of the last n datagrams, as columns."""
+        ring = self._ring
+        stamp_at, ttl_at, tos_at = cmsg_offsets(
+            ring.ctrl[:n], ring.controllen[:n], (self.keys.stamp, self.keys.ttl, self.keys.tos)
+        )
+        rx_ns, ttl, tos = np.zeros(n, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+        rows = np.arange(n)
+        has = stamp_at >= 0
+        words = ring.ctrl[:n].view(np.int64)
+        at = stamp_at[has] // 8
+        rx_ns[has] = words[rows[has], at] * 1_000_000_000 + words[rows[has], at + 1]
+        has = ttl_at >= 0
+        ttl[has] = ring.ctrl[:n].view(np.int32)[rows[has], ttl_at[has] // 4]
+        has = tos_at >= 0
+        tos[has] = ring.ctrl[rows[has], tos_at[has]]  # IP_TOS: a byte; IPV6_TCLASS: an int, LE
+        return rx_ns, ttl, tos
+
+    def datagrams(self, n: int) -> list[bytes | None]:
+        """The last n datagrams; None for one that did not fit its slot."""
+        ring = self._ring
+        cut = (ring.flags[:n] & TRUNC) != 0
+        lengths = ring.lengths[:n].tolist()
+        return [
+            None if c else ring.data[i, :length].tobytes()
+            for i, (c, length) in enumerate(zip(cut.tolist(), lengths, strict=True))
+        ]
+
+    def sources(self, n: int) -> tuple[list[bytes], list[int]]:
+        """(address bytes, port) each of the last n datagrams came from."""
+        names = self.names[:n]
+        ports = (names[:, 2].astype(np.int64) << 8 | names[:, 3]).tolist()
+        width, at = (16, 8) if self.sock.family == socket.AF_INET6 else (4, 4)
+        raw = names[:, at : at + width].tobytes()
+        return [raw[i : i + width] for i in range(0, n * width, width)], ports
+
+    def send(self, replies: list[tuple[int, bytes]]) -> tuple[int, int]:
+        """Send each reply to the source of received row i; (sent, failed)."""
+        total = len(replies)
+        rows = [i for i, _ in replies]
+        self._out_names.view(np.uint8).reshape(self.rows, NAME_BYTES)[:total] = self.names[rows]
+        self._iov["len"][:total] = [len(data) for _, data in replies]
+        for k, (_, data) in enumerate(replies):
+            self._out[k, : len(data)] = np.frombuffer(data, np.uint8)
+        sent = failed = done = 0
+        while done < total:
+            ptr = self._msgs.ctypes.data + done * MMSGHDR.itemsize
+            k = int(sendmmsg(self.sock.fileno(), ptr, total - done, 0))
+            if k > 0:
+                done, sent = done + k, sent + k
+                # A short count on this blocking socket: the next message failed (the
+                # kernel drops its error). It is counted and skipped, never sent again: a
+                # firewall's drop is final, and a retry would pass the filter a second time.
+                if done < total:
+                    done, failed = done + 1, failed + 1
+            elif k < 0 and ctypes.get_errno() == errno.EINTR:
+                continue
+            else:  # the first one failed (ENOBUFS, EPERM from a firewall): count, move on
+                done, failed = done + 1, failed + 1
+        return sent, failed
+
+
+# The probe sockets of the UDP kinds: the raw sockets' family specs with UDP as protocol, and
+# whole sockaddr rows as destinations (each carries its target's port).
+UDP_SPECS = {
+    4: replace(families.IPV4, proto=socket.IPPROTO_UDP, whole_names=True),
+    6: replace(families.IPV6, proto=socket.IPPROTO_UDP),
+}
+
+
+def open_udp_probe(
+    *,
+    family: int,
+    ttl: int,
+    tos: int,
+    timestamps: sockets.TimestampMode,
+    interface: str | None = None,
+    source: str | None = None,
+) -> sockets.IcmpSocket:
+    """A non-blocking UDP socket on an ephemeral port for STAMP or UDP-echo probes, configured
+    like the raw ones (TTL, TOS, buffers, drop counter, RX stamps): no root needed."""
+    spec = UDP_SPECS[family]
+    sock = socket.socket(spec.family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        notes: list[str] = []
+        sockets._configure(sock, spec, ttl, tos, 8 << 20, 4 << 20, notes)
+        sockets._bind(sock, interface, None)
+        try:
+            sock.bind((source or ("::" if family == 6 else "0.0.0.0"), 0))
+        except OSError as exc:
+            raise bind_error(exc, source or "any address", 0) from None
+        return sockets.with_rx_stamps(sock, spec, timestamps, interface, notes)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def udp_destinations(addresses: list[str], ports: list[int], family: int) -> NDArray[Any]:
+    """Whole sockaddr rows (address and port) of the targets, the column `BatchIO.send` takes
+    for a UDP kind."""
+    if family == 6:
+        names = families.ipv6_names(addresses)
+    else:
+        names = np.zeros(len(addresses), UDP_SPECS[4].sockaddr)
+        names["family"] = socket.AF_INET
+        names["addr"] = [int(ipaddress.IPv4Address(a)) for a in addresses]
+    names["port"] = ports
+    return names
+
+
+def clear_pending_error(sock: socket.socket) -> int:
+    """Read (and so clear) the socket's pending error: an ICMP port unreachable from a target
+    with nothing listening would otherwise fail the next receive."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+class UdpBatchIO(BatchIO):
+    """BatchIO over a UDP probe socket. An ICMP port unreachable (a target with nothing on
+    its port) leaves an error on the socket that the next call would fail with: it is read
+    off first and counted in `refused`, and the probe it was for is simply not answered."""
+
+    refused = 0
+
+    def recv(self) -> RecvBatch:
+        for _ in range(3):
+            self.refused += bool(clear_pending_error(self.socket.sock))
+            try:
+                return super().recv()
+            except SocketProblem as exc:
+                if "ECONNREFUSED" not in str(exc):
+                    raise
+                self.refused += 1
+        return super().recv()
+
+    def send(self, packets: NDArray[np.uint8], dst: NDArray[Any], first_id: int = 0) -> SendResult:
+        self.refused += bool(clear_pending_error(self.socket.sock))
+        return super().send(packets, dst, first_id)
+
+    def _describe(self, address: Any) -> str:
+        family = socket.AF_INET6 if self.socket.spec.version == 6 else socket.AF_INET
+        raw = bytes(np.asarray(address)["addr"].tobytes())
+        if family == socket.AF_INET:
+            raw = int(np.asarray(address)["addr"]).to_bytes(4, "big")
+        return f"{ipaddress.ip_address(raw)} port {int(np.asarray(address)['port'])}"

@@ -1,0 +1,233 @@
+"""The STAMP reflector's decisions, sans-IO: who is answered (`--allow`, sources that must never
+get a reply, a per-sender token bucket), the session table (sender address, port, SSID) with
+its stateful sequence (RFC 8762 4.3) and counters, expiry of idle sessions and a bound on their
+number. Rule: every received datagram lands in exactly one counter of one row (reflected,
+malformed or refused). Takes `now_ns` (monotonic), never reads a clock; rows ship as
+`SESSION_DTYPE` arrays.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.wire.stamp import STAMP_PORT, ReflectorClock, ReflectStatus, reflect
+
+NO_SSID = 0x1_0000  # a row of datagrams too damaged to name a session
+DEFAULT_MAX_RATE_PPS = 200_000  # per sender address and worker: generous, never unbounded
+DEFAULT_IDLE_NS = 60 * 1_000_000_000  # a session silent this long is forgotten
+DEFAULT_MAX_SESSIONS = 65_536  # per worker: with the oldest evicted, memory stays bounded
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# One row per (sender, port, SSID) a worker has seen; counters are cumulative for the session.
+SESSION_DTYPE = np.dtype(
+    [
+        ("addr", "S16"),  # sender address, 4 or 16 bytes (an IPv4 one zero-padded)
+        ("family", "u1"),  # 4 or 6
+        ("port", "<u2"),
+        ("ssid", "<u4"),  # NO_SSID for the malformed row of a sender
+        ("reflected", "<u8"),
+        ("malformed", "<u8"),  # truncated, oversized, authenticated mode: dropped
+        ("refused", "<u8"),  # not allowed, over the rate cap: dropped
+        ("flagged", "<u8"),  # reflected with a TLV flagged unknown or malformed (RFC 8972 4)
+    ]
+)
+
+
+# What a worker has done since it started, whatever sessions expired since.
+TOTALS = ("reflected", "malformed", "refused", "flagged", "bad_source", "expired", "send_failed")
+
+
+class Verdict(IntEnum):
+    ANSWER = 0
+    NOT_ALLOWED = 1  # outside --allow
+    RATE_CAPPED = 2  # over --max-rate-per-sender
+    BAD_SOURCE = 3  # multicast, broadcast, unspecified or port 0: a reply could hit many or none
+
+
+def parse_allow(text: str | None) -> tuple[Network, ...]:
+    """`--allow 192.0.2.0/24,::1` as networks; None or empty: everyone."""
+    if not text:
+        return ()
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(","))
+    except ValueError as exc:
+        raise ValueError(
+            f"--allow: {exc}: give a comma list of CIDRs like 10.0.0.0/8,::1"
+        ) from None
+
+
+def bad_source(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    """Sources a reply must never go to: port 0 (no one listens), multicast, the limited
+    broadcast, the unspecified address and IPv4's reserved 240/4 (a spoofed victim set)."""
+    if port == 0 or addr.is_multicast or addr.is_unspecified:
+        return True
+    return isinstance(addr, ipaddress.IPv4Address) and int(addr) >= 0xF000_0000
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at_ns: int
+
+
+@dataclass(slots=True)
+class _Session:
+    last_ns: int
+    next_seq: int = 0
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # as _COUNTERS
+
+
+_COUNTERS = ("reflected", "malformed", "refused", "flagged")
+_REFLECTED, _MALFORMED, _REFUSED, _FLAGGED = range(4)
+_MAX_KNOWN_SOURCES = 65_536  # cached source verdicts; the cache is emptied when full
+
+
+@dataclass(frozen=True, slots=True)
+class ReflectorConfig:
+    allow: tuple[Network, ...] = ()
+    max_rate_pps: float = DEFAULT_MAX_RATE_PPS
+    stateful: bool = False
+    idle_ns: int = DEFAULT_IDLE_NS
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    port: int = STAMP_PORT
+    clock: ReflectorClock = field(default_factory=ReflectorClock)
+
+
+class Reflector:
+    """One worker's reflector state: decide, reflect, count."""
+
+    def __init__(self, config: ReflectorConfig) -> None:
+        self.config = config
+        self._sessions: dict[tuple[bytes, int, int], _Session] = {}
+        self._buckets: dict[bytes, _Bucket] = {}
+        # What the source address and port alone decide (bad source, --allow), per source.
+        self._sources: dict[tuple[bytes, int], Verdict] = {}
+        # Cumulative over every session ever seen, expired ones included.
+        self.totals = dict.fromkeys(TOTALS, 0)
+        self._burst = max(config.max_rate_pps / 10.0, 64.0)
+
+    def _source_verdict(self, addr: bytes, port: int) -> Verdict:
+        ip = ipaddress.ip_address(addr)
+        if bad_source(ip, port):
+            return Verdict.BAD_SOURCE
+        if self.config.allow and not any(ip in net for net in self.config.allow):
+            return Verdict.NOT_ALLOWED
+        return Verdict.ANSWER
+
+    def verdict(self, addr: bytes, port: int, now_ns: int) -> Verdict:
+        key = (addr, port)
+        known = self._sources.get(key)
+        if known is None:
+            if len(self._sources) >= _MAX_KNOWN_SOURCES:
+                self._sources.clear()
+            known = self._sources[key] = self._source_verdict(addr, port)
+        if known is not Verdict.ANSWER:
+            return known
+        bucket = self._buckets.get(addr)
+        if bucket is None:
+            bucket = self._buckets[addr] = _Bucket(self._burst, now_ns)
+        elapsed_s = max(now_ns - bucket.at_ns, 0) / 1e9
+        bucket.tokens = min(self._burst, bucket.tokens + elapsed_s * self.config.max_rate_pps)
+        bucket.at_ns = now_ns
+        if bucket.tokens < 1.0:
+            return Verdict.RATE_CAPPED
+        bucket.tokens -= 1.0
+        return Verdict.ANSWER
+
+    def handle(
+        self,
+        data: bytes,
+        addr: bytes,
+        port: int,
+        *,
+        rx_ns: int,
+        tx_ns: int,
+        ttl: int,
+        tos: int,
+        now_ns: int,
+    ) -> bytes | None:
+        """The reply to one datagram from (addr, port), or None; counted either way. rx_ns
+        and tx_ns are CLOCK_REALTIME (T2, T3); now_ns is the monotonic clock of expiry."""
+        ssid = int.from_bytes(data[14:16], "big") if len(data) >= 16 else NO_SSID
+        verdict = self.verdict(addr, port, now_ns)
+        if verdict is Verdict.BAD_SOURCE:
+            self.totals["bad_source"] += 1
+            return None  # not even a session row: a spoofer must not grow the table
+        session = self._session(addr, port, ssid, now_ns)
+        if verdict is not Verdict.ANSWER:
+            self._count(session, _REFUSED)
+            return None
+        seq = session.next_seq if self.config.stateful else None
+        out = reflect(
+            data,
+            rx_ns=rx_ns,
+            tx_ns=tx_ns,
+            ttl=ttl,
+            tos=tos,
+            clock=self.config.clock,
+            reflector_seq=seq,
+        )
+        if out.status is not ReflectStatus.REFLECTED:
+            self._count(session, _MALFORMED)
+            return None
+        session.next_seq += 1
+        self._count(session, _REFLECTED)
+        if out.refused_tlvs:
+            self._count(session, _FLAGGED)
+        return out.reply
+
+    def _count(self, session: _Session, which: int) -> None:
+        session.counts[which] += 1
+        self.totals[_COUNTERS[which]] += 1
+
+    def malformed(self, addr: bytes, port: int, now_ns: int) -> None:
+        """Count a datagram the socket layer could not hand over whole (oversized)."""
+        if self.verdict(addr, port, now_ns) is Verdict.BAD_SOURCE:
+            self.totals["bad_source"] += 1
+            return
+        self._count(self._session(addr, port, NO_SSID, now_ns), _MALFORMED)
+
+    def expire(self, now_ns: int) -> int:
+        """Forget sessions idle for `idle_ns` and idle rate buckets."""
+        idle = [k for k, s in self._sessions.items() if now_ns - s.last_ns >= self.config.idle_ns]
+        for key in idle:
+            del self._sessions[key]
+        cutoff = now_ns - self.config.idle_ns
+        for addr in [a for a, b in self._buckets.items() if b.at_ns <= cutoff]:
+            del self._buckets[addr]
+        self.totals["expired"] += len(idle)
+        return len(idle)
+
+    def snapshot(self) -> NDArray[np.void]:
+        """The live sessions as SESSION_DTYPE rows (built on demand: shipping, not per packet)."""
+        rows = np.zeros(len(self._sessions), SESSION_DTYPE)
+        for i, ((addr, port, ssid), s) in enumerate(self._sessions.items()):
+            rows[i] = (addr, 4 if len(addr) == 4 else 6, port, ssid, *s.counts)
+        return rows
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    def _session(self, addr: bytes, port: int, ssid: int, now_ns: int) -> _Session:
+        key = (addr, port, ssid)
+        session = self._sessions.get(key)
+        if session is None:
+            if len(self._sessions) >= self.config.max_sessions:
+                oldest = min(self._sessions, key=lambda k: self._sessions[k].last_ns)
+                del self._sessions[oldest]
+                self.totals["expired"] += 1
+            session = self._sessions[key] = _Session(now_ns)
+        session.last_ns = now_ns
+        return session
+
+
+def row_address(row: np.void) -> str:
+    raw = bytes(row["addr"])
+    raw = raw.ljust(16, b"\0")[:4] if int(row["family"]) == 4 else raw.ljust(16, b"\0")
+    return str(ipaddress.ip_address(raw))

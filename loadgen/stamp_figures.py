@@ -1,0 +1,128 @@
+"""A STAMP worker's extra records, sans-IO: one-way samples of every good reply (forward T2-T1,
+reverse T4-T3, residence T3-T2, as OWD_FWD / OWD_REV / RESIDENCE records) and the direction of
+each LOST probe to a stateful reflector (RFC 8762 4.3), read off the reflector's own sequence.
+
+Rule: between two replies a and b of one target (neighbours in send order), we sent
+s_b - s_a - 1 probes and lost them all; the reflector saw r_b - r_a - 1 of them, so exactly that
+many were lost on the way back and the rest on the way there. Each LOST probe of that gap gets
+LOST_REVERSE while the gap's reverse count lasts, then LOST_FORWARD: per gap the split is exact,
+within a mixed gap which probe went which way is not known. A probe with no later reply from its
+target (the end of a run, an outage longer than linger) gets neither. A stateless reflector
+(its sequence copies ours) splits nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.wire.icmp import DecodeStatus
+from loadgen.wire.records import RECORD_DTYPE, RecordKind
+
+_BEFORE_FIRST = (-1, -1)  # a session's virtual reply before probe 0: both counters at -1
+SEND_SKEW_NS = 20_000_000  # at most between a batch's payload time and its send time
+
+
+@dataclass(slots=True)
+class _Replies:
+    """One target's good replies from a stateful reflector, in send-time order."""
+
+    key: list[tuple[int, int]] = field(default_factory=list)  # (tx_ns, seq), sorted
+    reflector_seq: list[int] = field(default_factory=list)
+    used: dict[int, list[int]] = field(default_factory=dict)  # gap (s_a) -> [reverse, forward]
+
+
+class StampFigures:
+    """Kept per worker; `keep_ns` bounds memory (replies older than that before the newest are
+    dropped: a LOST probe is decided within linger of its send, so 2 x linger suffices)."""
+
+    def __init__(self, keep_ns: int) -> None:
+        self.keep_ns = keep_ns
+        self._targets: dict[int, _Replies] = {}
+        self._records: list[NDArray[np.void]] = []
+
+    def on_replies(
+        self,
+        *,
+        status: NDArray[np.uint8],
+        target: NDArray[np.uint32],
+        seq: NDArray[np.uint64],
+        tx_ns: NDArray[np.int64],
+        rx_ns: NDArray[np.int64],
+        rx_flags: NDArray[np.uint8],
+        t2_ns: NDArray[np.int64],
+        t3_ns: NDArray[np.int64],
+        reflector_seq: NDArray[np.int64],
+        stateful: NDArray[np.bool_],
+        ttl: NDArray[np.int64],
+    ) -> None:
+        good = np.flatnonzero(status == DecodeStatus.REPLY)
+        if not len(good):
+            return
+        t1, t2, t3, t4 = tx_ns[good], t2_ns[good], t3_ns[good], rx_ns[good]
+        for kind, value in (
+            (RecordKind.OWD_FWD, t2 - t1),
+            (RecordKind.OWD_REV, t4 - t3),
+            (RecordKind.RESIDENCE, t3 - t2),
+            (RecordKind.REFLECTOR_TTL, ttl[good]),
+        ):
+            out = np.zeros(len(good), RECORD_DTYPE)
+            out["tx_ns"], out["rtt_ns"], out["target"] = t1, value, target[good]
+            out["kind"], out["flags"] = kind, rx_flags[good]
+            self._records.append(out)
+        for i in good[stateful[good]].tolist():
+            self._remember(int(target[i]), int(tx_ns[i]), int(seq[i]), int(reflector_seq[i]))
+
+    def _remember(self, target: int, tx_ns: int, seq: int, rseq: int) -> None:
+        r = self._targets.setdefault(target, _Replies())
+        at = bisect.bisect_right(r.key, (tx_ns, seq))  # probes of one batch share a tx_ns
+        r.key.insert(at, (tx_ns, seq))
+        r.reflector_seq.insert(at, rseq)
+        old = bisect.bisect_left(r.key, (r.key[-1][0] - self.keep_ns, -1))
+        if old > 0:
+            del r.key[:old]
+            del r.reflector_seq[:old]
+            first = r.key[0][1]
+            r.used = {gap: n for gap, n in r.used.items() if gap >= first - 1}
+
+    def take(self, tracker_records: NDArray[np.void]) -> NDArray[np.void]:
+        """The records to ship: the tracker's, the one-way samples gathered since the last
+        take, and a direction for each LOST probe that can be given one."""
+        lost = tracker_records[tracker_records["kind"] == RecordKind.LOST]
+        split = [
+            self._direction(int(t), int(tx))
+            for t, tx in zip(lost["target"], lost["tx_ns"], strict=True)
+        ]
+        extra = np.zeros(sum(k is not None for k in split), RECORD_DTYPE)
+        rows = [i for i, k in enumerate(split) if k is not None]
+        extra["tx_ns"], extra["target"] = lost["tx_ns"][rows], lost["target"][rows]
+        extra["kind"] = [split[i] for i in rows]
+        out: NDArray[np.void] = np.concatenate([tracker_records, *self._records, extra])
+        self._records = []
+        return out
+
+    def _direction(self, target: int, tx_ns: int) -> RecordKind | None:
+        """The way a LOST probe sent at tx_ns went: the first gap around tx_ns (replies a, b
+        with tx_a <= tx_ns <= tx_b) that still has a lost probe to place takes it."""
+        r = self._targets.get(target)
+        if r is None:
+            return None
+        # The tracker's send time of a probe is read just after its batch was built with the
+        # payload's: look from a little earlier. Gaps before the probe's are full already
+        # (LOST probes are decided in send order), so an earlier start takes nothing wrong.
+        a = bisect.bisect_left(r.key, (tx_ns - SEND_SKEW_NS, -1)) - 1
+        while a + 1 < len(r.key) and (a < 0 or r.key[a][0] <= tx_ns):
+            s_a, r_a = (r.key[a][1], r.reflector_seq[a]) if a >= 0 else _BEFORE_FIRST
+            s_b, r_b = r.key[a + 1][1], r.reflector_seq[a + 1]
+            gap = s_b - s_a - 1
+            used = r.used.setdefault(s_a, [0, 0])
+            if used[0] + used[1] < gap:
+                reverse = min(max(r_b - r_a - 1, 0), gap)
+                which = 0 if used[0] < reverse else 1
+                used[which] += 1
+                return RecordKind.LOST_REVERSE if which == 0 else RecordKind.LOST_FORWARD
+            a += 1
+        return None  # no later reply yet: nothing says what the reflector saw
