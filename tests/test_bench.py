@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,9 +31,11 @@ from loadgen.bench.figures import (
     achieved_pps,
     icmp_delta,
     in_echos,
+    in_requests,
     loss_figures,
     pacing_error,
     parse_fping,
+    parse_hping,
     parse_loadgen_jsonl,
     parse_ping,
     steady_cpu_per_million,
@@ -56,9 +59,11 @@ from loadgen.bench.sampling import (
 )
 from loadgen.bench.steps import (
     FPING,
+    HPING,
     LOADGEN,
     PING,
     RSS_BUDGET_BYTES,
+    SYN_PORT,
     Step,
     evaluate,
     fping_count,
@@ -586,7 +591,8 @@ def test_flags_and_ladder() -> None:
     assert cfg.duration_s == 10 and cfg.workers == (1, 2) and cfg.targets == 64
     assert cfg.rates_pps == (50e3, 100e3, 200e3, 250e3, 300e3)
     steps = ladder(cfg)
-    assert [s.tool for s in steps[:3]] == [PING, PING, FPING] and len(steps) == 23
+    hping = shutil.which("hping3") is not None  # the SYN peer, when installed
+    assert [s.tool for s in steps[:3]] == [PING, PING, FPING] and len(steps) == 24 + hping
     assert steps[-1] == Step(LOADGEN, 64, rate_pps=2e6, workers=2, duration_s=10, overload=True)
     assert steps[-1].label == "loadgen 2000k x2 overload"
     stamped = [s for s in steps if s.tx_timestamps]
@@ -606,7 +612,7 @@ def test_flags_and_ladder() -> None:
     ]
     assert parse_config(["--quick"]).duration_s == 2
     only = ["--tx-rates", "none", "--packet-rates", "none", "--overload", "none"]
-    only += ["--v6-rates", "none", "--connect-rates", "none"]
+    only += ["--v6-rates", "none", "--syn-rates", "none", "--connect-rates", "none"]
     small = parse_config(
         ["--rates", "5k", "--workers", "1", "--no-peers", "--duration", "1s", *only]
     )
@@ -621,6 +627,31 @@ def test_flags_and_ladder() -> None:
     for bad in (*bad_flags, ["--bogus"]):
         with pytest.raises(UsageError):
             parse_config(bad)
+
+
+def test_syn_steps_send_to_the_closed_port_next_to_hping3(tmp_path: Path) -> None:
+    steps = ladder(parse_config(["--syn-rates", "50k,80k"]))
+    syn = [s for s in steps if s.probe == "tcp-syn"]
+    loadgen_syn = [s for s in syn if s.tool == LOADGEN]
+    assert [(s.rate_pps, s.workers) for s in loadgen_syn] == [(50e3, 2), (80e3, 2)]
+    assert loadgen_syn[0].label == "loadgen 50k x2 syn"
+    assert loadgen_syn[0].argv(["198.18.1.1"], tmp_path / "j")[-2:] == ["--tcp", str(SYN_PORT)]
+    peer = Step(HPING, 1, duration_s=3, probe="tcp-syn")
+    argv = peer.argv(["198.18.1.1", "198.18.1.2"], tmp_path / "j")
+    assert argv == [
+        *("timeout", "-s", "INT", "3", "hping3", "-S", "-p", str(SYN_PORT), "--flood"),
+        "198.18.1.1",
+    ]
+    assert peer.run_limit_s() == 18
+    assert ([s.tool for s in syn] == [HPING, LOADGEN, LOADGEN]) == (
+        shutil.which("hping3") is not None
+    )
+    out = "--- 198.18.1.1 hping statistic ---\n"
+    out += "812345 packets transmitted, 0 packets received, 100% packet loss\n"
+    assert parse_hping(out) == ToolCounts(812345, 0)
+    assert parse_hping("hping3: no statistics") is None
+    snmp = "Tcp: RtoAlgorithm InSegs OutSegs\nTcp: 1 4242 17\n"
+    assert in_requests(snmp, 4, "tcp-syn") == 4242
 
 
 def test_soak_flags() -> None:
@@ -661,8 +692,8 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
     # --no-floor: the floor has its own test
-    more = ("--tx-rates", "5k", "--packet-rates", "5k", "--v6-rates", "5k", "--no-floor")
-    more += ("--connect-rates", "5k")
+    more: tuple[str, ...] = ("--tx-rates", "5k", "--packet-rates", "5k", "--v6-rates", "5k")
+    more += ("--no-floor", "--connect-rates", "5k", "--syn-rates", "none")  # SYN: its own test
     proc = subprocess.Popen(
         bench(*args, *more, "--fping-count", "20", "--output", str(out)),
         stdout=subprocess.PIPE,

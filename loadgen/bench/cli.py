@@ -31,7 +31,17 @@ from loadgen.bench import connect
 from loadgen.bench.measure import run_measured
 from loadgen.bench.memory import EARLY_S
 from loadgen.bench.output import machine_info, render_table, results_document, write_results
-from loadgen.bench.steps import FLOOR, FPING, LOADGEN, PING, Step, StepResult, evaluate, fping_count
+from loadgen.bench.steps import (
+    FLOOR,
+    FPING,
+    HPING,
+    LOADGEN,
+    PING,
+    Step,
+    StepResult,
+    evaluate,
+    fping_count,
+)
 from loadgen.bench.topology import MAX_TARGETS, BenchNet, bench_net
 from loadgen.errors import LoadgenError, PermissionProblem, UsageError
 from loadgen.units import NS_PER_S, parse_duration_ns, parse_rate
@@ -42,6 +52,7 @@ DEFAULT_TX_RATES = "100k,150k"  # loadgen with --tx-timestamps, on the most work
 DEFAULT_PACKET_RATES = "200k,250k,300k"  # loadgen with --tx-path packet, ditto
 DEFAULT_V6_RATES = "100k,250k"  # loadgen to the IPv6 addresses, on the most workers, ditto
 DEFAULT_CONNECT_RATES = "20k,60k"  # loadgen --tcp-connect on the most workers: 60k is its top
+DEFAULT_SYN_RATES = "100k"  # loadgen --tcp (SYN probes to a closed port), on the most workers
 DEFAULT_OVERLOAD = "2M"  # far beyond any machine here, on the most workers: memory must hold
 FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
@@ -66,6 +77,7 @@ class Config:
     overload_pps: tuple[float, ...] = ()
     v6_rates_pps: tuple[float, ...] = ()
     connect_rates_pps: tuple[float, ...] = ()
+    syn_rates_pps: tuple[float, ...] = ()
 
 
 def _with_v6(steps: list[Step], v6: list[Step]) -> list[Step]:
@@ -114,6 +126,13 @@ def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
     steps += [
         Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, link_tx=True)
         for r in cfg.packet_rates_pps
+    ]
+    # SYN probes, next to hping3 -S --flood when Debian's hping3 is installed (make sysdeps).
+    if cfg.syn_rates_pps and cfg.peers and shutil.which("hping3"):
+        steps.append(Step(HPING, 1, duration_s=min(secs, 5.0), probe="tcp-syn"))
+    steps += [
+        Step(LOADGEN, n, rate_pps=r, workers=most, duration_s=secs, probe="tcp-syn")
+        for r in cfg.syn_rates_pps
     ]
     seconds = min(secs, connect.MAX_SECONDS)
     steps += [
@@ -202,6 +221,11 @@ def _parser() -> argparse.ArgumentParser:
         f"given, {connect.MAX_SECONDS:g} s at most (default {DEFAULT_CONNECT_RATES}; 'none' skips)",
     )
     p.add_argument(
+        "--syn-rates",
+        help=f"loadgen --tcp rates (SYN probes to a closed port), on the most workers given, "
+        f"after hping3 -S --flood if installed (default {DEFAULT_SYN_RATES}; 'none' skips them)",
+    )
+    p.add_argument(
         "--overload",
         help=f"loadgen rate far beyond the machine, on the most workers given, to show that "
         f"memory holds and the run says it is generator-limited (default {DEFAULT_OVERLOAD}; "
@@ -257,6 +281,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     connect_rates = _extra_rates(
         a.connect_rates, DEFAULT_CONNECT_RATES, "--connect-rates", soak_s is None
     )
+    syn_rates = _extra_rates(a.syn_rates, DEFAULT_SYN_RATES, "--syn-rates", soak_s is None)
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
@@ -286,6 +311,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         overload_pps=overload,
         v6_rates_pps=v6_rates,
         connect_rates_pps=connect_rates,
+        syn_rates_pps=syn_rates,
     )
 
 
@@ -316,6 +342,7 @@ def run_step(net: BenchNet, step: Step) -> StepResult:
                 run_s=step.run_limit_s(),
                 workdir=Path(tmp),
                 family=step.family,
+                probe=step.probe,
             )
         result = evaluate(step, m, jsonl)
         if step.connect_port:

@@ -23,6 +23,7 @@ _PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) du
 _ANSWER_KEYS = ("received", "late", "duplicates", "bitflips", "stale")  # not corrupted: the
 # kernel counts a bad checksum as InCsumErrors, never as InEchoReps
 _FLOOR_RE = re.compile(r"^sent (\d+) received (\d+) stamps \d+$", re.MULTILINE)
+_HPING_RE = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
 _FPING_RE = re.compile(r"^\S+\s*:\s*xmt/rcv/%loss = (\d+)/(\d+)/", re.MULTILINE)
 
 
@@ -50,6 +51,20 @@ def icmp_delta(before: Snmp, after: Snmp, family: int = 4) -> dict[str, int]:
     group = "Icmp6" if family == 6 else "Icmp"
     b, a = before.get(group, {}), after.get(group, {})
     return {k: a[k] - b[k] for k in a if k in b}
+
+
+def tcp_delta(before: Snmp, after: Snmp) -> dict[str, int]:
+    """Growth of every Tcp counter (both IP versions share them) between two readings."""
+    b, a = before.get("Tcp", {}), after.get("Tcp", {})
+    return {k: a[k] - b[k] for k in a if k in b}
+
+
+def in_requests(text: str, family: int = 4, probe: str = "icmp") -> int:
+    """What the responder took in of a step's probes: InEchos, or for SYN probes its TCP
+    InSegs (the bench's port is closed: each SYN is answered by a RST and nothing follows)."""
+    if probe == "tcp-syn":
+        return parse_snmp(text)["Tcp"]["InSegs"]
+    return in_echos(text, family)
 
 
 def in_echos(text: str, family: int = 4) -> int:
@@ -188,6 +203,12 @@ def parse_fping(text: str) -> tuple[ToolCounts, int] | None:
     if not rows:
         return None
     return ToolCounts(sum(int(x) for x, _ in rows), sum(int(r) for _, r in rows)), len(rows)
+
+
+def parse_hping(text: str) -> ToolCounts | None:
+    """hping3's statistics line (printed when SIGINT ends it): transmitted and received."""
+    m = _HPING_RE.search(text)
+    return None if m is None else ToolCounts(int(m[1]), int(m[2]))
 
 
 def parse_floor(text: str) -> ToolCounts | None:

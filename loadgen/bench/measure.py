@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadgen.bench.figures import Sample, icmp_delta, in_echos
+from loadgen.bench.figures import Sample, icmp_delta, in_requests, tcp_delta
 from loadgen.bench.memory import process_role
 from loadgen.bench.sampling import (
     ClockMap,
@@ -191,7 +191,7 @@ class _Run:
 
 
 def _follow(
-    run: _Run, net: BenchNet, t0_ns: int, limits_s: tuple[float, float], family: int
+    run: _Run, net: BenchNet, t0_ns: int, limits_s: tuple[float, float], family: int, probe: str
 ) -> None:
     """Sample until the tool exits or looks hung (see run_measured)."""
     start_s, run_s = limits_s
@@ -201,7 +201,7 @@ def _follow(
     instant_ns, n = grid0_ns, 0
     while True:
         now, text, fitted_ns = _read_at(net.responder, instant_ns, family)
-        requests_in = in_echos(text, family)
+        requests_in = in_requests(text, family, probe)
         # The rest of the work falls in the tick's quiet part too, right after the read.
         cpu_s, rss = run.watch.sample(relist=n % TREE_EVERY == 0)
         run.samples.append(Sample(now, requests_in, cpu_s, fitted_ns, rss))
@@ -230,6 +230,7 @@ def run_measured(
     run_s: float,
     workdir: Path,
     family: int = 4,
+    probe: str = "icmp",
 ) -> Measured:
     """Run argv in the client namespace until it exits, sampling the counters of its IP
     `family`. It is stopped as hung if no echo request arrives within `start_s`, if it still
@@ -248,7 +249,7 @@ def run_measured(
             )
         run = _Run(proc, _Watch(proc.pid))
         try:
-            _follow(run, net, t0, (start_s, run_s), family)
+            _follow(run, net, t0, (start_s, run_s), family, probe)
         finally:
             if run.rusage is None:
                 _stop(proc)
@@ -267,8 +268,12 @@ def run_measured(
         peak_rss_bytes=sum(watch.hwm.values()),
         processes=len(watch.hwm),
         samples=tuple(run.samples),
-        client=icmp_delta(client0, client1, family),
-        responder=icmp_delta(responder0, responder1, family),
+        client=tcp_delta(client0, client1)
+        if probe == "tcp-syn"
+        else icmp_delta(client0, client1, family),
+        responder=tcp_delta(responder0, responder1)
+        if probe == "tcp-syn"
+        else icmp_delta(responder0, responder1, family),
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
         peaks=dict(watch.hwm),

@@ -44,6 +44,9 @@ FOOTNOTES = (
     "OutEchoReps - replies the tool counted",
     "v6 steps (to 2001:2:0:1::1-40): the same figures from /proc/net/snmp6 (Icmp6InEchos, "
     "Icmp6OutEchoReplies, Icmp6InEchoReplies, Icmp6OutEchos)",
+    "syn steps (loadgen --tcp, hping3 -S --flood) to port 9, closed on the responder: SYNs "
+    "it took in (Tcp InSegs; each answered by one RST) stand for echo requests; no loss split "
+    "(hping3 --flood counts no replies)",
     "CPU-s/1M: user+sys of the whole process tree per 1M probes sent, whole run / steady "
     "sending only",
     "RSS MiB: sum over the tool's processes of each one's peak RSS (VmHWM); each process's "

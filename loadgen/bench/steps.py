@@ -23,6 +23,7 @@ from loadgen.bench.figures import (
     pacing_error,
     parse_floor,
     parse_fping,
+    parse_hping,
     parse_loadgen_jsonl,
     parse_ping,
     per_million,
@@ -33,6 +34,8 @@ from loadgen.bench.measure import Measured
 from loadgen.bench.memory import MemoryFigures, memory_figures
 
 LOADGEN, PING, FPING, FLOOR = "loadgen", "ping -f", "fping", "floor"
+HPING = "hping3 -S --flood"  # the SYN peer: as fast as it can, until the bench's SIGINT
+SYN_PORT = 9  # closed on the responder: every SYN is answered by one RST
 FLOOR_BATCH = 64  # the floor's packets per sendmmsg: loadgen's batch at 128k pps on 2 workers
 # fping 5.x refuses to reuse a sequence number within 10 s (its seqmap has 65535 slots), so a
 # count run at full speed is capped at 65535 probes in all: 1000 per target for 64 targets.
@@ -57,6 +60,7 @@ class Step:
     overload: bool = False  # loadgen: asks far more than the machine can do (memory must hold)
     family: int = 4  # loadgen and ping: the IP version of the targets (the bench has both)
     connect_port: int = 0  # loadgen: TCP connect probes to this port (bench/connect.py)
+    probe: str = "icmp"  # loadgen: "tcp-syn" sends SYNs to SYN_PORT (counted by Tcp InSegs)
 
     @property
     def label(self) -> str:
@@ -64,6 +68,7 @@ class Step:
         stamps += " overload" if self.overload else ""
         stamps += " v6" if self.family == 6 else ""
         stamps += " connect" if self.connect_port else ""
+        stamps += " syn" if self.probe == "tcp-syn" and self.tool == LOADGEN else ""
         if self.tool == LOADGEN and self.rate_pps is not None:
             return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}{stamps}"
         if self.tool == FLOOR:
@@ -86,6 +91,12 @@ class Step:
                 *(("--tx-timestamps",) if self.tx_timestamps else ()),
                 *(("--tx-path", "packet") if self.link_tx else ()),
                 *(connect_args(self.connect_port) if self.connect_port else ()),
+                *(("--tcp", str(SYN_PORT)) if self.probe == "tcp-syn" else ()),
+            ]
+        if self.tool == HPING:  # timeout's SIGINT makes hping3 print its statistics
+            return [
+                *("timeout", "-s", "INT", f"{self.duration_s:g}"),
+                *("hping3", "-S", "-p", str(SYN_PORT), "--flood", targets[0]),
             ]
         if self.tool == FLOOR:
             return [
@@ -121,7 +132,7 @@ class Step:
         """How long it may run after its first probe before the bench calls it hung."""
         if self.tool == LOADGEN:
             return self.duration_s + LINGER_S + 15.0
-        if self.tool == FLOOR:
+        if self.tool in (FLOOR, HPING):
             return self.duration_s + 15.0
         return 30.0 + self.count * self.targets / 10_000
 
@@ -195,13 +206,16 @@ def _tool_counts(
             if n:
                 notes.append(f"{n} {what}")
         return totals.counts, problems
-    fine = (0, None) if step.tool == FLOOR else (0, 1, None)  # ping/fping 1: loss, a result
+    fine: tuple[int | None, ...] = (0, None) if step.tool == FLOOR else (0, 1, None)  # 1: loss
+    fine += (124,) if step.tool == HPING else ()  # timeout's code once it ended hping3
     if m.exit_code not in fine:
         problems.append(f"{step.tool} exited {m.exit_code}: {_last_line(m.stderr)}")
     if step.tool == PING:
         counts = parse_ping(m.stdout)
     elif step.tool == FLOOR:
         counts = parse_floor(m.stdout)
+    elif step.tool == HPING:
+        counts = parse_hping(m.stdout + m.stderr)
     else:
         parsed = parse_fping(m.stderr + m.stdout)
         counts = parsed[0] if parsed else None
@@ -259,7 +273,10 @@ def evaluate(step: Step, m: Measured, jsonl: Path) -> StepResult:
         windows_off_grid=off_grid,
         sent=sent,
         answered=counts.answered if counts else 0,
-        loss=loss_figures(counts, m.client, m.responder) if counts else None,
+        # The loss split reads ICMP echo counters: SYN steps have their counts, not the split.
+        loss=loss_figures(counts, m.client, m.responder)
+        if counts and step.probe == "icmp"
+        else None,
         cpu_s=m.cpu_s,
         cpu_s_per_m=per_million(m.cpu_s, sent),
         cpu_s_per_m_steady=steady_cpu_per_million(windows),

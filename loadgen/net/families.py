@@ -86,20 +86,19 @@ def route_sources(
         return [socket.inet_pton(spec.family, source.partition("%")[0])] * len(addresses)
     names = ipv6_names(addresses) if version == 6 else None
     out = []
-    with socket.socket(spec.family, socket.SOCK_DGRAM) as probe:
-        if interface:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
-        for i, text in enumerate(addresses):
-            where = (
-                (text, 9)
-                if names is None
-                else (text.partition("%")[0], 9, 0, int(names["scope_id"][i]))
-            )
+    for i, text in enumerate(addresses):
+        # A socket per target: a connected UDP socket keeps the source address of its first
+        # route when connected again (ip4_datagram_connect sets it only while unset).
+        with socket.socket(spec.family, socket.SOCK_DGRAM) as probe:
+            if interface:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+            bare = text.partition("%")[0]
+            where = (bare, 9) if names is None else (bare, 9, 0, int(names["scope_id"][i]))
             try:
                 probe.connect(where)
             except OSError as exc:
                 raise UsageError(
-                    f"target {text}: no route to it ({exc.strerror}); check `ip route get {text}`"
+                    f"target {text}: no route to it ({exc.strerror}); check `ip route get {bare}`"
                 ) from None
             out.append(socket.inet_pton(spec.family, probe.getsockname()[0].partition("%")[0]))
     return out
