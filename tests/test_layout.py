@@ -24,6 +24,8 @@ PURE = (
     "wire/messages.py",
     "wire/probekind.py",
     "wire/tcp.py",
+    "wire/connect.py",
+    "connlimits.py",
     "errors.py",
     "units.py",
     "pacer.py",
