@@ -22,14 +22,14 @@ from numpy.typing import NDArray
 from loadgen.net import linkpath
 from loadgen.net.batchio import BatchIO
 from loadgen.net.families import ipv6_names, route_sources
-from loadgen.net.sockets import TimestampMode, open_icmp
+from loadgen.net.sockets import IcmpSocket, TimestampMode, open_icmp
 from loadgen.net.tcpconnect import ConnectIO, connect_name
 from loadgen.wire import bpf, tcp
 from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.connect import ConnectDecoder, ConnectRows
 from loadgen.wire.family import WireFamily
 from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN
-from loadgen.wire.messages import PlanMsg
+from loadgen.wire.messages import PlanMsg, ProbeSettings
 from loadgen.wire.probekind import ProbeKind
 
 
@@ -64,9 +64,14 @@ class KindIO:
     # turns would otherwise never read, must neither run out of them nor leave finished
     # handshakes unread past linger.
     receive_with_sends: bool = False
+    # A second socket some kinds read: tcp-syn's ICMP errors quoting its SYNs.
+    errors: BatchIO | None = None
+    error_decoder: BatchDecoder | None = None
 
     def close(self) -> None:
         self.io.close()
+        if self.errors is not None:
+            self.errors.close()
 
 
 Setup = Callable[[PlanMsg, WireFamily], KindIO]
@@ -103,17 +108,25 @@ class _EchoBatches:
         return packets
 
 
-def _icmp(plan: PlanMsg, fam: WireFamily) -> KindIO:
-    probe = plan.settings
-    sock = open_icmp(
+def _raw(
+    probe: ProbeSettings, fam: WireFamily, program: list[bpf.Instr], protocol: int | None = None
+) -> IcmpSocket:
+    """A raw socket of the family (ICMP unless `protocol`) with the run's options and `program`."""
+    return open_icmp(
         family=fam.version,
         ttl=probe.ttl,
         tos=probe.tos,
         timestamps=TimestampMode(probe.timestamps),
-        bpf_program=bpf.pack(bpf.echo_filter(fam, plan.ident)),
+        bpf_program=bpf.pack(program),
         interface=probe.interface or None,
         source=probe.source or None,
+        protocol=protocol,
     )
+
+
+def _icmp(plan: PlanMsg, fam: WireFamily) -> KindIO:
+    probe = plan.settings
+    sock = _raw(probe, fam, bpf.echo_filter(fam, plan.ident))
     # A receive slot holds the largest reply: IPv4 header with options, ICMP, payload
     # (an ICMPv6 socket gives the message alone).
     io = BatchIO(sock, slot_bytes=max(2048, 60 + ICMP_HEADER_LEN + probe.size))
@@ -168,20 +181,15 @@ def _tcp_syn(plan: PlanMsg, fam: WireFamily) -> KindIO:
     """A raw TCP socket of the family: the kernel writes the IP header, the builder the SYN
     with its checksum over the pseudo-header of the source the route picks for each target."""
     probe, base = plan.settings, tcp.port_base(plan.ident)
-    sock = open_icmp(
-        family=fam.version,
-        ttl=probe.ttl,
-        tos=probe.tos,
-        timestamps=TimestampMode(probe.timestamps),
-        bpf_program=bpf.pack(bpf.tcp_filter(fam, base, tcp.PORT_BLOCK)),
-        interface=probe.interface or None,
-        source=probe.source or None,
-        protocol=tcp.IPPROTO_TCP,
-    )
+    sock = _raw(probe, fam, bpf.tcp_filter(fam, base, tcp.PORT_BLOCK), tcp.IPPROTO_TCP)
     # A reply is an IP header with options (60) and a TCP header with options (60), and a RST
     # may carry a little data: room to spare.
     io = BatchIO(sock, slot_bytes=512)
+    errors: BatchIO | None = None
     try:
+        errsock = _raw(probe, fam, bpf.tcp_error_filter(fam, base, tcp.PORT_BLOCK))
+        # An error quotes at most the first 576 (IPv4) or 1280 (IPv6) bytes of the datagram.
+        errors = BatchIO(errsock, batch=64, slot_bytes=1536)
         addresses = target_addresses(plan, fam)
         names = [t.address for t in plan.targets]
         sources = route_sources(
@@ -201,9 +209,13 @@ def _tcp_syn(plan: PlanMsg, fam: WireFamily) -> KindIO:
             destinations=destinations_of(plan, fam, addresses),
             addresses=addresses,
             notes=_ephemeral_overlap(base),
+            errors=errors,
+            error_decoder=tcp.ErrorDecoder(syn, fam),
         )
     except BaseException:
         io.close()
+        if errors is not None:
+            errors.close()
         raise
 
 

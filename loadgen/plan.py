@@ -20,6 +20,7 @@ from loadgen.wire.probekind import IMPLEMENTED, ProbeKind
 from loadgen.wire.tcp import PORT_BLOCK, PORT_BLOCKS, port_base
 
 _SHOWN_TARGETS = 5
+_NO_PAYLOAD = (ProbeKind.TCP_SYN, ProbeKind.TCP_CONNECT)  # `size` does not apply to them
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,8 +338,9 @@ def describe(plan: RunPlan) -> str:
         f"run id: 0x{plan.run_id:08x}",
         f"targets: {len(plan.targets)}: {shown}",
         rate,
-        f"probes: {profile.probe}{_ports_text(profile.ports)}, {profile.size}-byte payload, "
-        f"ttl {profile.ttl}, "
+        f"probes: {profile.probe}{_ports_text(profile.ports)}, "
+        + ("" if profile.probe in _NO_PAYLOAD else f"{profile.size}-byte payload, ")
+        + f"ttl {profile.ttl}, "
         f"tos 0x{profile.tos:02x}"
         + (f", interface {profile.interface}" if profile.interface else "")
         + (f", from {profile.source_address}" if profile.source_address else ""),

@@ -25,7 +25,9 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from loadgen.errors import LoadgenError
-from loadgen.kinds import open_kind
+from loadgen.kinds import BatchDecoder, open_kind
+from loadgen.net.batchio import BatchIO
+from loadgen.net.tcpconnect import ConnectIO
 from loadgen.tracker import Tracker, probes_of_tx_ids
 from loadgen.turns import TurnPolicy
 from loadgen.wire.family import family_of
@@ -125,7 +127,9 @@ class Worker:
             linger_ns=probe.linger_ns,
         )
         self.poller = select.poll()
-        self.poller.register(self.io.fileno(), select.POLLIN)
+        for io in (self.io, kind.errors):
+            if io is not None:
+                self.poller.register(io.fileno(), select.POLLIN)
         # Connection.poll() builds a selector per call: ~100 us, every frame. One poll object.
         self.control_poller = select.poll()
         self.control_poller.register(control.fileno(), select.POLLIN)
@@ -255,18 +259,24 @@ class Worker:
         return result.sent
 
     def _receive(self) -> None:
+        self._drain(self.io, self.kind.decoder)
+        if self.kind.errors is not None and self.kind.error_decoder is not None:
+            self._drain(self.kind.errors, self.kind.error_decoder)
+
+    def _drain(self, io: BatchIO | ConnectIO, decoder: BatchDecoder) -> None:
         for _ in range(MAX_DRAIN_BATCHES):
-            got = self.io.recv()
+            got = io.recv()
             # A software TX stamp is queued before its packet leaves, so once the replies are
             # in hand, the stamps of their probes are in the error queue: read them first.
-            if self.io.tx_stamps_enabled:
+            if io.tx_stamps_enabled:
                 self._read_tx_stamps()
             if got.n == 0:
                 return
             self.rx_packets += got.n
-            self.rx_dropped = got.dropped_total
+            if io is self.io:
+                self.rx_dropped = got.dropped_total
             self.rx_truncated += got.truncated
-            dec = self.kind.decoder.decode(got.data, got.lengths, got.n)
+            dec = decoder.decode(got.data, got.lengths, got.n)
             self.malformed += int(np.count_nonzero(dec.status == DecodeStatus.MALFORMED))
             self.tracker.on_replies(
                 status=dec.status,
@@ -280,7 +290,7 @@ class Worker:
                 probe_k32=dec.probe_k32,
                 refused=dec.refused,
             )
-            if got.n < self.io.batch:
+            if got.n < io.batch:
                 return
 
     def _read_tx_stamps(self) -> None:

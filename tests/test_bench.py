@@ -693,7 +693,7 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
     # --no-floor: the floor has its own test
     more: tuple[str, ...] = ("--tx-rates", "5k", "--packet-rates", "5k", "--v6-rates", "5k")
-    more += ("--no-floor", "--connect-rates", "5k", "--syn-rates", "none")  # SYN: its own test
+    more += ("--no-floor", "--connect-rates", "5k", "--syn-rates", "5k")
     proc = subprocess.Popen(
         bench(*args, *more, "--fping-count", "20", "--output", str(out)),
         stdout=subprocess.PIPE,
@@ -701,7 +701,7 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -721,6 +721,14 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     assert connect["sent"] == connect["answered"] > 0 and connect["loss"] is None, connect
     tcpext = next(n for n in connect["notes"] if n.startswith("responder TcpExt"))
     assert f"TCPDeferAcceptDrop {connect['sent']}" in tcpext and "ListenOverflows 0" in tcpext
+    # SYNs to the responder's closed port: each answered by a RST, each counted, and the
+    # responder's TCP took in exactly what loadgen sent; hping3 when installed.
+    syn = steps.pop("loadgen 5k x1 syn")
+    assert syn["sent"] == syn["answered"] == syn["kernel_responder"]["InSegs"] > 0, syn
+    assert syn["loss"] is None and not syn["problems"], syn
+    hping = steps.pop(HPING, None)
+    assert (hping is not None) == (shutil.which("hping3") is not None)
+    assert hping is None or (hping["sent"] > 0 and not hping["problems"]), hping
     loadgens = ("loadgen 5k x1", "loadgen 5k x1 v6", "loadgen 5k x1 txts", "loadgen 5k x1 pkt")
     assert set(steps) == {*loadgens, PING, "ping -6 -f", FPING}
     expected_sent = {**dict.fromkeys(loadgens, 5000), PING: 2000, FPING: 20 * 64}

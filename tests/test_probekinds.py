@@ -162,3 +162,21 @@ def test_tcp_and_tcp_connect_exclude_each_other(capsys: pytest.CaptureFixture[st
 def test_describe_names_the_kind_and_ports() -> None:
     run = make_plan(profile(), targets(1), cpus_available=(0,), run_id=1, ident_base=9)
     assert "probes: icmp, 64-byte payload" in describe(run)
+
+
+def test_describe_a_syn_plan_shows_ports_source_blocks_and_what_happens_to_rsts() -> None:
+    prof = profile(probe="tcp-syn", port="80,443", workers=2, suppress_rst=True)
+    run = make_plan(prof, targets(3), cpus_available=(0, 1), run_id=1, ident_base=0)
+    text = describe(run)
+    assert "probes: tcp-syn to ports 80, 443 (round-robin), ttl 64" in text
+    assert "source ports: 61000-61511, 61512-62023 (worker by worker)" in text
+    assert "RSTs: dropped by a temporary nftables table (suppress_rst)" in text
+    many = profile(probe="tcp-syn", port=80, workers=41)
+    with pytest.raises(ProfileError, match="set workers = 40 or fewer"):
+        make_plan(many, targets(41), cpus_available=(0,), run_id=1, ident_base=0)
+
+
+def test_the_link_path_is_for_icmp_only() -> None:
+    prof = profile(probe="tcp-syn", port=80, tx_path="packet")
+    with pytest.raises(ProfileError, match='tx_path = "packet" sends ICMP echo only'):
+        make_plan(prof, targets(1), cpus_available=(0,), run_id=1, ident_base=0)

@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from loadgen.cli import exit_code
+from loadgen.output.report import JSONL_SCHEMA_VERSION
 from loadgen.profile import COMMAND_LINE, parse_profile
 from loadgen.runner import execute
 
@@ -354,7 +355,7 @@ def test_ping_ipv6_loopback_zero_loss_exact_per_second(tmp_path: Path) -> None:
     assert sum(r["sent"] for r in rows if r["type"] == "second") == 20000
     assert {r["family"] for r in rows if r["type"] != "summary"} == {6}
     summary = rows[-1]
-    assert summary["v"] == 2 and summary["targets"][0]["family"] == 6
+    assert summary["v"] == JSONL_SCHEMA_VERSION and summary["targets"][0]["family"] == 6
     assert summary["total"]["received"] == 20000
 
 

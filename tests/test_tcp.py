@@ -1,7 +1,7 @@
 """TCP SYN probes without sockets: the keyed ISN permutation and its inverse, sequence-number
 wraparound, the vectorised SYN builder against the field-by-field one and the checksum over
 both pseudo-headers, the reply decoder on SYN-ACKs, RSTs and strangers, the tracker's
-matching by ack (never by arrival order) and the per-worker BPF filter."""
+matching by ack (never by arrival order), ICMP errors quoting a SYN, and both BPF filters."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from loadgen.tracker import Tracker
 from loadgen.wire import bpf
@@ -25,6 +26,7 @@ from loadgen.wire.tcp import (
     PORT_BLOCKS,
     SYN_LEN,
     TCP_HEADER,
+    ErrorDecoder,
     IsnCipher,
     SegmentDecoder,
     SynBuilder,
@@ -180,33 +182,13 @@ def test_decoder_refuses_a_reply_to_another_workers_port() -> None:
 
 def test_tracker_matches_by_ack_not_arrival_order_and_counts_refused_apart() -> None:
     plan = syn_plan(IPV4)
-    tracker = Tracker(
-        targets=np.array([10, 11, 12], np.uint32),
-        addresses=np.array([1, 2, 3], np.uint32),
-        rate_pps=1000,
-        timeout_ns=10**9,
-        linger_ns=2 * 10**9,
-    )
-    local, seq = tracker.plan_batch(6)
-    syns = SynBuilder(plan).build(local, seq, 0)
-    tracker.on_sent(6, 1_000)
+    tracker, syns = sent_syns(plan, [10, 11, 12], 6)
     order = [5, 0, 3, 1]  # replies out of order; probes 2 and 4 never answered
     flags = [TcpFlag.RST | TcpFlag.ACK if k % 3 == 1 else TcpFlag.SYN | TcpFlag.ACK for k in order]
     got = decode(
         plan, IPV4, [answer(bytes(syns[k]), f, IPV4) for k, f in zip(order, flags, strict=True)]
     )
-    tracker.on_replies(
-        status=got.status,
-        target=got.target,
-        seq=got.seq,
-        seq16_only=got.seq16_only,
-        quoted_dst=got.quoted_dst,
-        payload_tx_ns=got.tx_ns,
-        rx_ns=np.full(4, 5_000, np.int64),
-        rx_flags=0,
-        probe_k32=got.probe_k32,
-        refused=got.refused,
-    )
+    feed(tracker, got, rx_ns=5_000)
     tracker.expire(10**10)
     records = tracker.take_records()
     by_kind = {k: sorted(records["target"][records["kind"] == k].tolist()) for k in RecordKind}
@@ -250,3 +232,92 @@ def test_bpf_filter_refuses_impossible_blocks() -> None:
     with pytest.raises(ValueError, match="do not fit"):
         bpf.tcp_filter(IPV4, 65500, 512)
     assert SYN_LEN == 24
+
+
+def icmp_error(syn: bytes, family: WireFamily, *, icmp_type: int = 3, code: int = 1) -> bytes:
+    """An error as the worker's ICMP socket delivers it, quoting the IP header and the SYN."""
+    if family is IPV4:
+        inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(syn), 0, 0, 64, 6, 0, SRC4, DST4)
+        body = struct.pack("!BBHI", icmp_type, code, 0, 0) + inner + syn[:8]
+        outer = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0, DST4, SRC4)
+        return outer + body
+    inner = struct.pack("!IHBB16s16s", 0x60000000, len(syn), 6, 64, SRC6, DST6)
+    return struct.pack("!BBHI", icmp_type, code, 0, 0) + inner + syn
+
+
+@pytest.mark.parametrize("family", [IPV4, IPV6])
+def test_icmp_errors_quoting_a_syn_name_its_probe(family: WireFamily) -> None:
+    plan = syn_plan(family)
+    syn = syn_segment(plan, 2, 7)
+    other = syn_segment(syn_plan(family, ident=8), 2, 7)  # another worker's SYN
+    unreachable, time_exceeded = (3, 11) if family is IPV4 else (1, 3)
+    packets = [
+        icmp_error(syn, family, icmp_type=unreachable),
+        icmp_error(syn, family, icmp_type=time_exceeded, code=0),
+        icmp_error(other, family, icmp_type=unreachable),
+        icmp_error(syn, family, icmp_type=unreachable)[:30],
+    ]
+    got = ErrorDecoder(plan, family).decode(*_rows(packets), len(packets))
+    assert got.status.tolist() == [
+        DecodeStatus.ICMP_ERROR,
+        DecodeStatus.ICMP_ERROR,
+        DecodeStatus.FOREIGN,
+        DecodeStatus.MALFORMED,
+    ]
+    assert got.probe_k32 is not None and got.probe_k32[0] == 7 * 3 + 2
+    assert got.icmp_type[:2].tolist() == [unreachable, time_exceeded]
+    dst = DST4 if family is IPV4 else DST6
+    want = int.from_bytes(dst, "big") if family is IPV4 else np.void(dst)
+    assert got.quoted_dst[0] == want
+    prog = bpf.tcp_error_filter(family, plan.base, PORT_BLOCK)
+    bpf.validate(prog)
+    assert [bool(bpf.run(prog, p)) for p in packets[:3]] == [True, True, False]
+    assert bpf.run(prog, answer(syn, TcpFlag.SYN | TcpFlag.ACK, family)) == 0  # not an error
+
+
+def test_an_error_makes_its_probe_errored_not_lost() -> None:
+    plan = syn_plan(IPV4, ports=(80,))
+    tracker, syns = sent_syns(plan, [5], 2)
+    got = ErrorDecoder(plan, IPV4).decode(*_rows([icmp_error(bytes(syns[1]), IPV4)]), 1)
+    feed(tracker, got, rx_ns=5_000)
+    tracker.expire(10**10)
+    kinds = sorted(RecordKind(k).name for k in tracker.take_records()["kind"])
+    assert kinds == ["ERRORED", "ICMP_ERROR", "LOST", "SENT"]
+
+
+def sent_syns(plan: SynPlan, targets: list[int], count: int) -> tuple[Tracker, NDArray[np.uint8]]:
+    """A tracker of these global targets that sent `count` SYNs at 1 us; the SYNs."""
+    tracker = Tracker(
+        targets=np.array(targets, np.uint32),
+        addresses=np.arange(1, len(targets) + 1, dtype=np.uint32),
+        rate_pps=1000,
+        timeout_ns=10**9,
+        linger_ns=2 * 10**9,
+    )
+    local, seq = tracker.plan_batch(count)
+    syns = SynBuilder(plan).build(local, seq, 0).copy()
+    tracker.on_sent(count, 1_000)
+    return tracker, syns
+
+
+def feed(tracker: Tracker, got: DecodedBatch, rx_ns: int) -> None:
+    """Hand a decoded batch to the tracker as the worker does, all received at rx_ns."""
+    tracker.on_replies(
+        status=got.status,
+        target=got.target,
+        seq=got.seq,
+        seq16_only=got.seq16_only,
+        quoted_dst=got.quoted_dst,
+        payload_tx_ns=got.tx_ns,
+        rx_ns=np.full(got.n, rx_ns, np.int64),
+        rx_flags=0,
+        probe_k32=got.probe_k32,
+        refused=got.refused,
+    )
+
+
+def _rows(packets: list[bytes]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    buf = np.zeros((len(packets), 256), np.uint8)
+    for i, p in enumerate(packets):
+        buf[i, : len(p)] = np.frombuffer(p, np.uint8)
+    return buf, np.array([len(p) for p in packets], np.int64)

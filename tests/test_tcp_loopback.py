@@ -6,6 +6,7 @@ only 127.0.0.0/8 and ::1 are probed."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -85,3 +86,48 @@ def test_syn_probes_count_open_and_closed_ports_exactly(
         assert res.returncode == 0, res.stderr
         row = summary_rows(out)["::1"]
         assert (row["sent"], row["received"], row["refused"]) == (COUNT, COUNT, 0), row
+
+
+@pytest.fixture
+def rejecting() -> Iterator[str]:
+    """An nft table of this test's own that answers SYNs to port 7 of 127.0.0.3 and ::1 with
+    an ICMP error (host / address unreachable) on the way in; removed however the test ends."""
+    table = f"lgs_tcperr_{os.getpid()}"
+    match = "tcp dport 7 tcp flags syn / syn,ack,rst,fin counter"
+    rules = (
+        f"table inet {table} {{\n  chain inp {{\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        f"    ip daddr 127.0.0.3 {match} reject with icmp type host-unreachable\n"
+        f"    ip6 daddr ::1 {match} reject with icmpv6 type addr-unreachable\n  }}\n}}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, timeout=10)
+    try:
+        yield table
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=False, timeout=10)
+
+
+@pytest.mark.parametrize("target", ["127.0.0.3", "::1"])
+def test_an_icmp_error_quoting_a_syn_makes_it_errored(
+    target: str, rejecting: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    res = loadgen("ping", target, "--tcp", "7", "-c", str(COUNT), "-r", "4k", "--jsonl", str(out))
+    assert res.returncode == 1, res.stderr  # nothing came back but errors
+    row = summary_rows(out)[target]
+    listing = subprocess.run(
+        ["nft", "list", "table", "inet", rejecting],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    rule = next(line for line in listing.splitlines() if f"daddr {target} " in line)
+    rejected = int(rule.split("counter packets ")[1].split()[0])
+    assert rejected == COUNT
+    assert (row["sent"], row["errored"], row["icmp_errors"], row["lost"]) == (
+        COUNT,
+        COUNT,
+        COUNT,
+        0,
+    ), row

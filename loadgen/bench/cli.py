@@ -51,8 +51,8 @@ DEFAULT_WORKERS = "1,2"
 DEFAULT_TX_RATES = "100k,150k"  # loadgen with --tx-timestamps, on the most workers asked for
 DEFAULT_PACKET_RATES = "200k,250k,300k"  # loadgen with --tx-path packet, ditto
 DEFAULT_V6_RATES = "100k,250k"  # loadgen to the IPv6 addresses, on the most workers, ditto
-DEFAULT_CONNECT_RATES = "20k,60k"  # loadgen --tcp-connect on the most workers: 60k is its top
 DEFAULT_SYN_RATES = "100k"  # loadgen --tcp (SYN probes to a closed port), on the most workers
+DEFAULT_CONNECT_RATES = "20k,60k"  # loadgen --tcp-connect on the most workers: 60k is its top
 DEFAULT_OVERLOAD = "2M"  # far beyond any machine here, on the most workers: memory must hold
 FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
@@ -76,8 +76,8 @@ class Config:
     floor: bool = False
     overload_pps: tuple[float, ...] = ()
     v6_rates_pps: tuple[float, ...] = ()
-    connect_rates_pps: tuple[float, ...] = ()
     syn_rates_pps: tuple[float, ...] = ()
+    connect_rates_pps: tuple[float, ...] = ()
 
 
 def _with_v6(steps: list[Step], v6: list[Step]) -> list[Step]:
@@ -216,14 +216,14 @@ def _parser() -> argparse.ArgumentParser:
         f"the IPv4 step of its rate (default {DEFAULT_V6_RATES}; 'none' skips them and ping -6)",
     )
     p.add_argument(
-        "--connect-rates",
-        help=f"loadgen --tcp-connect rates to {connect.TARGETS} addresses, on the most workers "
-        f"given, {connect.MAX_SECONDS:g} s at most (default {DEFAULT_CONNECT_RATES}; 'none' skips)",
-    )
-    p.add_argument(
         "--syn-rates",
         help=f"loadgen --tcp rates (SYN probes to a closed port), on the most workers given, "
         f"after hping3 -S --flood if installed (default {DEFAULT_SYN_RATES}; 'none' skips them)",
+    )
+    p.add_argument(
+        "--connect-rates",
+        help=f"loadgen --tcp-connect rates to {connect.TARGETS} addresses, on the most workers "
+        f"given, {connect.MAX_SECONDS:g} s at most (default {DEFAULT_CONNECT_RATES}; 'none' skips)",
     )
     p.add_argument(
         "--overload",
@@ -278,10 +278,10 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     )
     overload = _extra_rates(a.overload, DEFAULT_OVERLOAD, "--overload", soak_s is None)
     v6_rates = _extra_rates(a.v6_rates, DEFAULT_V6_RATES, "--v6-rates", soak_s is None)
+    syn_rates = _extra_rates(a.syn_rates, DEFAULT_SYN_RATES, "--syn-rates", soak_s is None)
     connect_rates = _extra_rates(
         a.connect_rates, DEFAULT_CONNECT_RATES, "--connect-rates", soak_s is None
     )
-    syn_rates = _extra_rates(a.syn_rates, DEFAULT_SYN_RATES, "--syn-rates", soak_s is None)
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
@@ -310,8 +310,8 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         floor=not a.no_floor and soak_s is None,
         overload_pps=overload,
         v6_rates_pps=v6_rates,
-        connect_rates_pps=connect_rates,
         syn_rates_pps=syn_rates,
+        connect_rates_pps=connect_rates,
     )
 
 

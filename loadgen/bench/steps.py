@@ -59,16 +59,16 @@ class Step:
     program: str = ""  # the floor: its compiled binary
     overload: bool = False  # loadgen: asks far more than the machine can do (memory must hold)
     family: int = 4  # loadgen and ping: the IP version of the targets (the bench has both)
-    connect_port: int = 0  # loadgen: TCP connect probes to this port (bench/connect.py)
     probe: str = "icmp"  # loadgen: "tcp-syn" sends SYNs to SYN_PORT (counted by Tcp InSegs)
+    connect_port: int = 0  # loadgen: TCP connect probes to this port (bench/connect.py)
 
     @property
     def label(self) -> str:
         stamps = (" txts" if self.tx_timestamps else "") + (" pkt" if self.link_tx else "")
         stamps += " overload" if self.overload else ""
         stamps += " v6" if self.family == 6 else ""
-        stamps += " connect" if self.connect_port else ""
         stamps += " syn" if self.probe == "tcp-syn" and self.tool == LOADGEN else ""
+        stamps += " connect" if self.connect_port else ""
         if self.tool == LOADGEN and self.rate_pps is not None:
             return f"loadgen {self.rate_pps / 1e3:g}k x{self.workers}{stamps}"
         if self.tool == FLOOR:
@@ -90,8 +90,8 @@ class Step:
                 *("--workers", str(self.workers), "--plain", "--jsonl", str(jsonl)),
                 *(("--tx-timestamps",) if self.tx_timestamps else ()),
                 *(("--tx-path", "packet") if self.link_tx else ()),
-                *(connect_args(self.connect_port) if self.connect_port else ()),
                 *(("--tcp", str(SYN_PORT)) if self.probe == "tcp-syn" else ()),
+                *(connect_args(self.connect_port) if self.connect_port else ()),
             ]
         if self.tool == HPING:  # timeout's SIGINT makes hping3 print its statistics
             return [

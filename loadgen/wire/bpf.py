@@ -1,8 +1,9 @@
-"""Filters that let a worker's raw ICMP or ICMPv6 socket see only its own traffic: classic BPF
-programs passing echo replies carrying its identifier and errors quoting its echo requests, and
-the ICMP6_FILTER type bitmap. Also the encoding the kernel takes (struct sock_filter) and an
-exact interpreter of classic BPF, so filters are tested on packets without sockets. Opcodes and
-semantics: include/uapi/linux/filter.h, linux/bpf_common.h, Documentation/networking/filter.rst.
+"""Filters that let a worker's raw sockets see only its own traffic: classic BPF programs passing
+echo replies carrying its identifier and errors quoting its echo requests, TCP answers to its
+SYNs' source ports and errors quoting those SYNs, and the ICMP6_FILTER type bitmap. Also the
+encoding the kernel takes (struct sock_filter) and an exact interpreter of classic BPF, so
+filters are tested on packets without sockets. Opcodes and semantics:
+include/uapi/linux/filter.h, linux/bpf_common.h, Documentation/networking/filter.rst.
 """
 
 from __future__ import annotations
@@ -152,6 +153,52 @@ def tcp_filter(family: WireFamily, first_port: int, ports: int) -> list[Instr]:
         (JMP | JGE | K, "reject", 0, first_port + ports),
         (LD | B | IND, 0, 0, 13),
         (JMP | JSET | K, "accept", "reject", ack),
+        *_VERDICTS,
+    ]
+    return _assemble(program)
+
+
+def tcp_error_filter(family: WireFamily, first_port: int, ports: int) -> list[Instr]:
+    """Accept the family's errors quoting a TCP segment from a source port in
+    [first_port, first_port + ports) behind an option-less quoted IP header (our SYNs carry no
+    options). IPv4: the filter sees the IP header first; IPv6: the ICMPv6 message alone."""
+    if ports <= 0 or first_port <= 0 or first_port + ports > 0x10000:
+        raise ValueError(f"ports {first_port}+{ports} do not fit 1..65535")
+    *errors, last = sorted(family.error_types)
+    by_type: list[_Asm | str] = [
+        *[(JMP | JEQ | K, "error", 0, t) for t in errors],
+        (JMP | JEQ | K, "error", "reject", last),
+    ]
+    if family is IPV4:
+        head: list[_Asm | str] = [
+            (LD | B | ABS, 0, 0, 9),
+            (JMP | JEQ | K, 0, "reject", IPPROTO_ICMP),
+            (LDX | B | MSH, 0, 0, 0),  # X = 4 * IHL
+            (LD | B | IND, 0, 0, 0),  # ICMP type
+            *by_type,
+            "error",
+            (LD | B | IND, 0, 0, 8),
+            (JMP | JEQ | K, 0, "reject", 0x45),  # quoted IPv4, no options
+            (LD | B | IND, 0, 0, 8 + 9),
+            (JMP | JEQ | K, 0, "reject", 6),  # quoted TCP
+            (LD | H | IND, 0, 0, 8 + 20),  # quoted source port
+        ]
+    else:
+        head = [
+            (LD | B | ABS, 0, 0, 0),  # ICMPv6 type
+            *by_type,
+            "error",
+            (LD | B | ABS, 0, 0, 8),
+            (ALU | AND | K, 0, 0, 0xF0),
+            (JMP | JEQ | K, 0, "reject", 0x60),  # quoted IPv6
+            (LD | B | ABS, 0, 0, 8 + 6),
+            (JMP | JEQ | K, 0, "reject", 6),  # quoted TCP, no extension headers
+            (LD | H | ABS, 0, 0, 8 + IPV6_HEADER_LEN),
+        ]
+    program: list[_Asm | str] = [
+        *head,
+        (JMP | JGE | K, 0, "reject", first_port),
+        (JMP | JGE | K, "reject", "accept", first_port + ports),
         *_VERDICTS,
     ]
     return _assemble(program)

@@ -1,6 +1,8 @@
 """TCP SYN probes on the wire: the header (RFC 9293 section 3.1), the probe identity carried in
 the initial sequence number, source ports from a worker's own block, the checksum over the
-pseudo-header of either family, and the vectorised SYN builder and reply decoder.
+pseudo-header of either family, the vectorised SYN builder and reply decoder, and the decoder
+of ICMP errors quoting a SYN (read from a second socket, filtered by `bpf.tcp_error_filter`:
+an error quotes at least 8 bytes of the SYN, RFC 792 and RFC 4443 2.4, ports and ISN).
 
 Identity: probe k of a worker (k = seq * n_targets + local, the tracker's numbering) is sent with
 ISN = P_key(k mod 2**32), P a keyed permutation of 32-bit words (a Feistel network keyed by the
@@ -21,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.wire.batch import DecodedBatch
-from loadgen.wire.family import WireFamily
+from loadgen.wire.family import IPV6_HEADER_LEN, WireFamily
 from loadgen.wire.icmp import UNKNOWN_TARGET, DecodeStatus
 
 IPPROTO_TCP = 6
@@ -210,6 +212,35 @@ def ip_offsets(rows: NDArray[np.uint8], family: WireFamily) -> NDArray[np.int64]
     return out
 
 
+def keyed_batch(
+    status: NDArray[np.uint8],
+    k32: NDArray[np.uint64],
+    *,
+    src: NDArray[Any],
+    quoted_dst: NDArray[Any] | None = None,
+    icmp: NDArray[np.uint8] | None = None,
+    refused: NDArray[np.bool_] | None = None,
+) -> DecodedBatch:
+    """The tracker's columns for packets that name their probe by number (`probe_k32`):
+    target and seq are the tracker's to find; `icmp` holds type and code columns of errors."""
+    n = len(status)
+    types = np.zeros((n, 2), np.uint8) if icmp is None else icmp
+    return DecodedBatch(
+        n=n,
+        status=status,
+        target=np.full(n, UNKNOWN_TARGET, np.uint32),
+        seq=np.zeros(n, np.uint64),
+        tx_ns=np.zeros(n, np.int64),
+        src=src,
+        quoted_dst=np.zeros(n, src.dtype) if quoted_dst is None else quoted_dst,
+        icmp_type=types[:, 0].copy(),
+        icmp_code=types[:, 1].copy(),
+        seq16_only=np.zeros(n, bool),
+        probe_k32=k32,
+        refused=refused,
+    )
+
+
 class SegmentDecoder:
     """Decodes batches of TCP segments as a worker's raw socket delivers them (IPv4 header
     first, or the segment alone for IPv6) into the tracker's columns: a SYN-ACK or a RST+ACK
@@ -251,18 +282,58 @@ class SegmentDecoder:
         ours &= np.isin(sport, self._target_ports) & whole & (synack | rst)
         status = np.where(ours, DecodeStatus.REPLY, DecodeStatus.FOREIGN).astype(np.uint8)
         status[~whole] = DecodeStatus.MALFORMED
-        zero_u8 = np.zeros(n, np.uint8)
-        return DecodedBatch(
-            n=n,
-            status=status,
-            target=np.full(n, UNKNOWN_TARGET, np.uint32),
-            seq=np.zeros(n, np.uint64),
-            tx_ns=np.zeros(n, np.int64),
-            src=src,
-            quoted_dst=np.zeros(n, fam.address_dtype),
-            icmp_type=zero_u8,
-            icmp_code=zero_u8,
-            seq16_only=np.zeros(n, bool),
-            probe_k32=k32,
-            refused=rst & ours,
+        return keyed_batch(status, k32, src=src, refused=rst & ours)
+
+
+_QUOTED_TCP = 8  # bytes of the SYN an error must quote: ports and sequence number
+
+
+class ErrorDecoder:
+    """Decodes batches from a SYN worker's ICMP socket: an error quoting one of our SYNs (its
+    ISN names a probe whose source port is the quoted one) is ICMP_ERROR with `probe_k32`,
+    its type, code and quoted destination; anything else FOREIGN, or MALFORMED if too short."""
+
+    def __init__(self, plan: SynPlan, family: WireFamily) -> None:
+        self.plan, self.family = plan, family
+        self._width = family.address_len
+
+    def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
+        if buf.ndim != 2 or buf.dtype != np.uint8 or not 0 <= n <= min(len(buf), len(lengths)):
+            raise ValueError(f"decode needs a 2-d uint8 buffer with at least n={n} rows/lengths")
+        rows, fam, width = buf[:n], self.family, buf.shape[1]
+        lens = np.minimum(np.asarray(lengths[:n], np.int64), width)
+        if fam.rx_ip_header:
+            icmp_at = (rows[:, 0] & 0x0F).astype(np.int64) * 4
+            inner_len = np.full(n, 20, np.int64)
+            dst_at, proto_at = 16, 9
+        else:
+            icmp_at = np.zeros(n, np.int64)
+            inner_len = np.full(n, IPV6_HEADER_LEN, np.int64)
+            dst_at, proto_at = 24, 6
+        tcp_at = icmp_at + 8 + inner_len
+        whole = lens >= tcp_at + _QUOTED_TCP
+
+        def take(at: NDArray[np.int64], size: int) -> NDArray[np.uint8]:
+            cols = np.minimum(at[:, None] + np.arange(size), width - 1)
+            return np.take_along_axis(rows, cols, axis=1)
+
+        icmp = take(icmp_at, 2)
+        inner = take(icmp_at + 8, 40)
+        seg = take(tcp_at, _QUOTED_TCP)
+        sport = seg[:, 0:2].view(">u2")[:, 0].astype(np.uint64)
+        k32 = self.plan.cipher.decrypt(seg[:, 4:8].view(">u4")[:, 0])
+        ours = whole & np.isin(icmp[:, 0], sorted(fam.error_types))
+        ours &= inner[:, proto_at] == IPPROTO_TCP
+        # The quoted header is option-less IPv4 or plain IPv6 (no extension headers), as ours are.
+        ours &= (inner[:, 0] == 0x45) if fam.rx_ip_header else (inner[:, 0] >> 4 == 6)
+        ours &= sport == np.uint64(self.plan.base) + (k32 & np.uint64(PORT_BLOCK - 1))
+        status = np.where(ours, DecodeStatus.ICMP_ERROR, DecodeStatus.FOREIGN).astype(np.uint8)
+        status[~whole] = DecodeStatus.MALFORMED
+        dst = np.ascontiguousarray(inner[:, dst_at : dst_at + self._width])
+        if self._width == 4:
+            quoted: NDArray[np.generic] = dst.view(">u4")[:, 0].astype(np.uint32)
+        else:
+            quoted = dst.view("V16")[:, 0]
+        return keyed_batch(
+            status, k32, src=np.zeros(n, fam.address_dtype), quoted_dst=quoted, icmp=icmp
         )
