@@ -30,6 +30,8 @@ PURE = (
     "oneway.py",
     "wire/probekind.py",
     "wire/tcp.py",
+    "wire/connect.py",
+    "connlimits.py",
     "errors.py",
     "units.py",
     "pacer.py",

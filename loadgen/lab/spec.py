@@ -29,8 +29,18 @@ RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
 LAB_KEYS = ("prefix", "seed", "family", "subnet", "hosts")
 SHARE_KEYS = ("drop", "duplicate", "reorder", "bitflip", "corrupt", "unreachable", "time_exceeded")
 # TCP services (tcpcfg): ports with a listener, ports the kernel refuses (RST), ports nft drops,
-# a share of SYNs nft drops, the listener's backlog, the namespace's tcp_syncookies (-1: as is).
-TCP_KEYS = ("tcp_open", "tcp_closed", "tcp_filtered", "tcp_drop", "tcp_backlog", "tcp_syncookies")
+# ports nft answers with an ICMP unreachable, a share of SYNs nft drops, the listener's backlog,
+# the namespace's tcp_syncookies (-1: as is).
+TCP_KEYS = (
+    "tcp_open",
+    "tcp_closed",
+    "tcp_filtered",
+    "tcp_unreachable",
+    "tcp_drop",
+    "tcp_backlog",
+    "tcp_syncookies",
+)
+TCP_PORT_KEYS = TCP_KEYS[:4]
 HOST_KEYS = (
     "name",
     "count",
@@ -87,14 +97,16 @@ class Impairments:
     tcp_open: tuple[int, ...] = ()
     tcp_closed: tuple[int, ...] = ()
     tcp_filtered: tuple[int, ...] = ()
+    tcp_unreachable: tuple[int, ...] = ()
     tcp_drop: float = 0.0
     tcp_backlog: int = 4096
     tcp_syncookies: int = -1
 
     @property
     def tcp_ports(self) -> tuple[int, ...]:
-        """Every TCP port the host serves (open, closed or filtered): what its counters match."""
-        return self.tcp_open + self.tcp_closed + self.tcp_filtered
+        """Every TCP port the host serves (open, closed, filtered or unreachable): what its
+        counters match."""
+        return self.tcp_open + self.tcp_closed + self.tcp_filtered + self.tcp_unreachable
 
     @property
     def nft_drops(self) -> bool:
@@ -254,13 +266,15 @@ class _Keys:
 
 def _tcp_keys(keys: _Keys) -> dict[str, Any]:
     """The TCP service keys of one host group, checked against each other."""
-    tcp: dict[str, Any] = {k: keys.ports(k) for k in TCP_KEYS[:3]}
+    tcp: dict[str, Any] = {k: keys.ports(k) for k in TCP_PORT_KEYS}
     tcp["tcp_drop"] = keys.share("tcp_drop")
     tcp["tcp_backlog"] = keys.count("tcp_backlog", 4096, 1, 65535)
     tcp["tcp_syncookies"] = keys.count("tcp_syncookies", -1, -1, 2)
-    served = [p for k in TCP_KEYS[:3] for p in tcp[k]]
+    served = [p for k in TCP_PORT_KEYS for p in tcp[k]]
     if len(set(served)) != len(served):
-        raise keys.fail("tcp_open", tcp["tcp_open"], "a port may be open, closed or filtered, once")
+        raise keys.fail(
+            "tcp_open", tcp["tcp_open"], "a port may be open, closed, filtered or unreachable, once"
+        )
     if tcp["tcp_drop"] and not served:
         raise keys.fail("tcp_drop", tcp["tcp_drop"], "drops SYNs to served ports; add tcp_open")
     return tcp

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.errors import LabError
-from loadgen.lab.spec import DropBy, Impairments, JitterDist
+from loadgen.lab.spec import TCP_PORT_KEYS, DropBy, Impairments, JitterDist
 
 STATE_DIR = Path("/run/loadgen-lab")
 STATE_VERSION = 1
@@ -91,7 +91,7 @@ def _host(raw: dict[str, Any]) -> LabHost:
     imp = dict(raw["impairments"])
     imp["drop_by"] = DropBy(imp["drop_by"])
     imp["jitter_dist"] = JitterDist(imp["jitter_dist"])
-    for key in ("tcp_open", "tcp_closed", "tcp_filtered"):  # JSON lists back to tuples
+    for key in TCP_PORT_KEYS:  # JSON lists back to tuples
         imp[key] = tuple(imp.get(key, ()))
     return LabHost(**{**raw, "impairments": Impairments(**imp)})
 

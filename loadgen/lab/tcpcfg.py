@@ -13,7 +13,13 @@ from loadgen.lab.hostcfg import DROP_SCALE, NFT_FAMILY, netdev_table, root_count
 from loadgen.lab.probematch import tcp_rst, tcp_syn, tcp_synack
 from loadgen.lab.spec import Impairments
 
-HOST_COUNTERS = ("syn_in", "syn_filtered", "syn_dropped", "synack_out", "rst_out")
+HOST_COUNTERS = ("syn_in", "syn_filtered", "syn_rejected", "syn_dropped", "synack_out", "rst_out")
+# What nft answers a SYN to an unreachable port with: an ICMP error quoting it, EHOSTUNREACH to
+# the sender (IPv6's is a soft error to a connect: it surfaces through IPV6_RECVERR).
+REJECT = {
+    4: "reject with icmp type host-unreachable",
+    6: "reject with icmpv6 type addr-unreachable",
+}
 ROOT_KINDS = ("syn_out", "synack_back", "rst_back")
 # A listener's accept queue is capped by the namespace's somaxconn; never below the default.
 SOMAXCONN_FLOOR = 4096
@@ -27,13 +33,17 @@ def tcp_table(prefix: str) -> str:
 
 def host_tcp_ruleset(table: str, imp: Impairments, version: int) -> str:
     """The host's TCP table for IP `version`: every SYN to a served port counted, then the
-    filtered ports' SYNs dropped, then a random share of the rest (`tcp_drop`); SYN-ACKs from
+    filtered ports' SYNs dropped, the unreachable ports' answered with an ICMP error, then a
+    random share of the rest (`tcp_drop`); SYN-ACKs from
     open ports and RSTs from closed ones counted on the way out. Priority -5: after the ICMP
     table's input chain (-10), which never looks at TCP."""
     served = imp.tcp_ports
     rules = [f'{tcp_syn(version, served)} counter name "syn_in"']
     if imp.tcp_filtered:
         rules.append(f'{tcp_syn(version, imp.tcp_filtered)} counter name "syn_filtered" drop')
+    if imp.tcp_unreachable:
+        syn = tcp_syn(version, imp.tcp_unreachable)
+        rules.append(f'{syn} counter name "syn_rejected" {REJECT[version]}')
     if imp.tcp_drop > 0:
         below = round(imp.tcp_drop * DROP_SCALE)
         rules.append(
@@ -78,10 +88,18 @@ def root_tcp_ruleset(table: str, index: int, ifname: str, imp: Impairments) -> s
     return netdev_table(table, index, ifname, "tcp_", counters, out, back)
 
 
+# The kernel rate-limits the ICMP errors nft's reject sends (per peer, and all together):
+# exempting every type lets each rejected SYN get its error, so the counter counts errors sent.
+NO_ICMP_LIMITS = {"net.ipv4.icmp_ratemask": "0", "net.ipv6.icmp.ratemask": "0"}
+
+
 def tcp_sysctls(imp: Impairments) -> dict[str, str]:
-    """The namespace's TCP settings: room for the listener's backlog, and SYN cookies as asked
-    (net.ipv4.tcp_syncookies covers IPv6 too; 2 sends a cookie for every SYN)."""
+    """The namespace's TCP settings: room for the listener's backlog, SYN cookies as asked
+    (net.ipv4.tcp_syncookies covers IPv6 too; 2 sends a cookie for every SYN), and no ICMP
+    rate limit where SYNs are rejected."""
     out = {"net.core.somaxconn": str(max(SOMAXCONN_FLOOR, imp.tcp_backlog))}
+    if imp.tcp_unreachable:
+        out.update(NO_ICMP_LIMITS)
     if imp.tcp_syncookies >= 0:
         out["net.ipv4.tcp_syncookies"] = str(imp.tcp_syncookies)
     return out

@@ -38,6 +38,7 @@ class TcpTruth:
     syn_out: int  # SYNs that left the root end of the link for the host (nft egress)
     syn_in: int  # SYNs that reached the host's input hook
     syn_filtered: int  # dropped there: to a filtered port
+    syn_rejected: int  # answered there with an ICMP unreachable: to an unreachable port
     syn_dropped: int  # dropped there: the random share (tcp_drop)
     synack_out: int  # SYN-ACKs from open ports (a listener, or a SYN cookie) leaving the host
     rst_out: int  # RSTs from closed ports leaving the host
@@ -71,24 +72,27 @@ class TcpTruth:
 @dataclass(frozen=True, slots=True)
 class TcpExpected:
     """What loadgen must report for one host's TCP probes: `received` handshakes (a SYN-ACK),
-    `refused` ones (a RST; loadgen counts them received and apart as refused), `lost` SYNs."""
+    `refused` ones (a RST; loadgen counts them received and apart as refused), `errored` (an
+    ICMP error came back for the SYN), `lost` SYNs."""
 
     sent: int
     received: int
     refused: int
     lost: int
+    errored: int = 0
 
 
 def tcp_expected(t: TcpTruth) -> TcpExpected:
     """Outcome counts from one run's truth, when every probe sent one SYN (a timeout below the
     kernel's 1 s first retransmission, or SYN mode) and got at most one answer: an answer that
-    came back is received (a RST also refused), any other SYN lost. The host's TCP may drop a
+    came back is received (a RST also refused), a SYN answered with an ICMP error errored (the
+    lab's link loses nothing on the way back), any other SYN lost. The host's TCP may drop a
     SYN itself (a full accept queue: ListenDrops), which only the namespace-wide kernel counter
     sees, so it must explain the gap between SYNs that got past nft and answers. Raises
     AmbiguousTruth when the counters do not add up that way."""
     lost_on_link = t.syn_out - t.syn_in
     answered_at_host = t.synack_out + t.rst_out
-    unanswered = t.syn_in - t.syn_filtered - t.syn_dropped - answered_at_host
+    unanswered = t.syn_in - t.syn_filtered - t.syn_rejected - t.syn_dropped - answered_at_host
     if lost_on_link < 0 or not 0 <= unanswered <= t.listen_drops:
         raise AmbiguousTruth(
             f"{t.name}: {t.syn_out} SYNs out, {t.syn_in} in, {t.syn_filtered + t.syn_dropped} "
@@ -102,5 +106,9 @@ def tcp_expected(t: TcpTruth) -> TcpExpected:
         )
     received = t.synack_back + t.rst_back
     return TcpExpected(
-        sent=t.syn_out, received=received, refused=t.rst_back, lost=t.syn_out - received
+        sent=t.syn_out,
+        received=received,
+        refused=t.rst_back,
+        lost=t.syn_out - received - t.syn_rejected,
+        errored=t.syn_rejected,
     )

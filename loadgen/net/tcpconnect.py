@@ -36,6 +36,29 @@ from loadgen.wire.connect import (
 from loadgen.wire.records import RecordFlag
 
 _FAILED = select.EPOLLERR | select.EPOLLHUP
+IP_RECVERR, IPV6_RECVERR = 11, 25  # <linux/in.h>, <linux/in6.h>
+# struct sock_extended_err (<linux/errqueue.h>): ee_errno u32, origin, type, code, pad u8 ...
+_EXTENDED_ERR = struct.Struct("<I")
+ERRQUEUE_CONTROL = 512
+
+
+def _error_of(sock: socket.socket) -> int:
+    """The socket's error: SO_ERROR, else the errno of an ICMP error in its error queue
+    (IP_RECVERR), else 0."""
+    err = sock.getsockopt(SOL_SOCKET, SO_ERROR)
+    if err:
+        return err
+    try:
+        _, ancillary, _, _ = sock.recvmsg(0, ERRQUEUE_CONTROL, socket.MSG_ERRQUEUE)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    for _, _, data in ancillary:
+        if len(data) >= _EXTENDED_ERR.size:
+            (ee_errno,) = _EXTENDED_ERR.unpack_from(data)
+            return int(ee_errno)
+    return 0
+
+
 LINGER_RST = struct.pack("ii", 1, 0)  # l_onoff 1, l_linger 0: close() sends a RST
 SO_BINDTODEVICE = 25
 # struct tcp_info (<linux/tcp.h>): u8 tcpi_state at 0; u32 tcpi_rtt at 68 (smoothed RTT, µs:
@@ -145,8 +168,18 @@ class ConnectIO:
     ) -> list[tuple[int, int, int | bytes]]:
         # Each option is a syscall per probe: the TTL and TOS only where they differ from what
         # the kernel sets anyway (connect rates are bound by syscalls).
+        # IP_RECVERR: an ICMP error quoting the SYN reaches the socket's error queue even where
+        # the kernel takes it as soft and keeps sending SYNs (IPv6 unreachables, RFC 1122
+        # 4.2.3.9), or drops it because it came while connect() still held the socket (a
+        # target on this host): either way the probe is errored, not lost.
+        recverr = (
+            (socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            if family == 6
+            else (socket.IPPROTO_IP, IP_RECVERR, 1)
+        )
         opts: list[tuple[int, int, int | bytes]] = [
-            (socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            (socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST),
+            recverr,
         ]
         if family == 6:
             if ttl != _kernel_default(DEFAULT_HOPS6):
@@ -254,7 +287,7 @@ class ConnectIO:
         for fd, mask in events:
             sock, local, seq, start_rt = self._pending[fd]
             # Only a failed connect raises EPOLLERR: a connected one needs no SO_ERROR read.
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if mask & _FAILED else 0
+            err = _error_of(sock) if mask & _FAILED else 0
             if err in IN_PROGRESS or not (err or mask & select.EPOLLOUT):
                 continue  # still under way (a spurious wake-up)
             del self._pending[fd]
@@ -296,10 +329,10 @@ class ConnectIO:
             del self._pending[fd]
             _, local, seq, start_rt = held
             state, rtt = self._info(sock)
-            if state in (TCP_SYN_SENT, 0):
+            err = 0 if state == TCP_ESTABLISHED else _error_of(sock)
+            if state in (TCP_SYN_SENT, 0) and not err:
                 self.abandoned += 1
             else:
-                err = 0 if state == TCP_ESTABLISHED else sock.getsockopt(SOL_SOCKET, SO_ERROR)
                 n = self._row(
                     n, local, seq, err, start_rt, start_rt + rtt if rtt else time.time_ns(), rtt
                 )

@@ -15,6 +15,18 @@ from dataclasses import dataclass
 LINGER_RST = struct.pack("ii", 1, 0)  # close with a RST: no TIME_WAIT left behind
 
 
+RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
+
+
+def queued_error(s: socket.socket) -> int:
+    """errno.EHOSTUNREACH if an ICMP error waits in the socket's error queue (IP_RECVERR)."""
+    try:
+        _, ancillary, _, _ = s.recvmsg(0, 512, socket.MSG_ERRQUEUE)
+    except BlockingIOError:
+        return 0
+    return errno.EHOSTUNREACH if ancillary else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Burst:
     established: int
@@ -35,6 +47,7 @@ def burst(address: str, port: int, n: int, wait_s: float = 0.5) -> Burst:
             socks.append(s)
             s.setblocking(False)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            s.setsockopt(*RECVERR[family], 1)  # an ICMP error the kernel takes as soft, too
             with contextlib.suppress(BlockingIOError):  # in progress: the usual answer
                 s.connect((address, port))
         pending = set(socks)
@@ -42,7 +55,7 @@ def burst(address: str, port: int, n: int, wait_s: float = 0.5) -> Burst:
         while pending and time.monotonic() < deadline:
             _, writable, _ = select.select([], list(pending), [], 0.02)
             for s in writable:
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or queued_error(s)
                 kind = {0: "established", errno.ECONNREFUSED: "refused"}.get(err, "other")
                 done[kind] += 1
                 pending.discard(s)

@@ -250,7 +250,7 @@ def test_tcp_keys_parse_and_are_checked() -> None:
         ({"tcp_open": [0]}, "list of distinct ports"),
         ({"tcp_open": [80, 80]}, "list of distinct ports"),
         ({"tcp_open": 80}, "list of distinct ports"),
-        ({"tcp_open": [80], "tcp_closed": [80]}, "open, closed or filtered, once"),
+        ({"tcp_open": [80], "tcp_closed": [80]}, "open, closed, filtered or unreachable, once"),
         ({"tcp_drop": 0.1}, "add tcp_open"),
         ({"tcp_open": [80], "tcp_syncookies": 3}, "from -1 to 2"),
         ({"tcp_open": [80], "tcp_backlog": 0}, "from 1 to 65535"),

@@ -1,5 +1,6 @@
-"""The lab's TCP hosts: open (a listener), closed (kernel RST), filtered (nft drop), a random
-share of SYNs dropped and a SYN-cookie host with a tiny backlog, for both IP versions; their
+"""The lab's TCP hosts: open (a listener), closed (kernel RST), filtered (nft drop), unreachable
+(nft rejects with an ICMP error), a random share of SYNs dropped and a SYN-cookie host with a
+tiny backlog, for both IP versions; their
 nft counters against an independent client, and nothing left behind after teardown."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ HOSTS: list[dict[str, object]] = [
     {"name": "filtered", "tcp_filtered": [PORT], "tcp_open": [8080]},
     {"name": "lossy", "tcp_open": [PORT], "tcp_drop": 0.3},
     {"name": "cookie", "tcp_open": [PORT], "tcp_backlog": 1, "tcp_syncookies": 2},
+    {"name": "unreach", "tcp_unreachable": [PORT]},
     {"name": "icmp_only"},
 ]
 
@@ -41,7 +43,7 @@ def test_tcp_counters_match_an_independent_client_exactly(tcp_lab: Lab, version:
     lab = tcp_lab
     before = lab.tcp_truth(version=version)
     assert lab.host("icmp_only").address_of(version) not in before  # serves no TCP: no truth
-    seen = {h.name: burst(h.address_of(version), PORT, N) for h in lab.hosts[:5]}
+    seen = {h.name: burst(h.address_of(version), PORT, N) for h in lab.hosts[:6]}
     # ICMP pings and a connect to an unserved port are not our probes: no TCP counter moves.
     subprocess.run(
         ["ping", "-c", "2", "-i", "0.01", lab.host("open").address_of(version)],
@@ -53,15 +55,15 @@ def test_tcp_counters_match_an_independent_client_exactly(tcp_lab: Lab, version:
     after = lab.tcp_truth(version=version)
     truth = {
         h.name: after[h.address_of(version)].since(before[h.address_of(version)])
-        for h in lab.hosts[:5]
+        for h in lab.hosts[:6]
     }
     for name, b in seen.items():
         t = truth[name]
-        assert b.other == 0, name
+        assert b.other == (N if name == "unreach" else 0), name
         assert t.syn_out == t.syn_in == N, name
         exp = tcp_expected(t)
         assert (exp.sent, exp.received, exp.refused) == (N, b.established + b.refused, b.refused)
-        assert exp.lost == b.timed_out, name
+        assert (exp.lost, exp.errored) == (b.timed_out, b.other), name
     assert seen["open"].established == truth["open"].synack_out == N
     assert seen["closed"].refused == truth["closed"].rst_out == truth["closed"].out_rsts == N
     assert seen["filtered"].timed_out == truth["filtered"].syn_filtered == N

@@ -11,22 +11,27 @@ from loadgen.lab.tcptruth import TcpExpected, TcpTruth, tcp_expected
 
 
 def test_host_ruleset_counts_and_drops_only_served_ports_from_the_lab_range() -> None:
-    imp = Impairments(tcp_open=(80,), tcp_closed=(81,), tcp_filtered=(82,), tcp_drop=0.25)
+    imp = Impairments(
+        tcp_open=(80,), tcp_closed=(81,), tcp_filtered=(82,), tcp_unreachable=(83,), tcp_drop=0.25
+    )
     v4 = host_tcp_ruleset("lgx_tcp", imp, 4)
     assert v4.startswith("table ip lgx_tcp")
-    syn = (
-        "ip saddr 198.18.0.0/15 tcp dport { 80, 81, 82 } tcp flags & (fin | syn | rst | ack) == syn"
-    )
+    syn = "ip saddr 198.18.0.0/15 tcp dport { 80, 81, 82, 83 } "
+    syn += "tcp flags & (fin | syn | rst | ack) == syn"
     assert f'{syn} counter name "syn_in"' in v4
     flags = "tcp flags & (fin | syn | rst | ack)"
     assert f'tcp dport {{ 82 }} {flags} == syn counter name "syn_filtered" drop' in v4
     assert "numgen random mod 1000000 < 250000" in v4
+    assert (
+        "tcp dport { 83 }" in v4 and '"syn_rejected" reject with icmp type host-unreachable' in v4
+    )
     assert f'tcp sport {{ 80 }} {flags} == syn | ack counter name "synack_out"' in v4
     assert 'tcp sport { 81 } tcp flags & rst == rst counter name "rst_out"' in v4
     v6 = host_tcp_ruleset("lgx_tcp", imp, 6)
     assert "table ip6 lgx_tcp" in v6 and "ip6 saddr 2001:2::/48" in v6 and "198.18" not in v6
     # the input chain counts every SYN before either drop rule sees it
     assert v4.index('"syn_in"') < v4.index('"syn_filtered"') < v4.index('"syn_dropped"')
+    assert "reject with icmpv6 type addr-unreachable" in v6
 
 
 def test_root_ruleset_names_its_counters_per_host_and_version() -> None:
@@ -39,6 +44,8 @@ def test_root_ruleset_names_its_counters_per_host_and_version() -> None:
 
 def test_sysctls_leave_syncookies_alone_unless_asked() -> None:
     assert tcp_sysctls(Impairments()) == {"net.core.somaxconn": "4096"}
+    rejecting = tcp_sysctls(Impairments(tcp_unreachable=(83,)))
+    assert rejecting["net.ipv4.icmp_ratemask"] == "0"  # every rejected SYN gets its error
     asked = tcp_sysctls(Impairments(tcp_backlog=8192, tcp_syncookies=2))
     assert asked == {"net.core.somaxconn": "8192", "net.ipv4.tcp_syncookies": "2"}
 
@@ -48,6 +55,7 @@ def truth(**kw: int) -> TcpTruth:
         syn_out=10,
         syn_in=10,
         syn_filtered=0,
+        syn_rejected=0,
         syn_dropped=0,
         synack_out=0,
         rst_out=0,
@@ -60,6 +68,9 @@ def truth(**kw: int) -> TcpTruth:
 def test_expected_counts_from_the_counters() -> None:
     t = truth(syn_dropped=3, synack_out=5, rst_out=2, synack_back=5, rst_back=2)
     assert tcp_expected(t) == TcpExpected(sent=10, received=7, refused=2, lost=3)
+    # an ICMP error answered a SYN to an unreachable port: errored, neither received nor lost
+    t = truth(syn_rejected=4, synack_out=6, synack_back=6)
+    assert tcp_expected(t) == TcpExpected(sent=10, received=6, refused=0, lost=0, errored=4)
     # SYNs lost on the link, and ones a full accept queue dropped (ListenDrops), are lost too
     t = truth(syn_in=9, synack_out=6, synack_back=6, listen_drops=3)
     assert tcp_expected(t) == TcpExpected(sent=10, received=6, refused=0, lost=4)

@@ -1,5 +1,6 @@
 """TCP connect probes against the lab's TCP hosts, both IP versions: loadgen's counts equal the
-lab's counters exactly (open, closed, filtered and randomly dropping hosts), as root and as an
+lab's counters exactly (open, closed, filtered, unreachable and randomly dropping hosts), as
+root and as an
 unprivileged user. The probe timeout (500 ms) is below the kernel's first SYN retransmission
 (1 s), so every probe is one SYN and the counters count probes.
 """
@@ -30,6 +31,7 @@ HOSTS: list[dict[str, object]] = [
     {"name": "closed", "tcp_closed": [PORT]},
     {"name": "filtered", "tcp_filtered": [PORT]},
     {"name": "lossy", "tcp_open": [PORT], "tcp_drop": 0.2},
+    {"name": "unreach", "tcp_unreachable": [PORT]},
 ]
 TIMING = {"timeout": "500ms", "delay": "3s"}  # a RST read late is late, not lost
 
@@ -55,11 +57,12 @@ def check(got: dict[str, dict[str, int]], expected: dict[str, TcpExpected]) -> N
         assert (g["received"] + g["late"], g["lost"], g["errored"]) == (
             exp.received,
             exp.lost,
-            0,
+            exp.errored,
         ), (name, g, exp)
         assert g["refused"] == exp.refused, (name, g, exp)
     assert expected["open"].received == COUNT and expected["closed"].refused == COUNT
     assert expected["filtered"].lost == COUNT and 0 < expected["lossy"].lost < COUNT
+    assert expected["unreach"].errored == COUNT  # an ICMP error quoting each SYN
 
 
 def test_connect_counts_match_the_lab_exactly(lab: Lab, version: int, tmp_path: Path) -> None:
@@ -68,7 +71,7 @@ def test_connect_counts_match_the_lab_exactly(lab: Lab, version: int, tmp_path: 
     run = run_loadgen(
         tmp_path,
         list(addresses.values()),
-        rate_pps=4 * 2000,
+        rate_pps=len(HOSTS) * 2000,
         count=COUNT,
         probe="tcp-connect",
         port=PORT,
@@ -87,7 +90,7 @@ def test_connect_counts_match_the_lab_exactly(lab: Lab, version: int, tmp_path: 
 
 def run_as_nobody(targets: list[str], out: Path) -> list[dict[str, Any]]:
     cmd = [*as_nobody(), sys.executable, "-m", "loadgen", "ping", ",".join(targets)]
-    cmd += ["--tcp-connect", str(PORT), "-r", "4000", "-c", str(COUNT), "--plain"]
+    cmd += ["--tcp-connect", str(PORT), "-r", str(len(HOSTS) * 1000), "-c", str(COUNT), "--plain"]
     cmd += ["-w", TIMING["timeout"], "-d", TIMING["delay"], "--jsonl", str(out)]
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False, env=env)
