@@ -185,6 +185,8 @@ class ReflectorCounts:
     send_errors: int = 0  # datagrams the kernel refused (each also missing from *_sent)
     unsent_at_exit: int = 0  # delayed or held replies still waiting when the reflector stopped
     pending: int = 0  # delayed or held replies waiting now (0 when the reflector is idle)
+    socket_drops: int = 0  # datagrams its raw socket's kernel counter says it dropped (a full
+    # buffer): with requests_seen, every probe past nftables once the reflector has caught up
 
     @classmethod
     def from_dict(cls, raw: dict[str, int]) -> ReflectorCounts:

@@ -54,7 +54,7 @@ from loadgen.lab.state import (
 )
 from loadgen.lab.tcphost import apply_tcp, read_tcp_truth, start_listener
 from loadgen.lab.tcptruth import TcpTruth
-from loadgen.lab.truth import HostTruth, host_truth, link_counters, query_reflector
+from loadgen.lab.truth import HostTruth, host_truth, link_counters
 
 
 class Lab:
@@ -134,15 +134,36 @@ class Lab:
             for h in chosen
         }
 
-    def wait_idle(self, timeout_s: float = 5.0) -> None:
-        """Wait until no reflector holds a delayed or reordered reply back."""
+    def wait_idle(self, timeout_s: float = 10.0, hosts: Sequence[LabHost] | None = None) -> None:
+        """Wait until every reflector (of `hosts`, else all) has read every probe that got past
+        its host's nftables (or seen its socket drop it) and holds no reply back. A reflector
+        kept off its CPU has requests queued that its counts do not show yet; the nft counter
+        has them as soon as they are queued."""
         deadline = time.monotonic() + timeout_s
-        paths = [(h.name, p) for h in self.state.hosts for p in (h.control_path, h.control_path6)]
-        for name, path in paths:
-            while path and query_reflector(path).get("pending", 0):
-                if time.monotonic() > deadline:
-                    raise LabError(f"reflector of {name} still busy after {timeout_s}s")
-                time.sleep(0.01)
+        for h in self.state.hosts if hosts is None else hosts:
+            for version in (4, 6):
+                while h.control_path_of(version) and (behind := self._behind(h, version)):
+                    if time.monotonic() > deadline:
+                        raise LabError(f"reflector of {h.name} {behind} after {timeout_s:.0f}s")
+                    time.sleep(0.01)
+
+    def _behind(self, host: LabHost, version: int) -> str:
+        """What host's reflector of `version` has still to do ("" when nothing)."""
+        t = self.truth([host], version)[host.address_of(version)]
+        r = t.reflector
+        assert r is not None  # only hosts with a reflector are asked
+        unread = t.responder_missed - r.socket_drops
+        if unread > 0:
+            return f"has {unread} requests unread (IPv{version})"
+        return f"holds {r.pending} replies (IPv{version})" if r.pending else ""
+
+    def settled(self, host: LabHost, version: int = 4) -> bool:
+        """Whether every probe sent to `host` at `version` is through: arrived, read by its
+        responder, answered, and every answer back at the root end (so in the sender's socket).
+        False for good on a host whose link or responder dropped any since it came up."""
+        t = self.truth([host], version)[host.address_of(version)]
+        idle = t.reflector is None or t.reflector.pending == 0
+        return idle and t.lost_towards_host == t.responder_missed == t.lost_on_the_way_back == 0
 
     def close(self) -> Teardown:
         """Stop the reflectors and remove every namespace, link and table; idempotent."""

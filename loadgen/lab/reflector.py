@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ BATCH = 256
 SNAP = 9216  # jumbo frames; a longer request arrives truncated and is counted malformed
 PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
+SO_MEMINFO = 55
 TIMER_SLACK_NS = 1_000  # the default 50 us slack would show up in every delayed reply
 IDLE_WAIT_NS = 100_000_000
 # Waking this much before a delayed message is due, and polling the rest, hides most of the
@@ -94,9 +96,11 @@ class Reflector:
         # timer), which a busy machine makes longer. Medians do not add, so it is kept whole.
         self.overhead = Spread(HOLD_BUCKETS)
 
-    def snapshot(self) -> ReflectorCounts:
+    def snapshot(self, socket_drops: int = 0) -> ReflectorCounts:
+        """The counts now; `socket_drops` is the raw socket's drop counter, read by the caller."""
         pending = len(self.queue) + (self.held is not None)
         timing = {
+            "socket_drops": socket_drops,
             "late_ns_p50": self.late.p50_ns(),
             "hold_ns_p50": self.hold.p50_ns(),
             "hold_step_ns": self.hold.mean_step_ns(),
@@ -270,6 +274,12 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _socket_drops(sock: socket.socket) -> int:
+    """The kernel's drop counter of `sock` (SO_MEMINFO's SK_MEMINFO_DROPS)."""
+    info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
+    return int(struct.unpack_from("=9I", info)[8])
+
+
 def _serve_control(listener: socket.socket, refl: Reflector) -> bool:
     """Answer one control request; returns False when asked to stop."""
     try:
@@ -281,7 +291,7 @@ def _serve_control(listener: socket.socket, refl: Reflector) -> bool:
         try:
             cmd = conn.recv(64).strip()
             if cmd == b"stats":
-                counts = asdict(refl.snapshot())
+                counts = asdict(refl.snapshot(_socket_drops(refl.sock)))
                 if refl.cfg.stats_path:
                     _write_json(refl.cfg.stats_path, counts)
                 conn.sendall(json.dumps({"pid": os.getpid(), **counts}).encode())
@@ -332,17 +342,20 @@ def run(cfg: ReflectorConfig) -> ReflectorCounts:
                 IDLE_WAIT_NS if deadline is None else max(0, deadline - now_ns - WAKE_EARLY_NS)
             )
             ready, _, _ = select.select(watched, [], [], wait_ns / 1e9)
-            if listener in ready and not _serve_control(listener, refl):
-                stopping = True
             # Drain the socket fully: a burst larger than one batch must not wait for select().
+            # Before any "stats" is answered: a reflector kept off its CPU wakes to a backlog,
+            # and counts that left it out would say it saw fewer requests than it has queued.
             while refl.on_readable(time.monotonic_ns()) == BATCH:
                 refl.on_timer(time.monotonic_ns())
             refl.on_timer(time.monotonic_ns())
+            if listener in ready and not _serve_control(listener, refl):
+                stopping = True
         # A stop can overtake requests sent just before it: they still count.
         while select.select([sock], [], [], STOP_GRACE_S)[0]:
             refl.on_readable(time.monotonic_ns())
     finally:
         refl.stop()
+        drops = _socket_drops(sock)
         signal.set_wakeup_fd(-1)
         for fd in (wake_r, wake_w):
             os.close(fd)
@@ -350,7 +363,7 @@ def run(cfg: ReflectorConfig) -> ReflectorCounts:
         listener.close()
         if cfg.control_path and os.path.exists(cfg.control_path):
             os.unlink(cfg.control_path)
-    final = refl.snapshot()
+    final = refl.snapshot(drops)
     if cfg.stats_path:
         _write_json(cfg.stats_path, asdict(final))
     return final

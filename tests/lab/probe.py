@@ -15,10 +15,12 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAGIC = 0x4C47454E
 HEADER = struct.Struct(">IIIQq")  # magic, run_id, target, seq, tx_ns
+SETTLE_POLL_S = 0.05
 
 
 def inet_checksum(data: bytes) -> int:
@@ -120,12 +122,21 @@ def _classify(
 
 
 def probe(
-    address: str, count: int, rate_pps: float, size: int = 64, linger_s: float = 0.3
+    address: str,
+    count: int,
+    rate_pps: float,
+    size: int = 64,
+    linger_s: float = 0.3,
+    settled: Callable[[], bool] | None = None,
+    settle_bound_s: float = 30.0,
 ) -> Observed:
-    """Send `count` probes to `address` (IPv4 or IPv6) at `rate_pps`, then listen `linger_s`
-    more for stragglers.
+    """Send `count` probes to `address` (IPv4 or IPv6) at `rate_pps`, then listen for
+    stragglers: until `settled()` says everything sent is through (answered and back, polled
+    every SETTLE_POLL_S), or else for `linger_s`. A responder kept off its CPU by a busy
+    machine then delays the return instead of losing its late answers.
 
-    Bounded: it returns at most count / rate_pps + linger_s seconds after it starts.
+    Bounded: it returns at most count / rate_pps + settle_bound_s (or linger_s) seconds after it
+    starts.
     """
     version = 6 if ":" in address else 4
     ident = int.from_bytes(os.urandom(2), "big")
@@ -137,11 +148,23 @@ def probe(
         if version == 6
         else (socket.AF_INET, socket.IPPROTO_ICMP)
     )
+
+    def receive() -> None:
+        while True:
+            try:
+                pkt, name = sock.recvfrom(65535)
+            except BlockingIOError:
+                return
+            if name[0] == address:
+                _classify(obs, pkt, ident, run_id, size, time.time_ns(), top, version)
+
     with socket.socket(family, socket.SOCK_RAW, proto) as sock:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         start = time.monotonic()
-        deadline = start + count / rate_pps + linger_s
+        sent_by = start + count / rate_pps
+        deadline = sent_by + (linger_s if settled is None else settle_bound_s)
+        next_poll = sent_by
         while time.monotonic() < deadline:
             due = min(count, int((time.monotonic() - start) * rate_pps) + 1)
             while obs.sent < due:
@@ -157,11 +180,10 @@ def probe(
                     obs.refused += 1  # it left for the link and was dropped there: lost
                 obs.sent += 1
             select.select([sock], [], [], 0.001)
-            while True:
-                try:
-                    pkt, name = sock.recvfrom(65535)
-                except BlockingIOError:
+            receive()
+            if settled is not None and obs.sent == count and time.monotonic() >= next_poll:
+                if settled():  # every answer is back at our end: in our socket by now
+                    receive()
                     break
-                if name[0] == address:
-                    _classify(obs, pkt, ident, run_id, size, time.time_ns(), top, version)
+                next_poll = time.monotonic() + SETTLE_POLL_S
     return obs

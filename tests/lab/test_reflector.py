@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -39,6 +40,7 @@ HOSTS = [
     {"name": "drops", "drop": 0.1, "drop_every": 9, "drop_by": "reflector"},
     {"name": "slow", "delay_ms": 20, "jitter_ms": 5},
     {"name": "plain", "reflector": True},
+    {"name": "starved", "reflector": True},
 ]
 N = 600
 VERSIONS = pytest.mark.parametrize("version", [4, 6])
@@ -62,8 +64,8 @@ def run(
     address = host.address_of(version)
     before = lab.truth([host], version)[address]
     assert before.reflector is not None and before.reflector.requests_seen == 0, "one run per host"
-    obs = probe(address, count, rate_pps, size=size)
-    lab.wait_idle()
+    obs = probe(address, count, rate_pps, size=size, settled=lambda: lab.settled(host, version))
+    lab.wait_idle(hosts=[host])
     return host, obs, lab.truth([host], version)[address]
 
 
@@ -218,6 +220,43 @@ def test_reflector_keeps_up_with_20k_pps(lab: Lab, version: int) -> None:
     assert arrived == sent
     assert seen == replied == arrived, f"reflector fell behind: {seen} of {arrived} in {took:.2f}s"
     assert after.responder_missed == 0
+
+
+@VERSIONS
+def test_a_reflector_kept_off_its_cpu_delays_the_probe_and_wait_idle(
+    lab: Lab, version: int
+) -> None:
+    """Stopped (as a busy machine can keep it off its CPU) through the whole probe and well past
+    its linger, the reflector still answers all: the probe listens until the lab says every
+    probe is through, and wait_idle until the reflector has read what the kernel queued."""
+    host = lab.host("starved")
+    pid = host.reflector_pid if version == 4 else host.reflector_pid6
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    wake = threading.Timer(1.5, os.kill, (pid, signal.SIGCONT))
+    wake.start()
+    try:
+        obs = probe(host.address_of(version), 200, 1000, settled=lambda: lab.settled(host, version))
+    finally:
+        wake.cancel()
+        os.kill(pid, signal.SIGCONT)
+    assert len(obs.replied) == obs.sent == 200
+    # Stopped again with requests queued: wait_idle must not take its stale counts as idle.
+    os.kill(pid, signal.SIGSTOP)
+    more = probe(host.address_of(version), 100, 1000, linger_s=0.0)  # sending is bounded too
+    wake = threading.Timer(0.5, os.kill, (pid, signal.SIGCONT))
+    wake.start()
+    try:
+        lab.wait_idle(hosts=[host])
+    finally:
+        wake.cancel()
+        os.kill(pid, signal.SIGCONT)
+    t = lab.truth([host], version)[host.address_of(version)]
+    assert more.sent > 0 and t.requests_out == 200 + more.sent
+    assert (
+        t.reflector is not None
+        and t.reflector.requests_seen == t.echo_requests_in == t.requests_out
+    )
 
 
 @VERSIONS
