@@ -50,14 +50,14 @@ class Verdict(IntEnum):
 
 
 def parse_allow(text: str | None) -> tuple[Network, ...]:
-    """`--allow 192.0.2.0/24,::1` as networks; None or empty: everyone."""
+    """`--allow 198.18.0.0/15,::1` as networks; None or empty: everyone."""
     if not text:
         return ()
     try:
         return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(","))
     except ValueError as exc:
         raise ValueError(
-            f"--allow: {exc}: give a comma list of CIDRs like 10.0.0.0/8,::1"
+            f"--allow: {exc}: give a comma list of CIDRs like 198.18.0.0/15,::1"
         ) from None
 
 

@@ -97,11 +97,11 @@ def test_rate_cap_per_sender_refills_with_time() -> None:
 @pytest.mark.parametrize(
     ("addr", "port"),
     [
-        ("224.0.0.1", 5000),
+        ("224.0.0.1", 5000),  # not a target: sources refused
         ("255.255.255.255", 5000),
         ("0.0.0.0", 5000),
         ("127.0.0.2", 0),
-        ("ff02::1", 9),
+        ("ff02::1", 9),  # not a target
     ],
 )
 def test_never_answers_sources_a_reply_could_not_safely_go_to(addr: str, port: int) -> None:
