@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -37,8 +38,9 @@ class ReportError(UsageError):
     """The JSONL file cannot be turned into a report; the message names the file and the fix."""
 
 
-class _Row(msgspec.Struct):
-    """What a report needs of every line; the rest of a non-"second" line is decoded apart."""
+class _Row(msgspec.Struct, gc=False):
+    """What a report needs of every line; the rest of a non-"second" line is decoded apart.
+    Scalars only, so the collector need not track the millions of rows (gc=False)."""
 
     type: str = ""
     v: int = 0
@@ -55,6 +57,8 @@ class _Row(msgspec.Struct):
 
 
 _CHUNK = msgspec.json.Decoder(list[_Row])
+_V = attrgetter("v")
+_COLUMNS = tuple(map(attrgetter, ("second", "target", "sent", "lost")))
 _ONE = msgspec.json.Decoder(_Row)
 _ANY = msgspec.json.Decoder()
 
@@ -111,18 +115,73 @@ def worst_key(row: Mapping[str, Any]) -> tuple[float, float]:
     return (-float(row.get("loss_pct") or 0.0), -(p99 if p99 is not None else -1.0))
 
 
-def _lines(path: str) -> Iterator[tuple[int, list[bytes]]]:
-    """(number of the first line, lines) in chunks of whole lines."""
+class _Chunk:
+    """Whole lines of the file read at once: `rows` decoded, `line(i)` the bytes of row i."""
+
+    def __init__(self, path: str, first: int, block: memoryview) -> None:
+        self.first, self.block = first, block
+        self.numbers: list[int] | None = None  # line numbers of rows, when blank lines were cut
+        self.lines: list[bytes] | None = None
+        # the chunk as one JSON array, newlines turned to commas in place: one copy, no split
+        text = bytearray(len(block) + 2)
+        text[0], text[1:-1], text[-1] = ord("["), block, ord("]")
+        view = np.frombuffer(text, np.uint8)
+        newlines = np.flatnonzero(view == ord("\n"))
+        view[newlines] = ord(",")
+        self.ends = newlines - 1  # offsets in `block`
+        del view  # releases `text` for the decoder
+        try:
+            self.rows: list[_Row] = _CHUNK.decode(text)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.rows = self._decode_lines(path)
+
+    def _decode_lines(self, path: str) -> list[_Row]:
+        """Blank lines, or a bad line to name: decode line by line."""
+        split = bytes(self.block).split(b"\n")
+        numbered = [(n, ln) for n, ln in enumerate(split) if ln.strip()]
+        self.numbers = [self.first + n for n, _ in numbered]
+        self.lines = [ln for _, ln in numbered]
+        try:
+            return _CHUNK.decode(b"[" + b",".join(self.lines) + b"]")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            for number, line in numbered:  # find the line to name
+                try:
+                    _ONE.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                    raise _bad_line(path, self.first + number, line, err) from None
+            raise  # pragma: no cover - a chunk fails only through one of its lines
+
+    @property
+    def line_count(self) -> int:
+        return len(self.ends) + 1
+
+    def number(self, i: int) -> int:
+        return self.first + i if self.numbers is None else self.numbers[i]
+
+    def line(self, i: int) -> bytes:
+        if self.lines is not None:
+            return self.lines[i]
+        start = 0 if i == 0 else int(self.ends[i - 1]) + 1
+        stop = int(self.ends[i]) if i < len(self.ends) else len(self.block)
+        return bytes(self.block[start:stop])
+
+
+def _chunks(path: str) -> Iterator[_Chunk]:
+    """The file in chunks of whole lines, decoded."""
     number, rest = 1, b""
     with open(path, "rb") as f:
         while block := f.read(_CHUNK_BYTES):
-            lines = (rest + block).split(b"\n")
-            rest = lines.pop()
-            lines = [ln for ln in lines if ln.strip()]
-            yield number, lines
-            number += len(lines)
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            chunk = _Chunk(path, number, memoryview(data)[:cut])
+            rest = data[cut + 1 :]
+            yield chunk
+            number += chunk.line_count
         if rest.strip():
-            yield number, [rest]
+            yield _Chunk(path, number, memoryview(rest))
 
 
 def _bad_line(path: str, number: int, line: bytes, err: Exception) -> ReportError:
@@ -132,23 +191,14 @@ def _bad_line(path: str, number: int, line: bytes, err: Exception) -> ReportErro
     )
 
 
-def _decode(path: str, first: int, lines: list[bytes]) -> list[_Row]:
-    try:
-        return _CHUNK.decode(b"[" + b",".join(lines) + b"]")
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        for i, line in enumerate(lines):  # find the line to name
-            try:
-                _ONE.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as err:
-                raise _bad_line(path, first + i, line, err) from None
-        raise  # pragma: no cover - a chunk fails only through one of its lines
-
-
-def _check_version(path: str, number: int, row: _Row) -> None:
-    if row.v not in READ_VERSIONS:
+def _check_version(path: str, chunk: _Chunk) -> None:
+    v = np.fromiter(map(_V, chunk.rows), np.int64, len(chunk.rows))
+    bad = np.flatnonzero((v < READ_VERSIONS[0]) | (v > READ_VERSIONS[-1]))
+    if len(bad):
         raise ReportError(
-            f"{path}: line {number} is JSONL schema v{row.v}; this loadgen reads v"
-            f"{READ_VERSIONS[0]}-v{READ_VERSIONS[-1]}: render it with the loadgen that wrote it"
+            f"{path}: line {chunk.number(int(bad[0]))} is JSONL schema v{v[bad[0]]}; this "
+            f"loadgen reads v{READ_VERSIONS[0]}-v{READ_VERSIONS[-1]}: render it with the "
+            "loadgen that wrote it"
         )
 
 
@@ -176,8 +226,8 @@ def _scan(path: str) -> tuple[int, list[dict[str, Any]]]:
     seconds, sent, lost = 0, dict[int, int](), dict[int, int]()
     p99: dict[int, float] = {}
     names: dict[int, str] = {}
-    for first, lines in _lines(path):
-        for i, row in enumerate(_decode(path, first, lines)):
+    for chunk in _chunks(path):
+        for i, row in enumerate(chunk.rows):
             if row.type != "second":
                 continue
             seconds = max(seconds, row.second + 1)
@@ -187,7 +237,7 @@ def _scan(path: str) -> tuple[int, list[dict[str, Any]]]:
             if row.rtt_p99_us is not None:
                 p99[t] = max(p99.get(t, 0.0), row.rtt_p99_us)
             if t not in names:
-                names[t] = _ANY.decode(lines[i]).get("name", f"#{t}")
+                names[t] = _ANY.decode(chunk.line(i)).get("name", f"#{t}")
     rows = [
         {
             "target": t,
@@ -225,20 +275,17 @@ class _Fold:
         self.w_rtt = np.full((self.n_worst, seconds, 5), np.nan)
         self.totals: list[dict[str, Any]] = []
 
-    def add(self, rows: list[_Row], lines: list[bytes]) -> None:
-        seconds = [r for r in rows if r.type == "second"]
-        if len(seconds) != len(rows):
-            self.totals += [
-                _ANY.decode(line)
-                for r, line in zip(rows, lines, strict=True)
-                if r.type == "second_total"
-            ]
+    def add(self, chunk: _Chunk) -> None:
+        rows = chunk.rows
+        others = [i for i, r in enumerate(rows) if r.type != "second"]  # a few per second
+        self.totals += [
+            _ANY.decode(chunk.line(i)) for i in others if rows[i].type == "second_total"
+        ]
+        seconds = [r for r in rows if r.type == "second"] if others else rows
         if not seconds:
             return
-        sec = np.fromiter((r.second for r in seconds), np.int64, len(seconds))
-        tgt = np.fromiter((r.target for r in seconds), np.int64, len(seconds))
-        sent = np.fromiter((r.sent for r in seconds), np.int64, len(seconds))
-        lost = np.fromiter((r.lost for r in seconds), np.int64, len(seconds))
+        n = len(seconds)  # columns through C-level getters, not a Python loop per row
+        sec, tgt, sent, lost = (np.fromiter(map(get, seconds), np.int64, n) for get in _COLUMNS)
         keep = (sec >= 0) & (sec < self.seconds) & (tgt >= 0) & (tgt < len(self.rank))
         rank = np.full(len(seconds), len(self.rank) + self.group, dtype=np.int64)
         rank[keep] = self.rank[tgt[keep]]
@@ -299,13 +346,11 @@ def load_run(path: str, worst: int = 8) -> RunData:
             targets = sorted(scanned, key=worst_key)
         header: Mapping[str, Any] = {}
         fold = _Fold(seconds, targets, worst)
-        for first, lines in _lines(path):
-            rows = _decode(path, first, lines)
-            for i, row in enumerate(rows):
-                _check_version(path, first + i, row)
-            if first == 1 and rows and rows[0].type == "run":
-                header = _ANY.decode(lines[0])
-            fold.add(rows, lines)
+        for chunk in _chunks(path):
+            _check_version(path, chunk)
+            if chunk.first == 1 and chunk.rows and chunk.rows[0].type == "run":
+                header = _ANY.decode(chunk.line(0))
+            fold.add(chunk)
     except OSError as e:
         raise ReportError(f"cannot read {path}: {e.strerror}; give a JSONL export") from e
     if not fold.totals and summary is None:
