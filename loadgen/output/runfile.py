@@ -27,7 +27,7 @@ from loadgen.output.report import JSONL_SCHEMA_VERSION
 READ_VERSIONS = tuple(range(2, JSONL_SCHEMA_VERSION + 1))
 GRID_ROWS = 100  # target groups of the loss heatmap
 GRID_COLUMNS = 600  # time bins of every time axis
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 1 << 20  # larger buffers are fresh mmaps: a page fault per 4 KiB per chunk
 _SMOKE_KEYS = ("rtt_min_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us")
 
 Floats = npt.NDArray[np.float64]
