@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -39,8 +39,9 @@ class ReportError(UsageError):
 
 
 class _Row(msgspec.Struct, gc=False):
-    """What a report needs of every line; the rest of a non-"second" line is decoded apart.
-    Scalars only, so the collector need not track the millions of rows (gc=False)."""
+    """What a report needs of every line; the rest of a non-"second" line, and the RTT figures
+    of the worst targets, are decoded apart. Scalars only: the collector need not track the
+    millions of rows (gc=False)."""
 
     type: str = ""
     v: int = 0
@@ -48,6 +49,11 @@ class _Row(msgspec.Struct, gc=False):
     target: int = 0
     sent: int = 0
     lost: int = 0
+
+
+class _FullRow(_Row, gc=False):
+    """A "second" line with the RTT figures a per-second series shows."""
+
     rtt_count: int = 0
     rtt_min_us: float | None = None
     rtt_p50_us: float | None = None
@@ -57,9 +63,10 @@ class _Row(msgspec.Struct, gc=False):
 
 
 _CHUNK = msgspec.json.Decoder(list[_Row])
+_FULL_CHUNK = msgspec.json.Decoder(list[_FullRow])
 _V = attrgetter("v")
 _COLUMNS = tuple(map(attrgetter, ("second", "target", "sent", "lost")))
-_ONE = msgspec.json.Decoder(_Row)
+_ONE = msgspec.json.Decoder(_FullRow)
 _ANY = msgspec.json.Decoder()
 
 
@@ -118,7 +125,9 @@ def worst_key(row: Mapping[str, Any]) -> tuple[float, float]:
 class _Chunk:
     """Whole lines of the file read at once: `rows` decoded, `line(i)` the bytes of row i."""
 
-    def __init__(self, path: str, first: int, block: memoryview) -> None:
+    def __init__(
+        self, path: str, first: int, block: memoryview, decoder: msgspec.json.Decoder[Any]
+    ) -> None:
         self.first, self.block = first, block
         self.numbers: list[int] | None = None  # line numbers of rows, when blank lines were cut
         self.lines: list[bytes] | None = None
@@ -131,18 +140,19 @@ class _Chunk:
         self.ends = newlines - 1  # offsets in `block`
         del view  # releases `text` for the decoder
         try:
-            self.rows: list[_Row] = _CHUNK.decode(text)
+            self.rows: Sequence[_Row] = decoder.decode(text)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            self.rows = self._decode_lines(path)
+            self.rows = self._decode_lines(path, decoder)
 
-    def _decode_lines(self, path: str) -> list[_Row]:
+    def _decode_lines(self, path: str, decoder: msgspec.json.Decoder[Any]) -> Sequence[_Row]:
         """Blank lines, or a bad line to name: decode line by line."""
         split = bytes(self.block).split(b"\n")
         numbered = [(n, ln) for n, ln in enumerate(split) if ln.strip()]
         self.numbers = [self.first + n for n, _ in numbered]
         self.lines = [ln for _, ln in numbered]
         try:
-            return _CHUNK.decode(b"[" + b",".join(self.lines) + b"]")
+            rows: Sequence[_Row] = decoder.decode(b"[" + b",".join(self.lines) + b"]")
+            return rows
         except (msgspec.DecodeError, msgspec.ValidationError):
             for number, line in numbered:  # find the line to name
                 try:
@@ -166,7 +176,7 @@ class _Chunk:
         return bytes(self.block[start:stop])
 
 
-def _chunks(path: str) -> Iterator[_Chunk]:
+def _chunks(path: str, decoder: msgspec.json.Decoder[Any] = _CHUNK) -> Iterator[_Chunk]:
     """The file in chunks of whole lines, decoded."""
     number, rest = 1, b""
     with open(path, "rb") as f:
@@ -176,12 +186,12 @@ def _chunks(path: str) -> Iterator[_Chunk]:
             if cut < 0:
                 rest = data
                 continue
-            chunk = _Chunk(path, number, memoryview(data)[:cut])
+            chunk = _Chunk(path, number, memoryview(data)[:cut], decoder)
             rest = data[cut + 1 :]
             yield chunk
             number += chunk.line_count
         if rest.strip():
-            yield _Chunk(path, number, memoryview(rest))
+            yield _Chunk(path, number, memoryview(rest), decoder)
 
 
 def _bad_line(path: str, number: int, line: bytes, err: Exception) -> ReportError:
@@ -226,8 +236,8 @@ def _scan(path: str) -> tuple[int, list[dict[str, Any]]]:
     seconds, sent, lost = 0, dict[int, int](), dict[int, int]()
     p99: dict[int, float] = {}
     names: dict[int, str] = {}
-    for chunk in _chunks(path):
-        for i, row in enumerate(chunk.rows):
+    for chunk in _chunks(path, _FULL_CHUNK):
+        for i, row in enumerate(cast(Sequence[_FullRow], chunk.rows)):
             if row.type != "second":
                 continue
             seconds = max(seconds, row.second + 1)
@@ -275,13 +285,14 @@ class _Fold:
         self.w_rtt = np.full((self.n_worst, seconds, 5), np.nan)
         self.totals: list[dict[str, Any]] = []
 
-    def add(self, chunk: _Chunk) -> None:
+    def add(self, path: str, chunk: _Chunk) -> None:
         rows = chunk.rows
         others = [i for i, r in enumerate(rows) if r.type != "second"]  # a few per second
         self.totals += [
             _ANY.decode(chunk.line(i)) for i in others if rows[i].type == "second_total"
         ]
-        seconds = [r for r in rows if r.type == "second"] if others else rows
+        at = [i for i, r in enumerate(rows) if r.type == "second"] if others else None
+        seconds = rows if at is None else [rows[i] for i in at]
         if not seconds:
             return
         n = len(seconds)  # columns through C-level getters, not a Python loop per row
@@ -295,13 +306,21 @@ class _Fold:
         np.add.at(self.grid_lost, cell, lost[keep])
         for i in np.flatnonzero(keep & (rank < self.n_worst)):
             r, s = int(rank[i]), int(sec[i])
-            row = seconds[i]
+            row = self._full(path, chunk, int(i) if at is None else at[i])
             self.w_sent[r, s], self.w_lost[r, s] = row.sent, row.lost
             self.w_count[r, s] = row.rtt_count
             self.w_rtt[r, s] = [
                 math.nan if v is None else v
                 for v in (row.rtt_min_us, row.rtt_p50_us, row.rtt_p90_us, row.rtt_p99_us)
             ] + [math.nan if row.rtt_max_us is None else row.rtt_max_us]
+
+    @staticmethod
+    def _full(path: str, chunk: _Chunk, i: int) -> _FullRow:
+        line = chunk.line(i)
+        try:
+            return _ONE.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            raise _bad_line(path, chunk.number(i), line, err) from None
 
 
 def _hists(rows: Sequence[Mapping[str, Any]], seconds: int) -> Ints | None:
@@ -350,7 +369,7 @@ def load_run(path: str, worst: int = 8) -> RunData:
             _check_version(path, chunk)
             if chunk.first == 1 and chunk.rows and chunk.rows[0].type == "run":
                 header = _ANY.decode(chunk.line(0))
-            fold.add(chunk)
+            fold.add(path, chunk)
     except OSError as e:
         raise ReportError(f"cannot read {path}: {e.strerror}; give a JSONL export") from e
     if not fold.totals and summary is None:
