@@ -10,6 +10,7 @@ which is read first from the file's end; a file without one (a run that died) is
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,26 +129,26 @@ class _Chunk:
     def __init__(
         self, path: str, first: int, block: memoryview, decoder: msgspec.json.Decoder[Any]
     ) -> None:
-        self.first, self.block = first, block
+        self.first = first
         self.numbers: list[int] | None = None  # line numbers of rows, when blank lines were cut
         self.lines: list[bytes] | None = None
         # the chunk as one JSON array, newlines turned to commas in place: one copy, no split
-        text = bytearray(len(block) + 2)
-        text[0], text[1:-1], text[-1] = ord("["), block, ord("]")
-        view = np.frombuffer(text, np.uint8)
-        newlines = np.flatnonzero(view == ord("\n"))
-        view[newlines] = ord(",")
-        self.ends = newlines - 1  # offsets in `block`
+        self.text = bytearray(len(block) + 2)
+        self.text[0], self.text[1:-1], self.text[-1] = ord("["), block, ord("]")
+        view = np.frombuffer(self.text, np.uint8)
+        self.newlines = np.flatnonzero(view == ord("\n"))  # offsets in `text`
+        view[self.newlines] = ord(",")
         del view  # releases `text` for the decoder
         try:
-            self.rows: Sequence[_Row] = decoder.decode(text)
+            self.rows: Sequence[_Row] = decoder.decode(self.text)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            self.rows = self._decode_lines(path, decoder)
+            self.rows = self._decode_lines(path, bytes(block), decoder)
 
-    def _decode_lines(self, path: str, decoder: msgspec.json.Decoder[Any]) -> Sequence[_Row]:
+    def _decode_lines(
+        self, path: str, block: bytes, decoder: msgspec.json.Decoder[Any]
+    ) -> Sequence[_Row]:
         """Blank lines, or a bad line to name: decode line by line."""
-        split = bytes(self.block).split(b"\n")
-        numbered = [(n, ln) for n, ln in enumerate(split) if ln.strip()]
+        numbered = [(n, ln) for n, ln in enumerate(block.split(b"\n")) if ln.strip()]
         self.numbers = [self.first + n for n, _ in numbered]
         self.lines = [ln for _, ln in numbered]
         try:
@@ -163,7 +164,7 @@ class _Chunk:
 
     @property
     def line_count(self) -> int:
-        return len(self.ends) + 1
+        return len(self.newlines) + 1
 
     def number(self, i: int) -> int:
         return self.first + i if self.numbers is None else self.numbers[i]
@@ -171,27 +172,31 @@ class _Chunk:
     def line(self, i: int) -> bytes:
         if self.lines is not None:
             return self.lines[i]
-        start = 0 if i == 0 else int(self.ends[i - 1]) + 1
-        stop = int(self.ends[i]) if i < len(self.ends) else len(self.block)
-        return bytes(self.block[start:stop])
+        start = 1 if i == 0 else int(self.newlines[i - 1]) + 1
+        stop = int(self.newlines[i]) if i < len(self.newlines) else len(self.text) - 1
+        return bytes(self.text[start:stop])
 
 
 def _chunks(path: str, decoder: msgspec.json.Decoder[Any] = _CHUNK) -> Iterator[_Chunk]:
-    """The file in chunks of whole lines, decoded."""
-    number, rest = 1, b""
+    """The file in chunks of whole lines, decoded; mapped, not read: no copy through a buffer."""
     with open(path, "rb") as f:
-        while block := f.read(_CHUNK_BYTES):
-            data = rest + block
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
-                continue
-            chunk = _Chunk(path, number, memoryview(data)[:cut], decoder)
-            rest = data[cut + 1 :]
-            yield chunk
-            number += chunk.line_count
-        if rest.strip():
-            yield _Chunk(path, number, memoryview(rest), decoder)
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            number, start = 1, 0
+            while start < size:
+                if start + _CHUNK_BYTES >= size:
+                    cut = size - 1 if mm[size - 1] == ord("\n") else size
+                else:
+                    cut = mm.rfind(b"\n", start, start + _CHUNK_BYTES)
+                    cut = mm.find(b"\n", start + _CHUNK_BYTES) if cut < 0 else cut
+                    cut = size if cut < 0 else cut
+                with view[start:cut] as block:
+                    chunk = _Chunk(path, number, block, decoder)
+                yield chunk
+                number += chunk.line_count
+                start = cut + 1
 
 
 def _bad_line(path: str, number: int, line: bytes, err: Exception) -> ReportError:
