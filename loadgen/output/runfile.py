@@ -296,14 +296,11 @@ class _Fold:
         self.totals += [
             _ANY.decode(chunk.line(i)) for i in others if rows[i].type == "second_total"
         ]
-        at = [i for i, r in enumerate(rows) if r.type == "second"] if others else None
-        seconds = rows if at is None else [rows[i] for i in at]
-        if not seconds:
-            return
-        n = len(seconds)  # columns through C-level getters, not a Python loop per row
-        sec, tgt, sent, lost = (np.fromiter(map(get, seconds), np.int64, n) for get in _COLUMNS)
+        n = len(rows)  # columns through C-level getters, not a Python loop per row
+        sec, tgt, sent, lost = (np.fromiter(map(get, rows), np.int64, n) for get in _COLUMNS)
         keep = (sec >= 0) & (sec < self.seconds) & (tgt >= 0) & (tgt < len(self.rank))
-        rank = np.full(len(seconds), len(self.rank) + self.group, dtype=np.int64)
+        keep[others] = False  # "second" rows only
+        rank = np.full(n, len(self.rank) + self.group, dtype=np.int64)
         rank[keep] = self.rank[tgt[keep]]
         keep &= rank < self.grid_sent.shape[0] * self.group
         cell = (rank[keep] // self.group, sec[keep] // self.bin_s)
@@ -311,7 +308,7 @@ class _Fold:
         np.add.at(self.grid_lost, cell, lost[keep])
         for i in np.flatnonzero(keep & (rank < self.n_worst)):
             r, s = int(rank[i]), int(sec[i])
-            row = self._full(path, chunk, int(i) if at is None else at[i])
+            row = self._full(path, chunk, int(i))
             self.w_sent[r, s], self.w_lost[r, s] = row.sent, row.lost
             self.w_count[r, s] = row.rtt_count
             self.w_rtt[r, s] = [
