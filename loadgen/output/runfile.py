@@ -10,10 +10,12 @@ which is read first from the file's end; a file without one (a run that died) is
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from operator import attrgetter
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -26,7 +28,7 @@ from loadgen.output.report import JSONL_SCHEMA_VERSION
 READ_VERSIONS = tuple(range(2, JSONL_SCHEMA_VERSION + 1))
 GRID_ROWS = 100  # target groups of the loss heatmap
 GRID_COLUMNS = 600  # time bins of every time axis
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 1 << 20  # larger buffers are fresh mmaps: a page fault per 4 KiB per chunk
 _SMOKE_KEYS = ("rtt_min_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us")
 
 Floats = npt.NDArray[np.float64]
@@ -37,8 +39,10 @@ class ReportError(UsageError):
     """The JSONL file cannot be turned into a report; the message names the file and the fix."""
 
 
-class _Row(msgspec.Struct):
-    """What a report needs of every line; the rest of a non-"second" line is decoded apart."""
+class _Row(msgspec.Struct, gc=False):
+    """What a report needs of every line; the rest of a non-"second" line, and the RTT figures
+    of the worst targets, are decoded apart. Scalars only: the collector need not track the
+    millions of rows (gc=False)."""
 
     type: str = ""
     v: int = 0
@@ -46,6 +50,11 @@ class _Row(msgspec.Struct):
     target: int = 0
     sent: int = 0
     lost: int = 0
+
+
+class _FullRow(_Row, gc=False):
+    """A "second" line with the RTT figures a per-second series shows."""
+
     rtt_count: int = 0
     rtt_min_us: float | None = None
     rtt_p50_us: float | None = None
@@ -55,7 +64,10 @@ class _Row(msgspec.Struct):
 
 
 _CHUNK = msgspec.json.Decoder(list[_Row])
-_ONE = msgspec.json.Decoder(_Row)
+_FULL_CHUNK = msgspec.json.Decoder(list[_FullRow])
+_V = attrgetter("v")
+_COLUMNS = tuple(map(attrgetter, ("second", "target", "sent", "lost")))
+_ONE = msgspec.json.Decoder(_FullRow)
 _ANY = msgspec.json.Decoder()
 
 
@@ -111,18 +123,80 @@ def worst_key(row: Mapping[str, Any]) -> tuple[float, float]:
     return (-float(row.get("loss_pct") or 0.0), -(p99 if p99 is not None else -1.0))
 
 
-def _lines(path: str) -> Iterator[tuple[int, list[bytes]]]:
-    """(number of the first line, lines) in chunks of whole lines."""
-    number, rest = 1, b""
+class _Chunk:
+    """Whole lines of the file read at once: `rows` decoded, `line(i)` the bytes of row i."""
+
+    def __init__(
+        self, path: str, first: int, block: memoryview, decoder: msgspec.json.Decoder[Any]
+    ) -> None:
+        self.first = first
+        self.numbers: list[int] | None = None  # line numbers of rows, when blank lines were cut
+        self.lines: list[bytes] | None = None
+        # the chunk as one JSON array, newlines turned to commas in place: one copy, no split
+        self.text = bytearray(len(block) + 2)
+        self.text[0], self.text[1:-1], self.text[-1] = ord("["), block, ord("]")
+        view = np.frombuffer(self.text, np.uint8)
+        self.newlines = np.flatnonzero(view == ord("\n"))  # offsets in `text`
+        view[self.newlines] = ord(",")
+        del view  # releases `text` for the decoder
+        try:
+            self.rows: Sequence[_Row] = decoder.decode(self.text)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.rows = self._decode_lines(path, bytes(block), decoder)
+
+    def _decode_lines(
+        self, path: str, block: bytes, decoder: msgspec.json.Decoder[Any]
+    ) -> Sequence[_Row]:
+        """Blank lines, or a bad line to name: decode line by line."""
+        numbered = [(n, ln) for n, ln in enumerate(block.split(b"\n")) if ln.strip()]
+        self.numbers = [self.first + n for n, _ in numbered]
+        self.lines = [ln for _, ln in numbered]
+        try:
+            rows: Sequence[_Row] = decoder.decode(b"[" + b",".join(self.lines) + b"]")
+            return rows
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            for number, line in numbered:  # find the line to name
+                try:
+                    _ONE.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                    raise _bad_line(path, self.first + number, line, err) from None
+            raise  # pragma: no cover - a chunk fails only through one of its lines
+
+    @property
+    def line_count(self) -> int:
+        return len(self.newlines) + 1
+
+    def number(self, i: int) -> int:
+        return self.first + i if self.numbers is None else self.numbers[i]
+
+    def line(self, i: int) -> bytes:
+        if self.lines is not None:
+            return self.lines[i]
+        start = 1 if i == 0 else int(self.newlines[i - 1]) + 1
+        stop = int(self.newlines[i]) if i < len(self.newlines) else len(self.text) - 1
+        return bytes(self.text[start:stop])
+
+
+def _chunks(path: str, decoder: msgspec.json.Decoder[Any] = _CHUNK) -> Iterator[_Chunk]:
+    """The file in chunks of whole lines, decoded; mapped, not read: no copy through a buffer."""
     with open(path, "rb") as f:
-        while block := f.read(_CHUNK_BYTES):
-            lines = (rest + block).split(b"\n")
-            rest = lines.pop()
-            lines = [ln for ln in lines if ln.strip()]
-            yield number, lines
-            number += len(lines)
-        if rest.strip():
-            yield number, [rest]
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            number, start = 1, 0
+            while start < size:
+                if start + _CHUNK_BYTES >= size:
+                    cut = size - 1 if mm[size - 1] == ord("\n") else size
+                else:
+                    cut = mm.rfind(b"\n", start, start + _CHUNK_BYTES)
+                    cut = mm.find(b"\n", start + _CHUNK_BYTES) if cut < 0 else cut
+                    cut = size if cut < 0 else cut
+                with view[start:cut] as block:
+                    chunk = _Chunk(path, number, block, decoder)
+                yield chunk
+                number += chunk.line_count
+                start = cut + 1
 
 
 def _bad_line(path: str, number: int, line: bytes, err: Exception) -> ReportError:
@@ -132,23 +206,14 @@ def _bad_line(path: str, number: int, line: bytes, err: Exception) -> ReportErro
     )
 
 
-def _decode(path: str, first: int, lines: list[bytes]) -> list[_Row]:
-    try:
-        return _CHUNK.decode(b"[" + b",".join(lines) + b"]")
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        for i, line in enumerate(lines):  # find the line to name
-            try:
-                _ONE.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as err:
-                raise _bad_line(path, first + i, line, err) from None
-        raise  # pragma: no cover - a chunk fails only through one of its lines
-
-
-def _check_version(path: str, number: int, row: _Row) -> None:
-    if row.v not in READ_VERSIONS:
+def _check_version(path: str, chunk: _Chunk) -> None:
+    v = np.fromiter(map(_V, chunk.rows), np.int64, len(chunk.rows))
+    bad = np.flatnonzero((v < READ_VERSIONS[0]) | (v > READ_VERSIONS[-1]))
+    if len(bad):
         raise ReportError(
-            f"{path}: line {number} is JSONL schema v{row.v}; this loadgen reads v"
-            f"{READ_VERSIONS[0]}-v{READ_VERSIONS[-1]}: render it with the loadgen that wrote it"
+            f"{path}: line {chunk.number(int(bad[0]))} is JSONL schema v{v[bad[0]]}; this "
+            f"loadgen reads v{READ_VERSIONS[0]}-v{READ_VERSIONS[-1]}: render it with the "
+            "loadgen that wrote it"
         )
 
 
@@ -176,8 +241,8 @@ def _scan(path: str) -> tuple[int, list[dict[str, Any]]]:
     seconds, sent, lost = 0, dict[int, int](), dict[int, int]()
     p99: dict[int, float] = {}
     names: dict[int, str] = {}
-    for first, lines in _lines(path):
-        for i, row in enumerate(_decode(path, first, lines)):
+    for chunk in _chunks(path, _FULL_CHUNK):
+        for i, row in enumerate(cast(Sequence[_FullRow], chunk.rows)):
             if row.type != "second":
                 continue
             seconds = max(seconds, row.second + 1)
@@ -187,7 +252,7 @@ def _scan(path: str) -> tuple[int, list[dict[str, Any]]]:
             if row.rtt_p99_us is not None:
                 p99[t] = max(p99.get(t, 0.0), row.rtt_p99_us)
             if t not in names:
-                names[t] = _ANY.decode(lines[i]).get("name", f"#{t}")
+                names[t] = _ANY.decode(chunk.line(i)).get("name", f"#{t}")
     rows = [
         {
             "target": t,
@@ -225,22 +290,17 @@ class _Fold:
         self.w_rtt = np.full((self.n_worst, seconds, 5), np.nan)
         self.totals: list[dict[str, Any]] = []
 
-    def add(self, rows: list[_Row], lines: list[bytes]) -> None:
-        seconds = [r for r in rows if r.type == "second"]
-        if len(seconds) != len(rows):
-            self.totals += [
-                _ANY.decode(line)
-                for r, line in zip(rows, lines, strict=True)
-                if r.type == "second_total"
-            ]
-        if not seconds:
-            return
-        sec = np.fromiter((r.second for r in seconds), np.int64, len(seconds))
-        tgt = np.fromiter((r.target for r in seconds), np.int64, len(seconds))
-        sent = np.fromiter((r.sent for r in seconds), np.int64, len(seconds))
-        lost = np.fromiter((r.lost for r in seconds), np.int64, len(seconds))
+    def add(self, path: str, chunk: _Chunk) -> None:
+        rows = chunk.rows
+        others = [i for i, r in enumerate(rows) if r.type != "second"]  # a few per second
+        self.totals += [
+            _ANY.decode(chunk.line(i)) for i in others if rows[i].type == "second_total"
+        ]
+        n = len(rows)  # columns through C-level getters, not a Python loop per row
+        sec, tgt, sent, lost = (np.fromiter(map(get, rows), np.int64, n) for get in _COLUMNS)
         keep = (sec >= 0) & (sec < self.seconds) & (tgt >= 0) & (tgt < len(self.rank))
-        rank = np.full(len(seconds), len(self.rank) + self.group, dtype=np.int64)
+        keep[others] = False  # "second" rows only
+        rank = np.full(n, len(self.rank) + self.group, dtype=np.int64)
         rank[keep] = self.rank[tgt[keep]]
         keep &= rank < self.grid_sent.shape[0] * self.group
         cell = (rank[keep] // self.group, sec[keep] // self.bin_s)
@@ -248,13 +308,21 @@ class _Fold:
         np.add.at(self.grid_lost, cell, lost[keep])
         for i in np.flatnonzero(keep & (rank < self.n_worst)):
             r, s = int(rank[i]), int(sec[i])
-            row = seconds[i]
+            row = self._full(path, chunk, int(i))
             self.w_sent[r, s], self.w_lost[r, s] = row.sent, row.lost
             self.w_count[r, s] = row.rtt_count
             self.w_rtt[r, s] = [
                 math.nan if v is None else v
                 for v in (row.rtt_min_us, row.rtt_p50_us, row.rtt_p90_us, row.rtt_p99_us)
             ] + [math.nan if row.rtt_max_us is None else row.rtt_max_us]
+
+    @staticmethod
+    def _full(path: str, chunk: _Chunk, i: int) -> _FullRow:
+        line = chunk.line(i)
+        try:
+            return _ONE.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            raise _bad_line(path, chunk.number(i), line, err) from None
 
 
 def _hists(rows: Sequence[Mapping[str, Any]], seconds: int) -> Ints | None:
@@ -299,13 +367,11 @@ def load_run(path: str, worst: int = 8) -> RunData:
             targets = sorted(scanned, key=worst_key)
         header: Mapping[str, Any] = {}
         fold = _Fold(seconds, targets, worst)
-        for first, lines in _lines(path):
-            rows = _decode(path, first, lines)
-            for i, row in enumerate(rows):
-                _check_version(path, first + i, row)
-            if first == 1 and rows and rows[0].type == "run":
-                header = _ANY.decode(lines[0])
-            fold.add(rows, lines)
+        for chunk in _chunks(path):
+            _check_version(path, chunk)
+            if chunk.first == 1 and chunk.rows and chunk.rows[0].type == "run":
+                header = _ANY.decode(chunk.line(0))
+            fold.add(path, chunk)
     except OSError as e:
         raise ReportError(f"cannot read {path}: {e.strerror}; give a JSONL export") from e
     if not fold.totals and summary is None:
