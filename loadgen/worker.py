@@ -350,7 +350,9 @@ class Worker:
         records = tr.take_records()
         if self.kind.extras is not None:
             records = self.kind.extras.take(records)
-        frame = Frame(self.plan.worker, self.frame_seq, now_rt, mark, records, stats)
+        frame = Frame(
+            self.plan.worker, self.frame_seq, now_rt, mark, records, stats, tr.take_bursts()
+        )
         self.frame_seq += 1
         self.data.send_bytes(encode(frame))
 
