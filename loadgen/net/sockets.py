@@ -22,6 +22,7 @@ from enum import IntFlag, StrEnum
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
 from loadgen.icmppath import CAP_FIX, OPEN_RANGE_FIX, IcmpPath
 from loadgen.net.families import SPECS, FamilySpec
+from loadgen.net.netstamp import wait_for_rx_stamps
 from loadgen.wire import bpf
 from loadgen.wire.records import RecordFlag
 
@@ -362,6 +363,7 @@ def _rx_stamps(
             f"SO_TIMESTAMPING refused ({os.strerror(exc.errno or 0)}): trying SO_TIMESTAMPNS"
         )
     else:
+        _await_stamping(notes)
         if hardware:
             return RecordFlag.RX_HARDWARE, "hardware", SO_TIMESTAMPING, tsflags
         return RecordFlag.RX_KERNEL, "kernel-software", SO_TIMESTAMPING, tsflags
@@ -372,7 +374,17 @@ def _rx_stamps(
             f"SO_TIMESTAMPNS refused ({os.strerror(exc.errno or 0)}): using user-space time"
         )
         return RecordFlag.NONE, "user-space", 0, Sof(0)
+    _await_stamping(notes)
     return RecordFlag.RX_KERNEL, "kernel (SO_TIMESTAMPNS)", SO_TIMESTAMPNS, Sof(0)
+
+
+def _await_stamping(notes: list[str]) -> None:
+    """The kernel turns RX stamping on from a work queue: wait for it (see `netstamp`)."""
+    if wait_for_rx_stamps() is False:  # None: no loopback up here to tell
+        notes.append(
+            "the kernel was not yet stamping received packets: the first replies may carry "
+            "user-space receive times, labelled as such"
+        )
 
 
 def nic_stamping(sock: socket.socket, interface: str, *, configure: bool, tx: bool) -> str | None:
