@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -326,19 +325,6 @@ def test_state_stays_bounded_over_a_long_run() -> None:
     agg.close_all()
     summary = agg.cumulative()
     assert summary.seconds == 120 and summary.total.counts.sent == 120 * 200
-
-
-def test_add_is_fast_enough() -> None:
-    """250k records a second must cost a small fraction of a core (measured: ~80 us/1000)."""
-    rng = np.random.default_rng(3)
-    frames = [probes(rng, 1250, 64, seconds=1) for _ in range(20)]  # 2.5k-3k records each
-    agg = Aggregator(64, START, TIMEOUT)
-    t0 = time.perf_counter()
-    for frame in frames:
-        agg.add(frame)
-    elapsed = time.perf_counter() - t0
-    per_1000_us = elapsed / sum(len(f) for f in frames) * 1e9
-    assert per_1000_us < 1000, f"add() took {per_1000_us:.0f} us per 1000 records"
 
 
 def test_an_open_second_holds_13_bytes_per_rtt_sample() -> None:
