@@ -129,7 +129,9 @@ class GeneratorCheck:
         if row.rx_drops > 0:
             out.append(f"{w}: its socket dropped {row.rx_drops} packets (receiver fell behind)")
         if row.send_errors > 0:
-            out.append(f"{w}: the kernel refused {row.send_errors} sends (ENOBUFS/EAGAIN)")
+            # ENOBUFS/EAGAIN for packets; for connect probes also no free port or descriptor.
+            full = "send buffer, ports or descriptors full"
+            out.append(f"{w}: the kernel refused {row.send_errors} sends ({full})")
         if row.skipped_ns > 0:
             out.append(f"{w}: gave up {row.skipped_ns / 1e6:.0f} ms of its timetable")
         if row.max_lag_ns > LAG_LIMIT_NS:
