@@ -9,6 +9,7 @@ cannot do what the spec asks.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -45,6 +46,7 @@ from loadgen.lab.state import (
     STATE_DIR,
     LabHost,
     LabState,
+    held_blocks,
     list_states,
     load_state,
     locked,
@@ -211,11 +213,9 @@ def _taken(state_dir: Path, family: int) -> list[IPNetwork]:
     """Blocks other labs hold and lab-range addresses already configured in this namespace."""
     taken: list[IPNetwork] = []
     for path in list_states(state_dir):
-        try:
-            st = load_state(path)
-        except LabError:
-            continue
-        taken += [ipaddress.ip_network(b) for b in (st.subnet, st.subnet6) if b]
+        for block in held_blocks(path):
+            with contextlib.suppress(ValueError):
+                taken.append(ipaddress.ip_network(block))
     with IPRoute() as ipr:
         for addr in ipr.get_addr():
             net = ipaddress.ip_network(

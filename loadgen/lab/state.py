@@ -109,6 +109,19 @@ def load_state(path: Path) -> LabState:
         ) from exc
 
 
+def held_blocks(path: Path) -> list[str]:
+    """The address blocks a state file holds, read even from a file that `load_state` refuses
+    (another loadgen version, another schema): a lab being built by another version must not
+    get its block handed out twice. Unreadable files hold nothing."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+    return [b for b in (raw.get("subnet"), raw.get("subnet6")) if isinstance(b, str) and b]
+
+
 def list_states(state_dir: Path = STATE_DIR) -> list[Path]:
     if not state_dir.is_dir():
         return []

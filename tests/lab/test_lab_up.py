@@ -183,3 +183,21 @@ def test_lab_down_reaps_by_name_without_a_state_file(prefix: str) -> None:
     assert len(done.namespaces) == 2
     assert leftovers(prefix) == []
     assert not list(Path(STATE_DIR / prefix).glob("*"))
+
+
+def test_a_block_held_by_a_state_file_of_another_version_is_not_handed_out(
+    tmp_path: Path,
+) -> None:
+    """Another loadgen version's lab, still being built, holds its block: its state file is
+    not ours to parse, but its blocks are read all the same."""
+    other = tmp_path / "lgother.json"
+    other.write_text(
+        '{"version": 999, "subnet": "198.18.0.0/24", "subnet6": "2001:2::/120",'  # not a target
+        ' "hosts": [{"a_field_we_do_not_know": 1}]}'
+    )
+    (tmp_path / "lgbroken.json").write_text("{not json")
+    taken = lab_module._taken(tmp_path, 4)
+    assert any(str(t) == "198.18.0.0/24" for t in taken)  # not a target
+    assert any(str(t) == "2001:2::/120" for t in lab_module._taken(tmp_path, 6))  # not a target
+    block = lab_module.pick_block(4, 2, taken)
+    assert not block.overlaps(next(t for t in taken if str(t) == "198.18.0.0/24"))
