@@ -15,6 +15,7 @@ import pytest
 import loadgen.lab.lab as lab_module
 from loadgen.errors import LabError
 from loadgen.lab import Lab, lab_down, lab_down_all, lab_status, lab_up, parse_lab_spec
+from loadgen.lab.addressing import pick_block
 from loadgen.lab.netops import list_netns, nft, nft_tables, ns_pids
 from loadgen.lab.state import STATE_DIR, state_path
 from loadgen.lab.truth import LinkCounters
@@ -199,5 +200,5 @@ def test_a_block_held_by_a_state_file_of_another_version_is_not_handed_out(
     taken = lab_module._taken(tmp_path, 4)
     assert any(str(t) == "198.18.0.0/24" for t in taken)  # not a target
     assert any(str(t) == "2001:2::/120" for t in lab_module._taken(tmp_path, 6))  # not a target
-    block = lab_module.pick_block(4, 2, taken)
+    block = pick_block(4, 2, taken)
     assert not block.overlaps(next(t for t in taken if str(t) == "198.18.0.0/24"))
