@@ -22,6 +22,7 @@ LAB_SENDERS = (ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001
 MAX_SESSIONS = 64  # senders (address, port) with an upstream socket each; beyond: refused
 MAX_SAMPLES = 200_000  # packets kept (per direction); beyond, counted but not kept
 MAX_INFLIGHT = 100_000  # test packets passed on whose reply has not come back
+MAX_QUEUED = 1_000_000  # packets held at once (rate x delay); beyond, dropped and counted
 NTP_UNIX_S = 2_208_988_800  # RFC 5905: 1900-01-01 to 1970-01-01
 # RFC 8762 4.2.1 (test packet) and 4.3.1 (reply): byte offsets of what the relay reads.
 SEQ, TIMESTAMP, ERROR_ESTIMATE = 0, 4, 12  # both: sequence, T1 (or T3), S|Z|scale
@@ -104,6 +105,7 @@ class Holds:
             "unstamped": 0,  # no kernel receive stamp: held from the user-space read instead
             "send_errors": 0,
             "unmatched": 0,  # replies to no test packet the relay passed on (or too short)
+            "overflow": 0,  # dropped: MAX_QUEUED packets held already
         }
 
     def admit(self, sender: Sender) -> bool:
@@ -123,6 +125,9 @@ class Holds:
         """Queue a packet received at `rx_ns` until its direction's delay has passed."""
         self.counts["received_fwd" if way is Way.FWD else "received_rev"] += 1
         self.counts["unstamped"] += not stamped
+        if len(self.queue) >= MAX_QUEUED:
+            self.counts["overflow"] += 1
+            return
         self.order += 1
         held = Held(rx_ns + self.delay_ns[way], self.order, way, sender, payload, rx_ns)
         heapq.heappush(self.queue, held)

@@ -105,6 +105,15 @@ def test_test_packets_without_a_reply_are_forgotten_oldest_first() -> None:
     assert len(h.inflight) == MAX_INFLIGHT and (LAB, 0) not in h.inflight
 
 
+def test_what_is_held_at_once_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("loadgen.lab.holds.MAX_QUEUED", 2)
+    h = Holds(MS, 0)
+    h.admit(LAB)
+    for seq in range(3):
+        h.hold(Way.FWD, LAB, request(seq, T0), T0, stamped=True)
+    assert len(h.due(T0 + MS)) == 2 and h.counts["overflow"] == 1
+
+
 def test_a_failed_send_counts_as_an_error_and_not_as_a_hold() -> None:
     h = Holds(0, 0)
     h.admit(LAB)
