@@ -1,12 +1,8 @@
-"""The delay relay: a process in a STAMP lab host's namespace that delays one direction at a time.
-
-`python -m loadgen.lab.relay --config JSON` (started by the lab via `ip netns exec`). It starts
-`loadgen reflect --stateful` on loopback as its child, owns the public STAMP port on the host's
-addresses, holds each test packet `delay_fwd` from its kernel receive stamp before passing it to
-the reflector (one upstream socket per sender, so each keeps its own session), holds each reply
-`delay_rev` before returning it, and records what it did (`holds.Holds`). A unix SEQPACKET
-socket answers "stats" (and writes the per-packet record) and "stop"; the stats file is written
-at exit. Decisions are holds.py's.
+"""The delay relay: `python -m loadgen.lab.relay --config JSON`, run by the lab in a STAMP host's
+namespace. It starts `loadgen reflect --stateful` on loopback, owns the public STAMP port on the
+host's addresses and holds test packets `delay_fwd` and replies `delay_rev` from their kernel
+receive stamps (one upstream socket per sender: each keeps its own session). Its control socket
+answers "stats" (writing the per-packet record) and "stop". Decisions and records: `holds`.
 """
 
 from __future__ import annotations
