@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -42,6 +43,7 @@ from loadgen.lab.netops import (
 from loadgen.lab.procs import ReflectorKey, leave_echo_to_reflectors, start_reflectors
 from loadgen.lab.reap import Teardown, stop_processes, teardown_state
 from loadgen.lab.spec import LabSpec
+from loadgen.lab.stamphost import relay_truth, start_relay
 from loadgen.lab.state import (
     STATE_DIR,
     LabHost,
@@ -135,6 +137,10 @@ class Lab:
             h.address_of(version): read_tcp_truth(h, self.prefix, root_counters, version)
             for h in chosen
         }
+
+    def relay_truth(self, host: LabHost) -> dict[str, Any]:
+        """What the STAMP delay relay of `host` held so far, per direction (`holds.Holds`)."""
+        return relay_truth(host)
 
     def wait_idle(self, timeout_s: float = 10.0, hosts: Sequence[LabHost] | None = None) -> None:
         """Wait until every reflector (of `hosts`, else all) has read every probe that got past
@@ -312,8 +318,9 @@ def lab_up(
         )
         save_state(state, state_dir)
     procs: dict[ReflectorKey, subprocess.Popen[bytes]] = {}
-    listeners: list[subprocess.Popen[bytes]] = []  # TCP listeners this process owns
+    listeners: list[subprocess.Popen[bytes]] = []  # TCP listeners and STAMP relays it owns
     listener_pids: dict[int, int] = {}
+    relays: dict[int, tuple[int, str]] = {}  # host index -> the relay's pid and control socket
     try:
         rdir = run_dir(spec.prefix, state_dir)
         rdir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +342,11 @@ def lab_up(
                 proc, listener_pids[h.index] = start_listener(h, rdir, detached)
                 if not detached:
                     listeners.append(proc)
+            if h.impairments.stamp_port:
+                proc, pid, control = start_relay(h, rdir, detached)
+                relays[h.index] = (pid, control)
+                if not detached:
+                    listeners.append(proc)
         state = replace(
             state,
             hosts=tuple(
@@ -343,6 +355,8 @@ def lab_up(
                     reflector_pid=pids.get((h.index, 4)),
                     reflector_pid6=pids.get((h.index, 6)),
                     listener_pid=listener_pids.get(h.index),
+                    relay_pid=relays.get(h.index, (None, None))[0],
+                    relay_control_path=relays.get(h.index, (None, None))[1],
                 )
                 for h in hosts
             ),

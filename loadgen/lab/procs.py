@@ -6,6 +6,7 @@ switched off there, and waited for until each answers on its control socket.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -38,14 +39,52 @@ def leave_echo_to_reflectors(netns: str) -> None:
             ) from exc
 
 
-def _start_reflector(
-    host: LabHost, cfg: ReflectorConfig, log_path: Path, detached: bool
-) -> subprocess.Popen[bytes]:
+def lab_process_env() -> dict[str, str]:
+    """The environment of a lab process: `-m loadgen.lab.<x>` must import this very loadgen,
+    installed or not."""
     env = dict(os.environ)
-    # `-m loadgen.lab.reflector` must import this very loadgen, installed or not.
     src = str(Path(loadgen.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = "1"  # numpy threads: none needed
+    return env
+
+
+def spawn_in_netns(
+    netns: str, argv: list[str], log: Path, detached: bool
+) -> subprocess.Popen[bytes]:
+    """Start a lab process (`argv`) in `netns`, its stderr to `log` and its stdout to a pipe for
+    `wait_ready_line`; `detached`: `setsid -f` forks it off, so it outlives `loadgen lab up`."""
+    cmd = ["ip", "netns", "exec", netns, *argv]
+    if detached:
+        cmd = ["setsid", "-f", *cmd]
+    with open(log, "ab") as err:
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=lab_process_env()
+        )
+
+
+def wait_ready_line(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    """Read the "ready PID" line a lab process prints once it serves; the pid, or None when it
+    said something else, closed its output or took longer than `timeout_s`. Closes its stdout."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    line = b""
+    while not line.endswith(b"\n") and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 64)
+            if not chunk:
+                break
+            line += chunk
+    proc.stdout.close()
+    head, _, pid = line.decode(errors="replace").strip().partition(" ")
+    return int(pid) if head == "ready" and pid.isdigit() else None
+
+
+def _start_reflector(
+    host: LabHost, cfg: ReflectorConfig, log_path: Path, detached: bool
+) -> subprocess.Popen[bytes]:
+    env = lab_process_env()
     cmd = [
         "ip",
         "netns",

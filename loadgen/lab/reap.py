@@ -25,8 +25,9 @@ from loadgen.lab.state import STATE_DIR, LabState, list_states, load_state, run_
 
 ANY_PREFIX_RE = re.compile(r"^lg[a-z0-9]{1,6}$")
 REFLECTOR_MARK = b"loadgen.lab.reflector"
-# The lab's processes inside its namespaces (reflectors, TCP listeners): stopped at teardown.
-LAB_PROCESS_MARKS = (REFLECTOR_MARK, b"loadgen.lab.listener")
+# The lab's processes inside its namespaces (reflectors, TCP listeners, STAMP delay relays and
+# the `loadgen reflect` each relay runs, whose JSONL is named after it): stopped at teardown.
+LAB_PROCESS_MARKS = (REFLECTOR_MARK, b"loadgen.lab.listener", b"loadgen.lab.relay")
 KILL_WAIT_S = 3.0
 
 
@@ -141,7 +142,10 @@ def _reap(
 def teardown_state(state: LabState, state_dir: Path = STATE_DIR) -> Teardown:
     """Remove everything a state file lists, plus anything else carrying its prefix."""
     pids = [
-        p for h in state.hosts for p in (h.reflector_pid, h.reflector_pid6, h.listener_pid) if p
+        p
+        for h in state.hosts
+        for p in (h.reflector_pid, h.reflector_pid6, h.listener_pid, h.relay_pid)
+        if p
     ]
     return _reap(
         state.prefix,

@@ -25,11 +25,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from loadgen.lab.control import die_with_parent, serve_control, write_json
 from loadgen.lab.impair import Action, Decider, ReflectorConfig, ReflectorCounts
 from loadgen.lab.mmsg import RecvBatch, SendBatch, open_raw_socket
 from loadgen.lab.spread import Spread
@@ -37,7 +39,6 @@ from loadgen.lab.wire import error_for, make_replies, parse_batch, parse_batch6
 
 BATCH = 256
 SNAP = 9216  # jumbo frames; a longer request arrives truncated and is counted malformed
-PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
 SO_MEMINFO = 55
 TIMER_SLACK_NS = 1_000  # the default 50 us slack would show up in every delayed reply
@@ -267,42 +268,20 @@ class Reflector:
         self.held = None
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
 def _socket_drops(sock: socket.socket) -> int:
     """The kernel's drop counter of `sock` (SO_MEMINFO's SK_MEMINFO_DROPS)."""
     info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
     return int(struct.unpack_from("=9I", info)[8])
 
 
-def _serve_control(listener: socket.socket, refl: Reflector) -> bool:
-    """Answer one control request; returns False when asked to stop."""
-    try:
-        conn, _ = listener.accept()
-    except OSError:
-        return True
-    with conn:
-        conn.settimeout(1.0)
-        try:
-            cmd = conn.recv(64).strip()
-            if cmd == b"stats":
-                counts = asdict(refl.snapshot(_socket_drops(refl.sock)))
-                if refl.cfg.stats_path:
-                    _write_json(refl.cfg.stats_path, counts)
-                conn.sendall(json.dumps({"pid": os.getpid(), **counts}).encode())
-            elif cmd == b"stop":
-                conn.sendall(b"{}")
-                return False
-            else:
-                conn.sendall(json.dumps({"error": f"unknown command {cmd!r}"}).encode())
-        except OSError:
-            pass  # the asker went away; nothing to answer
-    return True
+def _answer(refl: Reflector, cmd: bytes) -> dict[str, Any]:
+    """A control request's answer: "stats" (also written to the stats file) or an error."""
+    if cmd != b"stats":
+        return {"error": f"unknown command {cmd!r}"}
+    counts = asdict(refl.snapshot(_socket_drops(refl.sock)))
+    if refl.cfg.stats_path:
+        write_json(refl.cfg.stats_path, counts)
+    return {"pid": os.getpid(), **counts}
 
 
 def run(cfg: ReflectorConfig) -> ReflectorCounts:
@@ -348,7 +327,7 @@ def run(cfg: ReflectorConfig) -> ReflectorCounts:
             while refl.on_readable(time.monotonic_ns()) == BATCH:
                 refl.on_timer(time.monotonic_ns())
             refl.on_timer(time.monotonic_ns())
-            if listener in ready and not _serve_control(listener, refl):
+            if listener in ready and not serve_control(listener, partial(_answer, refl)):
                 stopping = True
         # A stop can overtake requests sent just before it: they still count.
         while select.select([sock], [], [], STOP_GRACE_S)[0]:
@@ -365,7 +344,7 @@ def run(cfg: ReflectorConfig) -> ReflectorCounts:
             os.unlink(cfg.control_path)
     final = refl.snapshot(drops)
     if cfg.stats_path:
-        _write_json(cfg.stats_path, asdict(final))
+        write_json(cfg.stats_path, asdict(final))
     return final
 
 
@@ -378,11 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"reflector: bad --config ({exc}); pass the JSON the lab writes", file=sys.stderr)
         return 2
-    if cfg.die_with_parent:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() == 1:  # the parent is already gone
-            return 0
+    if cfg.die_with_parent and not die_with_parent():
+        return 0  # the lab's owner is gone already
     try:
         final = run(cfg)
     except PermissionError:

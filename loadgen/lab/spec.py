@@ -41,6 +41,10 @@ TCP_KEYS = (
     "tcp_syncookies",
 )
 TCP_PORT_KEYS = TCP_KEYS[:4]
+# A STAMP host: `loadgen reflect --stateful` on stamp_port, behind the lab's delay relay
+# (lab/relay.py), which holds each test packet delay_fwd_ms on its way in and each reply
+# delay_rev_ms on its way out.
+STAMP_KEYS = ("stamp_port", "delay_fwd_ms", "delay_rev_ms")
 HOST_KEYS = (
     "name",
     "count",
@@ -57,6 +61,7 @@ HOST_KEYS = (
     "rate_limit",
     "echo_limit_pps",
     *TCP_KEYS,
+    *STAMP_KEYS,
 )
 
 
@@ -101,6 +106,9 @@ class Impairments:
     tcp_drop: float = 0.0
     tcp_backlog: int = 4096
     tcp_syncookies: int = -1
+    stamp_port: int = 0  # 0: no STAMP reflector
+    delay_fwd_ms: float = 0.0
+    delay_rev_ms: float = 0.0
 
     @property
     def tcp_ports(self) -> tuple[int, ...]:
@@ -280,6 +288,18 @@ def _tcp_keys(keys: _Keys) -> dict[str, Any]:
     return tcp
 
 
+def _stamp_keys(keys: _Keys) -> dict[str, Any]:
+    """The STAMP reflector keys of one host group: delays need the reflector they stand before."""
+    stamp: dict[str, Any] = {k: keys.ms(k) for k in STAMP_KEYS[1:]}
+    stamp["stamp_port"] = keys.count("stamp_port", 0, 0, 65535)
+    for key in STAMP_KEYS[1:]:
+        if stamp[key] and not stamp["stamp_port"]:
+            raise keys.fail(
+                key, keys.table[key], "delays STAMP packets: set stamp_port too, e.g. 8620"
+            )
+    return stamp
+
+
 def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup:
     keys = _Keys(table, where, source)
     keys.check_known(HOST_KEYS)
@@ -301,6 +321,7 @@ def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup
         reflector=keys.flag("reflector"),
         **shares,
         **_tcp_keys(keys),
+        **_stamp_keys(keys),
     )
     if imp.drop_every == 1:
         raise keys.fail("drop_every", 1, "1 would drop everything; use drop = 1.0 or N >= 2")

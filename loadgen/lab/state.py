@@ -48,6 +48,8 @@ class LabHost:
     control_path6: str | None = None  # the IPv6 reflector's control socket
     reflector_pid6: int | None = None
     listener_pid: int | None = None  # the TCP listener of `impairments.tcp_open`, if any
+    relay_pid: int | None = None  # the STAMP delay relay of `impairments.stamp_port`, if any
+    relay_control_path: str | None = None  # its control socket
 
     def address_of(self, version: int) -> str:
         """The host's address of IP `version` (4 or 6)."""

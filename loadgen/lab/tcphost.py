@@ -7,18 +7,15 @@ listener runs inside the host's namespace like a reflector, and is stopped like 
 
 from __future__ import annotations
 
-import os
-import select
 import subprocess
-import time
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-import loadgen
 from loadgen.errors import LabError
 from loadgen.lab.hostcfg import NFT_FAMILY, root_counter
 from loadgen.lab.netops import in_netns, nft, nft_counters, parse_snmp, write_sysctl
+from loadgen.lab.procs import spawn_in_netns, wait_ready_line
 from loadgen.lab.state import LabHost
 from loadgen.lab.tcpcfg import (
     ROOT_KINDS,
@@ -49,34 +46,16 @@ def start_listener(
     """Start the host's listener in its namespace and wait until it listens; returns the
     process this one started and the listener's pid (another one when `detached`)."""
     imp = host.impairments
-    env = dict(os.environ)
-    src = str(Path(loadgen.__file__).resolve().parent.parent)  # this very loadgen
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     stats = str(rdir / f"{host.name}.listener.json")
-    cmd = ["ip", "netns", "exec", host.netns]
-    cmd += listener_command(imp.tcp_open, imp.tcp_backlog, stats, not detached)
-    if detached:  # `setsid -f` forks it off: it outlives `loadgen lab up`
-        cmd = ["setsid", "-f", *cmd]
+    argv = listener_command(imp.tcp_open, imp.tcp_backlog, stats, not detached)
     log = rdir / f"{host.name}.listener.log"
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    line = b""
-    while not line.endswith(b"\n") and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 64)
-            if not chunk:
-                break
-            line += chunk
-    proc.stdout.close()
-    head, _, pid = line.decode(errors="replace").strip().partition(" ")
-    if head != "ready" or not pid.isdigit():
+    proc = spawn_in_netns(host.netns, argv, log, detached)
+    pid = wait_ready_line(proc, READY_TIMEOUT_S)
+    if pid is None:
         proc.kill()
         proc.wait()
         raise LabError(f"TCP listener of lab host {host.name} did not start; see {log}")
-    return proc, int(pid)
+    return proc, pid
 
 
 def read_tcp_truth(

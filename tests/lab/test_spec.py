@@ -72,6 +72,9 @@ def test_groups_expand_to_named_hosts_with_p2p_addresses() -> None:
         ({"hosts": [{"name": "a", "unreachable": 0.6, "time_exceeded": 0.6}]}, "<= 1"),
         ({"hosts": [{"name": "a", "colour": 1}]}, "lab.hosts[0].colour = 1: unknown key"),
         ({"prefix": "lgabcdef", "hosts": [{"name": "a", "count": 100_000}]}, "lab.hosts[0].count"),
+        ({"hosts": [{"name": "a", "delay_fwd_ms": 5}]}, "delay_fwd_ms = 5: delays STAMP"),
+        ({"hosts": [{"name": "a", "stamp_port": 1, "delay_rev_ms": -2}]}, "delay_rev_ms = -2"),
+        ({"hosts": [{"name": "a", "stamp_port": 70000}]}, "stamp_port = 70000"),
     ],
 )
 def test_bad_specs_give_one_line_errors_naming_the_key(lab: dict[str, Any], needle: str) -> None:
@@ -103,6 +106,14 @@ def test_defaults_and_value_forms() -> None:
         .groups[0]
         .impairments.needs_reflector
     )
+
+
+def test_a_stamp_host_delays_one_direction_without_an_icmp_reflector() -> None:
+    host = {"name": "a", "stamp_port": 8620, "delay_rev_ms": 2.5}
+    imp = spec_of(hosts=[host]).groups[0].impairments
+    assert (imp.stamp_port, imp.delay_fwd_ms, imp.delay_rev_ms) == (8620, 0.0, 2.5)
+    assert not imp.needs_reflector
+    assert imp.describe() == "stamp_port=8620 delay_rev_ms=2.5"
 
 
 def test_subnet_must_lie_in_the_lab_range_and_fit() -> None:
