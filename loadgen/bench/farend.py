@@ -25,7 +25,7 @@ from typing import Any
 from loadgen.bench import farfigures as ff
 from loadgen.bench.figures import parse_loadgen_jsonl
 from loadgen.bench.measure import _stop, _Watch
-from loadgen.lab.netops import list_netns
+from loadgen.lab.netops import list_netns, parse_snmp
 
 UDPBLAST_SOURCE = Path(__file__).with_name("udpblast.c")
 NS_RE = re.compile(r"^lgsb-(\d+)$")
@@ -146,6 +146,16 @@ class FarEnd:
     def cpu_s(self) -> float | None:
         return self.watch.sample(relist=True)[0] if self.watch else None
 
+    def rcvbuf_errors(self) -> int | None:
+        """Udp RcvbufErrors of the namespace (every socket in it): datagrams dropped because
+        a receive buffer was full."""
+        with contextlib.suppress(OSError, KeyError):
+            if self.proc is not None:
+                return parse_snmp(Path(f"/proc/{self.proc.pid}/net/snmp").read_text())["Udp"][
+                    "RcvbufErrors"
+                ]
+        return None
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -253,24 +263,29 @@ def _sender(
     return run, problems
 
 
-def _pair(ns: str, tmp: Path, refl: FarEnd, rate: float, seconds: float) -> FarStep:
-    """loadgen --stamp against loadgen reflect at the rate the reflector held."""
-    cpu0 = refl.cpu_s()
-    run, problems = _sender(ns, tmp, "stamp", rate, seconds)
-    cpu1 = refl.cpu_s()
-    refl_us = (
-        None if cpu0 is None or cpu1 is None or not run.sent else (cpu1 - cpu0) * 1e6 / run.sent
-    )
-    reflector = "-" if refl_us is None else f"{refl_us:.2f}"
-    line = (
-        f"pair (--stamp -> reflect x1): {ff.sender_line(run, None)}; reflector {reflector} us/pkt"
-    )
-    return FarStep(
-        "pair",
-        line,
-        tuple(problems),
-        {"run": dataclasses.asdict(run), "reflector_us_per_pkt": refl_us},
-    )
+def _sender_step(
+    ns: str,
+    tmp: Path,
+    kind: str,
+    rate: float,
+    seconds: float,
+    far: FarEnd,
+    icmp: ff.SenderRun | None,
+) -> tuple[FarStep, ff.SenderRun]:
+    """One loadgen sender's line; with the far end's CPU per probe sent (the pair) and the
+    datagrams the namespace's UDP receive buffers dropped meanwhile (where loss happened)."""
+    cpu0, drops0 = far.cpu_s(), far.rcvbuf_errors()
+    run, problems = _sender(ns, tmp, kind, rate, seconds)
+    cpu1, drops1 = far.cpu_s(), far.rcvbuf_errors()
+    drops = None if drops0 is None or drops1 is None else drops1 - drops0
+    far_us = None
+    if cpu0 is not None and cpu1 is not None and run.sent:
+        far_us = (cpu1 - cpu0) * 1e6 / run.sent
+    line = f"{ff.sender_line(run, icmp)}; UDP receive-buffer drops {ff.fmt(drops, 'd')}"
+    if icmp is None:  # the pair: the reflector is the far end that matters
+        line = f"pair (--stamp -> reflect x1): {line}; reflector {ff.fmt(far_us, '.2f')} us/pkt"
+    figures = {"run": dataclasses.asdict(run), "far_us_per_pkt": far_us, "rcvbuf_drops": drops}
+    return FarStep(f"sender {kind}" if icmp else "pair", line, tuple(problems), figures), run
 
 
 def _irtt(ns: str, tmp: Path, seconds: float, stamp: ff.SenderRun | None) -> FarStep:
@@ -349,19 +364,12 @@ def run_far_end(cfg: FarConfig, progress: Callable[[str], None]) -> list[FarStep
                 done(_ladder_steps("reflect x1", rungs, floor, refl))
                 best = ff.best_held(rungs)
                 held = best.rate_pps if best else min(cfg.rates_pps)
-                done([_pair(ns, tmp, refl, held, cfg.sender_s)])
+                done([_sender_step(ns, tmp, "stamp", held, cfg.sender_s, refl, None)[0]])
                 rate = min(cfg.sender_pps, held)
                 runs: dict[str, ff.SenderRun] = {}
                 for kind in KINDS:
-                    runs[kind], problems = _sender(ns, tmp, kind, rate, cfg.sender_s)
-                    done(
-                        [
-                            FarStep(
-                                f"sender {kind}",
-                                ff.sender_line(runs[kind], runs.get("icmp")),
-                                tuple(problems),
-                            )
-                        ]
-                    )
+                    icmp = runs.get("icmp", ff.SenderRun("icmp", rate, 0, 0, 0.0, None))
+                    step, runs[kind] = _sender_step(ns, tmp, kind, rate, cfg.sender_s, refl, icmp)
+                    done([step])
         done([_irtt(ns, tmp, cfg.sender_s, runs.get("stamp"))])
     return steps

@@ -119,14 +119,14 @@ def _k(pps: float | None) -> str:
     return f"{pps / 1e3:.1f}k" if pps >= 1e3 else f"{pps:.0f}"
 
 
-def _f(value: float | None, fmt: str) -> str:
+def fmt(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
 def rung_line(name: str, r: Rung) -> str:
     return (
         f"{name} {_k(r.rate_pps)}: sent {r.sent:,} ({_k(r.sent_pps)}/s), back "
-        f"{100 * r.back:.3f}%, far-end CPU {_f(r.cpu_us_per_packet, '.2f')} us/pkt: "
+        f"{100 * r.back:.3f}%, far-end CPU {fmt(r.cpu_us_per_packet, '.2f')} us/pkt: "
         f"{'held' if r.held else 'not held'}"
     )
 
@@ -140,8 +140,8 @@ def ceiling_line(name: str, rungs: Sequence[Rung], floor: Sequence[Rung]) -> str
     cpu = _ratio(best.cpu_us_per_packet, base.cpu_us_per_packet if base else None)
     return (
         f"{name}: holds {_k(best.rate_pps)} pps (>= {100 * HOLD_FRACTION:.1f}% back) = "
-        f"{_f(rate, '.2f')}x the C echo's {_k(base.rate_pps if base else None)}; CPU "
-        f"{_f(best.cpu_us_per_packet, '.2f')} us/pkt = {_f(cpu, '.1f')}x the echo's"
+        f"{fmt(rate, '.2f')}x the C echo's {_k(base.rate_pps if base else None)}; CPU "
+        f"{fmt(best.cpu_us_per_packet, '.2f')} us/pkt = {fmt(cpu, '.1f')}x the echo's"
     )
 
 
@@ -184,16 +184,16 @@ def worker_cpu_us_per_probe(lines: Iterable[str]) -> float | None:
 
 
 def sender_line(run: SenderRun, icmp: SenderRun | None) -> str:
-    base = icmp if icmp is not None and icmp is not run else None
+    base = icmp if icmp is not None and run.kind != "icmp" else None
     vs = ""
     if base is not None:
         ratio = _ratio(run.worker_cpu_us, base.worker_cpu_us)
-        vs = f" = {_f(ratio, '.2f')}x ICMP's"
+        vs = f" = {fmt(ratio, '.2f')}x ICMP's"
     split = f", lost fwd/rev {run.lost_forward}/{run.lost_reverse}" if run.kind == "stamp" else ""
     return (
         f"loadgen {run.kind} {_k(run.rate_pps)} x1: sent {run.sent:,}, back {100 * run.back:.3f}%"
-        f"{split}; workers' CPU {_f(run.worker_cpu_us, '.2f')} us/probe{vs} (whole run "
-        f"{_f(run.cpu_us, '.1f')})"
+        f"{split}; workers' CPU {fmt(run.worker_cpu_us, '.2f')} us/probe{vs} (whole run "
+        f"{fmt(run.cpu_us, '.1f')})"
     )
 
 
@@ -245,9 +245,9 @@ def irtt_line(i: Irtt, client_cpu_s: float, server_cpu_s: float | None, stamp: S
     server_us = (server_cpu_s or 0.0) * 1e6 / i.server_received if i.server_received else None
     return (
         f"irtt -i {i.interval_ns / 1e3:g}us: {_k(i.sent_pps)} pps = "
-        f"{_f(_ratio(i.sent_pps, stamp.rate_pps), '.2f')}x loadgen stamp's, loss "
+        f"{fmt(_ratio(i.sent_pps, stamp.rate_pps), '.2f')}x loadgen stamp's, loss "
         f"{i.loss_pct:.3f}% (up {i.upstream_loss_pct:.3f}%, down {i.downstream_loss_pct:.3f}%), "
-        f"client CPU {_f(client_us, '.1f')} us/pkt = "
-        f"{_f(_ratio(client_us, stamp.cpu_us), '.2f')}x loadgen stamp's whole run, server "
-        f"{_f(server_us, '.1f')} us/pkt"
+        f"client CPU {fmt(client_us, '.1f')} us/pkt = "
+        f"{fmt(_ratio(client_us, stamp.cpu_us), '.2f')}x loadgen stamp's whole run, server "
+        f"{fmt(server_us, '.1f')} us/pkt"
     )
