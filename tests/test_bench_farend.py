@@ -168,7 +168,7 @@ def test_flags() -> None:
 @pytest.mark.root
 def test_a_short_far_end_run_accounts_and_cleans_up() -> None:
     lines: list[str] = []
-    steps = run_far_end(FarConfig((2_000.0,), 1.0, 1_000.0, 1.0), lines.append)
+    steps = run_far_end(FarConfig((2_000.0,), 1.0, 1_000.0, 1.0), lines.append, [])
     assert not [s for s in steps if s.problems], [s.problems for s in steps]
     labels = [s.label for s in steps]
     assert labels[:4] == ["echo (C)", "echo (C) ceiling", "reflect x1", "reflect x1 ceiling"]

@@ -380,13 +380,15 @@ def _run_steps(
     return results
 
 
-def run_far_steps(cfg: Config, progress: Callable[[str], None]) -> list[FarStep]:
+def run_far_steps(
+    cfg: Config, progress: Callable[[str], None], steps: list[FarStep]
+) -> list[FarStep]:
     """The far-end steps (farend.py), seconds each: rungs of cfg.duration_s / 5, at least 1 s."""
     if not cfg.stamp_rates_pps:
-        return []
+        return steps
     seconds = max(1.0, min(cfg.duration_s / 5, 3.0))
     far = FarConfig(cfg.stamp_rates_pps, seconds, FAR_SENDER_PPS, max(3.0, seconds))
-    return run_far_end(far, progress)
+    return run_far_end(far, progress, steps)
 
 
 def _sigterm_handler(owner_pid: int) -> Callable[[int, FrameType | None], None]:
@@ -411,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Tear the namespaces down on `kill` too.
         signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
         run_ladder(cfg, lambda s: print(s, flush=True), results)
-        far += run_far_steps(cfg, lambda s: print(s, flush=True))
+        run_far_steps(cfg, lambda s: print(s, flush=True), far)
     except LoadgenError as exc:
         print(f"loadgen bench: error: {exc}", file=sys.stderr)
         return exc.exit_code

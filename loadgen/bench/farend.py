@@ -175,16 +175,20 @@ def _measure_rung(ns: str, program: str, far: FarEnd, rate: float, seconds: floa
         f"{seconds:g}",
         str(BLAST_BYTES),
     ]
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 15,
-        check=False,
-    )
-    cpu1, blast = far.cpu_s(), ff.parse_blast(done.stdout)
+    try:
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 15,
+            check=False,
+        )
+        out, err = done.stdout, done.stderr.strip()[:200]
+    except subprocess.TimeoutExpired:
+        out, err = "", f"hung: stopped after {seconds + 15:g} s"
+    cpu1, blast = far.cpu_s(), ff.parse_blast(out)
     if blast is None:
-        far.problems.append(f"the blaster failed at {rate:.0f} pps: {done.stderr.strip()[:200]}")
+        far.problems.append(f"the blaster failed at {rate:.0f} pps: {err}")
         blast = ff.Blast(0, 0, 0.0)
     cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     return ff.Rung(rate, blast.sent, blast.received, blast.sending_s, cpu)
@@ -330,9 +334,11 @@ def _irtt(ns: str, tmp: Path, seconds: float, stamp: ff.SenderRun | None) -> Far
     )
 
 
-def run_far_end(cfg: FarConfig, progress: Callable[[str], None]) -> list[FarStep]:
-    """Every far-end step, in order; each line reaches `progress` as it is done."""
-    steps: list[FarStep] = []
+def run_far_end(
+    cfg: FarConfig, progress: Callable[[str], None], steps: list[FarStep]
+) -> list[FarStep]:
+    """Every far-end step, in order, appended to `steps` as it is done (so CTRL-C keeps what
+    is done); each line reaches `progress` too."""
 
     def done(new: Sequence[FarStep]) -> None:
         steps.extend(new)
