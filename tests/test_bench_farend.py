@@ -72,10 +72,13 @@ def test_a_held_rung_above_a_failed_one_is_no_ceiling() -> None:
 def test_the_ceiling_line_gives_ratios_to_the_c_echo() -> None:
     echo = [ff.Rung(100_000, 200_000, 200_000, 2.0, 0.8)]  # 4 us per packet
     refl = [ff.Rung(40_000, 80_000, 80_000, 2.0, 1.6), ff.Rung(70_000, 140_000, 9, 2.0, 1.0)]
-    line = ff.ceiling_line("reflect x1", refl, echo)
+    line = ff.ceiling_line("reflect x1", refl, echo, (96 << 20, 1 << 20))
     assert line == (
         "reflect x1: holds 40.0k pps (>= 99.9% back) = 0.40x the C echo's 100.0k; "
-        "CPU 20.00 us/pkt = 5.0x the echo's"
+        "CPU 20.00 us/pkt = 5.0x the echo's; peak RSS 96.0 MiB = 96x the echo's"
+    )
+    assert ff.ceiling_line("echo (C)", echo, echo, (1 << 20, None)) == (
+        "echo (C): holds 100.0k pps (>= 99.9% back); CPU 4.00 us/pkt; peak RSS 1.0 MiB"
     )
     assert ff.rung_line("reflect x1", refl[1]).endswith("back 0.006%, far-end CPU "
                                                         "111111.11 us/pkt: not held")  # fmt: skip
@@ -176,6 +179,7 @@ def test_a_short_far_end_run_accounts_and_cleans_up() -> None:
     for ladder in (steps[1], steps[3]):
         (rung,) = ladder.figures["rungs"]
         assert 0 < rung["received"] <= rung["sent"] and rung["far_cpu_s"] is not None
+        assert ladder.figures["peak_rss_bytes"] > 0
     # The pair at the rate the reflector held (2k for 1 s), the senders at 1k.
     for step, count in zip(steps[4:8], (2_000, 1_000, 1_000, 1_000), strict=True):
         run = step.figures["run"]

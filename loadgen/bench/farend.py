@@ -156,6 +156,10 @@ class FarEnd:
                 ]
         return None
 
+    def peak_rss_bytes(self) -> int | None:
+        """The sum of each process's peak RSS (VmHWM) so far."""
+        return sum(self.watch.hwm.values()) if self.watch and self.watch.hwm else None
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -195,17 +199,23 @@ def _measure_rung(ns: str, program: str, far: FarEnd, rate: float, seconds: floa
 
 
 def _ladder_steps(
-    name: str, rungs: Sequence[ff.Rung], floor: Sequence[ff.Rung], far: FarEnd
+    name: str,
+    rungs: Sequence[ff.Rung],
+    floor: Sequence[ff.Rung],
+    far: FarEnd,
+    floor_rss: int | None,
 ) -> list[FarStep]:
     steps = [FarStep(name, ff.rung_line(name, r)) for r in rungs]
     best = ff.best_held(rungs)
     figures = {
         "rungs": [dataclasses.asdict(r) for r in rungs],
         "held_pps": best.rate_pps if best else None,
+        "peak_rss_bytes": far.peak_rss_bytes(),
     }
     load1 = os.getloadavg()[0]
     figures["load_average"] = load1
-    line = f"{ff.ceiling_line(name, rungs, floor)} (load average {load1:.2f})"
+    rss = (far.peak_rss_bytes(), floor_rss)
+    line = f"{ff.ceiling_line(name, rungs, floor, rss)} (load average {load1:.2f})"
     return [*steps, FarStep(f"{name} ceiling", line, tuple(far.problems), figures)]
 
 
@@ -362,12 +372,12 @@ def run_far_end(
             floor = ff.search_ladder(
                 cfg.rates_pps, lambda r: _measure_rung(ns, program, echo, r, cfg.rung_s)
             )
-            done(_ladder_steps("echo (C)", floor, floor, echo))
+            done(_ladder_steps("echo (C)", floor, floor, echo, None))
             with FarEnd(ns, reflect_argv, REFLECT_PORT, tmp / "reflect.log") as refl:
                 rungs = ff.search_ladder(
                     cfg.rates_pps, lambda r: _measure_rung(ns, program, refl, r, cfg.rung_s)
                 )
-                done(_ladder_steps("reflect x1", rungs, floor, refl))
+                done(_ladder_steps("reflect x1", rungs, floor, refl, echo.peak_rss_bytes()))
                 best = ff.best_held(rungs)
                 held = best.rate_pps if best else min(cfg.rates_pps)
                 done([_sender_step(ns, tmp, "stamp", held, cfg.sender_s, refl, None)[0]])

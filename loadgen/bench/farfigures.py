@@ -131,17 +131,30 @@ def rung_line(name: str, r: Rung) -> str:
     )
 
 
-def ceiling_line(name: str, rungs: Sequence[Rung], floor: Sequence[Rung]) -> str:
-    """The highest rate held and its CPU per packet, as multiples of the C echo's."""
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def ceiling_line(
+    name: str,
+    rungs: Sequence[Rung],
+    floor: Sequence[Rung],
+    rss_bytes: tuple[int | None, int | None] = (None, None),
+) -> str:
+    """The highest rate held, its CPU per packet and the far end's peak RSS, as multiples of
+    the C echo's (floor, whose peak RSS is rss_bytes[1]); the echo itself: its figures."""
     best, base = best_held(rungs), best_held(floor)
     if best is None:
         return f"{name}: held none of its ladder (>= {100 * HOLD_FRACTION:.1f}% back)"
-    rate = _ratio(best.rate_pps, base.rate_pps if base else None)
-    cpu = _ratio(best.cpu_us_per_packet, base.cpu_us_per_packet if base else None)
+    held = f"{name}: holds {_k(best.rate_pps)} pps (>= {100 * HOLD_FRACTION:.1f}% back)"
+    cpu_us, rss = fmt(best.cpu_us_per_packet, ".2f"), _mib(rss_bytes[0])
+    if rungs is floor or base is None:
+        return f"{held}; CPU {cpu_us} us/pkt; peak RSS {rss} MiB"
     return (
-        f"{name}: holds {_k(best.rate_pps)} pps (>= {100 * HOLD_FRACTION:.1f}% back) = "
-        f"{fmt(rate, '.2f')}x the C echo's {_k(base.rate_pps if base else None)}; CPU "
-        f"{fmt(best.cpu_us_per_packet, '.2f')} us/pkt = {fmt(cpu, '.1f')}x the echo's"
+        f"{held} = {fmt(_ratio(best.rate_pps, base.rate_pps), '.2f')}x the C echo's "
+        f"{_k(base.rate_pps)}; CPU {cpu_us} us/pkt = "
+        f"{fmt(_ratio(best.cpu_us_per_packet, base.cpu_us_per_packet), '.1f')}x the echo's; "
+        f"peak RSS {rss} MiB = {fmt(_ratio(*rss_bytes), '.0f')}x the echo's"
     )
 
 
