@@ -4,6 +4,7 @@ steps show, their flags, and one short real run in a namespace of their own."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -80,8 +81,10 @@ def test_the_ceiling_line_gives_ratios_to_the_c_echo() -> None:
     assert ff.ceiling_line("echo (C)", echo, echo, (1 << 20, None)) == (
         "echo (C): holds 100.0k pps (>= 99.9% back); CPU 4.00 us/pkt; peak RSS 1.0 MiB"
     )
-    assert ff.rung_line("reflect x1", refl[1]).endswith("back 0.006%, far-end CPU "
-                                                        "111111.11 us/pkt: not held")  # fmt: skip
+    assert ff.rung_line("reflect x1", dataclasses.replace(refl[1], rcvbuf_drops=7)) == (
+        "reflect x1 70.0k: sent 140,000 (70.0k/s), back 0.006%, far-end CPU 111111.11 us/pkt, "
+        "UDP receive-buffer drops 7: not held"
+    )
 
 
 def test_the_blaster_and_echo_lines_parse() -> None:
@@ -179,7 +182,7 @@ def test_a_short_far_end_run_accounts_and_cleans_up() -> None:
     for ladder in (steps[1], steps[3]):
         (rung,) = ladder.figures["rungs"]
         assert 0 < rung["received"] <= rung["sent"] and rung["far_cpu_s"] is not None
-        assert ladder.figures["peak_rss_bytes"] > 0
+        assert ladder.figures["peak_rss_bytes"] > 0 and rung["rcvbuf_drops"] is not None
     # The pair at the rate the reflector held (2k for 1 s), the senders at 1k.
     for step, count in zip(steps[4:8], (2_000, 1_000, 1_000, 1_000), strict=True):
         run = step.figures["run"]

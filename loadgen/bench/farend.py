@@ -169,7 +169,7 @@ class FarEnd:
 
 
 def _measure_rung(ns: str, program: str, far: FarEnd, rate: float, seconds: float) -> ff.Rung:
-    cpu0 = far.cpu_s()
+    cpu0, drops0 = far.cpu_s(), far.rcvbuf_errors()
     argv = [
         *sides()[0],
         program,
@@ -190,12 +190,13 @@ def _measure_rung(ns: str, program: str, far: FarEnd, rate: float, seconds: floa
         out, err = done.stdout, done.stderr.strip()[:200]
     except subprocess.TimeoutExpired:
         out, err = "", f"hung: stopped after {seconds + 15:g} s"
-    cpu1, blast = far.cpu_s(), ff.parse_blast(out)
+    cpu1, drops1, blast = far.cpu_s(), far.rcvbuf_errors(), ff.parse_blast(out)
     if blast is None:
         far.problems.append(f"the blaster failed at {rate:.0f} pps: {err}")
         blast = ff.Blast(0, 0, 0.0)
     cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
-    return ff.Rung(rate, blast.sent, blast.received, blast.sending_s, cpu)
+    drops = None if drops0 is None or drops1 is None else drops1 - drops0
+    return ff.Rung(rate, blast.sent, blast.received, blast.sending_s, cpu, drops)
 
 
 def _ladder_steps(

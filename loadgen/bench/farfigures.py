@@ -53,6 +53,7 @@ class Rung:
     received: int
     sending_s: float
     far_cpu_s: float | None  # the far end's process tree, user + system, over the rung
+    rcvbuf_drops: int | None = None  # the namespace's Udp RcvbufErrors over the rung
 
     @property
     def back(self) -> float:
@@ -126,8 +127,8 @@ def fmt(value: float | None, fmt: str) -> str:
 def rung_line(name: str, r: Rung) -> str:
     return (
         f"{name} {_k(r.rate_pps)}: sent {r.sent:,} ({_k(r.sent_pps)}/s), back "
-        f"{100 * r.back:.3f}%, far-end CPU {fmt(r.cpu_us_per_packet, '.2f')} us/pkt: "
-        f"{'held' if r.held else 'not held'}"
+        f"{100 * r.back:.3f}%, far-end CPU {fmt(r.cpu_us_per_packet, '.2f')} us/pkt, "
+        f"UDP receive-buffer drops {fmt(r.rcvbuf_drops, 'd')}: {'held' if r.held else 'not held'}"
     )
 
 
