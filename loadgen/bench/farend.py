@@ -264,7 +264,8 @@ def _sender(
         problems.append(f"loadgen {kind}: no summary in its JSONL")
     elif totals.unaccounted:
         problems.append(f"loadgen {kind}: {totals.unaccounted} probes unaccounted")
-    total: dict[str, Any] = next((json.loads(x)["total"] for x in lines if '"summary"' in x), {})
+    rows = (json.loads(x) for x in lines if '"summary"' in x)
+    total: dict[str, Any] = next((r["total"] for r in rows if r.get("type") == "summary"), {})
     run = ff.SenderRun(
         kind=kind,
         rate_pps=rate,
