@@ -7,9 +7,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import pytest
 
+from loadgen.bench import farend
 from loadgen.bench import farfigures as ff
 from loadgen.bench.cli import parse_config
 from loadgen.bench.farend import FarConfig, run_far_end
@@ -190,3 +192,10 @@ def test_a_short_far_end_run_accounts_and_cleans_up() -> None:
     assert lines == [s.line for s in steps]
     assert f"lgsb-{os.getpid()}" not in list_netns()
     assert steps[-1].line.startswith("irtt -i 10us:") or "not installed" in steps[-1].line
+
+
+def test_without_irtt_its_step_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("loadgen.bench.farend.shutil.which", lambda name: None)
+    step = farend._irtt("lgsb-none", tmp_path, 1.0, None)
+    assert step.line == "irtt: not installed (`make bench-sysdeps` installs it): step left out"
+    assert not step.problems and "\n" not in step.line
