@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= profiles/default.toml
 
-.PHONY: install sysdeps run test check fmt lint typecheck pytest bench clean
+.PHONY: install sysdeps bench-sysdeps run test check fmt lint typecheck pytest bench clean
 
 install: $(STAMP) sysdeps
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 sysdeps:
 	@bash scripts/sysdeps.sh
+
+bench-sysdeps:
+	@bash scripts/sysdeps.sh bench
 
 run: install
 	$(BIN)/loadgen run $(PROFILE)
@@ -40,7 +43,7 @@ typecheck:
 pytest:
 	$(BIN)/pytest -q
 
-bench: install
+bench: install bench-sysdeps
 	$(BIN)/python -m loadgen.bench
 
 clean:

@@ -693,7 +693,7 @@ def test_smoke_run_gives_sane_figures_and_cleans_up(tmp_path: Path) -> None:
     args = ("--rates", "5k", "--workers", "1", "--duration", "1s", "--ping-count", "2000")
     # --no-floor: the floor has its own test
     more: tuple[str, ...] = ("--tx-rates", "5k", "--packet-rates", "5k", "--v6-rates", "5k")
-    more += ("--no-floor", "--connect-rates", "5k", "--syn-rates", "5k")
+    more += ("--no-floor", "--connect-rates", "5k", "--syn-rates", "5k", "--stamp-rates", "none")
     proc = subprocess.Popen(
         bench(*args, *more, "--fping-count", "20", "--output", str(out)),
         stdout=subprocess.PIPE,

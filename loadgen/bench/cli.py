@@ -1,5 +1,6 @@
 """`python -m loadgen.bench`: the ladder of loadgen rates and worker counts, IPv4 and IPv6,
 plus the peers (`ping -f`, `ping -6 -f`, `fping`) in one run, in the bench's own namespaces;
+then the far end (farend.py: `loadgen reflect`, the UDP and STAMP senders, irtt);
 table on stdout, JSON on disk.
 `--soak 10m` runs one long loadgen step instead, for memory over time.
 
@@ -16,7 +17,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from loadgen.bench import connect
+from loadgen.bench.farend import FarConfig, FarStep, build_c, run_far_end
 from loadgen.bench.measure import run_measured
 from loadgen.bench.memory import EARLY_S
 from loadgen.bench.output import machine_info, render_table, results_document, write_results
@@ -53,6 +54,8 @@ DEFAULT_PACKET_RATES = "200k,250k,300k"  # loadgen with --tx-path packet, ditto
 DEFAULT_V6_RATES = "100k,250k"  # loadgen to the IPv6 addresses, on the most workers, ditto
 DEFAULT_SYN_RATES = "100k"  # loadgen --tcp (SYN probes to a closed port), on the most workers
 DEFAULT_CONNECT_RATES = "20k,60k"  # loadgen --tcp-connect on the most workers: 60k is its top
+DEFAULT_STAMP_RATES = "10k,20k,40k,70k,100k,150k"  # the C echo's and loadgen reflect's ladder
+FAR_SENDER_PPS = 20_000  # loadgen's ICMP, UDP and STAMP senders side by side (at most)
 DEFAULT_OVERLOAD = "2M"  # far beyond any machine here, on the most workers: memory must hold
 FLOOR_SOURCE = Path(__file__).with_name("floor.c")
 SOAK_RATE, SOAK_WORKERS = "100k", "2"
@@ -78,6 +81,8 @@ class Config:
     v6_rates_pps: tuple[float, ...] = ()
     syn_rates_pps: tuple[float, ...] = ()
     connect_rates_pps: tuple[float, ...] = ()
+    stamp_rates_pps: tuple[float, ...] = ()  # the far-end steps (farend.py); () skips them
+    stamp_only: bool = False  # nothing but the far-end steps
 
 
 def _with_v6(steps: list[Step], v6: list[Step]) -> list[Step]:
@@ -155,24 +160,9 @@ def ladder(cfg: Config, floor_program: str | None = None) -> list[Step]:
 
 def build_floor(workdir: Path) -> tuple[str | None, str]:
     """Compile floor.c with the system C compiler: (binary, "") or (None, why not)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None, "no C compiler (cc): the kernel floor steps are left out"
     binary = workdir / "floor"
-    try:
-        done = subprocess.run(
-            [cc, "-O2", "-o", str(binary), str(FLOOR_SOURCE)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"building the kernel floor failed ({exc}): its steps are left out"
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        return None, f"building the kernel floor failed ({why}): its steps are left out"
-    return str(binary), ""
+    why = build_c(FLOOR_SOURCE, binary, "the kernel floor")
+    return (None, f"{why}: its steps are left out") if why else (str(binary), "")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -232,6 +222,12 @@ def _parser() -> argparse.ArgumentParser:
         f"'none' skips it)",
     )
     p.add_argument(
+        "--stamp-rates",
+        help=f"the ladder of the C echo and `loadgen reflect` against a C blaster, then the "
+        f"UDP/STAMP senders and irtt (default {DEFAULT_STAMP_RATES}; 'none' skips them)",
+    )
+    p.add_argument("--stamp-only", action="store_true", help="run only the far-end steps")
+    p.add_argument(
         "--no-floor", action="store_true", help="skip the kernel floor (floor.c, built with cc)"
     )
     p.add_argument("--output", default="bench-results.json", help="results file")
@@ -282,6 +278,9 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     connect_rates = _extra_rates(
         a.connect_rates, DEFAULT_CONNECT_RATES, "--connect-rates", soak_s is None
     )
+    stamp_rates = _extra_rates(a.stamp_rates, DEFAULT_STAMP_RATES, "--stamp-rates", soak_s is None)
+    if a.stamp_only and not stamp_rates:
+        raise UsageError("--stamp-only runs the far-end steps: drop --soak and --stamp-rates none")
     try:
         workers = tuple(int(w) for w in workers_text.split(",") if w.strip())
     except ValueError:
@@ -312,13 +311,15 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         v6_rates_pps=v6_rates,
         syn_rates_pps=syn_rates,
         connect_rates_pps=connect_rates,
+        stamp_rates_pps=stamp_rates,
+        stamp_only=a.stamp_only,
     )
 
 
 def _check_tools(cfg: Config) -> None:
     if os.geteuid() != 0:
         raise PermissionProblem("the bench builds network namespaces and raw sockets: run as root")
-    for tool in ("ip", *(("ping", "fping") if cfg.peers else ())):
+    for tool in ("ip", *(("ping", "fping") if cfg.peers and not cfg.stamp_only else ())):
         if shutil.which(tool) is None:
             raise UsageError(f"{tool} not found: run `make sysdeps` (or pass --no-peers)")
 
@@ -358,6 +359,8 @@ def run_ladder(
     cfg: Config, progress: Callable[[str], None], results: list[StepResult]
 ) -> list[StepResult]:
     """Run every step, appending to `results` as they finish (so CTRL-C keeps what is done)."""
+    if cfg.stamp_only:
+        return results
     with tempfile.TemporaryDirectory(prefix="loadgen-floor-") as tmp:
         program, why = build_floor(Path(tmp)) if cfg.floor else (None, "")
         if why:
@@ -377,6 +380,17 @@ def _run_steps(
     return results
 
 
+def run_far_steps(
+    cfg: Config, progress: Callable[[str], None], steps: list[FarStep]
+) -> list[FarStep]:
+    """The far-end steps (farend.py), seconds each: rungs of cfg.duration_s / 5, at least 1 s."""
+    if not cfg.stamp_rates_pps:
+        return steps
+    seconds = max(1.0, min(cfg.duration_s / 5, 3.0))
+    far = FarConfig(cfg.stamp_rates_pps, seconds, FAR_SENDER_PPS, max(3.0, seconds))
+    return run_far_end(far, progress, steps)
+
+
 def _sigterm_handler(owner_pid: int) -> Callable[[int, FrameType | None], None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if os.getpid() != owner_pid:  # a forked helper (pyroute2 forks one per netns socket)
@@ -390,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     results: list[StepResult] = []
+    far: list[FarStep] = []
     code = 0
     try:
         cfg = parse_config(argv)
@@ -398,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Tear the namespaces down on `kill` too.
         signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
         run_ladder(cfg, lambda s: print(s, flush=True), results)
+        run_far_steps(cfg, lambda s: print(s, flush=True), far)
     except LoadgenError as exc:
         print(f"loadgen bench: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -409,9 +425,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         results, machine=machine, config=config, started=started, wall_s=time.monotonic() - t0
     )
     document["interrupted"] = code == 130
+    document["far_end"] = [dataclasses.asdict(s) for s in far]
+    document["ok"] = document["ok"] and not any(s.problems for s in far)
     write_results(cfg.output, document)
-    print()
-    print(render_table(results))
+    if results:
+        print()
+        print(render_table(results))
+    if far:
+        print("\nfar end (loopback, lgsb namespace; C blaster of 44-byte STAMP packets):")
+        print("\n".join(s.line for s in far))
     print(f"\nresults: {cfg.output}")
     if code:
         return code
