@@ -34,7 +34,8 @@ def stamp_packet(seq: int, ssid: int = 7, size: int = 44) -> bytes:
 def handle(
     r: Reflector, data: bytes, addr: bytes = LOOP, port: int = 5000, now: int = NOW
 ) -> bytes | None:
-    return r.handle(data, addr, port, rx_ns=NOW, tx_ns=NOW + 10, ttl=64, tos=0, now_ns=now)
+    out = r.handle(data, addr, port, rx_ns=NOW, tx_ns=NOW + 10, ttl=64, tos=0, now_ns=now)
+    return None if out is None else out.reply
 
 
 def counted(r: Reflector) -> int:

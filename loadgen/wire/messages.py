@@ -67,6 +67,7 @@ class ProbeSettings:
     source: str | None  # bind the probes' source address
     icmp_socket: str = "raw"  # the plan's decision: "raw" | "datagram" (never "auto")
     kind: ProbeKind = ProbeKind.ICMP  # what a probe is: picks the worker's `kinds` setup
+    stamp_cos: bool = False  # stamp: send the Class of Service TLV, read the TOS of replies
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from loadgen.wire.stamp_tlv import (
+    NO_TOS,
     TLV_HEADER,
     ReflectContext,
     SyncSource,
@@ -228,6 +229,7 @@ class Reflection:
     sender_seq: int = 0
     ssid: int = 0
     refused_tlvs: int = 0
+    tos: int = NO_TOS  # the TOS byte to send the reply with (Class of Service TLV), per packet
 
 
 @functools.lru_cache(maxsize=16)
@@ -268,10 +270,13 @@ def reflect(
     tos: int,
     clock: ReflectorClock,
     reflector_seq: int | None = None,
+    permitted_dscp: frozenset[int] | None = None,
 ) -> Reflection:
     """The session-reflector's reply (RFC 8762 4.3) to one test packet received at `rx_ns`
     (T2) and answered at `tx_ns` (T3), both CLOCK_REALTIME. Stateless (`reflector_seq` None):
-    the reply's sequence number copies the sender's; stateful: the session's own counter."""
+    the reply's sequence number copies the sender's; stateful: the session's own counter.
+    `tos` is the received TOS / traffic class; `permitted_dscp` the DSCP1 values a reply may
+    carry (RFC 8972 4.4 local policy; None: all)."""
     # The reflector's hot path: the same layouts as parse_sender and ReflectorPacket.pack,
     # without building their objects (tests hold the two equal).
     if len(datagram) < BASE_LEN:
@@ -279,9 +284,10 @@ def reflect(
     if looks_authenticated(datagram):
         return Reflection(ReflectStatus.AUTHENTICATED)
     seq, timestamp, error, ssid = SENDER.unpack_from(datagram)
-    tail, refused = datagram[BASE_LEN:], 0
+    tail, refused, reply_tos = datagram[BASE_LEN:], 0, NO_TOS
     if tail and not _returned_as_is(tail):
-        tail, refused = reflect_tail(tail, ReflectContext(tos, clock.stamps))
+        out = reflect_tail(tail, ReflectContext(tos, clock.stamps, permitted_dscp))
+        tail, refused, reply_tos = out.tail, out.refused, out.reply_tos
     reply = REFLECTOR.pack(
         seq if reflector_seq is None else reflector_seq & 0xFFFF_FFFF,
         encode_timestamp(tx_ns, clock.fmt),
@@ -293,7 +299,7 @@ def reflect(
         error,
         ttl & 0xFF,
     )
-    return Reflection(ReflectStatus.REFLECTED, reply + tail, seq, ssid, refused)
+    return Reflection(ReflectStatus.REFLECTED, reply + tail, seq, ssid, refused, reply_tos)
 
 
 def _returned_as_is(tail: bytes) -> bool:
