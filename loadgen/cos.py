@@ -83,16 +83,31 @@ class CosSeen:
             return "remarked"
         return "kept" if fwd is False and rev is False else "?"
 
-    def describe(self) -> str:
-        """The summary's line: sent, at the reflector, back, with a verdict per direction."""
-        parts = [f"sent {tos_text(self.sent_tos)}"]
-        parts.append(f"at reflector {tos_text(self.fwd_tos)}{_mark(self.fwd_remarked)}")
-        if self.rp == ReversePath.DSCP1_REFUSED:
-            parts.append("reflector refused our DSCP")
-        parts.append(f"back {tos_text(self.rev_tos)}{_mark(self.rev_remarked)}")
+    def lines(self) -> list[str]:
+        """The summary's lines (under 80 columns): sent, at the reflector, back, with a
+        verdict per direction."""
+        out = [
+            f"DSCP/ECN sent {tos_text(self.sent_tos)}, at reflector "
+            f"{tos_text(self.fwd_tos)}{_mark(self.fwd_remarked)}",
+            f"DSCP/ECN back {tos_text(self.rev_tos)}{_mark(self.rev_remarked)}"
+            + (", the reflector refused our DSCP" if self.rp == ReversePath.DSCP1_REFUSED else ""),
+        ]
         if self.variants > 1:
-            parts.append(f"{self.variants} different markings seen, the most frequent shown")
-        return ", ".join(parts)
+            out.append(f"DSCP/ECN: {self.variants} markings seen, the most frequent shown")
+        return out
+
+    def jsonl(self) -> dict[str, object]:
+        """The summary's `cos_*` keys of one target (README, JSONL)."""
+        return {
+            "cos_sent": tos_dict(self.sent_tos),
+            "cos_fwd": tos_dict(self.fwd_tos),
+            "cos_rev": tos_dict(self.rev_tos),
+            "cos_rp": self.rp,
+            "cos_fwd_remarked": self.fwd_remarked,
+            "cos_rev_remarked": self.rev_remarked,
+            "cos_replies": self.replies,
+            "cos_variants": self.variants,
+        }
 
 
 def _mark(remarked: bool | None) -> str:
