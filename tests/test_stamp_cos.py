@@ -84,7 +84,8 @@ def cos_replies(figs: StampFigures, target: list[int], fwd: list[int], rev: list
 
 
 def cos_records(records: np.ndarray) -> np.ndarray:
-    return records[records["kind"] == RecordKind.COS]
+    out: np.ndarray = records[records["kind"] == RecordKind.COS]
+    return out
 
 
 def test_the_worker_ships_one_record_per_target_and_observation() -> None:
