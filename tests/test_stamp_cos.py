@@ -8,13 +8,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen import cos
+from loadgen.cli import build_parser, profile_from_args
 from loadgen.cos import NO_TOS, CosSeen
+from loadgen.errors import ProfileError, UsageError
 from loadgen.output.report import JsonlWriter
 from loadgen.output.summary import oneway_lines
+from loadgen.plan import probe_settings
+from loadgen.profile import Profile, parse_profile
 from loadgen.stamp_figures import StampFigures
 from loadgen.stats import Aggregator
 from loadgen.wire.icmp import DecodeStatus
@@ -160,3 +165,18 @@ def test_summary_and_jsonl_show_the_directions(tmp_path: Path) -> None:
     assert row["cos_rev"] == {"dscp": 10, "ecn": 0} and row["cos_rp"] == 0
     assert (row["cos_fwd_remarked"], row["cos_rev_remarked"]) == (True, True)
     assert row["cos_count"] == 1 and "cos_sent" not in summary["total"]
+
+
+def test_the_key_and_the_flag_reach_the_workers() -> None:
+    def args(*flags: str) -> Profile:
+        return profile_from_args(build_parser().parse_args(["ping", "127.0.0.1", *flags]))
+
+    assert args("--stamp").stamp_cos is True  # on by default
+    off = args("--stamp", "--no-stamp-cos")
+    assert off.stamp_cos is False and probe_settings(off).stamp_cos is False
+    assert probe_settings(args("--stamp")).stamp_cos is True
+    assert (
+        parse_profile({"targets": ["198.18.0.1"], "stamp_cos": "no"}, source="k").stamp_cos is False
+    )
+    with pytest.raises((ProfileError, UsageError), match="stamp_cos"):
+        parse_profile({"targets": ["198.18.0.1"], "stamp_cos": "maybe"}, source="k.toml")
