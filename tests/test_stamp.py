@@ -412,3 +412,24 @@ def test_fuzz_never_raises(raw: bytes) -> None:
     stamp.parse_reflector(raw)
     assert stamp_probe.decode_reply(raw, s, fills_for(s)).status in set(StampStatus)
     stamp.reflect(raw, rx_ns=NOW_NS, tx_ns=NOW_NS, ttl=1, tos=0, clock=CLOCK)
+
+
+@BOUNDED
+@given(
+    st.integers(0, 0xFFFF_FFFF),
+    st.integers(0, 255),
+    st.none() | st.frozensets(st.integers(0, 63), max_size=8),
+    st.none() | st.binary(max_size=40),
+)
+def test_the_reflectors_cos_fast_path_equals_the_tlv_rules(
+    word: int, tos: int, permitted: frozenset[int] | None, padding: bytes | None
+) -> None:
+    tail = bytes([0, 4, 0, 4]) + word.to_bytes(4, "big")
+    if padding is not None:
+        tail += stamp_tlv.Tlv(0, stamp_tlv.TlvType.EXTRA_PADDING, padding).pack()
+    sent = struct.pack(RFC_SENDER, 1, 1 << 60, 1, 2, bytes(28)) + tail
+    out = stamp.reflect(
+        sent, rx_ns=NOW_NS, tx_ns=NOW_NS, ttl=1, tos=tos, clock=CLOCK, permitted_dscp=permitted
+    )
+    rules = stamp_tlv.reflect_tail(tail, stamp_tlv.ReflectContext(tos, CLOCK.stamps, permitted))
+    assert (out.reply[44:], out.tos, out.refused_tlvs) == (rules.tail, rules.reply_tos, 0)
