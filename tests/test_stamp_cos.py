@@ -4,6 +4,7 @@ reply), the aggregator's run totals per target, and what the summary and the JSO
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from loadgen import cos
 from loadgen.cli import build_parser, profile_from_args
@@ -18,6 +20,7 @@ from loadgen.cos import NO_TOS, CosSeen
 from loadgen.errors import ProfileError, UsageError
 from loadgen.output.report import JsonlWriter
 from loadgen.output.summary import oneway_lines
+from loadgen.output.ui import Snapshot, render
 from loadgen.plan import probe_settings
 from loadgen.profile import Profile, parse_profile
 from loadgen.stamp_figures import StampFigures
@@ -180,3 +183,30 @@ def test_the_key_and_the_flag_reach_the_workers() -> None:
     )
     with pytest.raises((ProfileError, UsageError), match="stamp_cos"):
         parse_profile({"targets": ["198.18.0.1"], "stamp_cos": "maybe"}, source="k.toml")
+
+
+def test_the_wide_live_table_shows_the_verdict_and_the_80_column_one_does_not() -> None:
+    agg = Aggregator(2, T0, timeout_ns=10**9)
+    rec = np.zeros(6, RECORD_DTYPE)
+    rec["tx_ns"], rec["target"] = T0 + 10, [0, 0, 0, 1, 1, 1]
+    rec["kind"] = [RecordKind.SENT, RecordKind.RECEIVED, RecordKind.COS] * 2
+    rec["probes"] = [1, 0, 1] * 2
+    rec["rtt_ns"] = [0, 1000, cos.pack(EF, EF, 0, EF), 0, 1000, cos.pack(EF, CS1, 0, EF)]
+    agg.add(rec)
+    (last,) = agg.close_through(T0 + 10**9)
+    snap = Snapshot(
+        last, agg.cumulative(), ("kept.test", "marked.test"), 10, 10**9, 2.0, 2.0, (), ""
+    )
+
+    def shown(width: int) -> list[str]:
+        console = Console(file=io.StringIO(), record=True, width=width, color_system=None)
+        console.print(render(snap))
+        return console.export_text().splitlines()
+
+    wide = shown(160)
+    assert any("dscp/ecn" in line for line in wide)
+    assert any("kept.test" in line and line.rstrip(" │").endswith("kept") for line in wide)
+    assert any("marked.test" in line and "remarked" in line for line in wide)
+    narrow = shown(80)
+    assert not any("dscp" in line or "remarked" in line for line in narrow)
+    assert max(len(line) for line in narrow) <= 80
