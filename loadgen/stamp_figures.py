@@ -98,13 +98,17 @@ class StampFigures:
     ) -> None:
         assert self.sent_tos is not None
         back = np.full(len(fwd), cos.NO_TOS, np.int64) if rev is None else rev
-        packed = cos.pack_columns(self.sent_tos, fwd, rp, back)
-        for t, v, tx in zip(target.tolist(), packed.tolist(), tx_ns.tolist(), strict=True):
-            seen = self._cos.get((t, v))
+        packed = cos.pack_columns(self.sent_tos, fwd, rp, back)  # < 2**28
+        # Usually one observation per target in a batch: loop over those, not over replies.
+        keys, first, n = np.unique(
+            target.astype(np.int64) << 32 | packed, return_index=True, return_counts=True
+        )
+        for key, at, count in zip(keys.tolist(), first.tolist(), n.tolist(), strict=True):
+            seen = self._cos.get((key >> 32, key & 0xFFFF_FFFF))
             if seen is None:
-                self._cos[(t, v)] = [1, tx]
+                self._cos[(key >> 32, key & 0xFFFF_FFFF)] = [count, int(tx_ns[at])]
             else:
-                seen[0] += 1
+                seen[0] += count
 
     def _remember(self, target: int, tx_ns: int, seq: int, rseq: int) -> None:
         r = self._targets.setdefault(target, _Replies())
