@@ -20,9 +20,10 @@ from loadgen.errors import LoadgenError
 from loadgen.wire.probekind import ProbeKind
 from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE
 
-VERSION = 4  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
+VERSION = 5  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
 # record stands for `probes` probes. 4: a Frame carries the loss bursts that ended;
-# ProbeSettings has the probe kind and the ICMP socket kind, TargetSpec a port
+# ProbeSettings has the probe kind and the ICMP socket kind, TargetSpec a port. 5:
+# ProbeSettings has stamp_cos, records may be COS (their `probes` counts replies)
 
 
 class ProtocolError(LoadgenError):
