@@ -136,16 +136,45 @@ def tos_dict(tos: int) -> dict[str, int] | None:
 
 
 class CosTally:
-    """Per target: how many replies saw each observation, over the whole run."""
+    """Per target: how many replies saw each observation, over the whole run and in each open
+    second; a closing second reports a target's marking only when it changed (its most
+    frequent observation differs from the last one reported: the first is a change too)."""
 
     def __init__(self) -> None:
         self._seen: dict[int, Counter[int]] = {}
+        self._open: dict[int, dict[int, Counter[int]]] = {}  # second -> target -> counts
+        self._shown: dict[int, int] = {}  # target -> the observation last reported
 
     def add(
-        self, target: NDArray[np.integer], value: NDArray[np.int64], n: NDArray[np.integer]
+        self,
+        second: NDArray[np.integer],
+        target: NDArray[np.integer],
+        value: NDArray[np.int64],
+        n: NDArray[np.integer],
     ) -> None:
-        for t, v, k in zip(target.tolist(), value.tolist(), n.tolist(), strict=True):
+        """Tally COS records of `second`s (negative: closed already, run totals only)."""
+        rows = zip(second.tolist(), target.tolist(), value.tolist(), n.tolist(), strict=True)
+        for s, t, v, k in rows:
             self._seen.setdefault(t, Counter())[v] += k
+            if s >= 0:
+                self._open.setdefault(s, {}).setdefault(t, Counter())[v] += k
+
+    def close(self, second: int, rows: list[int]) -> list[CosSeen | None]:
+        """For a closing second, per row (target): its marking where it changed, else None."""
+        tallies = self._open.pop(second, {})
+        out: list[CosSeen | None] = []
+        for t in rows:
+            counts = tallies.get(t)
+            if not counts:
+                out.append(None)
+                continue
+            value, replies = counts.most_common(1)[0]
+            if self._shown.get(t) == value:
+                out.append(None)
+                continue
+            self._shown[t] = value
+            out.append(CosSeen.unpack(value, replies, len(counts)))
+        return out
 
     def seen(self, target: int) -> CosSeen | None:
         counts = self._seen.get(target)

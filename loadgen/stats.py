@@ -130,7 +130,8 @@ class TargetStats:
     rx_ts: str
     tx_ts: str
     oneway: OneWay = field(default=NO_ONE_WAY, kw_only=True)  # STAMP probes only
-    # STAMP with the Class of Service TLV: DSCP/ECN per direction, run totals only.
+    # STAMP with the Class of Service TLV: DSCP/ECN per direction. Run totals: the most
+    # frequent; a second: only where it changed from the last second that showed one.
     cos: CosSeen | None = field(default=None, kw_only=True)
 
 
@@ -331,8 +332,10 @@ class Aggregator:
         if invalid:
             records = records[ok]
         tallied = records[records["kind"] == RecordKind.COS]
-        if len(tallied):  # a run total: kept even when its second has closed
-            self._cos.add(tallied["target"], tallied["rtt_ns"], tallied["probes"])
+        if len(tallied):  # the run tally keeps a record whose second has closed, too
+            second = (tallied["tx_ns"] - self.start_ns) // NS_PER_S
+            second = np.where(second >= self._next, second, -1)
+            self._cos.add(second, tallied["target"], tallied["rtt_ns"], tallied["probes"])
             self._summary = None
         sec = (records["tx_ns"] - self.start_ns) // NS_PER_S
         closed = sec < self._next
@@ -438,7 +441,11 @@ class Aggregator:
         rows = [*active.tolist(), self.n_targets]
         args = _stat_args(tab, rows, [*rows[:-1], TOTAL])
         ow = self._oneway.close(s, rows)
-        per = [TargetSecond(*a, second=s, oneway=o) for a, o in zip(args, ow, strict=True)]
+        marks = self._cos.close(s, rows)
+        per = [
+            TargetSecond(*a, second=s, oneway=o, cos=m)
+            for a, o, m in zip(args, ow, marks, strict=True)
+        ]
         start = self.start_ns + s * NS_PER_S
         return SecondReport(s, start, tuple(per[:-1]), per[-1], unresolved=self._unresolved(per))
 

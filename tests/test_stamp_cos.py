@@ -210,3 +210,24 @@ def test_the_wide_live_table_shows_the_verdict_and_the_80_column_one_does_not() 
     narrow = shown(80)
     assert not any("dscp" in line or "remarked" in line for line in narrow)
     assert max(len(line) for line in narrow) <= 80
+
+
+def test_a_second_shows_the_marking_only_when_it_changed() -> None:
+    agg = Aggregator(1, T0, timeout_ns=10**9)
+    s = 10**9
+    kept, marked = cos.pack(EF, EF, 0, EF), cos.pack(EF, CS1, 0, EF)
+    plan = [(0, kept, 5), (1, kept, 5), (2, marked, 4), (2, kept, 1), (3, marked, 5)]
+    rec = np.zeros(len(plan), RECORD_DTYPE)
+    rec["tx_ns"] = [T0 + sec * s + 7 for sec, _, _ in plan]
+    rec["kind"], rec["rtt_ns"], rec["probes"] = RecordKind.COS, [v for _, v, _ in plan], 5
+    rec["probes"] = [n for _, _, n in plan]
+    agg.add(rec)
+    seconds = agg.close_all()
+    shown = [r.per_target[0].cos for r in seconds]
+    assert shown == [CosSeen(EF, EF, 0, EF, 5), None, CosSeen(EF, CS1, 0, EF, 4, 2), None]
+    assert agg.cumulative().per_target[0].cos == CosSeen(EF, EF, 0, EF, 11, 2)  # 11 vs 9
+    # A record for a second already closed still counts in the run's tally.
+    late = rec[:1].copy()
+    late["rtt_ns"], late["probes"] = marked, 3
+    agg.add(late)
+    assert agg.cumulative().per_target[0].cos == CosSeen(EF, CS1, 0, EF, 12, 2)

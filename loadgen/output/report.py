@@ -53,9 +53,10 @@ objects with the per-target keys above, plus the outage keys below), `total`, `o
 clause: `sla_object`). Outage keys (`outages`): `outages`
 (runs of >= outage_min lost probes in a row), `outage_longest_probes`, `outage_longest_ms`,
 `outage_total_ms` and `loss_bursts` ({"1", "2", "3-9", "10+"}: runs of lost probes by length).
-A STAMP target with the Class of Service TLV also has, in "summary" only, `cos_sent`, `cos_fwd`
-(at the reflector), `cos_rev` (as the reply arrived): {"dscp", "ecn"} or null; `cos_rp`,
-`cos_fwd_remarked`, `cos_rev_remarked` (bool/null), `cos_replies`, `cos_variants` (`cos`).
+A STAMP target with the Class of Service TLV also has `cos_sent`, `cos_fwd` (at the
+reflector), `cos_rev` (as the reply arrived): {"dscp", "ecn"} or null; `cos_rp`,
+`cos_fwd_remarked`, `cos_rev_remarked` (bool/null), `cos_replies`, `cos_variants` (`cos`): in
+its "summary" row always, in a "second" row only where its marking changed (the first too).
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ def _figures(
     obj["reflector_ttl_avg"] = round(ttl.avg_ns, 3) if ttl.count else None
     offset = ts.oneway.offset_ns
     obj["owd_offset_us"] = None if offset is None else _us(offset)
+    if ts.cos is not None:  # a second's only where the marking changed; the summary's always
+        obj.update(ts.cos.jsonl())
     return obj
 
 
@@ -370,8 +373,6 @@ class JsonlWriter:
         def row(ts: TargetStats, o: Outages) -> dict[str, Any]:
             obj = _figures(ts, names, self.families, summary.explained(ts)[0])
             obj.update(_outage_figures(o))
-            if ts.cos is not None:
-                obj.update(ts.cos.jsonl())
             return obj
 
         outages = summary.outages or (Outages(),) * len(summary.per_target)
