@@ -143,6 +143,13 @@ def _common_run_flags(
         dest="suppress_rst",
         help="with --tcp: drop this host's RSTs to the SYN-ACKs (temporary nftables table)",
     )
+    p.add_argument(
+        "--no-stamp-cos",
+        action="store_false",
+        default=None,
+        dest="stamp_cos",
+        help="with --stamp: bare RFC 8762 packets, no Class of Service TLV (profile stamp_cos)",
+    )
     p.add_argument("--plain", action="store_true", help="one plain line per second, no table")
     flag("--metrics", "", metavar="ADDR", help='serve Prometheus /metrics (":9464": loopback)')
     flag("--metrics-textfile", "", metavar="PATH", help="write the metrics to PATH every second")
@@ -181,6 +188,7 @@ _FLAG_KEYS = (
     "metrics_textfile",
     "metrics_labels",
     "suppress_rst",
+    "stamp_cos",
 )
 
 

@@ -72,11 +72,15 @@ class Extras(Protocol):
 
 
 class _StampExtras:
-    """STAMP's one-way samples and loss directions (`stamp_figures`), fed from the decoder's
-    reflector columns of the batch just decoded."""
+    """STAMP's one-way samples, loss directions and DSCP/ECN per direction (`stamp_figures`),
+    fed from the decoder's reflector columns of the batch just decoded and, with the Class of
+    Service TLV, the TOS each reply arrived with (the socket's last receive)."""
 
-    def __init__(self, decoder: StampDecoder, keep_ns: int) -> None:
-        self.decoder, self.figures = decoder, StampFigures(keep_ns)
+    def __init__(
+        self, decoder: StampDecoder, keep_ns: int, io: UdpBatchIO, sent_tos: int | None
+    ) -> None:
+        self.decoder, self.io = decoder, io
+        self.figures = StampFigures(keep_ns, sent_tos)
 
     def on_replies(
         self, dec: DecodedBatch, rx_ns: NDArray[np.int64], rx_flags: NDArray[np.uint8]
@@ -94,6 +98,9 @@ class _StampExtras:
             reflector_seq=d.last_reflector_seq,
             stateful=d.last_stateful,
             ttl=d.last_ttl,
+            cos_fwd_tos=d.last_cos_tos,
+            cos_rp=d.last_cos_rp,
+            cos_rev_tos=self.io.last_tos,
         )
 
     def take(self, records: NDArray[np.void]) -> NDArray[np.void]:
@@ -351,9 +358,13 @@ def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
         source=probe.source or None,
     )
     global_index = np.array([t.index for t in plan.targets], dtype=np.uint32)
-    spec = stamp_spec(plan.run_id, plan.ident or 1, probe.size)  # the SSID names the worker
+    cos = stamp and probe.stamp_cos  # ask for our own DSCP back (RFC 8972 4.4)
+    # The SSID names the worker.
+    spec = stamp_spec(plan.run_id, plan.ident or 1, probe.size, probe.tos >> 2 if cos else -1)
     datagram = spec.size if stamp else probe.size
     io = UdpBatchIO(sock, slot_bytes=max(2048, datagram + 64))
+    if cos:
+        io.read_tos()
     names = udp_destinations(
         [t.address for t in plan.targets], [t.port for t in plan.targets], fam.version
     )
@@ -362,7 +373,8 @@ def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
         echo = UdpEchoBuilder(plan.run_id, probe.size, global_index)
         return KindIO(io, echo, UdpEchoDecoder(plan.run_id, probe.size, fam), names, addresses)
     decoder = StampDecoder(spec, fam)
-    extras = _StampExtras(decoder, keep_ns=2 * probe.linger_ns + 1_000_000_000)
+    keep_ns = 2 * probe.linger_ns + 1_000_000_000
+    extras = _StampExtras(decoder, keep_ns, io, probe.tos if cos else None)
     return KindIO(io, StampBuilder(spec, global_index), decoder, names, addresses, extras=extras)
 
 

@@ -114,6 +114,7 @@ def probe_settings(profile: Profile) -> ProbeSettings:
         interface=profile.interface,
         source=profile.source_address,
         kind=profile.probe,
+        stamp_cos=profile.stamp_cos,
     )
 
 

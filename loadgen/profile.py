@@ -48,6 +48,7 @@ class Profile:
     probe: ProbeKind
     ports: tuple[int, ...]  # key `port`: dealt over targets round-robin; () for icmp
     suppress_rst: bool  # tcp-syn: drop this host's RSTs to SYN-ACKs (net/rstguard)
+    stamp_cos: bool  # stamp: Class of Service TLV, DSCP/ECN per direction (RFC 8972 4.4)
     family: str  # auto | ipv4 | ipv6
     max_targets: int  # cap on CIDR expansion
     top: int  # rows in the live table

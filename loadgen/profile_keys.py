@@ -500,6 +500,19 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         commented=True,
     ),
     ProfileKey(
+        "stamp_cos",
+        "stamp_cos",
+        _bool,
+        True,
+        "stamp only: every test packet carries RFC 8972's Class of Service TLV asking the "
+        "reply to carry the DSCP of tos, and loadgen reports the DSCP/ECN as sent, as the "
+        'reflector received it and as the reply came back ("remarked" where they differ). '
+        "false sends bare RFC 8762 packets (for a reflector that mishandles TLVs). Default "
+        "true.",
+        "stamp_cos = true",
+        commented=True,
+    ),
+    ProfileKey(
         "family",
         "family",
         _choice(("auto", "ipv4", "ipv6")),

@@ -98,7 +98,7 @@ def _serve(batch: UdpBatch, reflector: Reflector, n: int, now_ns: int) -> int:
     rx_ns, ttl, tos = batch.rows_of(n)
     # T3: when the replies are built, just before the one sendmmsg that sends them all.
     tx_ns = time.time_ns()
-    replies: list[tuple[int, bytes]] = []
+    replies: list[tuple[int, bytes, int]] = []
     addrs, ports = batch.sources(n)
     rx, ttls, toss = rx_ns.tolist(), ttl.tolist(), tos.tolist()
     for i, data in enumerate(batch.datagrams(n)):
@@ -116,7 +116,7 @@ def _serve(batch: UdpBatch, reflector: Reflector, n: int, now_ns: int) -> int:
             now_ns=now_ns,
         )
         if reply is not None:
-            replies.append((i, reply))
+            replies.append((i, reply.reply, reply.tos))
     if not replies:
         return 0
     _, failed = batch.send(replies)

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from loadgen.cos import dscp_name
 from loadgen.errors import UsageError
 from loadgen.output.reflect_view import ReflectSecond, plain_line, render, summary
 from loadgen.reflect import ReflectOptions, run_reflector
@@ -48,8 +49,30 @@ def add_reflect_parser(sub: Any) -> None:
     )
     p.add_argument("--jsonl", help="append one JSON line per second to FILE")
     p.add_argument("--duration", help="stop after this long (default: at CTRL-C)")
+    p.add_argument(
+        "--permit-dscp",
+        metavar="DSCP,...",
+        help="DSCPs a reply may carry when a sender asks (RFC 8972 Class of Service); others "
+        "get the DSCP they came with and RP = 1 (default: every one)",
+    )
     p.add_argument("--ptp", action="store_true", help="PTP timestamps (default NTP)")
     p.add_argument("--plain", action="store_true", help="one line per second, no live table")
+
+
+def parse_dscps(text: str | None) -> frozenset[int] | None:
+    """--permit-dscp "0,10,46" (numbers or names: be, ef, cs1, af41); None: every DSCP."""
+    if text is None:
+        return None
+    names = {str(d): d for d in range(64)} | {dscp_name(d): d for d in range(64)}
+    out = set()
+    for word in filter(None, (w.strip().lower() for w in text.split(","))):
+        value = names.get(word)
+        if value is None:
+            raise UsageError(
+                f"--permit-dscp {text!r}: {word!r} is no DSCP; give 0-63 or names like ef, cs1"
+            )
+        out.add(value)
+    return frozenset(out)
 
 
 def options_from_args(args: argparse.Namespace) -> ReflectOptions:
@@ -71,6 +94,7 @@ def options_from_args(args: argparse.Namespace) -> ReflectOptions:
         raise UsageError(str(exc)) from None
     fmt = TimestampFormat.PTP if args.ptp else TimestampFormat.NTP
     config = ReflectorConfig(
+        permitted_dscp=parse_dscps(args.permit_dscp),
         allow=allow,
         max_rate_pps=parse_rate(args.max_rate_per_sender, key="--max-rate-per-sender"),
         stateful=args.stateful,

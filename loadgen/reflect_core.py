@@ -15,7 +15,7 @@ from enum import IntEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from loadgen.wire.stamp import STAMP_PORT, ReflectorClock, ReflectStatus, reflect
+from loadgen.wire.stamp import STAMP_PORT, Reflection, ReflectorClock, ReflectStatus, reflect
 
 NO_SSID = 0x1_0000  # a row of datagrams too damaged to name a session
 DEFAULT_MAX_RATE_PPS = 200_000  # per sender address and worker: generous, never unbounded
@@ -96,6 +96,8 @@ class ReflectorConfig:
     max_sessions: int = DEFAULT_MAX_SESSIONS
     port: int = STAMP_PORT
     clock: ReflectorClock = field(default_factory=ReflectorClock)
+    # The DSCP1 values a reply may carry (RFC 8972 4.4 local policy); None: every one.
+    permitted_dscp: frozenset[int] | None = None
 
 
 class Reflector:
@@ -150,9 +152,10 @@ class Reflector:
         ttl: int,
         tos: int,
         now_ns: int,
-    ) -> bytes | None:
-        """The reply to one datagram from (addr, port), or None; counted either way. rx_ns
-        and tx_ns are CLOCK_REALTIME (T2, T3); now_ns is the monotonic clock of expiry."""
+    ) -> Reflection | None:
+        """The reply to one datagram from (addr, port) (its bytes and the TOS to send it
+        with), or None; counted either way. rx_ns and tx_ns are CLOCK_REALTIME (T2, T3); tos
+        is what the datagram arrived with; now_ns is the monotonic clock of expiry."""
         ssid = int.from_bytes(data[14:16], "big") if len(data) >= 16 else NO_SSID
         verdict = self.verdict(addr, port, now_ns)
         if verdict is Verdict.BAD_SOURCE:
@@ -171,6 +174,7 @@ class Reflector:
             tos=tos,
             clock=self.config.clock,
             reflector_seq=seq,
+            permitted_dscp=self.config.permitted_dscp,
         )
         if out.status is not ReflectStatus.REFLECTED:
             self._count(session, _MALFORMED)
@@ -179,7 +183,7 @@ class Reflector:
         self._count(session, _REFLECTED)
         if out.refused_tlvs:
             self._count(session, _FLAGGED)
-        return out.reply
+        return out
 
     def _count(self, session: _Session, which: int) -> None:
         session.counts[which] += 1

@@ -9,6 +9,9 @@ LOST_REVERSE while the gap's reverse count lasts, then LOST_FORWARD: per gap the
 within a mixed gap which probe went which way is not known. A probe with no later reply from its
 target (the end of a run, an outage longer than linger) gets neither. A stateless reflector
 (its sequence copies ours) splits nothing.
+
+With the Class of Service TLV, the DSCP/ECN of good replies (at the reflector, back here) are
+tallied per target and observation between takes: one COS record each (`cos`), not one per reply.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from loadgen import cos
 from loadgen.wire.icmp import DecodeStatus
-from loadgen.wire.records import RECORD_DTYPE, RecordKind
+from loadgen.wire.records import MAX_PROBES, RECORD_DTYPE, RecordKind
 
 _BEFORE_FIRST = (-1, -1)  # a session's virtual reply before probe 0: both counters at -1
 SEND_SKEW_NS = 20_000_000  # at most between a batch's payload time and its send time
@@ -39,10 +43,12 @@ class StampFigures:
     """Kept per worker; `keep_ns` bounds memory (replies older than that before the newest are
     dropped: a LOST probe is decided within linger of its send, so 2 x linger suffices)."""
 
-    def __init__(self, keep_ns: int) -> None:
+    def __init__(self, keep_ns: int, sent_tos: int | None = None) -> None:
         self.keep_ns = keep_ns
+        self.sent_tos = sent_tos  # None: no Class of Service TLV sent, nothing tallied
         self._targets: dict[int, _Replies] = {}
         self._records: list[NDArray[np.void]] = []
+        self._cos: dict[tuple[int, int], list[int]] = {}  # (target, packed) -> [replies, tx_ns]
 
     def on_replies(
         self,
@@ -58,6 +64,9 @@ class StampFigures:
         reflector_seq: NDArray[np.int64],
         stateful: NDArray[np.bool_],
         ttl: NDArray[np.int64],
+        cos_fwd_tos: NDArray[np.int64] | None = None,
+        cos_rp: NDArray[np.int64] | None = None,
+        cos_rev_tos: NDArray[np.int64] | None = None,
     ) -> None:
         good = np.flatnonzero(status == DecodeStatus.REPLY)
         if not len(good):
@@ -75,6 +84,31 @@ class StampFigures:
             self._records.append(out)
         for i in good[stateful[good]].tolist():
             self._remember(int(target[i]), int(tx_ns[i]), int(seq[i]), int(reflector_seq[i]))
+        if self.sent_tos is not None and cos_fwd_tos is not None and cos_rp is not None:
+            rev = cos_rev_tos[good] if cos_rev_tos is not None and len(cos_rev_tos) else None
+            self._tally(target[good], t1, cos_fwd_tos[good], cos_rp[good], rev)
+
+    def _tally(
+        self,
+        target: NDArray[np.uint32],
+        tx_ns: NDArray[np.int64],
+        fwd: NDArray[np.int64],
+        rp: NDArray[np.int64],
+        rev: NDArray[np.int64] | None,
+    ) -> None:
+        assert self.sent_tos is not None
+        back = np.full(len(fwd), cos.NO_TOS, np.int64) if rev is None else rev
+        packed = cos.pack_columns(self.sent_tos, fwd, rp, back)  # < 2**28
+        # Usually one observation per target in a batch: loop over those, not over replies.
+        keys, first, n = np.unique(
+            target.astype(np.int64) << 32 | packed, return_index=True, return_counts=True
+        )
+        for key, at, count in zip(keys.tolist(), first.tolist(), n.tolist(), strict=True):
+            seen = self._cos.get((key >> 32, key & 0xFFFF_FFFF))
+            if seen is None:
+                self._cos[(key >> 32, key & 0xFFFF_FFFF)] = [count, int(tx_ns[at])]
+            else:
+                seen[0] += count
 
     def _remember(self, target: int, tx_ns: int, seq: int, rseq: int) -> None:
         r = self._targets.setdefault(target, _Replies())
@@ -100,8 +134,27 @@ class StampFigures:
         rows = [i for i, k in enumerate(split) if k is not None]
         extra["tx_ns"], extra["target"] = lost["tx_ns"][rows], lost["target"][rows]
         extra["kind"] = [split[i] for i in rows]
-        out: NDArray[np.void] = np.concatenate([tracker_records, *self._records, extra])
+        out: NDArray[np.void] = np.concatenate(
+            [tracker_records, *self._records, extra, self._cos_records()]
+        )
         self._records = []
+        return out
+
+    def _cos_records(self) -> NDArray[np.void]:
+        """One COS record per target and observation since the last take (its first reply's
+        send time, so it lands in an open second), `probes` replies each (split at the
+        field's limit)."""
+        rows = [
+            (tx, value, target, min(n - done, MAX_PROBES))
+            for (target, value), (n, tx) in self._cos.items()
+            for done in range(0, n, MAX_PROBES)
+        ]
+        self._cos = {}
+        out = np.zeros(len(rows), RECORD_DTYPE)
+        if rows:
+            tx, value, target, probes = zip(*rows, strict=True)
+            out["tx_ns"], out["rtt_ns"], out["target"], out["probes"] = tx, value, target, probes
+            out["kind"] = RecordKind.COS
         return out
 
     def _direction(self, target: int, tx_ns: int) -> RecordKind | None:

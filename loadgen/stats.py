@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen import rtthist
+from loadgen.cos import CosSeen, CosTally
 from loadgen.moments import (
     N_BUCKETS,
     N_COLS,
@@ -75,6 +76,7 @@ class Counts:
     owd_rev_count: int = 0
     residence_count: int = 0
     reflector_ttl_count: int = 0
+    cos_count: int = 0  # STAMP replies whose DSCP/ECN were tallied (`cos`)
     reordered: int = 0  # RECEIVED or LATE replies that overtook a later probe's reply
 
     @property
@@ -128,6 +130,9 @@ class TargetStats:
     rx_ts: str
     tx_ts: str
     oneway: OneWay = field(default=NO_ONE_WAY, kw_only=True)  # STAMP probes only
+    # STAMP with the Class of Service TLV: DSCP/ECN per direction. Run totals: the most
+    # frequent; a second: only where it changed from the last second that showed one.
+    cos: CosSeen | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +313,7 @@ class Aggregator:
         self._lost_workers: dict[int, tuple[str, frozenset[int]]] = {}
         self._outages = OutageTable(n_targets, outage_min)
         self._oneway = OneWayBuckets(n_targets)
+        self._cos = CosTally()
 
     @property
     def closed_seconds(self) -> int:
@@ -325,6 +331,12 @@ class Aggregator:
         invalid = len(records) - int(np.count_nonzero(ok))
         if invalid:
             records = records[ok]
+        tallied = records[records["kind"] == RecordKind.COS]
+        if len(tallied):  # the run tally keeps a record whose second has closed, too
+            second = (tallied["tx_ns"] - self.start_ns) // NS_PER_S
+            second = np.where(second >= self._next, second, -1)
+            self._cos.add(second, tallied["target"], tallied["rtt_ns"], tallied["probes"])
+            self._summary = None
         sec = (records["tx_ns"] - self.start_ns) // NS_PER_S
         closed = sec < self._next
         late = side_late = 0
@@ -337,8 +349,10 @@ class Aggregator:
         if len(records) == 0:
             return
         kind, flags = records["kind"].astype(np.int64), records["flags"]
-        # A SENT record stands for `probes` probes; every other record for one event.
-        count = np.where(kind == RecordKind.SENT, records["probes"], 1).astype(np.int64)
+        # A SENT record stands for `probes` probes, a COS record for `probes` replies; every
+        # other record for one event.
+        weighted = (kind == RecordKind.SENT) | (kind == RecordKind.COS)
+        count = np.where(weighted, records["probes"], 1).astype(np.int64)
         reply = (kind == RecordKind.RECEIVED) | (kind == RecordKind.LATE)
         reordered = reply & ((flags & RecordFlag.REORDERED) != 0)
         sample = (kind == RecordKind.RECEIVED) & ~bad_rtt
@@ -427,7 +441,11 @@ class Aggregator:
         rows = [*active.tolist(), self.n_targets]
         args = _stat_args(tab, rows, [*rows[:-1], TOTAL])
         ow = self._oneway.close(s, rows)
-        per = [TargetSecond(*a, second=s, oneway=o) for a, o in zip(args, ow, strict=True)]
+        marks = self._cos.close(s, rows)
+        per = [
+            TargetSecond(*a, second=s, oneway=o, cos=m)
+            for a, o, m in zip(args, ow, marks, strict=True)
+        ]
         start = self.start_ns + s * NS_PER_S
         return SecondReport(s, start, tuple(per[:-1]), per[-1], unresolved=self._unresolved(per))
 
@@ -461,7 +479,10 @@ class Aggregator:
             rows = list(range(self.n_targets + 1))
             args = _stat_args(run, rows, [*rows[:-1], TOTAL])
             ow = self._oneway.totals(rows)
-            stats = [TargetStats(*a, oneway=o) for a, o in zip(args, ow, strict=True)]
+            stats = [
+                TargetStats(*a, oneway=o, cos=self._cos.seen(r))
+                for a, o, r in zip(args, ow, rows, strict=True)
+            ]
             total = stats.pop()
             outages, outages_total = self._outages.rows()
             self._summary = RunSummary(

@@ -1,6 +1,6 @@
 """The reflector's decisions without sockets: every datagram in exactly one counter, the
-stateful sequence per session, --allow, the per-sender cap, sources never answered, expiry and
-the bound on sessions."""
+stateful sequence per session, --allow, the per-sender cap, sources never answered, expiry,
+the bound on sessions, and the DSCP a reply carries (--permit-dscp)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadgen.errors import UsageError
+from loadgen.reflect_cli import parse_dscps
 from loadgen.reflect_core import (
     NO_SSID,
     Reflector,
@@ -18,7 +20,7 @@ from loadgen.reflect_core import (
     parse_allow,
     row_address,
 )
-from loadgen.wire import stamp
+from loadgen.wire import stamp, stamp_tlv
 
 LOOP = ipaddress.ip_address("127.0.0.2").packed
 LAB = ipaddress.ip_address("198.18.0.9").packed
@@ -34,7 +36,8 @@ def stamp_packet(seq: int, ssid: int = 7, size: int = 44) -> bytes:
 def handle(
     r: Reflector, data: bytes, addr: bytes = LOOP, port: int = 5000, now: int = NOW
 ) -> bytes | None:
-    return r.handle(data, addr, port, rx_ns=NOW, tx_ns=NOW + 10, ttl=64, tos=0, now_ns=now)
+    out = r.handle(data, addr, port, rx_ns=NOW, tx_ns=NOW + 10, ttl=64, tos=0, now_ns=now)
+    return None if out is None else out.reply
 
 
 def counted(r: Reflector) -> int:
@@ -146,3 +149,23 @@ def test_reflected_reply_decodes_as_rfc_reply() -> None:
         64,
     )
     assert packet.tail == bytes(16)
+
+
+def test_permit_dscp_names_and_numbers() -> None:
+    assert parse_dscps(None) is None
+    assert parse_dscps("0, ef,cs1 ,AF41,13") == frozenset({0, 46, 8, 34, 13})
+    with pytest.raises(UsageError, match="'gold' is no DSCP"):
+        parse_dscps("ef,gold")
+    with pytest.raises(UsageError, match="'64' is no DSCP"):
+        parse_dscps("64")
+
+
+def test_the_reply_tos_follows_the_dscp_policy() -> None:
+    asked = stamp_tlv.ClassOfService(dscp1=46).tlv().pack()
+    packet = stamp_packet(1, size=44) + asked
+    for permitted, tos, rp in ((None, 46 << 2, 0), (frozenset({0}), 8 << 2, 1)):
+        r = Reflector(ReflectorConfig(permitted_dscp=permitted))
+        out = r.handle(packet, LOOP, 5000, rx_ns=NOW, tx_ns=NOW, ttl=64, tos=0x21, now_ns=NOW)
+        assert out is not None and out.tos == tos
+        back = stamp_tlv.ClassOfService.from_value(out.reply[48:52])
+        assert back == stamp_tlv.ClassOfService(46, 8, 1, rp)

@@ -75,6 +75,41 @@ def test_reflects_and_counts_every_probe(reflector: tuple[ReflectorRun, int]) ->
     assert len(ours) == 1 and ours[0].reflected == 40 and ours[0].sender == "127.0.0.1"
 
 
+@pytest.mark.parametrize("version", [4, 6])
+def test_replies_carry_dscp1_and_report_the_tos_that_arrived(version: int) -> None:
+    """RFC 8972 4.4 on loopback: DSCP2/ECN are what our test packet carried, and the reply
+    goes out with DSCP1 (per packet, IP_TOS / IPV6_TCLASS cmsg), Not-ECT."""
+    host, family = ("127.0.0.1", socket.AF_INET) if version == 4 else ("::1", socket.AF_INET6)
+    level, sent_opt, recv_opt = (
+        (socket.IPPROTO_IP, socket.IP_TOS, 13)  # IP_RECVTOS
+        if version == 4
+        else (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, socket.IPV6_RECVTCLASS)
+    )
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        port = int(probe.getsockname()[1])  # free for the reflector once this one is closed
+    run = ReflectorRun(ReflectOptions(host, 1, ReflectorConfig(port=port)))
+    run.start()
+    spec = stamp_probe.StampSpec(run_id=7, ssid=0x0C0C, size=100, cos_dscp=46)
+    fills = icmp.fill_patterns(7, spec.fill_len)
+    got = []
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(5.0)
+            s.setsockopt(level, recv_opt, 1)
+            for seq, tos in enumerate((0x00, 0x21, 0xB8, 0x03)):
+                s.setsockopt(level, sent_opt, tos)
+                packet = stamp_probe.build_test_packet(spec, fills, target=1, seq=seq, tx_ns=1)
+                s.sendto(packet, (host, port))
+                data, ancillary, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(4))
+                back = [d[0] for lvl, kind, d in ancillary if (lvl, kind) == (level, sent_opt)]
+                reply = stamp_probe.decode_reply(data, spec, fills)
+                got.append((reply.dscp << 2 | reply.ecn, reply.rp, back))
+    finally:
+        run.stop()
+    assert got == [(tos, 0, [46 << 2]) for tos in (0x00, 0x21, 0xB8, 0x03)]
+
+
 def test_a_port_in_use_is_one_line(reflector: tuple[ReflectorRun, int]) -> None:
     _, port = reflector
     with pytest.raises(SocketProblem, match=f"UDP port {port} on 127.0.0.1 is taken"):

@@ -4,6 +4,7 @@ loadgen's probe verdicts, and fuzzing: no wire bytes make a parser or the reflec
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -88,7 +89,7 @@ def test_error_estimate_covers_the_error(error_ns: int) -> None:
         assert est.multiplier > 127
 
 
-# --- an independent decoding, written from RFC 8762 figures 3 and 5 and RFC 8972 3 ----------
+# --- an independent decoding, written from RFC 8762 figures 3 and 5 and RFC 8972 3 and 4.4 --
 
 RFC_SENDER = ">I Q H H 28s"  # seq, timestamp, error estimate, SSID, MBZ
 RFC_REFLECTOR = ">I Q H H Q I Q H H B 3s"  # ... rx ts, sender seq, ts, err, MBZ, TTL, MBZ
@@ -148,6 +149,52 @@ def test_our_reflector_answers_a_packet_built_from_the_rfc() -> None:
     assert fields[5:8] == (0xFFFF_FFFE, t1, 0x8001)
 
 
+def rfc8972_cos(tlv: bytes) -> tuple[int, int, int, int, int, int, int]:
+    """RFC 8972 4.4, read bit by bit from its figure: STAMP TLV Flags (8), Type (8), Length
+    (16), then DSCP1 (6), DSCP2 (6), ECN (2), RP (2), Reserved (16)."""
+    bits = "".join(f"{b:08b}" for b in tlv[:8])
+    widths = (8, 8, 16, 6, 6, 2, 2, 16)
+    cuts = [sum(widths[:i]) for i in range(len(widths) + 1)]
+    flags, kind, length, dscp1, dscp2, ecn, rp, reserved = (
+        int(bits[a:b], 2) for a, b in itertools.pairwise(cuts)
+    )
+    assert (kind, length, reserved) == (4, 4, 0)  # Type 4 (IANA, RFC 8972 5.1), 4 octets
+    return flags, dscp1, dscp2, ecn, rp, kind, length
+
+
+def rfc8972_cos_tlv(dscp1: int, dscp2: int = 0, ecn: int = 0, rp: int = 0) -> bytes:
+    bits = f"{0:08b}{4:08b}{4:016b}{dscp1:06b}{dscp2:06b}{ecn:02b}{rp:02b}{0:016b}"
+    return int(bits, 2).to_bytes(8, "big")
+
+
+def test_our_sender_asks_for_its_dscp_as_the_rfc_lays_it_out() -> None:
+    sent = probe(spec(128, cos_dscp=46))
+    # The sender sets DSCP1 and leaves what the reflector fills (DSCP2, ECN) and RP at 0.
+    assert rfc8972_cos(sent[44:52])[:5] == (0, 46, 0, 0, 0)
+
+
+def test_our_reflector_fills_in_cos_for_an_rfc_built_packet() -> None:
+    head = struct.pack(RFC_SENDER, 5, 1 << 60, 0x0001, 0x0102, bytes(28))
+    padding = bytes([0, 1, 0, 4]) + bytes(4)  # RFC 8972 4.1 Extra Padding, returned as is
+    sent = head + rfc8972_cos_tlv(dscp1=10) + padding
+    out = stamp.reflect(sent, rx_ns=NOW_NS, tx_ns=NOW_NS, ttl=64, tos=0x23, clock=CLOCK)
+    assert len(out.reply) == len(sent) and out.reply[52:] == padding and out.refused_tlvs == 0
+    # DSCP1 kept, DSCP2 = 8 and ECN = CE as arrived (TOS 0x23), RP 0: DSCP1 was used ...
+    assert rfc8972_cos(out.reply[44:52])[:5] == (0, 10, 8, 3, 0)
+    assert out.tos == 10 << 2  # ... and the reply goes out with DSCP1 (and Not-ECT)
+
+
+def test_our_sender_reads_cos_from_an_rfc_built_reply() -> None:
+    s = spec(128, cos_dscp=34)
+    sent = probe(s, seq=77, target=2)
+    seq, ts, err, ssid, _ = struct.unpack_from(RFC_SENDER, sent)
+    head = struct.pack(RFC_REFLECTOR, seq, ts, err, ssid, ts, seq, ts, err, 0, 60, bytes(3))
+    tail = rfc8972_cos_tlv(dscp1=34, dscp2=12, ecn=1, rp=1) + sent[52:]
+    got = stamp_probe.decode_reply(head + tail, s, fills_for(s))
+    assert got.status is StampStatus.REPLY and (got.target, got.seq) == (2, 77)
+    assert (got.dscp, got.ecn, got.rp) == (12, 1, 1)
+
+
 @BOUNDED
 @given(st.binary(min_size=44, max_size=200), st.integers(0, 255), st.integers(0, 1 << 32))
 def test_reflector_packets_round_trip(raw: bytes, ttl: int, seq: int) -> None:
@@ -204,10 +251,94 @@ def test_malformed_remainder_gets_the_m_flag_and_keeps_its_length() -> None:
 @BOUNDED
 @given(st.binary(max_size=300), st.integers(0, 255))
 def test_reflected_tail_keeps_its_length(tail: bytes, tos: int) -> None:
-    out, refused = stamp_tlv.reflect_tail(
-        tail, stamp_tlv.ReflectContext(tos, stamp.SOFTWARE_STAMPS)
-    )
-    assert len(out) == len(tail) and refused >= 0
+    out = stamp_tlv.reflect_tail(tail, stamp_tlv.ReflectContext(tos, stamp.SOFTWARE_STAMPS))
+    assert len(out.tail) == len(tail) and out.refused >= 0
+    # A reply asks for a DSCP only from a served Class of Service TLV, and never an ECN bit.
+    assert out.reply_tos == stamp_tlv.NO_TOS or 0 <= out.reply_tos < 256
+    assert out.reply_tos == stamp_tlv.NO_TOS or out.reply_tos & 3 == stamp_tlv.Ecn.NOT_ECT
+
+
+# --- Class of Service (RFC 8972 4.4) ---------------------------------------------------------
+
+
+@BOUNDED
+@given(st.integers(0, 63), st.integers(0, 63), st.integers(0, 3), st.integers(0, 3))
+def test_class_of_service_round_trips(dscp1: int, dscp2: int, ecn: int, rp: int) -> None:
+    cos = stamp_tlv.ClassOfService(dscp1, dscp2, ecn, rp)
+    packed = cos.tlv().pack()
+    assert packed[:4] == bytes([0, 4, 0, 4])  # flags, Type 4, Length 4
+    parsed = stamp_tlv.parse_tlvs(packed)
+    assert parsed.rest == b"" and stamp_tlv.ClassOfService.from_value(parsed.tlvs[0].value) == cos
+    assert cos.received_tos == dscp2 << 2 | ecn
+
+
+@BOUNDED
+@given(st.integers(0, 0xFFFF_FFFF))
+def test_class_of_service_reserved_bits_are_ignored(word: int) -> None:
+    cos = stamp_tlv.ClassOfService.from_value(word.to_bytes(4, "big"))
+    assert cos is not None
+    again = stamp_tlv.ClassOfService.from_value((word & 0xFFFF_0000).to_bytes(4, "big"))
+    assert cos == again
+
+
+def test_class_of_service_refuses_values_that_do_not_fit() -> None:
+    for bad in ((64, 0, 0, 0), (0, 64, 0, 0), (0, 0, 4, 0), (0, 0, 0, 4), (-1, 0, 0, 0)):
+        with pytest.raises(ValueError):
+            stamp_tlv.ClassOfService(*bad).tlv()
+
+
+def test_reflector_answers_with_dscp1_and_reports_what_arrived() -> None:
+    asked = stamp_tlv.ClassOfService(dscp1=46).tlv().pack()
+    ctx = stamp_tlv.ReflectContext(0x22, stamp.SOFTWARE_STAMPS)  # DSCP 8 (cs1), ECT(0)
+    out = stamp_tlv.reflect_tail(asked, ctx)
+    assert out.refused == 0 and out.reply_tos == 46 << 2
+    back = stamp_tlv.ClassOfService.from_value(out.tail[4:])
+    assert back == stamp_tlv.ClassOfService(46, 8, stamp_tlv.Ecn.ECT0, 0)
+
+
+def test_a_refused_dscp1_sets_rp_and_the_reply_keeps_the_received_dscp() -> None:
+    asked = stamp_tlv.ClassOfService(dscp1=46).tlv().pack()
+    ctx = stamp_tlv.ReflectContext(0x21, stamp.SOFTWARE_STAMPS, frozenset({0, 8}))
+    out = stamp_tlv.reflect_tail(asked, ctx)
+    back = stamp_tlv.ClassOfService.from_value(out.tail[4:])
+    assert back is not None and back.rp == stamp_tlv.ReversePath.DSCP1_REFUSED
+    assert out.reply_tos == 8 << 2  # DSCP2, Not-ECT
+
+
+def test_a_malformed_class_of_service_is_flagged_and_asks_for_nothing() -> None:
+    bad = stamp_tlv.Tlv(0, stamp_tlv.TlvType.CLASS_OF_SERVICE, b"\x01\x02\x03").pack()
+    out = stamp_tlv.reflect_tail(bad, stamp_tlv.ReflectContext(0xFF, stamp.SOFTWARE_STAMPS))
+    assert out.refused == 1 and out.tail[0] == stamp_tlv.TlvFlag.MALFORMED
+    assert out.tail[1:] == bad[1:] and out.reply_tos == stamp_tlv.NO_TOS
+
+
+@BOUNDED
+@given(st.binary(max_size=12), st.integers(0, 255), st.integers(0, 255))
+def test_any_class_of_service_value_is_served_or_counted(
+    value: bytes, flags: int, tos: int
+) -> None:
+    tail = stamp_tlv.Tlv(flags, stamp_tlv.TlvType.CLASS_OF_SERVICE, value).pack()
+    out = stamp_tlv.reflect_tail(tail, stamp_tlv.ReflectContext(tos, stamp.SOFTWARE_STAMPS))
+    assert len(out.tail) == len(tail)
+    if flags & stamp_tlv.TlvFlag.MALFORMED or len(value) != 4:
+        assert out.reply_tos == stamp_tlv.NO_TOS
+    else:
+        assert out.refused == 0 and out.reply_tos == value[0] >> 2 << 2
+    if not flags & stamp_tlv.TlvFlag.MALFORMED:  # what the reflector flags, it counts
+        assert out.refused == (len(value) != 4)
+
+
+def test_a_reflector_that_does_not_know_cos_reports_nothing() -> None:
+    """An RFC 8762-only reflector returns our TLV flagged U with the zeros we sent: that is no
+    report of DSCP 0 arriving."""
+    s = spec(128, cos_dscp=10)
+    sent = probe(s)
+    seq, ts, err, ssid, _ = struct.unpack_from(RFC_SENDER, sent)
+    head = struct.pack(RFC_REFLECTOR, seq, ts, err, ssid, ts, seq, ts, err, 0, 60, bytes(3))
+    tail = bytes([0x80]) + sent[45:]
+    got = stamp_probe.decode_reply(head + tail, s, fills_for(s))
+    assert got.status is StampStatus.REPLY and got.dscp == stamp_probe.NO_VALUE
+    assert got.refused_tlvs == 1
 
 
 # --- loadgen's probe: verdicts ---------------------------------------------------------------
@@ -281,3 +412,24 @@ def test_fuzz_never_raises(raw: bytes) -> None:
     stamp.parse_reflector(raw)
     assert stamp_probe.decode_reply(raw, s, fills_for(s)).status in set(StampStatus)
     stamp.reflect(raw, rx_ns=NOW_NS, tx_ns=NOW_NS, ttl=1, tos=0, clock=CLOCK)
+
+
+@BOUNDED
+@given(
+    st.integers(0, 0xFFFF_FFFF),
+    st.integers(0, 255),
+    st.none() | st.frozensets(st.integers(0, 63), max_size=8),
+    st.none() | st.binary(max_size=40),
+)
+def test_the_reflectors_cos_fast_path_equals_the_tlv_rules(
+    word: int, tos: int, permitted: frozenset[int] | None, padding: bytes | None
+) -> None:
+    tail = bytes([0, 4, 0, 4]) + word.to_bytes(4, "big")
+    if padding is not None:
+        tail += stamp_tlv.Tlv(0, stamp_tlv.TlvType.EXTRA_PADDING, padding).pack()
+    sent = struct.pack(RFC_SENDER, 1, 1 << 60, 1, 2, bytes(28)) + tail
+    out = stamp.reflect(
+        sent, rx_ns=NOW_NS, tx_ns=NOW_NS, ttl=1, tos=tos, clock=CLOCK, permitted_dscp=permitted
+    )
+    rules = stamp_tlv.reflect_tail(tail, stamp_tlv.ReflectContext(tos, CLOCK.stamps, permitted))
+    assert (out.reply[44:], out.tos, out.refused_tlvs) == (rules.tail, rules.reply_tos, 0)

@@ -142,3 +142,61 @@ def test_udp_echo_round_trip_and_damage() -> None:
         DecodeStatus.MALFORMED,
     ]
     assert (out.target[0], out.seq[0], out.tx_ns[0]) == (41, 9, NOW_NS)
+
+
+# --- with the Class of Service TLV (RFC 8972 4.4) -------------------------------------------
+
+COS_SPEC = stamp_spec(RUN_ID, SSID, SIZE, cos_dscp=46)
+COS_FILLS = icmp.fill_patterns(RUN_ID, COS_SPEC.fill_len)
+
+
+def test_cos_builder_matches_the_scalar_packet() -> None:
+    assert COS_SPEC.size == SPEC.size + 8 and COS_SPEC.fill_len == SPEC.fill_len
+    rows = StampBuilder(COS_SPEC, GLOBAL).build(
+        np.array([0, 2], np.int64), np.array([7, 1 << 34], np.uint64), NOW_NS
+    )
+    for row, loc, seq in zip(rows, (0, 2), (7, 1 << 34), strict=True):
+        want = stamp_probe.build_test_packet(
+            COS_SPEC, COS_FILLS, target=int(GLOBAL[loc]), seq=seq, tx_ns=NOW_NS
+        )
+        assert row.tobytes() == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 255), st.integers(-1, 8 * 60 - 1), st.booleans()),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_cos_columns_agree_with_the_specification(rows: list[tuple[int, int, bool]]) -> None:
+    builder = StampBuilder(COS_SPEC, GLOBAL)
+    datagrams = []
+    for seq, (tos, bit, refuse) in enumerate(rows):
+        row = builder.build(np.array([1], np.int64), np.array([seq], np.uint64), NOW_NS)[0]
+        permitted: frozenset[int] | None = frozenset() if refuse else None
+        out = stamp.reflect(
+            row.tobytes(),
+            rx_ns=NOW_NS,
+            tx_ns=NOW_NS,
+            ttl=9,
+            tos=tos,
+            clock=CLOCK,
+            permitted_dscp=permitted,
+        )
+        reply = bytearray(out.reply)
+        if bit >= 0:
+            reply[bit // 8] ^= 0x80 >> (bit % 8)
+        datagrams.append(bytes(reply))
+    dec = StampDecoder(COS_SPEC, IPV4)
+    got = dec.decode(*as_rows(datagrams), len(datagrams))
+    for i, d in enumerate(datagrams):
+        want = stamp_probe.decode_reply(d, COS_SPEC, COS_FILLS)
+        if want.status is not stamp_probe.StampStatus.REPLY:
+            continue
+        assert got.status[i] == DecodeStatus.REPLY
+        tos = stamp_probe.NO_VALUE if want.dscp < 0 else want.dscp << 2 | want.ecn
+        assert (dec.last_cos_tos[i], dec.last_cos_rp[i]) == (tos, want.rp)
+        if rows[i][1] < 0:  # undamaged: exactly what arrived, RP as the policy said
+            assert (tos, want.rp) == (rows[i][0], int(rows[i][2]))

@@ -47,6 +47,11 @@ def nft_ruleset(table: str, imp: Impairments, version: int = 4) -> str:
             f"{REQUEST} limit rate over {imp.echo_limit_pps}/second burst {burst} packets "
             'counter name "drop_limit" drop'
         )
+    fwd, rev = (
+        _remark(imp.remark_dscp_fwd, imp.remark_ecn_fwd, version),
+        _remark(imp.remark_dscp_rev, imp.remark_ecn_rev, version),
+    )
+    rules = [*fwd, *rules]
     body = "\n    ".join(rules)
     return f"""table {NFT_FAMILY[version]} {table} {{
   counter req_in {{}}
@@ -61,11 +66,20 @@ def nft_ruleset(table: str, imp: Impairments, version: int = 4) -> str:
   }}
   chain output {{
     type filter hook output priority 0; policy accept;
+    {" ".join(rev)}
     {REPLY} counter name "rep_out"
     {ERROR} counter name "err_out"
   }}
 }}
 """
+
+
+def _remark(dscp: int, ecn: int, version: int) -> list[str]:
+    """The statements that rewrite DSCP and ECN of every packet of the chain (none when off):
+    what a router remarking traffic on that side of the host does."""
+    field = NFT_FAMILY[version]
+    out = [f"{field} dscp set {dscp}"] if dscp >= 0 else []
+    return out + ([f"{field} ecn set {ecn}"] if ecn >= 0 else [])
 
 
 def root_counter(kind: str, index: int, version: int) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from loadgen.cos import dscp_name
 from loadgen.errors import ProfileError
 
 IFNAMSIZ = 15  # usable characters of a Linux interface name (16 with the NUL)
@@ -45,6 +46,10 @@ TCP_PORT_KEYS = TCP_KEYS[:4]
 # (lab/relay.py), which holds each test packet delay_fwd_ms on its way in and each reply
 # delay_rev_ms on its way out.
 STAMP_KEYS = ("stamp_port", "delay_fwd_ms", "delay_rev_ms")
+# DSCP / ECN rewritten by nftables in the host: on every packet arriving (fwd: on the way to
+# the host) or leaving (rev: on the way back); -1 = left alone.
+REMARK_KEYS = ("remark_dscp_fwd", "remark_dscp_rev", "remark_ecn_fwd", "remark_ecn_rev")
+ECN_NAMES = ("not-ect", "ect1", "ect0", "ce")  # RFC 3168 codepoints 0..3, as nft names them
 HOST_KEYS = (
     "name",
     "count",
@@ -60,6 +65,7 @@ HOST_KEYS = (
     "icmp_ratelimit_burst",
     "rate_limit",
     "echo_limit_pps",
+    *REMARK_KEYS,
     *TCP_KEYS,
     *STAMP_KEYS,
 )
@@ -99,6 +105,10 @@ class Impairments:
     rate_limit_bps: int = 0  # tbf for our probes on both ends of the host's link; 0 = off
     echo_limit_pps: int = 0  # nft `limit rate` on our echo requests: beyond it, dropped; 0 = off
     reflector: bool = False  # answer with a reflector even without reflector impairments
+    remark_dscp_fwd: int = -1  # DSCP set on every packet arriving at the host; -1 = off
+    remark_dscp_rev: int = -1  # ... on every packet leaving it
+    remark_ecn_fwd: int = -1  # ECN codepoint (0..3) set on arriving packets; -1 = off
+    remark_ecn_rev: int = -1
     tcp_open: tuple[int, ...] = ()
     tcp_closed: tuple[int, ...] = ()
     tcp_filtered: tuple[int, ...] = ()
@@ -256,6 +266,16 @@ class _Keys:
             raise self.fail(key, value, f"must be a list of distinct ports, e.g. {key} = [80]")
         return tuple(value)
 
+    def codepoint(self, key: str, high: int, names: Mapping[str, int]) -> int:
+        """A DSCP (high 63) or ECN (high 3) codepoint: a number or a name; -1 when unset."""
+        value = self.table.get(key, -1)
+        if isinstance(value, str) and value.lower() in names:
+            return names[value.lower()]
+        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= high:
+            some = ", ".join(list(names)[:4])
+            raise self.fail(key, value, f"must be 0 to {high} or a name ({some}, ...)")
+        return value
+
     def rate_bps(self, key: str) -> int:
         value = self.table.get(key, 0)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -300,6 +320,16 @@ def _stamp_keys(keys: _Keys) -> dict[str, Any]:
     return stamp
 
 
+def _remark_keys(keys: _Keys) -> dict[str, Any]:
+    dscp = {
+        name: dscp for dscp, name in ((d, dscp_name(d)) for d in range(64)) if name != str(dscp)
+    }
+    ecn = {name: i for i, name in enumerate(ECN_NAMES)}
+    out: dict[str, Any] = {k: keys.codepoint(k, 63, dscp) for k in REMARK_KEYS[:2]}
+    out.update((k, keys.codepoint(k, 3, ecn)) for k in REMARK_KEYS[2:])
+    return out
+
+
 def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup:
     keys = _Keys(table, where, source)
     keys.check_known(HOST_KEYS)
@@ -319,6 +349,7 @@ def _parse_group(table: Mapping[str, Any], where: str, source: str) -> HostGroup
         rate_limit_bps=keys.rate_bps("rate_limit"),
         echo_limit_pps=keys.count("echo_limit_pps", 0, 0, 10_000_000),
         reflector=keys.flag("reflector"),
+        **_remark_keys(keys),
         **shares,
         **_tcp_keys(keys),
         **_stamp_keys(keys),

@@ -288,6 +288,16 @@ class BatchIO:
             n, ring.data[:n], ring.lengths[:n], rx_ns, rx_flags, truncated, self._dropped_total
         )
 
+    def control_bytes(self, key: int, n: int) -> NDArray[np.int64]:
+        """The first data byte of cmsg `key` (cmsg_key) in each of the last recv's n rows, -1
+        where it is absent: a TOS (IP_TOS is a byte, IPV6_TCLASS a little-endian int)."""
+        ring = self._rx
+        (at,) = cmsg_offsets(ring.ctrl[:n], ring.controllen[:n], (key,))
+        out = np.full(n, -1, np.int64)
+        has = np.flatnonzero(at >= 0)
+        out[has] = ring.ctrl[has, at[has]]
+        return out
+
     def _plain_stamps(self, n: int, rx_ns: NDArray[np.int64], now_ns: int) -> bool:
         """Fill rx_ns if every row's control data is the usual one (the stamp cmsg alone, or
         nothing in user-space mode) and every stamp is set; else leave it to cmsg parsing."""

@@ -3,7 +3,8 @@
 Owns opening and binding (SO_REUSEPORT for one socket per reflector worker, errno turned into one
 line: port taken, privileged, not an address here), the receive options a reflector reports
 (kernel RX stamps, TTL / hop limit, TOS / traffic class as cmsgs) and `UdpBatch`: recvmmsg with
-each datagram's source and those cmsgs as columns, sendmmsg of replies to chosen sources.
+each datagram's source and those cmsgs as columns, sendmmsg of replies to chosen sources, each
+with its own TOS / traffic class where one is asked for (an IP_TOS / IPV6_TCLASS cmsg).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from numpy.typing import NDArray
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
 from loadgen.net import families, sockets
 from loadgen.net.batchio import BatchIO, RecvBatch, SendResult
-from loadgen.net.cmsg import cmsg_key, cmsg_offsets
+from loadgen.net.cmsg import CMSG_HDR, cmsg_key, cmsg_offsets
 from loadgen.net.mmsg import DONTWAIT, MMSGHDR, TRUNC, RecvRing, send_headers, sendmmsg
 
 # <linux/in.h>, <linux/in6.h>, <asm-generic/socket.h>: not all in Python's socket module.
@@ -32,6 +33,7 @@ IP_TOS, IP_TTL, IP_RECVTTL, IP_RECVTOS = 1, 2, 12, 13
 IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 51, 52, 66, 67
 NAME_BYTES = 28  # sockaddr_in6; a sockaddr_in (16) fits the same slot
 CTRL_BYTES = 128  # timespec (32) + ttl (24) + tos (24), with room to spare
+TOS_CTRL_BYTES = 24  # CMSG_SPACE(sizeof(int)): one IP_TOS / IPV6_TCLASS per sent reply
 SLOT_BYTES = 9216  # a jumbo frame's datagram; a longer one is counted malformed, never cut
 
 
@@ -127,6 +129,13 @@ class UdpBatch:
         self._out_names = np.zeros(rows, np.dtype((np.void, NAME_BYTES)))
         self._iov, self._msgs = send_headers(self._out_names)
         self._iov["base"] = self._out.ctypes.data + index * SLOT_BYTES
+        # Per reply: an int TOS / traffic class cmsg (the kernel takes an int for both), passed
+        # only for a reply that asks for one (RFC 8972 Class of Service: per test packet).
+        self._tos_ctrl = np.zeros((rows, TOS_CTRL_BYTES // 8), np.uint64)
+        self._tos_ctrl[:, 0] = CMSG_HDR + 4  # CMSG_LEN(sizeof(int))
+        self._tos_ctrl[:, 1] = self.keys.tos
+        self._tos_col = self._tos_ctrl.view(np.int32)[:, CMSG_HDR // 4]
+        self._msgs["hdr"]["control"] = self._tos_ctrl.ctypes.data + index * TOS_CTRL_BYTES
 
     def receive(self) -> int:
         """Datagrams waiting, read without blocking (0 when none)."""
@@ -174,13 +183,17 @@ class UdpBatch:
         raw = names[:, at : at + width].tobytes()
         return [raw[i : i + width] for i in range(0, n * width, width)], ports
 
-    def send(self, replies: list[tuple[int, bytes]]) -> tuple[int, int]:
-        """Send each reply to the source of received row i; (sent, failed)."""
+    def send(self, replies: list[tuple[int, bytes, int]]) -> tuple[int, int]:
+        """Send each (i, data, tos) to the source of received row i, with that TOS / traffic
+        class byte (NO_TOS: the socket's); (sent, failed)."""
         total = len(replies)
-        rows = [i for i, _ in replies]
+        rows = [i for i, _, _ in replies]
         self._out_names.view(np.uint8).reshape(self.rows, NAME_BYTES)[:total] = self.names[rows]
-        self._iov["len"][:total] = [len(data) for _, data in replies]
-        for k, (_, data) in enumerate(replies):
+        self._iov["len"][:total] = [len(data) for _, data, _ in replies]
+        tos = np.array([t for _, _, t in replies], np.int32)
+        self._tos_col[:total] = tos
+        self._msgs["hdr"]["controllen"][:total] = np.where(tos >= 0, TOS_CTRL_BYTES, 0)
+        for k, (_, data, _) in enumerate(replies):
             self._out[k, : len(data)] = np.frombuffer(data, np.uint8)
         sent = failed = done = 0
         while done < total:
@@ -258,11 +271,31 @@ def clear_pending_error(sock: socket.socket) -> int:
 class UdpBatchIO(BatchIO):
     """BatchIO over a UDP probe socket. An ICMP port unreachable (a target with nothing on
     its port) leaves an error on the socket that the next call would fail with: it is read
-    off first and counted in `refused`, and the probe it was for is simply not answered."""
+    off first and counted in `refused`, and the probe it was for is simply not answered.
+    After `read_tos()`, `last_tos` holds the TOS / traffic class each datagram of the last
+    receive arrived with (-1 where the kernel did not say)."""
 
     refused = 0
+    _tos_key = 0
+    last_tos: NDArray[np.int64] = np.zeros(0, np.int64)
+
+    def read_tos(self) -> None:
+        """Ask the kernel for the TOS / traffic class of every datagram received from now on
+        (IP_RECVTOS / IPV6_RECVTCLASS)."""
+        sock = self.socket.sock
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
+        self._tos_key = _KEYS[sock.family].tos
 
     def recv(self) -> RecvBatch:
+        got = self._recv()
+        if self._tos_key:
+            self.last_tos = self.control_bytes(self._tos_key, got.n)
+        return got
+
+    def _recv(self) -> RecvBatch:
         for _ in range(3):
             self.refused += bool(clear_pending_error(self.socket.sock))
             try:

@@ -2,7 +2,7 @@
 `summary`).
 
 The export is one JSON object per line, flushed after every closed second, so a crash loses at
-most the second being written. Schema version `JSONL_SCHEMA_VERSION` (3); every object has
+most the second being written. Schema version `JSONL_SCHEMA_VERSION` (4); every object has
 `type` and `v`. One "run" object first (how the run was set up, see `RUN_HEADER_KEYS`); a
 "second" object per target that sent in a closed second, then one "second_total" (target -1,
 name "total") and an "sla_breach" per SLA clause that second failed (README, SLA verdicts); one
@@ -11,7 +11,7 @@ name "total") and an "sla_breach" per SLA clause that second failed (README, SLA
 | key | type | meaning |
 |---|---|---|
 | type | str | "run", "second", "second_total", "sla_breach" or "summary" |
-| v | int | schema version (3; 2: no run, rtt_hist, outages, SLA, refused, STAMP) |
+| v | int | schema version (4; 3: no cos_*; 2: no run, rtt_hist, outages, SLA, refused, STAMP) |
 | second | int | second index from the run's start ("second*" only) |
 | t | float | unix time of the second's start, in seconds ("second*" only) |
 | target, name | int, str | global target index and name; -1 and "total" for the all-targets row |
@@ -39,6 +39,7 @@ name "total") and an "sla_breach" per SLA clause that second failed (README, SLA
 | residence_min_us, residence_avg_us, residence_p50_us, residence_p99_us | float/null | T3 - T2 |
 | owd_offset_us | float/null | reflector clock minus ours: (owd_fwd_min - owd_rev_min) / 2 |
 | reflector_ttl_count, reflector_ttl_min, reflector_ttl_avg | int/null | STAMP: TTL at arrival |
+| cos_count | int | STAMP replies whose DSCP/ECN were read (Class of Service TLV) |
 | | | one-way delays need synchronised clocks; p50/p99 are null in "summary" |
 | generator_limited | bool | "second_total" only: loadgen itself could not keep up in this second |
 | generator_limits | list[str] | "second_total" only: why (which worker, how much) |
@@ -52,6 +53,10 @@ objects with the per-target keys above, plus the outage keys below), `total`, `o
 clause: `sla_object`). Outage keys (`outages`): `outages`
 (runs of >= outage_min lost probes in a row), `outage_longest_probes`, `outage_longest_ms`,
 `outage_total_ms` and `loss_bursts` ({"1", "2", "3-9", "10+"}: runs of lost probes by length).
+A STAMP target with the Class of Service TLV also has `cos_sent`, `cos_fwd` (at the
+reflector), `cos_rev` (as the reply arrived): {"dscp", "ecn"} or null; `cos_rp`,
+`cos_fwd_remarked`, `cos_rev_remarked` (bool/null), `cos_replies`, `cos_variants` (`cos`): in
+its "summary" row always, in a "second" row only where its marking changed (the first too).
 """
 
 from __future__ import annotations
@@ -76,8 +81,8 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA,
-# refused, STAMP's loss directions and one-way figures
+JSONL_SCHEMA_VERSION = 4  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA,
+# refused, STAMP's loss directions and one-way figures; 4: cos_count, the summary's cos_* keys
 # The "run" object: loadgen version, command line (argv) and profile source, kernel release,
 # CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
 # requested total rate, count and duration (null: not set), timestamp settings, run id, and
@@ -119,6 +124,7 @@ _COUNT_KEYS = (
     "owd_rev_count",
     "residence_count",
     "reflector_ttl_count",
+    "cos_count",
 )
 # STAMP's one-way figures (`oneway.OneWay`): prefix in the JSONL and attribute of OneWay.
 _ONE_WAY_KEYS = (("owd_fwd", "fwd"), ("owd_rev", "rev"), ("residence", "residence"))
@@ -192,6 +198,8 @@ def _figures(
     obj["reflector_ttl_avg"] = round(ttl.avg_ns, 3) if ttl.count else None
     offset = ts.oneway.offset_ns
     obj["owd_offset_us"] = None if offset is None else _us(offset)
+    if ts.cos is not None:  # a second's only where the marking changed; the summary's always
+        obj.update(ts.cos.jsonl())
     return obj
 
 

@@ -119,6 +119,8 @@ def oneway_lines(ts: TargetStats) -> list[str]:
         lines.append(
             f"probes reached the reflector with TTL min/avg = {ow.ttl.min_ns}/{ow.ttl.avg_ns:.1f}"
         )
+    if ts.cos is not None:
+        lines.extend(ts.cos.lines())
     if ow.negative:
         lines.append(
             "WARNING: a one-way delay is negative: the clocks are not synchronised, and "

@@ -129,6 +129,8 @@ def _target_table(snap: Snapshot, width: int) -> Table:
     wide, roomy = width >= WIDE_COLUMNS, width >= NARROW_COLUMNS
     summary, last = snap.summary, snap.last
     events = _seen(summary.total.counts) if wide else []  # narrow: totals in a line below
+    # STAMP's DSCP/ECN verdict per target (run totals), where the wide table has room.
+    cos = wide and summary.total.counts.cos_count > 0
     second = f"1s = last closed second ({last.second})" if last else "no second closed yet"
     table = Table(
         title=f"per target: run totals; {second}",
@@ -140,6 +142,7 @@ def _target_table(snap: Snapshot, width: int) -> Table:
     headers = ["sent", "recv", "loss"] if roomy else ["sent", "loss"]
     headers += ["rtt min/avg/max/mdev", "p50/p90/p99 ±1%", "jitter"] if wide else ["avg/p99"]
     headers += ["1s loss", "1s avg/p99", *(h for h, _ in events)]
+    headers += ["dscp/ecn"] if cos else []
     # Room for "100.00%" and "2.00/2.00 ms": cut digits would mislead.
     rooms = [max(len(h), 7 if "loss" in h else 12 if "/p99" in h else 0) for h in headers]
     for header, room in zip(headers, rooms, strict=True):
@@ -157,6 +160,9 @@ def _target_table(snap: Snapshot, width: int) -> Table:
         cells += _rtt_cells(ts) if wide else [_avg_p99(ts)]
         cells += [_loss(sec.counts if sec else None), _avg_p99(sec)]
         cells += [f"{getattr(c, f):,}" for _, f in events]
+        if cos:
+            verdict = ts.cos.verdict() if ts.cos else ""
+            cells.append(Text(verdict, style="yellow" if verdict == "remarked" else ""))
         rows.append((name, ts, cells))
     # Names get what the figures leave: a long name (an IPv6 address) is cut in the middle,
     # never a figure. Each of the C columns is padded by a space a side (not at the edges of

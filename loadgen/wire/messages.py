@@ -20,9 +20,10 @@ from loadgen.errors import LoadgenError
 from loadgen.wire.probekind import ProbeKind
 from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE
 
-VERSION = 4  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
+VERSION = 5  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
 # record stands for `probes` probes. 4: a Frame carries the loss bursts that ended;
-# ProbeSettings has the probe kind and the ICMP socket kind, TargetSpec a port
+# ProbeSettings has the probe kind and the ICMP socket kind, TargetSpec a port. 5:
+# ProbeSettings has stamp_cos, records may be COS (their `probes` counts replies)
 
 
 class ProtocolError(LoadgenError):
@@ -67,6 +68,7 @@ class ProbeSettings:
     source: str | None  # bind the probes' source address
     icmp_socket: str = "raw"  # the plan's decision: "raw" | "datagram" (never "auto")
     kind: ProbeKind = ProbeKind.ICMP  # what a probe is: picks the worker's `kinds` setup
+    stamp_cos: bool = False  # stamp: send the Class of Service TLV, read the TOS of replies
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,9 @@ class RecordKind(IntEnum):
     OWD_REV = 14  # T4 - T3: our receive stamp minus the reflector's send stamp
     RESIDENCE = 15  # T3 - T2: time the test packet spent in the reflector
     REFLECTOR_TTL = 16  # the TTL / hop limit our probe arrived with at the reflector
+    # STAMP with the Class of Service TLV: `probes` good replies of one target that saw one
+    # DSCP/ECN observation (sent, at the reflector, back), packed into rtt_ns by `cos`.
+    COS = 17
 
 
 OUTCOME_KINDS = (RecordKind.RECEIVED, RecordKind.LATE, RecordKind.LOST, RecordKind.ERRORED)

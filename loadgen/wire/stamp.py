@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from loadgen.wire.stamp_tlv import (
+    COS_VALUE_LEN,
+    NO_TOS,
     TLV_HEADER,
     ReflectContext,
     SyncSource,
@@ -228,6 +230,7 @@ class Reflection:
     sender_seq: int = 0
     ssid: int = 0
     refused_tlvs: int = 0
+    tos: int = NO_TOS  # the TOS byte to send the reply with (Class of Service TLV), per packet
 
 
 @functools.lru_cache(maxsize=16)
@@ -268,10 +271,13 @@ def reflect(
     tos: int,
     clock: ReflectorClock,
     reflector_seq: int | None = None,
+    permitted_dscp: frozenset[int] | None = None,
 ) -> Reflection:
     """The session-reflector's reply (RFC 8762 4.3) to one test packet received at `rx_ns`
     (T2) and answered at `tx_ns` (T3), both CLOCK_REALTIME. Stateless (`reflector_seq` None):
-    the reply's sequence number copies the sender's; stateful: the session's own counter."""
+    the reply's sequence number copies the sender's; stateful: the session's own counter.
+    `tos` is the received TOS / traffic class; `permitted_dscp` the DSCP1 values a reply may
+    carry (RFC 8972 4.4 local policy; None: all)."""
     # The reflector's hot path: the same layouts as parse_sender and ReflectorPacket.pack,
     # without building their objects (tests hold the two equal).
     if len(datagram) < BASE_LEN:
@@ -279,9 +285,12 @@ def reflect(
     if looks_authenticated(datagram):
         return Reflection(ReflectStatus.AUTHENTICATED)
     seq, timestamp, error, ssid = SENDER.unpack_from(datagram)
-    tail, refused = datagram[BASE_LEN:], 0
-    if tail and not _returned_as_is(tail):
-        tail, refused = reflect_tail(tail, ReflectContext(tos, clock.stamps))
+    tail, refused, reply_tos = datagram[BASE_LEN:], 0, NO_TOS
+    if tail.startswith(_COS_HEAD) and _padding_from(tail, _COS_LEN):
+        tail, reply_tos = _answer_cos(tail, tos, permitted_dscp)
+    elif tail and not _returned_as_is(tail):
+        out = reflect_tail(tail, ReflectContext(tos, clock.stamps, permitted_dscp))
+        tail, refused, reply_tos = out.tail, out.refused, out.reply_tos
     reply = REFLECTOR.pack(
         seq if reflector_seq is None else reflector_seq & 0xFFFF_FFFF,
         encode_timestamp(tx_ns, clock.fmt),
@@ -293,7 +302,7 @@ def reflect(
         error,
         ttl & 0xFF,
     )
-    return Reflection(ReflectStatus.REFLECTED, reply + tail, seq, ssid, refused)
+    return Reflection(ReflectStatus.REFLECTED, reply + tail, seq, ssid, refused, reply_tos)
 
 
 def _returned_as_is(tail: bytes) -> bool:
@@ -302,3 +311,36 @@ def _returned_as_is(tail: bytes) -> bool:
     if len(tail) >= TLV_HEADER.size and tail[0] == 0 and tail[1] == TlvType.EXTRA_PADDING:
         return int.from_bytes(tail[2:4], "big") == len(tail) - TLV_HEADER.size
     return tail.count(0) == len(tail)
+
+
+# loadgen's own tail, the reflector's hot path: a Class of Service TLV, flags clear (RFC 8972
+# 4.4), then nothing or one Extra Padding TLV filling the rest. Answered here as `reflect_tail`
+# would (tests hold the two equal) without parsing it into objects.
+_COS_HEAD = TLV_HEADER.pack(0, TlvType.CLASS_OF_SERVICE, COS_VALUE_LEN)
+_COS_LEN = TLV_HEADER.size + COS_VALUE_LEN
+
+
+def _padding_from(tail: bytes, at: int) -> bool:
+    """Nothing from `at` on, or one Extra Padding TLV (flags clear) filling the rest."""
+    n = len(tail) - at
+    if n <= 0:
+        return n == 0
+    return (
+        n >= TLV_HEADER.size
+        and tail[at] == 0
+        and tail[at + 1] == TlvType.EXTRA_PADDING
+        and tail[at + 2] << 8 | tail[at + 3] == n - TLV_HEADER.size
+    )
+
+
+def _answer_cos(tail: bytes, tos: int, permitted: frozenset[int] | None) -> tuple[bytes, int]:
+    """The Class of Service TLV answered (DSCP2/ECN as received, RP, Reserved zero), and the
+    reply's TOS: DSCP1 or, refused, the received DSCP; Not-ECT."""
+    at = TLV_HEADER.size  # the value: DSCP1 (6) | DSCP2 (6) | ECN (2) | RP (2) | Reserved (16)
+    dscp1 = tail[at] >> 2
+    refused = permitted is not None and dscp1 not in permitted
+    out = bytearray(tail)
+    out[at] = dscp1 << 2 | tos >> 6 & 3
+    out[at + 1] = (tos >> 2 & 0xF) << 4 | (tos & 3) << 2 | refused
+    out[at + 2] = out[at + 3] = 0
+    return bytes(out), (tos >> 2 & 0x3F if refused else dscp1) << 2

@@ -8,6 +8,7 @@ TTL it saw) of the last batch for the one-way figures.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,10 @@ from loadgen.wire.stamp import (
     TAI_MINUS_UTC_S,
     SenderPacket,
 )
-from loadgen.wire.stamp_probe import StampSpec, StampStatus
-from loadgen.wire.stamp_tlv import TLV_HEADER, TlvType
+from loadgen.wire.stamp_probe import NO_VALUE, StampSpec, StampStatus
+from loadgen.wire.stamp_tlv import TLV_HEADER, ClassOfService, TlvFlag, TlvType
 
-# Where loadgen's payload starts: after the base packet and the Extra Padding TLV header.
-STAMP_PAYLOAD_AT = BASE_LEN + TLV_HEADER.size
+COS_AT = BASE_LEN  # our Class of Service TLV, when sent, comes first (`build_test_packet`)
 _STATUS = {
     StampStatus.REPLY: icmp.DecodeStatus.REPLY,
     StampStatus.BITFLIP: icmp.DecodeStatus.BITFLIP,
@@ -40,9 +40,11 @@ _STATUS = {
 SEQ_BASE = 1 << 31  # StampSpec.seq_base of loadgen's sender: stateless and stateful told apart
 
 
-def stamp_spec(run_id: int, ssid: int, size: int) -> StampSpec:
-    """The STAMP packet that carries a loadgen payload of `size` bytes (profile key size)."""
-    return StampSpec(run_id=run_id, ssid=ssid, size=STAMP_PAYLOAD_AT + size, seq_base=SEQ_BASE)
+def stamp_spec(run_id: int, ssid: int, size: int, cos_dscp: int = NO_VALUE) -> StampSpec:
+    """The STAMP packet that carries a loadgen payload of `size` bytes (profile key size),
+    with a Class of Service TLV asking for `cos_dscp` unless NO_VALUE."""
+    bare = StampSpec(run_id=run_id, ssid=ssid, size=0, cos_dscp=cos_dscp, seq_base=SEQ_BASE)
+    return replace(bare, size=bare.payload_at + size)
 
 
 def _col(rows: NDArray[np.uint8], at: int, dtype: str) -> NDArray[Any]:
@@ -103,8 +105,12 @@ class PayloadBuilder:
 class StampBuilder(PayloadBuilder):
     def __init__(self, spec: StampSpec, global_index: NDArray[np.uint32]) -> None:
         base = SenderPacket(0, 0, spec.error, spec.ssid).pack()
-        tlv = TLV_HEADER.pack(0, TlvType.EXTRA_PADDING, spec.size - STAMP_PAYLOAD_AT)
-        super().__init__(spec.run_id, spec.size - STAMP_PAYLOAD_AT, base + tlv, global_index)
+        if spec.cos_dscp != NO_VALUE:
+            base += ClassOfService(dscp1=spec.cos_dscp).tlv().pack()
+        if spec.timestamp_info:
+            raise ValueError("the batch builder sends no Timestamp Information TLV")
+        tlv = TLV_HEADER.pack(0, TlvType.EXTRA_PADDING, spec.size - spec.payload_at)
+        super().__init__(spec.run_id, spec.size - spec.payload_at, base + tlv, global_index)
         self.spec = spec
 
     def build(
@@ -181,14 +187,18 @@ class UdpEchoDecoder(PayloadDecoder):
 
 
 class StampDecoder(PayloadDecoder):
-    """Reflected STAMP packets to the tracker's columns, plus the reflector's (`last_*`)."""
+    """Reflected STAMP packets to the tracker's columns, plus the reflector's (`last_*`):
+    last_cos_tos is the TOS byte (DSCP2 << 2 | ECN) the reflector received, NO_VALUE where
+    its Class of Service TLV did not come back served; last_cos_rp its RP."""
 
     def __init__(self, spec: StampSpec, family: WireFamily) -> None:
-        super().__init__(spec.run_id, spec.size - STAMP_PAYLOAD_AT, STAMP_PAYLOAD_AT, family)
+        at = spec.payload_at
+        super().__init__(spec.run_id, spec.size - at, at, family)
         self.spec = spec
         self._fills_scalar = icmp.fill_patterns(spec.run_id, max(spec.fill_len, 0))
         empty = np.zeros(0, np.int64)
         self.last_t2_ns, self.last_t3_ns, self.last_reflector_seq, self.last_ttl = (empty,) * 4
+        self.last_cos_tos, self.last_cos_rp = empty, empty
         self.last_stateful = np.zeros(0, bool)  # reply's sequence is the reflector's own
 
     def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
@@ -197,8 +207,9 @@ class StampDecoder(PayloadDecoder):
         if n and buf.shape[1] >= self.length:
             good = out.status == icmp.DecodeStatus.REPLY
             good &= _col(rows, 14, ">u2") == self.spec.ssid
-            good &= rows[:, BASE_LEN + 1] == TlvType.EXTRA_PADDING
-            good &= _col(rows, BASE_LEN + 2, ">u2") == self.spec.size - STAMP_PAYLOAD_AT
+            pad_at = self.spec.payload_at - TLV_HEADER.size
+            good &= rows[:, pad_at + 1] == TlvType.EXTRA_PADDING
+            good &= _col(rows, pad_at + 2, ">u2") == self.spec.size - self.spec.payload_at
             sender_seq = _col(rows, 24, ">u4").astype(np.int64)
             good &= sender_seq == ((out.seq + self.spec.seq_base) & 0xFFFF_FFFF)
             good &= _col(rows, 36, ">u2") == self.spec.error.pack()
@@ -209,14 +220,34 @@ class StampDecoder(PayloadDecoder):
             self.last_reflector_seq = _col(rows, 0, ">u4").astype(np.int64)
             self.last_stateful = self.last_reflector_seq != sender_seq
             self.last_ttl = rows[:, 40].astype(np.int64)
+            self._cos_columns(rows)
         else:
             good = np.zeros(n, bool)
             self.last_t2_ns = self.last_t3_ns = np.zeros(n, np.int64)
             self.last_reflector_seq = self.last_ttl = np.zeros(n, np.int64)
+            self.last_cos_tos, self.last_cos_rp = (
+                np.full(n, NO_VALUE, np.int64),
+                np.zeros(n, np.int64),
+            )
             self.last_stateful = np.zeros(n, bool)
         for i in np.flatnonzero(~good).tolist():  # rare: the specification decides
             self._one(out, i, bytes(rows[i, : min(int(lengths[i]), buf.shape[1])]))
         return out
+
+    def _cos_columns(self, rows: NDArray[np.uint8]) -> None:
+        """DSCP2/ECN and RP of each row's Class of Service TLV where it came back served (no
+        U or M flag: a reflector that does not know it returns our zeros)."""
+        n = len(rows)
+        self.last_cos_rp = np.zeros(n, np.int64)
+        self.last_cos_tos = np.full(n, NO_VALUE, np.int64)
+        if self.spec.cos_dscp == NO_VALUE:
+            return
+        refused = TlvFlag.UNRECOGNIZED | TlvFlag.MALFORMED
+        ok = (rows[:, COS_AT] & refused == 0) & (rows[:, COS_AT + 1] == TlvType.CLASS_OF_SERVICE)
+        ok &= _col(rows, COS_AT + 2, ">u2") == 4
+        word = _col(rows, COS_AT + 4, ">u4").astype(np.int64)
+        self.last_cos_tos = np.where(ok, word >> 18 & 0xFF, NO_VALUE)
+        self.last_cos_rp = np.where(ok, word >> 16 & 3, 0)
 
     def _one(self, out: DecodedBatch, i: int, datagram: bytes) -> None:
         reply = stamp_probe.decode_reply(datagram, self.spec, self._fills_scalar)
@@ -226,5 +257,8 @@ class StampDecoder(PayloadDecoder):
         out.seq[i] = reply.seq if known else 0
         self.last_t2_ns[i], self.last_t3_ns[i] = reply.t2_ns, reply.t3_ns
         self.last_reflector_seq[i], self.last_ttl[i] = reply.reflector_seq, reply.ttl
+        cos = NO_VALUE not in (reply.dscp, self.spec.cos_dscp)
+        self.last_cos_tos[i] = reply.dscp << 2 | reply.ecn if cos else NO_VALUE
+        self.last_cos_rp[i] = reply.rp
         sent = (reply.seq + self.spec.seq_base) & 0xFFFF_FFFF
         self.last_stateful[i] = reply.reflector_seq != sent

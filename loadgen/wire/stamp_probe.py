@@ -57,6 +57,12 @@ class StampSpec:
         return OPTION_TLV_LEN * ((self.cos_dscp != NO_VALUE) + self.timestamp_info)
 
     @property
+    def payload_at(self) -> int:
+        """Where loadgen's payload header starts: after the base packet, the option TLVs and
+        the Extra Padding TLV's header."""
+        return BASE_LEN + self.options_len + tlv.TLV_HEADER_LEN
+
+    @property
     def fill_len(self) -> int:
         """Fill bytes after our header; -1 when the packet has no room for the header."""
         return self.size - BASE_LEN - self.options_len - PADDING_OVERHEAD
@@ -119,6 +125,7 @@ class StampReply:
     ttl: int = 0  # TTL / hop limit our probe arrived with at the reflector
     dscp: int = NO_VALUE  # DSCP and ECN the reflector received (Class of Service TLV)
     ecn: int = NO_VALUE
+    rp: int = 0  # the reflector's Reverse Path verdict on our DSCP1 (RFC 8972 4.4)
     refused_tlvs: int = 0  # TLVs the reflector flagged unknown or malformed
 
 
@@ -145,15 +152,20 @@ def decode_reply(datagram: bytes, spec: StampSpec, fills: tuple[bytes, ...]) -> 
         1 for t in parsed.tlvs if t.flags & (tlv.TlvFlag.UNRECOGNIZED | tlv.TlvFlag.MALFORMED)
     )
     dscp = ecn = NO_VALUE
+    rp = 0
     ours: bytes | None = None
     for item in parsed.tlvs:
-        if item.type == tlv.TlvType.CLASS_OF_SERVICE and (
-            cos := tlv.ClassOfService.from_value(item.value)
+        served = not item.flags & (tlv.TlvFlag.UNRECOGNIZED | tlv.TlvFlag.MALFORMED)
+        if (
+            item.type == tlv.TlvType.CLASS_OF_SERVICE
+            and served
+            and dscp == NO_VALUE
+            and (cos := tlv.ClassOfService.from_value(item.value))
         ):
-            dscp, ecn = cos.dscp2, cos.ecn
+            dscp, ecn, rp = cos.dscp2, cos.ecn, cos.rp
         elif item.type == tlv.TlvType.EXTRA_PADDING and item.value[:4] == MAGIC.to_bytes(4, "big"):
             ours = item.value
-    reply = replace(reply, dscp=dscp, ecn=ecn, refused_tlvs=refused + bool(parsed.rest))
+    reply = replace(reply, dscp=dscp, ecn=ecn, rp=rp, refused_tlvs=refused + bool(parsed.rest))
     damaged = packet.sender_error != spec.error or bool(parsed.rest)
     if spec.fill_len < 0:
         return replace(reply, status=StampStatus.BITFLIP) if damaged else reply

@@ -71,6 +71,13 @@ def test_groups_expand_to_named_hosts_with_p2p_addresses() -> None:
         ({"hosts": [{"name": "a"}, {"name": "a"}]}, "used twice"),
         ({"hosts": [{"name": "a", "unreachable": 0.6, "time_exceeded": 0.6}]}, "<= 1"),
         ({"hosts": [{"name": "a", "colour": 1}]}, "lab.hosts[0].colour = 1: unknown key"),
+        (
+            {"hosts": [{"name": "a", "remark_dscp_fwd": 64}]},
+            "remark_dscp_fwd = 64: must be 0 to 63",
+        ),
+        ({"hosts": [{"name": "a", "remark_dscp_rev": "gold"}]}, "remark_dscp_rev = 'gold'"),
+        ({"hosts": [{"name": "a", "remark_ecn_fwd": 4}]}, "remark_ecn_fwd = 4: must be 0 to 3"),
+        ({"hosts": [{"name": "a", "remark_ecn_rev": True}]}, "remark_ecn_rev = True"),
         ({"prefix": "lgabcdef", "hosts": [{"name": "a", "count": 100_000}]}, "lab.hosts[0].count"),
         ({"hosts": [{"name": "a", "delay_fwd_ms": 5}]}, "delay_fwd_ms = 5: delays STAMP"),
         ({"hosts": [{"name": "a", "stamp_port": 1, "delay_rev_ms": -2}]}, "delay_rev_ms = -2"),
@@ -84,6 +91,20 @@ def test_bad_specs_give_one_line_errors_naming_the_key(lab: dict[str, Any], need
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("t.toml: ")
     assert needle in msg
+
+
+def test_remarks_rewrite_one_direction_each() -> None:
+    host = {"name": "a", "remark_dscp_fwd": "cs1", "remark_ecn_fwd": "ce", "remark_dscp_rev": 10}
+    imp = spec_of(hosts=[host]).groups[0].impairments
+    assert (imp.remark_dscp_fwd, imp.remark_ecn_fwd, imp.remark_dscp_rev) == (8, 3, 10)
+    assert imp.remark_ecn_rev == -1 and not imp.needs_reflector
+    for version, field in ((4, "ip"), (6, "ip6")):
+        text = nft_ruleset("t_imp", imp, version)
+        into, out = text.split("chain output")
+        assert f"{field} dscp set 8" in into and f"{field} ecn set 3" in into
+        assert f"{field} dscp set 10" in out and "ecn set" not in out
+    clean = nft_ruleset("t_imp", spec_of().groups[0].impairments)
+    assert "dscp set" not in clean and "ecn set" not in clean
 
 
 def test_interface_names_fit_ifnamsiz_for_the_longest_prefix_and_most_hosts() -> None:
