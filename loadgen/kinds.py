@@ -130,6 +130,9 @@ class KindIO:
     # among the packets, and this decoder reads them.
     queued_errors: ReplyDecoder | None = None
     extras: Extras | None = None  # a kind's records beyond the tracker's (STAMP: one-way)
+    # Rewrites the send time a built batch carries (STAMP's T1, the UDP payload's): called
+    # with the time read right before the send, so T1 is not early by the build's cost.
+    restamp: Callable[[NDArray[np.uint8], int], None] | None = None
 
     def close(self) -> None:
         self.io.close()
@@ -371,11 +374,13 @@ def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
     addresses = target_addresses(plan, fam)
     if not stamp:
         echo = UdpEchoBuilder(plan.run_id, probe.size, global_index)
-        return KindIO(io, echo, UdpEchoDecoder(plan.run_id, probe.size, fam), names, addresses)
+        decode = UdpEchoDecoder(plan.run_id, probe.size, fam)
+        return KindIO(io, echo, decode, names, addresses, restamp=echo.restamp)
     decoder = StampDecoder(spec, fam)
     keep_ns = 2 * probe.linger_ns + 1_000_000_000
     extras = _StampExtras(decoder, keep_ns, io, probe.tos if cos else None)
-    return KindIO(io, StampBuilder(spec, global_index), decoder, names, addresses, extras=extras)
+    builder = StampBuilder(spec, global_index)
+    return KindIO(io, builder, decoder, names, addresses, extras=extras, restamp=builder.restamp)
 
 
 # One entry per kind in probekind.IMPLEMENTED.

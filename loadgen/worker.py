@@ -249,6 +249,8 @@ class Worker:
         # The send time is read after the batch is built, right before the one sendmmsg, so
         # build cost never shows up as latency.
         tx_rt = time.time_ns()
+        if self.kind.restamp is not None:
+            self.kind.restamp(packets, tx_rt)
         # OPT_ID of the batch's first packet: sends since TX stamps were enabled.
         first_id = self.tracker.sent - self.tx_first_k
         result = self.io.send(packets, self.kind.destinations[local], first_id)

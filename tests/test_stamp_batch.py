@@ -200,3 +200,26 @@ def test_cos_columns_agree_with_the_specification(rows: list[tuple[int, int, boo
         assert (dec.last_cos_tos[i], dec.last_cos_rp[i]) == (tos, want.rp)
         if rows[i][1] < 0:  # undamaged: exactly what arrived, RP as the policy said
             assert (tos, want.rp) == (rows[i][0], int(rows[i][2]))
+
+
+def test_a_restamped_batch_carries_the_later_send_time_as_built_then() -> None:
+    """The worker reads the send time after building: restamping rows gives exactly the packet
+    built at that time (T1 and our payload's copy), which a reflector echoes and we decode."""
+    later_ns = NOW_NS + 90_000
+    local, seqs = np.array([0, 2], np.int64), np.array([3, 4], np.uint64)
+    for spec in (SPEC, COS_SPEC):
+        builder = StampBuilder(spec, GLOBAL)
+        rows = builder.build(local, seqs, NOW_NS)
+        builder.restamp(rows, later_ns)
+        assert rows.tobytes() == StampBuilder(spec, GLOBAL).build(local, seqs, later_ns).tobytes()
+        replies = [reflect(row.tobytes(), rx_ns=later_ns + 7_000) for row in rows]
+        out = StampDecoder(spec, IPV4).decode(*as_rows(replies), 2)
+        assert out.status.tolist() == [DecodeStatus.REPLY] * 2
+        assert out.tx_ns.tolist() == [later_ns] * 2
+    echo = UdpEchoBuilder(RUN_ID, SIZE, GLOBAL)
+    rows = echo.build(local, seqs, NOW_NS)
+    echo.restamp(rows, later_ns)
+    assert (
+        rows.tobytes()
+        == UdpEchoBuilder(RUN_ID, SIZE, GLOBAL).build(local, seqs, later_ns).tobytes()
+    )

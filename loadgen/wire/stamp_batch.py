@@ -101,6 +101,10 @@ class PayloadBuilder:
         _col(rows, at + 20, ">i8")[:] = tx_ns
         return rows
 
+    def restamp(self, rows: NDArray[np.uint8], tx_ns: int) -> None:
+        """Give rows already built the send time tx_ns instead."""
+        _col(rows, self._at + 20, ">i8")[:] = tx_ns
+
 
 class StampBuilder(PayloadBuilder):
     def __init__(self, spec: StampSpec, global_index: NDArray[np.uint32]) -> None:
@@ -120,6 +124,11 @@ class StampBuilder(PayloadBuilder):
         _col(rows, 0, ">u4")[:] = (seqs + self.spec.seq_base) & 0xFFFF_FFFF
         _col(rows, 4, ">u8")[:] = ntp_columns(np.array([tx_ns], np.int64))[0]
         return rows
+
+    def restamp(self, rows: NDArray[np.uint8], tx_ns: int) -> None:
+        """T1 (RFC 8762 4.2.1) and our payload's copy of it, as tx_ns."""
+        super().restamp(rows, tx_ns)
+        _col(rows, 4, ">u8")[:] = ntp_columns(np.array([tx_ns], np.int64))[0]
 
 
 class UdpEchoBuilder(PayloadBuilder):
