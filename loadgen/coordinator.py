@@ -1,7 +1,9 @@
 """The coordinator: spawns the workers, merges their frames, closes seconds, stops cleanly.
 
 Owns the worker processes (spawn start method, one CPU each), their pipes and sentinels, the
-`stats.Aggregator` and the run's clock origin. Its event loop (uvloop) reacts to frames, to
+`stats.Aggregator` and the run's clock origin. With `Streams` the workers connect back over TCP
+instead (`launch` starts them, here or on other hosts), are held to a lease by heartbeats and
+named when their stream closes or goes silent. Its event loop (uvloop) reacts to frames, to
 worker exits and to SIGINT/SIGTERM, and on a timer closes every second that all live workers
 have passed, hands closed seconds to the exports and a snapshot to the display.
 """
@@ -16,8 +18,9 @@ import multiprocessing
 import os
 import select
 import signal
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -26,11 +29,15 @@ import uvloop
 
 from loadgen.closing import SecondCloser
 from loadgen.errors import LoadgenError, WorkerFailed
+from loadgen.lease import LEASE_NS, BeatClock, Lease
+from loadgen.net.stream import StreamPeer, listen
 from loadgen.plan import RunPlan, WorkerPlan
 from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
 from loadgen.stats import Aggregator, RunSummary, SecondReport
 from loadgen.wire.messages import (
+    Beat,
     Done,
+    Echo,
     Failed,
     Frame,
     Hello,
@@ -43,7 +50,7 @@ from loadgen.wire.messages import (
     decode,
     encode,
 )
-from loadgen.worker import REALTIME_PRIORITY, worker_main
+from loadgen.worker import REALTIME_PRIORITY, stream_worker_main, worker_main
 
 HELLO_TIMEOUT_S = 20.0
 START_MARGIN_NS = 100_000_000  # workers begin together this long after the last Hello
@@ -54,14 +61,54 @@ F_SETPIPE_SZ = 1031
 PIPE_BYTES = (4 << 20, 1 << 20)
 FRAMES_PER_WAKE = 8  # frames read per readable pipe before the loop gets a turn
 EVERY_FRAME = 1 << 30  # a worker that exited: read all it left in the pipe
+# A stream worker's process that exited before its stream was claimed: what it sent (a Failed
+# message) may still be on its way.
+STREAM_GRACE_S = 0.5
+
+
+class Launcher:
+    """Starts stream workers that connect back to `address`; the local one spawns processes
+    here (returned, for their sentinels and the reaping). Others place them on other hosts."""
+
+    def start(
+        self, address: tuple[str, int], plans: Sequence[tuple[WorkerPlan, bytes]]
+    ) -> dict[int, BaseProcess]:
+        ctx = multiprocessing.get_context("spawn")
+        procs: dict[int, BaseProcess] = {}
+        for wp, plan_bytes in plans:
+            proc = ctx.Process(
+                target=stream_worker_main,
+                args=(plan_bytes, address),
+                name=f"loadgen-worker-{wp.index}",
+                daemon=True,
+            )
+            proc.start()
+            procs[wp.index] = proc
+        return procs
+
+    def close(self) -> None:
+        """The run is over: whatever the launcher placed elsewhere is let go."""
+
+
+@dataclass(frozen=True, slots=True)
+class Streams:
+    """Workers reach the coordinator over TCP: it listens on `host`:`port` (0: any free one)
+    and tells workers to connect to `advertise` (default: the listening address)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise: str | None = None
+    launcher: Launcher = field(default_factory=Launcher)
 
 
 @dataclass(slots=True)
 class WorkerHandle:
     plan: WorkerPlan
-    process: BaseProcess
-    data: Connection
-    control: Connection
+    process: BaseProcess | None  # None: started elsewhere (another host)
+    data: Connection | None  # the pipes; None for a worker on a stream
+    control: Connection | None
+    stream: StreamPeer | None = None  # its TCP stream, once it said who it is
+    lease: Lease | None = None
     hello: Hello | None = None
     stats: WorkerStats = field(default_factory=WorkerStats)
     watermark_ns: int = 0
@@ -134,8 +181,11 @@ class Coordinator:
         *,
         display: Display | None = None,
         on_second: Callable[[SecondReport], None] | None = None,
+        streams: Streams | None = None,
     ) -> None:
         self.plan = plan
+        self.streams = streams
+        self._listener: socket.socket | None = None
         self.display = display or Display()
         self.on_second = on_second
         self.workers: tuple[WorkerHandle, ...] = ()
@@ -158,12 +208,19 @@ class Coordinator:
     async def _main(self) -> RunOutcome:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._spawn_all()
         sending = contextlib.ExitStack()  # what holds while the workers send
+        sending.callback(self._close_streams)
+        self._spawn_all()
         for h in self.workers:
-            watch_connection(loop, h.data, self._on_data, h)
-            h.readable.register(h.data.fileno(), select.POLLIN)
-            loop.add_reader(h.process.sentinel, self._on_exit, h)
+            if h.data is not None:
+                watch_connection(loop, h.data, self._on_data, h)
+                h.readable.register(h.data.fileno(), select.POLLIN)
+            if h.process is not None:
+                loop.add_reader(h.process.sentinel, self._on_exit, h)
+        if self._listener is not None:
+            loop.add_reader(self._listener.fileno(), self._on_connect)
+            beats = loop.create_task(self._beat())
+            sending.callback(beats.cancel)
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
         loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
         try:
@@ -197,8 +254,10 @@ class Coordinator:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
             for h in self.workers:
-                loop.remove_reader(h.data.fileno())
-                loop.remove_reader(h.process.sentinel)
+                if h.data is not None:
+                    loop.remove_reader(h.data.fileno())
+                if h.process is not None:
+                    loop.remove_reader(h.process.sentinel)
             self._reap()
             self.display.stopped()
         assert self.aggregator is not None
@@ -229,6 +288,9 @@ class Coordinator:
         self.closer = SecondCloser(self.aggregator, self.check, targets)
 
     def _spawn_all(self) -> None:
+        if self.streams is not None:
+            self._launch(self.streams)
+            return
         ctx = multiprocessing.get_context("spawn")
         handles = []
         for wp in self.plan.workers:
@@ -282,16 +344,21 @@ class Coordinator:
 
     def _reap(self) -> None:
         for h in self.workers:
-            h.process.join(timeout=2)
-            if h.process.is_alive():
-                h.process.kill()
+            if h.process is not None:
                 h.process.join(timeout=2)
-            h.data.close()
-            h.control.close()
+                if h.process.is_alive():
+                    h.process.kill()
+                    h.process.join(timeout=2)
+            for conn in (h.data, h.control):
+                if conn is not None:
+                    conn.close()
 
     # -- events ----------------------------------------------------------------------------
 
     def _on_data(self, h: WorkerHandle, limit: int = FRAMES_PER_WAKE) -> None:
+        if h.data is None:
+            self._on_stream(h)
+            return
         try:
             # Called when the pipe is readable: one frame at least, then what else is there,
             # up to `limit` (one poll object per pipe: Connection.poll builds a selector per
@@ -320,6 +387,8 @@ class Coordinator:
             h.stats = msg.stats
             if self.check is not None:
                 self.check.on_frame(h.plan.index, msg.now_ns, msg.stats)
+        elif isinstance(msg, Echo):
+            pass  # it renewed the lease (`_on_stream`)
         elif isinstance(msg, Hello):
             h.hello = msg
             if self._wake is not None:
@@ -334,31 +403,45 @@ class Coordinator:
                 self._stop_all("a worker failed")
 
     def _on_exit(self, h: WorkerHandle) -> None:
+        assert h.process is not None
         loop = asyncio.get_running_loop()
         loop.remove_reader(h.process.sentinel)
+        if h.data is None:  # a stream worker: its stream, not its process, says how it ended
+            if h.stream is None:
+                loop.call_later(STREAM_GRACE_S, self._exited_unclaimed, h)
+            return
         self._on_data(h, limit=EVERY_FRAME)  # whatever it wrote before it went
+        self._exited(h)
+
+    def _exited(self, h: WorkerHandle) -> None:
+        assert h.process is not None
         h.process.join(timeout=1)
         h.exited = True
         if h.done is None and h.failure is None:
             code = h.process.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-            pid = h.process.pid
-            h.failure = (
-                f"died unexpectedly (pid {pid}, {how}); its probes still waiting for an "
-                "outcome are reported as unresolved"
-            )
-            if self.aggregator is not None:  # before the start, _await_hellos reports it
-                self._lost(h, "died")
-                self.display.note(f"worker {h.plan.index} {h.failure}")
-                self._stop_all("a worker died")
+            self._gone(h, f"died unexpectedly (pid {h.process.pid}, {how})", "died")
         if self._wake is not None:
             self._wake.set()
+
+    def _exited_unclaimed(self, h: WorkerHandle) -> None:
+        if h.stream is None:
+            self._exited(h)
+
+    def _gone(self, h: WorkerHandle, what: str, cause: str) -> None:
+        """A worker ended without saying done: named, its open probes unresolved, and the
+        run stops."""
+        h.failure = f"{what}; its probes still waiting for an outcome are reported as unresolved"
+        if self.aggregator is not None:  # before the start, _await_hellos reports it
+            self._lost(h, cause)
+            self.display.note(f"worker {h.plan.index} {h.failure}")
+            self._stop_all(f"a worker {cause}")
 
     def _on_interrupt(self) -> None:
         if self.interrupted:
             self.aborted = True  # second CTRL-C: quit now
             for h in self.workers:
-                if h.process.is_alive():
+                if h.process is not None and h.process.is_alive():
                     h.process.kill()
         else:
             self.interrupted = True
@@ -380,9 +463,122 @@ class Coordinator:
             if h.live:
                 self._tell(h, Stop(reason))
 
-    def _tell(self, h: WorkerHandle, msg: Start | Stop) -> None:
+    def _tell(self, h: WorkerHandle, msg: Start | Stop | Beat) -> None:
+        if h.stream is not None:
+            h.stream.send_bytes(encode(msg))  # a stream that takes nothing more is `closed`
+            return
         with contextlib.suppress(OSError):
-            h.control.send_bytes(encode(msg))
+            if h.control is not None:
+                h.control.send_bytes(encode(msg))
+
+    # -- workers on streams ----------------------------------------------------------------
+
+    def _launch(self, streams: Streams) -> None:
+        self._listener = listen(streams.host, streams.port)
+        host, port = self._listener.getsockname()[:2]
+        address = (streams.advertise or host, port)
+        plans = [(wp, encode(_plan_message(wp))) for wp in self.plan.workers]
+        procs = streams.launcher.start(address, plans)
+        self.workers = tuple(
+            WorkerHandle(wp, procs.get(wp.index), None, None) for wp in self.plan.workers
+        )
+
+    def _on_connect(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(len(self.workers)):
+            try:
+                sock, _addr = self._listener.accept()
+            except OSError:  # EAGAIN: none left; ECONNABORTED: gone already
+                return
+            peer = StreamPeer(sock)
+            loop.add_reader(peer.fileno(), self._on_unclaimed, peer)
+
+    def _on_unclaimed(self, peer: StreamPeer) -> None:
+        """A new stream says which worker it is with its first message (Hello or Failed);
+        one that says nothing we know of is closed."""
+        loop = asyncio.get_running_loop()
+        try:
+            msgs = [decode(p) for p in peer.read()]
+        except ProtocolError:
+            msgs, peer.closed = [], True
+        if msgs:
+            index = msgs[0].worker if isinstance(msgs[0], Hello | Failed) else -1
+            h = next((h for h in self.workers if h.plan.index == index), None)
+            if h is None or h.stream is not None or not h.live:
+                peer.closed = True
+            else:
+                loop.remove_reader(peer.fileno())
+                h.stream, h.lease = peer, Lease(time.monotonic_ns())
+                loop.add_reader(peer.fileno(), self._on_data, h)
+                for msg in msgs:
+                    self._handle(h, msg)
+                self._after_read(h)
+                return
+        if peer.closed:
+            loop.remove_reader(peer.fileno())
+            peer.close()
+
+    def _on_stream(self, h: WorkerHandle) -> None:
+        assert h.stream is not None and h.lease is not None
+        try:
+            payloads = h.stream.read()
+            if payloads:
+                h.lease.heard(time.monotonic_ns())
+            for payload in payloads:
+                self._handle(h, decode(payload))
+        except ProtocolError as exc:
+            h.failure = f"sent a message this coordinator cannot read ({exc})"
+            h.stream.closed = True
+        self._after_read(h)
+
+    def _after_read(self, h: WorkerHandle) -> None:
+        if h.stream is not None and h.stream.closed:
+            self._drop_stream(h, "its stream closed before it said done (killed, or reset)")
+        if self._wake is not None and not h.live:
+            self._wake.set()
+
+    def _drop_stream(self, h: WorkerHandle, what: str, cause: str = "lost its stream") -> None:
+        assert h.stream is not None
+        if h.stream.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(h.stream.fileno())
+        h.stream.close()
+        h.stream.closed = True
+        if h.live:
+            self._gone(h, what, cause)
+        h.exited = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _beat(self) -> None:
+        """Heartbeats to every stream, and the coordinator's side of each lease."""
+        clock = BeatClock(time.monotonic_ns())
+        while True:
+            now = time.monotonic_ns()
+            seq = clock.due(now)
+            for h in self.workers:
+                if h.stream is None or h.lease is None or not h.live:
+                    continue
+                if h.lease.expired(now):
+                    silent = f"sent nothing for {LEASE_NS / 1e9:.0f} s (host down or link cut)"
+                    self._drop_stream(h, silent, "went silent")
+                elif seq is not None:
+                    self._tell(h, Beat(seq, time.time_ns()))
+                    if h.stream.closed:
+                        self._drop_stream(h, "its stream stopped taking heartbeats")
+            await asyncio.sleep(clock.wait_ns(time.monotonic_ns()) / 1e9)
+
+    def _close_streams(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+        for h in self.workers:
+            if h.stream is not None and h.stream.fileno() >= 0:
+                loop.remove_reader(h.stream.fileno())
+                h.stream.close()
+        if self.streams is not None:
+            self.streams.launcher.close()
 
     # -- closing seconds -------------------------------------------------------------------
 

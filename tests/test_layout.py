@@ -22,6 +22,8 @@ PURE = (
     "wire/bpf.py",
     "wire/records.py",
     "wire/messages.py",
+    "wire/stream.py",
+    "lease.py",
     "wire/stamp.py",
     "wire/stamp_tlv.py",
     "wire/stamp_probe.py",

@@ -28,7 +28,7 @@ def worker_views(workers: Sequence[WorkerHandle]) -> tuple[WorkerView, ...]:
         WorkerView(
             index=h.plan.index,
             cpu=-1 if h.plan.cpu is None else h.plan.cpu,
-            pid=h.process.pid or 0,
+            pid=h.hello.pid if h.hello else 0,
             cpu_pct=h.cpu_pct,
             sent=h.stats.sent,
             send_errors=h.stats.send_errors,
