@@ -27,6 +27,7 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 
+from loadgen.clockoffset import OffsetEstimator, WorkerClock, to_coordinator_clock, worker_clock
 from loadgen.closing import SecondCloser
 from loadgen.errors import LoadgenError, WorkerFailed
 from loadgen.lease import LEASE_NS, BeatClock, Lease
@@ -64,6 +65,7 @@ EVERY_FRAME = 1 << 30  # a worker that exited: read all it left in the pipe
 # A stream worker's process that exited before its stream was claimed: what it sent (a Failed
 # message) may still be on its way.
 STREAM_GRACE_S = 0.5
+CLOCK_SAMPLES = 16  # ping-pong exchanges with each stream worker before the start
 
 
 class Launcher:
@@ -109,6 +111,9 @@ class WorkerHandle:
     control: Connection | None
     stream: StreamPeer | None = None  # its TCP stream, once it said who it is
     lease: Lease | None = None
+    clock: OffsetEstimator | None = None  # a stream worker's clock offset to ours
+    offset_ns: int = 0  # the offset applied to its frames, fixed at the start
+    read_ns: int = 0  # when its stream was last read: an Echo's t4
     hello: Hello | None = None
     stats: WorkerStats = field(default_factory=WorkerStats)
     watermark_ns: int = 0
@@ -134,6 +139,7 @@ class GeneratorView:
     achieved_pps: float
     workers: tuple[WorkerHandle, ...]
     interrupted: bool
+    clocks: tuple[WorkerClock, ...] = ()  # stream workers' clock offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +151,7 @@ class RunOutcome:
     start_ns: int
     end_ns: int
     limited_seconds: tuple[int, ...]  # seconds in which loadgen itself could not keep up
+    clocks: tuple[WorkerClock, ...] = ()  # stream workers' clock offsets
 
 
 class Display:
@@ -233,7 +240,7 @@ class Coordinator:
             # on whole milliseconds, so an outside observer knows when batches leave.
             self._begin(-(-(time.time_ns() + START_MARGIN_NS) // 1_000_000) * 1_000_000)
             for h in self.workers:
-                self._tell(h, Start(self.start_ns))
+                self._start(h)
             self.display.started(self.plan, self.workers)
             # Workers run SCHED_FIFO where allowed, and once asked for more than they can do
             # they never sleep: at normal priority the coordinator then gets only what
@@ -271,6 +278,7 @@ class Coordinator:
             start_ns=self.start_ns,
             end_ns=time.time_ns(),
             limited_seconds=tuple(self.closer.limited_seconds if self.closer else ()),
+            clocks=self.clocks(),
         )
 
     def _begin(self, start_ns: int) -> None:
@@ -315,7 +323,7 @@ class Coordinator:
     async def _await_hellos(self) -> None:
         assert self._wake is not None
         deadline = time.monotonic() + HELLO_TIMEOUT_S
-        while not all(h.hello or not h.live for h in self.workers):
+        while not all(self._ready(h) or not h.live for h in self.workers):
             if self.aborted or time.monotonic() > deadline:
                 break
             with contextlib.suppress(TimeoutError):
@@ -331,7 +339,7 @@ class Coordinator:
             )
         if self.aborted:
             raise WorkerFailed("interrupted while the workers were starting")
-        missing = [h.plan.index for h in self.workers if h.hello is None]
+        missing = [h.plan.index for h in self.workers if not self._ready(h)]
         if missing:
             raise WorkerFailed(
                 f"workers {missing} did not start within {HELLO_TIMEOUT_S:.0f} s: "
@@ -379,6 +387,7 @@ class Coordinator:
 
     def _handle(self, h: WorkerHandle, msg: object) -> None:
         if isinstance(msg, Frame):
+            msg = to_coordinator_clock(msg, h.offset_ns)
             if self.aggregator is not None:
                 self.aggregator.add(msg.records)
                 if len(msg.bursts):
@@ -388,9 +397,12 @@ class Coordinator:
             if self.check is not None:
                 self.check.on_frame(h.plan.index, msg.now_ns, msg.stats)
         elif isinstance(msg, Echo):
-            pass  # it renewed the lease (`_on_stream`)
+            if h.clock is not None:  # it renewed the lease too (`_on_stream`)
+                h.clock.add(msg.beat_ns, msg.received_ns, msg.sent_ns, h.read_ns)
+                self._sample_clock(h)
         elif isinstance(msg, Hello):
             h.hello = msg
+            self._sample_clock(h)
             if self._wake is not None:
                 self._wake.set()
         elif isinstance(msg, Done):
@@ -473,6 +485,39 @@ class Coordinator:
 
     # -- workers on streams ----------------------------------------------------------------
 
+    def _ready(self, h: WorkerHandle) -> bool:
+        """Said hello, and over a stream its clock is sampled."""
+        return h.hello is not None and (h.clock is None or h.clock.count >= CLOCK_SAMPLES)
+
+    def _sample_clock(self, h: WorkerHandle) -> None:
+        """Before the start, beats go back and forth one at a time (a waiting worker answers
+        at once: the least round trips of the run); after it, `_beat`'s timer samples on."""
+        if h.clock is not None and self.aggregator is None and h.clock.count < CLOCK_SAMPLES:
+            self._tell(h, Beat(0, time.time_ns()))
+
+    def _start(self, h: WorkerHandle) -> None:
+        """Start at the run's origin as the worker's clock shows it; its frames are moved onto
+        ours by the same offset."""
+        best = None if h.clock is None else h.clock.best
+        h.offset_ns = 0 if best is None else best.offset_ns
+        self._tell(h, Start(self.start_ns + h.offset_ns))
+        clock = self.clocks(h)
+        if clock and clock[0].flagged:
+            c = clock[0]
+            self.display.note(
+                f"worker {h.plan.index}: clock offset {c.offset_ns / 1e3:+.0f} µs known only to "
+                f"± {c.bound_ns / 1e3:.0f} µs, past clock_limit: its seconds may be off as much"
+            )
+
+    def clocks(self, *only: WorkerHandle) -> tuple[WorkerClock, ...]:
+        """The stream workers' clocks (of `only`, if given)."""
+        limit = self.plan.profile.clock_limit_ns
+        return tuple(
+            worker_clock(h.plan.index, h.offset_ns, h.clock, limit)
+            for h in only or self.workers
+            if h.clock is not None
+        )
+
     def _launch(self, streams: Streams) -> None:
         self._listener = listen(streams.host, streams.port)
         host, port = self._listener.getsockname()[:2]
@@ -510,6 +555,7 @@ class Coordinator:
             else:
                 loop.remove_reader(peer.fileno())
                 h.stream, h.lease = peer, Lease(time.monotonic_ns())
+                h.clock = OffsetEstimator()
                 loop.add_reader(peer.fileno(), self._on_data, h)
                 for msg in msgs:
                     self._handle(h, msg)
@@ -523,6 +569,7 @@ class Coordinator:
         assert h.stream is not None and h.lease is not None
         try:
             payloads = h.stream.read()
+            h.read_ns = time.time_ns()
             if payloads:
                 h.lease.heard(time.monotonic_ns())
             for payload in payloads:
@@ -614,6 +661,7 @@ class Coordinator:
             achieved_pps=self._achieved_pps,
             workers=self.workers,
             interrupted=self.interrupted,
+            clocks=self.clocks(),
         )
 
 

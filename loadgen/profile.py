@@ -55,6 +55,7 @@ class Profile:
     report: str | None  # HTML report written at the end
     csv: str | None  # per-second CSV export path
     refresh_hz: float  # live table refreshes per second
+    clock_limit_ns: int  # a worker on another host whose clock offset bound is past it is flagged
     outage_min: int  # lost probes in a row that make an outage
     metrics: Listen | None  # serve /metrics here during the run
     metrics_textfile: str | None  # write the metrics here every closed second

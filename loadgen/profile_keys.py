@@ -563,6 +563,18 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         "Live table refreshes per second, 2-4. Default 4.",
         "refresh_hz = 4",
     ),
+    ProfileKey(
+        "clock_limit",
+        "clock_limit_ns",
+        _unit(parse_duration_ns),
+        NS_PER_S // 1000,
+        "Workers on a TCP stream (other hosts: --cluster): each one's clock offset to the "
+        "coordinator is measured over its stream and applied to its send seconds; one whose "
+        "offset is known only to worse than ± this is flagged in the table and the JSONL. "
+        "Default 1ms.",
+        'clock_limit = "1ms"',
+        commented=True,
+    ),
     # Outages and live metrics (the `outages` and `metrics` modules).
     ProfileKey(
         "outage_min",

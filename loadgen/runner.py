@@ -8,6 +8,7 @@ nothing and picks no exit code (that is `cli`). `plan_run` is the one way a plan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,4 +214,5 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "send_errors": sum(w.send_errors for w in outcome.workers),
         "rx_dropped": sum(w.rx_dropped for w in outcome.workers),
         "generator_limited_seconds": list(outcome.limited_seconds),
+        "clocks": [dataclasses.asdict(c) for c in outcome.clocks],
     }

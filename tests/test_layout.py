@@ -24,6 +24,7 @@ PURE = (
     "wire/messages.py",
     "wire/stream.py",
     "lease.py",
+    "clockoffset.py",
     "wire/stamp.py",
     "wire/stamp_tlv.py",
     "wire/stamp_probe.py",

@@ -80,6 +80,9 @@ def test_streams_merge_the_same_buckets_as_pipes() -> None:
             outcomes = sum(streamed[second, target, k] for k in OUTCOMES)
             assert streamed[second, target, "sent"] == outcomes
     assert outcome.failures == ()
+    # One box, one clock: the true offset, 0, lies within every worker's measured bound.
+    assert [c.worker for c in outcome.clocks] == [0, 1]
+    assert all(c.samples >= 16 and abs(c.offset_ns) <= c.bound_ns for c in outcome.clocks)
 
 
 def _totals(buckets: Buckets) -> Counter[tuple[int, str]]:

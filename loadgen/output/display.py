@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.live import Live
 
+from loadgen.clockoffset import WorkerClock
 from loadgen.coordinator import Display, GeneratorView, WorkerHandle
 from loadgen.output.ui import Snapshot, WorkerView, plain_line, render, sending_took
 from loadgen.plan import RunPlan, path_label
@@ -23,7 +24,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-def worker_views(workers: Sequence[WorkerHandle]) -> tuple[WorkerView, ...]:
+def worker_views(
+    workers: Sequence[WorkerHandle], clocks: Sequence[WorkerClock] = ()
+) -> tuple[WorkerView, ...]:
+    by_worker = {c.worker: c for c in clocks}
     return tuple(
         WorkerView(
             index=h.plan.index,
@@ -34,6 +38,7 @@ def worker_views(workers: Sequence[WorkerHandle]) -> tuple[WorkerView, ...]:
             send_errors=h.stats.send_errors,
             rx_drops=h.stats.rx_dropped,
             alive=h.live or h.done is not None,
+            clock=by_worker.get(h.plan.index),
         )
         for h in workers
     )
@@ -91,7 +96,7 @@ class LiveDisplay(Display):
             elapsed_ns=generator.elapsed_ns,
             requested_pps=generator.requested_pps,
             achieved_pps=generator.achieved_pps,
-            workers=worker_views(generator.workers),
+            workers=worker_views(generator.workers, generator.clocks),
             ts_source=ts_source(generator.workers),
             notes=tuple(self.notes[-3:]),
             sent=sent,

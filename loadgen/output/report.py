@@ -76,8 +76,8 @@ from loadgen.stats import (
     TargetStats,
 )
 
-JSONL_SCHEMA_VERSION = 3  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA,
-# refused, STAMP's loss directions and one-way figures
+JSONL_SCHEMA_VERSION = 4  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA,
+# refused, STAMP's loss directions and one-way figures; 4: the summary's "clocks"
 # The "run" object: loadgen version, command line (argv) and profile source, kernel release,
 # CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
 # requested total rate, count and duration (null: not set), timestamp settings, run id, and
