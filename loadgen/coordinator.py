@@ -73,19 +73,20 @@ class Launcher:
     here (returned, for their sentinels and the reaping). Others place them on other hosts."""
 
     def start(
-        self, address: tuple[str, int], plans: Sequence[tuple[WorkerPlan, bytes]]
+        self, address: tuple[str, int], plans: Sequence[tuple[int, bytes]]
     ) -> dict[int, BaseProcess]:
+        """`plans`: each worker's index and encoded PlanMsg."""
         ctx = multiprocessing.get_context("spawn")
         procs: dict[int, BaseProcess] = {}
-        for wp, plan_bytes in plans:
+        for index, plan_bytes in plans:
             proc = ctx.Process(
                 target=stream_worker_main,
                 args=(plan_bytes, address),
-                name=f"loadgen-worker-{wp.index}",
+                name=f"loadgen-worker-{index}",
                 daemon=True,
             )
             proc.start()
-            procs[wp.index] = proc
+            procs[index] = proc
         return procs
 
     def close(self) -> None:
@@ -522,7 +523,7 @@ class Coordinator:
         self._listener = listen(streams.host, streams.port)
         host, port = self._listener.getsockname()[:2]
         address = (streams.advertise or host, port)
-        plans = [(wp, encode(_plan_message(wp))) for wp in self.plan.workers]
+        plans = [(wp.index, encode(_plan_message(wp))) for wp in self.plan.workers]
         procs = streams.launcher.start(address, plans)
         self.workers = tuple(
             WorkerHandle(wp, procs.get(wp.index), None, None) for wp in self.plan.workers

@@ -15,6 +15,7 @@ from typing import Any
 
 from loadgen.errors import UsageError
 from loadgen.metrics import parse_labels, parse_listen
+from loadgen.placement import parse_placements
 from loadgen.search.settings import SEARCH_KEYS, parse_search_table
 from loadgen.sla import Scope, SlaSpec, Window
 from loadgen.units import (
@@ -573,6 +574,17 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         "offset is known only to worse than ± this is flagged in the table and the JSONL. "
         "Default 1ms.",
         'clock_limit = "1ms"',
+        commented=True,
+    ),
+    ProfileKey(
+        "placement",
+        "placements",
+        parse_placements,
+        (),
+        "[[placement]] tables (after every other key), for --cluster: node (a Ray node's "
+        "address), targets (some of the profile's; each target in one placement), rate (their "
+        "total; default their share of rate) and workers (default 1) on that node.",
+        '[[placement]]\n# node = "198.18.7.2"\n# targets = ["198.18.9.2"]\n# rate = "2k"',
         commented=True,
     ),
     # Outages and live metrics (the `outages` and `metrics` modules).

@@ -25,6 +25,8 @@ PURE = (
     "wire/stream.py",
     "lease.py",
     "clockoffset.py",
+    "placement.py",
+    "clusterplan.py",
     "wire/stamp.py",
     "wire/stamp_tlv.py",
     "wire/stamp_probe.py",
