@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
 from loadgen.kinds import BatchDecoder, open_kind
-from loadgen.lease import LEASE_NS, Lease
+from loadgen.lease import LEASE_NS
 from loadgen.net.batchio import BatchIO
 from loadgen.net.stream import StreamLink
 from loadgen.net.tcpconnect import ConnectIO
@@ -130,8 +130,8 @@ class Worker:
         self.data = data
         self.control = control
         # Over a stream the coordinator may vanish without the stream closing (host down, link
-        # cut): its heartbeats hold the lease. A pipe closes when it goes.
-        self.lease = Lease(time.monotonic_ns()) if isinstance(control, StreamLink) else None
+        # cut): what it sends (heartbeats) holds the stream's lease. A pipe closes when it goes.
+        self.lease = control.lease if isinstance(control, StreamLink) else None
         self.probe = probe = plan.settings
         versions = {t.family for t in plan.targets}
         if len(versions) != 1:
@@ -394,8 +394,6 @@ class Worker:
         return self.lease is not None and self.lease.expired(time.monotonic_ns())
 
     def _echo(self, beat: Beat, received_ns: int) -> None:
-        """Renew the lease and answer with the clock sample's other timestamps."""
-        assert self.lease is not None  # only streams carry beats
-        self.lease.heard(time.monotonic_ns())
+        """Answer with the clock sample's other timestamps (the stream renewed its lease)."""
         echo = Echo(self.plan.worker, beat.seq, beat.sent_ns, received_ns, time.time_ns())
         self.data.send_bytes(encode(echo))

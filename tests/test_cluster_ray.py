@@ -23,6 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
+from loadgen.stats import Counts
+
 pytest.importorskip("ray", reason="the cluster extra is not installed: pip install -e '.[cluster]'")
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -32,7 +34,8 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 RAY_START = [str(Path(sys.executable).with_name("ray")), "start", "--num-cpus", "1"]
-RAY_START += ["--include-dashboard", "false", "--disable-usage-stats"]
+RAY_START += ["--disable-usage-stats"]
+HEAD_ONLY = ["--head", "--include-dashboard", "false"]
 
 
 def kill_ray(tag: str) -> int:
@@ -62,7 +65,7 @@ def ray_head(env: dict[str, str]) -> Iterator[str]:
     temp = tempfile.mkdtemp(prefix="lgcl-ray-", dir="/tmp")  # short: Ray's socket paths
     port = free_port(NODE)
     try:
-        head = ["--head", "--node-ip-address", NODE, "--port", str(port), "--temp-dir", temp]
+        head = [*HEAD_ONLY, "--node-ip-address", NODE, "--port", str(port), "--temp-dir", temp]
         run_ok([*RAY_START, *head], env)
         yield f"{NODE}:{port}"
     finally:
@@ -75,6 +78,11 @@ def run_ok(argv: list[str], env: dict[str, str], timeout: float = 180) -> None:
         argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def counts_of_rows(rows: list[dict[str, Any]]) -> dict[str, Counts]:
+    """Each target's counts (by name) from a JSONL summary's target rows."""
+    return {r["name"]: Counts(**{k: r[k] for k in Counts.__slots__}) for r in rows}
 
 
 def totals(path: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """TCP streams between the coordinator and workers: `wire.stream` frames over a socket.
 
 `StreamLink` is the worker's end, shaped like the pipe `Connection` it replaces (send_bytes,
-recv_bytes, fileno, close) so the worker loop is the same over both; its blocking reads and
-writes time out after a lease (`lease.LEASE_NS`), so a worker cut off never hangs in a send.
+recv_bytes, fileno, close) so the worker loop is the same over both. It holds the worker's
+lease: every message heard renews it, and a blocking read or write waits at most what is left
+of it (a cut-off worker's writes fill the socket buffer and then block: never past the lease).
 `StreamPeer` is the coordinator's end: non-blocking, it reads what has arrived and keeps a
 partial frame for later, so a link cut mid-frame never stalls the event loop.
 """
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 
 from loadgen.errors import UsageError
-from loadgen.lease import LEASE_NS
+from loadgen.lease import LEASE_NS, Lease
 from loadgen.wire.stream import HEADER, FrameReader, framed
 
 READ_BYTES = 1 << 20  # per recv: a few frames at high rates
 READS_PER_WAKE = 8  # recv calls per readable wake before the loop gets a turn
 MAX_PENDING_BYTES = 1 << 20  # unsent control bytes to a peer that stopped reading: give up
+# Past its lease a worker still ships what it resolves, to a stream that takes it at once.
+LAPSED_WAIT_S = 0.1
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -45,23 +49,33 @@ def _tune(sock: socket.socket) -> None:
 
 
 class StreamLink:
-    """A worker's stream to its coordinator; reads and writes block at most `timeout_ns`."""
+    """A worker's stream to its coordinator, under a lease of `lease_ns`."""
 
-    def __init__(self, address: tuple[str, int], timeout_ns: int = LEASE_NS) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout_ns / 1e9)
+    def __init__(self, address: tuple[str, int], lease_ns: int = LEASE_NS) -> None:
+        self.sock = socket.create_connection(address, timeout=lease_ns / 1e9)
         _tune(self.sock)
+        self.lease = Lease(time.monotonic_ns(), lease_ns)
+
+    def _wait_at_most(self) -> None:
+        left_ns = self.lease.limit_ns - self.lease.silent_ns(time.monotonic_ns())
+        self.sock.settimeout(max(left_ns / 1e9, LAPSED_WAIT_S))
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def send_bytes(self, payload: bytes) -> None:
+        """Raises TimeoutError when the stream takes nothing for the rest of the lease."""
+        self._wait_at_most()
         self.sock.sendall(framed(payload))
 
     def recv_bytes(self) -> bytes:
         """One whole message. Raises EOFError when the coordinator closed the stream and
-        TimeoutError when nothing came for a lease."""
+        TimeoutError when nothing came for the rest of the lease."""
+        self._wait_at_most()
         (size,) = HEADER.unpack(self._exactly(HEADER.size))
-        return self._exactly(size)
+        payload = self._exactly(size)
+        self.lease.heard(time.monotonic_ns())
+        return payload
 
     def _exactly(self, size: int) -> bytes:
         buf = bytearray()
