@@ -1,12 +1,16 @@
-"""The TCP transport's pure parts: length-prefixed framing in any pieces, and the lease."""
+"""The TCP transport: length-prefixed framing in any pieces, the lease, and the worker's end of
+a stream held to it (on loopback)."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from loadgen.lease import BeatClock, Lease
+from loadgen.net.stream import StreamLink
 from loadgen.wire.messages import Beat, Echo, ProtocolError, decode, encode
 from loadgen.wire.stream import HEADER, MAX_FRAME_BYTES, FrameReader, framed
 
@@ -72,3 +76,32 @@ def test_beats_keep_their_grid_and_skip_what_a_late_tick_missed() -> None:
     assert beats.wait_ns(1_300) == 200
     assert beats.due(1_499) is None
     assert beats.due(1_500) == 4
+
+
+def test_a_stream_that_takes_nothing_ends_a_send_at_its_lease() -> None:
+    """A coordinator that accepted and never reads: the worker's sends fill both socket
+    buffers, then one waits out the lease (200 ms here) and raises instead of hanging."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        link = StreamLink(server.getsockname(), lease_ns=200_000_000)
+        peer, _ = server.accept()
+        try:
+            with pytest.raises(TimeoutError):
+                for _ in range(10_000):  # 640 MB at most; the buffers hold a few MB
+                    link.send_bytes(bytes(65_536))
+        finally:
+            peer.close()
+            link.close()
+
+
+def test_what_a_stream_link_hears_renews_its_lease() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        link = StreamLink(server.getsockname(), lease_ns=10**12)
+        peer, _ = server.accept()
+        try:
+            before = link.lease.last_heard_ns
+            peer.sendall(framed(encode(Beat(1, 5))))
+            assert decode(link.recv_bytes()) == Beat(1, 5)
+            assert link.lease.last_heard_ns > before
+        finally:
+            peer.close()
+            link.close()
