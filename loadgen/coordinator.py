@@ -194,6 +194,7 @@ class Coordinator:
         self.plan = plan
         self.streams = streams
         self._listener: socket.socket | None = None
+        self._unclaimed: set[StreamPeer] = set()  # connected, not yet said which worker
         self.display = display or Display()
         self.on_second = on_second
         self.workers: tuple[WorkerHandle, ...] = ()
@@ -218,7 +219,11 @@ class Coordinator:
         self._wake = asyncio.Event()
         sending = contextlib.ExitStack()  # what holds while the workers send
         sending.callback(self._close_streams)
-        self._spawn_all()
+        try:
+            self._spawn_all()
+        except BaseException:
+            sending.close()  # a listener, and whatever a launcher placed before it failed
+            raise
         for h in self.workers:
             if h.data is not None:
                 watch_connection(loop, h.data, self._on_data, h)
@@ -342,9 +347,13 @@ class Coordinator:
             raise WorkerFailed("interrupted while the workers were starting")
         missing = [h.plan.index for h in self.workers if not self._ready(h)]
         if missing:
+            where = "the machine is not overloaded"
+            if self._listener is not None:
+                host, port = self._listener.getsockname()[:2]
+                where = f"they reach {host} port {port} (TCP) and their hosts are not overloaded"
             raise WorkerFailed(
-                f"workers {missing} did not start within {HELLO_TIMEOUT_S:.0f} s: "
-                "check that the machine is not overloaded and run again"
+                f"workers {missing} did not start within {HELLO_TIMEOUT_S:.0f} s: check that "
+                f"{where}, and run again"
             )
         # Every worker takes the same fallbacks on the same machine: each note once.
         notes = dict.fromkeys(n for h in self.workers if h.hello for n in h.hello.notes)
@@ -538,6 +547,7 @@ class Coordinator:
             except OSError:  # EAGAIN: none left; ECONNABORTED: gone already
                 return
             peer = StreamPeer(sock)
+            self._unclaimed.add(peer)
             loop.add_reader(peer.fileno(), self._on_unclaimed, peer)
 
     def _on_unclaimed(self, peer: StreamPeer) -> None:
@@ -554,6 +564,7 @@ class Coordinator:
             if h is None or h.stream is not None or not h.live:
                 peer.closed = True
             else:
+                self._unclaimed.discard(peer)
                 loop.remove_reader(peer.fileno())
                 h.stream, h.lease = peer, Lease(time.monotonic_ns())
                 h.clock = OffsetEstimator()
@@ -563,6 +574,7 @@ class Coordinator:
                 self._after_read(h)
                 return
         if peer.closed:
+            self._unclaimed.discard(peer)
             loop.remove_reader(peer.fileno())
             peer.close()
 
@@ -621,10 +633,12 @@ class Coordinator:
         if self._listener is not None:
             loop.remove_reader(self._listener.fileno())
             self._listener.close()
-        for h in self.workers:
-            if h.stream is not None and h.stream.fileno() >= 0:
-                loop.remove_reader(h.stream.fileno())
-                h.stream.close()
+        peers = [h.stream for h in self.workers if h.stream is not None] + [*self._unclaimed]
+        for peer in peers:
+            if peer.fileno() >= 0:
+                loop.remove_reader(peer.fileno())
+                peer.close()
+        self._unclaimed.clear()
         if self.streams is not None:
             self.streams.launcher.close()
 
