@@ -89,6 +89,9 @@ class RayLauncher(Launcher):
         self.nodes = tuple(nodes)
         self.agents: list[Any] = []
 
+    def host(self, index: int) -> str:
+        return f"node {self.nodes[index]}"
+
     def start(
         self, address: tuple[str, int], plans: Sequence[tuple[int, bytes]]
     ) -> dict[int, BaseProcess]:

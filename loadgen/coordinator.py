@@ -89,6 +89,10 @@ class Launcher:
             procs[index] = proc
         return procs
 
+    def host(self, index: int) -> str:
+        """Where worker `index` runs, for messages ("": here)."""
+        return ""
+
     def close(self) -> None:
         """The run is over: whatever the launcher placed elsewhere is let go."""
 
@@ -453,7 +457,11 @@ class Coordinator:
     def _gone(self, h: WorkerHandle, what: str, cause: str) -> None:
         """A worker ended without saying done: named, its open probes unresolved, and the
         run stops."""
-        h.failure = f"{what}; its probes still waiting for an outcome are reported as unresolved"
+        host = self.streams.launcher.host(h.plan.index) if self.streams else ""
+        where = f"(on {host}) " if host else ""
+        h.failure = (
+            f"{where}{what}; its probes still waiting for an outcome are reported as unresolved"
+        )
         if self.aggregator is not None:  # before the start, _await_hellos reports it
             self._lost(h, cause)
             self.display.note(f"worker {h.plan.index} {h.failure}")

@@ -194,8 +194,8 @@ def test_two_namespace_nodes_count_what_the_lab_counts_and_fail_by_lease(tmp_pat
             print(f"cut-off worker ended {stopped_s:.2f} s after the cut")
             assert stopped_s <= LEASE_STOP_S + 0.5, stopped_s  # + its 500 ms linger
             assert proc.returncode == 1, stderr
-            assert "worker 0: its stream closed before it said done" in stderr, stderr
-            assert "worker 1: sent nothing for 2 s" in stderr, stderr
+            assert f"worker 0: (on node {NODES[0]}) its stream closed before it said" in stderr
+            assert f"worker 1: (on node {NODES[1]}) sent nothing for 2 s" in stderr, stderr
             # Every probe the coordinator heard of has an outcome or is unresolved (those of a
             # killed worker's last frames); what a cut-off worker sent after its last frame
             # reached nobody's books, and is not counted as sent.
