@@ -23,7 +23,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from loadgen.coordinator import Launcher
-from loadgen.errors import UsageError, WorkerFailed
+from loadgen.errors import LoadgenError, UsageError, WorkerFailed
+from loadgen.net.rstguard import reap_stale
 from loadgen.wire.messages import PlanMsg, decode, encode
 
 START_TIMEOUT_S = 60.0  # placing an actor on a node and starting its workers
@@ -36,10 +37,13 @@ _WORKER = (
 
 
 class NodeAgent:
-    """Runs on one node as a Ray actor: starts and ends that node's workers."""
+    """Runs on one node as a Ray actor: starts and ends that node's workers. It first reaps
+    what loadgen runs killed on this node left behind (their RST tables: `net.rstguard`)."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        with contextlib.suppress(LoadgenError):  # no nft, or not root: nothing of ours to reap
+            reap_stale()
 
     def start(self, address: tuple[str, int], plans: Sequence[tuple[int, bytes]]) -> list[int]:
         """Start a worker per plan, pinned on this node's CPUs in turn; returns their pids.

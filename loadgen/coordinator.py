@@ -465,7 +465,8 @@ class Coordinator:
         if self.aggregator is not None:  # before the start, _await_hellos reports it
             self._lost(h, cause)
             self.display.note(f"worker {h.plan.index} {h.failure}")
-            self._stop_all(f"a worker {cause}")
+            if h.data is not None or self.plan.profile.host_lost == "stop":
+                self._stop_all(f"a worker {cause}")
 
     def _on_interrupt(self) -> None:
         if self.interrupted:

@@ -58,6 +58,7 @@ class Profile:
     refresh_hz: float  # live table refreshes per second
     clock_limit_ns: int  # a worker on another host whose clock offset bound is past it is flagged
     placements: tuple[Placement, ...]  # [[placement]]: workers on Ray nodes (--cluster)
+    host_lost: str  # stop | continue: what the others do when a stream worker is lost
     outage_min: int  # lost probes in a row that make an outage
     metrics: Listen | None  # serve /metrics here during the run
     metrics_textfile: str | None  # write the metrics here every closed second

@@ -587,6 +587,16 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         '[[placement]]\n# node = "198.18.7.2"\n# targets = ["198.18.9.2"]\n# rate = "2k"',
         commented=True,
     ),
+    ProfileKey(
+        "host_lost",
+        "host_lost",
+        _choice(("stop", "continue")),
+        "stop",
+        "When a worker on a TCP stream is lost (its host died or was cut off: named, its "
+        'probes unresolved): "stop" the run, or "continue" with the others. Default "stop".',
+        'host_lost = "stop"',
+        commented=True,
+    ),
     # Outages and live metrics (the `outages` and `metrics` modules).
     ProfileKey(
         "outage_min",

@@ -158,6 +158,11 @@ def across_hosts(profile: Profile, plan: RunPlan) -> ClusterPlan | None:
 
 def _on_cluster(profile: Profile, plan: RunPlan, address: str) -> tuple[RunPlan, Streams]:
     """The plan across hosts and the streams its workers connect back on (ray loads here)."""
+    if profile.suppress_rst:
+        raise ProfileError(
+            f"{profile.source}: suppress_rst drops RSTs on this host only, not on the Ray "
+            "nodes: leave it off with --cluster (or drop the RSTs on each node yourself)"
+        )
     hosts = across_hosts(profile, plan)
     if hosts is None:
         raise ProfileError(

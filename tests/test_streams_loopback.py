@@ -32,7 +32,7 @@ Buckets = Counter[tuple[int, int, str]]
 OUTCOMES = ("received", "late", "lost", "errored")
 
 
-def _plan(count: int, rate: str = "3000") -> RunPlan:
+def _plan(count: int, rate: str = "3000", host_lost: str = "stop") -> RunPlan:
     profile = parse_profile(
         {
             "targets": "127.0.1.0/29",
@@ -41,6 +41,7 @@ def _plan(count: int, rate: str = "3000") -> RunPlan:
             "workers": 2,
             "timeout": "1s",
             "delay": "1s",
+            "host_lost": host_lost,
         },
         source=COMMAND_LINE,
     )
@@ -48,11 +49,14 @@ def _plan(count: int, rate: str = "3000") -> RunPlan:
 
 
 def _run(
-    streams: Streams | None, count: int, during: Callable[[Coordinator, SecondReport], None]
+    streams: Streams | None,
+    count: int,
+    during: Callable[[Coordinator, SecondReport], None],
+    host_lost: str = "stop",
 ) -> tuple[Coordinator, Buckets, RunOutcome]:
     """One run; returns its coordinator, (second, target, outcome) counts and outcome."""
     buckets: Buckets = Counter()
-    plan = _plan(count)
+    plan = _plan(count, host_lost=host_lost)
     coord: Coordinator
 
     def on_second(report: SecondReport) -> None:
@@ -107,6 +111,15 @@ def test_a_killed_stream_worker_is_named_and_its_probes_unresolved() -> None:
     assert len(failures) == 1 and failures[0].startswith("worker 1: its stream closed"), failures
     unresolved = outcome.summary.unresolved
     assert [(u.worker, u.cause) for u in unresolved] == [(1, "lost its stream")]
+
+
+def test_with_host_lost_continue_the_others_finish_their_plan() -> None:
+    coord, _, outcome = _run(Streams(), 2_000, _kill_once(signal.SIGKILL), host_lost="continue")
+    assert [(u.worker, u.cause) for u in outcome.summary.unresolved] == [(1, "lost its stream")]
+    kept = [t.index for t in coord.workers[0].plan.targets]
+    rows = {t.target: t.counts for t in outcome.summary.per_target}
+    assert all(rows[i].sent == rows[i].received == 2_000 for i in kept), rows
+    assert coord.workers[0].done == "every planned probe sent"
 
 
 def test_a_silent_stream_worker_is_named_after_a_lease() -> None:
