@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
+from loadgen.bench.transport import SECONDS, measure
 from loadgen.coordinator import Coordinator, RunOutcome, Streams, _plan_message
 from loadgen.net.stream import StreamPeer
 from loadgen.plan import RunPlan
@@ -179,3 +180,9 @@ def test_a_worker_whose_coordinator_goes_silent_stops_within_a_lease() -> None:
         proc.kill()
         proc.join(timeout=5)
         listener.close()
+
+
+def test_the_transport_bench_counts_every_probe_and_some_cpu() -> None:
+    sent, cpu_s = measure(2_000, Streams())
+    assert sent == 2_000 * SECONDS
+    assert cpu_s > 0
