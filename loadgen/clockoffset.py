@@ -84,12 +84,14 @@ class WorkerClock:
     bound_ns: int
     samples: int
     flagged: bool
+    host: str = ""  # where it runs, as its launcher names it ("": this host)
 
 
-def worker_clock(worker: int, applied_ns: int, est: OffsetEstimator, limit_ns: int) -> WorkerClock:
+def worker_clock(
+    worker: int, applied_ns: int, est: OffsetEstimator, limit_ns: int, host: str = ""
+) -> WorkerClock:
     best = est.best
     if best is None:  # no exchange came back: nothing bounds it
-        return WorkerClock(worker, applied_ns, applied_ns, -1, 0, flagged=True)
-    return WorkerClock(
-        worker, applied_ns, best.offset_ns, best.bound_ns, est.count, best.bound_ns > limit_ns
-    )
+        return WorkerClock(worker, applied_ns, applied_ns, -1, 0, flagged=True, host=host)
+    flagged = best.bound_ns > limit_ns
+    return WorkerClock(worker, applied_ns, best.offset_ns, best.bound_ns, est.count, flagged, host)

@@ -531,8 +531,9 @@ class Coordinator:
     def clocks(self, *only: WorkerHandle) -> tuple[WorkerClock, ...]:
         """The stream workers' clocks (of `only`, if given)."""
         limit = self.plan.profile.clock_limit_ns
+        launcher = self.streams.launcher if self.streams else Launcher()
         return tuple(
-            worker_clock(h.plan.index, h.offset_ns, h.clock, limit)
+            worker_clock(h.plan.index, h.offset_ns, h.clock, limit, launcher.host(h.plan.index))
             for h in only or self.workers
             if h.clock is not None
         )

@@ -83,7 +83,10 @@ def worker_main(plan_bytes: bytes, data: Link, control: Link) -> None:
             raise LoadgenError(f"worker expected a plan, got {type(plan).__name__}")
         worker = plan.worker
         if plan.cpu >= 0:
-            os.sched_setaffinity(0, {plan.cpu})
+            # Every thread, not just this one: imports may have started some (BLAS pools).
+            for tid in os.listdir("/proc/self/task"):
+                with contextlib.suppress(ProcessLookupError):  # a thread that has ended
+                    os.sched_setaffinity(int(tid), {plan.cpu})
         note = _tune_process()
         Worker(plan, data, control, [note] if note else []).run()
     except LoadgenError as exc:

@@ -108,6 +108,6 @@ def test_a_run_on_ray_nodes_counts_what_a_one_box_run_does(tmp_path: Path) -> No
     on_ray, one_box = totals(tmp_path / "ray.jsonl"), totals(tmp_path / "one.jsonl")
     assert on_ray["per_target"] == one_box["per_target"] == {i: (600, 600) for i in range(3)}
     clocks = on_ray["extra"]["clocks"]
-    assert [c["worker"] for c in clocks] == [0, 1, 2]
+    assert [(c["worker"], c["host"]) for c in clocks] == [(i, f"node {NODE}") for i in range(3)]
     assert all(abs(c["offset_ns"]) <= c["bound_ns"] for c in clocks)  # one box, one clock
     assert one_box["extra"]["clocks"] == []
