@@ -22,9 +22,9 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from loadgen.coordinator import Launcher
 from loadgen.errors import LoadgenError, UsageError, WorkerFailed
 from loadgen.net.rstguard import reap_stale
+from loadgen.remote import Launcher
 from loadgen.wire.messages import PlanMsg, decode, encode
 
 START_TIMEOUT_S = 60.0  # placing an actor on a node and starting its workers

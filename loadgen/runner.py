@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from loadgen.clusterplan import ClusterPlan, place
 from loadgen.connlimits import check_connect_capacity
-from loadgen.coordinator import Coordinator, Display, RunOutcome, Streams, default_cpus
+from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
 from loadgen.errors import ProfileError, TargetError, UsageError
 from loadgen.icmppath import IcmpPath, settle
 from loadgen.net.linkpath import check_interface
@@ -27,6 +27,7 @@ from loadgen.output.exports import Exports
 from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
 from loadgen.plan import RunPlan, make_plan, source_port_blocks
 from loadgen.profile import Profile
+from loadgen.remote import Streams
 from loadgen.sla import SlaJudge, SlaVerdict, rate_problem, whole_second
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets

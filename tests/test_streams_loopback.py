@@ -18,10 +18,11 @@ from collections.abc import Callable
 import pytest
 
 from loadgen.bench.transport import SECONDS, measure
-from loadgen.coordinator import Coordinator, RunOutcome, Streams, _plan_message
+from loadgen.coordinator import Coordinator, RunOutcome, _plan_message
 from loadgen.net.stream import StreamPeer
 from loadgen.plan import RunPlan
 from loadgen.profile import COMMAND_LINE, parse_profile
+from loadgen.remote import Streams
 from loadgen.runner import plan_run
 from loadgen.stats import SecondReport
 from loadgen.wire.messages import Beat, Done, Echo, Frame, Hello, Start, decode, encode

@@ -12,8 +12,9 @@ from __future__ import annotations
 import resource
 import sys
 
-from loadgen.coordinator import Coordinator, Streams
+from loadgen.coordinator import Coordinator
 from loadgen.profile import COMMAND_LINE, parse_profile
+from loadgen.remote import Streams
 from loadgen.runner import plan_run
 from loadgen.units import parse_rate
 
