@@ -12,7 +12,7 @@ install: $(STAMP) sysdeps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,cluster]'
 	touch $(STAMP)
 
 sysdeps:

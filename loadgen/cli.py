@@ -38,7 +38,7 @@ from loadgen.output.summary import sla_lines, sla_rules, summary_view
 from loadgen.plan import RunPlan, describe, path_label
 from loadgen.profile import COMMAND_LINE, Profile, load_profile, parse_profile
 from loadgen.reflect_cli import add_reflect_parser, cmd_reflect
-from loadgen.runner import RunResult, execute, plan_run
+from loadgen.runner import RunResult, across_hosts, execute, plan_run
 from loadgen.search.settings import SEARCH_KEYS
 from loadgen.targets import labels
 
@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a profile", description="Run a TOML profile.")
     run.add_argument("profile", help="the profile (see profiles/example.toml)")
+    run.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the workers on Ray nodes as the profile's [[placement]] tables say: "
+        "HEAD:6379, ray://HEAD:10001 or auto (needs pip install 'loadgen[cluster]')",
+    )
     _common_run_flags(run, short=False)
 
     ping = sub.add_parser(
@@ -366,7 +372,8 @@ def _command(argv: Sequence[str] | None) -> int:
 
         require_report()
     command = ["loadgen", *(sys.argv[1:] if argv is None else argv)]
-    return _run(profile, plain=args.plain or not sys.stdout.isatty(), command=command)
+    plain = args.plain or not sys.stdout.isatty()
+    return _run(profile, plain=plain, command=command, cluster=getattr(args, "cluster", None))
 
 
 def _say(text: str) -> None:
@@ -395,8 +402,11 @@ def _check(profile: Profile) -> int:
     plan, warnings = plan_run(profile)
     for w in warnings:
         _say(f"warning: {w}")
+    hosts = across_hosts(profile, plan)
     with _writing_stdout():
-        print(describe(plan))
+        print(describe(plan if hosts is None else hosts.plan))
+        if hosts is not None:
+            print(hosts.describe())
         if profile.sla is not None:
             print(sla_rules(profile.sla))
     return EXIT_OK
@@ -420,7 +430,9 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(profile: Profile, *, plain: bool, command: Sequence[str] = ()) -> int:
+def _run(
+    profile: Profile, *, plain: bool, command: Sequence[str] = (), cluster: str | None = None
+) -> int:
     shown: list[Display] = []
 
     def display(plan: RunPlan) -> Display:
@@ -437,6 +449,7 @@ def _run(profile: Profile, *, plain: bool, command: Sequence[str] = ()) -> int:
         warn=lambda text: _say(f"warning: {text}"),
         export_failed=export_failed,
         command=command,
+        cluster=cluster,
     )
     _print_summary(result, profile)
     for failure in result.outcome.failures:

@@ -1,7 +1,9 @@
 """The coordinator: spawns the workers, merges their frames, closes seconds, stops cleanly.
 
 Owns the worker processes (spawn start method, one CPU each), their pipes and sentinels, the
-`stats.Aggregator` and the run's clock origin. Its event loop (uvloop) reacts to frames, to
+`stats.Aggregator` and the run's clock origin. With `Streams` the workers connect back over TCP
+instead (`launch` starts them, here or on other hosts), are held to a lease by heartbeats and
+named when their stream closes or goes silent. Its event loop (uvloop) reacts to frames, to
 worker exits and to SIGINT/SIGTERM, and on a timer closes every second that all live workers
 have passed, hands closed seconds to the exports and a snapshot to the display.
 """
@@ -24,13 +26,19 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 
+from loadgen.clockoffset import OffsetEstimator, WorkerClock, to_coordinator_clock
 from loadgen.closing import SecondCloser
 from loadgen.errors import LoadgenError, WorkerFailed
+from loadgen.lease import Lease
+from loadgen.net.stream import StreamPeer
 from loadgen.plan import RunPlan, WorkerPlan
+from loadgen.remote import Streams, StreamWorkers
 from loadgen.selfcheck import GeneratorCheck, WorkerSchedule
 from loadgen.stats import Aggregator, RunSummary, SecondReport
 from loadgen.wire.messages import (
+    Beat,
     Done,
+    Echo,
     Failed,
     Frame,
     Hello,
@@ -54,14 +62,22 @@ F_SETPIPE_SZ = 1031
 PIPE_BYTES = (4 << 20, 1 << 20)
 FRAMES_PER_WAKE = 8  # frames read per readable pipe before the loop gets a turn
 EVERY_FRAME = 1 << 30  # a worker that exited: read all it left in the pipe
+# A stream worker's process that exited before its stream was claimed: what it sent (a Failed
+# message) may still be on its way.
+STREAM_GRACE_S = 0.5
 
 
 @dataclass(slots=True)
 class WorkerHandle:
     plan: WorkerPlan
-    process: BaseProcess
-    data: Connection
-    control: Connection
+    process: BaseProcess | None  # None: started elsewhere (another host)
+    data: Connection | None  # the pipes; None for a worker on a stream
+    control: Connection | None
+    stream: StreamPeer | None = None  # its TCP stream, once it said who it is
+    lease: Lease | None = None
+    clock: OffsetEstimator | None = None  # a stream worker's clock offset to ours
+    offset_ns: int = 0  # the offset applied to its frames, fixed at the start
+    read_ns: int = 0  # when its stream was last read: an Echo's t4
     hello: Hello | None = None
     stats: WorkerStats = field(default_factory=WorkerStats)
     watermark_ns: int = 0
@@ -87,6 +103,7 @@ class GeneratorView:
     achieved_pps: float
     workers: tuple[WorkerHandle, ...]
     interrupted: bool
+    clocks: tuple[WorkerClock, ...] = ()  # stream workers' clock offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +115,7 @@ class RunOutcome:
     start_ns: int
     end_ns: int
     limited_seconds: tuple[int, ...]  # seconds in which loadgen itself could not keep up
+    clocks: tuple[WorkerClock, ...] = ()  # stream workers' clock offsets
 
 
 class Display:
@@ -127,15 +145,17 @@ def _plan_message(wp: WorkerPlan) -> PlanMsg:
     )
 
 
-class Coordinator:
+class Coordinator(StreamWorkers):
     def __init__(
         self,
         plan: RunPlan,
         *,
         display: Display | None = None,
         on_second: Callable[[SecondReport], None] | None = None,
+        streams: Streams | None = None,
     ) -> None:
         self.plan = plan
+        self._init_streams(streams)
         self.display = display or Display()
         self.on_second = on_second
         self.workers: tuple[WorkerHandle, ...] = ()
@@ -158,12 +178,23 @@ class Coordinator:
     async def _main(self) -> RunOutcome:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._spawn_all()
         sending = contextlib.ExitStack()  # what holds while the workers send
+        sending.callback(self._close_streams)
+        try:
+            self._spawn_all()
+        except BaseException:
+            sending.close()  # a listener, and whatever a launcher placed before it failed
+            raise
         for h in self.workers:
-            watch_connection(loop, h.data, self._on_data, h)
-            h.readable.register(h.data.fileno(), select.POLLIN)
-            loop.add_reader(h.process.sentinel, self._on_exit, h)
+            if h.data is not None:
+                watch_connection(loop, h.data, self._on_data, h)
+                h.readable.register(h.data.fileno(), select.POLLIN)
+            if h.process is not None:
+                loop.add_reader(h.process.sentinel, self._on_exit, h)
+        if self._listener is not None:
+            loop.add_reader(self._listener.fileno(), self._on_connect)
+            beats = loop.create_task(self._beat())
+            sending.callback(beats.cancel)
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
         loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
         try:
@@ -176,7 +207,7 @@ class Coordinator:
             # on whole milliseconds, so an outside observer knows when batches leave.
             self._begin(-(-(time.time_ns() + START_MARGIN_NS) // 1_000_000) * 1_000_000)
             for h in self.workers:
-                self._tell(h, Start(self.start_ns))
+                self._start(h)
             self.display.started(self.plan, self.workers)
             # Workers run SCHED_FIFO where allowed, and once asked for more than they can do
             # they never sleep: at normal priority the coordinator then gets only what
@@ -197,8 +228,10 @@ class Coordinator:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
             for h in self.workers:
-                loop.remove_reader(h.data.fileno())
-                loop.remove_reader(h.process.sentinel)
+                if h.data is not None:
+                    loop.remove_reader(h.data.fileno())
+                if h.process is not None:
+                    loop.remove_reader(h.process.sentinel)
             self._reap()
             self.display.stopped()
         assert self.aggregator is not None
@@ -212,6 +245,7 @@ class Coordinator:
             start_ns=self.start_ns,
             end_ns=time.time_ns(),
             limited_seconds=tuple(self.closer.limited_seconds if self.closer else ()),
+            clocks=self.clocks(),
         )
 
     def _begin(self, start_ns: int) -> None:
@@ -229,6 +263,9 @@ class Coordinator:
         self.closer = SecondCloser(self.aggregator, self.check, targets)
 
     def _spawn_all(self) -> None:
+        if self.streams is not None:
+            self._launch(self.streams)
+            return
         ctx = multiprocessing.get_context("spawn")
         handles = []
         for wp in self.plan.workers:
@@ -253,7 +290,7 @@ class Coordinator:
     async def _await_hellos(self) -> None:
         assert self._wake is not None
         deadline = time.monotonic() + HELLO_TIMEOUT_S
-        while not all(h.hello or not h.live for h in self.workers):
+        while not all(self._ready(h) or not h.live for h in self.workers):
             if self.aborted or time.monotonic() > deadline:
                 break
             with contextlib.suppress(TimeoutError):
@@ -269,11 +306,15 @@ class Coordinator:
             )
         if self.aborted:
             raise WorkerFailed("interrupted while the workers were starting")
-        missing = [h.plan.index for h in self.workers if h.hello is None]
+        missing = [h.plan.index for h in self.workers if not self._ready(h)]
         if missing:
+            where = "the machine is not overloaded"
+            if self._listener is not None:
+                host, port = self._listener.getsockname()[:2]
+                where = f"they reach {host} port {port} (TCP) and their hosts are not overloaded"
             raise WorkerFailed(
-                f"workers {missing} did not start within {HELLO_TIMEOUT_S:.0f} s: "
-                "check that the machine is not overloaded and run again"
+                f"workers {missing} did not start within {HELLO_TIMEOUT_S:.0f} s: check that "
+                f"{where}, and run again"
             )
         # Every worker takes the same fallbacks on the same machine: each note once.
         notes = dict.fromkeys(n for h in self.workers if h.hello for n in h.hello.notes)
@@ -282,16 +323,21 @@ class Coordinator:
 
     def _reap(self) -> None:
         for h in self.workers:
-            h.process.join(timeout=2)
-            if h.process.is_alive():
-                h.process.kill()
+            if h.process is not None:
                 h.process.join(timeout=2)
-            h.data.close()
-            h.control.close()
+                if h.process.is_alive():
+                    h.process.kill()
+                    h.process.join(timeout=2)
+            for conn in (h.data, h.control):
+                if conn is not None:
+                    conn.close()
 
     # -- events ----------------------------------------------------------------------------
 
     def _on_data(self, h: WorkerHandle, limit: int = FRAMES_PER_WAKE) -> None:
+        if h.data is None:
+            self._on_stream(h)
+            return
         try:
             # Called when the pipe is readable: one frame at least, then what else is there,
             # up to `limit` (one poll object per pipe: Connection.poll builds a selector per
@@ -312,6 +358,7 @@ class Coordinator:
 
     def _handle(self, h: WorkerHandle, msg: object) -> None:
         if isinstance(msg, Frame):
+            msg = to_coordinator_clock(msg, h.offset_ns)
             if self.aggregator is not None:
                 self.aggregator.add(msg.records)
                 if len(msg.bursts):
@@ -320,8 +367,13 @@ class Coordinator:
             h.stats = msg.stats
             if self.check is not None:
                 self.check.on_frame(h.plan.index, msg.now_ns, msg.stats)
+        elif isinstance(msg, Echo):
+            if h.clock is not None:  # it renewed the lease too (`_on_stream`)
+                h.clock.add(msg.beat_ns, msg.received_ns, msg.sent_ns, h.read_ns)
+                self._sample_clock(h)
         elif isinstance(msg, Hello):
             h.hello = msg
+            self._sample_clock(h)
             if self._wake is not None:
                 self._wake.set()
         elif isinstance(msg, Done):
@@ -334,31 +386,50 @@ class Coordinator:
                 self._stop_all("a worker failed")
 
     def _on_exit(self, h: WorkerHandle) -> None:
+        assert h.process is not None
         loop = asyncio.get_running_loop()
         loop.remove_reader(h.process.sentinel)
+        if h.data is None:  # a stream worker: its stream, not its process, says how it ended
+            if h.stream is None:
+                loop.call_later(STREAM_GRACE_S, self._exited_unclaimed, h)
+            return
         self._on_data(h, limit=EVERY_FRAME)  # whatever it wrote before it went
+        self._exited(h)
+
+    def _exited(self, h: WorkerHandle) -> None:
+        assert h.process is not None
         h.process.join(timeout=1)
         h.exited = True
         if h.done is None and h.failure is None:
             code = h.process.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-            pid = h.process.pid
-            h.failure = (
-                f"died unexpectedly (pid {pid}, {how}); its probes still waiting for an "
-                "outcome are reported as unresolved"
-            )
-            if self.aggregator is not None:  # before the start, _await_hellos reports it
-                self._lost(h, "died")
-                self.display.note(f"worker {h.plan.index} {h.failure}")
-                self._stop_all("a worker died")
+            self._gone(h, f"died unexpectedly (pid {h.process.pid}, {how})", "died")
         if self._wake is not None:
             self._wake.set()
+
+    def _exited_unclaimed(self, h: WorkerHandle) -> None:
+        if h.stream is None:
+            self._exited(h)
+
+    def _gone(self, h: WorkerHandle, what: str, cause: str) -> None:
+        """A worker ended without saying done: named, its open probes unresolved, and the
+        run stops."""
+        host = self.streams.launcher.host(h.plan.index) if self.streams else ""
+        where = f"(on {host}) " if host else ""
+        h.failure = (
+            f"{where}{what}; its probes still waiting for an outcome are reported as unresolved"
+        )
+        if self.aggregator is not None:  # before the start, _await_hellos reports it
+            self._lost(h, cause)
+            self.display.note(f"worker {h.plan.index} {h.failure}")
+            if h.data is not None or self.plan.profile.host_lost == "stop":
+                self._stop_all(f"a worker {cause}")
 
     def _on_interrupt(self) -> None:
         if self.interrupted:
             self.aborted = True  # second CTRL-C: quit now
             for h in self.workers:
-                if h.process.is_alive():
+                if h.process is not None and h.process.is_alive():
                     h.process.kill()
         else:
             self.interrupted = True
@@ -380,9 +451,20 @@ class Coordinator:
             if h.live:
                 self._tell(h, Stop(reason))
 
-    def _tell(self, h: WorkerHandle, msg: Start | Stop) -> None:
+    def _tell(self, h: WorkerHandle, msg: Start | Stop | Beat) -> None:
+        if h.stream is not None:
+            h.stream.send_bytes(encode(msg))  # a stream that takes nothing more is `closed`
+            return
         with contextlib.suppress(OSError):
-            h.control.send_bytes(encode(msg))
+            if h.control is not None:
+                h.control.send_bytes(encode(msg))
+
+    def _launch(self, streams: Streams) -> None:
+        plans = [(wp.index, encode(_plan_message(wp))) for wp in self.plan.workers]
+        procs = self._open_streams(streams, plans)
+        self.workers = tuple(
+            WorkerHandle(wp, procs.get(wp.index), None, None) for wp in self.plan.workers
+        )
 
     # -- closing seconds -------------------------------------------------------------------
 
@@ -418,6 +500,7 @@ class Coordinator:
             achieved_pps=self._achieved_pps,
             workers=self.workers,
             interrupted=self.interrupted,
+            clocks=self.clocks(),
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from loadgen.errors import ProfileError, UsageError
 from loadgen.metrics import Listen
+from loadgen.placement import Placement
 from loadgen.profile_keys import DEFAULT_DELAY_NS, PROFILE_KEYS, table_keys
 from loadgen.sla import SlaSpec
 from loadgen.units import bad_value, format_duration
@@ -56,6 +57,9 @@ class Profile:
     report: str | None  # HTML report written at the end
     csv: str | None  # per-second CSV export path
     refresh_hz: float  # live table refreshes per second
+    clock_limit_ns: int  # a worker on another host whose clock offset bound is past it is flagged
+    placements: tuple[Placement, ...]  # [[placement]]: workers on Ray nodes (--cluster)
+    host_lost: str  # stop | continue: what the others do when a stream worker is lost
     outage_min: int  # lost probes in a row that make an outage
     metrics: Listen | None  # serve /metrics here during the run
     metrics_textfile: str | None  # write the metrics here every closed second

@@ -15,6 +15,7 @@ from typing import Any
 
 from loadgen.errors import UsageError
 from loadgen.metrics import parse_labels, parse_listen
+from loadgen.placement import parse_placements
 from loadgen.search.settings import SEARCH_KEYS, parse_search_table
 from loadgen.sla import Scope, SlaSpec, Window
 from loadgen.units import (
@@ -575,6 +576,39 @@ PROFILE_KEYS: tuple[ProfileKey, ...] = (
         4.0,
         "Live table refreshes per second, 2-4. Default 4.",
         "refresh_hz = 4",
+    ),
+    ProfileKey(
+        "clock_limit",
+        "clock_limit_ns",
+        _unit(parse_duration_ns),
+        NS_PER_S // 1000,
+        "Workers on a TCP stream (other hosts: --cluster): each one's clock offset to the "
+        "coordinator is measured over its stream and applied to its send seconds; one whose "
+        "offset is known only to worse than ± this is flagged in the table and the JSONL. "
+        "Default 1ms.",
+        'clock_limit = "1ms"',
+        commented=True,
+    ),
+    ProfileKey(
+        "placement",
+        "placements",
+        parse_placements,
+        (),
+        "[[placement]] tables (after every other key), for --cluster: node (a Ray node's "
+        "address), targets (some of the profile's; each target in one placement), rate (their "
+        "total; default their share of rate) and workers (default 1) on that node.",
+        '[[placement]]\n# node = "198.18.7.2"\n# targets = ["198.18.9.2"]\n# rate = "2k"',
+        commented=True,
+    ),
+    ProfileKey(
+        "host_lost",
+        "host_lost",
+        _choice(("stop", "continue")),
+        "stop",
+        "When a worker on a TCP stream is lost (its host died or was cut off: named, its "
+        'probes unresolved): "stop" the run, or "continue" with the others. Default "stop".',
+        'host_lost = "stop"',
+        commented=True,
     ),
     # Outages and live metrics (the `outages` and `metrics` modules).
     ProfileKey(

@@ -8,13 +8,15 @@ nothing and picks no exit code (that is `cli`). `plan_run` is the one way a plan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from loadgen.clusterplan import ClusterPlan, place
 from loadgen.connlimits import check_connect_capacity
 from loadgen.coordinator import Coordinator, Display, RunOutcome, default_cpus
-from loadgen.errors import ProfileError, TargetError
+from loadgen.errors import ProfileError, TargetError, UsageError
 from loadgen.icmppath import IcmpPath, settle
 from loadgen.net.linkpath import check_interface
 from loadgen.net.privilege import read_privileges
@@ -25,6 +27,7 @@ from loadgen.output.exports import Exports
 from loadgen.output.prometheus import MetricsDisplay, MetricsExporter
 from loadgen.plan import RunPlan, make_plan, source_port_blocks
 from loadgen.profile import Profile
+from loadgen.remote import Streams
 from loadgen.sla import SlaJudge, SlaVerdict, rate_problem, whole_second
 from loadgen.stats import SecondReport
 from loadgen.targets import Target, resolve_targets
@@ -128,6 +131,53 @@ def plan_run(
     return plan, warnings
 
 
+CLUSTER_HINT = "--cluster needs Ray: pip install 'loadgen[cluster]'"
+
+
+def across_hosts(profile: Profile, plan: RunPlan) -> ClusterPlan | None:
+    """The plan split over the profile's [[placement]] nodes; None without placements."""
+    if not profile.placements:
+        return None
+    placed = []
+    for p in profile.placements:
+        resolved = resolve_targets(p.targets, max_targets=profile.max_targets, family="auto")
+        if resolved.unresolved:
+            spec, why = resolved.unresolved[0]
+            raise TargetError(
+                f"{profile.source}: placement {p.node}: cannot resolve {spec!r} ({why})"
+            )
+        placed.append((p, tuple(t.address for t in resolved.targets)))
+    return place(
+        profile,
+        plan.targets,
+        placed,
+        run_id=plan.run_id,
+        ident_base=plan.workers[0].ident,
+        icmp_path=plan.icmp_path,
+    )
+
+
+def _on_cluster(profile: Profile, plan: RunPlan, address: str) -> tuple[RunPlan, Streams]:
+    """The plan across hosts and the streams its workers connect back on (ray loads here)."""
+    if profile.suppress_rst:
+        raise ProfileError(
+            f"{profile.source}: suppress_rst drops RSTs on this host only, not on the Ray "
+            "nodes: leave it off with --cluster (or drop the RSTs on each node yourself)"
+        )
+    hosts = across_hosts(profile, plan)
+    if hosts is None:
+        raise ProfileError(
+            f"{profile.source}: --cluster places workers by [[placement]] tables: give one per "
+            "node (node, targets, rate)"
+        )
+    try:
+        from loadgen import cluster  # noqa: PLC0415 (the one-box path never loads ray)
+    except ImportError as exc:
+        raise UsageError(CLUSTER_HINT) from exc
+    host = cluster.connect(address)
+    return hosts.plan, Streams(host=host, launcher=cluster.RayLauncher(hosts.nodes))
+
+
 def execute(
     profile: Profile,
     *,
@@ -135,13 +185,18 @@ def execute(
     warn: Callable[[str], None] = lambda text: None,
     export_failed: Callable[[str], None] = lambda text: None,
     command: Sequence[str] = (),
+    cluster: str | None = None,
 ) -> RunResult:
     """Run a profile and return the outcome. `display(plan)` makes what shows the run, `warn`
     hears about targets left out before it starts, `export_failed` the moment an export
     fails (the run goes on; the failure is in the result as well). `command`: the command
-    line, for the JSONL's "run" header."""
+    line, for the JSONL's "run" header. `cluster`: a Ray cluster's address (or "auto") whose
+    nodes run the workers, as the profile's placements say."""
     with _lab_for(profile) as lab_targets:
         plan, warnings = plan_run(profile, lab_targets)
+        streams = None
+        if cluster is not None:
+            plan, streams = _on_cluster(profile, plan, cluster)
         for w in warnings:
             warn(w)
         shown = display(plan)
@@ -167,7 +222,8 @@ def execute(
 
         try:
             with _rst_guard(plan):
-                outcome = Coordinator(plan, display=shown, on_second=on_second).run()
+                coordinator = Coordinator(plan, display=shown, on_second=on_second, streams=streams)
+                outcome = coordinator.run()
             verdict = None if judge is None else judge.verdict(outcome.summary)
             exports.summary(outcome.summary, names, _extra(plan, outcome), verdict)
         finally:
@@ -213,4 +269,5 @@ def _extra(plan: RunPlan, outcome: RunOutcome) -> dict[str, object]:
         "send_errors": sum(w.send_errors for w in outcome.workers),
         "rx_dropped": sum(w.rx_dropped for w in outcome.workers),
         "generator_limited_seconds": list(outcome.limited_seconds),
+        "clocks": [dataclasses.asdict(c) for c in outcome.clocks],
     }

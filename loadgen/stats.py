@@ -180,7 +180,7 @@ class Unresolved:
     failed): a known cause, reported as such, not an accounting bug."""
 
     worker: int
-    cause: str  # "died" | "failed"
+    cause: str  # "died" | "failed" | "lost its stream" | "went silent" (a worker over TCP)
     targets: frozenset[int]
     probes: int  # its targets' missing outcomes in the closed seconds
 

@@ -19,6 +19,7 @@ import math
 import os
 import select
 import signal
+import sys
 import time
 from multiprocessing.connection import Connection
 
@@ -27,7 +28,9 @@ from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
 from loadgen.kinds import BatchDecoder, open_kind
+from loadgen.lease import LEASE_NS
 from loadgen.net.batchio import BatchIO
+from loadgen.net.stream import StreamLink
 from loadgen.net.tcpconnect import ConnectIO
 from loadgen.tracker import Tracker, probes_of_tx_ids
 from loadgen.turns import TurnPolicy
@@ -35,7 +38,9 @@ from loadgen.wire.batch import DecodedBatch, ReplyDecoder
 from loadgen.wire.family import family_of
 from loadgen.wire.icmp import DecodeStatus
 from loadgen.wire.messages import (
+    Beat,
     Done,
+    Echo,
     Failed,
     Frame,
     Hello,
@@ -52,9 +57,21 @@ MAX_DRAIN_BATCHES = 64  # receive batches per turn before going back to the send
 REALTIME_PRIORITY = 1  # SCHED_FIFO, the lowest real-time priority
 PR_SET_TIMERSLACK, TIMER_SLACK_NS = 29, 1000  # <linux/prctl.h>
 WORKER_NICE = -5
+LEASE_LAPSED = f"heard nothing from the coordinator for {LEASE_NS / 1e9:.0f} s: stopped"
+Link = Connection | StreamLink  # a pipe end, or a TCP stream carrying the same messages
 
 
-def worker_main(plan_bytes: bytes, data: Connection, control: Connection) -> None:
+def stream_worker_main(plan_bytes: bytes, address: tuple[str, int]) -> None:
+    """Process entry point of a worker whose coordinator is at `address` over TCP (one
+    stream both ways, under a lease) instead of at the ends of two pipes."""
+    try:
+        link = StreamLink(address)
+    except OSError as exc:
+        sys.exit(f"cannot reach the coordinator at {address[0]} port {address[1]}: {exc}")
+    worker_main(plan_bytes, link, link)
+
+
+def worker_main(plan_bytes: bytes, data: Link, control: Link) -> None:
     """Process entry point. Never raises: fatal problems become a Failed message."""
     # The coordinator owns CTRL-C and tells workers to stop; a terminal's SIGINT goes to the
     # whole process group, so workers ignore it.
@@ -66,13 +83,16 @@ def worker_main(plan_bytes: bytes, data: Connection, control: Connection) -> Non
             raise LoadgenError(f"worker expected a plan, got {type(plan).__name__}")
         worker = plan.worker
         if plan.cpu >= 0:
-            os.sched_setaffinity(0, {plan.cpu})
+            # Every thread, not just this one: imports may have started some (BLAS pools).
+            for tid in os.listdir("/proc/self/task"):
+                with contextlib.suppress(ProcessLookupError):  # a thread that has ended
+                    os.sched_setaffinity(int(tid), {plan.cpu})
         note = _tune_process()
         Worker(plan, data, control, [note] if note else []).run()
     except LoadgenError as exc:
         _send_quietly(data, Failed(worker, str(exc)))
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the coordinator is gone; nobody is left to tell
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        pass  # the coordinator is gone (or its stream stalled for a lease); nobody to tell
     except Exception as exc:  # a bug: report it in one line rather than die silently
         _send_quietly(data, Failed(worker, f"internal error: {type(exc).__name__}: {exc}"))
     finally:
@@ -100,18 +120,21 @@ def _tune_process() -> str | None:
     )
 
 
-def _send_quietly(conn: Connection, msg: Failed) -> None:
+def _send_quietly(conn: Link, msg: Failed) -> None:
     with contextlib.suppress(OSError):
         conn.send_bytes(encode(msg))
 
 
 class Worker:
     def __init__(
-        self, plan: PlanMsg, data: Connection, control: Connection, notes: list[str] | None = None
+        self, plan: PlanMsg, data: Link, control: Link, notes: list[str] | None = None
     ) -> None:
         self.plan = plan
         self.data = data
         self.control = control
+        # Over a stream the coordinator may vanish without the stream closing (host down, link
+        # cut): what it sends (heartbeats) holds the stream's lease. A pipe closes when it goes.
+        self.lease = control.lease if isinstance(control, StreamLink) else None
         self.probe = probe = plan.settings
         versions = {t.family for t in plan.targets}
         if len(versions) != 1:
@@ -178,6 +201,8 @@ class Worker:
         )
 
     def run(self) -> None:
+        if self.lease is not None:  # setting up took what it took: the wait starts at hello
+            self.lease.heard(time.monotonic_ns())
         self.data.send_bytes(encode(self._hello()))
         start_ns = self._wait_for_start()
         if start_ns is None:
@@ -215,7 +240,9 @@ class Worker:
                 self._sleep_until(policy.wake_ns())
             self.tracker.finish()
             self._ship(policy, final=True)
-            self.data.send_bytes(encode(Done(plan.worker, policy.done_reason())))
+            lapsed = self.lease is not None and self.lease.expired(time.monotonic_ns())
+            reason = LEASE_LAPSED if lapsed else policy.done_reason()
+            self.data.send_bytes(encode(Done(plan.worker, reason)))
         finally:
             self.kind.close()
 
@@ -234,8 +261,10 @@ class Worker:
         while True:
             try:
                 msg = decode(self.control.recv_bytes())
-            except EOFError:
+            except (EOFError, TimeoutError):  # a stream's blocking read times out at a lease
                 return None
+            if isinstance(msg, Beat):
+                self._echo(msg, time.time_ns())
             if isinstance(msg, Start):
                 return msg.start_ns
             if isinstance(msg, Stop):
@@ -363,8 +392,15 @@ class Worker:
         while self.control_poller.poll(0):
             try:
                 msg = decode(self.control.recv_bytes())
-            except EOFError:
+            except (EOFError, TimeoutError):
                 return True  # the coordinator is gone: wind down
+            if isinstance(msg, Beat):
+                self._echo(msg, time.time_ns())
             if isinstance(msg, Stop):
                 return True
-        return False
+        return self.lease is not None and self.lease.expired(time.monotonic_ns())
+
+    def _echo(self, beat: Beat, received_ns: int) -> None:
+        """Answer with the clock sample's other timestamps (the stream renewed its lease)."""
+        echo = Echo(self.plan.worker, beat.seq, beat.sent_ns, received_ns, time.time_ns())
+        self.data.send_bytes(encode(echo))

@@ -49,7 +49,9 @@ def test_every_key_is_documented_in_example_toml() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     for key in PROFILE_KEYS:
         assert f"# {key.name}: " in text, key.name
-        assert re.search(rf"^(# )?({re.escape(key.name)} = |\[{key.name}\])", text, re.M), key.name
+        assert re.search(
+            rf"^(# )?({re.escape(key.name)} = |\[{{1,2}}{key.name}\]{{1,2}})", text, re.M
+        ), key.name
 
 
 def test_example_toml_parses_and_uses_only_loopback() -> None:

@@ -13,6 +13,7 @@ import pytest
 from numpy.typing import NDArray
 from rich.console import Console
 
+from loadgen.clockoffset import WorkerClock
 from loadgen.output.ui import (
     Snapshot,
     WorkerView,
@@ -83,6 +84,18 @@ def test_fmt_ns_picks_one_unit_per_cell() -> None:
     assert fmt_ns(1_234_567) == "1.23 ms"
     assert fmt_ns(2.5e9, 1e6) == "2.50/0.0010 s"  # small values keep two significant digits
     assert fmt_ns(0) == "0 ns"
+
+
+def test_a_stream_worker_shows_its_clock_offset_and_bound() -> None:
+    fine = WorkerClock(0, -9_000, -9_400, 41_000, 20, flagged=False)
+    far = WorkerClock(1, 2_000_000, 2_100_000, 3_000_000, 20, flagged=True)
+    workers = tuple(
+        WorkerView(i, i, 100 + i, 40.0, 200, 0, 0, True, clock=c) for i, c in enumerate((fine, far))
+    )
+    snap, _ = snapshot([0, 0], [20_000, 20_000], workers=workers)
+    out = text(render(snap))
+    assert "#0 cpu0 40% 200 sent clock -9±41µs" in out
+    assert "#1 cpu1 40% 200 sent clock +2100±3000µs" in out
 
 
 def test_table_shows_targets_numbers_and_totals() -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.live import Live
 
+from loadgen.clockoffset import WorkerClock
 from loadgen.coordinator import Display, GeneratorView, WorkerHandle
 from loadgen.output.ui import Snapshot, WorkerView, plain_line, render, sending_took
 from loadgen.plan import RunPlan, path_label
@@ -23,17 +24,21 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-def worker_views(workers: Sequence[WorkerHandle]) -> tuple[WorkerView, ...]:
+def worker_views(
+    workers: Sequence[WorkerHandle], clocks: Sequence[WorkerClock] = ()
+) -> tuple[WorkerView, ...]:
+    by_worker = {c.worker: c for c in clocks}
     return tuple(
         WorkerView(
             index=h.plan.index,
             cpu=-1 if h.plan.cpu is None else h.plan.cpu,
-            pid=h.process.pid or 0,
+            pid=h.hello.pid if h.hello else 0,
             cpu_pct=h.cpu_pct,
             sent=h.stats.sent,
             send_errors=h.stats.send_errors,
             rx_drops=h.stats.rx_dropped,
             alive=h.live or h.done is not None,
+            clock=by_worker.get(h.plan.index),
         )
         for h in workers
     )
@@ -91,7 +96,7 @@ class LiveDisplay(Display):
             elapsed_ns=generator.elapsed_ns,
             requested_pps=generator.requested_pps,
             achieved_pps=generator.achieved_pps,
-            workers=worker_views(generator.workers),
+            workers=worker_views(generator.workers, generator.clocks),
             ts_source=ts_source(generator.workers),
             notes=tuple(self.notes[-3:]),
             sent=sent,

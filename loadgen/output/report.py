@@ -83,6 +83,7 @@ from loadgen.stats import (
 
 JSONL_SCHEMA_VERSION = 4  # 2: family, unresolved; 3: the "run" object, rtt_hist, outages, SLA,
 # refused, STAMP's loss directions and one-way figures; 4: cos_count, the summary's cos_* keys
+# and "clocks"
 # The "run" object: loadgen version, command line (argv) and profile source, kernel release,
 # CPUs of the host and each worker's pinned CPU (null: not pinned), workers, targets, the
 # requested total rate, count and duration (null: not set), timestamp settings, run id, and

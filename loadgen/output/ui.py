@@ -18,6 +18,7 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from loadgen.clockoffset import WorkerClock
 from loadgen.stats import Counts, RunSummary, SecondReport, TargetStats
 
 WIDE_COLUMNS = 140  # narrower consoles get a compact table
@@ -47,6 +48,7 @@ class WorkerView:
     send_errors: int
     rx_drops: int
     alive: bool
+    clock: WorkerClock | None = None  # a worker on a TCP stream: its clock offset to ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,12 @@ def _workers_lines(workers: Sequence[WorkerView], width: int) -> list[Text]:
         seg = Text(f"#{w.index} cpu{w.cpu} {w.cpu_pct:.0f}% {w.sent:,} sent")
         if w.send_errors or w.rx_drops:
             seg.append(f" ({w.send_errors:,} send errors, {w.rx_drops:,} rx drops)", style="yellow")
+        if w.clock is not None:
+            c = w.clock
+            seg.append(
+                f" clock {c.offset_ns / 1e3:+.0f}±{c.bound_ns / 1e3:.0f}µs",
+                style="bold red" if c.flagged else "",
+            )
         segments.append(seg)
     return _pack(segments, width, gap="  ")
 

@@ -23,7 +23,8 @@ from loadgen.wire.records import BURST_DTYPE, RECORD_DTYPE
 VERSION = 5  # 3: PlanMsg carries ProbeSettings and its probe total; Hello has notes; a SENT
 # record stands for `probes` probes. 4: a Frame carries the loss bursts that ended;
 # ProbeSettings has the probe kind and the ICMP socket kind, TargetSpec a port. 5:
-# ProbeSettings has stamp_cos, records may be COS (their `probes` counts replies)
+# ProbeSettings has stamp_cos, records may be COS (their `probes` counts replies); Beat and
+# Echo, the heartbeat of a worker on a TCP stream (its lease and its clock offset)
 
 
 class ProtocolError(LoadgenError):
@@ -38,6 +39,8 @@ class MsgType(IntEnum):
     STOP = 5
     PLAN = 6
     START = 7
+    BEAT = 8
+    ECHO = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,27 @@ class Start:
     start_ns: int
 
 
-Message = PlanMsg | Hello | Frame | Done | Failed | Stop | Start
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """The coordinator's heartbeat to a worker on a stream: its lease, and the first of the
+    four timestamps of a clock-offset sample (`clockoffset`)."""
+
+    seq: int
+    sent_ns: int  # coordinator's CLOCK_REALTIME when sent (t1)
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """A worker's answer to a Beat: t1 copied back, its own receive (t2) and send (t3) times."""
+
+    worker: int
+    seq: int
+    beat_ns: int
+    received_ns: int
+    sent_ns: int
+
+
+Message = PlanMsg | Hello | Frame | Done | Failed | Stop | Start | Beat | Echo
 
 _TYPES: dict[type[Any], MsgType] = {
     PlanMsg: MsgType.PLAN,
@@ -161,6 +184,8 @@ _TYPES: dict[type[Any], MsgType] = {
     Failed: MsgType.FAILED,
     Stop: MsgType.STOP,
     Start: MsgType.START,
+    Beat: MsgType.BEAT,
+    Echo: MsgType.ECHO,
 }
 
 
@@ -235,11 +260,13 @@ def decode(data: bytes) -> Message:
             if not isinstance(notes, list):
                 raise ProtocolError("hello notes are not a list of lines")
             return Hello(worker, pid, cpu, rx_source, tx_source, tuple(map(str, notes)))
-        simple: dict[MsgType, type[Done | Failed | Stop | Start]] = {
+        simple: dict[MsgType, type[Done | Failed | Stop | Start | Beat | Echo]] = {
             MsgType.DONE: Done,
             MsgType.FAILED: Failed,
             MsgType.STOP: Stop,
             MsgType.START: Start,
+            MsgType.BEAT: Beat,
+            MsgType.ECHO: Echo,
         }
         return simple[mtype](*body)
     except ProtocolError:
