@@ -70,6 +70,9 @@ class NodeAgent:
 def connect(address: str) -> str:
     """Join the Ray cluster at `address` ("auto": the local `ray start` one); returns this
     host's address in it, where the coordinator listens for its workers."""
+    # Ray reports usage to its vendor unless told not to; loadgen sends nothing the user did
+    # not ask for (ray reads this at init; a user's own setting wins).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
