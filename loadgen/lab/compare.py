@@ -46,7 +46,7 @@ class ExpectedCounts:
     bitflips: int
     corrupted: int
     icmp_errors: int
-    reordered: int
+    reordered: int | None  # None: not known (a shaped link may reorder, see expected_counts)
     stale: int = 0
 
 
@@ -130,6 +130,10 @@ def expected_counts(
             f"{t.name}: the truth does not add up: {sent} requests, {answered} answered, "
             f"{lost} dropped, {errored} errored; a drop point is not counted"
         )
+    # A tbf releases held packets from its watchdog timer, on whichever CPU that fires, and a
+    # veth delivers into that CPU's backlog: two probes (or replies) handed to the link on two
+    # CPUs can overtake each other, and no counter sees it. Seen once in many runs.
+    shaped = t.root_link.shaped_packets + t.host_link.shaped_packets > 0
     return ExpectedCounts(
         sent=sent,
         answered=answered,
@@ -139,7 +143,7 @@ def expected_counts(
         bitflips=r.bitflipped if r else 0,
         corrupted=r.corrupted - unsent if r else 0,
         icmp_errors=errors,
-        reordered=reordered,
+        reordered=None if shaped else reordered,
     )
 
 
@@ -163,8 +167,9 @@ def lost_at_host(truth: HostTruth) -> int:
     )
 
 
-def mismatches(counts: Counts, expected: ExpectedCounts) -> dict[str, tuple[int, int]]:
-    """Every figure where loadgen (first) and the truth (second) differ; {} when all agree."""
+def mismatches(counts: Counts, expected: ExpectedCounts) -> dict[str, tuple[int, int | None]]:
+    """Every figure where loadgen (first) and the truth (second) differ; {} when all agree.
+    A figure the truth does not know (None) is not compared."""
     got = {
         "sent": counts.sent,
         "answered": counts.received + counts.late,
@@ -178,4 +183,4 @@ def mismatches(counts: Counts, expected: ExpectedCounts) -> dict[str, tuple[int,
         "stale": counts.stale,
     }
     want = {f.name: getattr(expected, f.name) for f in fields(ExpectedCounts)}
-    return {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    return {k: (got[k], want[k]) for k in want if want[k] is not None and got[k] != want[k]}

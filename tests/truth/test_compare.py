@@ -140,3 +140,16 @@ def test_spread_median_and_mean_step() -> None:
     assert s.mean_step_ns() == (200_000 + 200_000 + 100_000) // 5
     s.add(10**9)  # beyond the histogram: the last bucket
     assert s.hist[-1] == 1
+
+
+def test_reordering_behind_a_shaper_is_not_known_and_not_compared() -> None:
+    """A tbf may hand two packets to the link on two CPUs: no counter can say whether they
+    overtook each other. An unshaped kernel host never reorders."""
+    plain = host(requests_out=10, echo_requests_in=10, echo_replies_out=10, replies_back=10)
+    shaped = replace(plain, root_link=LinkCounters(shaped_packets=10))
+    reordered_once = Counts(sent=10, received=10, reordered=1)
+    assert expected_counts(plain).reordered == 0
+    assert mismatches(reordered_once, expected_counts(plain)) == {"reordered": (1, 0)}
+    assert expected_counts(shaped).reordered is None
+    assert mismatches(reordered_once, expected_counts(shaped)) == {}
+    assert mismatches(Counts(sent=10, received=9, lost=1), expected_counts(shaped)) != {}

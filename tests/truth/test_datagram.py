@@ -60,7 +60,9 @@ def _printed_counts(stdout: str) -> dict[str, Counts]:
     return out
 
 
-def _as_nobody(lab: Lab, version: int) -> dict[str, tuple[Counts, dict[str, tuple[int, int]]]]:
+def _as_nobody(
+    lab: Lab, version: int
+) -> dict[str, tuple[Counts, dict[str, tuple[int, int | None]]]]:
     """loadgen run by uid 65534 inside this namespace, and each host's truth for the run."""
     found = nobody_loadgen()
     assert not isinstance(found, str), found
@@ -119,7 +121,7 @@ def test_datagram_path_counts_equal_the_truth(version: int, tmp_path: Path) -> N
         lab_down(prefix)
     assert not remains(prefix)
     root: dict[str, Counts] = got["root"]  # type: ignore[assignment]
-    nobody: dict[str, tuple[Counts, dict[str, tuple[int, int]]]] = got["nobody"]  # type: ignore[assignment]
+    nobody: dict[str, tuple[Counts, dict[str, tuple[int, int | None]]]] = got["nobody"]  # type: ignore[assignment]
     for name, (counts, wrong) in nobody.items():
         assert wrong == {}, f"{name} as uid 65534: (loadgen, truth) {wrong}"
         assert counts.sent == COUNT
