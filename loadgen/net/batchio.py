@@ -234,6 +234,7 @@ class BatchIO:
             went: int = sendmmsg(self._tx_fd, self._tx_msgs_ptr, k, DONTWAIT)
             if went >= 0:  # short count: the kernel drops the error; the next recv reports it
                 sent += went
+                pending = 0 if went else pending  # the tries are per message, not per call
                 continue
             err = ctypes.get_errno()
             if err == errno.EINTR:
