@@ -12,7 +12,7 @@ tracks and ships the same way for every kind; a new kind is a setup here plus it
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,7 +32,7 @@ from loadgen.wire import bpf, tcp
 from loadgen.wire.batch import DecodedBatch, EchoBuilder, Ipv4Headers, ReplyDecoder
 from loadgen.wire.connect import ConnectDecoder, ConnectRows
 from loadgen.wire.family import WireFamily
-from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN
+from loadgen.wire.icmp import ICMP_HEADER_LEN, IPV4_HEADER_LEN, MIN_PAYLOAD, QueuedError
 from loadgen.wire.messages import PlanMsg, ProbeSettings
 from loadgen.wire.probekind import ProbeKind
 from loadgen.wire.stamp_batch import (
@@ -56,6 +56,12 @@ class BatchBuilder(Protocol):
 class BatchDecoder(Protocol):
     def decode(self, buf: NDArray[np.uint8], lengths: NDArray[np.integer], n: int) -> DecodedBatch:
         """Rows 0..n-1 of buf (row i holds lengths[i] bytes) as the tracker's columns."""
+        ...
+
+
+class QueuedDecoder(Protocol):
+    def decode_queued(self, errors: Sequence[QueuedError]) -> DecodedBatch:
+        """ICMP errors a datagram socket queued about its probes, as the tracker's columns."""
         ...
 
 
@@ -126,9 +132,9 @@ class KindIO:
     # A second socket some kinds read: tcp-syn's ICMP errors quoting its SYNs.
     errors: BatchIO | None = None
     error_decoder: BatchDecoder | None = None
-    # ICMP over a datagram socket: the errors quoting its probes wait on the error queue, not
-    # among the packets, and this decoder reads them.
-    queued_errors: ReplyDecoder | None = None
+    # ICMP over a datagram socket and the UDP kinds: the errors quoting their probes wait on
+    # the error queue, not among the packets, and this decoder reads them.
+    queued_errors: QueuedDecoder | None = None
     extras: Extras | None = None  # a kind's records beyond the tracker's (STAMP: one-way)
     # Rewrites the send time a built batch carries (STAMP's T1, the UDP payload's): called
     # with the time read right before the send, so T1 is not early by the build's cost.
@@ -365,7 +371,9 @@ def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
     # The SSID names the worker.
     spec = stamp_spec(plan.run_id, plan.ident or 1, probe.size, probe.tos >> 2 if cos else -1)
     datagram = spec.size if stamp else probe.size
-    io = UdpBatchIO(sock, slot_bytes=max(2048, datagram + 64))
+    # An error-queue slot keeps the quoted payload up to loadgen's header, which names the probe.
+    quote = (spec.payload_at if stamp else 0) + MIN_PAYLOAD
+    io = UdpBatchIO(sock, slot_bytes=max(2048, datagram + 64), quote_bytes=max(64, quote))
     if cos:
         io.read_tos()
     names = udp_destinations(
@@ -375,12 +383,23 @@ def _udp_kinds(plan: PlanMsg, fam: WireFamily) -> KindIO:
     if not stamp:
         echo = UdpEchoBuilder(plan.run_id, probe.size, global_index)
         decode = UdpEchoDecoder(plan.run_id, probe.size, fam)
-        return KindIO(io, echo, decode, names, addresses, restamp=echo.restamp)
+        return KindIO(
+            io, echo, decode, names, addresses, queued_errors=decode, restamp=echo.restamp
+        )
     decoder = StampDecoder(spec, fam)
     keep_ns = 2 * probe.linger_ns + 1_000_000_000
     extras = _StampExtras(decoder, keep_ns, io, probe.tos if cos else None)
     builder = StampBuilder(spec, global_index)
-    return KindIO(io, builder, decoder, names, addresses, extras=extras, restamp=builder.restamp)
+    return KindIO(
+        io,
+        builder,
+        decoder,
+        names,
+        addresses,
+        queued_errors=decoder,
+        extras=extras,
+        restamp=builder.restamp,
+    )
 
 
 # One entry per kind in probekind.IMPLEMENTED.

@@ -27,14 +27,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.errors import LoadgenError
-from loadgen.kinds import BatchDecoder, open_kind
+from loadgen.kinds import BatchDecoder, QueuedDecoder, open_kind
 from loadgen.lease import LEASE_NS
 from loadgen.net.batchio import BatchIO
 from loadgen.net.stream import StreamLink
 from loadgen.net.tcpconnect import ConnectIO
 from loadgen.tracker import Tracker, probes_of_tx_ids
 from loadgen.turns import TurnPolicy
-from loadgen.wire.batch import DecodedBatch, ReplyDecoder
+from loadgen.wire.batch import DecodedBatch
 from loadgen.wire.family import family_of
 from loadgen.wire.icmp import DecodeStatus
 from loadgen.wire.messages import (
@@ -298,10 +298,10 @@ class Worker:
         if self.kind.queued_errors is not None:
             self._track_queued_errors(self.kind.queued_errors)
 
-    def _track_queued_errors(self, decoder: ReplyDecoder) -> None:
-        """ICMP errors a datagram socket got on its error queue, tracked like those a raw
-        socket reads as packets (their arrival time is not used)."""
-        assert isinstance(self.io, BatchIO)  # only ICMP's datagram socket queues them
+    def _track_queued_errors(self, decoder: QueuedDecoder) -> None:
+        """ICMP errors a datagram socket (ICMP or UDP probes) got on its error queue, tracked
+        like those a raw socket reads as packets (their arrival time is not used)."""
+        assert isinstance(self.io, BatchIO)  # only datagram sockets queue them
         errors = self.io.read_icmp_errors()
         if not errors:
             return

@@ -6,6 +6,8 @@ neighbour discovery, stray pings or any other traffic on a lab link never enters
 probe is an ICMP echo request whose payload opens with our magic (docs/DESIGN.md); an echo reply
 carries the same payload, and an ICMP error quotes the probe (IP header, ICMP header, payload).
 ICMPv6 (RFC 4443) the same way: its own type numbers, and a quoted IPv6 header of 40 bytes.
+A UDP or STAMP probe is a UDP datagram to the probed port carrying our magic where the kind puts
+its payload header; an error about one quotes it the same way (`udp_error`).
 """
 
 from __future__ import annotations
@@ -131,6 +133,37 @@ FROM_HOST6 = (
     Icmp6Type.TIME_EXCEEDED,
     Icmp6Type.PARAM_PROBLEM,
 )
+
+
+# UDP and STAMP probes: an error quotes the probe's IP header (IPv4 without options, or IPv6
+# with UDP right after it), its UDP header (destination port at 2), then its payload, in which
+# loadgen's header (and magic) starts at `magic_at`: 0 for plain UDP, the Extra Padding TLV's
+# value for STAMP (`stamp_probe.StampSpec.payload_at`).
+IPPROTO_UDP = 17
+_UDP_HEADER_LEN = 8
+_QUOTED_UDP = {
+    4: ("icmp type { destination-unreachable, time-exceeded }", IPV4_HEADER_LEN),
+    6: (ERROR6.split(" @", 1)[0], IPV6_HEADER_LEN),
+}
+
+
+def udp_error(version: int, port: int, magic_at: int) -> str:
+    """An ICMP(v6) error quoting one of our UDP probes to `port`, loadgen's header `magic_at`
+    bytes into its UDP payload (a port unreachable from a host with nothing on the port)."""
+    types, ip_len = _QUOTED_UDP[version]
+    udp = ICMP_HEADER_LEN + ip_len
+    if version == 4:
+        head = [
+            _nft_bytes(_QUOTED_VERSION_IHL, 1, IPV4_NO_OPTIONS),
+            _nft_bytes(_QUOTED_PROTOCOL, 1, IPPROTO_UDP),
+        ]
+    else:
+        head = [
+            f"@th,{_QUOTED6_VERSION * 8},4 {IPV6_VERSION >> 4:#x}",
+            _nft_bytes(_QUOTED6_NEXT_HEADER, 1, IPPROTO_UDP),
+        ]
+    tail = [_nft_bytes(udp + 2, 2, port), _nft_bytes(udp + _UDP_HEADER_LEN + magic_at, 4, MAGIC)]
+    return " ".join([types, *head, *tail])
 
 
 # TCP (a lab host's services, `tcpcfg`). A SYN carries no payload to mark it as ours, so the

@@ -98,7 +98,11 @@ _PySocket = socket.socket  # BatchIO's own `socket` property hides the module in
 class BatchIO:
     """sendmmsg/recvmmsg over one IcmpSocket with buffers allocated once; owns and closes it."""
 
-    def __init__(self, sock: IcmpSocket, batch: int = 256, slot_bytes: int = 2048) -> None:
+    def __init__(
+        self, sock: IcmpSocket, batch: int = 256, slot_bytes: int = 2048, quote_bytes: int = 64
+    ) -> None:
+        """`quote_bytes`: how much of each quoted probe an error-queue slot keeps (enough to
+        reach loadgen's payload header: the ICMP header and it, or a STAMP packet up to it)."""
         if batch < 1 or slot_bytes < 64:
             raise ValueError("batch must be >= 1 and slot_bytes >= 64")
         self._sock, self._fd, self._batch = sock, sock.fileno(), batch
@@ -132,12 +136,14 @@ class BatchIO:
         self._rx_keys = (cmsg_key(socket.SOL_SOCKET, sock.rx_scm), _DROPS_KEY)
         self._rx_hard = RecordFlag.RX_HARDWARE if sock.tsflags & Sof.RAW_HARDWARE else None
         self._dropped_total = 0
-        # The error queue: TX stamps (enable_tx_timestamps) and, on a datagram ICMP socket,
-        # the ICMP errors about its probes (read_icmp_errors), with their destinations.
+        # The error queue: TX stamps (enable_tx_timestamps) and, on a datagram socket (ICMP
+        # or UDP probes), the ICMP errors about its probes (read_icmp_errors), with their
+        # destinations.
         self._datagram = sock.datagram
+        self._quote_bytes = quote_bytes
         self._errq: RecvRing | None = None
         if sock.datagram:
-            self._errq = RecvRing(batch, 64, _ERRQ_CTRL_BYTES, sock.spec.sockaddr.itemsize)
+            self._errq = RecvRing(batch, quote_bytes, _ERRQ_CTRL_BYTES, sock.spec.sockaddr.itemsize)
         self._queued: list[QueuedError] = []
         self._errq_keys = (_TIMESTAMPING_KEY, cmsg_key(*sock.spec.recverr))
         # (controllen, stamp offset, error offset) every stamp so far had: then columns serve.
@@ -228,6 +234,7 @@ class BatchIO:
             went: int = sendmmsg(self._tx_fd, self._tx_msgs_ptr, k, DONTWAIT)
             if went >= 0:  # short count: the kernel drops the error; the next recv reports it
                 sent += went
+                pending = 0 if went else pending  # the tries are per message, not per call
                 continue
             err = ctypes.get_errno()
             if err == errno.EINTR:
@@ -327,7 +334,7 @@ class BatchIO:
                 "follow the socket's send counter and are given up after a refused send"
             )
         if self._errq is None:
-            self._errq = RecvRing(self._batch, 64, _ERRQ_CTRL_BYTES)
+            self._errq = RecvRing(self._batch, self._quote_bytes, _ERRQ_CTRL_BYTES)
         return self._tx_flag
 
     def _counter_broken(self, why: str) -> None:
@@ -399,9 +406,9 @@ class BatchIO:
         return TxStamps(m, self._tx_ids[:m], self._tx_ns[:m], self._tx_flags[:m], more)
 
     def read_icmp_errors(self) -> list[QueuedError]:
-        """The ICMP errors about our probes queued since the last call: a datagram ICMP socket
-        gets them on its error queue (a raw one reads them as packets: always []). With TX
-        stamps on, read_tx_timestamps drains that queue, so call it first."""
+        """The ICMP errors about our probes queued since the last call: a datagram socket (ICMP
+        or UDP probes) gets them on its error queue (a raw one reads them as packets: always
+        []). With TX stamps on, read_tx_timestamps drains that queue, so call it first."""
         ring = self._errq
         if ring is not None and self._datagram and not self.tx_stamps_enabled:
             for _ in range(64):

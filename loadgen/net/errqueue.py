@@ -1,8 +1,9 @@
-"""ICMP errors on a datagram ICMP socket's error queue, read into `icmp.QueuedError` values.
+"""ICMP errors on a datagram socket's error queue, read into `icmp.QueuedError` values.
 
 A datagram ICMP socket with IP_RECVERR / IPV6_RECVERR gets an ICMP error about one of its probes
 as an error-queue message (net/ipv4/ping.c, ping_err; ip_icmp_error): the data is the quoted
-probe from its ICMP header on, msg_name the probe's destination, and the cmsg a struct
+probe from its ICMP header on (a UDP probe socket's, __udp4_lib_err / __udp6_lib_err: the quoted
+payload after the UDP header), msg_name the probe's destination, and the cmsg a struct
 sock_extended_err (origin SO_EE_ORIGIN_ICMP or _ICMP6, the error's type and code) followed by the
 offender's sockaddr. The kernel also stores the error's errno as the socket's pending error
 (sk_err), which the next send or receive returns once: `batchio` retries that call.

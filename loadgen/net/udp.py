@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
 from loadgen.net import families, sockets
-from loadgen.net.batchio import BatchIO, RecvBatch, SendResult
+from loadgen.net.batchio import BatchIO, RecvBatch
 from loadgen.net.cmsg import CMSG_HDR, cmsg_key, cmsg_offsets
 from loadgen.net.mmsg import DONTWAIT, MMSGHDR, TRUNC, RecvRing, send_headers, sendmmsg
 
@@ -231,7 +231,9 @@ def open_udp_probe(
     source: str | None = None,
 ) -> sockets.IcmpSocket:
     """A non-blocking UDP socket on an ephemeral port for STAMP or UDP-echo probes, configured
-    like the raw ones (TTL, TOS, buffers, drop counter, RX stamps): no root needed."""
+    like the raw ones (TTL, TOS, buffers, drop counter, RX stamps): no root needed. ICMP errors
+    about its probes are queued on its error queue (IP_RECVERR / IPV6_RECVERR): without it the
+    kernel drops them on an unconnected socket, and a probe they answer would look lost."""
     spec = UDP_SPECS[family]
     sock = socket.socket(spec.family, socket.SOCK_DGRAM)
     try:
@@ -243,7 +245,11 @@ def open_udp_probe(
             sock.bind((source or ("::" if family == 6 else "0.0.0.0"), 0))
         except OSError as exc:
             raise bind_error(exc, source or "any address", 0) from None
-        return sockets.with_rx_stamps(sock, spec, timestamps, interface, notes)
+        try:
+            sock.setsockopt(spec.recverr[0], spec.recverr[1], 1)
+        except OSError as exc:
+            raise sockets.problem("asking for ICMP errors (IP_RECVERR)", exc.errno or 0) from None
+        return sockets.with_rx_stamps(sock, spec, timestamps, interface, notes, datagram=True)
     except BaseException:
         sock.close()
         raise
@@ -262,20 +268,14 @@ def udp_destinations(addresses: list[str], ports: list[int], family: int) -> NDA
     return names
 
 
-def clear_pending_error(sock: socket.socket) -> int:
-    """Read (and so clear) the socket's pending error: an ICMP port unreachable from a target
-    with nothing listening would otherwise fail the next receive."""
-    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-
-
 class UdpBatchIO(BatchIO):
-    """BatchIO over a UDP probe socket. An ICMP port unreachable (a target with nothing on
-    its port) leaves an error on the socket that the next call would fail with: it is read
-    off first and counted in `refused`, and the probe it was for is simply not answered.
-    After `read_tos()`, `last_tos` holds the TOS / traffic class each datagram of the last
-    receive arrived with (-1 where the kernel did not say)."""
+    """BatchIO over a UDP probe socket. The socket has IP_RECVERR / IPV6_RECVERR: an ICMP error
+    about a probe (port unreachable from a target with nothing on its port, host unreachable,
+    time exceeded) waits on its error queue with the probe's payload (`read_icmp_errors`), and
+    the errno the kernel also leaves pending is taken by BatchIO's retries, as on a datagram
+    ICMP socket. After `read_tos()`, `last_tos` holds the TOS / traffic class each datagram of
+    the last receive arrived with (-1 where the kernel did not say)."""
 
-    refused = 0
     _tos_key = 0
     last_tos: NDArray[np.int64] = np.zeros(0, np.int64)
 
@@ -290,25 +290,10 @@ class UdpBatchIO(BatchIO):
         self._tos_key = _KEYS[sock.family].tos
 
     def recv(self) -> RecvBatch:
-        got = self._recv()
+        got = super().recv()
         if self._tos_key:
             self.last_tos = self.control_bytes(self._tos_key, got.n)
         return got
-
-    def _recv(self) -> RecvBatch:
-        for _ in range(3):
-            self.refused += bool(clear_pending_error(self.socket.sock))
-            try:
-                return super().recv()
-            except SocketProblem as exc:
-                if "ECONNREFUSED" not in str(exc):
-                    raise
-                self.refused += 1
-        return super().recv()
-
-    def send(self, packets: NDArray[np.uint8], dst: NDArray[Any], first_id: int = 0) -> SendResult:
-        self.refused += bool(clear_pending_error(self.socket.sock))
-        return super().send(packets, dst, first_id)
 
     def _describe(self, address: Any) -> str:
         family = socket.AF_INET6 if self.socket.spec.version == 6 else socket.AF_INET

@@ -367,7 +367,8 @@ class QueuedError:
     """An ICMP error about a probe of a datagram ICMP socket, as its error queue gives it
     (ip(7) IP_RECVERR, ipv6(7) IPV6_RECVERR): the error's type and code (sock_extended_err),
     the router that sent it (SO_EE_OFFENDER) and the probe's destination (msg_name), network
-    order, and the quoted probe from its ICMP header on (the quoted IP header is not given)."""
+    order, and the quoted probe from its ICMP header on (the quoted IP header is not given;
+    on a UDP probe socket `echo` is the quoted payload after the UDP header)."""
 
     icmp_type: int
     code: int

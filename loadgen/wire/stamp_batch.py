@@ -8,6 +8,8 @@ TTL it saw) of the last batch for the one-way figures.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +19,7 @@ from numpy.typing import NDArray
 from loadgen.wire import icmp, stamp_probe
 from loadgen.wire.batch import DecodedBatch
 from loadgen.wire.family import WireFamily
+from loadgen.wire.icmp import QueuedError
 from loadgen.wire.stamp import (
     BASE_LEN,
     NS_PER_S,
@@ -36,6 +39,11 @@ _STATUS = {
     StampStatus.MALFORMED: icmp.DecodeStatus.MALFORMED,
 }
 
+
+# What of loadgen's payload header names a probe in a quote (magic, run, target, seq): an
+# error's tracking needs no send time.
+_QUOTED_HEAD = struct.Struct("!IIIQ")
+_IDENTIFIED = _QUOTED_HEAD.size
 
 SEQ_BASE = 1 << 31  # StampSpec.seq_base of loadgen's sender: stateless and stateful told apart
 
@@ -141,6 +149,11 @@ class UdpEchoBuilder(PayloadBuilder):
         return self.rows(local, seqs, tx_ns)
 
 
+def _fit(address: bytes, width: int) -> bytes:
+    """An address from the error queue cut or zero-padded to the family's width."""
+    return address[:width].ljust(width, b"\0")
+
+
 def _empty(n: int, family: WireFamily) -> DecodedBatch:
     return DecodedBatch(
         n=n,
@@ -185,6 +198,39 @@ class PayloadDecoder:
         status = np.where(~magic, icmp.DecodeStatus.FOREIGN, status)
         out.status[:] = np.where(whole, status, icmp.DecodeStatus.MALFORMED)
         return out
+
+    def decode_queued(self, errors: Sequence[QueuedError]) -> DecodedBatch:
+        """ICMP errors about our probes as a UDP socket's error queue gives them (the probe's
+        payload after its UDP header, its destination, the error's type, code and sender):
+        ICMP_ERROR rows naming target and sequence by loadgen's payload header, FOREIGN where
+        that header is not this run's, and where the quote stops before it, what `_short`
+        finds, else MALFORMED. Never raises: every entry becomes one row."""
+        out = _empty(len(errors), self.family)
+        width = self.family.address_len
+        out.src[:] = self.family.address_column([_fit(e.offender, width) for e in errors])
+        out.quoted_dst[:] = self.family.address_column([_fit(e.destination, width) for e in errors])
+        for i, error in enumerate(errors):
+            out.icmp_type[i], out.icmp_code[i] = error.icmp_type & 0xFF, error.code & 0xFF
+            head = error.echo[self.at : self.at + _IDENTIFIED]
+            if len(head) == _IDENTIFIED:  # magic, run, target, seq: the send time is not needed
+                magic, run, target, seq = _QUOTED_HEAD.unpack(head)
+                ours = magic == icmp.MAGIC and run == self.run_id
+                out.status[i] = icmp.DecodeStatus.ICMP_ERROR if ours else icmp.DecodeStatus.FOREIGN
+                out.target[i], out.seq[i] = (target, seq) if ours else (icmp.UNKNOWN_TARGET, 0)
+                continue
+            seq16 = self._short(error.echo)
+            if seq16 is not None:  # the tracker finds the target by the destination
+                out.status[i], out.seq[i], out.seq16_only[i] = (
+                    icmp.DecodeStatus.ICMP_ERROR,
+                    seq16,
+                    True,
+                )
+        return out
+
+    def _short(self, quote: bytes) -> int | None:
+        """The low 16 bits of the probe's sequence from a quote too short for loadgen's header,
+        None where it holds none (plain UDP: the payload is that header)."""
+        return None
 
 
 class UdpEchoDecoder(PayloadDecoder):
@@ -242,6 +288,13 @@ class StampDecoder(PayloadDecoder):
         for i in np.flatnonzero(~good).tolist():  # rare: the specification decides
             self._one(out, i, bytes(rows[i, : min(int(lengths[i]), buf.shape[1])]))
         return out
+
+    def _short(self, quote: bytes) -> int | None:
+        """STAMP's own sequence number (RFC 8762 4.2.1, the packet's first 4 bytes) is ours plus
+        seq_base, whose low 16 bits are 0: they are the probe's sequence's."""
+        if len(quote) < 4:
+            return None
+        return (int.from_bytes(quote[:4], "big") - self.spec.seq_base) & 0xFFFF
 
     def _cos_columns(self, rows: NDArray[np.uint8]) -> None:
         """DSCP2/ECN and RP of each row's Class of Service TLV where it came back served (no

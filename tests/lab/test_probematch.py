@@ -3,6 +3,8 @@ probes, their replies and errors quoting them, and nothing else. No lab needed."
 
 from __future__ import annotations
 
+import struct
+
 from loadgen.lab.probematch import (
     FROM_HOST,
     FROM_HOST6,
@@ -10,8 +12,9 @@ from loadgen.lab.probematch import (
     TOWARDS_HOST6,
     u32_keys,
     u32_keys6,
+    udp_error,
 )
-from loadgen.wire.family import IPV6, IcmpType
+from loadgen.wire.family import IPV4, IPV6, IcmpType
 from loadgen.wire.icmp import (
     build_echo_request,
     build_icmp_error,
@@ -114,3 +117,38 @@ def test_the_ipv6_filters_pick_probes_and_the_answers_to_them_only() -> None:
     solicitation = build_ipv6_packet(PEER6, HOST6, 58, bytes([135, 0]) + bytes(22))
     for other in (bytes(not_ours), udp, port_unreachable, short_quote, solicitation):
         assert not any(matches(k, other) for k in towards + back), other.hex()
+
+
+def nft_th_matches(match: str, icmp: bytes) -> bool:
+    """Every `@th,bit offset,bit width value` clause of an nft match holds for `icmp` (the
+    message from its ICMP header on); the type set before them is not checked here."""
+    for clause in match.split(" @th,")[1:]:
+        where, value = clause.split(" ")[:2]
+        bit, width = (int(x) for x in where.split(","))
+        field = int.from_bytes(icmp, "big") >> (len(icmp) * 8 - bit - width)
+        if bit + width > len(icmp) * 8 or field & ((1 << width) - 1) != int(value, 0):
+            return False
+    return True
+
+
+def test_the_udp_error_match_picks_errors_quoting_our_udp_and_stamp_probes() -> None:
+    port, other = 18790, 18791
+    payload = bytes(8) + probe()[28:]  # loadgen's header 8 bytes into the payload
+    for version, (src, dst) in ((4, (PEER, HOST)), (6, (PEER6, HOST6))):
+        for magic_at, body in ((8, payload), (0, payload[8:])):
+            family = IPV4 if version == 4 else IPV6
+            ours = struct.pack("!HHHH", 40000, port, 8 + len(body), 0) + body
+            theirs = struct.pack("!HHHH", 40000, other, 8 + len(body), 0) + body
+            packets = [
+                build_ipv4_packet(src, dst, 17, udp)  # type: ignore[arg-type]
+                if version == 4
+                else build_ipv6_packet(src, dst, 17, udp)  # type: ignore[arg-type]
+                for udp in (ours, theirs)
+            ]
+            errors = [
+                build_icmp_error(3 if version == 4 else 1, 3, p, family=family) for p in packets
+            ]
+            match = udp_error(version, port, magic_at)
+            assert nft_th_matches(match, errors[0])
+            assert not nft_th_matches(match, errors[1])  # another port
+            assert not nft_th_matches(udp_error(version, port, magic_at + 4), errors[0])
