@@ -175,6 +175,26 @@ class UdpBatch:
             for i, (c, length) in enumerate(zip(cut.tolist(), lengths, strict=True))
         ]
 
+    def received(self, n: int) -> tuple[NDArray[np.uint8], NDArray[np.int64], bool]:
+        """The last n datagrams as rows (a view, as wide as the longest), their lengths, and
+        whether every one fitted its slot."""
+        ring = self._ring
+        lengths = ring.lengths[:n].astype(np.int64)
+        whole = not (ring.flags[:n] & TRUNC).any()
+        return ring.data[:n, : max(int(lengths.max(initial=0)), 1)], lengths, whole
+
+    def source_columns(self, n: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+        """(address bytes as (n, 4 or 16) rows, port) each of the last n datagrams came from."""
+        names = self.names[:n]
+        ports = names[:, 2].astype(np.int64) << 8 | names[:, 3]
+        width, at = (16, 8) if self.sock.family == socket.AF_INET6 else (4, 4)
+        return names[:, at : at + width], ports
+
+    @property
+    def out(self) -> NDArray[np.uint8]:
+        """The reply slots `send_written` sends from, one row per reply."""
+        return self._out
+
     def sources(self, n: int) -> tuple[list[bytes], list[int]]:
         """(address bytes, port) each of the last n datagrams came from."""
         names = self.names[:n]
@@ -195,6 +215,22 @@ class UdpBatch:
         self._msgs["hdr"]["controllen"][:total] = np.where(tos >= 0, TOS_CTRL_BYTES, 0)
         for k, (_, data, _) in enumerate(replies):
             self._out[k, : len(data)] = np.frombuffer(data, np.uint8)
+        return self._send_all(total)
+
+    def send_written(
+        self, rows: NDArray[np.intp], lengths: NDArray[np.int64], tos: NDArray[np.int32]
+    ) -> tuple[int, int]:
+        """Send out[k] (lengths[k] bytes, already written) to the source of received row
+        rows[k], with TOS byte tos[k] (NO_TOS: the socket's); (sent, failed)."""
+        total = len(rows)
+        self._out_names.view(np.uint8).reshape(self.rows, NAME_BYTES)[:total] = self.names[rows]
+        self._iov["len"][:total] = lengths
+        self._tos_col[:total] = tos
+        self._msgs["hdr"]["controllen"][:total] = np.where(tos >= 0, TOS_CTRL_BYTES, 0)
+        return self._send_all(total)
+
+    def _send_all(self, total: int) -> tuple[int, int]:
+        """sendmmsg the first `total` prepared replies; (sent, failed)."""
         sent = failed = done = 0
         while done < total:
             ptr = self._msgs.ctypes.data + done * MMSGHDR.itemsize

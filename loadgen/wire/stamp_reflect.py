@@ -1,0 +1,177 @@
+"""The session-reflector's replies to a whole batch at once, vectorised (the reflector's hot
+path): which received test packets are plain (`plain_rows`: the base packet, zero padding, one
+Extra Padding TLV, or loadgen's Class of Service TLV then nothing or Extra Padding) and their
+replies written into an output array (`write_replies`), byte for byte what `stamp.reflect` makes
+of each (tests hold the two equal). Anything else is `stamp.reflect`'s, one at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from loadgen.wire.stamp import (
+    _COS_HEAD,
+    _COS_LEN,
+    AUTH_MBZ,
+    AUTH_MIN_LEN,
+    BASE_LEN,
+    NS_PER_S,
+    NTP_UNIX_OFFSET_S,
+    TAI_MINUS_UTC_S,
+    ReflectorClock,
+    TimestampFormat,
+)
+from loadgen.wire.stamp_tlv import NO_TOS, TLV_HEADER_LEN, TlvType
+
+_COS_AT = BASE_LEN + TLV_HEADER_LEN  # the CoS value: DSCP1 | DSCP2 | ECN | RP | Reserved
+_PAD_AT = BASE_LEN + _COS_LEN  # where an Extra Padding TLV after the CoS TLV starts
+
+
+def _fields(slot_bytes: int, fields: dict[str, tuple[str, int]]) -> np.dtype[np.void]:
+    """A row of a (rows, slot_bytes) uint8 array seen as big-endian fields at fixed offsets."""
+    names = list(fields)
+    return np.dtype(
+        {
+            "names": names,
+            "formats": [fields[n][0] for n in names],
+            "offsets": [fields[n][1] for n in names],
+            "itemsize": slot_bytes,
+        }
+    )
+
+
+# RFC 8762 4.2.1 and 4.3.1, as `stamp.SENDER` and `stamp.REFLECTOR` lay them out.
+_SENDER = {"seq": (">u4", 0), "ts": (">u8", 4), "err": (">u2", 12), "ssid": (">u2", 14)}
+_REFLECTOR = {
+    "seq": (">u4", 0),
+    "ts": (">u8", 4),
+    "err": (">u2", 12),
+    "ssid": (">u2", 14),
+    "rx_ts": (">u8", 16),
+    "s_seq": (">u4", 24),
+    "s_ts": (">u8", 28),
+    "s_err": (">u2", 36),
+    "mbz1": (">u2", 38),
+    "ttl": ("u1", 40),
+    "mbz2": ("u1", 41),
+    "mbz3": (">u2", 42),
+}
+
+
+def sender_view(data: NDArray[np.uint8]) -> NDArray[np.void]:
+    """The (rows, slot) received datagrams as sender-packet records (a view, no copy)."""
+    return data.view(_fields(data.shape[1], _SENDER))[:, 0]
+
+
+def encode_timestamps(realtime_ns: NDArray[np.int64], fmt: TimestampFormat) -> NDArray[np.uint64]:
+    """`stamp.encode_timestamp` of a column (the same rounding, the same wrap)."""
+    seconds, ns = np.divmod(realtime_ns, NS_PER_S)
+    if fmt is TimestampFormat.PTP:
+        high = (seconds + TAI_MINUS_UTC_S).astype(np.uint64) & np.uint64(0xFFFF_FFFF)
+        return (high << np.uint64(32)) | ns.astype(np.uint64)
+    fraction = ((ns.astype(np.uint64) << np.uint64(32)) + np.uint64(NS_PER_S // 2)) // np.uint64(
+        NS_PER_S
+    )
+    return ((seconds + NTP_UNIX_OFFSET_S).astype(np.uint64) << np.uint64(32)) + fraction
+
+
+def plain_rows(data: NDArray[np.uint8], lengths: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which of the (rows, slot) datagrams of `lengths` bytes (none cut short) this module
+    answers: unauthenticated, and a tail `stamp.reflect` returns as is or answers as CoS."""
+    n = len(lengths)
+    if n == 0:
+        return np.zeros(0, np.bool_)
+    ok = lengths >= BASE_LEN
+    auth = (lengths >= AUTH_MIN_LEN) & ~data[:, AUTH_MBZ].any(axis=1)
+    ok &= ~auth
+    tail_len = lengths - BASE_LEN
+    if not (tail_len > 0).any():
+        return ok
+    widest = int(lengths.max())
+    tail = data[:, BASE_LEN:widest]
+    # Tail all zeros (RFC 8762 padding) or one Extra Padding TLV filling it, flags clear.
+    inside = np.arange(widest - BASE_LEN) < tail_len[:, None]
+    zeros = ~(tail.astype(np.bool_) & inside).any(axis=1)
+    ok_tail = (tail_len == 0) | zeros | _padding_tlv(data, BASE_LEN, lengths)
+    # loadgen's own: a CoS TLV with flags clear, then nothing or one Extra Padding TLV.
+    if widest >= _PAD_AT:
+        head = np.frombuffer(_COS_HEAD, np.uint8)
+        cos = (data[:, BASE_LEN:_COS_AT] == head).all(axis=1) & (tail_len >= _COS_LEN)
+        cos &= (lengths == _PAD_AT) | _padding_tlv(data, _PAD_AT, lengths)
+        ok_tail |= cos
+    plain: NDArray[np.bool_] = ok & ok_tail
+    return plain
+
+
+def cos_rows(data: NDArray[np.uint8], lengths: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Of rows `plain_rows` accepted, those whose tail opens with the CoS TLV."""
+    if data.shape[1] < _COS_AT or not (lengths >= _PAD_AT).any():
+        return np.zeros(len(lengths), np.bool_)
+    head = np.frombuffer(_COS_HEAD, np.uint8)
+    cos: NDArray[np.bool_] = (lengths >= _PAD_AT) & (data[:, BASE_LEN:_COS_AT] == head).all(axis=1)
+    return cos
+
+
+def _padding_tlv(data: NDArray[np.uint8], at: int, lengths: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """One Extra Padding TLV (flags clear) from `at` to the datagram's end."""
+    if data.shape[1] < at + TLV_HEADER_LEN:
+        return np.zeros(len(lengths), np.bool_)
+    declared = data[:, at + 2].astype(np.int64) << 8 | data[:, at + 3]
+    padding: NDArray[np.bool_] = (
+        (lengths >= at + TLV_HEADER_LEN)
+        & (data[:, at] == 0)
+        & (data[:, at + 1] == TlvType.EXTRA_PADDING)
+        & (declared == lengths - at - TLV_HEADER_LEN)
+    )
+    return padding
+
+
+def write_replies(
+    out: NDArray[np.uint8],
+    data: NDArray[np.uint8],
+    lengths: NDArray[np.int64],
+    *,
+    reflector_seq: NDArray[np.int64] | None,
+    rx_ns: NDArray[np.int64],
+    tx_ns: int,
+    ttl: NDArray[np.int64],
+    tos: NDArray[np.int64],
+    clock: ReflectorClock,
+    permitted_dscp: frozenset[int] | None,
+) -> NDArray[np.int32]:
+    """Write the replies to the k plain datagrams `data` (k rows, all `plain_rows`) into
+    out[:k] (each as long as its datagram); the TOS byte to send each with (NO_TOS: the
+    socket's). rx_ns and tx_ns are T2 (0: none, T3 is used) and T3; ttl and tos as received
+    (-1: unknown); reflector_seq the stateful sequence numbers, None: stateless."""
+    k = len(lengths)
+    widest = int(lengths.max())
+    if widest > BASE_LEN:  # padding and TLVs go back as they came; the CoS one is answered below
+        out[:k, BASE_LEN:widest] = data[:, BASE_LEN:widest]
+    sent = sender_view(data)
+    reply = out[:k].view(_fields(out.shape[1], _REFLECTOR))[:, 0]
+    seq = sent["seq"]
+    reply["seq"] = seq if reflector_seq is None else reflector_seq & 0xFFFF_FFFF
+    reply["ts"] = encode_timestamps(np.array([tx_ns], np.int64), clock.fmt)[0]
+    reply["err"] = clock.error_word
+    reply["ssid"] = sent["ssid"]
+    reply["rx_ts"] = encode_timestamps(np.where(rx_ns != 0, rx_ns, tx_ns), clock.fmt)
+    reply["s_seq"] = seq
+    reply["s_ts"] = sent["ts"]
+    reply["s_err"] = sent["err"]
+    reply["ttl"] = np.maximum(ttl, 0) & 0xFF
+    reply["mbz1"] = reply["mbz2"] = reply["mbz3"] = 0
+    reply_tos = np.full(k, NO_TOS, np.int32)
+    cos = cos_rows(data, lengths)
+    if cos.any():
+        got = np.maximum(tos[cos], 0)
+        dscp1 = data[cos, _COS_AT].astype(np.int64) >> 2
+        refused = np.zeros(len(dscp1), np.bool_)
+        if permitted_dscp is not None:
+            refused = ~np.isin(dscp1, np.array(sorted(permitted_dscp), np.int64))
+        value = out[:k, _COS_AT : _COS_AT + 4]  # DSCP2/ECN as received, RP, Reserved zero
+        value[cos, 0] = dscp1 << 2 | got >> 6 & 3
+        value[cos, 1] = (got >> 2 & 0xF) << 4 | (got & 3) << 2 | refused
+        value[cos, 2] = value[cos, 3] = 0
+        reply_tos[cos] = np.where(refused, got >> 2 & 0x3F, dscp1) << 2
+    return reply_tos
