@@ -172,3 +172,28 @@ def test_decide_batch_counts_as_handle(
             assert seq is None
     assert many.totals == one.totals
     assert sorted(map(bytes, many.snapshot())) == sorted(map(bytes, one.snapshot()))
+
+
+SAME_LENGTH = {  # 8-byte tails: (bytes, whether the column-wise path takes them)
+    "cos": (stamp_tlv.ClassOfService(dscp1=46).tlv().pack(), True),
+    "zeros": (bytes(8), True),
+    "padding": (stamp_tlv.Tlv(0, PAD, b"wxyz").pack(), True),
+    "flagged cos": (b"\x80" + stamp_tlv.ClassOfService(dscp1=46).tlv().pack()[1:], False),
+    "nonzero": (b"\x00" * 7 + b"\x01", False),
+    "unknown tlv": (stamp_tlv.Tlv(0, 200, b"abcd").pack(), False),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(sorted(SAME_LENGTH)), min_size=1, max_size=12))
+def test_a_batch_of_one_length_is_judged_row_by_row(names: list[str]) -> None:
+    """The shortcut for batches whose datagrams are all one length (the usual ones) judges
+    each row as the column-wise walk does, whatever the first row is."""
+    data, lengths = rows_of([base(i) + SAME_LENGTH[name][0] for i, name in enumerate(names)])
+    assert plain_rows(data, lengths).tolist() == [SAME_LENGTH[name][1] for name in names]
+
+
+def test_datagrams_shorter_than_the_base_packet_are_never_plain() -> None:
+    for length in (0, 10, 43):
+        data, lengths = rows_of([bytes(length)] * 3)
+        assert not plain_rows(data, lengths).any()

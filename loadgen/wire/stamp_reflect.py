@@ -14,22 +14,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loadgen.wire.stamp import (
-    _COS_HEAD,
-    _COS_LEN,
     AUTH_MBZ,
     AUTH_MIN_LEN,
     BASE_LEN,
+    COS_HEAD,
+    COS_TLV_LEN,
     NS_PER_S,
     NTP_UNIX_OFFSET_S,
     TAI_MINUS_UTC_S,
     ReflectorClock,
     TimestampFormat,
     encode_timestamp,
+    padding_from,
+    returned_as_is,
 )
 from loadgen.wire.stamp_tlv import NO_TOS, TLV_HEADER_LEN, TlvType
 
 _COS_AT = BASE_LEN + TLV_HEADER_LEN  # the CoS value: DSCP1 | DSCP2 | ECN | RP | Reserved
-_PAD_AT = BASE_LEN + _COS_LEN  # where an Extra Padding TLV after the CoS TLV starts
+_PAD_AT = BASE_LEN + COS_TLV_LEN  # where an Extra Padding TLV after the CoS TLV starts
 _T3_ERROR = struct.Struct("!QH")  # the reply's Timestamp (T3) and Error Estimate, 4..14
 
 
@@ -77,6 +79,8 @@ def plain_rows(data: NDArray[np.uint8], lengths: NDArray[np.int64]) -> NDArray[n
     shortest, widest = int(lengths.min()), int(lengths.max())
     if shortest == widest == BASE_LEN:  # the bare base packet: the blaster's, and RFC 8762's
         return np.ones(n, np.bool_)
+    if shortest == widest > BASE_LEN and _alike(data, shortest):  # one sender's packets, all alike
+        return np.ones(n, np.bool_)
     ok = lengths >= BASE_LEN
     auth = (lengths >= AUTH_MIN_LEN) & ~data[:, AUTH_MBZ].any(axis=1)
     ok &= ~auth
@@ -90,19 +94,37 @@ def plain_rows(data: NDArray[np.uint8], lengths: NDArray[np.int64]) -> NDArray[n
     ok_tail = (tail_len == 0) | zeros | _padding_tlv(data, BASE_LEN, lengths)
     # loadgen's own: a CoS TLV with flags clear, then nothing or one Extra Padding TLV.
     if widest >= _PAD_AT:
-        head = np.frombuffer(_COS_HEAD, np.uint8)
-        cos = (data[:, BASE_LEN:_COS_AT] == head).all(axis=1) & (tail_len >= _COS_LEN)
+        head = np.frombuffer(COS_HEAD, np.uint8)
+        cos = (data[:, BASE_LEN:_COS_AT] == head).all(axis=1) & (tail_len >= COS_TLV_LEN)
         cos &= (lengths == _PAD_AT) | _padding_tlv(data, _PAD_AT, lengths)
         ok_tail |= cos
     plain: NDArray[np.bool_] = ok & ok_tail
     return plain
 
 
+def _alike(data: NDArray[np.uint8], length: int) -> bool:
+    """Rows all `length` long are all plain if the first is and every row has its bytes where
+    they decide (TLV headers; zeros). False: let the column-wise walk decide."""
+    first = data[0, :length].tobytes()
+    tail = first[BASE_LEN:]
+    if length >= AUTH_MIN_LEN and not data[:, AUTH_MBZ].any(axis=1).all():
+        return False
+    if tail.startswith(COS_HEAD) and padding_from(tail, COS_TLV_LEN):
+        marks = [*range(BASE_LEN, _COS_AT), *range(_PAD_AT, min(_PAD_AT + 4, length))]
+    elif tail.count(0) == len(tail):
+        return not data[:, BASE_LEN:length].any()
+    elif returned_as_is(tail):  # one Extra Padding TLV: its header decides
+        marks = list(range(BASE_LEN, _COS_AT))
+    else:
+        return False
+    return bool((data[:, marks] == data[0, marks]).all())
+
+
 def cos_rows(data: NDArray[np.uint8], lengths: NDArray[np.int64]) -> NDArray[np.bool_]:
     """Of rows `plain_rows` accepted, those whose tail opens with the CoS TLV."""
     if data.shape[1] < _COS_AT or not (lengths >= _PAD_AT).any():
         return np.zeros(len(lengths), np.bool_)
-    head = np.frombuffer(_COS_HEAD, np.uint8)
+    head = np.frombuffer(COS_HEAD, np.uint8)
     cos: NDArray[np.bool_] = (lengths >= _PAD_AT) & (data[:, BASE_LEN:_COS_AT] == head).all(axis=1)
     return cos
 
