@@ -109,6 +109,8 @@ def test_loss_stays_exact_at_rate(rate_lab: Lab, tmp_path: Path) -> None:
     assert reflector_drops == 0, f"the reflector's socket dropped {reflector_drops}: {limit}"
     assert sender_drops == 0, f"the sender's sockets dropped {sender_drops}: {limit}"
     total = next(r for r in rows if r["type"] == "summary")["total"]
+    figures = {k: total[k] for k in ("sent", "received", "lost", "lost_forward", "lost_reverse", "late", "errored")}
+    print(f"{RATE_PPS} pps: {figures}, truth {truth}")  # noqa: T201
     assert total["sent"] == probes
     assert total["lost_forward"] == truth["fwd_drop"] == probes // 10
     assert total["lost_reverse"] == truth["rev_drop"] > 0
