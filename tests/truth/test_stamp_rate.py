@@ -109,11 +109,17 @@ def test_loss_stays_exact_at_rate(rate_lab: Lab, tmp_path: Path) -> None:
     assert reflector_drops == 0, f"the reflector's socket dropped {reflector_drops}: {limit}"
     assert sender_drops == 0, f"the sender's sockets dropped {sender_drops}: {limit}"
     total = next(r for r in rows if r["type"] == "summary")["total"]
-    figures = {k: total[k] for k in ("sent", "received", "lost", "lost_forward", "lost_reverse", "late", "errored")}
-    print(f"{RATE_PPS} pps: {figures}, truth {truth}")  # noqa: T201
+    figures = {
+        k: total[k]
+        for k in ("sent", "received", "lost", "lost_forward", "lost_reverse", "late", "errored")
+    }
+    print(f"{RATE_PPS} pps: {figures}, truth {truth}")
     assert total["sent"] == probes
+    assert total["received"] + total["lost"] + total["late"] + total["errored"] == probes
+    # The reflector answered exactly what got past the input drops (its summary may wrap),
+    # and every probe lost was dropped by one of the two rules.
+    assert re.search(rf"{probes - truth['fwd_drop']:,}\s+reflected", summary), summary
+    assert total["lost"] == truth["fwd_drop"] + truth["rev_drop"]
+    # Then the sender's split of its losses by the reflector's sequence (stamp_figures).
     assert total["lost_forward"] == truth["fwd_drop"] == probes // 10
     assert total["lost_reverse"] == truth["rev_drop"] > 0
-    assert total["received"] + total["lost"] + total["late"] + total["errored"] == probes
-    # The reflector answered exactly what got past the input drops (its summary may wrap).
-    assert re.search(rf"{probes - truth['fwd_drop']:,}\s+reflected", summary), summary
