@@ -113,7 +113,8 @@ def test_loss_stays_exact_at_rate(rate_lab: Lab, tmp_path: Path) -> None:
         k: total[k]
         for k in ("sent", "received", "lost", "lost_forward", "lost_reverse", "late", "errored")
     }
-    print(f"{RATE_PPS} pps: {figures}, truth {truth}")
+    sending_s = sum(1 for r in rows if r["type"] == "second_total" and r["sent"])
+    print(f"{RATE_PPS} pps asked, {probes / max(sending_s, 1):.0f} sent: {figures}, {truth}")
     assert total["sent"] == probes
     assert total["received"] + total["lost"] + total["late"] + total["errored"] == probes
     # The reflector answered exactly what got past the input drops (its summary may wrap),
