@@ -26,9 +26,11 @@ from loadgen.errors import LoadgenError, UsageError, WorkerFailed
 from loadgen.net.udp import UdpBatch, check_port_free, open_reflector_socket
 from loadgen.output.reflect_view import ReflectSecond, SecondBuilder, jsonl_record
 from loadgen.reflect_core import SESSION_DTYPE, TOTALS, Reflector, ReflectorConfig
+from loadgen.wire.stamp_reflect import plain_rows, sender_view, write_replies
 
 SHIP_NS = 500_000_000  # a worker's frame; the parent's second is built from the newest ones
 EXPIRE_NS = 1_000_000_000
+BATCH_ROWS = 256  # datagrams per recvmmsg: a backlog is drained in few calls
 POLL_S = 0.05  # how long a worker waits for a datagram before checking the stop event
 READY, FAILED = b"+", b"!"
 
@@ -71,13 +73,14 @@ def worker_main(
         return
     conn.send_bytes(READY)
     reflector = Reflector(options.config)
-    batch = UdpBatch(sock, rows=64)
+    batch = UdpBatch(sock, rows=BATCH_ROWS)
     send_failed = 0
     next_ship = next_expire = time.monotonic_ns()
     with sock:
         while not stop.is_set():
-            readable, _, _ = select.select([sock], [], [], POLL_S)
-            n = batch.receive() if readable else 0
+            n = batch.receive()  # a busy socket is read without a select per batch
+            if not n and select.select([sock], [], [], POLL_S)[0]:
+                n = batch.receive()
             now_ns = time.monotonic_ns()
             if n:
                 send_failed += _serve(batch, reflector, n, now_ns)
@@ -94,19 +97,42 @@ def worker_main(
 
 
 def _serve(batch: UdpBatch, reflector: Reflector, n: int, now_ns: int) -> int:
-    """Reflect one received batch; the replies the kernel refused."""
+    """Reflect one received batch; the replies the kernel refused. A batch of plain test
+    packets only (the usual one) is answered column-wise, any other one datagram at a time."""
     rx_ns, ttl, tos = batch.rows_of(n)
     # T3: when the replies are built, just before the one sendmmsg that sends them all.
     tx_ns = time.time_ns()
+    data, lengths, whole = batch.received(n)
+    if whole and plain_rows(data, lengths).all():
+        addr, port = batch.source_columns(n)
+        ssid = sender_view(data)["ssid"].astype(np.int64)
+        answered, seq = reflector.decide_batch(addr, port, ssid, now_ns)
+        rows = np.flatnonzero(answered)
+        if not len(rows):
+            return 0
+        every = len(rows) == n  # else only the answered rows' columns
+        reply_tos = write_replies(
+            batch.out,
+            data if every else data[rows],
+            lengths if every else lengths[rows],
+            reflector_seq=seq,
+            rx_ns=rx_ns if every else rx_ns[rows],
+            tx_ns=tx_ns,
+            ttl=ttl if every else ttl[rows],
+            tos=tos if every else tos[rows],
+            clock=reflector.config.clock,
+            permitted_dscp=reflector.config.permitted_dscp,
+        )
+        return batch.send_written(rows, lengths[rows], reply_tos)[1]
     replies: list[tuple[int, bytes, int]] = []
     addrs, ports = batch.sources(n)
     rx, ttls, toss = rx_ns.tolist(), ttl.tolist(), tos.tolist()
-    for i, data in enumerate(batch.datagrams(n)):
-        if data is None:
+    for i, datagram in enumerate(batch.datagrams(n)):
+        if datagram is None:
             reflector.malformed(addrs[i], ports[i], now_ns)
             continue
         reply = reflector.handle(
-            data,
+            datagram,
             addrs[i],
             ports[i],
             rx_ns=rx[i] or tx_ns,

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from loadgen.errors import PermissionProblem, SocketProblem, UsageError
 from loadgen.net import families, sockets
 from loadgen.net.batchio import BatchIO, RecvBatch
-from loadgen.net.cmsg import CMSG_HDR, cmsg_key, cmsg_offsets
+from loadgen.net.cmsg import CMSG_HDR, Layout, cmsg_key, cmsg_offsets, layout_holds, layout_of
 from loadgen.net.mmsg import DONTWAIT, MMSGHDR, TRUNC, RecvRing, send_headers, sendmmsg
 
 # <linux/in.h>, <linux/in6.h>, <asm-generic/socket.h>: not all in Python's socket module.
@@ -136,6 +136,9 @@ class UdpBatch:
         self._tos_ctrl[:, 1] = self.keys.tos
         self._tos_col = self._tos_ctrl.view(np.int32)[:, CMSG_HDR // 4]
         self._msgs["hdr"]["control"] = self._tos_ctrl.ctypes.data + index * TOS_CTRL_BYTES
+        self._layout: Layout | None = None  # the cmsg layout of the last batch walked
+        keys = (self.keys.stamp, self.keys.ttl, self.keys.tos)
+        self._key_words = np.array(keys, np.uint64).view(np.int64)
 
     def receive(self) -> int:
         """Datagrams waiting, read without blocking (0 when none)."""
@@ -150,9 +153,19 @@ class UdpBatch:
     def rows_of(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
         """(kernel RX ns or 0, TTL or -1, TOS or -1) of the last n datagrams, as columns."""
         ring = self._ring
-        stamp_at, ttl_at, tos_at = cmsg_offsets(
-            ring.ctrl[:n], ring.controllen[:n], (self.keys.stamp, self.keys.ttl, self.keys.tos)
-        )
+        used, words = ring.controllen[:n], ring.ctrl_words[:n]
+        layout = self._layout
+        if layout is not None and layout_holds(layout, words, used, self._key_words):
+            # The usual batch: every row's cmsgs where the last walked batch had them.
+            sec = layout[1] // 8
+            return (
+                words[:, sec] * 1_000_000_000 + words[:, sec + 1],
+                ring.ctrl[:n].view(np.int32)[:, layout[2] // 4].astype(np.int64),
+                ring.ctrl[:n, layout[3]].astype(np.int64),
+            )
+        found = cmsg_offsets(ring.ctrl[:n], used, (self.keys.stamp, self.keys.ttl, self.keys.tos))
+        self._layout = layout_of(used, found)
+        stamp_at, ttl_at, tos_at = found
         rx_ns, ttl, tos = np.zeros(n, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
         rows = np.arange(n)
         has = stamp_at >= 0
@@ -175,6 +188,26 @@ class UdpBatch:
             for i, (c, length) in enumerate(zip(cut.tolist(), lengths, strict=True))
         ]
 
+    def received(self, n: int) -> tuple[NDArray[np.uint8], NDArray[np.int64], bool]:
+        """The last n datagrams as rows (a view, as wide as the longest), their lengths, and
+        whether every one fitted its slot."""
+        ring = self._ring
+        lengths = ring.lengths[:n].astype(np.int64)
+        whole = not (ring.flags[:n] & TRUNC).any()
+        return ring.data[:n, : max(int(lengths.max(initial=0)), 1)], lengths, whole
+
+    def source_columns(self, n: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+        """(address bytes as (n, 4 or 16) rows, port) each of the last n datagrams came from."""
+        names = self.names[:n]
+        ports = names[:, 2].astype(np.int64) << 8 | names[:, 3]
+        width, at = (16, 8) if self.sock.family == socket.AF_INET6 else (4, 4)
+        return names[:, at : at + width], ports
+
+    @property
+    def out(self) -> NDArray[np.uint8]:
+        """The reply slots `send_written` sends from, one row per reply."""
+        return self._out
+
     def sources(self, n: int) -> tuple[list[bytes], list[int]]:
         """(address bytes, port) each of the last n datagrams came from."""
         names = self.names[:n]
@@ -195,6 +228,22 @@ class UdpBatch:
         self._msgs["hdr"]["controllen"][:total] = np.where(tos >= 0, TOS_CTRL_BYTES, 0)
         for k, (_, data, _) in enumerate(replies):
             self._out[k, : len(data)] = np.frombuffer(data, np.uint8)
+        return self._send_all(total)
+
+    def send_written(
+        self, rows: NDArray[np.intp], lengths: NDArray[np.int64], tos: NDArray[np.int32]
+    ) -> tuple[int, int]:
+        """Send out[k] (lengths[k] bytes, already written) to the source of received row
+        rows[k], with TOS byte tos[k] (NO_TOS: the socket's); (sent, failed)."""
+        total = len(rows)
+        self._out_names.view(np.uint8).reshape(self.rows, NAME_BYTES)[:total] = self.names[rows]
+        self._iov["len"][:total] = lengths
+        self._tos_col[:total] = tos
+        self._msgs["hdr"]["controllen"][:total] = np.where(tos >= 0, TOS_CTRL_BYTES, 0)
+        return self._send_all(total)
+
+    def _send_all(self, total: int) -> tuple[int, int]:
+        """sendmmsg the first `total` prepared replies; (sent, failed)."""
         sent = failed = done = 0
         while done < total:
             ptr = self._msgs.ctypes.data + done * MMSGHDR.itemsize

@@ -286,9 +286,9 @@ def reflect(
         return Reflection(ReflectStatus.AUTHENTICATED)
     seq, timestamp, error, ssid = SENDER.unpack_from(datagram)
     tail, refused, reply_tos = datagram[BASE_LEN:], 0, NO_TOS
-    if tail.startswith(_COS_HEAD) and _padding_from(tail, _COS_LEN):
+    if tail.startswith(COS_HEAD) and padding_from(tail, COS_TLV_LEN):
         tail, reply_tos = _answer_cos(tail, tos, permitted_dscp)
-    elif tail and not _returned_as_is(tail):
+    elif tail and not returned_as_is(tail):
         out = reflect_tail(tail, ReflectContext(tos, clock.stamps, permitted_dscp))
         tail, refused, reply_tos = out.tail, out.refused, out.reply_tos
     reply = REFLECTOR.pack(
@@ -305,7 +305,7 @@ def reflect(
     return Reflection(ReflectStatus.REFLECTED, reply + tail, seq, ssid, refused, reply_tos)
 
 
-def _returned_as_is(tail: bytes) -> bool:
+def returned_as_is(tail: bytes) -> bool:
     """Padding the reflector returns unchanged whatever TLV rules say: all zeros (RFC 8762
     padding) or one Extra Padding TLV filling the tail, its flags clear (RFC 8972 4.1)."""
     if len(tail) >= TLV_HEADER.size and tail[0] == 0 and tail[1] == TlvType.EXTRA_PADDING:
@@ -316,11 +316,11 @@ def _returned_as_is(tail: bytes) -> bool:
 # loadgen's own tail, the reflector's hot path: a Class of Service TLV, flags clear (RFC 8972
 # 4.4), then nothing or one Extra Padding TLV filling the rest. Answered here as `reflect_tail`
 # would (tests hold the two equal) without parsing it into objects.
-_COS_HEAD = TLV_HEADER.pack(0, TlvType.CLASS_OF_SERVICE, COS_VALUE_LEN)
-_COS_LEN = TLV_HEADER.size + COS_VALUE_LEN
+COS_HEAD = TLV_HEADER.pack(0, TlvType.CLASS_OF_SERVICE, COS_VALUE_LEN)
+COS_TLV_LEN = TLV_HEADER.size + COS_VALUE_LEN
 
 
-def _padding_from(tail: bytes, at: int) -> bool:
+def padding_from(tail: bytes, at: int) -> bool:
     """Nothing from `at` on, or one Extra Padding TLV (flags clear) filling the rest."""
     n = len(tail) - at
     if n <= 0:
