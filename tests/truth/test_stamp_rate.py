@@ -1,6 +1,6 @@
 """STAMP at rate: `loadgen ping --stamp` against `loadgen reflect --stateful` in a lab host's
 namespace, with nft drops each way, must count every probe exactly, forward and reverse loss
-equal to the two drop counters, however fast it goes. LOADGEN_TRUTH_STAMP_PPS (default 20k)
+equal to the two drop counters, however fast it goes. LOADGEN_TRUTH_STAMP_PPS (default 5k)
 and LOADGEN_TRUTH_STAMP_WORKERS (sender workers, default 1) raise it. The reflector and the
 sender are pinned to different CPUs; a socket that overflowed (the reflector's, counted by its
 namespace, or the sender's, counted by its workers) is reported as the machine's limit.
@@ -28,7 +28,7 @@ from .test_stamp import PORT, RULES, TABLE
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.timeout(300)]
 
-RATE_PPS = int(os.environ.get("LOADGEN_TRUTH_STAMP_PPS", "20000"))
+RATE_PPS = int(os.environ.get("LOADGEN_TRUTH_STAMP_PPS", "5000"))  # any machine; 20k+ by hand
 WORKERS = int(os.environ.get("LOADGEN_TRUTH_STAMP_WORKERS", "1"))
 SECONDS = 3
 
