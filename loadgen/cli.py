@@ -210,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     ping = sub.add_parser(
         "ping",
         help="probe targets now (mping-style flags)",
-        description="Probe TARGETS: a comma list of IPs, CIDRs and host names.",
+        description="Probe TARGETS: IPs, CIDRs and host names, as comma lists or one per argument.",
     )
-    ping.add_argument("targets", help="e.g. 127.0.0.1,::1,127.0.0.8/30,localhost")
+    ping.add_argument(
+        "targets", nargs="+", help="e.g. 127.0.0.1,::1 127.0.0.8/30 localhost (fping style too)"
+    )
     _common_run_flags(ping, short=True)
 
     search = sub.add_parser(
@@ -327,7 +329,8 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
             return parse_profile({"targets": args.what, **_overrides(args)}, source=COMMAND_LINE)
         return load_profile(args.what, _overrides(args))
     if args.command == "ping":
-        return parse_profile({"targets": args.targets, **_overrides(args)}, source=COMMAND_LINE)
+        targets = ",".join(args.targets)
+        return parse_profile({"targets": targets, **_overrides(args)}, source=COMMAND_LINE)
     return load_profile(args.profile, _overrides(args))
 
 

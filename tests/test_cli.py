@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loadgen import __version__
-from loadgen.cli import main
+from loadgen.cli import build_parser, main, profile_from_args
 from loadgen.plan import describe
 from loadgen.profile import load_profile
 from loadgen.runner import plan_run
@@ -66,3 +66,13 @@ def test_bad_interface_source_or_size_is_one_line_exit_2(
     assert main(["ping", "127.0.0.1", *args, "-c", "1"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_ping_takes_targets_one_per_argument_as_fping_does_or_as_comma_lists() -> None:
+    def targets(*argv: str) -> list[str]:
+        profile = profile_from_args(build_parser().parse_args(["ping", *argv]))
+        return list(profile.targets)
+
+    assert targets("127.0.0.1", "::1", "-c", "3") == ["127.0.0.1", "::1"]
+    assert targets("127.0.0.1,::1", "127.0.0.2") == ["127.0.0.1", "::1", "127.0.0.2"]
+    assert targets("127.0.0.1,::1") == targets("127.0.0.1", "::1")
