@@ -27,16 +27,17 @@ from loadgen.wire.icmp import DecodeStatus
 from loadgen.wire.records import MAX_PROBES, RECORD_DTYPE, RecordKind
 
 _BEFORE_FIRST = (-1, -1)  # a session's virtual reply before probe 0: both counters at -1
-SEND_SKEW_NS = 20_000_000  # at most between a batch's payload time and its send time
 
 
 @dataclass(slots=True)
 class _Replies:
-    """One target's good replies from a stateful reflector, in send-time order."""
+    """One target's good replies from a stateful reflector, in sequence (= send) order."""
 
-    key: list[tuple[int, int]] = field(default_factory=list)  # (tx_ns, seq), sorted
+    seq: list[int] = field(default_factory=list)  # sorted
+    tx_ns: list[int] = field(default_factory=list)  # their send times, so sorted too
     reflector_seq: list[int] = field(default_factory=list)
     used: dict[int, list[int]] = field(default_factory=dict)  # gap (s_a) -> [reverse, forward]
+    forgot: bool = False  # older replies were dropped: the gap before the first is unknown
 
 
 class StampFigures:
@@ -112,14 +113,15 @@ class StampFigures:
 
     def _remember(self, target: int, tx_ns: int, seq: int, rseq: int) -> None:
         r = self._targets.setdefault(target, _Replies())
-        at = bisect.bisect_right(r.key, (tx_ns, seq))  # probes of one batch share a tx_ns
-        r.key.insert(at, (tx_ns, seq))
+        at = bisect.bisect_right(r.seq, seq)
+        r.seq.insert(at, seq)
+        r.tx_ns.insert(at, tx_ns)
         r.reflector_seq.insert(at, rseq)
-        old = bisect.bisect_left(r.key, (r.key[-1][0] - self.keep_ns, -1))
+        old = bisect.bisect_left(r.tx_ns, r.tx_ns[-1] - self.keep_ns)
         if old > 0:
-            del r.key[:old]
-            del r.reflector_seq[:old]
-            first = r.key[0][1]
+            del r.seq[:old], r.tx_ns[:old], r.reflector_seq[:old]
+            r.forgot = True
+            first = r.seq[0]
             r.used = {gap: n for gap, n in r.used.items() if gap >= first - 1}
 
     def take(self, tracker_records: NDArray[np.void]) -> NDArray[np.void]:
@@ -127,8 +129,8 @@ class StampFigures:
         take, and a direction for each LOST probe that can be given one."""
         lost = tracker_records[tracker_records["kind"] == RecordKind.LOST]
         split = [
-            self._direction(int(t), int(tx))
-            for t, tx in zip(lost["target"], lost["tx_ns"], strict=True)
+            self._direction(int(t), int(seq))
+            for t, seq in zip(lost["target"], lost["rtt_ns"], strict=True)  # rtt_ns: its seq
         ]
         extra = np.zeros(sum(k is not None for k in split), RECORD_DTYPE)
         rows = [i for i, k in enumerate(split) if k is not None]
@@ -157,25 +159,25 @@ class StampFigures:
             out["kind"] = RecordKind.COS
         return out
 
-    def _direction(self, target: int, tx_ns: int) -> RecordKind | None:
-        """The way a LOST probe sent at tx_ns went: the first gap around tx_ns (replies a, b
-        with tx_a <= tx_ns <= tx_b) that still has a lost probe to place takes it."""
+    def _direction(self, target: int, seq: int) -> RecordKind | None:
+        """The way LOST probe `seq` went: its own gap (the replies a, b around it, s_a < seq <
+        s_b) gives it reverse while that gap's reverse count lasts, then forward. None while
+        no later reply says what the reflector saw (or its gap's replies were forgotten)."""
         r = self._targets.get(target)
         if r is None:
             return None
-        # The tracker's send time of a probe is read just after its batch was built with the
-        # payload's: look from a little earlier. Gaps before the probe's are full already
-        # (LOST probes are decided in send order), so an earlier start takes nothing wrong.
-        a = bisect.bisect_left(r.key, (tx_ns - SEND_SKEW_NS, -1)) - 1
-        while a + 1 < len(r.key) and (a < 0 or r.key[a][0] <= tx_ns):
-            s_a, r_a = (r.key[a][1], r.reflector_seq[a]) if a >= 0 else _BEFORE_FIRST
-            s_b, r_b = r.key[a + 1][1], r.reflector_seq[a + 1]
-            gap = s_b - s_a - 1
-            used = r.used.setdefault(s_a, [0, 0])
-            if used[0] + used[1] < gap:
-                reverse = min(max(r_b - r_a - 1, 0), gap)
-                which = 0 if used[0] < reverse else 1
-                used[which] += 1
-                return RecordKind.LOST_REVERSE if which == 0 else RecordKind.LOST_FORWARD
-            a += 1
-        return None  # no later reply yet: nothing says what the reflector saw
+        seqs = r.seq
+        b = bisect.bisect_right(seqs, seq)
+        if b == len(seqs) or (b > 0 and seqs[b - 1] == seq):
+            return None
+        s_a, r_a = (seqs[b - 1], r.reflector_seq[b - 1]) if b > 0 else _BEFORE_FIRST
+        if b == 0 and r.forgot:
+            return None  # the reply before it was dropped from memory: its gap is not known
+        gap = seqs[b] - s_a - 1
+        used = r.used.setdefault(s_a, [0, 0])
+        if used[0] + used[1] >= gap:
+            return None  # cannot happen: a gap holds exactly its lost probes
+        reverse = min(max(r.reflector_seq[b] - r_a - 1, 0), gap)
+        which = 0 if used[0] < reverse else 1
+        used[which] += 1
+        return RecordKind.LOST_REVERSE if which == 0 else RecordKind.LOST_FORWARD

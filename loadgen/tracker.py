@@ -437,13 +437,17 @@ class Tracker:
 
     def _expire_oldest(self, count: int) -> int:
         """Resolve the `count` oldest unexpired probes; returns how many had no outcome yet."""
-        resolved = sum(self._resolve(slots) for slots, _ in self._segments(self._head, count))
+        resolved = sum(
+            self._resolve(slots, self._head + rows.start)
+            for slots, rows in self._segments(self._head, count)
+        )
         self._head += count
         self._unresolved = max(self._unresolved, self._head)
         return resolved
 
-    def _resolve(self, slots: slice) -> int:
-        """LOST or ERRORED for the unanswered probes in `slots`, which become free."""
+    def _resolve(self, slots: slice, first_k: int) -> int:
+        """LOST or ERRORED for the unanswered probes in `slots` (the first is probe first_k),
+        which become free. A LOST record has no RTT: its rtt_ns holds the probe's sequence."""
         state = self._state[slots]
         lost = state == _OUTSTANDING
         if self.bursts.open or lost.any():  # slot % n is the probe's local target
@@ -453,8 +457,10 @@ class Tracker:
         for st, kind in ((_OUTSTANDING, RecordKind.LOST), (_DAMAGED, RecordKind.ERRORED)):
             sel = state == st
             if sel.any():
-                targets = self.targets[(np.flatnonzero(sel) + slots.start) % self.n]
-                self._records.add(kind, self._slot_tx[slots][sel], 0, targets, 0)
+                rows = np.flatnonzero(sel)
+                targets = self.targets[(rows + slots.start) % self.n]
+                seq = (rows + first_k) // self.n if kind == RecordKind.LOST else 0
+                self._records.add(kind, self._slot_tx[slots][sel], seq, targets, 0)
                 resolved += len(targets)
         self._state[slots] = _EMPTY
         return resolved

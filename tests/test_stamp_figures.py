@@ -40,9 +40,11 @@ def replies(
 
 
 def lost_records(seqs: list[int], batch: int = 1) -> np.ndarray:
+    """The tracker's LOST records: no RTT, so rtt_ns holds the probe's sequence."""
     out = np.zeros(len(seqs), RECORD_DTYPE)
     out["kind"], out["target"] = RecordKind.LOST, 0
     out["tx_ns"] = T0 + np.array(seqs, np.int64) // batch * GAP_NS
+    out["rtt_ns"] = seqs
     return out
 
 
@@ -69,6 +71,20 @@ def test_lost_splits_exactly_into_forward_and_reverse(fates: list[str], batch: i
     reverse = int(np.count_nonzero(out["kind"] == RecordKind.LOST_REVERSE))
     assert forward == fates.count("f") and reverse == fates.count("b")
     assert forward + reverse == len(lost)
+
+
+def test_a_probe_left_unsplit_takes_no_other_probes_place() -> None:
+    """Probes 0-7 went in two batches (one send time each). Probe 1 was lost on the way there,
+    and was decided before any later reply arrived: it stays unsplit. Probe 5, lost on the way
+    back, is placed in its own gap, not in probe 1's gap of the same send time."""
+    figs = StampFigures(keep_ns=10**12)
+    replies(figs, [0], [0], batch=4)
+    first = figs.take(lost_records([1], batch=4))
+    assert not np.isin(first["kind"], [RecordKind.LOST_FORWARD, RecordKind.LOST_REVERSE]).any()
+    replies(figs, [2, 3, 4, 6, 7], [1, 2, 3, 5, 6], batch=4)  # the reflector saw 5 (its 4)
+    out = figs.take(lost_records([5], batch=4))
+    assert out[out["kind"] == RecordKind.LOST_REVERSE]["tx_ns"].tolist() == [T0 + GAP_NS]
+    assert not (out["kind"] == RecordKind.LOST_FORWARD).any()
 
 
 def test_stateless_reflector_and_trailing_losses_are_not_split() -> None:

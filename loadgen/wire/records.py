@@ -43,7 +43,7 @@ class RecordKind(IntEnum):
     # Outcomes: every SENT probe gets exactly one of these.
     RECEIVED = 1  # a good reply within timeout
     LATE = 2  # a good reply after timeout but before the probe was given up (linger)
-    LOST = 3  # no reply, no error, by the end of linger
+    LOST = 3  # no reply, no error, by the end of linger (no RTT: rtt_ns holds its sequence)
     ERRORED = 4  # no good reply, but an ICMP error or a damaged reply came back for it
     # Side events, counted apart from outcomes.
     DUPLICATE = 5  # a further good reply for a probe that already had one
