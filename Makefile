@@ -45,6 +45,7 @@ pytest:
 
 bench: install bench-sysdeps
 	$(BIN)/python -m loadgen.bench
+	$(BIN)/python -m loadgen.bench.transport 20k 2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
