@@ -170,8 +170,9 @@ class ConnectIO:
         # the kernel sets anyway (connect rates are bound by syscalls).
         # IP_RECVERR: an ICMP error quoting the SYN reaches the socket's error queue even where
         # the kernel takes it as soft and keeps sending SYNs (IPv6 unreachables, RFC 1122
-        # 4.2.3.9), or drops it because it came while connect() still held the socket (a
-        # target on this host): either way the probe is errored, not lost.
+        # section 4.2.3.9), or drops it because it came while connect()  # not a target
+        # still held the socket (a target on this host): either way the probe is errored,
+        # not lost.
         recverr = (
             (socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             if family == 6

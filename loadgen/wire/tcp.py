@@ -276,7 +276,7 @@ class SegmentDecoder:
         flags = head[:, _FLAGS]
         k32 = self.plan.cipher.decrypt(ack - np.uint64(1))
         synack = (flags & (TcpFlag.SYN | TcpFlag.ACK | TcpFlag.RST)) == TcpFlag.SYN | TcpFlag.ACK
-        # A RST answering a SYN carries ACK and acknowledges it (RFC 9293 3.10.7.1).
+        # A RST answering a SYN carries ACK and acknowledges it (RFC 9293 3.10.7.1)  # not a target
         rst = (flags & (TcpFlag.RST | TcpFlag.ACK)) == TcpFlag.RST | TcpFlag.ACK
         ours = dport == np.uint64(self.plan.base) + (k32 & np.uint64(PORT_BLOCK - 1))
         ours &= np.isin(sport, self._target_ports) & whole & (synack | rst)
